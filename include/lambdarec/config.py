@@ -1,0 +1,155 @@
+"""One settings object for the whole project.
+
+Every endpoint, port and folder is read from environment variables prefixed ``LAMBDAREC_`` (or a
+``.env`` file in the repository root), with local single-machine defaults. Pointing a component at
+a cluster is a matter of setting its variable, e.g. ``LAMBDAREC_KAFKA_BOOTSTRAP=broker-1:9092``.
+Reading the settings has no side effects: no folder is created, no service is contacted.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root (include/lambdarec/config.py -> two levels up from include/).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Project settings; each field maps to ``LAMBDAREC_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAMBDAREC_",
+        env_file=str(REPO_ROOT / ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # -- folders ---------------------------------------------------------------------------
+    home: Path = Field(REPO_ROOT, description="Repository root.")
+    state_dir: Path = Field(
+        REPO_ROOT / ".state",
+        description="Ignored folder for everything the platform writes: PID files, logs, data.",
+    )
+    shared_data_dir: Path = Field(
+        REPO_ROOT.parent / "shared" / "data",
+        description="Folder holding the real datasets (Taobao, Diginetica).",
+    )
+
+    # -- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "", description="Kafka bootstrap servers; empty means the local broker on kafka_port."
+    )
+    kafka_port: Port = 9092
+    kafka_controller_port: Port = 9093
+    kafka_heap: str = "768m"
+    topic_events: str = "lambdarec.events"
+    topic_dead_letter: str = "lambdarec.events.dlq"
+    topic_session_features: str = "lambdarec.session-features"
+    topic_impressions: str = "lambdarec.impressions"
+    topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
+    topic_replication: Annotated[int, Field(ge=1, le=16)] = 1
+
+    # -- Redis (Feast online store option) ----------------------------------------------------
+    redis_host: str = "127.0.0.1"
+    redis_port: Port = 6379
+
+    # -- MLflow ----------------------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking URI; empty means the local server on mlflow_port."
+    )
+    mlflow_port: Port = 5000
+
+    # -- Airflow ---------------------------------------------------------------------------
+    airflow_port: Port = 8080
+    airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
+
+    # -- Serving ---------------------------------------------------------------------------
+    serving_port: Port = 8000
+
+    # -- platform --------------------------------------------------------------------------
+    bind_host: Literal["127.0.0.1"] = Field(
+        "127.0.0.1", description="Local services listen on loopback only."
+    )
+    java_home: Path = Field(
+        Path("/usr/lib/jvm/java-17-openjdk-amd64"),
+        description="JDK used by Kafka, Spark and Flink (Java 17).",
+    )
+    start_timeout_s: Annotated[float, Field(gt=0, le=600)] = 120.0
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        value = value.strip()
+        for part in filter(None, value.split(",")):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"LAMBDAREC_KAFKA_BOOTSTRAP entry {part!r} is not host:port; "
+                    "set it like 'broker-1:9092,broker-2:9092'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Settings:
+        ports = {
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "redis_port": self.redis_port,
+            "mlflow_port": self.mlflow_port,
+            "airflow_port": self.airflow_port,
+            "serving_port": self.serving_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(
+                    f"LAMBDAREC_{name.upper()} and LAMBDAREC_{seen[port].upper()} are both {port}; "
+                    "give each local service its own port"
+                )
+            seen[port] = name
+        return self
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files and service data of the local platform."""
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        """Generated and loaded datasets (catalog, canonical events)."""
+        return self.state_dir / "data"
+
+    @property
+    def lake_dir(self) -> Path:
+        """The master dataset: events as Parquet partitioned by date."""
+        return self.state_dir / "lake"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; call ``get_settings.cache_clear()`` in tests)."""
+    return Settings()
