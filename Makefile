@@ -1,0 +1,122 @@
+# lambdarec - `make help` lists the targets. The two that matter: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+UV_VERSION  := 0.13.9
+TOOLS       := .tools
+UV          := $(TOOLS)/bin/uv
+VENV        := .venv
+PY          := $(VENV)/bin/python
+FLINK_VENV  := .venv-flink
+STATE       := .state
+KAFKA_LIBS  := $(STATE)/kafka/libs
+export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
+export TF_USE_LEGACY_KERAS := 1
+export SPARK_LOCAL_IP := 127.0.0.1
+
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "lambdarec targets:\n"} /^[a-zA-Z0-9_-]+:.*##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------------------------------------
+# Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
+# ---------------------------------------------------------------------------------------------
+.PHONY: setup
+setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(KAFKA_LIBS)/.resolved ## Install everything (system packages, both virtualenvs, Kafka jars)
+
+.PHONY: system-deps
+system-deps: ## Install Debian packages the platform needs (redis-server) and check Java 17 and Maven
+	@test -x "$(JAVA_HOME)/bin/java" || { echo "Java 17 not found at JAVA_HOME=$(JAVA_HOME); install openjdk-17-jdk-headless or set JAVA_HOME"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Installing maven (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; }
+	@command -v redis-server >/dev/null || { \
+	  echo "Installing redis-server (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  (service redis-server stop >/dev/null 2>&1 || true); \
+	  (systemctl disable --now redis-server >/dev/null 2>&1 || true); }
+
+$(UV):
+	$(PYTHON_BOOT) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
+	@test -x $(PY) || $(UV) venv -q -p $(PYTHON_BOOT) $(VENV)
+	$(UV) pip sync -q -p $(PY) requirements.txt
+	$(UV) pip install -q -p $(PY) --no-deps -e .
+	@touch $@
+
+$(FLINK_VENV)/.installed: env/requirements-flink.txt | $(UV)
+	@test -x $(FLINK_VENV)/bin/python || $(UV) venv -q -p $(PYTHON_BOOT) $(FLINK_VENV)
+	$(UV) pip sync -q -p $(FLINK_VENV)/bin/python env/requirements-flink.txt
+	@touch $@
+
+$(KAFKA_LIBS)/.resolved: env/kafka/pom.xml
+	@echo "Resolving Apache Kafka's broker jars from Maven Central into $(KAFKA_LIBS)"
+	@rm -rf $(KAFKA_LIBS) && mkdir -p $(KAFKA_LIBS)
+	mvn -q -B -f env/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	@touch $@
+
+.PHONY: lock
+lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirements-flink.txt)
+	$(UV) pip compile -q -p 3.11 env/requirements.in -o requirements.txt
+	$(UV) pip compile -q -p 3.11 env/requirements-flink.in -o env/requirements-flink.txt
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+.PHONY: demo
+demo: setup ## Bring the stack up on this machine and run the recommender end to end
+	$(VENV)/bin/lambdarec demo
+
+.PHONY: platform-up
+platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow)
+	$(VENV)/bin/lambdarec platform up
+
+.PHONY: platform-down
+platform-down: ## Stop every local service of the project
+	@if [ -x $(VENV)/bin/lambdarec ]; then $(VENV)/bin/lambdarec platform down; fi
+
+.PHONY: status
+status: ## Show what runs and every URL
+	$(VENV)/bin/lambdarec platform status
+
+# ---------------------------------------------------------------------------------------------
+# Quality
+# ---------------------------------------------------------------------------------------------
+.PHONY: test
+test: setup lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e)
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+.PHONY: test-unit
+test-unit: setup ## Fast tests only (unit + dags)
+	$(PY) -m pytest tests/unit tests/dags $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(VENV)/.installed ## ruff (with the AIR, TC, TID rules) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+.PHONY: format
+format: $(VENV)/.installed ## Format and auto-fix with ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks: each prints one JSON line of figures
+# ---------------------------------------------------------------------------------------------
+EVENTS ?= 1000000
+.PHONY: bench-ingest
+bench-ingest: setup ## Produce EVENTS generated events into Kafka and read them back (JSON line)
+	$(PY) bench/bench_ingest.py --events $(EVENTS)
+
+.PHONY: clean
+clean: platform-down ## Remove the state folder (data, logs, lake) but keep the environments
+	rm -rf $(STATE)/run $(STATE)/logs $(STATE)/data $(STATE)/lake $(STATE)/airflow $(STATE)/mlflow
+
+.PHONY: distclean
+distclean: clean ## Remove environments too
+	rm -rf $(VENV) $(FLINK_VENV) $(TOOLS) $(STATE)
