@@ -103,3 +103,14 @@ def test_exported_json_schema_agrees_with_the_model() -> None:
     assert list(validator.iter_errors({**GOOD, "event_type": "click"}))
     assert list(validator.iter_errors({**GOOD, "extra": 1}))
     assert set(schema["required"]) == {"event_id", "user_id", "session_id", "item_id", "event_type", "ts"}
+
+
+def test_committed_json_schema_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    import lambdarec
+
+    committed = Path(lambdarec.__file__).parent / "schemas" / "event.schema.json"
+    assert json.loads(committed.read_text()) == json_schema(), (
+        "the committed event JSON Schema is stale; run `lambdarec schema export`"
+    )
