@@ -555,10 +555,6 @@ def load_interactions(
             examples_t = ", ".join(f"{k!r} x{v}" for k, v in counts.head(5).items())
             reason = f"unknown event type ({type_c}): {examples_t}; map them with event_type_map"
             flag(reason, unknown, raw[type_c])
-        for (src, dst), count in (
-            pd.DataFrame({"s": given[~unknown], "d": event_type[~unknown]}).value_counts().items()
-        ):
-            report.mapped[f"{src}->{dst}"] = int(count)
     else:
         event_type = pd.Series(EventType.VIEW.value, index=raw.index)
         report.mapped["no event type column->view"] = len(raw)
@@ -597,6 +593,10 @@ def load_interactions(
         if len(problems) > 1:
             log.warning("%s: %d distinct row(s) dropped in total", source, int(invalid.sum()))
     keep = ~invalid
+    if type_c is not None:
+        pairs = pd.DataFrame({"s": given[keep], "d": event_type[keep]}).value_counts(sort=False)
+        for (src, dst), count in pairs.items():
+            report.mapped[f"{src}->{dst}"] = int(count)
 
     ts_kept = ts_ms[keep].to_numpy(dtype=np.int64)
     if session_c is not None:

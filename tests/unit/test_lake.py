@@ -1,0 +1,155 @@
+"""The event lake: round trips, idempotent per-date rewrites, ranges, and DuckDB compatibility."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from lambdarec.data import lake
+from lambdarec.data.generator import (
+    GeneratorConfig,
+    generate_catalog,
+    generate_events,
+    iter_event_batches,
+)
+from lambdarec.events import canonical_arrow_schema
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import pyarrow as pa
+
+CONFIG = GeneratorConfig(
+    n_users=500, n_items=2_000, n_categories=20, days=3, n_events=20_000, seed=5
+)
+DAYS = [date(2024, 1, 1), date(2024, 1, 2), date(2024, 1, 3)]
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    return generate_events(CONFIG)
+
+
+def _files(lake_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(lake_dir)) for p in lake_dir.rglob("*") if p.is_file())
+
+
+def test_round_trip_from_a_stream_of_batches(events: pd.DataFrame, tmp_path: Path) -> None:
+    written = lake.write_events(iter_event_batches(CONFIG, batch_rows=3_000), tmp_path)
+    assert written == DAYS
+    assert lake.list_dates(tmp_path) == DAYS
+    assert _files(tmp_path) == [f"events/date={d.isoformat()}/part-00000.parquet" for d in DAYS]
+    pd.testing.assert_frame_equal(lake.read_events(tmp_path), events)
+    counts = lake.date_counts(tmp_path)
+    assert sum(counts.values()) == len(events)
+    assert counts[DAYS[1]] == (events["ts"].dt.date == DAYS[1]).sum()
+
+
+def test_files_hold_the_canonical_schema_with_utc_millis(
+    events: pd.DataFrame, tmp_path: Path
+) -> None:
+    lake.write_events(events, tmp_path)
+    path = lake.partition_dir(tmp_path, DAYS[0]) / "part-00000.parquet"
+    assert pq.read_schema(path).equals(canonical_arrow_schema())
+    ts = pq.ParquetFile(path).schema.column(7)
+    assert ts.name == "ts"
+    assert "isAdjustedToUTC=true" in str(ts.logical_type) and "milliseconds" in str(ts.logical_type)
+
+
+def test_rewriting_a_date_is_idempotent_and_replaces_only_that_date(
+    events: pd.DataFrame, tmp_path: Path
+) -> None:
+    lake.write_events(events, tmp_path)
+    before = _files(tmp_path)
+    lake.write_events(events, tmp_path)
+    assert _files(tmp_path) == before
+    pd.testing.assert_frame_equal(lake.read_events(tmp_path), events)
+
+    day2 = events[events["ts"].dt.date == DAYS[1]]
+    assert lake.write_events(day2.head(10), tmp_path) == [DAYS[1]]
+    counts = lake.date_counts(tmp_path)
+    assert counts[DAYS[1]] == 10
+    assert counts[DAYS[0]] == (events["ts"].dt.date == DAYS[0]).sum()
+    assert counts[DAYS[2]] == (events["ts"].dt.date == DAYS[2]).sum()
+    assert not (tmp_path / lake.STAGING).exists()
+
+
+def test_a_failed_write_leaves_the_old_partition(events: pd.DataFrame, tmp_path: Path) -> None:
+    lake.write_events(events, tmp_path)
+
+    def broken() -> Iterator[pd.DataFrame]:
+        yield events.head(5)
+        raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError, match="producer died"):
+        lake.write_events(broken(), tmp_path)
+    pd.testing.assert_frame_equal(lake.read_events(tmp_path), events)
+    assert not (tmp_path / lake.STAGING).exists()
+
+
+def test_read_a_range_inclusive(events: pd.DataFrame, tmp_path: Path) -> None:
+    lake.write_events(events, tmp_path)
+    got = lake.read_events(tmp_path, DAYS[1], DAYS[2])
+    expected = events[events["ts"].dt.date >= DAYS[1]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert len(lake.read_events(tmp_path, date(2030, 1, 1))) == 0
+    only = lake.read_events(tmp_path, DAYS[0], DAYS[0], columns=["item_id", "ts"])
+    assert list(only.columns) == ["item_id", "ts"]
+    with pytest.raises(ValueError, match="unknown column"):
+        lake.read_events(tmp_path, columns=["nope"])
+
+
+def test_iter_events_streams_in_time_order(events: pd.DataFrame, tmp_path: Path) -> None:
+    lake.write_events(iter_event_batches(CONFIG), tmp_path)
+    batches: list[pa.RecordBatch] = list(lake.iter_events(tmp_path, batch_rows=1_000))
+    assert max(b.num_rows for b in batches) <= 1_000
+    ts = pd.concat([b.to_pandas()["ts"] for b in batches], ignore_index=True)
+    assert ts.is_monotonic_increasing and len(ts) == len(events)
+
+
+def test_empty_lake(tmp_path: Path) -> None:
+    assert lake.list_dates(tmp_path) == []
+    empty = lake.read_events(tmp_path)
+    assert len(empty) == 0 and list(empty.columns) == canonical_arrow_schema().names
+    assert lake.write_events(events_frame_empty(), tmp_path) == []
+
+
+def events_frame_empty() -> pd.DataFrame:
+    return canonical_arrow_schema().empty_table().to_pandas()
+
+
+def test_duckdb_reads_the_lake_with_hive_partitioning(events: pd.DataFrame, tmp_path: Path) -> None:
+    lake.write_events(events, tmp_path)
+    rows = duckdb.sql(
+        f"""
+        SELECT date, count(*) AS n, min(ts) AS first, count(DISTINCT event_id) AS ids
+        FROM read_parquet('{tmp_path}/events/*/*.parquet', hive_partitioning = true)
+        GROUP BY date ORDER BY date
+        """
+    ).fetchall()
+    assert [r[0] for r in rows] == DAYS
+    assert sum(r[1] for r in rows) == len(events) == sum(r[3] for r in rows)
+    first = rows[0][2]
+    assert first.utcoffset() is not None  # TIMESTAMP WITH TIME ZONE
+    assert pd.Timestamp(first) == events["ts"].min()
+    typed = duckdb.sql(
+        f"DESCRIBE SELECT * FROM read_parquet('{tmp_path}/events/*/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+    assert dict((r[0], r[1]) for r in typed)["ts"] == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_catalog_round_trip(tmp_path: Path) -> None:
+    catalog = generate_catalog(CONFIG)
+    path = lake.write_catalog(catalog, tmp_path)
+    assert path == tmp_path / "catalog" / "catalog.parquet"
+    pd.testing.assert_frame_equal(lake.read_catalog(tmp_path), catalog)
+    lake.write_catalog(catalog.head(3), tmp_path)  # replaced, not appended
+    assert len(lake.read_catalog(tmp_path)) == 3
+    with pytest.raises(ValueError, match="unique"):
+        lake.write_catalog(pd.concat([catalog.head(2), catalog.head(1)]), tmp_path)

@@ -1,0 +1,283 @@
+"""Loaders against the real shared datasets, and the generic loader's round trips and errors."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pytest
+
+from lambdarec.config import get_settings
+from lambdarec.data.canonical import check_canonical
+from lambdarec.data.generator import GeneratorConfig, generate_events
+from lambdarec.data.loaders import (
+    LoadError,
+    expand_sessions,
+    load_diginetica_raw,
+    load_interactions,
+    load_srgnn,
+    load_taobao,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DATA = get_settings().shared_data_dir
+needs_data = pytest.mark.skipif(
+    not (DATA / "taobao_userbehavior").is_dir(), reason=f"shared datasets not found in {DATA}"
+)
+
+
+# -- Taobao ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def taobao() -> pd.DataFrame:
+    return load_taobao()
+
+
+@needs_data
+def test_taobao_counts_match_the_readme(taobao: pd.DataFrame) -> None:
+    check_canonical(taobao)
+    assert len(taobao) == 84_475
+    assert taobao["user_id"].nunique() == 815
+    assert taobao["item_id"].nunique() == 55_368
+    assert taobao["category"].nunique() == 2_914
+    counts = taobao["event_type"].value_counts().to_dict()
+    # The README counts pv 75,873 including the truncated last line (a pv); fav 2,356 -> view.
+    assert counts == {"view": 75_873 - 1 + 2_356, "add_to_cart": 4_497, "purchase": 1_750}
+    assert taobao["price"].isna().all()
+    assert taobao["ts"].is_monotonic_increasing
+    buyers = taobao.loc[taobao["event_type"] == "purchase", "user_id"].nunique()
+    assert buyers == 559
+
+
+@needs_data
+def test_taobao_truncated_line_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="lambdarec.data.loaders"):
+        df = load_taobao()
+    report = df.attrs["load_report"]
+    assert report["rows_read"] == 84_476 and report["rows_out"] == 84_475
+    assert sum(report["dropped"].values()) == 1
+    assert report["mapped"] == {"fav->view": 2_356}
+    assert "line 84476" in caplog.text and "truncated" in caplog.text
+
+
+@needs_data
+def test_taobao_official_window_and_sessions() -> None:
+    df = load_taobao(official_window=True)
+    assert len(df) == 84_475 - 35
+    assert (
+        df.attrs["load_report"]["dropped"][
+            "outside the official window [2017-11-25, 2017-12-04) UTC+8"
+        ]
+        == 35
+    )
+    assert df["session_id"].nunique() == 14_097  # 30-minute inactivity gap, as in the README
+    assert df["ts"].min() >= pd.Timestamp("2017-11-24 16:00", tz="UTC")
+    assert df["ts"].max() < pd.Timestamp("2017-12-03 16:00", tz="UTC")
+
+
+@needs_data
+def test_taobao_session_ids_and_event_ids(taobao: pd.DataFrame) -> None:
+    first = taobao[taobao["event_id"] == "tb-1"].iloc[0]  # the README's first sample row
+    assert (first["user_id"], first["item_id"], first["category"]) == ("1", "2268318", "2520377")
+    assert first["ts"] == pd.Timestamp(1511544070, unit="s", tz="UTC")
+    by_session = taobao.sort_values(["session_id", "ts"], kind="stable")
+    gaps = by_session.groupby("session_id")["ts"].diff().dropna()
+    assert gaps.max() <= pd.Timedelta(minutes=30)
+    assert (taobao["session_id"].str.split("-").str[0] == taobao["user_id"]).all()
+
+
+@needs_data
+def test_taobao_fav_can_be_dropped_with_a_count() -> None:
+    df = load_taobao(fav="drop")
+    assert len(df) == 84_475 - 2_356
+    assert df.attrs["load_report"]["dropped"]["fav (fav='drop')"] == 2_356
+
+
+# -- Diginetica -----------------------------------------------------------------------------
+@needs_data
+def test_diginetica_raw_sample_counts() -> None:
+    df = load_diginetica_raw()
+    check_canonical(df)
+    assert len(df) == 12_391
+    assert df["session_id"].nunique() == 2_986
+    assert df["item_id"].nunique() == 7_139
+    assert (df["event_type"] == "view").all()
+    assert (~df["user_id"].str.startswith("anon-")).sum() == 4_710
+    assert df["ts"].min().date().isoformat() == "2016-01-03"
+    assert df["ts"].is_monotonic_increasing
+    # Session 1, first click: 2016-05-09 + 526,309 ms; anonymous.
+    row = df[(df["session_id"] == "1") & (df["item_id"] == "81766")].iloc[0]
+    assert row["ts"] == pd.Timestamp("2016-05-09", tz="UTC") + pd.Timedelta(milliseconds=526_309)
+    assert row["user_id"] == "anon-1"
+    assert df.groupby("session_id").size().median() == 3
+
+
+@needs_data
+def test_srgnn_split_counts() -> None:
+    split = load_srgnn()
+    assert len(split.train_sessions) == 186_670
+    assert split.n_train_clicks == 906_140
+    assert len(split.test) == 60_858
+    assert split.n_items == 43_097
+    assert split.test[0] == ([21553, 20071, 8762, 21566, 6381], 21566)
+    pairs = expand_sessions(split.train_sessions)
+    assert len(pairs) == 719_470
+
+
+def test_expand_sessions_longest_prefix_first() -> None:
+    assert expand_sessions([[1, 2, 3], [4], [5, 6]]) == [([1, 2], 3), ([1], 2), ([5], 6)]
+
+
+# -- generic --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def canonical() -> pd.DataFrame:
+    return generate_events(GeneratorConfig(n_users=200, n_items=500, n_categories=10, days=2,
+                                           n_events=3_000, seed=11))  # fmt: skip
+
+
+def _export(df: pd.DataFrame) -> pd.DataFrame:
+    """The canonical table in a typical foreign spelling."""
+    return pd.DataFrame(
+        {
+            "userId": df["user_id"],
+            "sessionId": df["session_id"],
+            "productId": df["item_id"],
+            "timestamp": df["ts"].astype("int64"),
+            "Action": df["event_type"].map({"view": "pv", "add_to_cart": "cart",
+                                            "remove_from_cart": "remove", "purchase": "buy"}),
+            "category": df["category"],
+            "price": df["price"],
+            "event_id": df["event_id"],
+        }
+    )  # fmt: skip
+
+
+def test_generic_csv_round_trip(canonical: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    _export(canonical).to_csv(path, index=False)
+    loaded = load_interactions(path, item_col="productId", event_type_col="Action")
+    check_canonical(loaded)
+    pd.testing.assert_frame_equal(loaded, canonical)
+
+
+def test_generic_parquet_round_trip_with_datetime_and_iso(
+    canonical: pd.DataFrame, tmp_path: Path
+) -> None:
+    exported = _export(canonical).drop(columns=["timestamp"])
+    exported["event_time"] = canonical["ts"]
+    path = tmp_path / "events.parquet"
+    exported.to_parquet(path)
+    loaded = load_interactions(path, item_col="productId", event_type_col="Action")
+    pd.testing.assert_frame_equal(loaded, canonical)
+
+    iso = exported.assign(event_time=canonical["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z"))
+    iso_path = tmp_path / "iso.csv"
+    iso.to_csv(iso_path, index=False, sep=";")
+    pd.testing.assert_frame_equal(
+        load_interactions(iso_path, item_col="productId", event_type_col="Action"), canonical
+    )
+
+
+def test_generic_minimal_file_gets_sessions_views_and_ids(tmp_path: Path) -> None:
+    path = tmp_path / "minimal.csv"
+    path.write_text(
+        "user,item,time\n"
+        "a,1,1700000000\n"
+        "a,2,1700000600\n"
+        "a,3,1700009000\n"  # > 30 min later: a new session
+        "b,1,1700000100\n"
+    )
+    df = load_interactions(path)
+    check_canonical(df)
+    assert df["event_type"].eq("view").all()
+    assert df["event_id"].tolist() == ["gen-1", "gen-4", "gen-2", "gen-3"]
+    assert df.set_index("event_id")["session_id"].to_dict() == {
+        "gen-1": "a-0", "gen-2": "a-0", "gen-3": "a-1", "gen-4": "b-0",
+    }  # fmt: skip
+    assert df["ts"].iloc[0] == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
+    assert df["category"].isna().all() and df["price"].isna().all()
+
+
+def test_generic_session_only_file_gets_anonymous_users(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.csv"
+    path.write_text("session_id,item_id,ts\n9,1,1700000000000\n9,2,1700000001000\n")
+    df = load_interactions(path, session_gap=timedelta(minutes=5))
+    assert df["user_id"].tolist() == ["anon-9", "anon-9"]
+    assert df["ts"].iloc[1] == pd.Timestamp(1_700_000_001_000, unit="ms", tz="UTC")
+
+
+def test_generic_missing_required_column_names_it_and_lists_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("user_id,thing,ts\nu,1,1700000000\n")
+    with pytest.raises(
+        LoadError, match=r"no item column found.*available columns: \['user_id', 'thing', 'ts'\]"
+    ):
+        load_interactions(path)
+    with pytest.raises(LoadError, match=r"item column 'sku' is not in the file"):
+        load_interactions(path, item_col="sku")
+    with pytest.raises(LoadError, match="no user or session column"):
+        path.write_text("item_id,ts\n1,1700000000\n")
+        load_interactions(path)
+
+
+def test_generic_bad_rows_raise_with_counts_and_examples(tmp_path: Path) -> None:
+    path = tmp_path / "dirty.csv"
+    path.write_text(
+        "user_id,item_id,ts,event_type\n"
+        "u1,i1,2024-05-01T10:00:00Z,view\n"
+        "u1,i2,yesterday,view\n"
+        "u1,i3,2024-05-01T10:02:00Z,wishlist\n"
+        "u1,i4,2024-05-01T10:03:00Z,wishlist\n"
+        "u2,,2024-05-01T10:04:00Z,buy\n"
+        "u 3,i5,2024-05-01T10:05:00Z,view\n"
+    )
+    with pytest.raises(LoadError) as info:
+        load_interactions(path)
+    message = str(info.value)
+    assert "5 of 6 row(s) are invalid" in message
+    assert "unparseable or missing timestamp (ts): 1 row(s)" in message and "yesterday" in message
+    assert "unknown event type (event_type): 'wishlist' x2" in message
+    assert "missing item (item_id): 1 row(s)" in message
+    assert "user (user_id) breaks the id rule" in message
+    assert "on_invalid='drop'" in message
+
+
+def test_generic_drop_counts_every_dropped_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "dirty.csv"
+    path.write_text(
+        "user_id,item_id,ts,event_type,price\n"
+        "u1,i1,2024-05-01T10:00:00Z,view,1.5\n"
+        "u1,i2,yesterday,view,2\n"
+        "u1,i3,2024-05-01T10:02:00Z,wishlist,3\n"
+        "u1,i4,2024-05-01T10:03:00Z,view,-1\n"
+        "u1,i5,2024-05-01T10:04:00Z,fav,\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="lambdarec.data.loaders"):
+        df = load_interactions(path, on_invalid="drop", event_type_map={"fav": "view"})
+    assert df["item_id"].tolist() == ["i1", "i5"]
+    assert df["price"].iloc[0] == 1.5 and pd.isna(df["price"].iloc[1])
+    report = df.attrs["load_report"]
+    assert report["rows_read"] == 5 and report["rows_out"] == 2
+    assert sum(report["dropped"].values()) == 3
+    assert report["mapped"] == {"view->view": 1, "fav->view": 1}
+    assert "dropped 1 row(s): unparseable or missing timestamp" in caplog.text
+    assert "dropped 1 row(s): price (price) not a finite number >= 0" in caplog.text
+
+
+def test_generic_event_type_map_must_target_a_canonical_type(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("user_id,item_id,ts,event_type\nu,i,1700000000,fav\n")
+    with pytest.raises(LoadError, match=r"event_type_map\['fav'\] = 'like' is not an event type"):
+        load_interactions(path, event_type_map={"fav": "like"})
+
+
+def test_generic_duplicate_event_ids_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "dupes.csv"
+    path.write_text("event_id,user_id,item_id,ts\ne1,u,i,1700000000\ne1,u,j,1700000001\n")
+    with pytest.raises(LoadError, match="duplicated"):
+        load_interactions(path)
