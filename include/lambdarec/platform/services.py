@@ -1,0 +1,495 @@
+"""The services of the local platform: what each runs, where it listens, how it proves healthy.
+
+A :class:`Service` is plain data plus a few callables, built from the settings by
+:func:`build_services` in start order. The manager knows nothing service-specific, so a later layer
+(the Flink job, the Flask app, a Milvus server) is one more factory here. A service without a
+command is a reserved row: ``status`` shows whether something answers there, ``up`` skips it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Configuration files shipped with the package (log4j2 for Kafka).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+class PlatformError(RuntimeError):
+    """A service cannot be prepared, started or stopped; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the local platform (or a reserved row when ``command`` is empty)."""
+
+    name: str
+    title: str
+    #: Port -> the settings field that moves it, e.g. ``{9092: "kafka_port"}``; the field is named in
+    #: port-conflict errors.
+    ports: Mapping[int, str]
+    url: str
+    health: Callable[[], bool]
+    command: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    #: Services started first when this one is asked for.
+    requires: tuple[str, ...] = ()
+    #: Runs before each start: folders, config files, one-time initialisation (may be slow).
+    prepare: Callable[[], None] | None = None
+    #: Runs after the service is healthy, on every ``up``: idempotent setup such as topics.
+    ready: Callable[[], None] | None = None
+    #: Extra text for the status table (e.g. the Airflow login); called only when up.
+    details: Callable[[], str] | None = None
+    #: Seconds between SIGTERM and SIGKILL on ``down``.
+    stop_timeout_s: float = 30.0
+
+    @property
+    def managed(self) -> bool:
+        """Whether ``up``/``down`` start and stop it (reserved rows are only probed)."""
+        return bool(self.command)
+
+
+# -- health probes -----------------------------------------------------------------------------
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=timeout).ok
+    except requests.RequestException:
+        return False
+
+
+# -- Kafka -------------------------------------------------------------------------------------
+
+
+def kafka_libs_dir(settings: Settings) -> Path:
+    """Where the broker jars live: ``<state_dir>/kafka/libs`` (may be a symlink to a shared copy)."""
+    return settings.state_dir / "kafka" / "libs"
+
+
+def resolve_kafka_jars(settings: Settings) -> Path:
+    """Copy the Kafka broker jars named by env/kafka/pom.xml into :func:`kafka_libs_dir`.
+
+    Does nothing when the folder already holds the jars of the current pom (a hash of the pom is
+    kept beside them). Maven's local repository caches the downloads, so a re-resolve is ~2 s.
+    """
+    pom = settings.home / "env" / "kafka" / "pom.xml"
+    if not pom.is_file():
+        raise PlatformError(f"{pom} not found; the Kafka broker jars are resolved from it")
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    libs = kafka_libs_dir(settings)
+    marker = libs / ".pom.sha256"
+    if marker.is_file() and marker.read_text().strip() == digest and any(libs.glob("kafka_*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise PlatformError("mvn not found; run `make system-deps` (apt-get install maven)")
+    target = libs.resolve()  # a symlinked shared copy is refreshed in place
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    log.info("resolving Kafka broker jars into %s: %s", target, " ".join(cmd))
+    env = {**_base_env(), "JAVA_HOME": str(settings.java_home)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not any(staging.glob("kafka_*.jar")):
+        output = (done.stdout + done.stderr).strip().splitlines()[-30:]
+        raise PlatformError("mvn could not resolve the Kafka jars:\n" + "\n".join(output))
+    (staging / ".pom.sha256").write_text(digest + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    return libs
+
+
+def _kafka_properties(settings: Settings) -> str:
+    host, kport, cport = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{host}:{cport}",
+        "listeners": f"PLAINTEXT://{host}:{kport},CONTROLLER://{host}:{cport}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{kport}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(settings.state_dir / "kafka" / "data"),
+        # Topics come from lambdarec.streaming.kafka.ensure_topics with their own settings; a typo
+        # in a producer must fail, not create a stray topic.
+        "auto.create.topics.enable": "false",
+        "num.partitions": str(settings.topic_partitions),
+        "default.replication.factor": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.hours": "168",
+    }
+    lines = [
+        "# Written by `lambdarec platform up` from the settings on each start; edits are lost."
+    ]
+    lines += [f"{key}={value}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _java(settings: Settings) -> Path:
+    java = settings.java_home / "bin" / "java"
+    if not java.is_file():
+        raise PlatformError(
+            f"{java} not found; install Java 17 (apt-get install openjdk-17-jdk-headless) "
+            "or set LAMBDAREC_JAVA_HOME"
+        )
+    return java
+
+
+def _kafka_prepare(settings: Settings) -> None:
+    java = _java(settings)
+    libs = resolve_kafka_jars(settings)
+    home = settings.state_dir / "kafka"
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    config = home / "server.properties"
+    config.write_text(_kafka_properties(settings))
+    if (home / "data" / "meta.properties").is_file():
+        return
+    id_file = home / "cluster.id"
+    if id_file.is_file():
+        cluster_id = id_file.read_text().strip()
+    else:
+        # Kafka's Uuid.randomUuid() format: 16 random bytes, URL-safe base64 without padding.
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        id_file.write_text(cluster_id + "\n")
+    cmd = [
+        str(java), f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
+        "-cp", f"{libs}/*", "kafka.tools.StorageTool",
+        "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
+    ]  # fmt: skip
+    log.info("formatting the Kafka log dir (cluster id %s)", cluster_id)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_base_env())
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()[-30:]
+        raise PlatformError("formatting the Kafka storage failed:\n" + "\n".join(output))
+
+
+def _kafka_health(settings: Settings) -> bool:
+    host, port = settings.bind_host, settings.kafka_port
+    if not tcp_open(host, port):
+        return False
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger("lambdarec.platform.librdkafka")
+    quiet.setLevel(logging.CRITICAL)
+    config: dict[str, Any] = {"bootstrap.servers": f"{host}:{port}", "logger": quiet}
+    client = AdminClient(config)
+    try:
+        client.list_topics(timeout=3)
+    except KafkaException:
+        return False
+    return True
+
+
+def _kafka_ready(settings: Settings) -> None:
+    from lambdarec.streaming.kafka import ensure_topics
+
+    created = ensure_topics(settings)
+    log.info("kafka topics ensured: %s", ", ".join(created) if created else "(none)")
+
+
+def kafka(settings: Settings) -> Service:
+    libs = kafka_libs_dir(settings)
+    heap = settings.kafka_heap
+    command = [
+        str(settings.java_home / "bin" / "java"), f"-Xms{heap}", f"-Xmx{heap}",
+        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExplicitGCInvokesConcurrent",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
+        f"-Dkafka.logs.dir={settings.log_dir}",
+        "-cp", f"{libs}/*", "kafka.Kafka", str(settings.state_dir / "kafka" / "server.properties"),
+    ]  # fmt: skip
+    return Service(
+        name="kafka",
+        title="Kafka (KRaft broker+controller)",
+        ports={
+            settings.kafka_port: "kafka_port",
+            settings.kafka_controller_port: "kafka_controller_port",
+        },
+        url=f"{settings.bind_host}:{settings.kafka_port}",
+        health=lambda: _kafka_health(settings),
+        command=command,
+        env={"JAVA_HOME": str(settings.java_home)},
+        cwd=settings.state_dir / "kafka",
+        prepare=lambda: _kafka_prepare(settings),
+        ready=lambda: _kafka_ready(settings),
+    )
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+def _redis_health(settings: Settings) -> bool:
+    import redis
+
+    client = redis.Redis(
+        host=settings.bind_host,
+        port=settings.redis_port,
+        socket_connect_timeout=1,
+        socket_timeout=1,
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _redis_prepare(settings: Settings) -> None:
+    if shutil.which("redis-server") is None:
+        raise PlatformError(
+            "redis-server not found; run `make system-deps` (apt-get install redis-server)"
+        )
+    (settings.state_dir / "redis").mkdir(parents=True, exist_ok=True)
+
+
+def redis(settings: Settings) -> Service:
+    data = settings.state_dir / "redis"
+    command = [
+        shutil.which("redis-server") or "redis-server",
+        "--bind", settings.bind_host, "--port", str(settings.redis_port),
+        "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes",
+        "--save", "300 10", "--appendonly", "no",
+    ]  # fmt: skip
+    return Service(
+        name="redis",
+        title="Redis (Feast online store)",
+        ports={settings.redis_port: "redis_port"},
+        url=f"redis://{settings.bind_host}:{settings.redis_port}/0",
+        health=lambda: _redis_health(settings),
+        command=command,
+        cwd=data,
+        prepare=lambda: _redis_prepare(settings),
+        stop_timeout_s=20.0,
+    )
+
+
+# -- MLflow ------------------------------------------------------------------------------------
+
+
+def _venv_bin() -> Path:
+    # Not resolved: .venv/bin/python is a symlink to the base interpreter.
+    return Path(sys.executable).parent
+
+
+def mlflow(settings: Settings) -> Service:
+    home = settings.state_dir / "mlflow"
+    url = f"http://{settings.bind_host}:{settings.mlflow_port}"
+    command = [
+        str(_venv_bin() / "mlflow"), "server",
+        "--host", settings.bind_host, "--port", str(settings.mlflow_port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", (home / "artifacts").as_uri(), "--serve-artifacts",
+    ]  # fmt: skip
+    return Service(
+        name="mlflow",
+        title="MLflow tracking + registry",
+        ports={settings.mlflow_port: "mlflow_port"},
+        url=url,
+        health=lambda: http_ok(f"{url}/health"),
+        command=command,
+        cwd=home,  # anything MLflow writes relative to its working directory stays in state
+        prepare=lambda: (home / "artifacts").mkdir(parents=True, exist_ok=True),
+    )
+
+
+# -- Airflow -----------------------------------------------------------------------------------
+
+
+def airflow_password(settings: Settings, user: str = "admin") -> str | None:
+    """The password ``airflow standalone`` generated for ``user`` (None before its first start)."""
+    path = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+    try:
+        return json.loads(path.read_text()).get(user)
+    except (OSError, ValueError):
+        return None
+
+
+def _airflow_health(settings: Settings) -> bool:
+    import requests
+
+    url = f"http://{settings.bind_host}:{settings.airflow_port}/api/v2/monitor/health"
+    try:
+        response = requests.get(url, timeout=2)
+        body = response.json() if response.ok else {}
+    except (requests.RequestException, ValueError):
+        return False
+    return all(
+        (body.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler")
+    )
+
+
+def _log_server_ports(airflow_port: int) -> tuple[int, int]:
+    """Ports of Airflow's worker and triggerer log servers, moved with ``airflow_port``.
+
+    Airflow's defaults (8793, 8794) are ``airflow_port`` + 713 and + 714 for the default 8080; a
+    second platform (a test's) on other ports then does not collide with the first.
+    """
+    worker, trigger = (1024 + (airflow_port + k - 1024) % (65536 - 1024) for k in (713, 714))
+    return worker, trigger
+
+
+def airflow(settings: Settings) -> Service:
+    host, port = settings.bind_host, settings.airflow_port
+    worker_logs, trigger_logs = _log_server_ports(port)
+    env = {
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.home / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": str(settings.airflow_parallelism),
+        "AIRFLOW__API__HOST": host,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        # Tasks call back into the API server; the default assumes port 8080.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # The log servers listen on all interfaces (Airflow hard-codes the host) but only answer
+        # requests signed with this installation's secret key.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_logs),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_logs),
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        "TF_USE_LEGACY_KERAS": "1",
+        "SPARK_LOCAL_IP": host,
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[*]"}),
+    }
+
+    def details() -> str:
+        password = airflow_password(settings)
+        return (
+            f"login admin / {password}" if password else "login admin (password not generated yet)"
+        )
+
+    return Service(
+        name="airflow",
+        title="Airflow (standalone)",
+        ports={port: "airflow_port", worker_logs: "airflow_port", trigger_logs: "airflow_port"},
+        url=f"http://{host}:{port}",
+        health=lambda: _airflow_health(settings),
+        command=[str(_venv_bin() / "airflow"), "standalone"],
+        env=env,
+        cwd=settings.airflow_home,
+        prepare=lambda: settings.airflow_home.mkdir(parents=True, exist_ok=True),
+        details=details,
+        stop_timeout_s=45.0,
+    )
+
+
+# -- reserved rows (later layers) -------------------------------------------------------------
+
+
+def serving(settings: Settings) -> Service:
+    host, port = settings.bind_host, settings.serving_port
+    return Service(
+        name="serving",
+        title="Flask recommendation API",
+        ports={port: "serving_port"},
+        url=f"http://{host}:{port}",
+        health=lambda: tcp_open(host, port),
+    )
+
+
+def data_docs(settings: Settings) -> Service:
+    index = (
+        settings.home
+        / "great_expectations"
+        / "uncommitted"
+        / "data_docs"
+        / "local_site"
+        / "index.html"
+    )
+    return Service(
+        name="data-docs",
+        title="Great Expectations Data Docs",
+        ports={},
+        url=index.as_uri(),
+        health=index.is_file,
+    )
+
+
+#: Factories in start order; ``down`` stops in reverse.
+FACTORIES: tuple[Callable[[Settings], Service], ...] = (
+    kafka,
+    redis,
+    mlflow,
+    airflow,
+    serving,
+    data_docs,
+)
+
+
+def build_services(settings: Settings) -> dict[str, Service]:
+    """All services, keyed by name, in start order.
+
+    Each service's environment carries the settings as ``LAMBDAREC_*`` variables, so whatever it
+    runs (an Airflow task, a job) sees the same state folder and ports as the platform.
+    """
+    exported = settings_env(settings)
+    services = [factory(settings) for factory in FACTORIES]
+    return {s.name: dataclasses.replace(s, env={**exported, **s.env}) for s in services}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as the ``LAMBDAREC_*`` environment variables that reproduce them."""
+    exported = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            # pydantic-settings parses complex fields (lists, dicts) from JSON
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            exported[f"LAMBDAREC_{name.upper()}"] = text
+    return exported
+
+
+def _base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Console scripts of the venv (airflow, mlflow) spawn siblings by name.
+    env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def service_env(service: Service) -> dict[str, str]:
+    """The environment a service process starts with: ours, the venv on PATH, its own variables."""
+    return {**_base_env(), **service.env}
