@@ -1,0 +1,85 @@
+"""Conventions shared by the Spark job and the DuckDB reference: table selection and windows.
+
+For the day ``D`` of a run (its data interval, UTC) every window ends at ``D+1 00:00 UTC``
+(exclusive), which is also the ``event_timestamp`` of every feature row: a row summarises only
+events strictly before its timestamp, so Feast's point-in-time joins never leak. The 1-, 7- and
+30-day windows start 1, 7 and 30 days before that end.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from lambdarec.tables import FEATURE_TABLES, FeatureTable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+TABLES: dict[str, FeatureTable] = {t.name: t for t in FEATURE_TABLES}
+
+#: The longest window any table needs, in days (the job reads this many day partitions).
+WINDOW_DAYS = 30
+#: Neighbours kept per item in item_cooccurrence.
+DEFAULT_TOP_N = 20
+#: Distinct items per user (co-bought) or session (co-viewed) taken into co-occurrence: the most
+#: recent ones. Bounds the pairs of one user/session at max_items * (max_items - 1) / 2.
+DEFAULT_MAX_ITEMS = 50
+#: Shuffle partitions for a local run on a few cores (adaptive execution coalesces small ones).
+DEFAULT_SHUFFLE_PARTITIONS = 8
+
+DAY_MS = 86_400_000
+
+
+def parse_tables(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` or comma-separated table names (any order) -> table names in spec order."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return list(TABLES)
+    unknown = sorted(set(names) - set(TABLES))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown table(s) {unknown or names}; use 'all' or some of: {', '.join(TABLES)}"
+        )
+    return [n for n in TABLES if n in names]
+
+
+def as_day(day: date | str) -> date:
+    if isinstance(day, datetime):
+        raise TypeError("pass the run's day as a date or 'YYYY-MM-DD', not a datetime")
+    return day if isinstance(day, date) else date.fromisoformat(day)
+
+
+def window_bounds(day: date | str) -> dict[str, datetime]:
+    """``end`` (= event_timestamp, exclusive) and the starts of the 1/7/30-day windows of ``day``."""
+    day = as_day(day)
+    end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+    return {
+        "end": end,
+        "start_1d": end - timedelta(days=1),
+        "start_7d": end - timedelta(days=7),
+        "start_30d": end - timedelta(days=WINDOW_DAYS),
+    }
+
+
+def first_day(day: date | str) -> date:
+    """The first day partition the run reads."""
+    return as_day(day) - timedelta(days=WINDOW_DAYS - 1)
+
+
+def event_timestamp(day: date | str) -> datetime:
+    """The ``event_timestamp`` of every feature row of ``day``: ``day + 1`` at 00:00 UTC."""
+    return window_bounds(day)["end"]
+
+
+#: Spark settings every run of the job wants (the job sets them; spark-submit passes them too).
+SPARK_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    # INT64 micros flagged UTC (Arrow timestamp[us, tz=UTC]) rather than the legacy INT96.
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+}

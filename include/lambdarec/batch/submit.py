@@ -1,0 +1,116 @@
+"""The spark-submit command of the daily feature job, for Airflow's SparkSubmitOperator or a shell.
+
+``spark_job(day, settings)`` describes one run (application, arguments, conf, environment) in the
+terms SparkSubmitOperator takes; ``spark_submit_args(day, settings)`` is the same run as a
+command line. Nothing here starts Spark.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdarec.batch.spec import (
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_SHUFFLE_PARTITIONS,
+    DEFAULT_TOP_N,
+    SPARK_CONF,
+    as_day,
+    parse_tables,
+)
+from lambdarec.config import REPO_ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import date
+
+    from lambdarec.config import Settings
+
+#: The standalone Spark programs.
+SPARK_JOBS_DIR = REPO_ROOT / "include" / "spark"
+DAILY_FEATURES = SPARK_JOBS_DIR / "daily_features.py"
+
+DEFAULT_MASTER = "local[*]"
+DEFAULT_DRIVER_MEMORY = "4g"
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    """One spark-submit run; the fields map one to one onto SparkSubmitOperator's arguments."""
+
+    application: str
+    application_args: list[str]
+    name: str
+    master: str = DEFAULT_MASTER
+    driver_memory: str = DEFAULT_DRIVER_MEMORY
+    conf: dict[str, str] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def command(self, spark_submit: str | None = None) -> list[str]:
+        """The full command line (``spark_submit`` defaults to the one beside this Python)."""
+        cmd = [spark_submit or default_spark_submit(), "--master", self.master, "--name", self.name]
+        cmd += ["--driver-memory", self.driver_memory]
+        for key, value in self.conf.items():
+            cmd += ["--conf", f"{key}={value}"]
+        return [*cmd, self.application, *self.application_args]
+
+
+def default_spark_submit() -> str:
+    """pyspark's launcher installed in this environment, else whatever ``spark-submit`` is on PATH."""
+    local = Path(sys.executable).parent / "spark-submit"
+    return str(local) if local.exists() else "spark-submit"
+
+
+def spark_job(
+    day: date | str,
+    settings: Settings,
+    *,
+    tables: str | Sequence[str] = "all",
+    lake_dir: Path | None = None,
+    out_dir: Path | None = None,
+    master: str = DEFAULT_MASTER,
+    driver_memory: str = DEFAULT_DRIVER_MEMORY,
+    shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
+    top_n: int = DEFAULT_TOP_N,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> SparkJob:
+    """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake."""
+    day = as_day(day)
+    names = parse_tables(tables)
+    lake = lake_dir if lake_dir is not None else settings.lake_dir
+    args = [
+        "--lake-dir", str(lake),
+        "--date", day.isoformat(),
+        "--tables", ",".join(names),
+        "--shuffle-partitions", str(shuffle_partitions),
+        "--top-n", str(top_n),
+        "--max-items", str(max_items),
+    ]  # fmt: skip
+    if out_dir is not None:
+        args += ["--out-dir", str(out_dir)]
+    conf = {**SPARK_CONF, "spark.sql.shuffle.partitions": str(shuffle_partitions)}
+    python = sys.executable
+    env = {
+        "JAVA_HOME": str(settings.java_home),
+        "SPARK_LOCAL_IP": settings.bind_host,
+        # The driver imports lambdarec (installed in this environment); executors run no Python.
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": python,
+    }
+    suffix = "all" if len(names) == 4 else "+".join(names)
+    return SparkJob(
+        application=str(DAILY_FEATURES),
+        application_args=args,
+        name=f"lambdarec-daily-features-{day.isoformat()}-{suffix}",
+        master=master,
+        driver_memory=driver_memory,
+        conf=conf,
+        env_vars=env,
+    )
+
+
+def spark_submit_args(day: date | str, settings: Settings, **kwargs: object) -> list[str]:
+    """``spark_job(day, settings, **kwargs).command()``: the run as a command line."""
+    return spark_job(day, settings, **kwargs).command()  # type: ignore[arg-type]

@@ -1,0 +1,477 @@
+"""The batch layer's daily Spark job: the four feature tables of one day from one read of events.
+
+Run it with ``spark-submit include/spark/daily_features.py --lake-dir DIR --date YYYY-MM-DD`` (the
+DAG builds that command with :func:`lambdarec.batch.submit.spark_job`), or import :func:`run`.
+
+For the day ``D`` given by ``--date`` (the run's data interval, UTC), the job reads the events
+with ``D-29 <= date <= D`` (partition pruning on the lake's ``date=`` folders) and ``ts`` in
+``[D-29 00:00, D+1 00:00)``, caches that projection once and writes each selected table to
+``<out>/<table>/date=D/``, replacing just that partition (re-running a day gives the same rows).
+
+Conventions, shared with the DuckDB reference (:mod:`lambdarec.batch.duckdb_reference`):
+
+* ``event_timestamp`` is ``D+1 00:00:00 UTC``: the exclusive end of the data, so every event a
+  row summarises is strictly before its timestamp (no leakage in point-in-time joins).
+* Windows: 1d = day D, 7d = D-6..D, 30d = D-29..D, all by event time.
+* ``user_history_30d``: the top categories rank by event count (all types), ties by category
+  name; events without a category count everywhere except the category columns.
+  ``days_since_last_event`` is (event_timestamp - last event) in days (a fraction).
+* ``item_stats``: ``category``/``price`` are the values of the latest event in the 30 days that has
+  one (ties: the larger value); ``popularity_rank_in_category_7d`` is a row number by
+  ``views_7d`` desc then ``item_id`` asc within the category (1 = top; unique, no gaps).
+* ``item_cooccurrence``: per user (purchases) or session (views), only the ``max_items`` most
+  recently bought/viewed distinct items take part (ties by item id), which bounds the pair
+  blow-up at ``max_items**2`` per user or session. Score = ``n(a,b) / sqrt(n(a) * n(b))`` where
+  ``n(a,b)`` counts users (sessions) with both items and ``n(a)`` those with ``a``: a cosine in
+  (0, 1]. Each item keeps its ``top_n`` best neighbours, best first, ties by neighbour id. Items
+  with no neighbour of either kind are absent; an item with only one kind has an empty array
+  (never null) for the other.
+* ``category_popularity``: 7 days, events with a category; ``rank_7d`` is a row number by
+  ``views_7d`` desc then category name.
+
+Only built-in Spark SQL functions are used (no Python UDF), so executors need no Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdarec.batch.spec import (
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_SHUFFLE_PARTITIONS,
+    DEFAULT_TOP_N,
+    SPARK_CONF,
+    TABLES,
+    as_day,
+    first_day,
+    parse_tables,
+    window_bounds,
+)
+from lambdarec.tables import (
+    CATEGORY_POPULARITY,
+    ITEM_COOCCURRENCE,
+    ITEM_STATS,
+    USER_HISTORY,
+    FeatureTable,
+    events_path,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger("lambdarec.spark.daily_features")
+
+_SPARK_TYPES = {"int64": "bigint"}
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day as YYYY-MM-DD") from None
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_events(spark: SparkSession, lake_dir: Path | str, day: date) -> DataFrame:
+    """The events of the 30 days ending with ``day``, only the columns the tables need."""
+    from pyspark.sql import functions as F
+
+    root = events_path(Path(lake_dir))
+    if not root.exists():
+        raise FileNotFoundError(
+            f"no events under {root}; load or generate events into the lake first"
+        )
+    bounds = window_bounds(day)
+    df = spark.read.option("basePath", str(root)).parquet(str(root))
+    if "date" not in df.columns:
+        raise ValueError(f"{root} is not partitioned by date=YYYY-MM-DD folders")
+    return df.where(
+        # The partition filter prunes folders; the ts filter defines the window exactly.
+        F.col("date").between(F.lit(first_day(day)), F.lit(day))
+        & (F.col("ts") >= F.lit(bounds["start_30d"]))
+        & (F.col("ts") < F.lit(bounds["end"]))
+    ).select("user_id", "session_id", "item_id", "event_type", "category", "price", "ts")
+
+
+# -- the tables ------------------------------------------------------------------------------
+def _is(kind: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.col("event_type") == F.lit(kind)
+
+
+def _ratio(num: str, den: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.when(F.col(den) > 0, F.col(num) / F.col(den)).otherwise(F.lit(0.0))
+
+
+def user_history(events: DataFrame, day: date) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    end = window_bounds(day)["end"]
+    view, buy = _is("view"), _is("purchase")
+    users = events.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n_events_30d"),
+        F.count(F.when(view, 1)).alias("n_views_30d"),
+        F.count(F.when(_is("add_to_cart"), 1)).alias("n_carts_30d"),
+        F.count(F.when(_is("remove_from_cart"), 1)).alias("n_removes_30d"),
+        F.count(F.when(buy, 1)).alias("n_purchases_30d"),
+        F.count_distinct("item_id").alias("n_distinct_items_30d"),
+        F.avg(F.when(view, F.col("price"))).alias("avg_price_viewed_30d"),
+        F.max(F.when(view, F.col("price"))).alias("max_price_viewed_30d"),
+        F.avg(F.when(buy, F.col("price"))).alias("avg_price_bought_30d"),
+        F.max(F.when(buy, F.col("price"))).alias("max_price_bought_30d"),
+        F.max("ts").alias("last_ts"),
+    )
+    # Top categories: sort (-count, name) structs, keep three.
+    cats = (
+        events.where(F.col("category").isNotNull())
+        .groupBy("user_id", "category")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .groupBy("user_id")
+        .agg(
+            F.count(F.lit(1)).alias("n_distinct_categories_30d"),
+            F.slice(
+                F.sort_array(F.collect_list(F.struct((-F.col("n")).alias("neg"), "category"))), 1, 3
+            ).alias("top"),
+        )
+    )
+    return (
+        users.join(cats, "user_id", "left")
+        .withColumn(
+            "n_distinct_categories_30d", F.coalesce(F.col("n_distinct_categories_30d"), F.lit(0))
+        )
+        .withColumn("top_category_30d", F.col("top")[0]["category"])
+        .withColumn(
+            "top_categories_30d",
+            F.when(F.col("top").isNotNull(), F.array_join(F.col("top.category"), "|")),
+        )
+        .withColumn(
+            "days_since_last_event",
+            (F.unix_millis(F.lit(end)) - F.unix_millis(F.col("last_ts"))) / F.lit(86_400_000.0),
+        )
+        .withColumn("conversion_rate_30d", _ratio("n_purchases_30d", "n_views_30d"))
+        .withColumn("event_timestamp", F.lit(end))
+    )
+
+
+def item_stats(events: DataFrame, day: date) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    b = window_bounds(day)
+    in_1d = F.col("ts") >= F.lit(b["start_1d"])
+    in_7d = F.col("ts") >= F.lit(b["start_7d"])
+    kinds = {"views": _is("view"), "carts": _is("add_to_cart"), "purchases": _is("purchase")}
+    # First per (item, user), so unique users are plain counts (no Expand of two DISTINCTs).
+    per_user = events.groupBy("item_id", "user_id").agg(
+        *[
+            F.count(F.when(cond & span, 1)).alias(f"{kind}_{suffix}")
+            for suffix, span in (("1d", in_1d), ("7d", in_7d), ("30d", F.lit(True)))
+            for kind, cond in kinds.items()
+        ],
+        F.max(in_7d.cast("int")).alias("seen_7d"),
+        F.max(F.when(F.col("category").isNotNull(), F.struct("ts", "category"))).alias("last_cat"),
+        F.max(F.when(F.col("price").isNotNull(), F.struct("ts", "price"))).alias("last_price"),
+    )
+    counts = [f"{k}_{s}" for s in ("1d", "7d", "30d") for k in kinds]
+    items = per_user.groupBy("item_id").agg(
+        *[F.sum(c).alias(c) for c in counts],
+        F.sum("seen_7d").alias("unique_users_7d"),
+        F.count(F.lit(1)).alias("unique_users_30d"),
+        F.max("last_cat").alias("last_cat"),
+        F.max("last_price").alias("last_price"),
+    )
+    rank = Window.partitionBy("category").orderBy(F.col("views_7d").desc(), F.col("item_id"))
+    return (
+        items.withColumn("category", F.col("last_cat.category"))
+        .withColumn("price", F.col("last_price.price"))
+        .withColumn("conversion_7d", _ratio("purchases_7d", "views_7d"))
+        .withColumn("conversion_30d", _ratio("purchases_30d", "views_30d"))
+        .withColumn("popularity_rank_in_category_7d", F.row_number().over(rank))
+        .withColumn("event_timestamp", F.lit(b["end"]))
+    )
+
+
+def _neighbours(baskets: DataFrame, group: str, top_n: int, max_items: int) -> DataFrame:
+    """(item_id, items, scores) from (group, item_id, ts) rows: cosine co-occurrence, top N."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = Window.partitionBy(group).orderBy(F.col("last_ts").desc(), F.col("item_id"))
+    sets = (
+        baskets.groupBy(group, "item_id")
+        .agg(F.max("ts").alias("last_ts"))
+        .withColumn("rn", F.row_number().over(latest))
+        .where(F.col("rn") <= max_items)
+        .select(group, "item_id")
+    )
+    support = sets.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
+    # Unordered pairs (a < b) halve the join output; both directions come back after counting.
+    left, right = sets.alias("l"), sets.alias("r")
+    pairs = (
+        left.join(right, F.col(f"l.{group}") == F.col(f"r.{group}"))
+        .where(F.col("l.item_id") < F.col("r.item_id"))
+        .groupBy(F.col("l.item_id").alias("a"), F.col("r.item_id").alias("b"))
+        .agg(F.count(F.lit(1)).alias("n_ab"))
+    )
+    both = pairs.unionByName(pairs.select(F.col("b").alias("a"), F.col("a").alias("b"), "n_ab"))
+    sa = support.select(F.col("item_id").alias("a"), F.col("n").alias("n_a"))
+    sb = support.select(F.col("item_id").alias("b"), F.col("n").alias("n_b"))
+    scored = (
+        both.join(sa, "a")
+        .join(sb, "b")
+        .withColumn("score", F.col("n_ab") / F.sqrt(F.col("n_a") * F.col("n_b")))
+    )
+    best = Window.partitionBy("a").orderBy(F.col("score").desc(), F.col("b"))
+    return (
+        scored.withColumn("rn", F.row_number().over(best))
+        .where(F.col("rn") <= top_n)
+        .groupBy(F.col("a").alias("item_id"))
+        .agg(F.sort_array(F.collect_list(F.struct("rn", "b", "score"))).alias("top"))
+        .select("item_id", F.col("top.b").alias("items"), F.col("top.score").alias("scores"))
+    )
+
+
+def item_cooccurrence(
+    events: DataFrame, day: date, *, top_n: int = DEFAULT_TOP_N, max_items: int = DEFAULT_MAX_ITEMS
+) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    bought = _neighbours(
+        events.where(_is("purchase")).select("user_id", "item_id", "ts"),
+        "user_id",
+        top_n,
+        max_items,
+    )
+    viewed = _neighbours(
+        events.where(_is("view")).select("session_id", "item_id", "ts"),
+        "session_id",
+        top_n,
+        max_items,
+    )
+    empty_s, empty_d = F.array().cast("array<string>"), F.array().cast("array<double>")
+    return (
+        bought.select(
+            "item_id",
+            F.col("items").alias("co_bought_items"),
+            F.col("scores").alias("co_bought_scores"),
+        )
+        .join(
+            viewed.select(
+                "item_id",
+                F.col("items").alias("co_viewed_items"),
+                F.col("scores").alias("co_viewed_scores"),
+            ),
+            "item_id",
+            "full",
+        )
+        .select(
+            "item_id",
+            F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
+            F.coalesce("co_bought_items", empty_s).alias("co_bought_items"),
+            F.coalesce("co_bought_scores", empty_d).alias("co_bought_scores"),
+            F.coalesce("co_viewed_items", empty_s).alias("co_viewed_items"),
+            F.coalesce("co_viewed_scores", empty_d).alias("co_viewed_scores"),
+        )
+    )
+
+
+def category_popularity(events: DataFrame, day: date) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    b = window_bounds(day)
+    cats = (
+        events.where((F.col("ts") >= F.lit(b["start_7d"])) & F.col("category").isNotNull())
+        .groupBy("category")
+        .agg(
+            F.count(F.when(_is("view"), 1)).alias("views_7d"),
+            F.count(F.when(_is("purchase"), 1)).alias("purchases_7d"),
+            F.count_distinct("user_id").alias("unique_users_7d"),
+        )
+    )
+    # A global ordering on one partition: fine, there are few categories.
+    rank = Window.orderBy(F.col("views_7d").desc(), F.col("category"))
+    return cats.withColumn("rank_7d", F.row_number().over(rank)).withColumn(
+        "event_timestamp", F.lit(b["end"])
+    )
+
+
+BUILDERS: dict[str, Callable[..., DataFrame]] = {
+    USER_HISTORY.name: user_history,
+    ITEM_STATS.name: item_stats,
+    ITEM_COOCCURRENCE.name: item_cooccurrence,
+    CATEGORY_POPULARITY.name: category_popularity,
+}
+
+
+def conform(df: DataFrame, table: FeatureTable) -> DataFrame:
+    """Exactly the spec's columns, in its order, cast to its types."""
+    from pyspark.sql import functions as F
+
+    return df.select(
+        *[F.col(c).cast(_SPARK_TYPES.get(t, t)).alias(c) for c, t in table.columns.items()]
+    )
+
+
+def build(
+    events: DataFrame,
+    name: str,
+    day: date,
+    *,
+    top_n: int = DEFAULT_TOP_N,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> DataFrame:
+    """The DataFrame of one feature table (conformed to its spec), not yet computed."""
+    builder = BUILDERS[name]
+    if name == ITEM_COOCCURRENCE.name:
+        df = builder(events, day, top_n=top_n, max_items=max_items)
+    else:
+        df = builder(events, day)
+    return conform(df, TABLES[name])
+
+
+def write_partition(
+    df: DataFrame, table: FeatureTable, out_dir: Path, day: date, files: int
+) -> Path:
+    """Replace ``<out_dir>/<table>/date=<day>/`` with ``df`` in ``files`` files sorted by key."""
+    target = out_dir / table.name / f"date={day.isoformat()}"
+    keys = list(table.keys)
+    shaped = df.repartition(files) if files == 1 else df.repartition(files, *keys)
+    shaped.sortWithinPartitions(*keys).write.mode("overwrite").parquet(str(target))
+    return target
+
+
+def run(
+    spark: SparkSession,
+    lake_dir: Path | str,
+    day: date | str,
+    *,
+    tables: str | Sequence[str] = "all",
+    out_dir: Path | str | None = None,
+    top_n: int = DEFAULT_TOP_N,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    files_per_table: int = 1,
+    cache: bool = True,
+) -> dict[str, str]:
+    """Compute and write the selected tables for ``day``; returns table -> partition path.
+
+    ``out_dir`` defaults to ``<lake_dir>/features``. The events are read once; with more than
+    one table they are cached for the duration of the run.
+    """
+    day = as_day(day)
+    names = parse_tables(tables)
+    if top_n < 1 or max_items < 2 or files_per_table < 1:
+        raise ValueError("need top_n >= 1, max_items >= 2 and files_per_table >= 1")
+    lake_dir = Path(lake_dir)
+    out = Path(out_dir) if out_dir is not None else lake_dir / "features"
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+
+    events = read_events(spark, lake_dir, day)
+    cached = cache and len(names) > 1
+    if cached:
+        events = events.cache()
+    written: dict[str, str] = {}
+    try:
+        for name in names:
+            started = time.perf_counter()
+            df = build(events, name, day, top_n=top_n, max_items=max_items)
+            written[name] = str(write_partition(df, TABLES[name], out, day, files_per_table))
+            log.info("%s for %s written in %.1f s", name, day, time.perf_counter() - started)
+    finally:
+        if cached:
+            events.unpersist()
+    return written
+
+
+# -- program ---------------------------------------------------------------------------------
+def build_session(
+    master: str | None = None,
+    shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
+    app_name: str = "lambdarec-daily-features",
+) -> SparkSession:
+    """A session with the job's settings (under spark-submit, master comes from the launcher)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    return builder.getOrCreate()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="daily_features.py",
+        description="Compute the daily feature tables (user_history_30d, item_stats, "
+        "item_cooccurrence, category_popularity) for one day from the lake's events.",
+    )
+    parser.add_argument("--lake-dir", required=True, type=Path, help="lake root (holds events/)")
+    parser.add_argument(
+        "--date", required=True, type=_day, help="the run's data interval end day, YYYY-MM-DD (UTC)"
+    )
+    parser.add_argument(
+        "--tables", default="all", help="'all' or a comma-separated subset of: " + ", ".join(TABLES)
+    )
+    parser.add_argument("--out-dir", type=Path, help="feature root (default: <lake-dir>/features)")
+    parser.add_argument(
+        "--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS,
+        help="spark.sql.shuffle.partitions (AQE coalesces small ones; default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--master", help="Spark master (default: whatever spark-submit set)")
+    parser.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, help="neighbours kept per item")
+    parser.add_argument(
+        "--max-items", type=int, default=DEFAULT_MAX_ITEMS,
+        help="distinct items per user/session in co-occurrence (most recent; default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--files-per-table", type=int, default=1, help="Parquet files per partition written"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="do not cache the events read")
+    args = parser.parse_args(argv)
+    try:
+        args.tables = parse_tables(args.tables)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    started = time.perf_counter()
+    spark = build_session(args.master, args.shuffle_partitions)
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("session ready in %.1f s", time.perf_counter() - started)
+    try:
+        written = run(
+            spark, args.lake_dir, args.date, tables=args.tables, out_dir=args.out_dir,
+            top_n=args.top_n, max_items=args.max_items, files_per_table=args.files_per_table,
+            cache=not args.no_cache,
+        )  # fmt: skip
+    finally:
+        spark.stop()
+    for name, path in written.items():
+        print(f"{name}\t{path}")
+    log.info("done in %.1f s", time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
