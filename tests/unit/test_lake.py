@@ -153,3 +153,28 @@ def test_catalog_round_trip(tmp_path: Path) -> None:
     assert len(lake.read_catalog(tmp_path)) == 3
     with pytest.raises(ValueError, match="unique"):
         lake.write_catalog(pd.concat([catalog.head(2), catalog.head(1)]), tmp_path)
+
+
+def test_cli_generate_into_the_lake_then_lake_info(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lambdarec.data.cli import app
+
+    runner = CliRunner()
+    args = ["generate", "--users", "300", "--items", "1000", "--categories", "10", "--days", "2",
+            "--events", "5000", "--seed", "3", "--start", "2024-03-01",
+            "--out-dir", str(tmp_path / "out"), "--lake", "--lake-dir", str(tmp_path / "lake")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "generated " in result.output and "2 dates" in result.output
+    files = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    pd.testing.assert_frame_equal(files, lake.read_events(tmp_path / "lake"))
+    assert len(pd.read_parquet(tmp_path / "out" / "catalog.parquet")) == 1000
+
+    info = runner.invoke(app, ["lake-info", "--lake-dir", str(tmp_path / "lake")])
+    assert info.exit_code == 0, info.output
+    assert "2024-03-01" in info.output and f"{len(files):,} events" in info.output
+    assert "catalog: 1,000 items" in info.output
+
+    bad = runner.invoke(app, ["generate", "--items", "5", "--categories", "10"])
+    assert bad.exit_code == 2 and "n_categories (10) must not exceed n_items (5)" in bad.output

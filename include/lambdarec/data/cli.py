@@ -12,7 +12,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 (typer reads the annotations at runtime)
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
@@ -34,6 +34,24 @@ class Source(StrEnum):
     taobao = "taobao"
     diginetica = "diginetica"
     generic = "generic"
+
+
+class Fav(StrEnum):
+    view = "view"
+    drop = "drop"
+
+
+class TsUnit(StrEnum):
+    auto = "auto"
+    s = "s"
+    ms = "ms"
+    us = "us"
+    ns = "ns"
+
+
+class OnInvalid(StrEnum):
+    raise_ = "raise"
+    drop = "drop"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -69,12 +87,12 @@ def generate(
         int, typer.Option(help="Random seed; the same seed gives the same files.")
     ] = 42,
     out_dir: Annotated[
-        Path | None, typer.Option(help="Output folder [default: <data_dir>/synthetic].")
+        Path | None, typer.Option(help="Output folder (default: <data_dir>/synthetic).")
     ] = None,
     lake: Annotated[
         bool, typer.Option("--lake/--no-lake", help="Also write into the lake.")
     ] = False,
-    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder [default: settings].")] = None,
+    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: settings).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Generate a synthetic catalog and clickstream: catalog.parquet and events.parquet."""
@@ -169,22 +187,21 @@ def _parse_map(text: str | None) -> dict[str, str]:
 def load(
     source: Annotated[Source, typer.Option(help="Dataset format.")],
     path: Annotated[
-        Path | None, typer.Option(help="Input file [default for taobao/diginetica: shared data].")
+        Path | None,
+        typer.Option(help="Input file (default for taobao/diginetica: the shared data)."),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Output Parquet [default: <data_dir>/<source>/events.parquet]."),
+        typer.Option(help="Output Parquet (default: <data_dir>/<source>/events.parquet)."),
     ] = None,
     lake: Annotated[
         bool, typer.Option("--lake/--no-lake", help="Also write into the lake.")
     ] = False,
-    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder [default: settings].")] = None,
+    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: settings).")] = None,
     official_window: Annotated[
         bool, typer.Option(help="taobao: keep only 2017-11-25..12-03 (UTC+8).")
     ] = False,
-    fav: Annotated[
-        str, typer.Option(help="taobao: 'view' keeps fav as a view, 'drop' drops it.")
-    ] = "view",
+    fav: Annotated[Fav, typer.Option(help="taobao: keep fav as a view, or drop it.")] = Fav.view,
     session_gap_min: Annotated[
         float, typer.Option(help="Inactivity (minutes) that ends a session.")
     ] = 30.0,
@@ -199,10 +216,10 @@ def load(
         str | None,
         typer.Option(help="generic: extra event type mapping, e.g. 'fav=view,tx=purchase'."),
     ] = None,
-    ts_unit: Annotated[str, typer.Option(help="generic: auto, s, ms, us or ns.")] = "auto",
+    ts_unit: Annotated[TsUnit, typer.Option(help="generic: epoch unit, or auto.")] = TsUnit.auto,
     on_invalid: Annotated[
-        str, typer.Option(help="generic: 'raise' or 'drop' (counted).")
-    ] = "raise",
+        OnInvalid, typer.Option(help="generic: raise, or drop invalid rows (counted).")
+    ] = OnInvalid.raise_,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Load a dataset into the canonical event table (Parquet), and optionally the lake."""
@@ -212,17 +229,12 @@ def load(
 
     _setup_logging(verbose)
     gap = timedelta(minutes=session_gap_min)
-    if fav not in ("view", "drop"):
-        raise typer.BadParameter("--fav must be 'view' or 'drop'")
-    if ts_unit not in ("auto", "s", "ms", "us", "ns"):
-        raise typer.BadParameter("--ts-unit must be auto, s, ms, us or ns")
-    if on_invalid not in ("raise", "drop"):
-        raise typer.BadParameter("--on-invalid must be 'raise' or 'drop'")
     try:
         if source is Source.taobao:
             df = loaders.load_taobao(
-                path, official_window=official_window, session_gap=gap, fav=fav
-            )  # type: ignore[arg-type]
+                path, official_window=official_window, session_gap=gap,
+                fav=cast("Literal['view', 'drop']", fav.value),
+            )  # fmt: skip
         elif source is Source.diginetica:
             df = loaders.load_diginetica_raw(path)
         else:
@@ -231,8 +243,9 @@ def load(
             df = loaders.load_interactions(
                 path, user_col=user_col, session_col=session_col, item_col=item_col, ts_col=ts_col,
                 event_type_col=event_type_col, category_col=category_col, price_col=price_col,
-                event_type_map=_parse_map(event_type_map), ts_unit=ts_unit,  # type: ignore[arg-type]
-                on_invalid=on_invalid, session_gap=gap,  # type: ignore[arg-type]
+                event_type_map=_parse_map(event_type_map),
+                ts_unit=cast("Literal['auto', 's', 'ms', 'us', 'ns']", ts_unit.value),
+                on_invalid=cast("Literal['raise', 'drop']", on_invalid.value), session_gap=gap,
             )  # fmt: skip
     except (loaders.LoadError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
@@ -254,7 +267,7 @@ def load(
 
 @app.command("lake-info")
 def lake_info(
-    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder [default: settings].")] = None,
+    lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: settings).")] = None,
 ) -> None:
     """List the lake's dates with their row counts, and the catalog size."""
     import pyarrow.parquet as pq

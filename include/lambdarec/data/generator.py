@@ -206,6 +206,16 @@ def _group_exclusive_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarra
     return excl - np.repeat(base, counts)
 
 
+def _searchsorted(cum: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(cum, values, side="right")``; sorted queries keep a large ``cum`` in cache."""
+    if len(cum) < 65_536 or len(values) < 4_096:
+        return np.searchsorted(cum, values, side="right")
+    order = np.argsort(values)
+    out = np.empty(len(values), dtype=np.intp)
+    out[order] = np.searchsorted(cum, values[order], side="right")
+    return out
+
+
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
@@ -326,9 +336,7 @@ class ClickstreamGenerator:
         last = first + cat.cat_size[cats] - 1
         lo = np.where(first > 0, cat.cum_weight[np.maximum(first - 1, 0)], 0.0)
         hi = cat.cum_weight[last]
-        slots = np.searchsorted(
-            cat.cum_weight, lo + rng.random(len(cats)) * (hi - lo), side="right"
-        )
+        slots = _searchsorted(cat.cum_weight, lo + rng.random(len(cats)) * (hi - lo))
         return np.clip(slots, first, last)
 
     # -- windows -------------------------------------------------------------------------
@@ -375,7 +383,7 @@ class ClickstreamGenerator:
         mw = minute_w[(w % per_day) * win_minutes : (w % per_day + 1) * win_minutes]
         minute = np.searchsorted(np.cumsum(mw) / mw.sum(), rng.random(n), side="right")
         start = win_start + minute * MINUTE_MS + rng.integers(0, MINUTE_MS, n)
-        user = np.minimum(np.searchsorted(user_cum, rng.random(n), side="right"), cfg.n_users - 1)
+        user = np.minimum(_searchsorted(user_cum, rng.random(n)), cfg.n_users - 1)
         k = cfg.affinity_categories
         focus = prefs[user, rng.integers(0, k, n)]
         sigma = cfg.session_sigma

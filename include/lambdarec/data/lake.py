@@ -114,18 +114,24 @@ def write_events(
             writer.close()
         written = sorted(writers)
         for day in written:
-            _swap_in(staging / f"{PARTITION}={day}", partition_dir(lake_dir, day.item()), lake_dir)
+            _swap_in(
+                staging / f"{PARTITION}={day}", partition_dir(lake_dir, _as_date(day)), lake_dir
+            )
         log.info(
             "lake: wrote %d event(s) in %d date(s) under %s",
             sum(rows.values()), len(written), events_dir(lake_dir),
         )  # fmt: skip
-        return [day.item() for day in written]
+        return [_as_date(day) for day in written]
     finally:
         for writer in writers.values():
             if writer.is_open:
                 writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(lake_dir / STAGING)
+
+
+def _as_date(day: np.datetime64) -> date:
+    return date.fromisoformat(str(day))
 
 
 def _swap_in(new: Path, final: Path, lake_dir: Path) -> None:
@@ -204,10 +210,11 @@ def read_events(
         unknown = [c for c in columns if c not in schema.names]
         if unknown:
             raise ValueError(f"unknown column(s) {unknown}; the event table has {schema.names}")
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "ts"]))
     if not files:
         table = schema.empty_table()
     else:
-        table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+        table = pa.concat_tables([pq.read_table(f, schema=schema, columns=wanted) for f in files])
     if table.num_rows > 1:
         order = np.argsort(table.column("ts").cast(pa.int64()).to_numpy(), kind="stable")
         if not np.array_equal(order, np.arange(len(order))):
