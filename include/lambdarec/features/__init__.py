@@ -1,0 +1,5 @@
+"""The feature store: Feast definitions (``feature_repo/``) rendered for the current settings.
+
+Import :mod:`lambdarec.features.store` for the calls (``apply``, ``materialize``, online and
+historical retrieval, push); this package itself imports nothing heavy.
+"""

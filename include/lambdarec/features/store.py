@@ -1,0 +1,360 @@
+"""The feature store for the current settings: render, apply, materialize, read and push.
+
+``feature_repo/`` holds the definitions; this module renders ``feature_store.yaml`` into
+``<state_dir>/feast/`` (registry and SQLite online store beside it, absolute paths), loads the
+definitions for the settings' lake and drives Feast from Python, so the DAGs, the serving app
+and the tests never shell out to ``feast``.
+
+Online store: SQLite by default; ``LAMBDAREC_ONLINE_STORE=redis`` switches to Redis at
+``redis_host:redis_port``. Feature names are returned in full (``<view>__<feature>``) because
+several views share names (``views_7d``, ``category``, ``user_id``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from string import Template
+from typing import TYPE_CHECKING, Any, Literal
+
+from lambdarec.config import get_settings
+from lambdarec.features.settings import (
+    FEATURE_REPO_DIR,
+    FeatureStoreSettings,
+    feast_paths,
+    pinned_lake_dir,
+)
+from lambdarec.features.speed import SESSION_FEATURES, TRENDING_ITEMS
+from lambdarec.tables import FEATURE_TABLES
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+    import pandas as pd
+    from feast import FeatureStore
+    from feast.repo_contents import RepoContents
+
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: The repo's modules, in dependency order (each imports the ones before it by bare name,
+#: which is how ``feast apply`` imports a repo too).
+REPO_MODULES = ("entities", "data_sources", "features", "feature_services")
+TEMPLATE = FEATURE_REPO_DIR / "feature_store.yaml.template"
+
+#: Views fed by the daily batch job; the default of :func:`materialize`.
+BATCH_VIEWS: tuple[str, ...] = tuple(t.name for t in FEATURE_TABLES)
+#: Views fed by the speed layer through push sources (view -> push source).
+PUSH_SOURCES: dict[str, str] = {
+    SESSION_FEATURES.name: "session_features_push",
+    TRENDING_ITEMS.name: "trending_items_push",
+}
+SERVICES = ("retrieval_v1", "ranking_v1")
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else get_settings()
+
+
+def render_feature_store_yaml(
+    settings: Settings | None = None, store: FeatureStoreSettings | None = None
+) -> str:
+    """The ``feature_store.yaml`` text for these settings (absolute paths under the state dir)."""
+    settings = _settings(settings)
+    store = store or FeatureStoreSettings()
+    paths = feast_paths(settings)
+    if store.online_store == "redis":
+        online = (
+            "  type: redis\n"
+            f'  connection_string: "{settings.redis_host}:{settings.redis_port},db={store.redis_db}"'
+        )
+    else:
+        online = f"  type: sqlite\n  path: {paths.online_db.resolve()}"
+    return Template(TEMPLATE.read_text()).substitute(
+        project=store.feast_project,
+        registry_path=str(paths.registry.resolve()),
+        online_store=online,
+    )
+
+
+def write_feature_store_yaml(
+    settings: Settings | None = None, store: FeatureStoreSettings | None = None
+) -> Path:
+    """Render the yaml into ``<state_dir>/feast/`` (rewritten only when it changed)."""
+    settings = _settings(settings)
+    paths = feast_paths(settings)
+    text = render_feature_store_yaml(settings, store)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if not paths.yaml.exists() or paths.yaml.read_text() != text:
+        paths.yaml.write_text(text)
+    return paths.yaml
+
+
+_STORES: dict[str, FeatureStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def get_store(
+    settings: Settings | None = None, store: FeatureStoreSettings | None = None
+) -> FeatureStore:
+    """A Feast ``FeatureStore`` for these settings, one per rendered config in this process."""
+    from feast import FeatureStore
+
+    settings = _settings(settings)
+    # A registry refresh logs at INFO on every read once the cache expires: noise in task logs.
+    logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
+    yaml_path = write_feature_store_yaml(settings, store)
+    key = f"{yaml_path}\n{yaml_path.read_text()}"
+    with _STORES_LOCK:
+        if key not in _STORES:
+            _STORES[key] = FeatureStore(repo_path=str(yaml_path.parent), fs_yaml_file=yaml_path)
+        return _STORES[key]
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_definitions(
+    settings: Settings | None = None, store: FeatureStoreSettings | None = None
+) -> RepoContents:
+    """Import ``feature_repo/`` with its file sources pointing at these settings' lake.
+
+    The repo's modules import each other by bare name (as ``feast apply`` does); they are
+    imported fresh each time and taken out of ``sys.modules`` afterwards, so generic names
+    like ``features`` never shadow anything else in the process.
+    """
+    from feast import Entity, FeatureService, FeatureView, PushSource
+    from feast.data_source import DataSource
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    settings = _settings(settings)
+    store = store or FeatureStoreSettings()
+    repo = str(FEATURE_REPO_DIR)
+    objects: list[Any] = []
+    with _LOAD_LOCK, pinned_lake_dir(settings.lake_dir):
+        _forget_repo_modules()
+        sys.path.insert(0, repo)
+        try:
+            for name in REPO_MODULES:
+                module = importlib.import_module(name)
+                objects.extend(vars(module).values())
+        finally:
+            sys.path.remove(repo)
+            _forget_repo_modules()
+
+    def unique(kind: type) -> list[Any]:
+        seen: list[Any] = []
+        for obj in objects:
+            if isinstance(obj, kind) and not any(obj is s for s in seen):
+                seen.append(obj)
+        return seen
+
+    views = unique(FeatureView)
+    sources = unique(DataSource)
+    for src in list(sources):
+        if isinstance(src, PushSource) and src.batch_source is not None:
+            sources.append(src.batch_source)
+    for view in views:
+        for src in (view.batch_source, view.stream_source):
+            if src is not None and not any(src is s for s in sources):
+                sources.append(src)
+    return RepoContents(
+        projects=[Project(name=store.feast_project)],
+        data_sources=sources,
+        feature_views=views,
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[*unique(Entity), DUMMY_ENTITY],
+        feature_services=unique(FeatureService),
+        permissions=[],
+    )
+
+
+def _forget_repo_modules() -> None:
+    for name in REPO_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and str(getattr(module, "__file__", "")).startswith(
+            str(FEATURE_REPO_DIR)
+        ):
+            del sys.modules[name]
+
+
+def plan(settings: Settings | None = None, store: FeatureStoreSettings | None = None) -> str:
+    """What :func:`apply` would change in the registry and the online store, as text."""
+    fs = get_store(settings, store)
+    registry_diff, infra_diff, _ = fs.plan(load_definitions(settings, store))
+    return f"{registry_diff.to_string()}\n{infra_diff.to_string()}".strip()
+
+
+def apply(settings: Settings | None = None, store: FeatureStoreSettings | None = None) -> str:
+    """``feast apply`` for these settings: register the repo, drop what it no longer defines,
+    create the online tables. Idempotent. Returns the plan that was applied."""
+    from feast.project import Project
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    fs = get_store(settings, store)
+    repo = load_definitions(settings, store)
+    project = repo.projects[0].name
+    registry_diff, infra_diff, _ = fs.plan(repo)
+    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(project, fs.registry, repo)
+    to_apply = [obj for obj in to_apply if not isinstance(obj, Project)]
+    fs.apply([*repo.projects, *to_apply], objects_to_delete=to_delete, partial=False)
+    summary = f"{registry_diff.to_string()}\n{infra_diff.to_string()}".strip()
+    log.info("feast apply (%s): %s", fs.config.online_store.type, summary or "no changes")
+    return summary
+
+
+def materialize(
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+    views: Sequence[str] | None = None,
+    store: FeatureStoreSettings | None = None,
+) -> list[str]:
+    """Load the rows stamped in ``[start, end]`` (both ends included) into the online store.
+
+    The default views are the batch tables; the push views are written online by the speed
+    layer itself. Pass the run's data interval: re-running it writes the same values.
+    """
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise ValueError(f"materialize needs start < end, got {start} .. {end}")
+    names = list(views) if views else list(BATCH_VIEWS)
+    lake = _settings(settings).lake_dir
+    tables = {t.name: t for t in (*FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS)}
+    missing = [
+        str(tables[n].path(lake))
+        for n in names
+        if n in tables and not any(tables[n].path(lake).glob("date=*/*.parquet"))
+    ]
+    if missing:
+        raise FileNotFoundError(f"no feature partitions to materialize in {', '.join(missing)}")
+    get_store(settings, store).materialize(start_date=start, end_date=end, feature_views=names)
+    return names
+
+
+def get_online_features(
+    features: str | Sequence[str],
+    entity_rows: Sequence[Mapping[str, Any]],
+    settings: Settings | None = None,
+    store: FeatureStoreSettings | None = None,
+) -> dict[str, list[Any]]:
+    """Online features for ``entity_rows``: a service name (``"ranking_v1"``) or refs
+    (``"item_stats:views_7d"``). Columns are the join keys and ``<view>__<feature>``."""
+    fs = get_store(settings, store)
+    refs = fs.get_feature_service(features) if isinstance(features, str) else list(features)
+    response = fs.get_online_features(
+        features=refs, entity_rows=[dict(r) for r in entity_rows], full_feature_names=True
+    )
+    return response.to_dict()
+
+
+def get_historical_features(
+    entity_df: pd.DataFrame,
+    features: str | Sequence[str],
+    settings: Settings | None = None,
+    store: FeatureStoreSettings | None = None,
+) -> pd.DataFrame:
+    """Point-in-time correct training rows: for each entity row (keys + ``event_timestamp``)
+    the latest feature values stamped at or before its timestamp and within each view's TTL.
+
+    The result keeps every input row, in order, with nulls where a view has no usable value.
+    Feast's file offline store instead drops the whole entity row when one view has rows for
+    the entity but none inside the TTL window (and reorders rows), so each view is joined on
+    its own and the pieces are put back together here.
+    """
+    import pandas as pd
+
+    if "event_timestamp" not in entity_df.columns:
+        raise ValueError("entity_df needs an event_timestamp column (the instant to look up)")
+    fs = get_store(settings, store)
+    by_view: dict[str, list[str]] = {}
+    for ref in _feature_refs(fs, features):
+        by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
+    rows = entity_df.reset_index(drop=True).copy()
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    rows["_lambdarec_row"] = range(len(rows))
+    result = rows.set_index("_lambdarec_row")
+    for refs in by_view.values():
+        job = fs.get_historical_features(entity_df=rows, features=refs, full_feature_names=True)
+        out = job.to_df().drop_duplicates("_lambdarec_row").set_index("_lambdarec_row")
+        result = result.join(out[[c for c in out.columns if c not in rows.columns]], how="left")
+    return result.sort_index().reset_index(drop=True)
+
+
+def _feature_refs(fs: FeatureStore, features: str | Sequence[str]) -> list[str]:
+    """``view:feature`` references of a feature service (by name) or a list of references."""
+    if not isinstance(features, str):
+        return list(features)
+    service = fs.get_feature_service(features)
+    return [
+        f"{projection.name_to_use()}:{field.name}"
+        for projection in service.feature_view_projections
+        for field in projection.features
+    ]
+
+
+PushTo = Literal["online", "offline", "online_and_offline"]
+
+
+def push(
+    view: str,
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    settings: Settings | None = None,
+    to: PushTo = "online",
+    store: FeatureStoreSettings | None = None,
+) -> int:
+    """Push speed-layer rows of ``view`` (``session_features`` or ``trending_items``).
+
+    Rows carry every column of the view's table spec (lambdarec.features.speed), including
+    ``event_timestamp``. ``online`` is the normal path: the stream job logs the same rows to
+    the lake itself, which is the history training reads.
+    """
+    import pandas as pd
+    from feast.data_source import PushMode
+
+    if view not in PUSH_SOURCES:
+        raise ValueError(f"{view!r} is not a push view; use one of {', '.join(PUSH_SOURCES)}")
+    table = SESSION_FEATURES if view == SESSION_FEATURES.name else TRENDING_ITEMS
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = [c for c in table.columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{view} rows lack column(s) {', '.join(missing)}")
+    df = df[list(table.columns)]
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    mode = {
+        "online": PushMode.ONLINE,
+        "offline": PushMode.OFFLINE,
+        "online_and_offline": PushMode.ONLINE_AND_OFFLINE,
+    }[to]
+    get_store(settings, store).push(PUSH_SOURCES[view], df, to=mode)
+    return len(df)
+
+
+def push_session_features(
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    settings: Settings | None = None,
+    store: FeatureStoreSettings | None = None,
+) -> int:
+    """Push session rows online (the speed layer's call, one per event or micro-batch)."""
+    return push(SESSION_FEATURES.name, rows, settings, store=store)
+
+
+def push_trending_items(
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    settings: Settings | None = None,
+    store: FeatureStoreSettings | None = None,
+) -> int:
+    return push(TRENDING_ITEMS.name, rows, settings, store=store)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,281 @@
+"""The Feast store end to end on small crafted partitions: apply, materialize, online reads,
+point-in-time historical retrieval and pushes, against SQLite and a real Redis server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from lambdarec.config import Settings
+from lambdarec.features import store as fstore
+from lambdarec.features.settings import FeatureStoreSettings
+from lambdarec.features.speed import SESSION_FEATURES
+from lambdarec.tables import (
+    CATEGORY_POPULARITY,
+    FEATURE_TABLES,
+    ITEM_COOCCURRENCE,
+    ITEM_STATS,
+    USER_HISTORY,
+    FeatureTable,
+)
+
+pytestmark = pytest.mark.integration
+
+DAY1, DAY2 = "2024-05-01", "2024-05-02"
+KEYS: dict[str, list[str]] = {
+    USER_HISTORY.name: ["u1", "u2"],
+    ITEM_STATS.name: ["i1", "i2"],
+    ITEM_COOCCURRENCE.name: ["i1", "i2"],
+    CATEGORY_POPULARITY.name: ["c1", "c2"],
+}
+
+
+def day_end(day: str) -> datetime:
+    """A feature row is stamped with the end of the day it describes."""
+    return datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1, microseconds=-1)
+
+
+def _value(column: str, kind: str, level: int, key: str) -> Any:
+    """A plausible value whose size tells the day (level 1 or 2) it came from."""
+    if kind == "string":
+        return f"{column}-d{level}"
+    if kind == "int64":
+        return 1 if "rank" in column else 10 * level
+    if kind == "double":
+        return 0.1 * level if "conversion" in column else 1.5 * level
+    if kind == "array<string>":
+        return [f"{key}-n{level}a", f"{key}-n{level}b"]
+    if kind == "array<double>":
+        return [1.0, 0.5 / level]
+    raise AssertionError(kind)
+
+
+def feature_frame(table: FeatureTable, day: str, level: int) -> pd.DataFrame:
+    (key,) = table.keys
+    rows = []
+    for k in KEYS[table.name]:
+        row = {
+            col: _value(col, kind, level, k)
+            for col, kind in table.columns.items()
+            if col not in (key, "event_timestamp")
+        }
+        rows.append({key: k, "event_timestamp": day_end(day), **row})
+    return pd.DataFrame(rows)[list(table.columns)]
+
+
+def write_partitions(lake: Path) -> None:
+    for table in FEATURE_TABLES:
+        for level, day in enumerate((DAY1, DAY2), start=1):
+            part = table.partition(lake, day)
+            part.mkdir(parents=True, exist_ok=True)
+            feature_frame(table, day, level).to_parquet(part / "part-00000.parquet", index=False)
+
+
+def session_rows(ts: datetime) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "session_id": "s1",
+                "event_timestamp": ts,
+                "user_id": "u1",
+                "last_viewed_items": ["i2", "i1"],
+                "last_carted_items": ["i1"],
+                "n_views": 2,
+                "n_carts": 1,
+                "n_removes": 0,
+                "n_purchases": 0,
+                "n_events_30min": 3,
+                "session_category": "c1",
+                "session_avg_price": 12.5,
+                "seconds_since_prev_event": 4.0,
+            }
+        ]
+    )[list(SESSION_FEATURES.columns)]
+
+
+def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
+    write_partitions(settings.lake_dir)
+    fstore.apply(settings, online)
+    assert fstore.apply(settings, online)  # idempotent: a second apply still works
+    start = datetime.fromisoformat(DAY1).replace(tzinfo=UTC)
+    views = fstore.materialize(start, start + timedelta(days=2), settings, store=online)
+    assert set(views) == {t.name for t in FEATURE_TABLES}
+
+    # Online: the latest (day-2) values.
+    got = fstore.get_online_features(
+        [
+            "user_history_30d:n_events_30d",
+            "user_history_30d:conversion_rate_30d",
+            "item_stats:views_7d",
+            "item_cooccurrence:co_bought_items",
+            "category_popularity:views_7d",
+        ],
+        [{"user_id": "u1", "item_id": "i2", "category": "c1"}],
+        settings,
+        online,
+    )
+    assert got["user_history_30d__n_events_30d"] == [20]
+    assert got["user_history_30d__conversion_rate_30d"] == [pytest.approx(0.2)]
+    assert got["item_stats__views_7d"] == [20]
+    assert got["item_cooccurrence__co_bought_items"] == [["i2-n2a", "i2-n2b"]]
+    assert got["category_popularity__views_7d"] == [20]
+
+    # Push session features (speed layer) and read them back through the retrieval service.
+    now = datetime.now(UTC)
+    assert fstore.push_session_features(session_rows(now), settings, online) == 1
+    got = fstore.get_online_features(
+        "retrieval_v1", [{"user_id": "u1", "session_id": "s1"}], settings, online
+    )
+    assert got["session_features__last_viewed_items"] == [["i2", "i1"]]
+    assert got["session_features__n_events_30min"] == [3]
+    assert got["session_features__user_id"] == ["u1"]
+    assert got["user_history_30d__n_events_30d"] == [20]
+
+    # The ranking service reads all six views at once.
+    got = fstore.get_online_features(
+        "ranking_v1",
+        [{"user_id": "u1", "session_id": "s1", "item_id": "i1", "category": "c2"}],
+        settings,
+        online,
+    )
+    assert got["item_stats__purchases_30d"] == [20]
+    assert got["session_features__n_carts"] == [1]
+    assert "trending_items__trend_score" in got
+
+
+def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    online = FeatureStoreSettings(online_store="sqlite")
+    write_partitions(settings.lake_dir)
+    fstore.apply(settings, online)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u1", "u1"],
+            "event_timestamp": [
+                pd.Timestamp("2024-05-02T12:00:00Z"),  # between the days: day 1, never day 2
+                pd.Timestamp("2024-05-03T08:00:00Z"),  # after day 2
+                pd.Timestamp("2024-04-30T08:00:00Z"),  # before any feature row
+                pd.Timestamp("2024-05-02T00:00:00Z"),  # exactly at day 1's end (+1 us)
+            ],
+            "label": [1, 0, 1, 0],
+        }
+    )
+    out = fstore.get_historical_features(
+        entity_df,
+        ["user_history_30d:n_events_30d", "user_history_30d:top_category_30d"],
+        settings,
+        online,
+    )
+    assert list(out["label"]) == [1, 0, 1, 0]  # input rows kept, in order
+    assert list(out["user_id"]) == ["u1", "u2", "u1", "u1"]
+    assert out.loc[0, "user_history_30d__n_events_30d"] == 10
+    assert out.loc[0, "user_history_30d__top_category_30d"] == "top_category_30d-d1"
+    assert out.loc[1, "user_history_30d__n_events_30d"] == 20
+    assert pd.isna(out.loc[2, "user_history_30d__n_events_30d"])
+    assert out.loc[3, "user_history_30d__n_events_30d"] == 10
+
+    # Whole service, several entities: no value may come from after its row's timestamp.
+    rows = pd.DataFrame(
+        {
+            "user_id": ["u1"],
+            "session_id": ["s-none"],
+            "item_id": ["i1"],
+            "category": ["c1"],
+            "event_timestamp": [pd.Timestamp("2024-05-02T06:00:00Z")],
+        }
+    )
+    (settings.lake_dir / "features" / "session_features" / f"date={DAY1}").mkdir(parents=True)
+    session_rows(day_end(DAY1) - timedelta(minutes=5)).to_parquet(
+        settings.lake_dir / "features" / "session_features" / f"date={DAY1}" / "part-0.parquet"
+    )
+    trending = settings.lake_dir / "features" / "trending_items" / f"date={DAY1}"
+    trending.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "item_id": ["i1"],
+            "event_timestamp": [day_end(DAY1) - timedelta(minutes=1)],
+            "views_5min": [1],
+            "purchases_5min": [0],
+            "views_1h": [5],
+            "purchases_1h": [1],
+            "trend_score": [0.7],
+        }
+    ).to_parquet(trending / "part-0.parquet")
+    out = fstore.get_historical_features(rows, "ranking_v1", settings, online)
+    assert out.loc[0, "item_stats__views_7d"] == 10
+    assert out.loc[0, "category_popularity__rank_7d"] == 1
+    assert out.loc[0, "user_history_30d__n_events_30d"] == 10
+    assert list(out.loc[0, "item_cooccurrence__co_bought_items"]) == ["i1-n1a", "i1-n1b"]
+    # Speed-layer rows older than their view's TTL (30 min, 1 h) do not leak into the row.
+    assert pd.isna(out.loc[0, "session_features__n_views"])
+    assert pd.isna(out.loc[0, "trending_items__trend_score"])
+
+
+def test_sqlite_online_store(tmp_path: Path) -> None:
+    exercise_store(
+        Settings(state_dir=tmp_path / "state"), FeatureStoreSettings(online_store="sqlite")
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path):
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        pytest.skip("redis-server is not installed (make system-deps installs it)")
+    port = _free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_online_store(tmp_path: Path, redis_port: int) -> None:
+    settings = Settings(state_dir=tmp_path / "state", redis_port=redis_port)
+    online = FeatureStoreSettings(online_store="redis")
+    assert f"127.0.0.1:{redis_port}" in fstore.render_feature_store_yaml(settings, online)
+    exercise_store(settings, online)
