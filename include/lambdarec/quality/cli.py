@@ -1,0 +1,40 @@
+"""``lambdarec quality ...``: validate a day of a lake table, regenerate the versioned suites."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Data-quality gates (Great Expectations).", no_args_is_help=True)
+
+
+@app.command("validate")
+def validate(
+    table: Annotated[str, typer.Argument(help="raw_events or a feature table name.")],
+    day: Annotated[str, typer.Option(help="The partition's day, YYYY-MM-DD.")],
+) -> None:
+    """Validate one partition; exit 1 when the gate fails. Builds Data Docs either way."""
+    from lambdarec.quality.runner import validate as validate_
+
+    report = validate_(table, day)
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.success else 1)
+
+
+@app.command("sync")
+def sync() -> None:
+    """Write the suites in code (and their checkpoints) into great_expectations/."""
+    from lambdarec.quality.project import sync_project
+
+    changed = sync_project()
+    typer.echo("\n".join(changed) if changed else "great_expectations/ already matches the code")
+
+
+@app.command("docs")
+def docs() -> None:
+    """Print the path of the Data Docs index page."""
+    from lambdarec.config import get_settings
+    from lambdarec.quality.settings import data_docs_dir
+
+    typer.echo(str(data_docs_dir(get_settings()) / "index.html"))
