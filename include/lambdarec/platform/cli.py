@@ -90,6 +90,19 @@ def status() -> None:
     console.print(_table(manager.status()))
 
 
+@app.command("kafka-jars")
+def kafka_jars() -> None:
+    """Resolve the Kafka broker jars into the state folder with Maven (skipped when current)."""
+    from lambdarec.config import get_settings
+    from lambdarec.platform.services import resolve_kafka_jars
+
+    try:
+        libs = resolve_kafka_jars(get_settings())
+    except PlatformError as error:
+        raise _fail(error) from None
+    console.print(f"Kafka broker jars: {libs} ({len(list(libs.glob('*.jar')))} jars)")
+
+
 @app.command()
 def logs(
     service: Annotated[str, typer.Argument(help="kafka, redis, mlflow or airflow.")],

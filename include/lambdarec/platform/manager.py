@@ -276,7 +276,13 @@ def _start(service: Service, settings: Settings, timeout_s: float) -> None:
             log.info(
                 "%s: running as pid %d, waiting for it to be healthy", service.name, process.pid
             )
-            _wait_healthy(service, settings, process.pid, timeout_s, stop_on_failure=False)
+            try:
+                _wait_healthy(service, settings, process.pid, timeout_s, stop_on_failure=False)
+            except PlatformError as error:
+                raise PlatformError(
+                    f"{error}\n({service.name} was already running, maybe with other settings; "
+                    f"`lambdarec platform down {service.name}` stops it)"
+                ) from None
         if service.ready:
             service.ready()
         return

@@ -331,6 +331,9 @@ def mlflow(settings: Settings) -> Service:
         url=url,
         health=lambda: http_ok(f"{url}/health"),
         command=command,
+        # The job runner (7 huey consumers, ~1 GB) only serves GenAI scorer/discovery jobs; the
+        # project uses tracking and the registry.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         cwd=home,  # anything MLflow writes relative to its working directory stays in state
         prepare=lambda: (home / "artifacts").mkdir(parents=True, exist_ok=True),
     )
