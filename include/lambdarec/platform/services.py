@@ -436,14 +436,9 @@ def serving(settings: Settings) -> Service:
 
 
 def data_docs(settings: Settings) -> Service:
-    index = (
-        settings.home
-        / "great_expectations"
-        / "uncommitted"
-        / "data_docs"
-        / "local_site"
-        / "index.html"
-    )
+    from lambdarec.quality.settings import data_docs_dir  # light: GX itself is not imported
+
+    index = data_docs_dir(settings) / "index.html"
     return Service(
         name="data-docs",
         title="Great Expectations Data Docs",
