@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,12 @@ class FeatureStoreSettings(BaseSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     feast_project: str = "lambdarec"
     redis_db: int = 0
+
+
+@lru_cache(maxsize=1)
+def get_feature_store_settings() -> FeatureStoreSettings:
+    """The process-wide feature-store settings (``cache_clear()`` it in tests that change env)."""
+    return FeatureStoreSettings()
 
 
 @dataclass(frozen=True)

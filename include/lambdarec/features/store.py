@@ -12,11 +12,14 @@ several views share names (``views_7d``, ``category``, ``user_id``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +28,7 @@ from lambdarec.features.settings import (
     FEATURE_REPO_DIR,
     FeatureStoreSettings,
     feast_paths,
+    get_feature_store_settings,
     pinned_lake_dir,
 )
 from lambdarec.features.speed import SESSION_FEATURES, TRENDING_ITEMS
@@ -32,10 +36,9 @@ from lambdarec.tables import FEATURE_TABLES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     import pandas as pd
-    from feast import FeatureStore
+    from feast import FeatureService, FeatureStore
     from feast.repo_contents import RepoContents
 
     from lambdarec.config import Settings
@@ -66,7 +69,7 @@ def render_feature_store_yaml(
 ) -> str:
     """The ``feature_store.yaml`` text for these settings (absolute paths under the state dir)."""
     settings = _settings(settings)
-    store = store or FeatureStoreSettings()
+    store = store or get_feature_store_settings()
     paths = feast_paths(settings)
     if store.online_store == "redis":
         online = (
@@ -75,11 +78,16 @@ def render_feature_store_yaml(
         )
     else:
         online = f"  type: sqlite\n  path: {paths.online_db.resolve()}"
-    return Template(TEMPLATE.read_text()).substitute(
+    return Template(_template()).substitute(
         project=store.feast_project,
         registry_path=str(paths.registry.resolve()),
         online_store=online,
     )
+
+
+@functools.cache
+def _template() -> str:
+    return TEMPLATE.read_text()
 
 
 def write_feature_store_yaml(
@@ -103,17 +111,35 @@ def get_store(
     settings: Settings | None = None, store: FeatureStoreSettings | None = None
 ) -> FeatureStore:
     """A Feast ``FeatureStore`` for these settings, one per rendered config in this process."""
+    settings = _settings(settings)
+    key = f"{feast_paths(settings).yaml}\n{render_feature_store_yaml(settings, store)}"
+    cached = _STORES.get(key)
+    if cached is not None:
+        return cached
     from feast import FeatureStore
 
-    settings = _settings(settings)
     # A registry refresh logs at INFO on every read once the cache expires: noise in task logs.
     logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
-    yaml_path = write_feature_store_yaml(settings, store)
-    key = f"{yaml_path}\n{yaml_path.read_text()}"
     with _STORES_LOCK:
         if key not in _STORES:
+            yaml_path = write_feature_store_yaml(settings, store)
             _STORES[key] = FeatureStore(repo_path=str(yaml_path.parent), fs_yaml_file=yaml_path)
         return _STORES[key]
+
+
+#: Feature services resolved from the registry, per store: deserialising one costs ~10 ms.
+_SERVICES: dict[tuple[int, str], tuple[float, FeatureService]] = {}
+SERVICE_CACHE_S = 60.0
+
+
+def _service(fs: FeatureStore, name: str) -> FeatureService:
+    key = (id(fs), name)
+    now = time.monotonic()
+    hit = _SERVICES.get(key)
+    if hit is None or now - hit[0] > SERVICE_CACHE_S:
+        hit = (now, fs.get_feature_service(name))
+        _SERVICES[key] = hit
+    return hit[1]
 
 
 _LOAD_LOCK = threading.Lock()
@@ -135,7 +161,7 @@ def load_definitions(
     from feast.repo_contents import RepoContents
 
     settings = _settings(settings)
-    store = store or FeatureStoreSettings()
+    store = store or get_feature_store_settings()
     repo = str(FEATURE_REPO_DIR)
     objects: list[Any] = []
     with _LOAD_LOCK, pinned_lake_dir(settings.lake_dir):
@@ -250,7 +276,7 @@ def get_online_features(
     """Online features for ``entity_rows``: a service name (``"ranking_v1"``) or refs
     (``"item_stats:views_7d"``). Columns are the join keys and ``<view>__<feature>``."""
     fs = get_store(settings, store)
-    refs = fs.get_feature_service(features) if isinstance(features, str) else list(features)
+    refs = _service(fs, features) if isinstance(features, str) else list(features)
     response = fs.get_online_features(
         features=refs, entity_rows=[dict(r) for r in entity_rows], full_feature_names=True
     )
@@ -283,7 +309,15 @@ def get_historical_features(
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
     rows["_lambdarec_row"] = range(len(rows))
     result = rows.set_index("_lambdarec_row")
-    for refs in by_view.values():
+    for view, refs in by_view.items():
+        source = fs.get_feature_view(view).batch_source
+        path = Path(getattr(source, "path", "") or "")
+        if path.is_absolute() and not any(path.glob("**/*.parquet")):
+            # No history yet (e.g. the speed layer has logged nothing): nulls, not a crash.
+            log.warning("no rows under %s: %s features are null", path, view)
+            for ref in refs:
+                result[ref.replace(":", "__", 1)] = None
+            continue
         job = fs.get_historical_features(entity_df=rows, features=refs, full_feature_names=True)
         out = job.to_df().drop_duplicates("_lambdarec_row").set_index("_lambdarec_row")
         result = result.join(out[[c for c in out.columns if c not in rows.columns]], how="left")
@@ -294,7 +328,7 @@ def _feature_refs(fs: FeatureStore, features: str | Sequence[str]) -> list[str]:
     """``view:feature`` references of a feature service (by name) or a list of references."""
     if not isinstance(features, str):
         return list(features)
-    service = fs.get_feature_service(features)
+    service = _service(fs, features)
     return [
         f"{projection.name_to_use()}:{field.name}"
         for projection in service.feature_view_projections
