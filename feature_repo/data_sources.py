@@ -9,11 +9,12 @@ from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 
 from lambdarec.features.settings import lake_dir
-from lambdarec.features.speed import SESSION_FEATURES, TRENDING_ITEMS
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
     ITEM_STATS,
+    SESSION_FEATURES,
+    TRENDING_ITEMS,
     USER_HISTORY,
     FeatureTable,
 )

@@ -29,11 +29,12 @@ from entities import category, item, session, user
 from feast import FeatureView, Field
 from feast.types import Array, FeastType, Float64, Int64, String, UnixTimestamp
 
-from lambdarec.features.speed import SESSION_FEATURES, TRENDING_ITEMS
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
     ITEM_STATS,
+    SESSION_FEATURES,
+    TRENDING_ITEMS,
     USER_HISTORY,
     FeatureTable,
 )

@@ -16,7 +16,10 @@ feature became knowable), which is what point-in-time joins in Feast compare aga
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,46 @@ CATEGORY_POPULARITY = FeatureTable(
     },
     doc="How popular a category is over the 7 days ending with the partition's day.",
 )
+
+# -- speed layer: written per event by the stream job (history to the lake, latest to Feast) ----
+
+SESSION_FEATURES = FeatureTable(
+    name="session_features",
+    keys=("session_id",),
+    columns={
+        "session_id": "string",
+        "event_timestamp": "timestamp",
+        "user_id": "string",
+        "last_viewed_items": "array<string>",  # newest first
+        "last_carted_items": "array<string>",  # newest first
+        "n_views": "int64",
+        "n_carts": "int64",
+        "n_removes": "int64",
+        "n_purchases": "int64",
+        "n_events_30min": "int64",
+        "session_category": "string",  # the session's most viewed category so far
+        "session_avg_price": "double",
+        "seconds_since_prev_event": "double",
+    },
+    doc="The shopper's current session, updated on every event by the speed layer.",
+)
+
+TRENDING_ITEMS = FeatureTable(
+    name="trending_items",
+    keys=("item_id",),
+    columns={
+        "item_id": "string",
+        "event_timestamp": "timestamp",
+        "views_5min": "int64",
+        "purchases_5min": "int64",
+        "views_1h": "int64",
+        "purchases_1h": "int64",
+        "trend_score": "double",
+    },
+    doc="Items gaining attention right now (sliding 5-minute and 1-hour windows).",
+)
+
+SPEED_TABLES: tuple[FeatureTable, ...] = (SESSION_FEATURES, TRENDING_ITEMS)
 
 FEATURE_TABLES: tuple[FeatureTable, ...] = (
     USER_HISTORY,

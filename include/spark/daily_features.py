@@ -38,6 +38,7 @@ import argparse
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,24 +205,33 @@ def item_stats(events: DataFrame, day: date) -> DataFrame:
 
 def _neighbours(baskets: DataFrame, group: str, top_n: int, max_items: int) -> DataFrame:
     """(item_id, items, scores) from (group, item_id, ts) rows: cosine co-occurrence, top N."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    latest = Window.partitionBy(group).orderBy(F.col("last_ts").desc(), F.col("item_id"))
-    sets = (
-        baskets.groupBy(group, "item_id")
-        .agg(F.max("ts").alias("last_ts"))
-        .withColumn("rn", F.row_number().over(latest))
-        .where(F.col("rn") <= max_items)
-        .select(group, "item_id")
+    # Each group's distinct items, most recent first (ties by item id), capped: sort
+    # (-last ms, item) structs ascending, keep the first occurrence of each item, slice.
+    recent = F.struct((-F.unix_millis("ts")).alias("neg_ms"), F.col("item_id").alias("item"))
+    sets = baskets.groupBy(group).agg(
+        F.slice(F.array_distinct(F.sort_array(F.collect_list(recent))["item"]), 1, max_items).alias(
+            "items"
+        )
     )
-    support = sets.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
-    # Unordered pairs (a < b) halve the join output; both directions come back after counting.
-    left, right = sets.alias("l"), sets.alias("r")
+    support = (
+        sets.select(F.explode("items").alias("item_id"))
+        .groupBy("item_id")
+        .agg(F.count(F.lit(1)).alias("n"))
+    )
+    # Unordered pairs (a < b) from the arrays, no self-join; both directions after counting.
     pairs = (
-        left.join(right, F.col(f"l.{group}") == F.col(f"r.{group}"))
-        .where(F.col("l.item_id") < F.col("r.item_id"))
-        .groupBy(F.col("l.item_id").alias("a"), F.col("r.item_id").alias("b"))
+        sets.where(F.size("items") > 1)
+        .select(
+            F.explode(
+                F.expr(
+                    "flatten(transform(items, (x, i) -> transform(slice(items, i + 2, size(items)),"
+                    " y -> named_struct('a', least(x, y), 'b', greatest(x, y)))))"
+                )
+            ).alias("p")
+        )
+        .groupBy(F.col("p.a").alias("a"), F.col("p.b").alias("b"))
         .agg(F.count(F.lit(1)).alias("n_ab"))
     )
     both = pairs.unionByName(pairs.select(F.col("b").alias("a"), F.col("a").alias("b"), "n_ab"))
@@ -232,13 +242,16 @@ def _neighbours(baskets: DataFrame, group: str, top_n: int, max_items: int) -> D
         .join(sb, "b")
         .withColumn("score", F.col("n_ab") / F.sqrt(F.col("n_a") * F.col("n_b")))
     )
-    best = Window.partitionBy("a").orderBy(F.col("score").desc(), F.col("b"))
+    # Best first = (-score, neighbour) ascending; one aggregation, no window sort.
+    best = F.struct((-F.col("score")).alias("neg"), F.col("b"))
     return (
-        scored.withColumn("rn", F.row_number().over(best))
-        .where(F.col("rn") <= top_n)
-        .groupBy(F.col("a").alias("item_id"))
-        .agg(F.sort_array(F.collect_list(F.struct("rn", "b", "score"))).alias("top"))
-        .select("item_id", F.col("top.b").alias("items"), F.col("top.score").alias("scores"))
+        scored.groupBy(F.col("a").alias("item_id"))
+        .agg(F.slice(F.sort_array(F.collect_list(best)), 1, top_n).alias("top"))
+        .select(
+            "item_id",
+            F.col("top.b").alias("items"),
+            F.transform("top.neg", lambda x: -x).alias("scores"),
+        )
     )
 
 
@@ -362,17 +375,21 @@ def run(
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
     files_per_table: int = 1,
-    cache: bool = True,
+    cache: bool = False,
+    parallel: int = 1,
 ) -> dict[str, str]:
     """Compute and write the selected tables for ``day``; returns table -> partition path.
 
-    ``out_dir`` defaults to ``<lake_dir>/features``. The events are read once; with more than
-    one table they are cached for the duration of the run.
+    ``out_dir`` defaults to ``<lake_dir>/features``. All tables are planned over one read of the
+    window. ``cache`` keeps that read in memory across tables; measured slower than re-scanning
+    the Parquet files locally (the columnar cache decodes strings more slowly than Parquet's
+    vectorised reader), so it is off by default. ``parallel`` > 1 submits that many tables'
+    Spark jobs at once, filling cores that a single job's narrow stages leave idle.
     """
     day = as_day(day)
     names = parse_tables(tables)
-    if top_n < 1 or max_items < 2 or files_per_table < 1:
-        raise ValueError("need top_n >= 1, max_items >= 2 and files_per_table >= 1")
+    if top_n < 1 or max_items < 2 or files_per_table < 1 or parallel < 1:
+        raise ValueError("need top_n >= 1, max_items >= 2, files_per_table >= 1, parallel >= 1")
     lake_dir = Path(lake_dir)
     out = Path(out_dir) if out_dir is not None else lake_dir / "features"
     spark.conf.set("spark.sql.session.timeZone", "UTC")
@@ -381,17 +398,25 @@ def run(
     cached = cache and len(names) > 1
     if cached:
         events = events.cache()
-    written: dict[str, str] = {}
+
+    def one(name: str) -> str:
+        started = time.perf_counter()
+        df = build(events, name, day, top_n=top_n, max_items=max_items)
+        path = write_partition(df, TABLES[name], out, day, files_per_table)
+        log.info("%s for %s written in %.1f s", name, day, time.perf_counter() - started)
+        return str(path)
+
     try:
-        for name in names:
-            started = time.perf_counter()
-            df = build(events, name, day, top_n=top_n, max_items=max_items)
-            written[name] = str(write_partition(df, TABLES[name], out, day, files_per_table))
-            log.info("%s for %s written in %.1f s", name, day, time.perf_counter() - started)
+        if parallel == 1 or len(names) == 1:
+            return {name: one(name) for name in names}
+        # The heaviest table first, so it never waits behind the small ones.
+        order = sorted(names, key=lambda n: n != ITEM_COOCCURRENCE.name)
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="table") as pool:
+            futures = {name: pool.submit(one, name) for name in order}
+            return {name: futures[name].result() for name in names}
     finally:
         if cached:
             events.unpersist()
-    return written
 
 
 # -- program ---------------------------------------------------------------------------------
@@ -439,7 +464,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--files-per-table", type=int, default=1, help="Parquet files per partition written"
     )
-    parser.add_argument("--no-cache", action="store_true", help="do not cache the events read")
+    parser.add_argument(
+        "--cache", action="store_true", help="cache the events read across tables (slower locally)"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="tables computed at once (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         args.tables = parse_tables(args.tables)
@@ -450,11 +480,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # pyspark may have configured the root logger already: attach to ours explicitly.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     started = time.perf_counter()
     spark = build_session(args.master, args.shuffle_partitions)
     spark.sparkContext.setLogLevel("WARN")
@@ -463,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = run(
             spark, args.lake_dir, args.date, tables=args.tables, out_dir=args.out_dir,
             top_n=args.top_n, max_items=args.max_items, files_per_table=args.files_per_table,
-            cache=not args.no_cache,
+            cache=args.cache,
+            parallel=args.parallel,
         )  # fmt: skip
     finally:
         spark.stop()

@@ -17,12 +17,12 @@ import pytest
 from lambdarec.config import Settings
 from lambdarec.features import store as fstore
 from lambdarec.features.settings import FeatureStoreSettings
-from lambdarec.features.speed import SESSION_FEATURES
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     FEATURE_TABLES,
     ITEM_COOCCURRENCE,
     ITEM_STATS,
+    SESSION_FEATURES,
     USER_HISTORY,
     FeatureTable,
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
 
-from lambdarec.config import Settings
 from lambdarec.events import Event, Invalid
 from lambdarec.streaming.kafka import (
     EventProducer,
@@ -17,8 +17,12 @@ from lambdarec.streaming.kafka import (
     delete_topics,
     ensure_topics,
     make_consumer,
+    topic_size,
 )
 from lambdarec.streaming.replay import replay
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +38,12 @@ def topics(kafka_settings: Settings):
 
 
 def _read_all(settings: Settings, topic: str, expected: int) -> list:
+    """Read ``expected`` messages, and check the topic holds exactly that many (no duplicates)."""
     consumer = make_consumer(f"test-{uuid.uuid4().hex[:8]}", [topic], settings)
     try:
-        return list(consume(consumer, max_messages=expected + 1, idle_timeout_s=8))
+        messages = list(consume(consumer, max_messages=expected, idle_timeout_s=10))
+        assert topic_size(settings, topic) == expected, "the topic holds extra messages"
+        return messages
     finally:
         consumer.close()
 

@@ -31,8 +31,7 @@ from lambdarec.features.settings import (
     get_feature_store_settings,
     pinned_lake_dir,
 )
-from lambdarec.features.speed import SESSION_FEATURES, TRENDING_ITEMS
-from lambdarec.tables import FEATURE_TABLES
+from lambdarec.tables import FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -348,7 +347,7 @@ def push(
 ) -> int:
     """Push speed-layer rows of ``view`` (``session_features`` or ``trending_items``).
 
-    Rows carry every column of the view's table spec (lambdarec.features.speed), including
+    Rows carry every column of the view's table spec (lambdarec.tables), including
     ``event_timestamp``. ``online`` is the normal path: the stream job logs the same rows to
     the lake itself, which is the history training reads.
     """

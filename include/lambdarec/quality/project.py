@@ -83,7 +83,7 @@ def sync_project(root: Path = GX_DIR) -> list[str]:
             try:
                 asset = source.get_asset(name)
             except LookupError:
-                asset = source.add_dataframe_asset(name)
+                asset = source.add_dataframe_asset(name)  # type: ignore[attr-defined]  # a PandasDatasource here
                 changed.append(f"asset {name}")
             try:
                 batch = asset.get_batch_definition(BATCH_DEFINITION)

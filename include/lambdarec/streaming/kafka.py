@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,8 @@ from lambdarec.config import Settings, get_settings
 from lambdarec.events import Event, Invalid, dead_letter_record, parse_event
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from confluent_kafka import Consumer, Message, Producer
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,24 @@ def consume(
             yield msg
             if max_messages is not None and seen >= max_messages:
                 return
+
+
+def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -> int:
+    """Messages currently in ``topic``: the sum over partitions of (high - low) watermarks."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    s = settings or get_settings()
+    probe = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": "lambdarec-size-probe",
+                      "enable.auto.commit": False})
+    try:
+        partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        total = 0
+        for p in partitions:
+            low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            total += high - low
+        return total
+    finally:
+        probe.close()
 
 
 def wait_for_broker(settings: Settings | None = None, timeout_s: float = 30.0) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +21,13 @@ from lambdarec.events import MAX_ID_LEN, SCHEMA_VERSION, EventType, Invalid, par
 from lambdarec.streaming.kafka import EventProducer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-_ID_PATTERN = r"[A-Za-z0-9_.:\-]{1,%d}" % MAX_ID_LEN
+_ID_PATTERN = rf"[A-Za-z0-9_.:\-]{{1,{MAX_ID_LEN}}}"
 _EVENT_TYPES = [e.value for e in EventType]
 REQUIRED = ["event_id", "user_id", "session_id", "item_id", "event_type", "ts"]
 

@@ -1,0 +1,117 @@
+"""The ``lambdarec`` command line: one entry point for the platform, data, Kafka and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lambdarec.config import get_settings
+from lambdarec.data.cli import app as data_app
+from lambdarec.features.cli import app as features_app
+from lambdarec.platform.cli import app as platform_app
+from lambdarec.quality.cli import app as quality_app
+
+app = typer.Typer(
+    help="lambdarec: a Lambda-architecture real-time e-commerce recommender.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(platform_app, name="platform", help="Start, stop and inspect the local services.")
+app.add_typer(data_app, name="data", help="Generate and load datasets; manage the lake.")
+app.add_typer(features_app, name="features", help="The Feast feature store: apply, materialize.")
+app.add_typer(quality_app, name="quality", help="Great Expectations gates and Data Docs.")
+
+schema_app = typer.Typer(help="The event contract.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "event.schema.json"
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@schema_app.command("export")
+def schema_export(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON Schema.")] = SCHEMA_FILE,
+) -> None:
+    """Write the event JSON Schema (generated from the contract's model)."""
+    from lambdarec.events import json_schema
+
+    out.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+    typer.echo(f"wrote {out}")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the project's topics on the configured broker (idempotent)."""
+    from lambdarec.streaming.kafka import ensure_topics
+
+    created = ensure_topics()
+    typer.echo(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List topics with their partition counts."""
+    from lambdarec.streaming.kafka import admin_client
+
+    meta = admin_client().list_topics(timeout=10)
+    for name in sorted(meta.topics):
+        if not name.startswith("__"):
+            typer.echo(f"{name}\t{len(meta.topics[name].partitions)} partitions")
+
+
+@app.command("replay")
+def replay_cmd(
+    source: Annotated[str, typer.Option(help="'lake' (the master dataset) or a Parquet/CSV file of canonical events.")] = "lake",
+    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD) when replaying the lake.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD) when replaying the lake.")] = None,
+    speed: Annotated[float | None, typer.Option(help="1 = real time, 60 = one hour a minute; omit for as fast as possible.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Target topic (default: the events topic).")] = None,
+) -> None:
+    """Stream events into Kafka in event-time order, with a progress bar and a final count."""
+    from lambdarec.streaming.replay import replay
+    from lambdarec.streaming.sources import frames_from_file, frames_from_lake
+
+    settings = get_settings()
+    if source == "lake":
+        frames, total = frames_from_lake(settings.lake_dir, start, end)
+    else:
+        frames, total = frames_from_file(Path(source))
+    result = replay(frames, settings=settings, speed=speed, topic=topic, total=total)
+    typer.echo(json.dumps(result.as_dict()))
+
+
+@app.command("demo")
+def demo_cmd(
+    users: Annotated[int, typer.Option(min=1)] = 2000,
+    items: Annotated[int, typer.Option(min=10)] = 5000,
+    days: Annotated[int, typer.Option(min=1, max=365)] = 7,
+    seed: Annotated[int, typer.Option()] = 42,
+    services: Annotated[str, typer.Option(help="Comma-separated services to bring up (default: all).")] = "",
+) -> None:
+    """Bring the stack up, generate the demo dataset, replay it into Kafka, print a summary."""
+    from lambdarec.demo import run_demo
+
+    run_demo(users=users, items=items, days=days, seed=seed,
+             services=[s for s in services.split(",") if s] or None)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

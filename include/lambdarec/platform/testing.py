@@ -1,0 +1,86 @@
+"""Throwaway platforms for tests and benchmarks: find the configured service or start a private one.
+
+A private platform lives in a temporary state folder with free loopback ports, so it never meets
+the developer's running platform, and is stopped (no process left) when the context exits. Kafka
+jars are shared with the default state folder through a symlink, so Maven runs at most once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdarec.config import Settings, get_settings
+from lambdarec.platform import manager
+from lambdarec.platform.services import kafka_libs_dir, resolve_kafka_jars
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def private_settings(state_dir: Path, **overrides: object) -> Settings:
+    """Settings for a private platform in ``state_dir`` on free ports (other values: defaults)."""
+    kafka, controller, redis, mlflow, airflow, serving = free_ports(6)
+    values: dict[str, object] = {
+        "state_dir": state_dir, "kafka_bootstrap": "", "kafka_port": kafka,
+        "kafka_controller_port": controller, "redis_port": redis, "mlflow_port": mlflow,
+        "airflow_port": airflow, "serving_port": serving, "mlflow_tracking_uri": "",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _link_kafka_jars(settings: Settings) -> None:
+    shared = resolve_kafka_jars(get_settings())
+    target = kafka_libs_dir(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.symlink_to(shared.resolve(), target_is_directory=True)
+
+
+@contextlib.contextmanager
+def private_platform(
+    services: Sequence[str], *, keep: bool = False, **overrides: object
+) -> Iterator[Settings]:
+    """Start ``services`` in a fresh temporary state folder; stop them and clean up on exit."""
+    state = Path(tempfile.mkdtemp(prefix="lambdarec-"))
+    settings = private_settings(state, **overrides)
+    try:
+        if "kafka" in services:
+            _link_kafka_jars(settings)
+        manager.up(list(services), settings=settings)
+        yield settings
+    finally:
+        manager.down(settings=settings)
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def kafka_broker(settings: Settings | None = None) -> Iterator[Settings]:
+    """The configured broker if it answers, otherwise a private one for the duration."""
+    from lambdarec.streaming.kafka import wait_for_broker
+
+    settings = settings or get_settings()
+    if wait_for_broker(settings, timeout_s=2):
+        yield settings
+        return
+    with private_platform(["kafka"]) as private:
+        yield private

@@ -1,0 +1,72 @@
+"""DagBag integrity: every DAG imports cleanly, fast, without heavy imports, with retries and tags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+#: Modules a DAG file must not import at parse time (Airflow best practices: expensive imports
+#: belong inside tasks).
+HEAVY = ["tensorflow", "pyspark", "pymilvus", "mlflow", "great_expectations", "feast", "pandas",
+         "torch", "sklearn", "duckdb", "pyflink", "confluent_kafka"]
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, time
+    from airflow.dag_processing.dagbag import DagBag
+    before = set(sys.modules)
+    t0 = time.perf_counter()
+    bag = DagBag(dag_folder=sys.argv[1])
+    seconds = time.perf_counter() - t0
+    loaded = sorted({m.split(".")[0] for m in set(sys.modules) - before})
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        dags[dag_id] = {
+            "tags": sorted(dag.tags or []),
+            "doc": bool(dag.doc_md),
+            "tasks": {t.task_id: t.retries for t in dag.tasks},
+        }
+    print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
+                      "seconds": seconds, "loaded": loaded, "dags": dags}))
+    """
+)
+
+
+@pytest.fixture(scope="module", params=[str(p) for p in DAG_FILES] or [None],
+                ids=[p.name for p in DAG_FILES] or ["no-dags"])
+def parsed(request: pytest.FixtureRequest) -> dict:
+    if request.param is None:
+        pytest.fail(f"no DAG files in {DAGS_DIR}")
+    out = subprocess.run([sys.executable, "-c", PROBE, request.param], capture_output=True,
+                         text=True, timeout=180, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_dag_file_imports_without_errors(parsed: dict) -> None:
+    assert parsed["errors"] == {}
+    assert parsed["dags"], "the file defines no DAG"
+
+
+def test_dag_file_parses_in_under_two_seconds(parsed: dict) -> None:
+    assert parsed["seconds"] < 2.0, f"parse took {parsed['seconds']:.2f} s"
+
+
+def test_no_heavy_import_at_parse_time(parsed: dict) -> None:
+    heavy = sorted(set(parsed["loaded"]) & set(HEAVY))
+    assert not heavy, f"imported at parse time: {heavy}; import them inside the task"
+
+
+def test_every_dag_has_tags_docs_and_retries(parsed: dict) -> None:
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["tags"], f"{dag_id} has no tags"
+        assert dag["doc"], f"{dag_id} has no doc_md"
+        no_retry = [t for t, retries in dag["tasks"].items() if not retries]
+        assert not no_retry, f"{dag_id}: tasks without retries: {no_retry}"
