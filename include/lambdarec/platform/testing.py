@@ -47,7 +47,7 @@ def private_settings(state_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def _link_kafka_jars(settings: Settings) -> None:
+def link_kafka_jars(settings: Settings) -> None:
     shared = resolve_kafka_jars(get_settings())
     target = kafka_libs_dir(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def private_platform(
     settings = private_settings(state, **overrides)
     try:
         if "kafka" in services:
-            _link_kafka_jars(settings)
+            link_kafka_jars(settings)
         manager.up(list(services), settings=settings)
         yield settings
     finally:
