@@ -59,6 +59,27 @@ class Settings(BaseSettings):
     # -- Redis (Feast online store option) ----------------------------------------------------
     redis_host: str = "127.0.0.1"
     redis_port: Port = 6379
+    redis_db: Annotated[int, Field(ge=0)] = Field(
+        0, description="Redis database number the Feast online store uses."
+    )
+
+    # -- Feast -----------------------------------------------------------------------------
+    online_store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Feast online store: SQLite under the state dir, or Redis."
+    )
+    feast_project: str = Field("lambdarec", description="Feast project name in the registry.")
+
+    # -- data-quality gates ----------------------------------------------------------------
+    dq_row_count_min_ratio: Annotated[float, Field(ge=0)] = Field(
+        0.5, description="A partition needs at least this times the previous partition's rows."
+    )
+    dq_row_count_max_ratio: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="A partition may have at most this times the previous partition's rows."
+    )
+    dq_max_price: Annotated[float, Field(gt=0)] = Field(
+        1_000_000.0,
+        description="Prices above this are absurd for the shop (the event contract allows 10M).",
+    )
 
     # -- MLflow ----------------------------------------------------------------------------
     mlflow_tracking_uri: str = Field(
@@ -95,6 +116,25 @@ class Settings(BaseSettings):
                     "set it like 'broker-1:9092,broker-2:9092'"
                 )
         return value
+
+    @field_validator("online_store", mode="before")
+    @classmethod
+    def _check_online_store(cls, value: object) -> object:
+        if value not in ("sqlite", "redis"):
+            raise ValueError(
+                f"LAMBDAREC_ONLINE_STORE is {value!r}; set it to 'sqlite' (default) or 'redis'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dq_band(self) -> Settings:
+        if self.dq_row_count_min_ratio > self.dq_row_count_max_ratio:
+            raise ValueError(
+                f"LAMBDAREC_DQ_ROW_COUNT_MIN_RATIO ({self.dq_row_count_min_ratio}) is above "
+                f"LAMBDAREC_DQ_ROW_COUNT_MAX_RATIO ({self.dq_row_count_max_ratio}); "
+                "the row-count band would reject every partition"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ports_distinct(self) -> Settings:
@@ -147,6 +187,23 @@ class Settings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
+
+    @property
+    def feast_dir(self) -> Path:
+        """The rendered ``feature_store.yaml``, the Feast registry and the SQLite online store."""
+        return self.state_dir / "feast"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        """The generated Great Expectations Data Docs site (open ``index.html``)."""
+        return self.state_dir / "data_docs"
+
+    @property
+    def gx_dir(self) -> Path:
+        """What GX stores between runs (validation results Data Docs are rebuilt from).
+
+        The versioned GX project itself is ``lambdarec.quality.paths.GX_DIR``."""
+        return self.state_dir / "gx"
 
 
 @lru_cache(maxsize=1)
