@@ -1,6 +1,6 @@
 """Feast data sources: the lake's feature tables (batch) and the speed layer's push sources.
 
-Paths are absolute, from the settings' lake (``lambdarec.features.settings.lake_dir``): each
+Paths are absolute, from the settings' lake (``lambdarec.features.paths.lake_dir``): each
 source is a table's directory of ``date=YYYY-MM-DD`` partitions, which the file offline store
 reads whole. ``event_timestamp`` is the instant a row became knowable (see lambdarec.tables).
 """
@@ -8,7 +8,7 @@ reads whole. ``event_timestamp`` is the instant a row became knowable (see lambd
 from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 
-from lambdarec.features.settings import lake_dir
+from lambdarec.features.paths import lake_dir
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,

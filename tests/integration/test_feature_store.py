@@ -16,7 +16,6 @@ import pytest
 
 from lambdarec.config import Settings
 from lambdarec.features import store as fstore
-from lambdarec.features.settings import FeatureStoreSettings
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     FEATURE_TABLES,
@@ -101,12 +100,12 @@ def session_rows(ts: datetime) -> pd.DataFrame:
     )[list(SESSION_FEATURES.columns)]
 
 
-def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
+def exercise_store(settings: Settings) -> None:
     write_partitions(settings.lake_dir)
-    fstore.apply(settings, online)
-    assert fstore.apply(settings, online)  # idempotent: a second apply still works
+    fstore.apply(settings)
+    assert fstore.apply(settings)  # idempotent: a second apply still works
     start = datetime.fromisoformat(DAY1).replace(tzinfo=UTC)
-    views = fstore.materialize(start, start + timedelta(days=2), settings, store=online)
+    views = fstore.materialize(start, start + timedelta(days=2), settings)
     assert set(views) == {t.name for t in FEATURE_TABLES}
 
     # Online: the latest (day-2) values.
@@ -120,7 +119,6 @@ def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
         ],
         [{"user_id": "u1", "item_id": "i2", "category": "c1"}],
         settings,
-        online,
     )
     assert got["user_history_30d__n_events_30d"] == [20]
     assert got["user_history_30d__conversion_rate_30d"] == [pytest.approx(0.2)]
@@ -130,9 +128,9 @@ def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
 
     # Push session features (speed layer) and read them back through the retrieval service.
     now = datetime.now(UTC)
-    assert fstore.push_session_features(session_rows(now), settings, online) == 1
+    assert fstore.push_session_features(session_rows(now), settings) == 1
     got = fstore.get_online_features(
-        "retrieval_v1", [{"user_id": "u1", "session_id": "s1"}], settings, online
+        "retrieval_v1", [{"user_id": "u1", "session_id": "s1"}], settings
     )
     assert got["session_features__last_viewed_items"] == [["i2", "i1"]]
     assert got["session_features__n_events_30min"] == [3]
@@ -144,7 +142,6 @@ def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
         "ranking_v1",
         [{"user_id": "u1", "session_id": "s1", "item_id": "i1", "category": "c2"}],
         settings,
-        online,
     )
     assert got["item_stats__purchases_30d"] == [20]
     assert got["session_features__n_carts"] == [1]
@@ -152,10 +149,9 @@ def exercise_store(settings: Settings, online: FeatureStoreSettings) -> None:
 
 
 def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path / "state")
-    online = FeatureStoreSettings(online_store="sqlite")
+    settings = Settings(state_dir=tmp_path / "state", online_store="sqlite")
     write_partitions(settings.lake_dir)
-    fstore.apply(settings, online)
+    fstore.apply(settings)
     entity_df = pd.DataFrame(
         {
             "user_id": ["u1", "u2", "u1", "u1"],
@@ -172,7 +168,6 @@ def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
         entity_df,
         ["user_history_30d:n_events_30d", "user_history_30d:top_category_30d"],
         settings,
-        online,
     )
     assert list(out["label"]) == [1, 0, 1, 0]  # input rows kept, in order
     assert list(out["user_id"]) == ["u1", "u2", "u1", "u1"]
@@ -209,7 +204,7 @@ def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
             "trend_score": [0.7],
         }
     ).to_parquet(trending / "part-0.parquet")
-    out = fstore.get_historical_features(rows, "ranking_v1", settings, online)
+    out = fstore.get_historical_features(rows, "ranking_v1", settings)
     assert out.loc[0, "item_stats__views_7d"] == 10
     assert out.loc[0, "category_popularity__rank_7d"] == 1
     assert out.loc[0, "user_history_30d__n_events_30d"] == 10
@@ -220,9 +215,9 @@ def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
 
 
 def test_sqlite_online_store(tmp_path: Path) -> None:
-    exercise_store(
-        Settings(state_dir=tmp_path / "state"), FeatureStoreSettings(online_store="sqlite")
-    )
+    settings = Settings(state_dir=tmp_path / "state", online_store="sqlite")
+    assert "type: sqlite" in fstore.render_feature_store_yaml(settings)
+    exercise_store(settings)
 
 
 def _free_port() -> int:
@@ -275,7 +270,8 @@ def redis_port(tmp_path: Path):
 
 
 def test_redis_online_store(tmp_path: Path, redis_port: int) -> None:
-    settings = Settings(state_dir=tmp_path / "state", redis_port=redis_port)
-    online = FeatureStoreSettings(online_store="redis")
-    assert f"127.0.0.1:{redis_port}" in fstore.render_feature_store_yaml(settings, online)
-    exercise_store(settings, online)
+    settings = Settings(
+        state_dir=tmp_path / "state", redis_port=redis_port, redis_db=1, online_store="redis"
+    )
+    assert f"127.0.0.1:{redis_port},db=1" in fstore.render_feature_store_yaml(settings)
+    exercise_store(settings)

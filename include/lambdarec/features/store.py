@@ -6,8 +6,9 @@ definitions for the settings' lake and drives Feast from Python, so the DAGs, th
 and the tests never shell out to ``feast``.
 
 Online store: SQLite by default; ``LAMBDAREC_ONLINE_STORE=redis`` switches to Redis at
-``redis_host:redis_port``. Feature names are returned in full (``<view>__<feature>``) because
-several views share names (``views_7d``, ``category``, ``user_id``).
+``redis_host:redis_port`` (database ``redis_db``). Everything comes from one
+:class:`~lambdarec.config.Settings`. Feature names are returned in full (``<view>__<feature>``)
+because several views share names (``views_7d``, ``category``, ``user_id``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any, Literal
 
 from lambdarec.config import get_settings
-from lambdarec.features.settings import (
-    FEATURE_REPO_DIR,
-    FeatureStoreSettings,
-    feast_paths,
-    get_feature_store_settings,
-    pinned_lake_dir,
-)
+from lambdarec.features.paths import FEATURE_REPO_DIR, feast_paths, pinned_lake_dir
 from lambdarec.tables import FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS
 
 if TYPE_CHECKING:
@@ -63,22 +58,19 @@ def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else get_settings()
 
 
-def render_feature_store_yaml(
-    settings: Settings | None = None, store: FeatureStoreSettings | None = None
-) -> str:
+def render_feature_store_yaml(settings: Settings | None = None) -> str:
     """The ``feature_store.yaml`` text for these settings (absolute paths under the state dir)."""
     settings = _settings(settings)
-    store = store or get_feature_store_settings()
     paths = feast_paths(settings)
-    if store.online_store == "redis":
+    if settings.online_store == "redis":
         online = (
             "  type: redis\n"
-            f'  connection_string: "{settings.redis_host}:{settings.redis_port},db={store.redis_db}"'
+            f'  connection_string: "{settings.redis_host}:{settings.redis_port},db={settings.redis_db}"'
         )
     else:
         online = f"  type: sqlite\n  path: {paths.online_db.resolve()}"
     return Template(_template()).substitute(
-        project=store.feast_project,
+        project=settings.feast_project,
         registry_path=str(paths.registry.resolve()),
         online_store=online,
     )
@@ -89,13 +81,11 @@ def _template() -> str:
     return TEMPLATE.read_text()
 
 
-def write_feature_store_yaml(
-    settings: Settings | None = None, store: FeatureStoreSettings | None = None
-) -> Path:
+def write_feature_store_yaml(settings: Settings | None = None) -> Path:
     """Render the yaml into ``<state_dir>/feast/`` (rewritten only when it changed)."""
     settings = _settings(settings)
     paths = feast_paths(settings)
-    text = render_feature_store_yaml(settings, store)
+    text = render_feature_store_yaml(settings)
     paths.root.mkdir(parents=True, exist_ok=True)
     if not paths.yaml.exists() or paths.yaml.read_text() != text:
         paths.yaml.write_text(text)
@@ -106,12 +96,10 @@ _STORES: dict[str, FeatureStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def get_store(
-    settings: Settings | None = None, store: FeatureStoreSettings | None = None
-) -> FeatureStore:
+def get_store(settings: Settings | None = None) -> FeatureStore:
     """A Feast ``FeatureStore`` for these settings, one per rendered config in this process."""
     settings = _settings(settings)
-    key = f"{feast_paths(settings).yaml}\n{render_feature_store_yaml(settings, store)}"
+    key = f"{feast_paths(settings).yaml}\n{render_feature_store_yaml(settings)}"
     cached = _STORES.get(key)
     if cached is not None:
         return cached
@@ -121,7 +109,7 @@ def get_store(
     logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
     with _STORES_LOCK:
         if key not in _STORES:
-            yaml_path = write_feature_store_yaml(settings, store)
+            yaml_path = write_feature_store_yaml(settings)
             _STORES[key] = FeatureStore(repo_path=str(yaml_path.parent), fs_yaml_file=yaml_path)
         return _STORES[key]
 
@@ -144,9 +132,7 @@ def _service(fs: FeatureStore, name: str) -> FeatureService:
 _LOAD_LOCK = threading.Lock()
 
 
-def load_definitions(
-    settings: Settings | None = None, store: FeatureStoreSettings | None = None
-) -> RepoContents:
+def load_definitions(settings: Settings | None = None) -> RepoContents:
     """Import ``feature_repo/`` with its file sources pointing at these settings' lake.
 
     The repo's modules import each other by bare name (as ``feast apply`` does); they are
@@ -160,7 +146,6 @@ def load_definitions(
     from feast.repo_contents import RepoContents
 
     settings = _settings(settings)
-    store = store or get_feature_store_settings()
     repo = str(FEATURE_REPO_DIR)
     objects: list[Any] = []
     with _LOAD_LOCK, pinned_lake_dir(settings.lake_dir):
@@ -191,7 +176,7 @@ def load_definitions(
             if src is not None and not any(src is s for s in sources):
                 sources.append(src)
     return RepoContents(
-        projects=[Project(name=store.feast_project)],
+        projects=[Project(name=settings.feast_project)],
         data_sources=sources,
         feature_views=views,
         on_demand_feature_views=[],
@@ -212,21 +197,21 @@ def _forget_repo_modules() -> None:
             del sys.modules[name]
 
 
-def plan(settings: Settings | None = None, store: FeatureStoreSettings | None = None) -> str:
+def plan(settings: Settings | None = None) -> str:
     """What :func:`apply` would change in the registry and the online store, as text."""
-    fs = get_store(settings, store)
-    registry_diff, infra_diff, _ = fs.plan(load_definitions(settings, store))
+    fs = get_store(settings)
+    registry_diff, infra_diff, _ = fs.plan(load_definitions(settings))
     return f"{registry_diff.to_string()}\n{infra_diff.to_string()}".strip()
 
 
-def apply(settings: Settings | None = None, store: FeatureStoreSettings | None = None) -> str:
+def apply(settings: Settings | None = None) -> str:
     """``feast apply`` for these settings: register the repo, drop what it no longer defines,
     create the online tables. Idempotent. Returns the plan that was applied."""
     from feast.project import Project
     from feast.repo_operations import extract_objects_for_apply_delete
 
-    fs = get_store(settings, store)
-    repo = load_definitions(settings, store)
+    fs = get_store(settings)
+    repo = load_definitions(settings)
     project = repo.projects[0].name
     registry_diff, infra_diff, _ = fs.plan(repo)
     to_apply, to_delete, _, _ = extract_objects_for_apply_delete(project, fs.registry, repo)
@@ -242,7 +227,6 @@ def materialize(
     end: datetime,
     settings: Settings | None = None,
     views: Sequence[str] | None = None,
-    store: FeatureStoreSettings | None = None,
 ) -> list[str]:
     """Load the rows stamped in ``[start, end]`` (both ends included) into the online store.
 
@@ -262,7 +246,7 @@ def materialize(
     ]
     if missing:
         raise FileNotFoundError(f"no feature partitions to materialize in {', '.join(missing)}")
-    get_store(settings, store).materialize(start_date=start, end_date=end, feature_views=names)
+    get_store(settings).materialize(start_date=start, end_date=end, feature_views=names)
     return names
 
 
@@ -270,11 +254,10 @@ def get_online_features(
     features: str | Sequence[str],
     entity_rows: Sequence[Mapping[str, Any]],
     settings: Settings | None = None,
-    store: FeatureStoreSettings | None = None,
 ) -> dict[str, list[Any]]:
     """Online features for ``entity_rows``: a service name (``"ranking_v1"``) or refs
     (``"item_stats:views_7d"``). Columns are the join keys and ``<view>__<feature>``."""
-    fs = get_store(settings, store)
+    fs = get_store(settings)
     refs = _service(fs, features) if isinstance(features, str) else list(features)
     response = fs.get_online_features(
         features=refs, entity_rows=[dict(r) for r in entity_rows], full_feature_names=True
@@ -286,7 +269,6 @@ def get_historical_features(
     entity_df: pd.DataFrame,
     features: str | Sequence[str],
     settings: Settings | None = None,
-    store: FeatureStoreSettings | None = None,
 ) -> pd.DataFrame:
     """Point-in-time correct training rows: for each entity row (keys + ``event_timestamp``)
     the latest feature values stamped at or before its timestamp and within each view's TTL.
@@ -300,7 +282,7 @@ def get_historical_features(
 
     if "event_timestamp" not in entity_df.columns:
         raise ValueError("entity_df needs an event_timestamp column (the instant to look up)")
-    fs = get_store(settings, store)
+    fs = get_store(settings)
     by_view: dict[str, list[str]] = {}
     for ref in _feature_refs(fs, features):
         by_view.setdefault(ref.split(":", 1)[0], []).append(ref)
@@ -343,7 +325,6 @@ def push(
     rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     settings: Settings | None = None,
     to: PushTo = "online",
-    store: FeatureStoreSettings | None = None,
 ) -> int:
     """Push speed-layer rows of ``view`` (``session_features`` or ``trending_items``).
 
@@ -368,25 +349,23 @@ def push(
         "offline": PushMode.OFFLINE,
         "online_and_offline": PushMode.ONLINE_AND_OFFLINE,
     }[to]
-    get_store(settings, store).push(PUSH_SOURCES[view], df, to=mode)
+    get_store(settings).push(PUSH_SOURCES[view], df, to=mode)
     return len(df)
 
 
 def push_session_features(
     rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     settings: Settings | None = None,
-    store: FeatureStoreSettings | None = None,
 ) -> int:
     """Push session rows online (the speed layer's call, one per event or micro-batch)."""
-    return push(SESSION_FEATURES.name, rows, settings, store=store)
+    return push(SESSION_FEATURES.name, rows, settings)
 
 
 def push_trending_items(
     rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     settings: Settings | None = None,
-    store: FeatureStoreSettings | None = None,
 ) -> int:
-    return push(TRENDING_ITEMS.name, rows, settings, store=store)
+    return push(TRENDING_ITEMS.name, rows, settings)
 
 
 def _utc(value: datetime) -> datetime:
