@@ -14,8 +14,8 @@ import pytest
 
 from lambdarec.config import Settings
 from lambdarec.events import CANONICAL_COLUMNS
+from lambdarec.quality.paths import GX_DIR
 from lambdarec.quality.report import Failure, ValidationReport
-from lambdarec.quality.settings import GX_DIR, QualitySettings, data_docs_dir
 from lambdarec.tables import ITEM_COOCCURRENCE, ITEM_STATS
 
 if TYPE_CHECKING:
@@ -134,8 +134,8 @@ def test_good_day_passes_and_builds_data_docs(settings: Settings) -> None:
     assert report.success, report.summary()
     assert (report.previous_day, report.previous_row_count, report.row_count) == (DAYS[0], 200, 220)
     assert report.data_docs_page is not None and report.data_docs_page.is_file()
-    assert report.data_docs_page.is_relative_to(data_docs_dir(settings))
-    assert (data_docs_dir(settings) / "index.html").is_file()
+    assert report.data_docs_page.is_relative_to(settings.data_docs_dir)
+    assert (settings.data_docs_dir / "index.html").is_file()
 
 
 def test_corrupt_day_names_every_problem(settings: Settings) -> None:
@@ -176,8 +176,8 @@ def test_row_count_band(settings: Settings) -> None:
     assert failure.expectation == "expect_table_row_count_to_be_between"
     assert failure.observed == 2000
     assert failure.bounds == {"min_value": 105, "max_value": 420}  # 0.5x .. 2x of 210
-    wide = QualitySettings(dq_row_count_max_ratio=20)
-    assert validate("raw_events", DAYS[3], settings, wide).success
+    wide = Settings(state_dir=settings.state_dir, dq_row_count_max_ratio=20)
+    assert validate("raw_events", DAYS[3], wide).success
 
 
 def test_feature_tables(settings: Settings) -> None:

@@ -436,7 +436,7 @@ def serving(settings: Settings) -> Service:
 
 
 def data_docs(settings: Settings) -> Service:
-    from lambdarec.quality.settings import data_docs_dir  # light: GX itself is not imported
+    from lambdarec.quality.paths import data_docs_dir  # light: GX itself is not imported
 
     index = data_docs_dir(settings) / "index.html"
     return Service(

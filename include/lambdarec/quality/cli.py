@@ -35,6 +35,5 @@ def sync() -> None:
 def docs() -> None:
     """Print the path of the Data Docs index page."""
     from lambdarec.config import get_settings
-    from lambdarec.quality.settings import data_docs_dir
 
-    typer.echo(str(data_docs_dir(get_settings()) / "index.html"))
+    typer.echo(str(get_settings().data_docs_dir / "index.html"))

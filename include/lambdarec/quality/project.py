@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lambdarec.config import get_settings
-from lambdarec.quality.settings import GX_DIR, data_docs_dir, gx_runtime_dir
+from lambdarec.quality.paths import GX_DIR
 from lambdarec.quality.suites import SUITE_NAMES, build_suite
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ def get_context(settings: Settings | None = None, root: Path = GX_DIR) -> FileDa
 
     settings = settings or get_settings()
     runtime = {
-        "LAMBDAREC_GX_RUNTIME_DIR": str(gx_runtime_dir(settings).resolve()),
-        "LAMBDAREC_DATA_DOCS_DIR": str(data_docs_dir(settings).resolve()),
+        "LAMBDAREC_GX_RUNTIME_DIR": str(settings.gx_dir.resolve()),
+        "LAMBDAREC_DATA_DOCS_DIR": str(settings.data_docs_dir.resolve()),
     }
     return gx.get_context(mode="file", context_root_dir=str(root), runtime_environment=runtime)
 

@@ -16,7 +16,6 @@ from urllib.parse import unquote, urlparse
 from lambdarec.config import get_settings
 from lambdarec.quality.project import DATA_DOCS_SITE, get_context, quiet_gx
 from lambdarec.quality.report import Failure, ValidationReport
-from lambdarec.quality.settings import QualitySettings
 from lambdarec.quality.suites import (
     PARAM_DAY_END,
     PARAM_DAY_START,
@@ -75,14 +74,14 @@ def expectation_parameters(
     table_name: str,
     day: str,
     previous_rows: int | None,
-    quality: QualitySettings,
+    settings: Settings,
 ) -> dict[str, Any]:
     import pandas as pd
 
     start = pd.Timestamp(day, tz="UTC")
     if previous_rows:
-        low = math.ceil(previous_rows * quality.dq_row_count_min_ratio)
-        high: int | None = math.floor(previous_rows * quality.dq_row_count_max_ratio)
+        low = math.ceil(previous_rows * settings.dq_row_count_min_ratio)
+        high: int | None = math.floor(previous_rows * settings.dq_row_count_max_ratio)
     else:
         low, high = 1, None  # first partition: it only has to be non-empty
     return {
@@ -90,7 +89,7 @@ def expectation_parameters(
         PARAM_MAX_ROWS: high,
         PARAM_DAY_START: start,
         PARAM_DAY_END: start + pd.Timedelta(days=1),
-        PARAM_MAX_PRICE: quality.dq_max_price,
+        PARAM_MAX_PRICE: settings.dq_max_price,
     }
 
 
@@ -112,22 +111,21 @@ def validate(
     table_name: str,
     day: str | date,
     settings: Settings | None = None,
-    quality: QualitySettings | None = None,
 ) -> ValidationReport:
     """Validate ``table_name`` (``raw_events`` or a feature table) for ``day`` (YYYY-MM-DD).
 
-    Builds the Data Docs page of this run; a failed gate is reported, not raised (call
+    The row-count band and the price bound come from the settings (``LAMBDAREC_DQ_*``). Builds
+    the Data Docs page of this run; a failed gate is reported, not raised (call
     ``.raise_for_failure()`` to fail a task).
     """
     quiet_gx()
     from great_expectations.core.run_identifier import RunIdentifier
 
     settings = settings or get_settings()
-    quality = quality or QualitySettings()
     day = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
     frame = prepare_frame(table_name, read_partition(table_name, day, settings))
     previous = previous_partition(table_name, day, settings)
-    params = expectation_parameters(table_name, day, previous[1] if previous else None, quality)
+    params = expectation_parameters(table_name, day, previous[1] if previous else None, settings)
 
     context = get_context(settings)
     checkpoint = context.checkpoints.get(table_name)
