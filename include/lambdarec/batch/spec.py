@@ -11,12 +11,21 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from lambdarec.tables import FEATURE_TABLES, FeatureTable
+from lambdarec.tables import (
+    CATEGORY_POPULARITY,
+    ITEM_COOCCURRENCE,
+    ITEM_STATS,
+    USER_HISTORY,
+    FeatureTable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-TABLES: dict[str, FeatureTable] = {t.name: t for t in FEATURE_TABLES}
+#: The tables the daily batch job writes (the speed layer's tables are not its business).
+TABLES: dict[str, FeatureTable] = {
+    t.name: t for t in (USER_HISTORY, ITEM_STATS, ITEM_COOCCURRENCE, CATEGORY_POPULARITY)
+}
 
 #: The longest window any table needs, in days (the job reads this many day partitions).
 WINDOW_DAYS = 30
