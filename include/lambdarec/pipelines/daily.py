@@ -1,0 +1,73 @@
+"""The daily feature pipeline's steps (the DAG ``daily_feature_pipeline`` calls these).
+
+For the run's data interval ``[D 00:00, D+1 00:00)`` UTC: validate the raw events of day D ->
+Spark computes the four feature tables for D -> validate each -> materialize into the online
+store -> Data Docs. A failed gate raises, so the run stops before materialisation and the online
+store keeps the last good features; the error text names each failed expectation and its values.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+
+from lambdarec.config import get_settings
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def as_day(value: str | date | datetime) -> date:
+    """The day of a run from ``ds`` ('YYYY-MM-DD'), a date or a datetime (UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).date() if value.tzinfo else value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise ValueError(f"{value!r} is not a day; pass YYYY-MM-DD (Airflow's ds)") from None
+
+
+def validate(table: str, day: str | date, settings: Settings | None = None) -> dict[str, Any]:
+    """Run the Great Expectations gate of ``table`` for ``day``; raise if it fails.
+
+    Returns a small summary (for XCom): success, number of expectations, the Data Docs page.
+    """
+    from lambdarec.quality.runner import validate as gx_validate
+
+    report = gx_validate(table, as_day(day), settings=settings or get_settings())
+    log.info("%s %s: %s; Data Docs: %s", table, as_day(day),
+             "passed" if report.success else "FAILED", report.data_docs_page)
+    report.raise_for_failure()
+    return {"table": table, "day": as_day(day).isoformat(), "success": report.success,
+            "data_docs_page": str(report.data_docs_page)}
+
+
+def materialize_day(day: str | date, settings: Settings | None = None) -> list[str]:
+    """Load the batch feature rows of ``day`` (stamped at D+1 00:00 UTC) into the online store."""
+    from lambdarec.features.store import materialize
+
+    d = as_day(day)
+    start = datetime.combine(d, time(0), tzinfo=UTC)
+    views = materialize(start, start + timedelta(days=1), settings=settings or get_settings())
+    log.info("materialized %s for %s", ", ".join(views), d)
+    return views
+
+
+def apply_feature_repo(settings: Settings | None = None) -> str:
+    """Register the Feast definitions (idempotent; cheap when nothing changed)."""
+    from lambdarec.features.store import apply
+
+    return apply(settings or get_settings())
+
+
+def data_docs_index(settings: Settings | None = None) -> str:
+    """The Data Docs site's index page (built by every validation)."""
+    s = settings or get_settings()
+    index = s.state_dir / "data_docs" / "index.html"
+    log.info("Data Docs: file://%s", index)
+    return str(index)
