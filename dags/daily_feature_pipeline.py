@@ -39,7 +39,9 @@ DAY = "{{ data_interval_start | ds }}"
 @dag(
     dag_id="daily_feature_pipeline",
     schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # Early, so any historical dataset can be backfilled (tasks are not created for days before
+    # start_date); catchup is off, so the scheduler does not walk these years by itself.
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "lambdarec", "retries": 2, "retry_delay": timedelta(minutes=1)},

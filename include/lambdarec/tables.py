@@ -57,7 +57,8 @@ USER_HISTORY = FeatureTable(
         "avg_price_bought_30d": "double",
         "max_price_bought_30d": "double",
         "days_since_last_event": "double",
-        "conversion_rate_30d": "double",  # purchases / views (0 when no views)
+        # purchases / views (0 when no views); above 1 when purchases lack a recorded view
+        "conversion_rate_30d": "double",
     },
     doc="What a user did over the 30 days ending with the partition's day.",
 )
@@ -79,7 +80,7 @@ ITEM_STATS = FeatureTable(
         "views_30d": "int64",
         "carts_30d": "int64",
         "purchases_30d": "int64",
-        "conversion_7d": "double",
+        "conversion_7d": "double",  # purchases / views, as in user history
         "conversion_30d": "double",
         "unique_users_7d": "int64",
         "unique_users_30d": "int64",
