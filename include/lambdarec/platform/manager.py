@@ -6,6 +6,10 @@ A PID file per service under ``settings.run_dir`` records the pid and the proces
 recycled pid is never mistaken for ours; stale PID files are removed whenever they are read.
 Stdout and stderr of each service go to ``settings.log_dir/<name>.log``.
 
+``up`` starts services in waves: every service whose requirements are up is spawned at once, then
+each wave is awaited (health, then ``ready``) before the next. A group name (``airflow``) stands
+for its parts; ``down`` of a service also stops the services that require it.
+
 Python API::
 
     from lambdarec.platform.manager import up, down, status
@@ -91,8 +95,8 @@ def up(
     selected = _select(services, names, with_requirements=True)
     timeout = settings.start_timeout_s if timeout_s is None else timeout_s
     with _locked(settings):
-        for service in selected:
-            _start(service, settings, timeout)
+        for wave in _waves(selected):
+            _start_wave(wave, settings, timeout)
     return status([s.name for s in selected], settings=settings)
 
 
@@ -101,10 +105,16 @@ def down(
     *,
     settings: Settings | None = None,
 ) -> list[str]:
-    """Stop ``names`` (default: all) in reverse start order; returns the names actually stopped."""
+    """Stop ``names`` (default: all) and what requires them, in reverse start order.
+
+    Returns the names actually stopped.
+    """
     settings = settings or get_settings()
     services = build_services(settings)
     selected = _select(services, names, with_requirements=False)
+    # A group's own PID file is a leftover of an older layout (`airflow standalone`): stop it too.
+    wanted = set(names or services)
+    selected += [s for s in services.values() if s.parts and s.name in wanted]
     stopped = []
     with _locked(settings):
         for service in reversed(selected):
@@ -119,14 +129,18 @@ def status(
     """The state of ``names`` (default: every service, reserved rows included)."""
     settings = settings or get_settings()
     services = build_services(settings)
-    if names:
-        _check_names(services, names)
-    return [_status(s, settings) for s in services.values() if not names or s.name in names]
+    wanted = set(_expand(services, names)) if names else set(services)
+    return [_status(s, settings) for s in services.values() if s.name in wanted and not s.parts]
 
 
 def log_path(name: str, *, settings: Settings | None = None) -> Path:
     settings = settings or get_settings()
-    _check_names(build_services(settings), [name])
+    services = build_services(settings)
+    _check_names(services, [name])
+    if services[name].parts:
+        raise PlatformError(
+            f"{name} is a group; each part has its own log: {', '.join(services[name].parts)}"
+        )
     return settings.log_dir / f"{name}.log"
 
 
@@ -155,24 +169,61 @@ def _check_names(services: dict[str, Service], names: Sequence[str]) -> None:
         raise PlatformError(f"unknown service {', '.join(unknown)}; known: {', '.join(services)}")
 
 
+def _expand(services: dict[str, Service], names: Sequence[str]) -> list[str]:
+    """``names`` with each group replaced by its parts (after checking every name exists)."""
+    _check_names(services, names)
+    expanded: list[str] = []
+    for name in names:
+        for part in services[name].parts or (name,):
+            if part not in expanded:
+                expanded.append(part)
+    return expanded
+
+
 def _select(
     services: dict[str, Service], names: Sequence[str] | None, *, with_requirements: bool
 ) -> list[Service]:
+    """The managed services ``names`` stands for, in start order.
+
+    With ``with_requirements``, plus what they require (for ``up``); without, plus what requires
+    them (for ``down``: a scheduler without its API server is of no use).
+    """
     if not names:
         return [s for s in services.values() if s.managed]
-    _check_names(services, names)
+    names = _expand(services, names)
     unmanaged = [n for n in names if not services[n].managed]
     if unmanaged:
         raise PlatformError(f"{', '.join(unmanaged)} is not started by the platform manager (yet)")
     wanted = set(names)
-    if with_requirements:
-        pending = list(names)
-        while pending:
-            for requirement in services[pending.pop()].requires:
-                if requirement not in wanted:
-                    wanted.add(requirement)
-                    pending.append(requirement)
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if with_requirements:
+            related = services[name].requires
+        else:
+            related = tuple(s.name for s in services.values() if name in s.requires)
+        for other in related:
+            if other not in wanted:
+                wanted.add(other)
+                pending.append(other)
     return [s for s in services.values() if s.name in wanted]
+
+
+def _waves(selected: list[Service]) -> list[list[Service]]:
+    """``selected`` in start waves: each service comes after every wave holding a requirement."""
+    names = {s.name for s in selected}
+    started: set[str] = set()
+    pending = list(selected)
+    waves = []
+    while pending:
+        wave = [s for s in pending if all(r in started or r not in names for r in s.requires)]
+        if not wave:
+            cycle = ", ".join(s.name for s in pending)
+            raise PlatformError(f"services {cycle} require each other; fix their `requires`")
+        waves.append(wave)
+        started |= {s.name for s in wave}
+        pending = [s for s in pending if s.name not in started]
+    return waves
 
 
 # -- PID files and processes -------------------------------------------------------------------
@@ -267,9 +318,59 @@ def _locked(settings: Settings) -> Iterator[None]:
 # -- start -------------------------------------------------------------------------------------
 
 
-def _start(service: Service, settings: Settings, timeout_s: float) -> None:
-    process = _running(settings, service.name)
-    if process is not None:
+def _start_wave(wave: list[Service], settings: Settings, timeout_s: float) -> None:
+    """Launch every service of ``wave``, then await each; raises the first failure at the end.
+
+    Services that came up stay up when another one of the wave fails (as with one at a time).
+    """
+    launched: list[tuple[Service, int | None, float]] = []
+    failures: list[PlatformError] = []
+    for service in wave:
+        try:
+            launched.append((service, _launch(service, settings), time.monotonic()))
+        except PlatformError as error:
+            failures.append(error)
+            break  # the rest of the wave is not launched; what was launched is awaited
+    for service, pid, began in launched:
+        try:
+            _await(service, settings, pid, timeout_s, began)
+        except PlatformError as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
+
+
+def _launch(service: Service, settings: Settings) -> int | None:
+    """Spawn ``service`` unless it runs already; returns the new pid (None if it was running)."""
+    if _running(settings, service.name) is not None:
+        return None
+    _check_ports(service, settings)
+    if service.prepare:
+        service.prepare()
+    pid = _spawn(service, settings)
+    log.info(
+        "%s: started pid %d, waiting for health (log: %s)",
+        service.name,
+        pid,
+        _log(settings, service),
+    )
+    return pid
+
+
+def _await(
+    service: Service, settings: Settings, pid: int | None, timeout_s: float, began: float
+) -> None:
+    """Wait until ``service`` is healthy (stopping it if it was just spawned and fails), then
+    run its ``ready`` step."""
+    if pid is not None:
+        _wait_healthy(service, settings, pid, timeout_s, stop_on_failure=True)
+        log.info("%s: up in %.1f s at %s", service.name, time.monotonic() - began, service.url)
+    else:
+        process = _running(settings, service.name)
+        if process is None:  # it was running a moment ago and has exited since
+            pid = _launch(service, settings)
+            _await(service, settings, pid, timeout_s, time.monotonic())
+            return
         if service.health():
             log.info("%s: already up (pid %d)", service.name, process.pid)
         else:
@@ -283,23 +384,6 @@ def _start(service: Service, settings: Settings, timeout_s: float) -> None:
                     f"{error}\n({service.name} was already running, maybe with other settings; "
                     f"`lambdarec platform down {service.name}` stops it)"
                 ) from None
-        if service.ready:
-            service.ready()
-        return
-
-    _check_ports(service, settings)
-    if service.prepare:
-        service.prepare()
-    pid = _spawn(service, settings)
-    log.info(
-        "%s: started pid %d, waiting for health (log: %s)",
-        service.name,
-        pid,
-        _log(settings, service),
-    )
-    began = time.monotonic()
-    _wait_healthy(service, settings, pid, timeout_s, stop_on_failure=True)
-    log.info("%s: up in %.1f s at %s", service.name, time.monotonic() - began, service.url)
     if service.ready:
         service.ready()
 

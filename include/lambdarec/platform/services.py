@@ -4,6 +4,8 @@ A :class:`Service` is plain data plus a few callables, built from the settings b
 :func:`build_services` in start order. The manager knows nothing service-specific, so a later layer
 (the Flink job, the Flask app, a Milvus server) is one more factory here. A service without a
 command is a reserved row: ``status`` shows whether something answers there, ``up`` skips it.
+A service with ``parts`` is a group: its name stands for those services (``airflow`` for the
+API server, scheduler, DAG processor and triggerer).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Service:
     details: Callable[[], str] | None = None
     #: Seconds between SIGTERM and SIGKILL on ``down``.
     stop_timeout_s: float = 30.0
+    #: A group (no command): its name stands for these services in ``up``, ``down`` and ``status``.
+    parts: tuple[str, ...] = ()
 
     @property
     def managed(self) -> bool:
