@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.integration
+
+AIRFLOW_PARTS = ["airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the JVM binds IPv4 loopback as a mapped address
 
 
 def _free_ports(count: int) -> list[int]:
@@ -67,6 +71,17 @@ def _project_processes(state_dir: Path) -> list[psutil.Process]:
                 or any(marker in value for value in process.environ().values())
             ):
                 found.append(process)
+    return found
+
+
+def _listening(state_dir: Path) -> list[tuple[str, int, int, str]]:
+    """Every listening TCP socket of the project's processes: (address, port, pid, process name)."""
+    ours = {p.pid: p for p in _project_processes(state_dir)}
+    found = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in ours:
+            with contextlib.suppress(psutil.Error):
+                found.append((conn.laddr.ip, conn.laddr.port, conn.pid, ours[conn.pid].name()))
     return found
 
 
@@ -115,7 +130,8 @@ def test_up_status_up_again_down(settings: Settings) -> None:
     assert table["kafka"].url == f"127.0.0.1:{settings.kafka_port}"
     assert table["redis"].url == f"redis://127.0.0.1:{settings.redis_port}/0"
     assert table["mlflow"].url == f"http://127.0.0.1:{settings.mlflow_port}"
-    assert table["airflow"].state == "down"
+    assert "airflow" not in table, "a group has no row of its own"
+    assert all(table[name].state == "down" for name in AIRFLOW_PARTS)
     assert table["serving"].state == "not started"
     assert table["data-docs"].state in ("built", "not built")
 
@@ -149,13 +165,14 @@ def test_up_status_up_again_down(settings: Settings) -> None:
     assert not any("SLF4J" in line for line in kafka_log), "Kafka logs through log4j2"
     ours = {p.pid for p in _project_processes(settings.state_dir)}
     assert {row.pid for row in rows} <= ours
-    listening = [
-        conn
-        for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.pid in ours
-    ]
-    assert listening
-    assert {conn.laddr.ip for conn in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}
+    listening = _listening(settings.state_dir)
+    assert {port for _, port, _, _ in listening} >= {
+        settings.kafka_port,
+        settings.kafka_controller_port,
+        settings.redis_port,
+        settings.mlflow_port,
+    }
+    assert [s for s in listening if s[0] not in LOOPBACK] == [], "every socket on loopback"
 
     # A second `up` finds everything healthy and starts nothing.
     started = time.monotonic()
@@ -230,7 +247,7 @@ def test_cli_status_and_failure_exit_code(settings: Settings) -> None:
     cli = [sys.executable, "-m", "lambdarec.platform.cli"]
     shown = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    for name in ("kafka", "redis", "mlflow", "airflow", "serving", "data-docs"):
+    for name in ("kafka", "redis", "mlflow", *AIRFLOW_PARTS, "serving", "data-docs"):
         assert name in shown.stdout
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", settings.redis_port))
@@ -242,40 +259,112 @@ def test_cli_status_and_failure_exit_code(settings: Settings) -> None:
     assert "LAMBDAREC_REDIS_PORT" in " ".join(failed.stderr.split())
 
 
-@pytest.mark.slow
-def test_airflow_standalone_up_login_down(settings: Settings) -> None:
-    started = time.monotonic()
-    (row,) = manager.up(["airflow"], settings=settings)
-    print(f"airflow up in {time.monotonic() - started:.1f} s")
-    assert row.state == "up" and row.url == f"http://127.0.0.1:{settings.airflow_port}"
+SMOKE_DAG = """
+    import time
+    from datetime import datetime
 
-    health = requests.get(f"{row.url}/api/v2/monitor/health", timeout=10).json()
-    assert health["metadatabase"]["status"] == "healthy"
-    assert health["scheduler"]["status"] == "healthy"
+    from airflow.sdk import dag, task
+
+
+    @dag(dag_id="lambdarec_smoke", schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+    def smoke():
+        @task
+        def hello():
+            print("hello from the lambdarec smoke DAG")
+            time.sleep(4)  # long enough to read the log of a running task
+            return 42
+
+        hello()
+
+
+    smoke()
+"""
+
+
+def _wait_for(what: str, probe: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
+        time.sleep(every_s)
+
+
+@pytest.mark.slow
+def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: Path) -> None:
+    home = tmp_path / "home"  # the DAG folder is <home>/dags: only the smoke DAG is parsed
+    (home / "dags").mkdir(parents=True)
+    (home / "dags" / "smoke.py").write_text(textwrap.dedent(SMOKE_DAG))
+    settings = settings.model_copy(update={"home": home})
+
+    started = time.monotonic()
+    rows = manager.up(["airflow"], settings=settings)
+    print(f"airflow up in {time.monotonic() - started:.1f} s")
+    assert [row.name for row in rows] == AIRFLOW_PARTS
+    assert all(row.state == "up" and row.pid for row in rows), rows
+    api = rows[0]
+    assert api.url == f"http://127.0.0.1:{settings.airflow_port}"
     password = airflow_password(settings)
-    assert password and row.details == f"login admin / {password}"
+    assert password and api.details == f"login admin / {password}"
+    assert [r.name for r in manager.status(["airflow"], settings=settings)] == AIRFLOW_PARTS
+    # Each component is a session leader of its own process group.
+    assert {os.getpgid(row.pid) for row in rows if row.pid} == {row.pid for row in rows}
+
+    health = requests.get(f"{api.url}/api/v2/monitor/health", timeout=10).json()
+    for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        assert health[part]["status"] == "healthy", health
+
     token = requests.post(
-        f"{row.url}/auth/token", json={"username": "admin", "password": password}, timeout=10
+        f"{api.url}/auth/token", json={"username": "admin", "password": password}, timeout=10
     )
     assert token.ok, token.text
-    dags = requests.get(
-        f"{row.url}/api/v2/dags",
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-        timeout=10,
-    )
-    assert dags.status_code == 200, dags.text
-    assert "total_entries" in dags.json()
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    dag_url = f"{api.url}/api/v2/dags/lambdarec_smoke"
+    _wait_for("the DAG processor parsed the smoke DAG", lambda: http.get(dag_url).ok, 120)
+    assert http.patch(dag_url, json={"is_paused": False}).ok
+    run = http.post(f"{dag_url}/dagRuns", json={"logical_date": None})
+    assert run.ok, run.text
+    run_url = f"{dag_url}/dagRuns/{run.json()['dag_run_id']}"
+    task_url = f"{run_url}/taskInstances/hello"
 
-    processes = _project_processes(settings.state_dir)
-    assert len(processes) > 1, "standalone runs scheduler, api-server, ... in its process group"
-    api = [
-        conn
-        for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == settings.airflow_port
-    ]
-    assert api and {conn.laddr.ip for conn in api} == {"127.0.0.1"}
+    def task_state() -> str | None:
+        response = http.get(task_url)
+        return response.json().get("state") if response.ok else None
 
+    _wait_for("the task is running", lambda: task_state() in ("running", "success"), 120, 0.2)
+    while_running = http.get(f"{task_url}/logs/1", params={"full_content": True})
+    assert while_running.status_code == 200, while_running.text
+    # No Airflow component serves logs: all of the project's sockets are on loopback, and the only
+    # port left is the API server's (checked while the task's worker process is alive).
+    listening = _listening(settings.state_dir)
+    assert [s for s in listening if s[0] not in LOOPBACK] == [], listening
+    assert {port for _, port, _, _ in listening} == {settings.airflow_port}, listening
+
+    def finished() -> str | None:
+        state = http.get(run_url).json().get("state")
+        return state if state in ("success", "failed") else None
+
+    state = _wait_for("the DAG run finished", finished, 180)
+    print(f"smoke DAG {state} {time.monotonic() - started:.1f} s after `up`")
+    assert state == "success"
+    logs = http.get(f"{task_url}/logs/1", params={"full_content": True})
+    assert logs.status_code == 200, logs.text
+    events = [line.get("event", "") for line in logs.json()["content"]]
+    assert "hello from the lambdarec smoke DAG" in events, events
+    assert "Done. Returned value was: 42" in events, events
+
+    # A second `up` finds all four healthy; the group has no log of its own.
+    assert _pids(manager.up(["airflow"], settings=settings)) == _pids(rows)
+    with pytest.raises(PlatformError, match="airflow-scheduler"):
+        manager.log_path("airflow", settings=settings)
+    scheduler_log = manager.log_path("airflow-scheduler", settings=settings)
+    assert "--skip-serve-logs" in scheduler_log.read_text()
+
+    # Stopping the API server stops what requires it.
     started = time.monotonic()
-    assert manager.down(["airflow"], settings=settings) == ["airflow"]
+    assert sorted(manager.down(["airflow-api"], settings=settings)) == sorted(AIRFLOW_PARTS)
     print(f"airflow down in {time.monotonic() - started:.1f} s")
     assert _project_processes(settings.state_dir) == []
+    assert manager.down(["airflow"], settings=settings) == []
