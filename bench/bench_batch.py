@@ -98,10 +98,11 @@ def main() -> None:
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-6000:])
             raise SystemExit(f"spark-submit failed with exit code {proc.returncode}")
-        session = re.search(r"session ready in ([\d.]+) s", proc.stderr)
+        log_text = proc.stdout + proc.stderr  # the Python driver's output reaches either
+        session = re.search(r"session ready in ([\d.]+) s", log_text)
         tables = {
             m.group(1): float(m.group(2))
-            for m in re.finditer(r"(\w+) for \S+ written in ([\d.]+) s", proc.stderr)
+            for m in re.finditer(r"(\w+) for \S+ written in ([\d.]+) s", log_text)
         }
         _log(f"spark-submit done in {spark_s:.1f} s; per table {tables}")
         rows = {name: _rows(work / "spark" / name / f"date={day}") for name in TABLES}

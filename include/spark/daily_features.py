@@ -424,8 +424,13 @@ def build_session(
     master: str | None = None,
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     app_name: str = "lambdarec-daily-features",
+    driver_memory: str | None = None,
 ) -> SparkSession:
-    """A session with the job's settings (under spark-submit, master comes from the launcher)."""
+    """A session with the job's settings (under spark-submit, master comes from the launcher).
+
+    ``driver_memory`` only takes effect when this call starts the JVM (in-process use); under
+    spark-submit pass ``--driver-memory`` to the launcher instead.
+    """
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
@@ -434,6 +439,8 @@ def build_session(
     for key, value in SPARK_CONF.items():
         builder = builder.config(key, value)
     builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    if driver_memory:
+        builder = builder.config("spark.driver.memory", driver_memory)
     return builder.getOrCreate()
 
 
