@@ -11,7 +11,6 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 FLINK_VENV  := .venv-flink
 STATE       := .state
-KAFKA_LIBS  := $(STATE)/kafka/libs
 export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 export TF_USE_LEGACY_KERAS := 1
 export SPARK_LOCAL_IP := 127.0.0.1
@@ -26,7 +25,7 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(KAFKA_LIBS)/.resolved ## Install everything (system packages, both virtualenvs, Kafka jars)
+setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, both virtualenvs, Kafka jars, Feast registry)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the platform needs (redis-server) and check Java 17 and Maven
@@ -53,10 +52,13 @@ $(FLINK_VENV)/.installed: env/requirements-flink.txt | $(UV)
 	$(UV) pip sync -q -p $(FLINK_VENV)/bin/python env/requirements-flink.txt
 	@touch $@
 
-$(KAFKA_LIBS)/.resolved: env/kafka/pom.xml
-	@echo "Resolving Apache Kafka's broker jars from Maven Central into $(KAFKA_LIBS)"
-	@rm -rf $(KAFKA_LIBS) && mkdir -p $(KAFKA_LIBS)
-	mvn -q -B -f env/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+.PHONY: kafka-jars
+kafka-jars: $(VENV)/.installed ## Resolve Apache Kafka's broker jars from Maven Central (skipped when current)
+	@$(VENV)/bin/lambdarec platform kafka-jars
+
+# `feast apply` of feature_repo/ into the state folder's registry, again whenever a definition changes.
+$(STATE)/feast/.applied: $(VENV)/.installed $(wildcard feature_repo/*.py) include/lambdarec/tables.py
+	@out=$$($(VENV)/bin/lambdarec features apply 2>&1) || { echo "$$out"; exit 1; }; echo "Feast: feature_repo/ applied (registry and online store under $(STATE)/feast)"
 	@touch $@
 
 .PHONY: lock

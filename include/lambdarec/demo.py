@@ -49,7 +49,7 @@ def run_demo(
     s = settings or get_settings()
     figures: dict[str, object] = {}
 
-    _step("1/4 platform: starting the local services",
+    _step("1/5 platform: starting the local services",
           lambda: manager.up(list(services) if services else None, settings=s))
 
     config = GeneratorConfig(n_users=users, n_items=items, n_categories=min(200, max(1, items // 25)),
@@ -67,7 +67,7 @@ def run_demo(
             f"{dates[0]} .. {dates[-1]}, written to {s.lake_dir}"
         )
 
-    _step("2/4 data: generating the seeded synthetic clickstream into the lake", generate)
+    _step("2/5 data: generating the seeded synthetic clickstream into the lake", generate)
 
     def replay_all() -> None:
         first, last = figures["days"][0], figures["days"][-1]  # type: ignore[index]
@@ -87,7 +87,32 @@ def run_demo(
                 f"the events topic grew by {after - before} but {result.produced} were produced"
             )
 
-    _step("3/4 ingest: replaying the lake into Kafka in event-time order", replay_all)
+    _step("3/5 ingest: replaying the lake into Kafka in event-time order", replay_all)
+
+    def batch_layer() -> None:
+        from lambdarec.features.store import get_online_features
+        from lambdarec.pipelines.dag_run import run_dag_test
+
+        runs = {}
+        for day in figures["days"]:  # type: ignore[attr-defined]
+            console.print(f"daily_feature_pipeline for {day} (dag.test) ...")
+            run = run_dag_test("daily_feature_pipeline", day, s)
+            runs[day] = run.state
+            if not run.success:
+                failed = {t: st for t, st in run.tasks.items() if st != "success"}
+                raise RuntimeError(f"daily_feature_pipeline failed for {day}: {failed}\n"
+                                   + "\n".join(run.log.splitlines()[-30:]))
+        figures["daily_feature_pipeline"] = runs
+        sample = lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts().index[0]
+        online = get_online_features(
+            ["user_history_30d:n_events_30d", "user_history_30d:top_category_30d",
+             "user_history_30d:conversion_rate_30d"], [{"user_id": sample}], s)
+        figures["online_sample"] = online
+        console.print(f"online store, user {sample}: {online}")
+        console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
+
+    _step("4/5 batch layer: the daily feature pipeline DAG for each day -> Feast online store",
+          batch_layer)
 
     def summary() -> None:
         rows = manager.status(settings=s)
@@ -97,5 +122,5 @@ def run_demo(
             "`make platform-down` stops everything."
         )
 
-    _step("4/4 summary", summary)
+    _step("5/5 summary", summary)
     return figures

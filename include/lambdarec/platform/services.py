@@ -465,9 +465,6 @@ def prepare_airflow(settings: Settings) -> None:
 
 
 #: The former private name (kept for callers that imported it).
-_airflow_prepare = prepare_airflow
-
-
 def _airflow_api_health(settings: Settings) -> bool:
     import requests
 
