@@ -1,0 +1,85 @@
+"""Batch-layer helpers without Spark: table selection, windows, the spark-submit command, --help."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+import pytest
+
+from lambdarec.batch.spec import (
+    SPARK_CONF,
+    TABLES,
+    event_timestamp,
+    first_day,
+    parse_tables,
+    window_bounds,
+)
+from lambdarec.batch.submit import DAILY_FEATURES, spark_job, spark_submit_args
+from lambdarec.config import Settings
+from lambdarec.tables import FEATURE_TABLES
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_the_job_writes_the_four_batch_tables() -> None:
+    assert list(TABLES) == [t.name for t in FEATURE_TABLES]
+
+
+def test_parse_tables_keeps_spec_order_and_rejects_unknown_names() -> None:
+    assert parse_tables("all") == list(TABLES)
+    assert parse_tables("category_popularity, user_history_30d") == [
+        "user_history_30d",
+        "category_popularity",
+    ]
+    with pytest.raises(ValueError, match="unknown table"):
+        parse_tables("user_history_30d,nope")
+    with pytest.raises(ValueError):
+        parse_tables("")
+
+
+def test_windows_end_at_the_next_midnight_utc() -> None:
+    b = window_bounds("2024-03-31")
+    assert b["end"] == datetime(2024, 4, 1, tzinfo=UTC) == event_timestamp(date(2024, 3, 31))
+    assert b["start_1d"] == datetime(2024, 3, 31, tzinfo=UTC)
+    assert b["start_7d"] == datetime(2024, 3, 25, tzinfo=UTC)
+    assert b["start_30d"] == datetime(2024, 3, 2, tzinfo=UTC)
+    assert first_day("2024-03-31") == date(2024, 3, 2)
+    with pytest.raises(TypeError):
+        window_bounds(datetime(2024, 3, 31, tzinfo=UTC))
+
+
+def test_spark_job_maps_onto_spark_submit(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    job = spark_job("2024-03-31", settings, tables="item_stats", shuffle_partitions=4)
+    assert job.application == str(DAILY_FEATURES) and DAILY_FEATURES.exists()
+    args = job.application_args
+    assert args[args.index("--lake-dir") + 1] == str(settings.lake_dir)
+    assert args[args.index("--date") + 1] == "2024-03-31"
+    assert args[args.index("--tables") + 1] == "item_stats"
+    assert job.conf["spark.sql.shuffle.partitions"] == "4"
+    assert job.conf["spark.sql.session.timeZone"] == "UTC"
+    assert job.env_vars["JAVA_HOME"] == str(settings.java_home)
+    cmd = spark_submit_args("2024-03-31", settings)
+    assert cmd[cmd.index("--master") + 1] == "local[*]"
+    assert cmd[cmd.index(str(DAILY_FEATURES)) + 1 :][:2] == ["--lake-dir", str(settings.lake_dir)]
+    for key, value in SPARK_CONF.items():
+        assert f"{key}={value}" in cmd
+
+
+def test_program_has_help_and_validates_arguments_without_spark(capsys) -> None:
+    spec = importlib.util.spec_from_file_location("daily_features", DAILY_FEATURES)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_:
+        module.parse_args(["--help"])
+    assert exit_.value.code == 0
+    assert "--lake-dir" in capsys.readouterr().out
+    args = module.parse_args(["--lake-dir", "/x", "--date", "2024-01-30", "--tables", "item_stats"])
+    assert args.tables == ["item_stats"] and args.date == date(2024, 1, 30)
+    for bad in (["--date", "30/01/2024"], ["--date", "2024-01-30", "--tables", "nope"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--lake-dir", "/x", *bad])
