@@ -110,10 +110,14 @@ format: $(VENV)/.installed ## Format and auto-fix with ruff
 # ---------------------------------------------------------------------------------------------
 # Benchmarks: each prints one JSON line of figures
 # ---------------------------------------------------------------------------------------------
-EVENTS ?= 1000000
+EVENTS ?=
 .PHONY: bench-ingest
-bench-ingest: setup ## Produce EVENTS generated events into Kafka and read them back (JSON line)
-	$(PY) bench/bench_ingest.py --events $(EVENTS)
+bench-ingest: setup ## Produce EVENTS (1M) generated events into Kafka and read them back (JSON line)
+	@$(PY) bench/bench_ingest.py --events $(or $(EVENTS),1000000)
+
+.PHONY: bench-batch
+bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated events, vs DuckDB (JSON line)
+	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
 .PHONY: clean
 clean: platform-down ## Remove the state folder (data, logs, lake) but keep the environments
