@@ -27,7 +27,7 @@ errors = Console(stderr=True)
 Services = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Services (kafka, redis, mlflow, airflow); default: all.", show_default=False
+        help="Services or groups (kafka, redis, mlflow, airflow = its four parts, ...; see `status`); default: all.", show_default=False
     ),
 ]
 
@@ -105,7 +105,7 @@ def kafka_jars() -> None:
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="kafka, redis, mlflow or airflow.")],
+    service: Annotated[str, typer.Argument(help="A service as `status` names it, e.g. kafka, airflow-scheduler.")],
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")

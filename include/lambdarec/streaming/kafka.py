@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines (retries, connection refused while a broker starts) go through
+#: Python logging instead of raw stderr, so they can be filtered like everything else.
+client_log = logging.getLogger("lambdarec.kafka.client")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def admin_client(settings: Settings | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
     s = settings or get_settings()
-    return AdminClient({"bootstrap.servers": s.bootstrap_servers})
+    return AdminClient({"bootstrap.servers": s.bootstrap_servers, "logger": client_log})
 
 
 def ensure_topics(
@@ -115,6 +118,7 @@ def make_producer(settings: Settings | None = None, **overrides: Any) -> Produce
         "queue.buffering.max.messages": 500_000,
         "queue.buffering.max.kbytes": 512 * 1024,
         "client.id": "lambdarec-producer",
+        "logger": client_log,
     }
     conf.update(overrides)
     return Producer(conf)
@@ -135,6 +139,7 @@ def make_consumer(
         "isolation.level": "read_committed",
         "fetch.min.bytes": 1,
         "client.id": f"lambdarec-{group_id}",
+        "logger": client_log,
     }
     conf.update(overrides)
     consumer = Consumer(conf)
@@ -282,7 +287,7 @@ def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -
 
     s = settings or get_settings()
     probe = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": "lambdarec-size-probe",
-                      "enable.auto.commit": False})
+                      "enable.auto.commit": False, "logger": client_log})
     try:
         partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         total = 0
