@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     airflow_port: Port = 8080
     airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
 
+    # -- Spark -----------------------------------------------------------------------------
+    spark_master: str = Field(
+        "local[*]",
+        description="Spark master of the spark_default connection: local[*] or a cluster URL "
+        "(spark://host:7077, yarn, k8s://...).",
+    )
+
     # -- Serving ---------------------------------------------------------------------------
     serving_port: Port = 8000
 
