@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 
@@ -94,10 +94,16 @@ def run_demo(
         from lambdarec.pipelines.dag_run import run_dag_test
 
         runs = {}
-        for day in figures["days"]:  # type: ignore[attr-defined]
-            console.print(f"daily_feature_pipeline for {day} (dag.test) ...")
+        days = cast("list[str]", figures["days"])
+        for n, day in enumerate(days, 1):
+            console.print(f"[{n}/{len(days)}] daily_feature_pipeline for {day} "
+                          "(gates, spark-submit, materialize) ...")
+            t0 = time.monotonic()
             run = run_dag_test("daily_feature_pipeline", day, s)
             runs[day] = run.state
+            console.print(f"      {run.state} in {time.monotonic() - t0:.0f} s: "
+                          f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
+                          "tasks succeeded")
             if not run.success:
                 failed = {t: st for t, st in run.tasks.items() if st != "success"}
                 raise RuntimeError(f"daily_feature_pipeline failed for {day}: {failed}\n"

@@ -60,7 +60,8 @@ def admin_client(settings: Settings | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
     s = settings or get_settings()
-    return AdminClient({"bootstrap.servers": s.bootstrap_servers, "logger": client_log})
+    conf: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers, "logger": client_log}
+    return AdminClient(conf)
 
 
 def ensure_topics(
