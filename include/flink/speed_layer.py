@@ -1,0 +1,451 @@
+"""The speed layer: one Flink SQL job from the events topic to fresh features and the raw archive.
+
+Runs on the local mini-cluster (``.venv-flink/bin/python include/flink/speed_layer.py ...``) and,
+unchanged, on a cluster (``flink run -py include/flink/speed_layer.py ...``). Every option has a
+``LAMBDAREC_*``-derived default, so the platform starts it with the same settings as everything else.
+
+One STATEMENT SET, four INSERTs over one Kafka source (the value read as raw text):
+
+* **dead letter**: every record that is not a valid event (malformed JSON, missing or malformed
+  fields, unknown event type, timestamp far in the future) goes to the
+  dead-letter topic as ``{"reason", "field", "source", "received_at", "raw"}`` (the shape of
+  ``lambdarec.events.dead_letter_record``). Validation is SQL (JSON_VALUE + CASE), in the JVM.
+* **session features**, per event: an OVER aggregation per session in arrival order (processing
+  time: a row is emitted as soon as it arrives, not when a watermark passes it) with the
+  ``SessionFeatures`` Java aggregate (include/flink/java), which keeps bounded state. Events are
+  keyed by user, so a session's events arrive in order. Written as JSON keyed by session_id to the
+  compacted features topic; ``lambdarec.speed.pusher`` pushes them into Feast's online store.
+* **trending items**: an event-time HOP window (1 hour, sliding every ``--trending-slide-min``)
+  per item, with the views and purchases of its last 5 minutes; keyed by item_id. An event behind
+  the watermark is still archived and counted in its session (it is a valid event, and a
+  partition read in a burst after a restart is "late" against its neighbours) but misses the
+  trending windows it belonged to; Flink counts those in the window operator's
+  ``numLateRecordsDropped`` metric.
+* **raw archive**: every valid event as Parquet under ``<lake>/events/date=YYYY-MM-DD/``. The
+  filesystem sink commits files on checkpoints (exactly once); in-progress files start with ``.``
+  so lake readers skip them.
+
+Restarts: with ``--restore auto`` (default) the job resumes from the newest completed checkpoint
+under ``--checkpoint-dir``: Kafka offsets, session state and pending files come back together, so
+no event is lost and none is counted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger("lambdarec.speed_layer")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOB_NAME = "lambdarec-speed-layer"
+EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
+ID_REGEX = r"^[A-Za-z0-9_.:\-]{1,64}$"
+TS_REGEX = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+UDF_CLASS = "io.lambdarec.flink.SessionFeatures"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"LAMBDAREC_{name}", "") or default
+
+
+def _state_dir() -> Path:
+    return Path(_env("STATE_DIR", str(REPO_ROOT / ".state")))
+
+
+def _default_bootstrap() -> str:
+    return _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('KAFKA_PORT', '9092')}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    state = _state_dir()
+    p = argparse.ArgumentParser(
+        prog="speed_layer.py",
+        description="lambdarec speed layer: Kafka events -> session features, trending items, "
+        "dead letters and the Parquet raw archive (Flink SQL).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--bootstrap-servers", default=_default_bootstrap())
+    p.add_argument("--events-topic", default=_env("TOPIC_EVENTS", "lambdarec.events"))
+    p.add_argument("--dead-letter-topic", default=_env("TOPIC_DEAD_LETTER", "lambdarec.events.dlq"))
+    p.add_argument(
+        "--features-topic", default=_env("TOPIC_SESSION_FEATURES", "lambdarec.session-features")
+    )
+    p.add_argument(
+        "--trending-topic", default=_env("TOPIC_TRENDING_ITEMS", "lambdarec.trending-items")
+    )
+    p.add_argument("--group-id", default="lambdarec-speed-layer")
+    p.add_argument("--lake-dir", default=str(state / "lake"), help="Archive root (path or URI).")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=str(state / "flink" / "checkpoints"),
+        help="Checkpoint storage: a local path or a URI (s3://..., hdfs://...).",
+    )
+    p.add_argument("--checkpoint-interval-s", type=float, default=10.0)
+    p.add_argument(
+        "--restore",
+        default="auto",
+        help="'auto': resume from the newest completed checkpoint under --checkpoint-dir if any; "
+        "'none': start fresh; or a checkpoint/savepoint path.",
+    )
+    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument(
+        "--starting-offsets",
+        choices=("earliest", "latest", "group"),
+        default="group",
+        help="Where a fresh start reads from ('group': committed offsets, else earliest). "
+        "A restore always continues from the checkpoint.",
+    )
+    p.add_argument(
+        "--out-of-orderness-s",
+        type=float,
+        default=5.0,
+        help="Watermark delay: trending windows close this long after their end.",
+    )
+    p.add_argument("--idle-timeout-s", type=float, default=5.0, help="Source idleness timeout.")
+    p.add_argument("--max-future-skew-s", type=float, default=300.0)
+    p.add_argument("--trending-slide-min", type=int, default=1)
+    p.add_argument(
+        "--state-ttl-h", type=float, default=6.0, help="Idle session/item state is dropped after."
+    )
+    p.add_argument(
+        "--jars",
+        default=str(state / "flink" / "lib"),
+        help="Connector jars: a folder or comma-separated paths; '' when the cluster has them.",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=int,
+        default=10,
+        help="Network buffer timeout (ms): lower is fresher, higher is more throughput.",
+    )
+    p.add_argument("--rest-port", type=int, default=0, help="Mini-cluster REST port (0: none).")
+    p.add_argument(
+        "--detached", action="store_true", help="Submit and return (cluster mode) instead of waiting."
+    )
+    p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
+    return p.parse_args(argv)
+
+
+# -- SQL ---------------------------------------------------------------------------------------
+
+
+def _q(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _uri(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else Path(path_or_uri).resolve().as_uri()
+
+
+def _kafka_common(args: argparse.Namespace, topic: str) -> str:
+    return (
+        f"'connector' = 'kafka', 'topic' = {_q(topic)}, "
+        f"'properties.bootstrap.servers' = {_q(args.bootstrap_servers)}"
+    )
+
+
+def _interval_s(seconds: float) -> str:
+    """A DAY-TIME interval literal (SECOND alone only takes 2 digits)."""
+    ms = round(seconds * 1000)
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"INTERVAL '{hours}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}' HOUR TO SECOND"
+
+
+def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(DDL, INSERTs) of the job; the INSERTs run together as one STATEMENT SET."""
+    startup = {
+        "earliest": "'scan.startup.mode' = 'earliest-offset'",
+        "latest": "'scan.startup.mode' = 'latest-offset'",
+        "group": "'scan.startup.mode' = 'group-offsets', "
+        "'properties.auto.offset.reset' = 'earliest'",
+    }[args.starting_offsets]
+    ts_text = "JSON_VALUE(`raw`, '$.ts')"
+    parsed_ts = (
+        f"CAST(TO_TIMESTAMP(REPLACE(REPLACE({ts_text}, 'T', ' '), 'Z', ''), "
+        "'yyyy-MM-dd HH:mm:ss.SSS') AS TIMESTAMP_LTZ(3))"
+    )
+    types = ", ".join(_q(t) for t in EVENT_TYPES)
+    ddl = [
+        f"""CREATE TEMPORARY FUNCTION session_features AS {_q(UDF_CLASS)} LANGUAGE JAVA""",
+        f"""CREATE TABLE events_raw (
+  `raw` STRING,
+  `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  `ts` AS COALESCE({parsed_ts}, `kafka_ts`),
+  `pt` AS PROCTIME(),
+  WATERMARK FOR `ts` AS `ts` - {_interval_s(args.out_of_orderness_s)}
+) WITH ({_kafka_common(args, args.events_topic)},
+  'properties.group.id' = {_q(args.group_id)},
+  'properties.commit.offsets.on.checkpoint' = 'true',
+  'properties.isolation.level' = 'read_committed',
+  {startup},
+  'format' = 'raw'
+)""",
+        # JSON_VALUE returns NULL for a missing key, a JSON null and an object or array.
+        """CREATE TEMPORARY VIEW parsed AS SELECT
+  `raw`, `ts`, `pt`,
+  `raw` IS JSON OBJECT AS is_object,
+  JSON_VALUE(`raw`, '$.event_id') AS event_id,
+  JSON_VALUE(`raw`, '$.user_id') AS user_id,
+  JSON_VALUE(`raw`, '$.session_id') AS session_id,
+  JSON_VALUE(`raw`, '$.item_id') AS item_id,
+  JSON_VALUE(`raw`, '$.event_type') AS event_type,
+  JSON_VALUE(`raw`, '$.category') AS category,
+  JSON_VALUE(`raw`, '$.price') AS price_text,
+  JSON_VALUE(`raw`, '$.price' RETURNING DOUBLE) AS price,
+  JSON_VALUE(`raw`, '$.ts') AS ts_text,
+  JSON_VALUE(`raw`, '$.schema_version') AS schema_version
+FROM events_raw""",
+        # The first problem found, as 'field: reason' (the contract's wording where it has one).
+        f"""CREATE TEMPORARY VIEW checked AS SELECT *, CASE
+  WHEN `raw` IS NULL OR CHAR_LENGTH(TRIM(`raw`)) = 0 THEN '$: empty message'
+  WHEN NOT is_object THEN '$: malformed JSON or not a JSON object'
+  WHEN event_id IS NULL THEN 'event_id: required field is missing'
+  WHEN NOT REGEXP(event_id, {_q(ID_REGEX)}) THEN 'event_id: not a valid id'
+  WHEN user_id IS NULL THEN 'user_id: required field is missing'
+  WHEN NOT REGEXP(user_id, {_q(ID_REGEX)}) THEN 'user_id: not a valid id'
+  WHEN session_id IS NULL THEN 'session_id: required field is missing'
+  WHEN NOT REGEXP(session_id, {_q(ID_REGEX)}) THEN 'session_id: not a valid id'
+  WHEN item_id IS NULL THEN 'item_id: required field is missing'
+  WHEN NOT REGEXP(item_id, {_q(ID_REGEX)}) THEN 'item_id: not a valid id'
+  WHEN event_type IS NULL THEN 'event_type: required field is missing'
+  WHEN event_type NOT IN ({types})
+    THEN 'event_type: unknown event type; use one of {", ".join(EVENT_TYPES)}'
+  WHEN ts_text IS NULL THEN 'ts: required field is missing'
+  WHEN NOT REGEXP(ts_text, {_q(TS_REGEX)}) OR {parsed_ts} IS NULL
+    THEN 'ts: not an ISO-8601 UTC time with milliseconds, e.g. 2024-05-01T12:00:00.000Z'
+  WHEN category IS NOT NULL AND CHAR_LENGTH(category) > 128
+    THEN 'category: longer than 128 characters'
+  WHEN price_text IS NOT NULL AND price IS NULL THEN 'price: not a number'
+  WHEN price < 0 OR price > 10000000 THEN 'price: outside [0, 10000000]'
+  WHEN schema_version IS NOT NULL AND schema_version <> '1'
+    THEN 'schema_version: unsupported version'
+  WHEN `ts` > CURRENT_TIMESTAMP + {_interval_s(args.max_future_skew_s)}
+    THEN 'ts: in the future (beyond the allowed clock skew); check the producer''s clock'
+END AS problem
+FROM parsed""",
+        """CREATE TEMPORARY VIEW valid_events AS SELECT
+  event_id, user_id, session_id, item_id, event_type, category, price, `ts`, `pt`
+FROM checked WHERE problem IS NULL""",
+        f"""CREATE TABLE dead_letter (
+  reason STRING, field STRING, source STRING, received_at STRING, `raw` STRING
+) WITH ({_kafka_common(args, args.dead_letter_topic)},
+  'sink.delivery-guarantee' = 'at-least-once',
+  'format' = 'json', 'json.encode.ignore-null-fields' = 'true'
+)""",
+        f"""CREATE TABLE session_features_out (
+  session_id STRING,
+  event_timestamp TIMESTAMP_LTZ(3),
+  user_id STRING,
+  last_viewed_items ARRAY<STRING>,
+  last_carted_items ARRAY<STRING>,
+  n_views BIGINT, n_carts BIGINT, n_removes BIGINT, n_purchases BIGINT,
+  n_events_30min BIGINT,
+  session_category STRING,
+  session_avg_price DOUBLE,
+  seconds_since_prev_event DOUBLE
+) WITH ({_kafka_common(args, args.features_topic)},
+  'sink.delivery-guarantee' = 'at-least-once',
+  'properties.linger.ms' = '2',
+  'key.format' = 'raw', 'key.fields' = 'session_id',
+  'value.format' = 'json', 'value.fields-include' = 'ALL',
+  'value.json.timestamp-format.standard' = 'ISO-8601'
+)""",
+        f"""CREATE TABLE trending_items_out (
+  item_id STRING,
+  event_timestamp TIMESTAMP_LTZ(3),
+  views_5min BIGINT, purchases_5min BIGINT, views_1h BIGINT, purchases_1h BIGINT,
+  trend_score DOUBLE
+) WITH ({_kafka_common(args, args.trending_topic)},
+  'sink.delivery-guarantee' = 'at-least-once',
+  'key.format' = 'raw', 'key.fields' = 'item_id',
+  'value.format' = 'json', 'value.fields-include' = 'ALL',
+  'value.json.timestamp-format.standard' = 'ISO-8601'
+)""",
+        f"""CREATE TABLE lake_events (
+  event_id STRING, user_id STRING, session_id STRING, item_id STRING, event_type STRING,
+  category STRING, price DOUBLE, `ts` TIMESTAMP_LTZ(3), `date` STRING
+) PARTITIONED BY (`date`) WITH (
+  'connector' = 'filesystem',
+  'path' = {_q(_uri(args.lake_dir).rstrip("/") + "/events")},
+  'format' = 'parquet',
+  'parquet.compression' = 'SNAPPY',
+  'parquet.write.int64.timestamp' = 'true',
+  'parquet.timestamp.time.unit' = 'millis',
+  'parquet.utc-timezone' = 'true',
+  'sink.partition-commit.trigger' = 'process-time',
+  'sink.partition-commit.delay' = '0 s',
+  'sink.partition-commit.policy.kind' = 'success-file'
+)""",
+    ]
+    inserts = [
+        """INSERT INTO dead_letter SELECT
+  problem, REGEXP_EXTRACT(problem, '^([^:]+):', 1), 'speed-layer',
+  DATE_FORMAT(CURRENT_TIMESTAMP, 'yyyy-MM-dd''T''HH:mm:ss.SSS''Z'''), `raw`
+FROM checked WHERE problem IS NOT NULL""",
+        """INSERT INTO session_features_out SELECT
+  session_id, `ts`, user_id,
+  f.last_viewed_items, f.last_carted_items,
+  f.n_views, f.n_carts, f.n_removes, f.n_purchases, f.n_events_30min,
+  f.session_category, f.session_avg_price, f.seconds_since_prev_event
+FROM (
+  SELECT session_id, user_id, CAST(`ts` AS TIMESTAMP_LTZ(3)) AS `ts`,
+    session_features(event_type, item_id, category, price, `ts`) OVER (
+      PARTITION BY session_id ORDER BY `pt`
+      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS f
+  FROM valid_events
+)""",
+        # trend_score: the last 5 minutes' activity (a purchase weighs 5 views) over the hour's
+        # 5-minute average, +1 so a brand-new item does not divide by zero.
+        f"""INSERT INTO trending_items_out SELECT
+  item_id, window_end, views_5min, purchases_5min, views_1h, purchases_1h,
+  CAST(views_5min + 5 * purchases_5min AS DOUBLE)
+    / ((views_1h + 5 * purchases_1h) / 12.0 + 1.0)
+FROM (
+  SELECT item_id, window_end,
+    SUM(CASE WHEN event_type = 'view' AND `ts` >= window_end - INTERVAL '5' MINUTE
+        THEN 1 ELSE 0 END) AS views_5min,
+    SUM(CASE WHEN event_type = 'purchase' AND `ts` >= window_end - INTERVAL '5' MINUTE
+        THEN 1 ELSE 0 END) AS purchases_5min,
+    SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views_1h,
+    SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases_1h
+  FROM TABLE(HOP(TABLE valid_events, DESCRIPTOR(`ts`),
+    INTERVAL '{args.trending_slide_min}' MINUTE, INTERVAL '1' HOUR))
+  GROUP BY item_id, window_start, window_end
+)""",
+        """INSERT INTO lake_events SELECT
+  event_id, user_id, session_id, item_id, event_type, category, price,
+  CAST(`ts` AS TIMESTAMP_LTZ(3)), DATE_FORMAT(`ts`, 'yyyy-MM-dd')
+FROM valid_events""",
+    ]
+    return ddl, inserts
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def jar_uris(spec: str) -> list[str]:
+    """``file://`` URIs of the connector jars named by ``--jars`` (a folder or a list)."""
+    if not spec.strip():
+        return []
+    paths: list[Path] = []
+    for part in filter(None, (s.strip() for s in spec.split(","))):
+        path = Path(part)
+        if path.is_dir():
+            paths.extend(sorted(path.glob("*.jar")))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise SystemExit(
+                f"--jars: {path} does not exist; resolve the connector jars first with "
+                "`.venv/bin/python -m lambdarec.speed.jars` (Maven + javac)"
+            )
+    names = " ".join(p.name for p in paths)
+    for needed in ("flink-sql-connector-kafka", "flink-parquet", "lambdarec-flink-udf"):
+        if needed not in names:
+            raise SystemExit(
+                f"--jars {spec}: no {needed} jar; run `.venv/bin/python -m lambdarec.speed.jars`"
+            )
+    return [p.resolve().as_uri() for p in paths]
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest completed checkpoint (``<dir>/<job-id>/chk-N`` with ``_metadata``), if any.
+
+    Only local paths are searched; pass a remote checkpoint explicitly with ``--restore``.
+    """
+    if "://" in checkpoint_dir and not checkpoint_dir.startswith("file:"):
+        return None
+    root = Path(checkpoint_dir.removeprefix("file://"))
+    done = [m.parent for m in root.glob("*/chk-*/_metadata")]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: p.stat().st_mtime))
+
+
+def flink_config(args: argparse.Namespace) -> dict[str, str]:
+    """The job's configuration (FINDINGS: checkpoint storage, bounded restarts, low latency)."""
+    conf = {
+        "pipeline.name": JOB_NAME,
+        "parallelism.default": str(args.parallelism),
+        "table.local-time-zone": "UTC",
+        "execution.checkpointing.interval": f"{int(args.checkpoint_interval_s * 1000)} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": _uri(args.checkpoint_dir),
+        "execution.checkpointing.num-retained": "3",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.min-pause": "1 s",
+        "state.backend.type": "hashmap",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "3",
+        "restart-strategy.fixed-delay.delay": "5 s",
+        "execution.buffer-timeout.interval": f"{args.latency_ms} ms",
+        "pipeline.auto-watermark-interval": "200 ms",
+        "table.exec.source.idle-timeout": f"{int(args.idle_timeout_s * 1000)} ms",
+        "table.exec.state.ttl": f"{int(args.state_ttl_h * 3600 * 1000)} ms",
+        "table.exec.sink.not-null-enforcer": "DROP",
+    }
+    jars = jar_uris(args.jars)
+    if jars:
+        conf["pipeline.jars"] = ";".join(jars)
+    if args.rest_port:
+        conf["rest.bind-address"] = "127.0.0.1"
+        conf["rest.address"] = "127.0.0.1"
+        conf["rest.port"] = str(args.rest_port)
+    restore = latest_checkpoint(args.checkpoint_dir) if args.restore == "auto" else args.restore
+    if restore and restore != "none":
+        conf["execution.state-recovery.path"] = restore
+        log.info("resuming from %s", restore)
+    return conf
+
+
+def run(args: argparse.Namespace):  # noqa: ANN201 - pyflink's TableResult (untyped)
+    """Submit the job; returns the STATEMENT SET's TableResult (``.wait()`` blocks until it ends)."""
+    from pyflink.common import Configuration
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    conf = Configuration()
+    for key, value in flink_config(args).items():
+        conf.set_string(key, value)
+    env_settings = (
+        EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(conf).build()
+    )
+    t_env = TableEnvironment.create(env_settings)
+    ddl, inserts = statements(args)
+    for statement in ddl:
+        t_env.execute_sql(statement)
+    statement_set = t_env.create_statement_set()
+    for statement in inserts:
+        statement_set.add_insert_sql(statement)
+    return statement_set.execute()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parse_args(argv)
+    if args.print_sql:
+        ddl, inserts = statements(args)
+        print(";\n\n".join([*ddl, *inserts]) + ";")
+        return 0
+    result = run(args)
+    client = result.get_job_client()
+    job_id = client.get_job_id() if client is not None else "?"
+    log.info("submitted %s as job %s", JOB_NAME, job_id)
+    print(f"speed-layer job {job_id} submitted", flush=True)
+    if not args.detached:
+        result.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

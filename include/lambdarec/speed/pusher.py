@@ -1,0 +1,254 @@
+"""The feature pusher: session features and trending items from Kafka into Feast's online store.
+
+The speed-layer Flink job writes one JSON row per event to the compacted session-features topic
+(key: session_id) and one per item and window to the trending topic (key: item_id). This process
+reads both in micro-batches (up to ``max_rows`` rows or ``max_wait_ms``, whichever comes first),
+keeps the newest row per key of each batch (older rows of the same key would be overwritten in the
+same push anyway) and pushes them through the Feast push sources
+(:func:`lambdarec.features.store.push_session_features` / ``push_trending_items``).
+
+Offsets are committed after a successful push, so a crash re-pushes at most one batch: pushes are
+idempotent (the same row for the same key). ``python -m lambdarec.speed.pusher --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from lambdarec.config import get_settings
+from lambdarec.tables import SESSION_FEATURES, TRENDING_ITEMS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from confluent_kafka import Message
+
+    from lambdarec.config import Settings
+    from lambdarec.streaming.kafka import TopicSpec
+
+log = logging.getLogger(__name__)
+
+#: Until Settings has a field for it (LAMBDAREC_TOPIC_TRENDING_ITEMS).
+DEFAULT_TRENDING_TOPIC = "lambdarec.trending-items"
+GROUP_ID = "lambdarec-feature-pusher"
+HEARTBEAT_S = 1.0
+
+
+def trending_topic(settings: Settings) -> str:
+    return str(getattr(settings, "topic_trending_items", DEFAULT_TRENDING_TOPIC))
+
+
+def speed_topics(settings: Settings) -> list[TopicSpec]:
+    """Topics the speed layer adds to the platform's own (created with ``ensure_topics``)."""
+    from lambdarec.streaming.kafka import TopicSpec
+
+    return [
+        TopicSpec(
+            trending_topic(settings),
+            settings.topic_partitions,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        )
+    ]
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    return settings.run_dir / "feature-pusher.heartbeat"
+
+
+@dataclass
+class PushStats:
+    batches: int = 0
+    messages: int = 0
+    session_rows: int = 0
+    trending_rows: int = 0
+    bad_messages: int = 0
+    push_ms: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "push_ms"}
+        if self.push_ms:
+            ordered = sorted(self.push_ms)
+            out["push_ms_p50"] = round(ordered[len(ordered) // 2], 2)
+            out["push_ms_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
+        return out
+
+
+class FeaturePusher:
+    """Consume the speed layer's topics and push to the online store in micro-batches."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        group_id: str = GROUP_ID,
+        max_rows: int = 500,
+        max_wait_ms: float = 50.0,
+        from_beginning: bool = True,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.group_id = group_id
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.from_beginning = from_beginning
+        self.stats = PushStats()
+        self.topics = {
+            self.settings.topic_session_features: SESSION_FEATURES.name,
+            trending_topic(self.settings): TRENDING_ITEMS.name,
+        }
+        self._stop = threading.Event()
+        self._consumer: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _open(self) -> None:
+        from lambdarec.features.store import get_store
+        from lambdarec.streaming.kafka import ensure_topics, make_consumer
+
+        ensure_topics(self.settings, extra=speed_topics(self.settings))
+        get_store(self.settings)  # load the registry before the first batch, not during it
+        self._consumer = make_consumer(
+            self.group_id,
+            list(self.topics),
+            self.settings,
+            **{
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest" if self.from_beginning else "latest",
+                "fetch.wait.max.ms": 10,
+                "isolation.level": "read_uncommitted",  # the job writes at-least-once, no txns
+            },
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    # -- work ------------------------------------------------------------------------------
+    def _collect(self) -> list[Message]:
+        """Up to ``max_rows`` messages, waiting at most ``max_wait_s`` once the first arrived."""
+        consumer = self._consumer
+        first = consumer.consume(num_messages=self.max_rows, timeout=0.2)
+        if not first:
+            return []
+        batch = list(first)
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_rows:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = consumer.consume(num_messages=self.max_rows - len(batch), timeout=left)
+            if not more:
+                break
+            batch.extend(more)
+        return batch
+
+    def push_batch(self, messages: list[Message]) -> int:
+        """Push the newest row per key of ``messages`` (grouped by view); returns rows pushed."""
+        from lambdarec.features.store import push
+
+        newest: dict[str, dict[bytes | None, dict[str, Any]]] = {}
+        for msg in messages:
+            if msg.error() is not None:
+                continue
+            self.stats.messages += 1
+            view = self.topics.get(msg.topic() or "")
+            value = msg.value()
+            if view is None or value is None:
+                continue
+            try:
+                row = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                self.stats.bad_messages += 1
+                continue
+            newest.setdefault(view, {})[msg.key()] = row
+        pushed = 0
+        for view, rows in newest.items():
+            began = time.perf_counter()
+            pushed += push(view, list(rows.values()), self.settings)
+            self.stats.push_ms.append((time.perf_counter() - began) * 1000)
+            if len(self.stats.push_ms) > 100_000:
+                del self.stats.push_ms[:50_000]
+            if view == SESSION_FEATURES.name:
+                self.stats.session_rows += len(rows)
+            else:
+                self.stats.trending_rows += len(rows)
+        return pushed
+
+    def run_once(self) -> int:
+        """One micro-batch: collect, push, commit. Returns the messages handled."""
+        if self._consumer is None:
+            self._open()
+        messages = self._collect()
+        if messages:
+            self.push_batch(messages)
+            self._consumer.commit(asynchronous=True)
+            self.stats.batches += 1
+        return len(messages)
+
+    def run(self, *, idle_exit_s: float | None = None, heartbeat: bool = False) -> PushStats:
+        """Push until :meth:`stop` (or, with ``idle_exit_s``, until nothing came for that long)."""
+        last_data = last_beat = time.monotonic()
+        beat = heartbeat_path(self.settings) if heartbeat else None
+        try:
+            while not self._stop.is_set():
+                if self.run_once():
+                    last_data = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+                if beat is not None and time.monotonic() - last_beat > HEARTBEAT_S:
+                    beat.parent.mkdir(parents=True, exist_ok=True)
+                    beat.write_text(orjson.dumps(self.stats.summary()).decode())
+                    last_beat = time.monotonic()
+        finally:
+            self.close()
+        return self.stats
+
+
+def is_healthy(settings: Settings, max_age_s: float = 10.0) -> bool:
+    """Whether a pusher run with ``heartbeat=True`` beat within ``max_age_s``."""
+    try:
+        return time.time() - heartbeat_path(settings).stat().st_mtime < max_age_s
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambdarec.speed.pusher",
+        description="Push the speed layer's session features and trending items into the Feast "
+        "online store, in micro-batches.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--max-rows", type=int, default=500, help="Rows per micro-batch.")
+    parser.add_argument("--max-wait-ms", type=float, default=50.0, help="Longest batch wait.")
+    parser.add_argument("--group-id", default=GROUP_ID)
+    parser.add_argument("--latest", action="store_true", help="A new group starts at the end.")
+    parser.add_argument("--idle-exit-s", type=float, default=None, help="Exit when idle this long.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    pusher = FeaturePusher(
+        group_id=args.group_id,
+        max_rows=args.max_rows,
+        max_wait_ms=args.max_wait_ms,
+        from_beginning=not args.latest,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: pusher.stop())
+    signal.signal(signal.SIGINT, lambda *_: pusher.stop())
+    log.info("pushing %s to the online store", ", ".join(pusher.topics))
+    stats = pusher.run(idle_exit_s=args.idle_exit_s, heartbeat=True)
+    log.info("stopped: %s", stats.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
