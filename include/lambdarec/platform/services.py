@@ -615,6 +615,133 @@ def airflow(settings: Settings) -> Service:
     )
 
 
+# -- speed layer ---------------------------------------------------------------------------------
+#
+# The Flink job runs on a local mini-cluster inside its own process (the PyFlink venv's python,
+# which starts the JVM): `include/flink/speed_layer.py`. It resumes from its newest checkpoint
+# under <state_dir>/flink/checkpoints, so `down` + `up` continues where it stopped. Until Settings
+# has them, the REST port, heap and trending topic use the defaults below (getattr fallbacks).
+
+FLINK_REST_PORT = 8081
+FLINK_HEAP = "1g"
+SPEED_JOB_NAME = "lambdarec-speed-layer"
+
+
+def _flink_rest_port(settings: Settings) -> int:
+    return int(getattr(settings, "flink_rest_port", FLINK_REST_PORT))
+
+
+def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
+    """The job's command line for these settings (tests and benches add options)."""
+    from lambdarec.speed.jars import flink_lib_dir, flink_python
+    from lambdarec.speed.pusher import trending_topic
+
+    return [
+        str(flink_python(settings)), str(settings.home / "include" / "flink" / "speed_layer.py"),
+        "--bootstrap-servers", settings.bootstrap_servers,
+        "--events-topic", settings.topic_events,
+        "--dead-letter-topic", settings.topic_dead_letter,
+        "--features-topic", settings.topic_session_features,
+        "--trending-topic", trending_topic(settings),
+        "--lake-dir", str(settings.lake_dir),
+        "--checkpoint-dir", str(settings.state_dir / "flink" / "checkpoints"),
+        "--jars", str(flink_lib_dir(settings)),
+        "--rest-port", str(_flink_rest_port(settings)),
+        *extra,
+    ]  # fmt: skip
+
+
+def speed_layer_env(settings: Settings) -> dict[str, str]:
+    """JAVA_HOME (Java 17), a bounded heap, logs under the state folder (not inside the venv)."""
+    heap = str(getattr(settings, "flink_heap", FLINK_HEAP))
+    return {
+        "JAVA_HOME": str(settings.java_home),
+        "JVM_ARGS": f"-Xms{heap} -Xmx{heap}",
+        "FLINK_LOG_DIR": str(settings.log_dir / "flink"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def speed_layer_running(settings: Settings, port: int | None = None) -> bool:
+    """Whether the mini-cluster's REST API reports the job RUNNING with every task running."""
+    import requests
+
+    url = f"http://{settings.bind_host}:{port or _flink_rest_port(settings)}/jobs/overview"
+    try:
+        jobs = requests.get(url, timeout=2).json().get("jobs", [])
+    except (requests.RequestException, ValueError):
+        return False
+    return any(
+        job.get("name") == SPEED_JOB_NAME
+        and job.get("state") == "RUNNING"
+        and job.get("tasks", {}).get("running") == job.get("tasks", {}).get("total")
+        for job in jobs
+    )
+
+
+def _speed_layer_prepare(settings: Settings) -> None:
+    from lambdarec.speed.jars import JarError, ensure_jars
+    from lambdarec.speed.pusher import speed_topics
+    from lambdarec.streaming.kafka import ensure_topics
+
+    try:
+        ensure_jars(settings)
+    except JarError as error:
+        raise PlatformError(str(error)) from None
+    (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
+    (settings.state_dir / "flink" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    settings.lake_dir.mkdir(parents=True, exist_ok=True)
+    ensure_topics(settings, extra=speed_topics(settings))
+
+
+def speed_layer(settings: Settings) -> Service:
+    port = _flink_rest_port(settings)
+    return Service(
+        name="speed-layer",
+        title="Flink speed layer (mini-cluster)",
+        ports={port: "flink_rest_port"},
+        url=f"http://{settings.bind_host}:{port}",
+        health=lambda: speed_layer_running(settings),
+        command=speed_layer_command(settings),
+        env=speed_layer_env(settings),
+        cwd=settings.state_dir / "flink",
+        requires=("kafka",),
+        prepare=lambda: _speed_layer_prepare(settings),
+        stop_timeout_s=30.0,
+    )
+
+
+def _pusher_prepare(settings: Settings) -> None:
+    from lambdarec.features.paths import feast_paths
+    from lambdarec.speed.pusher import speed_topics
+    from lambdarec.streaming.kafka import ensure_topics
+
+    ensure_topics(settings, extra=speed_topics(settings))
+    if not feast_paths(settings).registry.is_file():
+        from lambdarec.features.store import apply
+
+        apply(settings)
+
+
+def feature_pusher(settings: Settings) -> Service:
+    from lambdarec.speed.pusher import is_healthy
+
+    requires = ("kafka", "redis") if settings.online_store == "redis" else ("kafka",)
+    return Service(
+        name="feature-pusher",
+        title=f"Feature pusher (speed-layer topics -> Feast online, {settings.online_store})",
+        ports={},
+        url=settings.topic_session_features,
+        health=lambda: is_healthy(settings),
+        command=[str(_venv_bin() / "python"), "-m", "lambdarec.speed.pusher"],
+        env={"PYTHONUNBUFFERED": "1"},
+        cwd=settings.state_dir,
+        requires=requires,
+        prepare=lambda: _pusher_prepare(settings),
+        stop_timeout_s=15.0,
+    )
+
+
 # -- reserved rows (later layers) -------------------------------------------------------------
 
 
@@ -652,6 +779,8 @@ FACTORIES: tuple[Callable[[Settings], Service], ...] = (
     airflow_dag_processor,
     airflow_triggerer,
     airflow,
+    speed_layer,
+    feature_pusher,
     serving,
     data_docs,
 )
