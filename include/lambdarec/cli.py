@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,10 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Libraries that narrate their own imports at INFO (faiss via milvus-lite, Feast's Milvus
+    # config warning) would bury the project's own progress lines.
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message='Field name "vector_enabled"', category=UserWarning)
 
 
 @schema_app.command("export")

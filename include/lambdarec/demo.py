@@ -7,6 +7,7 @@ dates are rewritten in place, replayed events carry the same event ids so consum
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
-console = Console()
+# Wide enough for the status table when output is not a terminal (make, CI logs).
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _step(title: str, fn: Callable[[], object]) -> None:

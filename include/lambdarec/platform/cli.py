@@ -5,6 +5,7 @@ Mounted in the main CLI as ``lambdarec platform``; also runs alone:
 """
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +22,8 @@ app = typer.Typer(
     help="Start, check and stop the local platform (Kafka, Redis, MLflow, Airflow) on 127.0.0.1.",
     no_args_is_help=True,
 )
-console = Console()
+# Wide enough for the status table when output is not a terminal (make, CI logs).
+console = Console(width=None if sys.stdout.isatty() else 120)
 errors = Console(stderr=True)
 
 Services = Annotated[
