@@ -32,7 +32,9 @@ from lambdarec.streaming.replay import replay
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
@@ -41,8 +43,13 @@ def main() -> None:
         parser.error("--events must be at least 1")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    config = GeneratorConfig(n_events=args.events, n_users=max(100, args.events // 50),
-                             n_items=max(1000, args.events // 20), seed=args.seed, days=7)
+    config = GeneratorConfig(
+        n_events=args.events,
+        n_users=max(100, args.events // 50),
+        n_items=max(1000, args.events // 20),
+        seed=args.seed,
+        days=7,
+    )
     print(f"generating ~{args.events:,} events ...", file=sys.stderr)
     frames = [b.to_pandas() for b in iter_event_batches(config, batch_rows=50_000)]
     n = sum(len(f) for f in frames)
@@ -56,8 +63,12 @@ def main() -> None:
             result = replay(frames, settings=settings, producer=producer, total=n)
             produce_s = time.monotonic() - t0
 
-            consumer = make_consumer(f"bench-{uuid.uuid4().hex[:8]}", [topic], settings,
-                                     **{"fetch.max.bytes": 64 * 1024 * 1024})
+            consumer = make_consumer(
+                f"bench-{uuid.uuid4().hex[:8]}",
+                [topic],
+                settings,
+                **{"fetch.max.bytes": 64 * 1024 * 1024},
+            )
             seen: set[bytes] = set()
             read = 0
             t1 = time.monotonic()
@@ -70,19 +81,23 @@ def main() -> None:
             delete_topics([topic], settings)
 
     seconds = produce_s + consume_s
-    print(json.dumps({
-        "events": n,
-        "seconds": round(seconds, 2),
-        "events_per_s": round(n / seconds, 1),
-        "lost": n - len(seen),
-        "duplicates": read - len(seen),
-        "dead_lettered": result.dead_lettered,
-        "produce_s": round(produce_s, 2),
-        "consume_s": round(consume_s, 2),
-        "produce_events_per_s": round(n / produce_s, 1),
-        "consume_events_per_s": round(n / consume_s, 1),
-        "partitions": args.partitions,
-    }))
+    print(
+        json.dumps(
+            {
+                "events": n,
+                "seconds": round(seconds, 2),
+                "events_per_s": round(n / seconds, 1),
+                "lost": n - len(seen),
+                "duplicates": read - len(seen),
+                "dead_lettered": result.dead_lettered,
+                "produce_s": round(produce_s, 2),
+                "consume_s": round(consume_s, 2),
+                "produce_events_per_s": round(n / produce_s, 1),
+                "consume_events_per_s": round(n / consume_s, 1),
+                "partitions": args.partitions,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
