@@ -38,6 +38,10 @@ STATE_STYLE = {"up": "green", "built": "green", "unhealthy": "yellow"}
 
 @app.callback()
 def _setup() -> None:
+    # Run alone (python -m lambdarec.platform.cli), nothing has configured logging yet; mounted in
+    # the main CLI, its callback already has, and a second handler would print every line twice.
+    if logging.getLogger().handlers:
+        return
     handler = RichHandler(console=errors, show_time=False, show_path=False, markup=False)
     logger = logging.getLogger("lambdarec")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
