@@ -70,13 +70,16 @@ def spark_job(
     tables: str | Sequence[str] = "all",
     lake_dir: Path | None = None,
     out_dir: Path | None = None,
-    master: str = DEFAULT_MASTER,
+    master: str | None = None,
     driver_memory: str = DEFAULT_DRIVER_MEMORY,
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
 ) -> SparkJob:
-    """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake."""
+    """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake.
+
+    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER).
+    """
     day = as_day(day)
     names = parse_tables(tables)
     lake = lake_dir if lake_dir is not None else settings.lake_dir
@@ -104,7 +107,7 @@ def spark_job(
         application=str(DAILY_FEATURES),
         application_args=args,
         name=f"lambdarec-daily-features-{day.isoformat()}-{suffix}",
-        master=master,
+        master=master or settings.spark_master,
         driver_memory=driver_memory,
         conf=conf,
         env_vars=env,
