@@ -31,6 +31,7 @@ from lambdarec.platform.services import (
     kafka_libs_dir,
     resolve_kafka_jars,
 )
+from lambdarec.platform.testing import free_ports
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,18 +41,6 @@ pytestmark = pytest.mark.integration
 
 AIRFLOW_PARTS = ["airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the JVM binds IPv4 loopback as a mapped address
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def _project_processes(state_dir: Path) -> list[psutil.Process]:
@@ -94,7 +83,7 @@ def shared_kafka_libs() -> Path:
 def settings(tmp_path: Path, shared_kafka_libs: Path) -> Iterator[Settings]:
     state = tmp_path / "state"
     (state / "kafka").mkdir(parents=True)
-    ports = _free_ports(6)
+    ports = free_ports(6)
     throwaway = Settings(
         state_dir=state,
         kafka_bootstrap="",
