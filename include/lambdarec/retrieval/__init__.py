@@ -1,0 +1,1 @@
+"""Candidate retrieval: the item-embedding vector index that serving queries (Milvus)."""
