@@ -1,0 +1,363 @@
+"""The model registry: MLflow runs for every training/evaluation, registered versions, and the
+``champion`` / ``challenger`` aliases serving follows.
+
+A run records params, metrics, plot files, the feature-service versions and the data range it was
+trained on, and the id of the evaluation that produced its metrics (dataset + split). A new model
+version becomes ``champion`` only if it beats the current champion's metric *on the same
+evaluation*; otherwise it becomes ``challenger`` and the run and the version carry the reason.
+Every promotion remembers the champion it replaced, so :meth:`ModelRegistry.rollback` can step back.
+
+Typical use (the training program, not a DAG file)::
+
+    registry = ModelRegistry.from_settings(settings, model_name="two_tower")
+    run_id = registry.log_run(
+        params={"epochs": 5}, metrics={"ndcg@10": 0.21}, evaluation_id="taobao:temporal-2017-12-01",
+        feature_services={"retrieval_v1": "3"}, data_range=("2017-11-25", "2017-12-01"),
+        plots=[report_dir / "recall_at_k.png"], model_dir=export_dir,
+    )
+    version = registry.register(run_id)
+    decision = registry.promote(version, {"ndcg@10": 0.21}, metric="ndcg@10")
+
+MLflow metric names may not hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10`` (see
+:func:`metric_key`); the dictionaries passed in and returned use the project's names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "Champion",
+    "Decision",
+    "ModelRegistry",
+    "RegistryError",
+    "metric_key",
+]
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+#: Tag names (on runs and model versions).
+TAG_EVALUATION = "lambdarec.evaluation_id"
+TAG_FEATURE_SERVICES = "lambdarec.feature_services"
+TAG_DATA_START = "lambdarec.data_start"
+TAG_DATA_END = "lambdarec.data_end"
+TAG_PROMOTION = "lambdarec.promotion"
+TAG_REASON = "lambdarec.promotion_reason"
+TAG_PREVIOUS = "lambdarec.previous_champion"
+TAG_ROLLED_BACK = "lambdarec.rolled_back_from"
+#: MLflow shows this run tag as the run's description.
+TAG_NOTE = "mlflow.note.content"
+#: Where the model folder goes inside a run's artifacts.
+MODEL_ARTIFACT_PATH = "model"
+
+
+class RegistryError(RuntimeError):
+    """A run, version or alias is missing or inconsistent; the message says which."""
+
+
+class Champion(NamedTuple):
+    version: str
+    run_id: str
+    artifact_uri: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :meth:`ModelRegistry.promote` did and why."""
+
+    promoted: bool
+    version: str
+    #: The alias the version now holds: ``champion`` or ``challenger``.
+    alias: str
+    reason: str
+    metric: str
+    candidate_value: float
+    #: The champion it was compared with (None when there was none).
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+def metric_key(name: str) -> str:
+    """The MLflow metric name for a project metric name (``ndcg@10`` -> ``ndcg_at_10``)."""
+    key = name.replace("@", "_at_")
+    return re.sub(r"[^0-9A-Za-z_\-. :/]", "_", key)
+
+
+class ModelRegistry:
+    """One registered model (e.g. ``two_tower``) and its MLflow experiment."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        *,
+        experiment: str | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
+        """``artifact_location`` applies when the experiment is created (a server with
+        ``--serve-artifacts`` chooses its own; a sqlite/file URI would otherwise use ./mlruns)."""
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
+        self.model_name = model_name
+        self.experiment = experiment or f"lambdarec/{model_name}"
+        self._client: MlflowClient | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, model_name: str, *, experiment: str | None = None
+    ) -> ModelRegistry:
+        """The registry of the settings' tracking server (``settings.mlflow_uri``)."""
+        return cls(settings.mlflow_uri, model_name, experiment=experiment)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+        return self._client
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(
+            self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        )
+
+    def log_run(
+        self,
+        *,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        evaluation_id: str,
+        feature_services: Mapping[str, str] | None = None,
+        data_range: tuple[str, str] | None = None,
+        plots: Iterable[Path] = (),
+        model_dir: Path | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Record one training + evaluation as a finished run; returns the run id.
+
+        ``evaluation_id`` names the dataset and split the metrics come from (promotion compares
+        only runs with the same one). ``feature_services`` maps each Feast feature service to the
+        version used; ``data_range`` is the (start, end) of the training data. ``plots`` are
+        files logged under ``plots/``; ``model_dir`` is logged under ``model/`` (what
+        :meth:`register` registers).
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_tags = {TAG_EVALUATION: evaluation_id, **(tags or {})}
+        all_params = {str(k): str(v) for k, v in params.items()}
+        if feature_services:
+            run_tags[TAG_FEATURE_SERVICES] = json.dumps(dict(feature_services), sort_keys=True)
+            all_params.update({f"feature_service.{k}": str(v) for k, v in feature_services.items()})
+        if data_range:
+            run_tags[TAG_DATA_START], run_tags[TAG_DATA_END] = map(str, data_range)
+            all_params["data_start"], all_params["data_end"] = map(str, data_range)
+        run = self.client.create_run(self.experiment_id(), tags=run_tags, run_name=run_name)
+        run_id = run.info.run_id
+        try:
+            stamp = run.info.start_time or 0
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(metric_key(k), float(v), stamp, 0) for k, v in metrics.items()],
+                params=[Param(k, v) for k, v in all_params.items()],
+                tags=[RunTag("lambdarec.metric_names", json.dumps(sorted(metrics)))],
+            )
+            for plot in plots:
+                self.client.log_artifact(run_id, str(plot), artifact_path="plots")
+            if model_dir is not None:
+                if not Path(model_dir).is_dir():
+                    raise RegistryError(f"model folder {model_dir} does not exist")
+                self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def register(self, run_id: str, artifact_path: str = MODEL_ARTIFACT_PATH) -> str:
+        """Register the run's model folder as a new version of the model; returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        run = self.client.get_run(run_id)
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name)
+        tags = {TAG_EVALUATION: run.data.tags.get(TAG_EVALUATION, "")}
+        version = self.client.create_model_version(
+            self.model_name,
+            source=f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}",
+            run_id=run_id,
+            tags=tags,
+        )
+        return str(version.version)
+
+    # -- aliases -----------------------------------------------------------------------------
+
+    def _by_alias(self, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:  # no such alias (or no such model yet)
+            return None
+
+    def get_champion(self) -> Champion | None:
+        """(version, run id, artifact URI) of the champion, or None before the first promotion."""
+        version = self._by_alias(CHAMPION)
+        if version is None:
+            return None
+        return Champion(str(version.version), str(version.run_id), str(version.source))
+
+    def get_challenger(self) -> Champion | None:
+        version = self._by_alias(CHALLENGER)
+        if version is None:
+            return None
+        return Champion(str(version.version), str(version.run_id), str(version.source))
+
+    def _run_metric(self, run_id: str, metric: str) -> float | None:
+        value = self.client.get_run(run_id).data.metrics.get(metric_key(metric))
+        return None if value is None else float(value)
+
+    def promote(
+        self,
+        version: str,
+        candidate_metrics: Mapping[str, float],
+        metric: str = "ndcg@10",
+        *,
+        higher_is_better: bool = True,
+        min_delta: float = 0.0,
+    ) -> Decision:
+        """Make ``version`` champion if it beats the champion on the same evaluation, else challenger.
+
+        The candidate must improve ``metric`` by more than ``min_delta`` (a tie does not promote).
+        A champion evaluated on a different dataset/split (tag ``lambdarec.evaluation_id``) is not
+        comparable: the candidate stays challenger until both are evaluated alike. The decision
+        and its reason are written on the candidate's run (tags + note) and model version.
+        """
+        candidate = self.client.get_model_version(self.model_name, str(version))
+        run_id = str(candidate.run_id)
+        evaluation = self.client.get_run(run_id).data.tags.get(TAG_EVALUATION, "")
+        if metric not in candidate_metrics:
+            raise RegistryError(
+                f"candidate metrics have no {metric!r}: {sorted(candidate_metrics)}"
+            )
+        value = float(candidate_metrics[metric])
+        champion = self.get_champion()
+        champion_value: float | None = None
+        if champion is None:
+            promoted, reason = True, f"no champion yet; {metric}={value:.6g} on {evaluation!r}"
+        elif champion.version == str(version):
+            promoted, reason = True, f"version {version} is already the champion"
+        else:
+            champion_run = self.client.get_run(champion.run_id)
+            champion_eval = champion_run.data.tags.get(TAG_EVALUATION, "")
+            champion_value = self._run_metric(champion.run_id, metric)
+            if champion_eval != evaluation:
+                promoted = False
+                reason = (
+                    f"not comparable: champion v{champion.version} was evaluated on "
+                    f"{champion_eval!r}, the candidate on {evaluation!r}; evaluate both alike"
+                )
+            elif champion_value is None:
+                promoted = False
+                reason = f"champion v{champion.version}'s run has no {metric!r} to compare with"
+            else:
+                delta = value - champion_value if higher_is_better else champion_value - value
+                promoted = delta > min_delta
+                verb = "beats" if promoted else "does not beat"
+                reason = (
+                    f"{metric}={value:.6g} {verb} champion v{champion.version}'s "
+                    f"{champion_value:.6g} on {evaluation!r} "
+                    f"({'higher' if higher_is_better else 'lower'} is better, "
+                    f"needed a margin > {min_delta:g})"
+                )
+        alias = CHAMPION if promoted else CHALLENGER
+        if promoted and champion is not None and champion.version != str(version):
+            self.client.set_model_version_tag(
+                self.model_name, str(version), TAG_PREVIOUS, champion.version
+            )
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+        if promoted and self._holds(CHALLENGER, str(version)):
+            self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
+        self._record(run_id, str(version), "promoted" if promoted else "not promoted", reason)
+        log.info("%s v%s -> %s: %s", self.model_name, version, alias, reason)
+        return Decision(
+            promoted=promoted,
+            version=str(version),
+            alias=alias,
+            reason=reason,
+            metric=metric,
+            candidate_value=value,
+            champion_version=None if champion is None else champion.version,
+            champion_value=champion_value,
+        )
+
+    def rollback(self, reason: str = "rollback") -> Champion:
+        """Give ``champion`` back to the version the current champion replaced; returns it."""
+        current = self._by_alias(CHAMPION)
+        if current is None:
+            raise RegistryError(f"{self.model_name} has no champion to roll back")
+        previous = (current.tags or {}).get(TAG_PREVIOUS)
+        if not previous:
+            raise RegistryError(
+                f"{self.model_name} v{current.version} replaced no earlier champion; "
+                "nothing to roll back to"
+            )
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, previous)
+        self.client.set_model_version_tag(
+            self.model_name,
+            str(current.version),
+            TAG_ROLLED_BACK,
+            f"v{current.version} -> v{previous}: {reason}",
+        )
+        self._record(
+            str(current.run_id), str(current.version), "rolled back",
+            f"champion rolled back to v{previous}: {reason}",
+        )  # fmt: skip
+        champion = self.get_champion()
+        assert champion is not None
+        log.info(
+            "%s champion rolled back from v%s to v%s", self.model_name, current.version, previous
+        )
+        return champion
+
+    def _holds(self, alias: str, version: str) -> bool:
+        held = self._by_alias(alias)
+        return held is not None and str(held.version) == version
+
+    def _record(self, run_id: str, version: str, outcome: str, reason: str) -> None:
+        """Write the outcome on the run (tags and its note) and on the model version."""
+        client = self.client
+        client.set_tag(run_id, TAG_PROMOTION, outcome)
+        client.set_tag(run_id, TAG_REASON, reason)
+        note = client.get_run(run_id).data.tags.get(TAG_NOTE, "")
+        line = f"{self.model_name} v{version} {outcome}: {reason}"
+        client.set_tag(run_id, TAG_NOTE, f"{note}\n{line}".strip())
+        client.set_model_version_tag(self.model_name, version, TAG_PROMOTION, outcome)
+        client.set_model_version_tag(self.model_name, version, TAG_REASON, reason)
