@@ -1,0 +1,124 @@
+"""The model registry against a real MLflow backend: champion / challenger / rollback.
+
+Runs on a SQLite tracking URI (fast) and, marked slow, on a private MLflow server started by the
+platform manager (the way the platform runs it: --serve-artifacts, SQLite backend).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+EVAL = "synthetic:temporal-split-1"
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("server", marks=pytest.mark.slow)],
+)
+def registry_uri(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str | None]]:
+    """(tracking URI, artifact location for new experiments)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
+        return
+    from lambdarec.platform.testing import private_platform
+
+    with private_platform(["mlflow"]) as settings:
+        yield settings.mlflow_uri, None
+
+
+def _model_dir(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(name.encode() * 10)
+    (folder / "MLmodel.json").write_text(json.dumps({"name": name}))
+    return folder
+
+
+def test_champion_challenger_rollback(registry_uri: tuple[str, str | None], tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from lambdarec.registry import CHALLENGER, CHAMPION, ModelRegistry, metric_key
+
+    uri, artifacts = registry_uri
+    registry = ModelRegistry(uri, "two_tower_test", artifact_location=artifacts)
+    plot = tmp_path / "recall_at_k.png"
+    plot.write_bytes(b"\x89PNG fake plot bytes")
+
+    def train(name: str, ndcg: float, evaluation: str = EVAL) -> str:
+        run_id = registry.log_run(
+            params={"epochs": 3, "dim": 32},
+            metrics={"ndcg@10": ndcg, "recall@20": ndcg * 2},
+            evaluation_id=evaluation,
+            feature_services={"retrieval_v1": "2"},
+            data_range=("2017-11-25", "2017-12-01"),
+            plots=[plot],
+            model_dir=_model_dir(tmp_path, name),
+            run_name=name,
+        )
+        return registry.register(run_id)
+
+    assert registry.get_champion() is None
+
+    v1 = train("first", 0.20)
+    first = registry.promote(v1, {"ndcg@10": 0.20})
+    assert first.promoted and first.alias == CHAMPION and "no champion" in first.reason
+    champion = registry.get_champion()
+    assert champion is not None and champion.version == v1
+
+    # What the run recorded: params, metrics (MLflow-safe names), tags, plots and the model folder.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(champion.run_id)
+    assert run.data.params["feature_service.retrieval_v1"] == "2"
+    assert run.data.params["data_start"] == "2017-11-25"
+    assert run.data.metrics[metric_key("ndcg@10")] == pytest.approx(0.20)
+    assert run.data.tags["lambdarec.evaluation_id"] == EVAL
+    assert run.data.tags["lambdarec.promotion"] == "promoted"
+    listed = {f.path for f in client.list_artifacts(champion.run_id)}
+    assert {"plots", "model"} <= listed
+    model_files = {f.path for f in client.list_artifacts(champion.run_id, "model")}
+    assert model_files == {"model/weights.bin", "model/MLmodel.json"}
+    assert champion.artifact_uri.endswith("/model")
+
+    # A worse model stays challenger, and says why on its run.
+    v2 = train("worse", 0.15)
+    worse = registry.promote(v2, {"ndcg@10": 0.15})
+    assert not worse.promoted and worse.alias == CHALLENGER
+    assert "does not beat" in worse.reason and worse.champion_value == pytest.approx(0.20)
+    assert registry.get_champion().version == v1  # type: ignore[union-attr]
+    assert registry.get_challenger().version == v2  # type: ignore[union-attr]
+    worse_run = client.get_run(client.get_model_version("two_tower_test", v2).run_id)
+    assert worse_run.data.tags["lambdarec.promotion"] == "not promoted"
+    assert worse_run.data.tags["lambdarec.promotion_reason"] == worse.reason
+    assert worse.reason in worse_run.data.tags["mlflow.note.content"]
+
+    # A better score on a different evaluation is not comparable: not promoted.
+    v3 = train("other-split", 0.90, evaluation="other:split")
+    other = registry.promote(v3, {"ndcg@10": 0.90})
+    assert not other.promoted and "not comparable" in other.reason
+
+    # A better model on the same evaluation is promoted.
+    v4 = train("better", 0.25)
+    better = registry.promote(v4, {"ndcg@10": 0.25})
+    assert better.promoted and better.champion_version == v1
+    assert registry.get_champion().version == v4  # type: ignore[union-attr]
+
+    # Rollback gives the champion back to the one it replaced.
+    restored = registry.rollback("bad online CTR")
+    assert restored.version == v1
+    assert registry.get_champion() == restored
+    assert "rolled_back_from" in str(client.get_model_version("two_tower_test", v4).tags)
+
+    # Lower-is-better metrics compare the other way.
+    v5 = train("lower-loss", 0.10)
+    loss = registry.promote(v5, {"ndcg@10": 0.10}, higher_is_better=False)
+    assert loss.promoted
