@@ -188,8 +188,8 @@ def _select(
     With ``with_requirements``, plus what they require (for ``up``); without, plus what requires
     them (for ``down``: a scheduler without its API server is of no use).
     """
-    if not names:
-        return [s for s in services.values() if s.managed]
+    if not names:  # ``up`` leaves opt-in services alone; ``down`` stops them too
+        return [s for s in services.values() if s.managed and (s.default or not with_requirements)]
     names = _expand(services, names)
     unmanaged = [n for n in names if not services[n].managed]
     if unmanaged:
@@ -505,7 +505,7 @@ def _stop(service: Service, settings: Settings) -> bool:
         members.update({p.pid: p for p in (_group(pgid) if pgid is not None else [])})
     targets = list(members.values())
     log.info("%s: stopping pid %d (%d processes)", service.name, pid, len(targets))
-    _signal(targets, pgid, signal.SIGTERM)
+    _signal(targets, pgid, service.stop_signal)
     alive = _wait_gone(targets, service.stop_timeout_s)
     if alive:
         log.warning(

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -71,6 +72,10 @@ class Service:
     stop_timeout_s: float = 30.0
     #: A group (no command): its name stands for these services in ``up``, ``down`` and ``status``.
     parts: tuple[str, ...] = ()
+    #: The signal ``down`` sends first (SIGKILL follows after ``stop_timeout_s``).
+    stop_signal: signal.Signals = signal.SIGTERM
+    #: Whether ``up`` without names starts it (opt-in services are started only when named).
+    default: bool = True
 
     @property
     def managed(self) -> bool:
@@ -742,6 +747,76 @@ def feature_pusher(settings: Settings) -> Service:
     )
 
 
+# -- Milvus (opt-in: large catalogs) -------------------------------------------------------------
+#
+# A real Milvus 2.3.5 standalone server from PyPI's `milvus` wheel, in its own virtualenv
+# (.venv-milvus, env/requirements-milvus.txt: the wrapper needs pymilvus<2.4 and protobuf<5). The
+# small-catalog default is Milvus Lite inside the client process, so `up` without names does not
+# start it: `lambdarec platform up milvus`, then LAMBDAREC_MILVUS_URI=http://127.0.0.1:19530.
+# Until Settings has them, the ports use the defaults below (getattr fallbacks). What the server
+# does not let us choose: the health/metrics port is 9091; the internal gRPC ports (19529, 19531,
+# 53100, 13333, 21121-21124) listen on all interfaces; it writes /run/milvus/standalone.pid, so one
+# server per host. SIGTERM to its wrapper hangs; SIGINT stops it cleanly.
+
+MILVUS_PORT = 19530
+MILVUS_METRICS_PORT = 9091
+MILVUS_ETCD_PORT = 2379
+
+
+def milvus_server_bin(settings: Settings) -> Path:
+    return settings.home / ".venv-milvus" / "bin" / "milvus-server"
+
+
+def _milvus_port(settings: Settings) -> int:
+    return int(getattr(settings, "milvus_port", MILVUS_PORT))
+
+
+def _milvus_prepare(settings: Settings) -> None:
+    if not milvus_server_bin(settings).is_file():
+        raise PlatformError(
+            f"{milvus_server_bin(settings)} not found; create the Milvus virtualenv "
+            "(`make milvus-venv`, from env/requirements-milvus.txt)"
+        )
+    (settings.state_dir / "milvus-server").mkdir(parents=True, exist_ok=True)
+
+
+def milvus(settings: Settings) -> Service:
+    host, port = settings.bind_host, _milvus_port(settings)
+    etcd = int(getattr(settings, "milvus_etcd_port", MILVUS_ETCD_PORT))
+    data = settings.state_dir / "milvus-server"
+    command = [
+        str(milvus_server_bin(settings)), "--data", str(data),
+        "--proxy-port", str(port), "--etcd-port", str(etcd),
+    ]  # fmt: skip
+
+    def details() -> str:
+        return (
+            f"health :{MILVUS_METRICS_PORT}/healthz; embedded etcd {host}:{etcd}/{etcd + 1}; "
+            "lock /run/milvus/standalone.pid (one server per host); "
+            "internal gRPC ports listen on all interfaces"
+        )
+
+    return Service(
+        name="milvus",
+        title="Milvus 2.3 standalone (vector index for large catalogs; opt-in)",
+        ports={
+            port: "milvus_port",
+            MILVUS_METRICS_PORT: "milvus_metrics_port",
+            etcd: "milvus_etcd_port",
+            etcd + 1: "milvus_etcd_port",
+        },
+        url=f"http://{host}:{port}",
+        health=lambda: http_ok(f"http://{host}:{MILVUS_METRICS_PORT}/healthz"),
+        command=command,
+        cwd=data,
+        prepare=lambda: _milvus_prepare(settings),
+        details=details,
+        stop_timeout_s=30.0,
+        stop_signal=signal.SIGINT,
+        default=False,
+    )
+
+
 # -- reserved rows (later layers) -------------------------------------------------------------
 
 
@@ -781,6 +856,7 @@ FACTORIES: tuple[Callable[[Settings], Service], ...] = (
     airflow,
     speed_layer,
     feature_pusher,
+    milvus,
     serving,
     data_docs,
 )
