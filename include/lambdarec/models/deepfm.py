@@ -1,0 +1,231 @@
+"""DeepFM ranker (tf.keras): re-ranks the retriever's top-100 candidates into a top-10.
+
+Fields per (query, candidate): sparse ids (candidate item, through an id shared with the session's
+last item; candidate category; price bucket; session category) and dense features (retrieval score,
+log retrieval rank, co-occurrence score of the candidate with the session's recent items, log item
+popularity, log session length, log user history length, same-category flag). Each sparse field has
+an embedding and a first-order weight; each dense feature scales a learned vector, so it takes part
+in the FM's pairwise interactions; the deep part is an MLP over all field vectors. Output: a logit,
+trained with weighted binary cross-entropy.
+
+Training rows come from candidates the retriever actually returns for held-out queries (the
+validation split, which the retriever did not train on): positive = the real next item (weighted by
+its event type), negatives = retrieved but not interacted (``negatives`` sampled per query). Queries
+whose next item was not retrieved carry no ranking signal and are skipped. 10% of the queries are
+held out for early stopping on the loss.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow: TFRS needs tf_keras
+
+import logging  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+if TYPE_CHECKING:
+    from lambdarec.models.baselines import CoOccurrence
+    from lambdarec.models.data import Dataset, Examples
+
+log = logging.getLogger(__name__)
+tf_keras = tf.keras
+
+SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
+DENSE = ("retrieval_score", "log_rank", "cooc", "log_pop", "log_session_len", "log_user_events",
+         "same_category")  # fmt: skip
+
+
+@dataclass
+class DeepFMConfig:
+    k: int = 16
+    hidden: tuple[int, ...] = (128, 64)
+    learning_rate: float = 0.002
+    batch_size: int = 2048
+    epochs: int = 8
+    patience: int = 1
+    negatives: int = 20
+    max_queries: int = 20_000
+    seed: int = 42
+
+
+class DeepFM(tf_keras.Model):
+    def __init__(self, *, n_items: int, n_categories: int, n_price: int, config: DeepFMConfig) -> None:
+        super().__init__()
+        c = config
+        init = tf_keras.initializers.RandomNormal(stddev=0.01, seed=c.seed)
+        self.item_emb = tf_keras.layers.Embedding(n_items + 2, c.k, embeddings_initializer=init)
+        self.item_w = tf_keras.layers.Embedding(n_items + 2, 1, embeddings_initializer="zeros")
+        self.cat_emb = tf_keras.layers.Embedding(max(n_categories, 1), c.k, embeddings_initializer=init)
+        self.cat_w = tf_keras.layers.Embedding(max(n_categories, 1), 1, embeddings_initializer="zeros")
+        self.price_emb = tf_keras.layers.Embedding(max(n_price, 1), c.k, embeddings_initializer=init)
+        self.price_w = tf_keras.layers.Embedding(max(n_price, 1), 1, embeddings_initializer="zeros")
+        self.dense_v = self.add_weight(name="dense_v", shape=(len(DENSE), c.k), initializer=init)
+        self.dense_w = tf_keras.layers.Dense(1, kernel_initializer="zeros")
+        self.norm = tf_keras.layers.BatchNormalization()
+        self.deep = tf_keras.Sequential(
+            [tf_keras.layers.Dense(h, activation="relu",
+                                   kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed + i))
+             for i, h in enumerate(c.hidden)]
+            + [tf_keras.layers.Dense(1, kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed))]
+        )  # fmt: skip
+
+    def call(self, f: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        dense = self.norm(f["dense"], training=training)  # (b, d)
+        fields = [
+            self.item_emb(f["cand_item"]), self.item_emb(f["last_item"]),
+            self.cat_emb(f["cand_category"]), self.price_emb(f["cand_price"]),
+            self.cat_emb(f["session_category"]),
+        ]  # fmt: skip
+        v = tf.concat([tf.stack(fields, axis=1), dense[..., None] * self.dense_v[None]], axis=1)
+        first = (
+            self.item_w(f["cand_item"]) + self.item_w(f["last_item"]) + self.cat_w(f["cand_category"])
+            + self.price_w(f["cand_price"]) + self.cat_w(f["session_category"]) + self.dense_w(dense)
+        )  # fmt: skip
+        square_of_sum = tf.square(tf.reduce_sum(v, axis=1))
+        sum_of_square = tf.reduce_sum(tf.square(v), axis=1)
+        second = 0.5 * tf.reduce_sum(square_of_sum - sum_of_square, axis=1, keepdims=True)
+        deep = self.deep(tf.reshape(v, (-1, v.shape[1] * v.shape[2])), training=training)
+        return first + second + deep  # (batch, 1) logits
+
+
+def candidate_features(
+    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
+    idx_map: np.ndarray, cooc: CoOccurrence,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Flattened (query x candidate) feature rows, query-major."""
+    n, c = cand.shape
+    cat = dataset.catalog.category
+    pop = dataset.popularity()
+    last = np.where(ex.hist[:, 0] >= 0, idx_map[np.maximum(ex.hist[:, 0], 0)], 0)
+    rank = np.broadcast_to(np.arange(c), (n, c))
+    same = (cat[cand] == ex.session_category[:, None]) & (ex.session_category[:, None] > 0)
+    dense = np.stack(
+        [
+            cand_scores, np.log1p(rank), cooc.pair_scores(ex.hist, cand), np.log1p(pop[cand]),
+            np.broadcast_to(np.log1p(ex.session_len)[:, None], (n, c)),
+            np.broadcast_to(np.log1p(ex.user_events)[:, None], (n, c)), same,
+        ],
+        axis=-1,
+    ).astype(np.float32)  # fmt: skip
+    rep = lambda a: np.repeat(a, c)  # noqa: E731
+    return {
+        "cand_item": idx_map[cand].ravel(),
+        "last_item": rep(last),
+        "cand_category": cat[cand].ravel(),
+        "cand_price": dataset.catalog.price_bucket[cand].ravel(),
+        "session_category": rep(ex.session_category),
+        "dense": dense.reshape(n * c, len(DENSE)),
+    }
+
+
+@dataclass
+class TrainedDeepFM:
+    model: DeepFM
+    config: DeepFMConfig
+    idx_map: np.ndarray
+    cooc: CoOccurrence
+    history: list[dict[str, float]] = field(default_factory=list)
+    name: str = "deepfm"
+
+    def predict(self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+        out = np.empty(cand.shape, dtype=np.float32)
+        step = max(1, 65_536 // max(cand.shape[1], 1))
+        for s in range(0, len(ex), step):
+            sl = np.arange(s, min(s + step, len(ex)))
+            f = candidate_features(dataset, ex.subset(sl), cand[sl], cand_scores[sl], self.idx_map, self.cooc)
+            logits = self.model({k: tf.constant(v) for k, v in f.items()}, training=False).numpy()
+            out[sl] = logits.reshape(len(sl), cand.shape[1])
+        return out
+
+    def rerank(self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+        """Candidates re-ordered by the ranker's score (stable, so ties keep retrieval order)."""
+        s = self.predict(dataset, ex, cand, cand_scores)
+        order = np.argsort(-s, axis=1, kind="stable")
+        return np.take_along_axis(cand, order, axis=1)
+
+
+def training_rows(
+    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
+    idx_map: np.ndarray, cooc: CoOccurrence, negatives: int, seed: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Features, labels, weights and query ids of the positives and sampled negatives."""
+    rng = np.random.default_rng(seed)
+    hit = cand == ex.target[:, None]
+    keep_q = np.flatnonzero(hit.any(axis=1))
+    ex, cand, cand_scores, hit = ex.subset(keep_q), cand[keep_q], cand_scores[keep_q], hit[keep_q]
+    f = candidate_features(dataset, ex, cand, cand_scores, idx_map, cooc)
+    n, c = cand.shape
+    noise = rng.random((n, c))
+    noise[hit] = -1.0  # the positive is always kept
+    keep = np.argsort(noise, axis=1)[:, : negatives + 1]
+    flat = (np.arange(n)[:, None] * c + keep).ravel()
+    rows = {k: v[flat] for k, v in f.items()}
+    labels = hit.ravel()[flat].astype(np.float32)
+    weights = np.where(labels > 0, np.repeat(ex.weight, negatives + 1), 1.0).astype(np.float32)
+    return rows, labels, weights, np.repeat(np.arange(n), negatives + 1)
+
+
+def train_deepfm(
+    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
+    idx_map: np.ndarray, cooc: CoOccurrence, config: DeepFMConfig | None = None,
+) -> TrainedDeepFM:  # fmt: skip
+    """Fit on the retriever's candidates ``cand`` (queries x 100) for the queries ``ex``."""
+    c = config or DeepFMConfig()
+    tf_keras.utils.set_random_seed(c.seed)
+    if len(ex) > c.max_queries:
+        sel = np.sort(np.random.default_rng(c.seed).choice(len(ex), c.max_queries, replace=False))
+        ex, cand, cand_scores = ex.subset(sel), cand[sel], cand_scores[sel]
+    rows, labels, weights, qid = training_rows(
+        dataset, ex, cand, cand_scores, idx_map, cooc, c.negatives, c.seed
+    )
+    n_q = int(qid.max()) + 1 if len(qid) else 0
+    if n_q < 2:
+        raise ValueError("fewer than 2 queries have their next item among the candidates")
+    holdout = np.random.default_rng(c.seed).random(n_q) < 0.1
+    is_val = holdout[qid]
+    model = DeepFM(
+        n_items=dataset.n_items, n_categories=dataset.catalog.n_categories,
+        n_price=dataset.catalog.n_price_buckets, config=c,
+    )  # fmt: skip
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(c.learning_rate),
+        loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+
+    def ds(mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
+        d = tf.data.Dataset.from_tensor_slices(
+            ({k: v[mask] for k, v in rows.items()}, labels[mask][:, None], weights[mask])
+        )
+        if shuffle:
+            d = d.shuffle(int(mask.sum()), seed=c.seed)
+        return d.batch(c.batch_size).prefetch(2)
+
+    train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
+    trained = TrainedDeepFM(model, c, idx_map, cooc)
+    best, best_w, bad = np.inf, None, 0
+    n_train = int((~is_val).sum())
+    for epoch in range(c.epochs):
+        t0 = time.perf_counter()
+        h = model.fit(train_ds, epochs=1, verbose=0)
+        seconds = time.perf_counter() - t0
+        val = float(model.evaluate(val_ds, verbose=0))
+        rec = {"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), "val_loss": val,
+               "epoch_seconds": round(seconds, 2), "examples_per_s": round(n_train / seconds, 1),
+               "rows": n_train, "queries": n_q}  # fmt: skip
+        trained.history.append(rec)
+        log.info("deepfm %s", rec)
+        if val < best:
+            best, best_w, bad = val, model.get_weights(), 0
+        else:
+            bad += 1
+            if bad > c.patience:
+                break
+    if best_w is not None:
+        model.set_weights(best_w)
+    return trained
