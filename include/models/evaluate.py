@@ -14,7 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import json  # noqa: E402
 import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path  # noqa: E402, TC003  (typer reads the annotation at runtime)
 from typing import Annotated  # noqa: E402
 
 import typer  # noqa: E402

@@ -54,7 +54,7 @@ class DeepFMConfig:
     seed: int = 42
 
 
-class DeepFM(tf_keras.Model):
+class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
     def __init__(self, *, n_items: int, n_categories: int, n_price: int, config: DeepFMConfig) -> None:
         super().__init__()
         c = config

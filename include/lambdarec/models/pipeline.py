@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-
 from lambdarec.models import baselines as B
 from lambdarec.models import evaluate as E
 
@@ -58,7 +57,7 @@ def train_models(
 def _trending_grid(dataset: Dataset) -> list[dict[str, Any]]:
     if dataset.split.get("kind") == "temporal":
         return [{"window": h * 3_600_000} for h in (1, 3, 12, 24)]
-    n = float(dataset.split.get("train_sessions", 1))
+    n = float(dataset.split.get("train_sessions", 1))  # type: ignore[arg-type]
     return [{"window": n * f} for f in (0.01, 0.05, 0.2)]
 
 

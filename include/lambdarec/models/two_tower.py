@@ -93,7 +93,7 @@ class TwoTower(tfrs.Model):
         self.price_emb = tf_keras.layers.Embedding(max(n_price, 1), 4, embeddings_initializer=init)
         seed = c.seed
 
-        def mlp() -> tf_keras.Sequential:
+        def mlp() -> Any:
             return tf_keras.Sequential([
                 tf_keras.layers.Dense(c.hidden, activation="relu",
                                       kernel_initializer=tf_keras.initializers.GlorotUniform(seed)),

@@ -1,0 +1,62 @@
+"""Training throughput of the two-tower retriever and the DeepFM ranker.
+
+Prints one JSON line per model: {"model", "device", "examples_per_s", "epoch_seconds", ...}.
+The device is whatever TensorFlow sees (a GPU when there is one, else the CPU); the script is
+the same on both. The first epoch includes graph tracing, so the figure is the best later epoch.
+
+    python bench/bench_train.py --dataset synthetic --epochs 3
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import typer  # noqa: E402
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    dataset: Annotated[str, typer.Option(help="synthetic | taobao | diginetica | a file path")] = "synthetic",
+    epochs: Annotated[int, typer.Option(help="Epochs per model (>= 2: the first one traces)")] = 3,
+    max_train: Annotated[int | None, typer.Option(help="Two-tower training pairs")] = 100_000,
+    synthetic_events: int = 150_000,
+) -> None:
+    import tensorflow as tf
+
+    from lambdarec.models import evaluate as E
+    from lambdarec.models.baselines import CoOccurrence
+    from lambdarec.models.data import load_dataset
+    from lambdarec.models.deepfm import DeepFMConfig, train_deepfm
+    from lambdarec.models.two_tower import TwoTowerConfig, train_two_tower
+
+    logging.basicConfig(level=logging.WARNING)
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"GPU:{gpus[0].name}" if gpus else "CPU"
+    data = load_dataset(dataset, synthetic_events=synthetic_events)
+    # patience = epochs so early stopping never cuts the benchmark short
+    tt = train_two_tower(data, TwoTowerConfig(epochs=epochs, max_train=max_train, patience=epochs))
+    cooc = CoOccurrence().fit(data)
+    queries = data.valid.sample(10_000, 0)
+    cand, scores = E.ranker_topk(tt, queries, 100)
+    fm = train_deepfm(data, queries, cand, scores, tt.idx_map, cooc,
+                      DeepFMConfig(epochs=epochs, patience=epochs))  # fmt: skip
+    for name, hist in (("two_tower", tt.history), ("deepfm", fm.history)):
+        steady = hist[1:] or hist
+        best = max(steady, key=lambda h: h["examples_per_s"])
+        print(json.dumps({
+            "model": name, "device": device, "examples_per_s": best["examples_per_s"],
+            "epoch_seconds": best["epoch_seconds"], "first_epoch_seconds": hist[0]["epoch_seconds"],
+            "dataset": data.name, "cpu_count": os.cpu_count(),
+        }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    app()
