@@ -10,6 +10,7 @@ UV          := $(TOOLS)/bin/uv
 VENV        := .venv
 PY          := $(VENV)/bin/python
 FLINK_VENV  := .venv-flink
+MILVUS_VENV := .venv-milvus
 STATE       := .state
 export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 export TF_USE_LEGACY_KERAS := 1
@@ -25,7 +26,7 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, both virtualenvs, Kafka jars, Feast registry)
+setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka jars, Feast registry)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the platform needs (redis-server) and check Java 17 and Maven
@@ -52,6 +53,13 @@ $(FLINK_VENV)/.installed: env/requirements-flink.txt | $(UV)
 	$(UV) pip sync -q -p $(FLINK_VENV)/bin/python env/requirements-flink.txt
 	@touch $@
 
+# Milvus 2.3.5 standalone server for large catalogs (its own virtualenv: its launcher pins old
+# pymilvus/protobuf); the core venv's pymilvus 3 is the client.
+$(MILVUS_VENV)/.installed: env/requirements-milvus.txt | $(UV)
+	@test -x $(MILVUS_VENV)/bin/python || $(UV) venv -q -p $(PYTHON_BOOT) $(MILVUS_VENV)
+	$(UV) pip sync -q -p $(MILVUS_VENV)/bin/python env/requirements-milvus.txt
+	@touch $@
+
 .PHONY: kafka-jars
 kafka-jars: $(VENV)/.installed ## Resolve Apache Kafka's broker jars from Maven Central (skipped when current)
 	@$(VENV)/bin/lambdarec platform kafka-jars
@@ -65,6 +73,7 @@ $(STATE)/feast/.applied: $(VENV)/.installed $(wildcard feature_repo/*.py) includ
 lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirements-flink.txt)
 	$(UV) pip compile -q -p 3.11 env/requirements.in -o requirements.txt
 	$(UV) pip compile -q -p 3.11 env/requirements-flink.in -o env/requirements-flink.txt
+	$(UV) pip compile -q -p 3.11 env/requirements-milvus.in -o env/requirements-milvus.txt
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -119,10 +128,30 @@ bench-ingest: setup ## Produce EVENTS (1M) generated events into Kafka and read 
 bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated events, vs DuckDB (JSON line)
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
+.PHONY: bench-train
+bench-train: setup ## Training throughput of the two-tower and DeepFM models (JSON line per model)
+	@$(PY) bench/bench_train.py --dataset synthetic --epochs 3
+
+.PHONY: bench-vector
+bench-vector: setup ## Vector index build time, p50/p99 and recall@100 (JSON line)
+	@$(PY) bench/bench_vector.py
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+DATASET ?= synthetic
+.PHONY: evaluate
+evaluate: setup ## Full-ranking evaluation of the models and baselines on DATASET (synthetic|taobao|diginetica|<file>)
+	OPENBLAS_NUM_THREADS=1 $(PY) include/models/evaluate.py --dataset $(DATASET)
+
+.PHONY: train
+train: setup ## Train two-tower + DeepFM on DATASET into .state/models/DATASET
+	$(PY) include/models/train.py --dataset $(DATASET) --out $(STATE)/models/$(DATASET)
+
 .PHONY: clean
 clean: platform-down ## Remove the state folder (data, logs, lake) but keep the environments
 	rm -rf $(STATE)/run $(STATE)/logs $(STATE)/data $(STATE)/lake $(STATE)/airflow $(STATE)/mlflow
 
 .PHONY: distclean
 distclean: clean ## Remove environments too
-	rm -rf $(VENV) $(FLINK_VENV) $(TOOLS) $(STATE)
+	rm -rf $(VENV) $(FLINK_VENV) $(MILVUS_VENV) $(TOOLS) $(STATE)

@@ -19,6 +19,9 @@ from lambdarec.models.data import Dataset, build_from_events  # noqa: E402
 if TYPE_CHECKING:
     from pathlib import Path
 
+# About 25 s of CPU: trains both models; runs in CI, deselect locally with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
