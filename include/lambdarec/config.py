@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     airflow_port: Port = 8080
     airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
 
+    # -- Milvus (item embeddings) --------------------------------------------------------------
+    milvus_uri: str = Field(
+        "",
+        description="Milvus URI; empty means Milvus Lite (a file under the state dir), "
+        "http://host:19530 a Milvus server or cluster.",
+    )
+    milvus_port: Port = 19530
+    milvus_etcd_port: Port = 2379
+    milvus_alias: str = Field("items_serving", min_length=1, max_length=255)
+    milvus_index_type: Literal["HNSW", "FLAT"] = "HNSW"
+    milvus_m: Annotated[int, Field(ge=4, le=64)] = 16
+    milvus_ef_construction: Annotated[int, Field(ge=8, le=4096)] = 200
+    milvus_ef: Annotated[int, Field(ge=1, le=32768)] = 256
+    milvus_keep: Annotated[int, Field(ge=1, le=100)] = 3
+
     # -- Spark -----------------------------------------------------------------------------
     spark_master: str = Field(
         "local[*]",
@@ -152,6 +167,8 @@ class Settings(BaseSettings):
             "mlflow_port": self.mlflow_port,
             "airflow_port": self.airflow_port,
             "serving_port": self.serving_port,
+            "milvus_port": self.milvus_port,
+            "milvus_etcd_port": self.milvus_etcd_port,
         }
         seen: dict[int, str] = {}
         for name, port in ports.items():

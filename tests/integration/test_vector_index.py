@@ -125,11 +125,12 @@ def test_milvus_standalone_server() -> None:
     from lambdarec.platform.testing import private_platform
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
 
+    # Never a skip: `make setup` builds the server's virtualenv, and CI has no other Milvus.
     if not milvus_server_bin(get_settings()).is_file():
-        pytest.skip("no .venv-milvus (make milvus-venv)")
+        pytest.fail("no .venv-milvus: run `make setup` (it builds the Milvus server virtualenv)")
     taken = [p for p in (19530, 9091, 2379, 2380) if manager._port_owner("127.0.0.1", p)]
     if taken:
-        pytest.skip(f"ports {taken} are taken (one Milvus server per host)")
+        pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
 
     with private_platform(["milvus"]) as settings:
         state = str(settings.state_dir)

@@ -42,6 +42,7 @@ def private_settings(state_dir: Path, **overrides: object) -> Settings:
         "state_dir": state_dir, "kafka_bootstrap": "", "kafka_port": kafka,
         "kafka_controller_port": controller, "redis_port": redis, "mlflow_port": mlflow,
         "airflow_port": airflow, "serving_port": serving, "mlflow_tracking_uri": "",
+        "milvus_uri": "",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
