@@ -115,6 +115,7 @@ class Settings(BaseSettings):
 
     # -- Serving ---------------------------------------------------------------------------
     serving_port: Port = 8000
+    reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
 
     # -- platform --------------------------------------------------------------------------
     bind_host: Literal["127.0.0.1"] = Field(
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
             "mlflow_port": self.mlflow_port,
             "airflow_port": self.airflow_port,
             "serving_port": self.serving_port,
+            "reports_port": self.reports_port,
             "milvus_port": self.milvus_port,
             "milvus_etcd_port": self.milvus_etcd_port,
         }
@@ -211,6 +213,16 @@ class Settings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
+
+    @property
+    def site_dir(self) -> Path:
+        """What the reports service serves: an index page and links to the generated reports."""
+        return self.state_dir / "site"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Generated HTML reports (model evaluation, drift), one folder per kind."""
+        return self.state_dir / "reports"
 
     @property
     def feast_dir(self) -> Path:

@@ -831,16 +831,62 @@ def serving(settings: Settings) -> Service:
     )
 
 
-def data_docs(settings: Settings) -> Service:
-    from lambdarec.quality.paths import data_docs_dir  # light: GX itself is not imported
+_SITE_INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>lambdarec reports</title>
+<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto}}li{{margin:.4em 0}}</style>
+</head><body>
+<h1>lambdarec reports</h1>
+<ul>
+<li><a href="data_docs/index.html">Data Docs</a>: every Great Expectations validation of the lake
+and the feature tables, with the values that failed</li>
+<li><a href="reports/">Reports</a>: model evaluations and drift reports, one folder per run</li>
+<li><a href="http://{host}:{airflow_port}/">Airflow</a> and
+<a href="http://{host}:{mlflow_port}/">MLflow</a></li>
+</ul></body></html>
+"""
 
-    index = data_docs_dir(settings) / "index.html"
+
+def _site_prepare(settings: Settings) -> None:
+    """The served folder: an index page and links to the generated report folders."""
+    site = settings.site_dir
+    site.mkdir(parents=True, exist_ok=True)
+    for name, target in (("data_docs", settings.data_docs_dir), ("reports", settings.reports_dir)):
+        target.mkdir(parents=True, exist_ok=True)
+        link = site / name
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    (site / "index.html").write_text(
+        _SITE_INDEX.format(host=settings.bind_host, airflow_port=settings.airflow_port,
+                           mlflow_port=settings.mlflow_port)
+    )
+
+
+def reports(settings: Settings) -> Service:
+    """A static web server (loopback) for Data Docs and the HTML reports."""
+    host, port = settings.bind_host, settings.reports_port
+    url = f"http://{host}:{port}/"
+    return Service(
+        name="reports",
+        title="Reports: Data Docs, evaluation, drift",
+        ports={port: "reports_port"},
+        url=url,
+        health=lambda: http_ok(url),
+        command=[sys.executable, "-m", "http.server", str(port), "--bind", host,
+                 "--directory", str(settings.site_dir)],
+        prepare=lambda: _site_prepare(settings),
+        stop_timeout_s=5.0,
+    )
+
+
+def data_docs(settings: Settings) -> Service:
+    index = settings.data_docs_dir / "index.html"
     return Service(
         name="data-docs",
         title="Great Expectations Data Docs",
         ports={},
-        url=index.as_uri(),
+        url=f"http://{settings.bind_host}:{settings.reports_port}/data_docs/index.html",
         health=index.is_file,
+        details=lambda: f"served by `reports`; also {index.as_uri()}",
     )
 
 
@@ -858,6 +904,7 @@ FACTORIES: tuple[Callable[[Settings], Service], ...] = (
     feature_pusher,
     milvus,
     serving,
+    reports,
     data_docs,
 )
 

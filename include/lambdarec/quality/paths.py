@@ -6,20 +6,9 @@ are on :class:`lambdarec.config.Settings`. This module imports neither GX nor pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lambdarec.config import REPO_ROOT
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from lambdarec.config import Settings
 
 #: The versioned GX project: great_expectations.yml, expectations/, validation_definitions/,
 #: checkpoints/. Everything GX generates goes under the state dir instead (``settings.gx_dir``).
 GX_DIR = REPO_ROOT / "great_expectations"
 
-
-def data_docs_dir(settings: Settings) -> Path:
-    """``settings.data_docs_dir``, for callers that import a function (lambdarec.platform)."""
-    return settings.data_docs_dir
