@@ -128,7 +128,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rest-port", type=int, default=0, help="Mini-cluster REST port (0: none).")
     p.add_argument(
-        "--detached", action="store_true", help="Submit and return (cluster mode) instead of waiting."
+        "--detached",
+        action="store_true",
+        help="Submit and return (cluster mode) instead of waiting.",
     )
     p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
     return p.parse_args(argv)
@@ -190,7 +192,9 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   {startup},
   'format' = 'raw'
 )""",
-        # JSON_VALUE returns NULL for a missing key, a JSON null and an object or array.
+        # JSON_VALUE returns NULL for a missing key, a JSON null and an object or array. Never
+        # JSON_VALUE(... RETURNING DOUBLE): an integer price (-5) throws a ClassCastException in
+        # Flink 2.2 and fails the job on every restart (a poison message).
         """CREATE TEMPORARY VIEW parsed AS SELECT
   `raw`, `ts`, `pt`,
   `raw` IS JSON OBJECT AS is_object,
@@ -201,7 +205,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   JSON_VALUE(`raw`, '$.event_type') AS event_type,
   JSON_VALUE(`raw`, '$.category') AS category,
   JSON_VALUE(`raw`, '$.price') AS price_text,
-  JSON_VALUE(`raw`, '$.price' RETURNING DOUBLE) AS price,
+  TRY_CAST(JSON_VALUE(`raw`, '$.price') AS DOUBLE) AS price,
   JSON_VALUE(`raw`, '$.ts') AS ts_text,
   JSON_VALUE(`raw`, '$.schema_version') AS schema_version
 FROM events_raw""",

@@ -103,7 +103,9 @@ def build_udf_jar(settings: Settings, lib: Path) -> Path:
         return jar
     jdk = settings.java_home / "bin"
     if not (jdk / "javac").is_file():
-        raise JarError(f"no javac in {jdk}; install openjdk-17-jdk-headless or set LAMBDAREC_JAVA_HOME")
+        raise JarError(
+            f"no javac in {jdk}; install openjdk-17-jdk-headless or set LAMBDAREC_JAVA_HOME"
+        )
     with tempfile.TemporaryDirectory(prefix="lambdarec-udf-") as tmp:
         classes = Path(tmp) / "classes"
         classes.mkdir()

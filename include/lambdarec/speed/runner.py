@@ -1,0 +1,134 @@
+"""Run the speed-layer job (and the pusher) outside the platform manager: tests and benchmarks.
+
+:func:`speed_job` starts ``include/flink/speed_layer.py`` with the platform's command line
+(:func:`lambdarec.platform.services.speed_layer_command`) in its own process group, on its own
+REST port, waits until every task runs, and kills the whole group on exit (or on
+:meth:`SpeedJob.kill`, the fault tests' crash). :func:`pusher_threads` runs the
+default :class:`~lambdarec.speed.pusher.FeaturePusher` pair in threads of the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lambdarec.platform.services import (
+    settings_env,
+    speed_layer_command,
+    speed_layer_env,
+    speed_layer_running,
+)
+from lambdarec.platform.testing import free_ports
+from lambdarec.speed.jars import ensure_jars
+from lambdarec.speed.pusher import GROUP_ID, FeaturePusher, default_pushers, speed_topics
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+    from lambdarec.config import Settings
+
+
+@dataclass
+class SpeedJob:
+    process: subprocess.Popen[bytes]
+    rest_port: int
+    log: Path
+
+    def running(self, settings: Settings) -> bool:
+        return self.process.poll() is None and speed_layer_running(settings, self.rest_port)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the job's process group (the Python driver and the mini-cluster's JVM)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_job(
+    settings: Settings, extra: Sequence[str] = (), *, name: str = "speed-layer"
+) -> SpeedJob:
+    """Start the job (not waiting for it); ``extra`` options override the platform's."""
+    from lambdarec.streaming.kafka import ensure_topics
+
+    ensure_jars(settings)
+    ensure_topics(settings, extra=speed_topics(settings))
+    (rest_port,) = free_ports(1)
+    command = [*speed_layer_command(settings), "--rest-port", str(rest_port), *extra]
+    env = {**os.environ, **settings_env(settings), **speed_layer_env(settings)}
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
+    log = settings.log_dir / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own command line
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=settings.state_dir,
+        )
+    return SpeedJob(process, rest_port, log)
+
+
+def wait_running(job: SpeedJob, settings: Settings, timeout_s: float = 180.0) -> float:
+    """Seconds until every task of the job runs; raises with the log tail if it does not."""
+    began = time.monotonic()
+    while not job.running(settings):
+        if job.process.poll() is not None:
+            raise RuntimeError(f"the speed layer exited ({job.process.returncode}):\n{job.tail()}")
+        if time.monotonic() - began > timeout_s:
+            raise TimeoutError(
+                f"the speed layer is not running after {timeout_s:.0f} s:\n{job.tail()}"
+            )
+        time.sleep(0.5)
+    return time.monotonic() - began
+
+
+@contextlib.contextmanager
+def speed_job(
+    settings: Settings, extra: Sequence[str] = (), timeout_s: float = 180.0
+) -> Iterator[SpeedJob]:
+    """The running job for the duration of the block; its process group is killed afterwards."""
+    job = start_job(settings, extra)
+    try:
+        wait_running(job, settings, timeout_s)
+        yield job
+    finally:
+        job.kill(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def pusher_threads(settings: Settings, group_id: str = GROUP_ID) -> Iterator[list[FeaturePusher]]:
+    """The default pushers (sessions, trending) consuming in background threads."""
+    pushers = default_pushers(settings, group_id=group_id)
+    threads = []
+    for pusher in pushers:
+        pusher.open()  # topics, registry and subscription before the caller produces anything
+        threads.append(threading.Thread(target=pusher.run, name="feature-pusher", daemon=True))
+    for thread in threads:
+        thread.start()
+    try:
+        yield pushers
+    finally:
+        for pusher in pushers:
+            pusher.stop()
+        for thread in threads:
+            thread.join(timeout=30)
