@@ -1,0 +1,130 @@
+"""The lambdarec serving app: ``create_app()`` builds it (``gunicorn 'serving:create_app()'``).
+
+Blueprints: ``api.recommend`` (GET /recommend), ``api.events`` (POST /events), ``api.health``
+(/health, /ready, /metrics, /openapi.json, /docs). Every error is JSON
+``{"error": {"field", "message"}}``; an unexpected one is logged with its traceback and answered
+500 with the request id only, never the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from serving.validation import MAX_BODY_BYTES, RequestError
+
+if TYPE_CHECKING:
+    from flask.typing import ResponseReturnValue
+
+    from lambdarec.config import Settings
+    from serving.ab import ImpressionSink, Variants
+    from serving.api.events import EventSink
+    from serving.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    recommender: Recommender | None = None,
+    *,
+    variants: Variants | str | None = None,
+    impressions: ImpressionSink | None = None,
+    events: EventSink | None = None,
+    load_model: bool = True,
+) -> Flask:
+    """The app for ``settings`` (default: the process settings).
+
+    ``recommender`` defaults to :meth:`Recommender.from_settings` (lake snapshot, Feast, the
+    vector index, the champion query tower loading in the background). ``variants`` is an A/B
+    spec such as ``"control:90,b:10"`` (default: ``settings.ab_variants`` when the settings have
+    it, else everyone in ``control``).
+    """
+    from lambdarec.config import get_settings
+    from serving.ab import DEFAULT_VARIANTS, ImpressionSink, Variants
+    from serving.api import events as events_api
+    from serving.api import health, recommend
+    from serving.metrics import Metrics
+    from serving.recommender import Recommender
+    from serving.state import EXTENSION, ServingState
+
+    settings = settings or get_settings()
+    metrics = recommender.metrics if recommender is not None and recommender.metrics else Metrics()
+    if recommender is None:
+        recommender = Recommender.from_settings(settings, metrics, load_model=load_model)
+    elif recommender.metrics is None:
+        recommender.metrics = metrics
+    if not isinstance(variants, Variants):
+        variants = Variants.parse(
+            variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS)
+        )
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = ServingState(
+        settings=settings,
+        recommender=recommender,
+        metrics=metrics,
+        variants=variants,
+        impressions=impressions or ImpressionSink(settings, metrics),
+        events=events or events_api.EventSink(settings, metrics),
+    )
+    app.register_blueprint(recommend.bp)
+    app.register_blueprint(events_api.bp)
+    app.register_blueprint(health.bp)
+    _install_errors(app, metrics)
+    _install_timing(app, metrics)
+    return app
+
+
+def _error(field: str, message: str, status: int, **extra: Any) -> ResponseReturnValue:
+    return jsonify({"error": {"field": field, "message": message, **extra}}), status
+
+
+def _install_errors(app: Flask, metrics: Any) -> None:
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> ResponseReturnValue:
+        return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        status = exc.code or 500
+        message = {404: "no such endpoint; see /docs", 413: f"body above {MAX_BODY_BYTES} bytes"}
+        return _error("$", message.get(status, exc.description or exc.name), status)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> ResponseReturnValue:
+        request_id = uuid.uuid4().hex
+        log.exception("unexpected error on %s %s (error id %s)", request.method, request.path,
+                      request_id)  # fmt: skip
+        metrics.errors.labels(_endpoint()).inc()
+        return _error("$", "internal error; the server log has the details", 500,
+                      error_id=request_id)  # fmt: skip
+
+
+def _endpoint() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def _install_timing(app: Flask, metrics: Any) -> None:
+    @app.before_request
+    def start() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def stop(response: Any) -> Any:
+        t0 = g.get("t0")
+        endpoint = _endpoint()
+        if t0 is not None:
+            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - t0)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response

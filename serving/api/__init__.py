@@ -1,0 +1,1 @@
+"""The HTTP blueprints: recommend, events, health (liveness, readiness, metrics, docs)."""

@@ -1,0 +1,70 @@
+"""Liveness, readiness, metrics and the API description."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.openapi import docs_page, spec
+from serving.state import state
+
+if TYPE_CHECKING:
+    from flask.typing import ResponseReturnValue
+
+bp = Blueprint("health", __name__)
+
+#: Readiness is probed at most this often; a load balancer polling /ready costs nothing.
+READY_CACHE_S = 2.0
+_ready_lock = threading.Lock()
+_ready_cache: dict[int, tuple[float, dict[str, str]]] = {}
+
+
+@bp.get("/health")
+def health() -> ResponseReturnValue:
+    return jsonify({"status": "ok"})
+
+
+def _probe_all() -> dict[str, str]:
+    s = state()
+    checks = s.recommender.readiness()
+    try:
+        s.events.ping()
+        checks["kafka"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["kafka"] = f"{type(exc).__name__}: {exc}"[:200]
+    return checks
+
+
+@bp.get("/ready")
+def ready() -> ResponseReturnValue:
+    key = id(state())
+    now = time.monotonic()
+    with _ready_lock:
+        hit = _ready_cache.get(key)
+    if hit is None or now - hit[0] > READY_CACHE_S:
+        hit = (now, _probe_all())
+        with _ready_lock:
+            _ready_cache[key] = hit
+    checks = hit[1]
+    down = sorted(name for name, status in checks.items() if status != "ok")
+    body = {"ready": not down, "down": down, "checks": checks}
+    return jsonify(body), (503 if down else 200)
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> ResponseReturnValue:
+    return jsonify(spec())
+
+
+@bp.get("/docs")
+def docs() -> ResponseReturnValue:
+    return Response(docs_page(spec()), mimetype="text/html")

@@ -1,0 +1,583 @@
+"""The two-stage recommendation pipeline behind ``GET /recommend``, and its graceful degradation.
+
+Stages (each timed into ``lambdarec_serving_stage_seconds``):
+
+1. **features**: the user's batch features and the session's speed-layer features from the Feast
+   online store (feature service ``retrieval_v1``).
+2. **candidates**: the vector index queried with the champion two-tower's query embedding, items
+   co-occurring with the session's recent items (online ``item_cooccurrence``), trending and
+   popular items (lake snapshots); each candidate keeps the sources it came from.
+3. **filter**: drop items already purchased, excluded by the caller or not in the catalog; when
+   too few survive, fetch more from the index (adaptive over-fetch) before giving up.
+4. **rank**: the ranker when one is loaded, else a transparent blend of the retrieval scores;
+   either way each item carries the features that contributed most to its score.
+5. **rules**: dedupe and a per-category cap for diversity (relaxed only to reach ``k``).
+
+Every dependency call goes through a :class:`Guard`: a timeout, and after a failure a short
+back-off during which the dependency is skipped, so a dead store costs one timeout, not one per
+request, and comes back by itself. A missing or failing part is listed in ``degraded_parts``;
+popular items from the lake (or the catalog order) are the floor that always answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from pathlib import Path
+
+    import numpy as np
+
+    from lambdarec.config import Settings
+    from lambdarec.retrieval.index import VectorIndex
+    from serving.metrics import Metrics
+    from serving.validation import RecommendQuery
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Weight of each candidate source in the score blend used when no ranker is loaded.
+SOURCE_WEIGHTS = {"vector": 1.0, "cooccurrence": 0.8, "trending": 0.6, "popular": 0.4}
+SESSION_CATEGORY_BONUS = 0.05
+OVERFETCH_MAX = 1000
+
+
+# -- dependency guard -----------------------------------------------------------------------------
+
+
+class DependencyDown(RuntimeError):
+    """A dependency is absent, failed, timed out or is backing off after a recent failure."""
+
+
+class Guard:
+    """Calls one dependency with a timeout; after a failure skips it for ``backoff_s``."""
+
+    def __init__(
+        self, name: str, executor: ThreadPoolExecutor, timeout_s: float, backoff_s: float = 2.0
+    ) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self._executor = executor
+        self._down_until = 0.0
+        self.last_error = ""
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        if self.down:
+            raise DependencyDown(f"{self.name} backing off after: {self.last_error}")
+        future = self._executor.submit(fn, *args)
+        try:
+            return future.result(timeout=timeout_s or self.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            self._fail(f"timed out after {timeout_s or self.timeout_s:.3f} s")
+        except Exception as exc:  # noqa: BLE001 - any failure of a dependency degrades
+            self._fail(f"{type(exc).__name__}: {exc}"[:300])
+        raise DependencyDown(f"{self.name}: {self.last_error}")
+
+    def _fail(self, reason: str) -> None:
+        if not self.down:
+            log.warning("%s failed (%s); skipping it for %.1f s", self.name, reason, self.backoff_s)
+        self.last_error = reason
+        self._down_until = time.monotonic() + self.backoff_s
+
+
+# -- dependencies ---------------------------------------------------------------------------------
+
+
+class FeatureSource(Protocol):
+    def context(self, user_id: str, session_id: str | None) -> dict[str, Any]: ...
+
+    def cooccurring(self, item_ids: Sequence[str]) -> list[tuple[str, float]]: ...
+
+
+class QueryEncoder(Protocol):
+    def encode(self, features: dict[str, Any]) -> np.ndarray: ...
+
+
+class Ranker(Protocol):
+    """Scores candidates; returns per item (score, {feature: contribution})."""
+
+    def score(
+        self, features: dict[str, Any], candidates: Sequence[Candidate]
+    ) -> list[tuple[float, dict[str, float]]]: ...
+
+
+class FeastFeatures:
+    """The Feast online store of the settings (SQLite or Redis)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def context(self, user_id: str, session_id: str | None) -> dict[str, Any]:
+        from lambdarec.features.store import get_online_features
+
+        row = {"user_id": user_id, "session_id": session_id or ""}
+        columns = get_online_features("retrieval_v1", [row], self.settings)
+        return {name: values[0] for name, values in columns.items()}
+
+    def cooccurring(self, item_ids: Sequence[str]) -> list[tuple[str, float]]:
+        from lambdarec.features.store import get_online_features
+
+        if not item_ids:
+            return []
+        refs = [f"item_cooccurrence:{c}" for c in
+                ("co_bought_items", "co_bought_scores", "co_viewed_items", "co_viewed_scores")]  # fmt: skip
+        cols = get_online_features(refs, [{"item_id": i} for i in item_ids], self.settings)
+        scores: dict[str, float] = {}
+        for pos in range(len(item_ids)):
+            recency = 0.7**pos  # the newest session item counts most
+            for kind, weight in (("bought", 1.0), ("viewed", 0.7)):
+                items = cols.get(f"item_cooccurrence__co_{kind}_items", [None])[pos] or []
+                values = cols.get(f"item_cooccurrence__co_{kind}_scores", [None])[pos] or []
+                for item, value in zip(items, values, strict=False):
+                    s = recency * weight * float(value or 0.0)
+                    scores[item] = max(scores.get(item, 0.0), s)
+        return sorted(scores.items(), key=lambda kv: -kv[1])
+
+    def ping(self) -> bool:
+        self.context("__ready_probe__", None)
+        return True
+
+
+class TwoTowerEncoder:
+    """The exported two-tower query tower (``two_tower.export``): SavedModel + item index.
+
+    The export holds no user or category vocabulary yet, so the user is the unknown user (0) and
+    the session category 0; the session's recent items (through ``item_index.npy``) and the
+    counts carry the signal.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        import os
+
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        import numpy as np
+        import tensorflow as tf
+
+        data = np.load(model_dir / "item_embeddings.npz")
+        ids = [str(i) for i in data["ids"]]
+        self._position = {item: pos for pos, item in enumerate(ids)}
+        self._idx_map = np.load(model_dir / "item_index.npy")
+        self._serve = tf.saved_model.load(str(model_dir / "query_tower")).signatures[
+            "serving_default"
+        ]
+        self._tf = tf
+        self._np = np
+
+    def encode(self, features: dict[str, Any]) -> np.ndarray:
+        np, tf = self._np, self._tf
+        recent = list(features.get("session_features__last_viewed_items") or [])[:20]
+        hist = [int(self._idx_map[self._position[i]]) for i in recent if i in self._position]
+        n_session = sum(int(features.get(f"session_features__n_{c}") or 0)
+                        for c in ("views", "carts", "purchases"))  # fmt: skip
+        n_user = int(features.get("user_history_30d__n_events_30d") or 0)
+        out = self._serve(
+            user=tf.constant([0], tf.int64),
+            hist=tf.constant([hist or [0]], tf.int64),
+            session_category=tf.constant([0], tf.int64),
+            counts=tf.constant([[math.log1p(n_session), math.log1p(n_user)]], tf.float32),
+        )
+        return np.asarray(out["embedding"].numpy(), dtype=np.float32)
+
+
+def load_champion_encoder(settings: Settings) -> TwoTowerEncoder | None:
+    """The champion two-tower's query tower from the MLflow registry (None when there is none)."""
+    from pathlib import Path
+
+    from lambdarec.registry import ModelRegistry
+
+    champion = ModelRegistry.from_settings(settings, "two_tower").get_champion()
+    if champion is None:
+        return None
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=champion.source, tracking_uri=settings.mlflow_uri
+    )
+    return TwoTowerEncoder(Path(local))
+
+
+@dataclass
+class Snapshot:
+    """What the lake says about items: catalog categories, popular and trending lists."""
+
+    categories: dict[str, str] = field(default_factory=dict)
+    #: (item_id, score), best first; score normalised to (0, 1].
+    popular: list[tuple[str, float]] = field(default_factory=list)
+    trending: list[tuple[str, float]] = field(default_factory=list)
+    source: str = "empty"
+
+    @classmethod
+    def from_items(
+        cls, categories: dict[str, str], popular: Iterable[tuple[str, float]],
+        trending: Iterable[tuple[str, float]] = (), source: str = "memory",
+    ) -> Snapshot:  # fmt: skip
+        return cls(categories, _normalised(popular), _normalised(trending), source)
+
+    @classmethod
+    def from_lake(cls, settings: Settings, top: int = 5000) -> Snapshot:
+        """Categories from the catalog; popularity from the newest ``item_stats`` partition
+        (purchases, carts and views over 7 days), else the catalog order; trending from the
+        newest ``trending_items`` partition when the speed layer has logged one."""
+        import pyarrow.parquet as pq
+
+        from lambdarec.tables import ITEM_STATS, TRENDING_ITEMS, catalog_path
+
+        lake = settings.lake_dir
+        categories: dict[str, str] = {}
+        catalog_files = sorted(catalog_path(lake).glob("*.parquet"))
+        if catalog_files:
+            table = pq.read_table(catalog_files, columns=["item_id", "category"]).to_pydict()
+            categories = {i: c or "" for i, c in zip(table["item_id"], table["category"],
+                                                     strict=True)}  # fmt: skip
+        popular: list[tuple[str, float]] = []
+        source = "catalog"
+        newest = _newest_partition(ITEM_STATS.path(lake))
+        if newest is not None:
+            t = pq.read_table(newest, columns=["item_id", "views_7d", "carts_7d", "purchases_7d"])
+            d = t.to_pydict()
+            scored = [
+                (i, (v or 0) + 3.0 * (c or 0) + 10.0 * (p or 0))
+                for i, v, c, p in zip(d["item_id"], d["views_7d"], d["carts_7d"],
+                                      d["purchases_7d"], strict=True)
+            ]  # fmt: skip
+            popular = sorted(scored, key=lambda kv: -kv[1])[:top]
+            source = f"item_stats {newest.name}"
+        elif categories:
+            popular = [(i, 1.0 / (1 + n)) for n, i in enumerate(list(categories)[:top])]
+        trending: list[tuple[str, float]] = []
+        newest_trend = _newest_partition(TRENDING_ITEMS.path(lake))
+        if newest_trend is not None:
+            d = pq.read_table(newest_trend, columns=["item_id", "trend_score"]).to_pydict()
+            best: dict[str, float] = {}
+            for i, s in zip(d["item_id"], d["trend_score"], strict=True):
+                best[i] = max(best.get(i, 0.0), float(s or 0.0))
+            trending = sorted(best.items(), key=lambda kv: -kv[1])[:500]
+        return cls(categories, _normalised(popular), _normalised(trending), source)
+
+
+def _newest_partition(table_dir: Path) -> Path | None:
+    parts = sorted(p for p in table_dir.glob("date=*") if any(p.glob("*.parquet")))
+    return parts[-1] if parts else None
+
+
+def _normalised(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    pairs = [(str(i), float(s)) for i, s in pairs if math.isfinite(float(s))]
+    top = max((s for _, s in pairs), default=0.0)
+    if top <= 0:
+        return [(i, 1.0 / (1 + n)) for n, (i, _) in enumerate(pairs)]
+    return [(i, max(s, 0.0) / top) for i, s in pairs]
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    item_id: str
+    #: source -> normalised retrieval score in [0, 1]
+    sources: dict[str, float] = field(default_factory=dict)
+    category: str | None = None
+    score: float = 0.0
+    contributions: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return max(self.sources, key=lambda s: SOURCE_WEIGHTS.get(s, 0) * self.sources[s])
+
+
+@dataclass
+class Recommendation:
+    items: list[Candidate]
+    degraded_parts: list[str]
+    features: dict[str, Any]
+    timings_ms: dict[str, float]
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_parts)
+
+
+class PurchaseMemory:
+    """Items a user bought recently, as seen by this process's ``POST /events`` (bounded LRU).
+
+    A stop-gap so purchases never reappear within a worker: the online features carry no
+    purchased-item list yet (see the report of the serving issue).
+    """
+
+    def __init__(self, max_users: int = 100_000, per_user: int = 200) -> None:
+        self._items: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_users, self.per_user = max_users, per_user
+
+    def add(self, user_id: str, item_id: str) -> None:
+        with self._lock:
+            items = self._items.pop(user_id, [])
+            if item_id not in items:
+                items = [item_id, *items][: self.per_user]
+            self._items[user_id] = items
+            while len(self._items) > self.max_users:
+                self._items.popitem(last=False)
+
+    def get(self, user_id: str) -> set[str]:
+        with self._lock:
+            return set(self._items.get(user_id, ()))
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+class Recommender:
+    """The pipeline object the app calls; any dependency may be ``None`` (absent -> degraded)."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        features: FeatureSource | None = None,
+        index: VectorIndex | None = None,
+        encoder: QueryEncoder | None = None,
+        ranker: Ranker | None = None,
+        metrics: Metrics | None = None,
+        timeouts_s: dict[str, float] | None = None,
+        category_cap: float = 0.3,
+        backoff_s: float = 2.0,
+    ) -> None:
+        self.snapshot = snapshot
+        self.features = features
+        self.index = index
+        self.encoder = encoder
+        self.ranker = ranker
+        self.metrics = metrics
+        self.category_cap = category_cap
+        self.purchases = PurchaseMemory()
+        t = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05,
+             **(timeouts_s or {})}  # fmt: skip
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
+        self.guards = {name: Guard(name, self._executor, t[name], backoff_s) for name in t}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
+                      *, load_model: bool = True) -> Recommender:  # fmt: skip
+        """The recommender of the settings: lake snapshot now, Feast and the index lazily; the
+        champion's query tower loads in the background (responses say ``model`` until then)."""
+        from lambdarec.retrieval.index import VectorIndex
+
+        try:
+            snapshot = Snapshot.from_lake(settings)
+        except Exception:  # noqa: BLE001 - an unreadable lake leaves the empty floor
+            log.exception("cannot read the lake snapshot; popular items are unavailable")
+            snapshot = Snapshot()
+        rec = cls(snapshot, features=FeastFeatures(settings),
+                  index=VectorIndex.from_settings(settings), metrics=metrics)  # fmt: skip
+        rec.warm_up(settings, load_model=load_model)
+        return rec
+
+    def warm_up(self, settings: Settings, *, load_model: bool) -> None:
+        """Import Feast, connect the index and load the champion off the request path."""
+
+        def run() -> None:
+            if self.features is not None:
+                try:
+                    self.features.context("__warm_up__", None)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("online store not ready at start: %s", exc)
+            if self.index is not None:
+                try:
+                    self.index.serving_version()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("vector index not ready at start: %s", exc)
+            if load_model and self.encoder is None:
+                try:
+                    self.encoder = load_champion_encoder(settings)
+                    log.info("query tower loaded: %s", self.encoder is not None)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("no champion query tower (%s); vector retrieval is off", exc)
+
+        threading.Thread(target=run, name="recommender-warm-up", daemon=True).start()
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:  # a stage may run more than once (over-fetch): its times add up
+            timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+    def _try(self, part: str, degraded: list[str], fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return self.guards[part].call(fn, *args)
+        except DependencyDown:
+            if part not in degraded:
+                degraded.append(part)
+            return None
+
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        degraded: list[str] = []
+        timings: dict[str, float] = {}
+        k = query.k
+
+        with self._stage("features", timings):
+            features: dict[str, Any] = {}
+            if self.features is None:
+                degraded.append("online_store")
+            else:
+                got = self._try("online_store", degraded, self.features.context,
+                                query.user_id, query.session_id)  # fmt: skip
+                features = dict(got or {})
+        recent = [str(i) for i in (features.get("session_features__last_viewed_items") or [])
+                  if i is not None][:5]  # fmt: skip
+        session_category = features.get("session_features__session_category")
+
+        with self._stage("candidates", timings):
+            query_vector = None
+            if self.encoder is None:
+                degraded.append("model")
+            else:
+                query_vector = self._try("model", degraded, self.encoder.encode, features)
+            if self.index is None:
+                degraded.append("index")
+            cooc: list[tuple[str, float]] = []
+            if self.features is not None and recent and "online_store" not in degraded:
+                cooc = self._try("online_store", degraded, self.features.cooccurring, recent) or []
+
+        blocked = set(query.exclude) | self.purchases.get(query.user_id)
+        blocked |= {str(i) for i in features.get("session_features__last_purchased_items") or ()}
+        catalog = self.snapshot.categories
+        fetch = max(50, 3 * k + len(blocked))
+        survivors: list[Candidate] = []
+        while True:
+            with self._stage("candidates", timings):
+                vector: list[tuple[str, float]] = []
+                vector_full = False
+                if query_vector is not None and self.index is not None:
+                    hits = self._try("index", degraded, self.index.search, query_vector, fetch)
+                    if hits:
+                        vector = [(i, (s + 1.0) / 2.0) for i, s in hits[0]]
+                        vector_full = len(hits[0]) >= fetch
+                pools = {
+                    "vector": vector,
+                    "cooccurrence": cooc,
+                    "trending": self.snapshot.trending[:fetch],
+                    "popular": self.snapshot.popular[: fetch + len(blocked)],
+                }
+                merged: dict[str, Candidate] = {}
+                for source, pairs in pools.items():
+                    for item, s in pairs:
+                        cand = merged.setdefault(item, Candidate(item))
+                        cand.sources[source] = max(cand.sources.get(source, 0.0), float(s))
+            with self._stage("filter", timings):
+                survivors = [
+                    c for c in merged.values()
+                    if c.item_id not in blocked and (not catalog or c.item_id in catalog)
+                ]  # fmt: skip
+                for c in survivors:
+                    c.category = catalog.get(c.item_id)
+            # Over-fetch again only while the index can still give more than it gave.
+            if len(survivors) >= 2 * k or not vector_full or fetch >= OVERFETCH_MAX:
+                break
+            fetch = min(fetch * 4, OVERFETCH_MAX)
+
+        with self._stage("rank", timings):
+            scored = None
+            if self.ranker is None:
+                degraded.append("ranker")
+            else:
+                scored = self._try("ranker", degraded, self.ranker.score, features, survivors)
+            if scored is not None and len(scored) == len(survivors):
+                for c, (s, contrib) in zip(survivors, scored, strict=True):
+                    c.score, c.contributions = float(s), contrib
+            else:
+                for c in survivors:
+                    c.contributions = {
+                        f"{src}_score": SOURCE_WEIGHTS.get(src, 0.0) * v
+                        for src, v in c.sources.items()
+                    }
+                    if session_category and c.category == session_category:
+                        c.contributions["session_category_match"] = SESSION_CATEGORY_BONUS
+                    c.score = sum(c.contributions.values())
+            survivors.sort(key=lambda c: (-c.score, c.item_id))
+
+        with self._stage("rules", timings):
+            items = self._diversify(survivors, k)
+
+        if self.metrics is not None:
+            for stage, ms in timings.items():
+                self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+            for part in degraded:
+                self.metrics.fallbacks.labels(part).inc()
+        return Recommendation(items, degraded, features, {s: round(v, 3) for s, v in timings.items()})
+
+    def _diversify(self, ranked: list[Candidate], k: int) -> list[Candidate]:
+        """Dedupe and cap each category at ``category_cap`` of ``k`` (at least 1); the cap is
+        relaxed, best first, only when the capped list would be shorter than ``k``."""
+        cap = max(1, math.ceil(self.category_cap * k))
+        seen: set[str] = set()
+        per_category: dict[str, int] = {}
+        chosen: list[Candidate] = []
+        held: list[Candidate] = []
+        for c in ranked:
+            if c.item_id in seen:
+                continue
+            seen.add(c.item_id)
+            key = c.category or ""
+            if key and per_category.get(key, 0) >= cap:
+                held.append(c)
+                continue
+            per_category[key] = per_category.get(key, 0) + 1
+            chosen.append(c)
+            if len(chosen) == k:
+                return chosen
+        chosen.extend(held[: k - len(chosen)])
+        chosen.sort(key=lambda c: (-c.score, c.item_id))
+        return chosen
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, str]:
+        """``ok`` or the reason, per dependency (short timeouts, never raises)."""
+        out: dict[str, str] = {}
+        if self.features is None:
+            out["online_store"] = "not configured"
+        else:
+            ping = getattr(self.features, "ping", None)
+            out["online_store"] = self._probe(ping or (lambda: True))
+        if self.index is None:
+            out["index"] = "not configured"
+        else:
+            index = self.index
+
+            def alias_set() -> bool:
+                if index.serving_version() is None:
+                    raise RuntimeError(f"alias {index.config.alias} is not set")
+                return True
+
+            out["index"] = self._probe(alias_set)
+        return out
+
+    def _probe(self, fn: Callable[[], object], timeout_s: float = 1.0) -> str:
+        future = self._executor.submit(fn)
+        try:
+            future.result(timeout=timeout_s)
+            return "ok"
+        except FutureTimeout:
+            return f"timed out after {timeout_s} s"
+        except Exception as exc:  # noqa: BLE001
+            return f"{type(exc).__name__}: {exc}"[:200]

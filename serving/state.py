@@ -1,0 +1,32 @@
+"""What the blueprints share, kept on ``app.extensions["lambdarec"]`` by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import current_app
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+    from serving.ab import ImpressionSink, Variants
+    from serving.api.events import EventSink
+    from serving.metrics import Metrics
+    from serving.recommender import Recommender
+
+EXTENSION = "lambdarec"
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    recommender: Recommender
+    metrics: Metrics
+    variants: Variants
+    impressions: ImpressionSink
+    events: EventSink
+
+
+def state() -> ServingState:
+    value: ServingState = current_app.extensions[EXTENSION]
+    return value
