@@ -71,6 +71,11 @@ class Guard:
         self._executor = executor
         self._down_until = 0.0
         self.last_error = ""
+        #: Calls still running (timed-out calls keep running): capped so a hung dependency
+        #: cannot take every worker thread.
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self.max_inflight = 4
 
     @property
     def down(self) -> bool:
@@ -79,7 +84,12 @@ class Guard:
     def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         if self.down:
             raise DependencyDown(f"{self.name} backing off after: {self.last_error}")
+        with self._inflight_lock:
+            if self._inflight >= self.max_inflight:
+                raise DependencyDown(f"{self.name}: {self._inflight} earlier calls still running")
+            self._inflight += 1
         future = self._executor.submit(fn, *args)
+        future.add_done_callback(self._done)
         try:
             return future.result(timeout=timeout_s or self.timeout_s)
         except FutureTimeout:
@@ -88,6 +98,10 @@ class Guard:
         except Exception as exc:  # noqa: BLE001 - any failure of a dependency degrades
             self._fail(f"{type(exc).__name__}: {exc}"[:300])
         raise DependencyDown(f"{self.name}: {self.last_error}")
+
+    def _done(self, _future: object) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
 
     def _fail(self, reason: str) -> None:
         if not self.down:
