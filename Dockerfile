@@ -1,23 +1,31 @@
-# The project image: Airflow 3.3 extended with the core environment and the project.
-# Used for the Airflow services and, with gunicorn, for serving (see docs/deployment.md once the
-# scale-out work lands). The PyFlink job has its own image (include/flink/Dockerfile, later).
-FROM apache/airflow:3.3.2-python3.11
+# The project image: Airflow 3.3 extended with the core environment (requirements.txt) and the
+# project. Runs the Airflow components, MLflow, the Spark master and workers (pyspark's own Spark,
+# so the driver in Airflow and the executors share one Spark and one Python), the feature pusher
+# and, with gunicorn, the Flask app. The PyFlink job has its own image: include/flink/Dockerfile.
+# See docs/deployment.md.
+ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_IMAGE}
 
 USER root
-# Java 17 for Spark (spark-submit) and the Kafka tools.
+# Java 17 for Spark (spark-submit, master, workers) and the Kafka tools; JAVA_HOME is a stable
+# link so the image builds on amd64 and arm64 alike.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /usr/lib/jvm/java-17 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
-ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+ENV JAVA_HOME=/usr/lib/jvm/java-17 \
+    LAMBDAREC_JAVA_HOME=/usr/lib/jvm/java-17 \
     TF_USE_LEGACY_KERAS=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 
 USER airflow
 WORKDIR /opt/lambdarec
-# The lock first, so code changes do not reinstall dependencies.
+# The lock first, so code changes do not reinstall dependencies. Naming apache-airflow beside the
+# lock keeps pip from moving the base image's Airflow (the lock pins the same version).
 COPY --chown=airflow:root requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r requirements.txt
 
 COPY --chown=airflow:root pyproject.toml README.md ./
 COPY --chown=airflow:root include/ include/
