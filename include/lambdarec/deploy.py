@@ -1,0 +1,247 @@
+"""What the multi-service deployment (docker-compose.yml) hands each project container.
+
+The compose file gives every project container its endpoints as ``LAMBDAREC_*`` variables, with
+the values interpolated from ``.env`` (``.env.example`` documents them). This module does that
+interpolation the way compose does (``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$``)
+and builds the :class:`~lambdarec.config.Settings` a container would see, from the container's
+environment only: neither this process's environment nor a ``.env`` file leaks in. Tests use it
+to prove that no project service falls back to a loopback default; docs use
+:func:`settings_table` for the table of variables. ``python -m lambdarec.deploy --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lambdarec.config import REPO_ROOT, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+PREFIX = "LAMBDAREC_"
+
+_VARIABLE = re.compile(
+    r"\$\$"  # an escaped dollar
+    r"|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+class ComposeError(ValueError):
+    """The compose file cannot be rendered (a required variable is missing, a bad entry)."""
+
+
+class _ContainerSettings(Settings):
+    """Settings from the keyword arguments only: no process environment, no ``.env`` file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of an env file (comments and blank lines skipped, quotes removed)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise ComposeError(f"{path}:{number}: not KEY=VALUE: {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable substitution in one string."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        value = env.get(name)
+        missing = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if missing else str(value)
+        if op in (":?", "?"):
+            if missing:
+                raise ComposeError(f"required variable {name} is missing a value: {arg}")
+            return str(value)
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [_interpolate_tree(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value, env) for key, value in node.items()}
+    return node
+
+
+def load_compose(
+    env: Mapping[str, str] | None = None,
+    *,
+    compose_file: Path = COMPOSE_FILE,
+    env_file: Path | None = ENV_EXAMPLE,
+) -> dict[str, Any]:
+    """The compose file with its variables substituted: ``env`` over the env file's values."""
+    import yaml
+
+    variables = {**(read_env_file(env_file) if env_file else {}), **(env or {})}
+    document = yaml.safe_load(compose_file.read_text())  # merge keys (<<) are resolved here
+    if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
+        raise ComposeError(f"{compose_file} has no services")
+    rendered = _interpolate_tree(document, variables)
+    assert isinstance(rendered, dict)
+    return rendered
+
+
+def service_environment(compose: Mapping[str, Any], service: str) -> dict[str, str]:
+    """A service's ``environment`` as a dict (compose allows a mapping or a KEY=VALUE list)."""
+    try:
+        spec = compose["services"][service]
+    except KeyError:
+        raise ComposeError(f"no service {service!r} in the compose file") from None
+    raw = spec.get("environment") or {}
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {key: value for key, _, value in pairs}
+    return {str(key): "" if value is None else str(value) for key, value in raw.items()}
+
+
+def project_services(compose: Mapping[str, Any]) -> list[str]:
+    """Services that run project code: those whose environment carries ``LAMBDAREC_*``."""
+    return [
+        name
+        for name in compose["services"]
+        if any(key.startswith(PREFIX) for key in service_environment(compose, name))
+    ]
+
+
+def compose_settings(env: Mapping[str, str]) -> Settings:
+    """The Settings a container whose environment is ``env`` sees (its ``LAMBDAREC_*`` only)."""
+    fields: dict[str, Any] = {
+        key.removeprefix(PREFIX).lower(): value
+        for key, value in env.items()
+        if key.startswith(PREFIX)
+    }
+    unknown = sorted(set(fields) - set(Settings.model_fields))
+    if unknown:
+        names = ", ".join(PREFIX + name.upper() for name in unknown)
+        raise ComposeError(f"the compose file sets variables Settings does not know: {names}")
+    return _ContainerSettings(**fields)
+
+
+def service_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    compose_file: Path = COMPOSE_FILE,
+    env_file: Path | None = ENV_EXAMPLE,
+) -> dict[str, Settings]:
+    """The rendered Settings of every project service, keyed by service name."""
+    compose = load_compose(env, compose_file=compose_file, env_file=env_file)
+    return {
+        name: compose_settings(service_environment(compose, name))
+        for name in project_services(compose)
+    }
+
+
+#: What a field switches, for the fields whose description in config.py is still empty (move these
+#: into the Field descriptions there and this falls away).
+_SWITCHES = {
+    "kafka_port": "local broker's client port (ignored when KAFKA_BOOTSTRAP is set)",
+    "kafka_controller_port": "local broker's KRaft controller port",
+    "kafka_heap": "local broker's JVM heap",
+    "topic_events": "events topic (producers, Flink source, replay)",
+    "topic_dead_letter": "dead-letter topic for invalid events",
+    "topic_session_features": "compacted topic of session features (Flink -> pusher)",
+    "topic_impressions": "impressions topic (serving logs what it showed)",
+    "topic_partitions": "partitions of the project's topics when created",
+    "topic_replication": "replication factor of the project's topics (3 on a 3-broker cluster)",
+    "redis_host": "Redis host of the Feast online store (with ONLINE_STORE=redis)",
+    "redis_port": "Redis port of the Feast online store",
+    "mlflow_port": "local MLflow server's port (ignored when MLFLOW_TRACKING_URI is set)",
+    "airflow_port": "local Airflow API server/UI port",
+    "airflow_parallelism": "Airflow's task parallelism on the local platform",
+    "milvus_port": "local Milvus standalone server's port",
+    "milvus_etcd_port": "local Milvus server's embedded etcd port",
+    "milvus_alias": "collection alias serving reads (switched atomically on a new index)",
+    "milvus_index_type": "item index: HNSW (approximate) or FLAT (exact)",
+    "milvus_m": "HNSW graph degree M",
+    "milvus_ef_construction": "HNSW efConstruction (build quality)",
+    "milvus_ef": "HNSW ef at search time (recall vs latency)",
+    "milvus_keep": "index versions kept for rollback",
+    "serving_port": "the Flask app's port on the local platform",
+    "start_timeout_s": "seconds `platform up` waits for a service to turn healthy",
+}
+
+
+def settings_table() -> str:
+    """A Markdown table of every ``LAMBDAREC_*`` variable: default and what it switches."""
+    rows = ["| variable | default | what it switches |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
+            shown = "<repo>/" + str(default.relative_to(REPO_ROOT))
+        elif isinstance(default, Path) and default.is_relative_to(REPO_ROOT.parent):
+            shown = "<repo>/../" + str(default.relative_to(REPO_ROOT.parent))
+        else:
+            shown = "(empty)" if default == "" else str(default)
+        description = field.description or _SWITCHES.get(name, "")
+        rows.append(f"| `{PREFIX}{name.upper()}` | `{shown}` | {description.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lambdarec.deploy",
+        description="Render what docker-compose.yml hands the project containers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("table", help="Print the Markdown table of LAMBDAREC_* variables.")
+    show = sub.add_parser("settings", help="Print each project service's endpoints.")
+    show.add_argument("--env-file", type=Path, default=ENV_EXAMPLE)
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        sys.stdout.write(settings_table())
+        return 0
+    try:
+        rendered = service_settings(env_file=args.env_file)
+    except ComposeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, settings in rendered.items():
+        print(
+            f"{name}: kafka={settings.bootstrap_servers} redis={settings.redis_host}:"
+            f"{settings.redis_port} online={settings.online_store} mlflow={settings.mlflow_uri} "
+            f"milvus={settings.milvus_uri} spark={settings.spark_master}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The multi-service deployment: the compose file is valid for docker compose, every project
+container is pointed at service names (never a loopback default), and the images pin the same
+versions as the locks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+
+from lambdarec.config import REPO_ROOT
+from lambdarec.deploy import (
+    ComposeError,
+    compose_settings,
+    interpolate,
+    load_compose,
+    read_env_file,
+    service_settings,
+    settings_table,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lambdarec.config import Settings
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+OVERRIDE = REPO_ROOT / "docker-compose.override.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+#: Services that must run project code with the project's endpoints.
+EXPECTED = {
+    "lambdarec-init", "feature-pusher", "speed-layer", "flink-jobmanager", "flink-taskmanager",
+    "spark-master", "spark-worker", "airflow-api-server", "airflow-scheduler",
+    "airflow-dag-processor", "airflow-triggerer", "serving",
+}  # fmt: skip
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.fail(
+            "the docker CLI is not installed; `docker compose config` validates the compose "
+            "file without an engine: install the docker CLI and the compose plugin "
+            "(docker/install-compose-plugin.sh)"
+        )
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        pytest.fail(
+            "the docker CLI has no compose plugin (`docker compose version` failed: "
+            f"{(probe.stdout + probe.stderr).strip()[:200]}); install it with "
+            "docker/install-compose-plugin.sh"
+        )
+    done = subprocess.run(
+        [docker, "compose", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done
+
+
+def test_compose_config_is_valid() -> None:
+    done = _compose("-f", "docker-compose.yml", "--env-file", ".env.example", "config", "-q")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_config_with_override_and_cluster_profile_is_valid() -> None:
+    done = _compose(
+        "-f", "docker-compose.yml", "-f", "docker-compose.override.yml",
+        "--env-file", ".env.example", "--profile", "kafka-cluster", "config", "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_stops_on_a_missing_secret(tmp_path: Path) -> None:
+    env = REPO_ROOT / ".env.example"
+    lines = [ln for ln in env.read_text().splitlines() if not ln.startswith("POSTGRES_PASSWORD=")]
+    no_secret = tmp_path / "no-secret.env"
+    no_secret.write_text("\n".join(lines) + "\n")
+    done = _compose("-f", "docker-compose.yml", "--env-file", str(no_secret), "config", "-q")
+    assert done.returncode != 0
+    assert "POSTGRES_PASSWORD" in done.stderr
+
+
+def _assert_cluster(name: str, s: Settings) -> None:
+    assert s.bootstrap_servers == "kafka:9092", name
+    assert s.redis_host == "redis", name
+    assert s.online_store == "redis", name
+    assert s.mlflow_uri == "http://mlflow:5000", name
+    assert s.milvus_uri == "http://milvus:19530", name
+    assert s.spark_master == "spark://spark-master:7077", name
+    for endpoint in (s.bootstrap_servers, s.redis_host, s.mlflow_uri, s.milvus_uri, s.spark_master):
+        assert not any(host in endpoint for host in LOOPBACK), (name, endpoint)
+
+
+def test_every_project_service_points_at_service_names() -> None:
+    rendered = service_settings()
+    assert set(rendered) >= EXPECTED, EXPECTED - set(rendered)
+    for name, settings in rendered.items():
+        _assert_cluster(name, settings)
+        assert str(settings.state_dir) == "/data/state", name
+
+
+def test_the_override_keeps_the_endpoints() -> None:
+    """The development override publishes ports and mounts sources; endpoints stay the same."""
+    import yaml
+
+    override = yaml.safe_load(OVERRIDE.read_text())
+    for name, spec in override["services"].items():
+        env = spec.get("environment") or {}
+        assert not any(str(key).startswith("LAMBDAREC_") for key in env), name
+        for port in spec.get("ports", []):
+            assert port.startswith("${PUBLISH_HOST:-127.0.0.1}:"), (name, port)
+
+
+def test_a_managed_service_is_one_variable() -> None:
+    rendered = service_settings({"STACK_KAFKA_BOOTSTRAP": "b-1.msk:9092,b-2.msk:9092"})
+    assert {s.bootstrap_servers for s in rendered.values()} == {"b-1.msk:9092,b-2.msk:9092"}
+
+
+def test_rendering_ignores_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAMBDAREC_REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("LAMBDAREC_REDIS_DB", "7")
+    settings = compose_settings({"LAMBDAREC_REDIS_HOST": "redis"})
+    assert settings.redis_host == "redis"
+    assert settings.redis_db == 0
+
+
+def test_compose_settings_rejects_unknown_variables() -> None:
+    with pytest.raises(ComposeError, match="LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS"):
+        compose_settings({"LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"})
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("${A:-x}", {}, "x"),
+        ("${A:-x}", {"A": ""}, "x"),
+        ("${A-x}", {"A": ""}, ""),
+        ("${A}:${B:-2}", {"A": "h", "B": "1"}, "h:1"),
+        ("$$HOSTNAME", {}, "$HOSTNAME"),
+        ("$A/b", {"A": "a"}, "a/b"),
+    ],
+)
+def test_interpolate(text: str, env: dict[str, str], expected: str) -> None:
+    assert interpolate(text, env) == expected
+
+
+def test_interpolate_required() -> None:
+    with pytest.raises(ComposeError, match="SECRET"):
+        interpolate("${SECRET:?set SECRET in .env}", {})
+
+
+def test_env_example_covers_every_variable_and_holds_no_real_secret() -> None:
+    used = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE.read_text()))
+    used |= set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", OVERRIDE.read_text()))
+    example = read_env_file(ENV_EXAMPLE)
+    assert used <= set(example), sorted(used - set(example))
+    for key, value in example.items():
+        if any(word in key for word in ("PASSWORD", "SECRET", "FERNET", "ROOT_USER")):
+            assert value.startswith("change-me"), key
+
+
+def test_no_secret_literal_in_the_compose_file() -> None:
+    compose = load_compose()
+    for name, spec in compose["services"].items():
+        env = spec.get("environment") or {}
+        for key in env:
+            if re.search(r"(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY|CLUSTER_ID)$", key):
+                raw = COMPOSE.read_text()
+                assert re.search(rf"{key}: \$\{{[A-Z_]+:\?", raw), (name, key)
+
+
+def _pin(lock: str, package: str) -> str:
+    match = re.search(rf"^{re.escape(package)}==([^\s;]+)", lock, re.MULTILINE)
+    assert match, f"{package} is not pinned"
+    return match.group(1)
+
+
+def test_project_image_matches_requirements() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    lock = (REPO_ROOT / "requirements.txt").read_text()
+    airflow = _pin(lock, "apache-airflow")
+    assert f"apache/airflow:{airflow}-python3.11" in dockerfile
+    assert f'"apache-airflow=={airflow}"' in dockerfile
+    assert "requirements.txt" in dockerfile
+    assert _pin(lock, "gunicorn")
+
+
+def test_flink_image_matches_the_flink_lock() -> None:
+    dockerfile = (REPO_ROOT / "include" / "flink" / "Dockerfile").read_text()
+    lock = (REPO_ROOT / "env" / "requirements-flink.txt").read_text()
+    pom = (REPO_ROOT / "env" / "flink" / "pom.xml").read_text()
+    pyflink = _pin(lock, "apache-flink")
+    base = re.search(r"FLINK_IMAGE=flink:(\d+\.\d+(?:\.\d+)?)", dockerfile)
+    assert base, "the Flink base image tag is not pinned"
+    assert pyflink.startswith(base.group(1)), (pyflink, base.group(1))
+    connector = re.search(r"<kafka.connector.version>([^<]+)<", pom)
+    assert connector and connector.group(1).endswith("-" + ".".join(pyflink.split(".")[:2]))
+    assert "env/requirements-flink.txt" in dockerfile
+    assert "env/flink/pom.xml" in dockerfile
+
+
+def test_kafka_image_matches_the_broker_pom() -> None:
+    pom = (REPO_ROOT / "env" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)<", pom)
+    assert version
+    assert f"apache/kafka:${{KAFKA_VERSION:-{version.group(1)}}}" in COMPOSE.read_text()
+    assert read_env_file(ENV_EXAMPLE)["KAFKA_VERSION"] == version.group(1)
+
+
+def test_deployment_doc_lists_every_setting() -> None:
+    doc = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    for line in settings_table().splitlines()[2:]:
+        variable = line.split("`")[1]
+        assert variable in doc, variable
