@@ -821,13 +821,21 @@ def milvus(settings: Settings) -> Service:
 
 
 def serving(settings: Settings) -> Service:
+    """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``)."""
     host, port = settings.bind_host, settings.serving_port
+    url = f"http://{host}:{port}"
     return Service(
         name="serving",
-        title="Flask recommendation API",
+        title="Flask recommendation API (gunicorn; opt-in)",
         ports={port: "serving_port"},
-        url=f"http://{host}:{port}",
-        health=lambda: tcp_open(host, port),
+        url=url,
+        health=lambda: http_ok(f"{url}/health"),
+        command=[str(_venv_bin() / "gunicorn"), "serving:create_app()", "-b", f"{host}:{port}",
+                 "-w", "2", "--threads", "4"],  # fmt: skip
+        cwd=settings.home,
+        stop_timeout_s=10.0,
+        details=lambda: f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics",
+        default=False,
     )
 
 
