@@ -221,7 +221,7 @@ def load_champion_encoder(settings: Settings) -> TwoTowerEncoder | None:
     import mlflow
 
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=champion.source, tracking_uri=settings.mlflow_uri
+        artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
     )
     return TwoTowerEncoder(Path(local))
 
