@@ -82,6 +82,11 @@ lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirem
 demo: setup ## Bring the stack up on this machine and run the recommender end to end
 	$(VENV)/bin/lambdarec demo
 
+PORT ?= 8000
+.PHONY: serve
+serve: setup ## Serve the Flask app with gunicorn on 127.0.0.1:PORT (/recommend, /events, /health, /docs)
+	$(VENV)/bin/gunicorn 'serving:create_app()' -b 127.0.0.1:$(PORT) -w 2 --threads 4
+
 .PHONY: platform-up
 platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow)
 	$(VENV)/bin/lambdarec platform up

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
 
     # -- Serving ---------------------------------------------------------------------------
     serving_port: Port = 8000
+    ab_variants: str = Field(
+        "control:100",
+        description="A/B variants as name:weight,... (users are assigned by a hash of user_id).",
+        pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
+    )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
 
     # -- platform --------------------------------------------------------------------------
