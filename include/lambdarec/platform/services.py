@@ -713,6 +713,9 @@ def speed_layer(settings: Settings) -> Service:
         requires=("kafka",),
         prepare=lambda: _speed_layer_prepare(settings),
         stop_timeout_s=30.0,
+        # Opt-in until its Parquet archive and the batch layer's lake agree (file names, ts type,
+        # no double writes with the demo's generator): `lambdarec platform up speed-layer`.
+        default=False,
     )
 
 
@@ -744,6 +747,7 @@ def feature_pusher(settings: Settings) -> Service:
         requires=requires,
         prepare=lambda: _pusher_prepare(settings),
         stop_timeout_s=15.0,
+        default=False,  # goes with the speed layer
     )
 
 
