@@ -26,7 +26,7 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka jars, Feast registry)
+setup: system-deps compose-plugin $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka jars, Feast registry)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the platform needs (redis-server) and check Java 17 and Maven
@@ -59,6 +59,12 @@ $(MILVUS_VENV)/.installed: env/requirements-milvus.txt | $(UV)
 	@test -x $(MILVUS_VENV)/bin/python || $(UV) venv -q -p $(PYTHON_BOOT) $(MILVUS_VENV)
 	$(UV) pip sync -q -p $(MILVUS_VENV)/bin/python env/requirements-milvus.txt
 	@touch $@
+
+# `docker compose config` validates the deployment files in the tests; where the docker CLI lacks
+# the compose plugin, build it from its Go module (minutes once, seconds after).
+.PHONY: compose-plugin
+compose-plugin: ## Install the docker compose CLI plugin if missing (validation only; no engine needed)
+	@docker compose version >/dev/null 2>&1 || bash docker/install-compose-plugin.sh
 
 .PHONY: kafka-jars
 kafka-jars: $(VENV)/.installed ## Resolve Apache Kafka's broker jars from Maven Central (skipped when current)
