@@ -50,6 +50,7 @@ EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
 ID_REGEX = r"^[A-Za-z0-9_.:\-]{1,64}$"
 TS_REGEX = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 UDF_CLASS = "io.lambdarec.flink.SessionFeatures"
+OUTPUTS = ("dead-letter", "session-features", "trending", "archive")
 
 
 def _env(name: str, default: str) -> str:
@@ -131,6 +132,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--detached",
         action="store_true",
         help="Submit and return (cluster mode) instead of waiting.",
+    )
+    p.add_argument(
+        "--outputs",
+        default=",".join(OUTPUTS),
+        help="Comma-separated INSERTs to run (e.g. the archive alone in a sibling job).",
     )
     p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
     return p.parse_args(argv)
@@ -291,12 +297,12 @@ FROM checked WHERE problem IS NULL""",
   'sink.partition-commit.policy.kind' = 'success-file'
 )""",
     ]
-    inserts = [
-        """INSERT INTO dead_letter SELECT
+    inserts = {
+        "dead-letter": """INSERT INTO dead_letter SELECT
   problem, REGEXP_EXTRACT(problem, '^([^:]+):', 1), 'speed-layer',
   DATE_FORMAT(CURRENT_TIMESTAMP, 'yyyy-MM-dd''T''HH:mm:ss.SSS''Z'''), `raw`
 FROM checked WHERE problem IS NOT NULL""",
-        """INSERT INTO session_features_out SELECT
+        "session-features": """INSERT INTO session_features_out SELECT
   session_id, `ts`, user_id,
   f.last_viewed_items, f.last_carted_items,
   f.n_views, f.n_carts, f.n_removes, f.n_purchases, f.n_events_30min,
@@ -310,7 +316,7 @@ FROM (
 )""",
         # trend_score: the last 5 minutes' activity (a purchase weighs 5 views) over the hour's
         # 5-minute average, +1 so a brand-new item does not divide by zero.
-        f"""INSERT INTO trending_items_out SELECT
+        "trending": f"""INSERT INTO trending_items_out SELECT
   item_id, window_end, views_5min, purchases_5min, views_1h, purchases_1h,
   CAST(views_5min + 5 * purchases_5min AS DOUBLE)
     / ((views_1h + 5 * purchases_1h) / 12.0 + 1.0)
@@ -326,12 +332,16 @@ FROM (
     INTERVAL '{args.trending_slide_min}' MINUTE, INTERVAL '1' HOUR))
   GROUP BY item_id, window_start, window_end
 )""",
-        """INSERT INTO lake_events SELECT
+        "archive": """INSERT INTO lake_events SELECT
   event_id, user_id, session_id, item_id, event_type, category, price,
   CAST(`ts` AS TIMESTAMP_LTZ(3)), DATE_FORMAT(`ts`, 'yyyy-MM-dd')
 FROM valid_events""",
-    ]
-    return ddl, inserts
+    }
+    wanted = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    unknown = sorted(set(wanted) - set(inserts))
+    if unknown or not wanted:
+        raise SystemExit(f"--outputs: unknown {unknown}; choose from {', '.join(OUTPUTS)}")
+    return ddl, [inserts[o] for o in wanted]
 
 
 # -- configuration ----------------------------------------------------------------------------

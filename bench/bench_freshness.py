@@ -1,0 +1,184 @@
+"""Freshness benchmark: from producing an event to its effect being readable online.
+
+Starts a throwaway broker, the speed-layer job on the mini-cluster and the feature pusher (its own
+process, as on the platform), with Feast's online store in a tmp state folder. Produces view
+events stamped "now" at a steady ``--rate`` over ``--sessions`` sessions; after ``--warmup-s``,
+every ``--probe-every``-th event is a probe: the time from handing it to the producer until the
+online store shows its session's view count including it (polled every few ms). Prints one JSON
+line: {"rate_eps", "events", "p50_ms", "p99_ms", "lost", ...}; ``lost`` counts probes never seen
+within ``--timeout-s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from lambdarec.events import format_ts
+from lambdarec.features.store import apply, get_online_features
+from lambdarec.platform.services import settings_env
+from lambdarec.platform.testing import private_platform
+from lambdarec.speed.runner import speed_job
+from lambdarec.streaming.kafka import make_producer
+
+
+class Prober:
+    """Tracks probes per session and resolves them from the online store in a thread."""
+
+    def __init__(self, settings: object) -> None:
+        self.settings = settings
+        self.pending: dict[str, list[tuple[int, float]]] = {}
+        self.latencies_ms: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def add(self, session_id: str, count: int, sent: float) -> None:
+        with self.lock:
+            self.pending.setdefault(session_id, []).append((count, sent))
+
+    def outstanding(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.pending.values())
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                sessions = list(self.pending)
+            if not sessions:
+                time.sleep(0.002)
+                continue
+            got = get_online_features(
+                ["session_features:n_views"],
+                [{"session_id": s} for s in sessions],
+                self.settings,  # type: ignore[arg-type]
+            )
+            now = time.monotonic()
+            with self.lock:
+                for sid, views in zip(
+                    got["session_id"], got["session_features__n_views"], strict=True
+                ):
+                    probes = self.pending.get(sid)
+                    if not probes or views is None:
+                        continue
+                    left = []
+                    for count, sent in probes:
+                        if views >= count:
+                            self.latencies_ms.append((now - sent) * 1000)
+                        else:
+                            left.append((count, sent))
+                    if left:
+                        self.pending[sid] = left
+                    else:
+                        del self.pending[sid]
+            time.sleep(0.002)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=1000.0, help="Events per second.")
+    parser.add_argument("--seconds", type=float, default=60.0, help="Measured duration.")
+    parser.add_argument("--warmup-s", type=float, default=30.0)
+    parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--probe-every", type=int, default=10)
+    parser.add_argument("--timeout-s", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    rng = random.Random(args.seed)
+
+    with private_platform(["kafka"], start_timeout_s=240) as settings:
+        apply(settings)
+        env = {**os.environ, **settings_env(settings)}
+        with speed_job(settings, ["--starting-offsets", "earliest"]):
+            pusher = subprocess.Popen(  # noqa: S603 - our own module
+                [sys.executable, "-m", "lambdarec.speed.pusher"],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=(settings.log_dir / "feature-pusher.log").open("ab"),
+            )
+            try:
+                result = _run(args, settings, rng)
+            finally:
+                os.killpg(pusher.pid, signal.SIGTERM)
+                pusher.wait(timeout=30)
+    print(json.dumps(result))
+
+
+def _run(args: argparse.Namespace, settings: object, rng: random.Random) -> dict[str, object]:
+    producer = make_producer(settings, **{"linger.ms": 1})  # type: ignore[arg-type]
+    prober = Prober(settings)
+    prober.thread.start()
+    counts = [0] * args.sessions
+    total = args.warmup_s + args.seconds
+    interval = 1.0 / args.rate
+    start = time.monotonic()
+    sent = probes = 0
+    measuring_from = start + args.warmup_s
+    while True:
+        due = start + sent * interval
+        now = time.monotonic()
+        if due - start >= total:
+            break
+        if due > now:
+            time.sleep(due - now)
+        s = rng.randrange(args.sessions)
+        counts[s] += 1
+        event = {
+            "event_id": f"f{sent}", "user_id": f"u{s}", "session_id": f"s{s}",
+            "item_id": f"i{rng.randrange(5000)}", "event_type": "view",
+            "category": f"c{rng.randrange(50)}", "price": 9.5,
+            "ts": format_ts(datetime.now(UTC)), "schema_version": 1,
+        }  # fmt: skip
+        handed = time.monotonic()
+        producer.produce(settings.topic_events, orjson.dumps(event), key=f"u{s}".encode())  # type: ignore[attr-defined]
+        producer.poll(0)
+        if handed >= measuring_from and sent % args.probe_every == 0:
+            prober.add(f"s{s}", counts[s], handed)
+            probes += 1
+        sent += 1
+    producer.flush(30)
+    elapsed = time.monotonic() - start
+    deadline = time.monotonic() + args.timeout_s
+    while prober.outstanding() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    prober.stop.set()
+    prober.thread.join(timeout=5)
+    lat = prober.latencies_ms
+    return {
+        "rate_eps": args.rate,
+        "events": sent,
+        "p50_ms": _percentile(lat, 0.50),
+        "p99_ms": _percentile(lat, 0.99),
+        "lost": prober.outstanding(),
+        "probes": probes,
+        "max_ms": round(max(lat), 1) if lat else None,
+        "achieved_eps": round(sent / elapsed, 1),
+        "warmup_s": args.warmup_s,
+        "seconds": args.seconds,
+    }
+
+
+if __name__ == "__main__":
+    main()
