@@ -121,7 +121,7 @@ def test_up_status_up_again_down(settings: Settings) -> None:
     assert table["mlflow"].url == f"http://127.0.0.1:{settings.mlflow_port}"
     assert "airflow" not in table, "a group has no row of its own"
     assert all(table[name].state == "down" for name in AIRFLOW_PARTS)
-    assert table["serving"].state == "not started"
+    assert table["serving"].state == "down"  # an opt-in managed service, not running
     assert table["data-docs"].state in ("built", "not built")
 
     # The services answer real clients, and `up` created the project's topics.
