@@ -139,6 +139,18 @@ bench-ingest: setup ## Produce EVENTS (1M) generated events into Kafka and read 
 bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated events, vs DuckDB (JSON line)
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
+.PHONY: flink-jars
+flink-jars: $(VENV)/.installed ## Resolve the Flink Kafka/Parquet connector jars and build the session UDF (speed layer)
+	@$(PY) -m lambdarec.speed.jars
+
+.PHONY: bench-freshness
+bench-freshness: setup flink-jars ## Event -> online-feature freshness at a steady 1,000 events/s (JSON line)
+	@$(PY) bench/bench_freshness.py --rate 1000
+
+.PHONY: bench-speed
+bench-speed: setup flink-jars ## Highest rate the speed layer holds for 2 minutes without growing lag (JSON line)
+	@$(PY) bench/bench_speed.py
+
 .PHONY: bench-train
 bench-train: setup ## Training throughput of the two-tower and DeepFM models (JSON line per model)
 	@$(PY) bench/bench_train.py --dataset synthetic --epochs 3
@@ -161,7 +173,7 @@ train: setup ## Train two-tower + DeepFM on DATASET into .state/models/DATASET
 
 .PHONY: clean
 clean: platform-down ## Remove the state folder (data, logs, lake) but keep the environments
-	rm -rf $(STATE)/run $(STATE)/logs $(STATE)/data $(STATE)/lake $(STATE)/airflow $(STATE)/mlflow
+	rm -rf $(STATE)/run $(STATE)/logs $(STATE)/data $(STATE)/lake $(STATE)/airflow $(STATE)/mlflow $(STATE)/flink/checkpoints
 
 .PHONY: distclean
 distclean: clean ## Remove environments too
