@@ -114,19 +114,26 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
         return _STORES[key]
 
 
-#: Feature services resolved from the registry, per store: deserialising one costs ~10 ms.
-_SERVICES: dict[tuple[int, str], tuple[float, FeatureService]] = {}
-SERVICE_CACHE_S = 60.0
+#: Definitions resolved from the registry, per (store, kind, name), for DEFINITION_CACHE_S:
+#: resolving one decodes the whole registry, which costs more than the read or write it serves.
+_DEFINITIONS: dict[tuple[int, str, str], tuple[float, Any]] = {}
+DEFINITION_CACHE_S = 60.0
+
+
+def cached_definition(fs: FeatureStore, kind: Literal["service", "view"], name: str) -> Any:
+    """A feature service or feature view of ``fs``, re-read from the registry once a minute."""
+    key = (id(fs), kind, name)
+    now = time.monotonic()
+    hit = _DEFINITIONS.get(key)
+    if hit is None or now - hit[0] > DEFINITION_CACHE_S:
+        getter = fs.get_feature_service if kind == "service" else fs.get_feature_view
+        hit = (now, getter(name))
+        _DEFINITIONS[key] = hit
+    return hit[1]
 
 
 def _service(fs: FeatureStore, name: str) -> FeatureService:
-    key = (id(fs), name)
-    now = time.monotonic()
-    hit = _SERVICES.get(key)
-    if hit is None or now - hit[0] > SERVICE_CACHE_S:
-        hit = (now, fs.get_feature_service(name))
-        _SERVICES[key] = hit
-    return hit[1]
+    return cached_definition(fs, "service", name)  # type: ignore[no-any-return]
 
 
 _LOAD_LOCK = threading.Lock()

@@ -821,7 +821,7 @@ def milvus(settings: Settings) -> Service:
     )
 
 
-# -- reserved rows (later layers) -------------------------------------------------------------
+# -- serving, reports and the Data Docs row ------------------------------------------------------
 
 
 def serving(settings: Settings) -> Service:

@@ -242,11 +242,6 @@ class FeaturePusher:
         return self.stats
 
 
-#: Feature views resolved from the registry, per (store, view): resolving costs more than the write.
-_VIEWS: dict[tuple[int, str], tuple[float, Any]] = {}
-VIEW_CACHE_S = 60.0
-
-
 def online_write(view: str, frame: Any, settings: Settings) -> int:
     """Write rows of a push view to the online store: what ``store.push(..., to="online")`` does
     without its per-call registry scan.
@@ -255,20 +250,15 @@ def online_write(view: str, frame: Any, settings: Settings) -> int:
     the push source (~40 ms of protobuf decoding per call, 80% of a push here); the pusher
     knows its view, so it resolves it once a minute and hands the frame to the provider.
     """
-    from lambdarec.features.store import get_store
+    from lambdarec.features.store import cached_definition, get_store
 
     table = SESSION_FEATURES if view == SESSION_FEATURES.name else TRENDING_ITEMS
     missing = [c for c in table.columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{view} rows lack column(s) {', '.join(missing)}")
     fs = get_store(settings)
-    key = (id(fs), view)
-    now = time.monotonic()
-    hit = _VIEWS.get(key)
-    if hit is None or now - hit[0] > VIEW_CACHE_S:
-        hit = (now, fs.get_feature_view(view))
-        _VIEWS[key] = hit
-    fs._get_provider().ingest_df(hit[1], frame[list(table.columns)])  # noqa: SLF001
+    definition = cached_definition(fs, "view", view)
+    fs._get_provider().ingest_df(definition, frame[list(table.columns)])  # noqa: SLF001
     return len(frame)
 
 
