@@ -26,9 +26,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     dataset: Annotated[str, typer.Option(help="diginetica | taobao | synthetic | a file path")] = "synthetic",
     out: Annotated[Path | None, typer.Option(help="Report folder (default: under the state dir)")] = None,
-    max_train: Annotated[int | None, typer.Option(help="Subsample two-tower training pairs")] = 300_000,
+    max_train: Annotated[int, typer.Option(help="Subsample two-tower training pairs (0: all)")] = 0,
     epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 4,
-    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 10_000,
+    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 40_000,
     session_ablation: Annotated[bool, typer.Option(help="Also train without session features")] = True,
     baselines: Annotated[bool, typer.Option(help="Evaluate the tuned baselines")] = True,
     test_max: Annotated[int | None, typer.Option(help="Evaluate on at most this many test queries")] = None,
@@ -44,7 +44,7 @@ def main(
     out_dir = out or default_report_dir(data.name)
     payload, _ = run_evaluation(
         data, out_dir,
-        tt_config=TwoTowerConfig(epochs=epochs, max_train=max_train, seed=seed),
+        tt_config=TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
         fm_config=DeepFMConfig(max_queries=fm_queries, seed=seed),
         session_ablation=session_ablation, baselines=baselines, test_max=test_max,
     )  # fmt: skip

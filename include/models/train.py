@@ -26,9 +26,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     dataset: Annotated[str, typer.Option(help="diginetica | taobao | synthetic | a file path")] = "synthetic",
     out: Annotated[Path, typer.Option(help="Artifact folder")] = Path("artifacts/models"),
-    max_train: Annotated[int | None, typer.Option(help="Subsample two-tower training pairs")] = 300_000,
+    max_train: Annotated[int, typer.Option(help="Subsample two-tower training pairs (0: all)")] = 0,
     epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 4,
-    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 10_000,
+    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 40_000,
     seed: int = 42,
 ) -> None:
     from lambdarec.models.data import load_dataset
@@ -40,7 +40,7 @@ def main(
     data = load_dataset(dataset, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     trained = train_models(
-        data, TwoTowerConfig(epochs=epochs, max_train=max_train, seed=seed),
+        data, TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
         DeepFMConfig(max_queries=fm_queries, seed=seed), out_dir=out,
     )  # fmt: skip
     print(json.dumps({"dataset": data.name, "out": str(out), "seconds": trained.seconds,

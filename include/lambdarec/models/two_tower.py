@@ -1,7 +1,7 @@
 """Two-tower retrieval with TensorFlow Recommenders.
 
-Query tower: user id embedding (0 = unknown user), the session's recent items pooled (mean and
-last item, through the *shared* item-id embedding), the session category and log counts (items so
+Query tower: user id embedding (0 = unknown user), the session's recent items pooled (mean, last
+item and an attention-weighted sum keyed on the last item, through the *shared* item-id embedding), the session category and log counts (items so
 far in the session, the user's earlier interactions). Item tower: item id (items never seen in
 training share an OOV id, so they are embedded from their category and price bucket), category
 and price bucket. Both towers end in an MLP and an L2 normalisation; the loss is in-batch softmax
@@ -49,6 +49,9 @@ class TwoTowerConfig:
     max_train: int | None = None  # subsample training pairs (seeded) to bound the run
     valid_queries: int = 3000
     logq: bool = True
+    #: Also pool the session's items with additive attention keyed on the last item (NARM/STAMP
+    #: style), beside the mean and the last item.
+    attention: bool = True
     seed: int = 42
 
 
@@ -100,6 +103,12 @@ class TwoTower(tfrs.Model):
                 tf_keras.layers.Dense(c.dim, kernel_initializer=tf_keras.initializers.GlorotUniform(seed + 1)),
             ])  # fmt: skip
 
+        self.attention = c.attention
+        if c.attention:
+            glorot = tf_keras.initializers.GlorotUniform
+            self.att_h = tf_keras.layers.Dense(c.dim, use_bias=False, kernel_initializer=glorot(seed + 2))
+            self.att_q = tf_keras.layers.Dense(c.dim, kernel_initializer=glorot(seed + 3))
+            self.att_v = tf_keras.layers.Dense(1, use_bias=False, kernel_initializer=glorot(seed + 4))
         self.query_mlp = mlp()
         self.item_mlp = mlp()
         self.task = tfrs.tasks.Retrieval(temperature=c.temperature, remove_accidental_hits=True)
@@ -111,10 +120,13 @@ class TwoTower(tfrs.Model):
         e = self.item_emb(hist) * mask
         mean = tf.reduce_sum(e, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         last = e[:, 0, :]
-        x = tf.concat(
-            [self.user_emb(f["user"]), mean, last, self.cat_emb(f["session_category"]), f["counts"]],
-            axis=1,
-        )
+        parts = [self.user_emb(f["user"]), mean, last, self.cat_emb(f["session_category"]), f["counts"]]
+        if self.attention:
+            s = self.att_v(tf.tanh(self.att_h(e) + self.att_q(last)[:, None, :]))  # (b, L, 1)
+            s = s + (mask - 1.0) * 1e9
+            weights = tf.nn.softmax(s, axis=1) * mask  # all-padding rows pool to zero
+            parts.append(tf.reduce_sum(weights * e, axis=1))
+        x = tf.concat(parts, axis=1)
         return tf.math.l2_normalize(self.query_mlp(x), axis=1)
 
     def candidate(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
