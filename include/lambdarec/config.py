@@ -122,6 +122,32 @@ class Settings(BaseSettings):
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
 
+    # -- drift monitoring (lambdarec.monitoring, the drift_monitoring DAG) --------------------
+    drift_psi_watch: Annotated[float, Field(gt=0)] = Field(
+        0.1, description="PSI at or above this marks a feature 'watch' (reported, no action)."
+    )
+    drift_psi_act: Annotated[float, Field(gt=0)] = Field(
+        0.25, description="PSI at or above this marks a feature 'act' and triggers retraining."
+    )
+    drift_bins: Annotated[int, Field(ge=2, le=100)] = Field(
+        10, description="Quantile bins per numeric feature, fixed from the training reference."
+    )
+    drift_top_categories: Annotated[int, Field(ge=1, le=1000)] = Field(
+        20, description="Categorical features keep their top-N reference values plus 'other'."
+    )
+    drift_model_name: str = Field(
+        "two_tower", description="Registered model whose champion's reference profile is used."
+    )
+    drift_retrain_dag_id: str = Field(
+        "weekly_model_retraining", description="DAG triggered when a feature drifts past act."
+    )
+    drift_retrain_cooldown_days: Annotated[float, Field(ge=0)] = Field(
+        7.0, description="No new drift-triggered retraining within this many days of the last."
+    )
+    drift_skew_sample: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        500, description="Impressions whose features the skew check rebuilds from Feast (0: off)."
+    )
+
     # -- platform --------------------------------------------------------------------------
     bind_host: Literal["127.0.0.1"] = Field(
         "127.0.0.1", description="Local services listen on loopback only."
@@ -161,6 +187,16 @@ class Settings(BaseSettings):
                 f"LAMBDAREC_DQ_ROW_COUNT_MIN_RATIO ({self.dq_row_count_min_ratio}) is above "
                 f"LAMBDAREC_DQ_ROW_COUNT_MAX_RATIO ({self.dq_row_count_max_ratio}); "
                 "the row-count band would reject every partition"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _drift_thresholds(self) -> Settings:
+        if self.drift_psi_watch > self.drift_psi_act:
+            raise ValueError(
+                f"LAMBDAREC_DRIFT_PSI_WATCH ({self.drift_psi_watch}) is above "
+                f"LAMBDAREC_DRIFT_PSI_ACT ({self.drift_psi_act}); set watch <= act "
+                "(defaults 0.1 and 0.25)"
             )
         return self
 
@@ -228,6 +264,11 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Generated HTML reports (model evaluation, drift), one folder per kind."""
         return self.state_dir / "reports"
+
+    @property
+    def drift_reports_dir(self) -> Path:
+        """Drift monitoring results: ``<day>/result.json`` and ``report.html`` per run."""
+        return self.reports_dir / "drift"
 
     @property
     def feast_dir(self) -> Path:
