@@ -843,34 +843,11 @@ def serving(settings: Settings) -> Service:
     )
 
 
-_SITE_INDEX = """<!doctype html>
-<html><head><meta charset="utf-8"><title>lambdarec reports</title>
-<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto}}li{{margin:.4em 0}}</style>
-</head><body>
-<h1>lambdarec reports</h1>
-<ul>
-<li><a href="data_docs/index.html">Data Docs</a>: every Great Expectations validation of the lake
-and the feature tables, with the values that failed</li>
-<li><a href="reports/">Reports</a>: model evaluations and drift reports, one folder per run</li>
-<li><a href="http://{host}:{airflow_port}/">Airflow</a> and
-<a href="http://{host}:{mlflow_port}/">MLflow</a></li>
-</ul></body></html>
-"""
-
-
 def _site_prepare(settings: Settings) -> None:
     """The served folder: an index page and links to the generated report folders."""
-    site = settings.site_dir
-    site.mkdir(parents=True, exist_ok=True)
-    for name, target in (("data_docs", settings.data_docs_dir), ("reports", settings.reports_dir)):
-        target.mkdir(parents=True, exist_ok=True)
-        link = site / name
-        if not link.is_symlink():
-            link.symlink_to(target, target_is_directory=True)
-    (site / "index.html").write_text(
-        _SITE_INDEX.format(host=settings.bind_host, airflow_port=settings.airflow_port,
-                           mlflow_port=settings.mlflow_port)
-    )
+    from lambdarec.platform.site import prepare_site
+
+    prepare_site(settings)
 
 
 def reports(settings: Settings) -> Service:
@@ -879,7 +856,7 @@ def reports(settings: Settings) -> Service:
     url = f"http://{host}:{port}/"
     return Service(
         name="reports",
-        title="Reports: Data Docs, evaluation, drift",
+        title="Reports: one index of Data Docs, drift and evaluation reports",
         ports={port: "reports_port"},
         url=url,
         health=lambda: http_ok(url),
