@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from lambdarec.config import Settings
+    from lambdarec.monitoring.profile import ReferenceProfile
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class ModelRegistry:
         model_dir: Path | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        reference_profile: ReferenceProfile | None = None,
     ) -> str:
         """Record one training + evaluation as a finished run; returns the run id.
 
@@ -165,7 +167,8 @@ class ModelRegistry:
         only runs with the same one). ``feature_services`` maps each Feast feature service to the
         version used; ``data_range`` is the (start, end) of the training data. ``plots`` are
         files logged under ``plots/``; ``model_dir`` is logged under ``model/`` (what
-        :meth:`register` registers).
+        :meth:`register` registers). ``reference_profile`` (lambdarec.monitoring.profile) is
+        saved as the run's ``monitoring/reference_profile.json`` for drift monitoring.
         """
         from mlflow.entities import Metric, Param, RunTag
 
@@ -193,6 +196,9 @@ class ModelRegistry:
                 if not Path(model_dir).is_dir():
                     raise RegistryError(f"model folder {model_dir} does not exist")
                 self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+            # Drift monitoring compares live traffic with the training distributions saved here.
+            if reference_profile is not None:
+                reference_profile.log_to(self.client, run_id)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
