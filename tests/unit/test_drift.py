@@ -166,6 +166,8 @@ def test_categorical_bins_keep_the_top_n_plus_other() -> None:
     assert bins.counts(values).tolist() == [50, 30, 20, 2]
     assert bins.counts(["zzz", "a"]).tolist() == [1, 0, 1, 0]  # unseen values are "other"
     assert fit_bins(["b", "a", "b", "a"], top_n=1).categories == ("a",)  # ties by value
+    codes = fit_bins([1, 2, 2], "categorical")  # numeric codes binned by value
+    assert codes.counts(pd.Series([2.0, 1.0, 7.0])).tolist() == [1, 1, 1, 0]
 
 
 def test_bins_round_trip_and_reject_unknown_kinds() -> None:
@@ -209,7 +211,9 @@ def test_a_profile_round_trips_and_flags_only_the_shifted_feature() -> None:
     profile = build_profile({"events": ref, "served": served}, scores=np.linspace(0, 1, 500),
                             popularity=np.linspace(0, 1, 500), meta={"data": "unit"})  # fmt: skip
     assert "session_features__last_viewed_items" not in profile.features  # lists are skipped
-    assert {"price", "category", "event_type", "hour", "score", "popularity"} <= set(profile.features)
+    assert {"price", "category", "event_type", "hour", "score", "popularity"} <= set(
+        profile.features
+    )
     again = ReferenceProfile.from_json(profile.to_json())
     assert again.features == profile.features and again.meta["data"] == "unit"
 

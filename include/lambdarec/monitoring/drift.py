@@ -114,7 +114,7 @@ class Bins:
         else:
             lookup = {c: i for i, c in enumerate(self.categories)}
             other = len(self.categories)
-            idx = np.fromiter((lookup.get(str(v), other) for v in present), dtype=np.int64,
+            idx = np.fromiter((lookup.get(_label(v), other) for v in present), dtype=np.int64,
                               count=present.size)  # fmt: skip
             out[:-1] += np.bincount(idx, minlength=n - 1)[: n - 1]
         return out
@@ -135,8 +135,17 @@ def _as_array(values: Iterable[Any] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray):
         return values.ravel()
     if hasattr(values, "to_numpy"):  # pandas Series / Index
+        if getattr(getattr(values, "dtype", None), "kind", "O") in "iufb":
+            return np.asarray(values.to_numpy(dtype=float, na_value=np.nan)).ravel()
         return np.asarray(values.to_numpy(dtype=object, na_value=None)).ravel()
     return np.asarray(list(values), dtype=object).ravel()
+
+
+def _label(value: Any) -> str:
+    """A categorical value's bin label; 3, 3.0 and np.int64(3) are one category."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _missing_mask(arr: np.ndarray) -> np.ndarray:
@@ -200,7 +209,9 @@ def fit_bins(
         raise ValueError(f"kind must be 'numeric' or 'categorical', got {kind!r}")
     if present.size == 0:
         return Bins("categorical")
-    labels, counts = np.unique(present.astype(str), return_counts=True)
+    labels, counts = np.unique(
+        np.array([_label(v) for v in present], dtype=str), return_counts=True
+    )
     order = np.lexsort((labels, -counts))  # most frequent first, ties by value
     return Bins("categorical", categories=tuple(str(v) for v in labels[order][:top_n]))
 
