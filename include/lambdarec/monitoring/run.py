@@ -162,7 +162,11 @@ def _log_mlflow(settings: Settings, result: dict[str, Any], paths: Sequence[Any]
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         # A server chooses its artifact store; a sqlite/file URI would write to ./mlruns.
-        location = None if uri.startswith("http") else (settings.state_dir / "mlartifacts").as_uri()
+        location = (
+            None
+            if uri.startswith("http")
+            else (settings.state_dir / "mlflow" / "artifacts").as_uri()
+        )
         exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         exp_id = exp.experiment_id
