@@ -9,21 +9,27 @@ One STATEMENT SET, four INSERTs over one Kafka source (the value read as raw tex
 * **dead letter**: every record that is not a valid event (malformed JSON, missing or malformed
   fields, unknown event type, timestamp far in the future) goes to the
   dead-letter topic as ``{"reason", "field", "source", "received_at", "raw"}`` (the shape of
-  ``lambdarec.events.dead_letter_record``). Validation is SQL (JSON_VALUE + CASE), in the JVM.
+  ``lambdarec.events.dead_letter_record``). Each event is parsed and checked once, in the JVM,
+  by the ``ParseEvent`` Java function (include/flink/java); its rowtime comes from the cheaper
+  ``EventTime`` scan.
 * **session features**, per event: an OVER aggregation per session in arrival order (processing
   time: a row is emitted as soon as it arrives, not when a watermark passes it) with the
   ``SessionFeatures`` Java aggregate (include/flink/java), which keeps bounded state. Events are
   keyed by user, so a session's events arrive in order. Written as JSON keyed by session_id to the
   compacted features topic; ``lambdarec.speed.pusher`` pushes them into Feast's online store.
-* **trending items**: an event-time HOP window (1 hour, sliding every ``--trending-slide-min``)
-  per item, with the views and purchases of its last 5 minutes; keyed by item_id. An event behind
+* **trending items**: per item, event-time 1-minute TUMBLE windows, then the ``TrendCounts`` Java
+  aggregate over the item's minutes (views and purchases of the last 5 minutes and the last hour),
+  one row per item and active minute; keyed by item_id. An event behind
   the watermark is still archived and counted in its session (it is a valid event, and a
   partition read in a burst after a restart is "late" against its neighbours) but misses the
   trending windows it belonged to; Flink counts those in the window operator's
   ``numLateRecordsDropped`` metric.
-* **raw archive**: every valid event as Parquet under ``<lake>/events/date=YYYY-MM-DD/``. The
-  filesystem sink commits files on checkpoints (exactly once); in-progress files start with ``.``
-  so lake readers skip them.
+* **raw archive**: every valid event as Parquet under ``<archive-dir>/date=YYYY-MM-DD/``
+  (``<lake>/archive`` on the platform). The filesystem sink commits files on checkpoints (exactly
+  once); in-progress files start with ``.`` so readers skip them. The daily pipeline's
+  ``compact_archive`` task folds each day into the lake's ``events/`` (typed, deduplicated,
+  sorted; :mod:`lambdarec.data.archive`), so the batch layer's master dataset is what this job
+  saw.
 
 Restarts: with ``--restore auto`` (default) the job resumes from the newest completed checkpoint
 under ``--checkpoint-dir``: Kafka offsets, session state and pending files come back together, so
@@ -46,10 +52,10 @@ log = logging.getLogger("lambdarec.speed_layer")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_NAME = "lambdarec-speed-layer"
-EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
-ID_REGEX = r"^[A-Za-z0-9_.:\-]{1,64}$"
-TS_REGEX = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 UDF_CLASS = "io.lambdarec.flink.SessionFeatures"
+TREND_UDF_CLASS = "io.lambdarec.flink.TrendCounts"
+PARSE_UDF_CLASS = "io.lambdarec.flink.ParseEvent"
+TIME_UDF_CLASS = "io.lambdarec.flink.EventTime"
 OUTPUTS = ("dead-letter", "session-features", "trending", "archive")
 
 
@@ -83,10 +89,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--trending-topic", default=_env("TOPIC_TRENDING_ITEMS", "lambdarec.trending-items")
     )
     p.add_argument("--group-id", default="lambdarec-speed-layer")
-    p.add_argument("--lake-dir", default=str(state / "lake"), help="Archive root (path or URI).")
+    p.add_argument(
+        "--archive-dir",
+        default=str(state / "lake" / "archive"),
+        help="Raw archive root (path or URI): Parquet files under date=YYYY-MM-DD/.",
+    )
     p.add_argument(
         "--checkpoint-dir",
-        default=str(state / "flink" / "checkpoints"),
+        default=_env("FLINK_CHECKPOINT_DIR", str(state / "flink" / "checkpoints")),
         help="Checkpoint storage: a local path or a URI (s3://..., hdfs://...).",
     )
     p.add_argument("--checkpoint-interval-s", type=float, default=10.0)
@@ -112,7 +122,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--idle-timeout-s", type=float, default=5.0, help="Source idleness timeout.")
     p.add_argument("--max-future-skew-s", type=float, default=300.0)
-    p.add_argument("--trending-slide-min", type=int, default=1)
     p.add_argument(
         "--state-ttl-h", type=float, default=6.0, help="Idle session/item state is dropped after."
     )
@@ -177,18 +186,15 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         "group": "'scan.startup.mode' = 'group-offsets', "
         "'properties.auto.offset.reset' = 'earliest'",
     }[args.starting_offsets]
-    ts_text = "JSON_VALUE(`raw`, '$.ts')"
-    parsed_ts = (
-        f"CAST(TO_TIMESTAMP(REPLACE(REPLACE({ts_text}, 'T', ' '), 'Z', ''), "
-        "'yyyy-MM-dd HH:mm:ss.SSS') AS TIMESTAMP_LTZ(3))"
-    )
-    types = ", ".join(_q(t) for t in EVENT_TYPES)
     ddl = [
         f"""CREATE TEMPORARY FUNCTION session_features AS {_q(UDF_CLASS)} LANGUAGE JAVA""",
+        f"""CREATE TEMPORARY FUNCTION trend_counts AS {_q(TREND_UDF_CLASS)} LANGUAGE JAVA""",
+        f"""CREATE TEMPORARY FUNCTION parse_event AS {_q(PARSE_UDF_CLASS)} LANGUAGE JAVA""",
+        f"""CREATE TEMPORARY FUNCTION event_time AS {_q(TIME_UDF_CLASS)} LANGUAGE JAVA""",
         f"""CREATE TABLE events_raw (
   `raw` STRING,
   `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  `ts` AS COALESCE({parsed_ts}, `kafka_ts`),
+  `ts` AS COALESCE(event_time(`raw`), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `ts` AS `ts` - {_interval_s(args.out_of_orderness_s)}
 ) WITH ({_kafka_common(args, args.events_topic)},
@@ -198,51 +204,15 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   {startup},
   'format' = 'raw'
 )""",
-        # JSON_VALUE returns NULL for a missing key, a JSON null and an object or array. Never
-        # JSON_VALUE(... RETURNING DOUBLE): an integer price (-5) throws a ClassCastException in
-        # Flink 2.2 and fails the job on every restart (a poison message).
-        """CREATE TEMPORARY VIEW parsed AS SELECT
-  `raw`, `ts`, `pt`,
-  `raw` IS JSON OBJECT AS is_object,
-  JSON_VALUE(`raw`, '$.event_id') AS event_id,
-  JSON_VALUE(`raw`, '$.user_id') AS user_id,
-  JSON_VALUE(`raw`, '$.session_id') AS session_id,
-  JSON_VALUE(`raw`, '$.item_id') AS item_id,
-  JSON_VALUE(`raw`, '$.event_type') AS event_type,
-  JSON_VALUE(`raw`, '$.category') AS category,
-  JSON_VALUE(`raw`, '$.price') AS price_text,
-  TRY_CAST(JSON_VALUE(`raw`, '$.price') AS DOUBLE) AS price,
-  JSON_VALUE(`raw`, '$.ts') AS ts_text,
-  JSON_VALUE(`raw`, '$.schema_version') AS schema_version
-FROM events_raw""",
-        # The first problem found, as 'field: reason' (the contract's wording where it has one).
-        f"""CREATE TEMPORARY VIEW checked AS SELECT *, CASE
-  WHEN `raw` IS NULL OR CHAR_LENGTH(TRIM(`raw`)) = 0 THEN '$: empty message'
-  WHEN NOT is_object THEN '$: malformed JSON or not a JSON object'
-  WHEN event_id IS NULL THEN 'event_id: required field is missing'
-  WHEN NOT REGEXP(event_id, {_q(ID_REGEX)}) THEN 'event_id: not a valid id'
-  WHEN user_id IS NULL THEN 'user_id: required field is missing'
-  WHEN NOT REGEXP(user_id, {_q(ID_REGEX)}) THEN 'user_id: not a valid id'
-  WHEN session_id IS NULL THEN 'session_id: required field is missing'
-  WHEN NOT REGEXP(session_id, {_q(ID_REGEX)}) THEN 'session_id: not a valid id'
-  WHEN item_id IS NULL THEN 'item_id: required field is missing'
-  WHEN NOT REGEXP(item_id, {_q(ID_REGEX)}) THEN 'item_id: not a valid id'
-  WHEN event_type IS NULL THEN 'event_type: required field is missing'
-  WHEN event_type NOT IN ({types})
-    THEN 'event_type: unknown event type; use one of {", ".join(EVENT_TYPES)}'
-  WHEN ts_text IS NULL THEN 'ts: required field is missing'
-  WHEN NOT REGEXP(ts_text, {_q(TS_REGEX)}) OR {parsed_ts} IS NULL
-    THEN 'ts: not an ISO-8601 UTC time with milliseconds, e.g. 2024-05-01T12:00:00.000Z'
-  WHEN category IS NOT NULL AND CHAR_LENGTH(category) > 128
-    THEN 'category: longer than 128 characters'
-  WHEN price_text IS NOT NULL AND price IS NULL THEN 'price: not a number'
-  WHEN price < 0 OR price > 10000000 THEN 'price: outside [0, 10000000]'
-  WHEN schema_version IS NOT NULL AND schema_version <> '1'
-    THEN 'schema_version: unsupported version'
-  WHEN `ts` > CURRENT_TIMESTAMP + {_interval_s(args.max_future_skew_s)}
-    THEN 'ts: in the future (beyond the allowed clock skew); check the producer''s clock'
-END AS problem
-FROM parsed""",
+        # One parse and check per event, in Java (include/flink/java: ParseEvent); the rules and
+        # the reasons are the event contract's (lambdarec.events).
+        f"""CREATE TEMPORARY VIEW checked AS SELECT
+  `raw`, `ts`, `pt`, e.event_id, e.user_id, e.session_id, e.item_id, e.event_type, e.category,
+  e.price, e.problem
+FROM (
+  SELECT `raw`, `ts`, `pt`, parse_event(`raw`, CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)) AS e
+  FROM events_raw
+)""",
         """CREATE TEMPORARY VIEW valid_events AS SELECT
   event_id, user_id, session_id, item_id, event_type, category, price, `ts`, `pt`
 FROM checked WHERE problem IS NULL""",
@@ -286,15 +256,12 @@ FROM checked WHERE problem IS NULL""",
   category STRING, price DOUBLE, `ts` TIMESTAMP_LTZ(3), `date` STRING
 ) PARTITIONED BY (`date`) WITH (
   'connector' = 'filesystem',
-  'path' = {_q(_uri(args.lake_dir).rstrip("/") + "/events")},
+  'path' = {_q(_uri(args.archive_dir).rstrip("/"))},
   'format' = 'parquet',
   'parquet.compression' = 'SNAPPY',
   'parquet.write.int64.timestamp' = 'true',
   'parquet.timestamp.time.unit' = 'millis',
-  'parquet.utc-timezone' = 'true',
-  'sink.partition-commit.trigger' = 'process-time',
-  'sink.partition-commit.delay' = '0 s',
-  'sink.partition-commit.policy.kind' = 'success-file'
+  'parquet.utc-timezone' = 'true'
 )""",
     ]
     inserts = {
@@ -314,23 +281,27 @@ FROM (
       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS f
   FROM valid_events
 )""",
-        # trend_score: the last 5 minutes' activity (a purchase weighs 5 views) over the hour's
-        # 5-minute average, +1 so a brand-new item does not divide by zero.
-        "trending": f"""INSERT INTO trending_items_out SELECT
-  item_id, window_end, views_5min, purchases_5min, views_1h, purchases_1h,
-  CAST(views_5min + 5 * purchases_5min AS DOUBLE)
-    / ((views_1h + 5 * purchases_1h) / 12.0 + 1.0)
+        # Per item and minute (one TUMBLE window per event), then the hour's buckets in the
+        # TrendCounts aggregate: one row per item and active minute. trend_score: the last 5
+        # minutes' activity (a purchase weighs 5 views) over the hour's 5-minute average, +1 so a
+        # brand-new item does not divide by zero.
+        "trending": """INSERT INTO trending_items_out SELECT
+  item_id, CAST(window_end AS TIMESTAMP_LTZ(3)),
+  t.views_5min, t.purchases_5min, t.views_1h, t.purchases_1h,
+  CAST(t.views_5min + 5 * t.purchases_5min AS DOUBLE)
+    / ((t.views_1h + 5 * t.purchases_1h) / 12.0 + 1.0)
 FROM (
   SELECT item_id, window_end,
-    SUM(CASE WHEN event_type = 'view' AND `ts` >= window_end - INTERVAL '5' MINUTE
-        THEN 1 ELSE 0 END) AS views_5min,
-    SUM(CASE WHEN event_type = 'purchase' AND `ts` >= window_end - INTERVAL '5' MINUTE
-        THEN 1 ELSE 0 END) AS purchases_5min,
-    SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views_1h,
-    SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases_1h
-  FROM TABLE(HOP(TABLE valid_events, DESCRIPTOR(`ts`),
-    INTERVAL '{args.trending_slide_min}' MINUTE, INTERVAL '1' HOUR))
-  GROUP BY item_id, window_start, window_end
+    trend_counts(window_end, minute_views, minute_purchases) OVER (
+      PARTITION BY item_id ORDER BY window_time
+      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS t
+  FROM (
+    SELECT item_id, window_end, window_time,
+      SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS minute_views,
+      SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS minute_purchases
+    FROM TABLE(TUMBLE(TABLE valid_events, DESCRIPTOR(`ts`), INTERVAL '1' MINUTE))
+    GROUP BY item_id, window_start, window_end, window_time
+  )
 )""",
         "archive": """INSERT INTO lake_events SELECT
   event_id, user_id, session_id, item_id, event_type, category, price,
@@ -408,6 +379,9 @@ def flink_config(args: argparse.Namespace) -> dict[str, str]:
         "table.exec.source.idle-timeout": f"{int(args.idle_timeout_s * 1000)} ms",
         "table.exec.state.ttl": f"{int(args.state_ttl_h * 3600 * 1000)} ms",
         "table.exec.sink.not-null-enforcer": "DROP",
+        # The four INSERTs share one parse-and-validate step: without this the planner inlines
+        # the views into every branch and parses each event's JSON four times.
+        "table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
     }
     jars = jar_uris(args.jars)
     if jars:

@@ -53,8 +53,33 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "lambdarec.events.dlq"
     topic_session_features: str = "lambdarec.session-features"
     topic_impressions: str = "lambdarec.impressions"
+    topic_trending_items: str = "lambdarec.trending-items"
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
     topic_replication: Annotated[int, Field(ge=1, le=16)] = 1
+
+    # -- Flink speed layer -------------------------------------------------------------------
+    flink_rest_port: Port = Field(
+        8081, description="REST/web UI port of the speed layer's local mini-cluster."
+    )
+    flink_heap: str = Field(
+        "1g", pattern=r"^[0-9]+[kKmMgG]$", description="JVM heap of the local mini-cluster (-Xmx)."
+    )
+    flink_jobmanager: str = Field(
+        "",
+        pattern=r"^([A-Za-z0-9_.\-]+:[0-9]{1,5})?$",
+        description="A Flink session cluster's JobManager REST address (host:port) to run the "
+        "speed layer on; empty means the local mini-cluster (the platform's speed-layer service).",
+    )
+    speed_lag_alert: Annotated[int, Field(ge=1)] = Field(
+        100_000,
+        description="The speed_layer DAG fails its lag check when the job is this many events "
+        "behind the events topic.",
+    )
+    flink_checkpoint_dir: str = Field(
+        "",
+        description="Checkpoint storage of the speed layer: a path or URI (s3://, hdfs://); "
+        "empty means <state_dir>/flink/checkpoints.",
+    )
 
     # -- Redis (Feast online store option) ----------------------------------------------------
     redis_host: str = "127.0.0.1"
@@ -212,6 +237,7 @@ class Settings(BaseSettings):
             "reports_port": self.reports_port,
             "milvus_port": self.milvus_port,
             "milvus_etcd_port": self.milvus_etcd_port,
+            "flink_rest_port": self.flink_rest_port,
         }
         seen: dict[int, str] = {}
         for name, port in ports.items():
@@ -250,6 +276,17 @@ class Settings(BaseSettings):
     def lake_dir(self) -> Path:
         """The master dataset: events as Parquet partitioned by date."""
         return self.state_dir / "lake"
+
+    @property
+    def archive_dir(self) -> Path:
+        """The speed layer's raw archive (Parquet by date, committed on Flink checkpoints); the
+        daily pipeline's ``compact_archive`` task folds each day of it into ``lake_dir``."""
+        return self.lake_dir / "archive"
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where the speed layer checkpoints (a local path or a URI)."""
+        return self.flink_checkpoint_dir or str(self.state_dir / "flink" / "checkpoints")
 
     @property
     def airflow_home(self) -> Path:

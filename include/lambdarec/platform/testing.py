@@ -37,12 +37,12 @@ def free_ports(count: int) -> list[int]:
 
 def private_settings(state_dir: Path, **overrides: object) -> Settings:
     """Settings for a private platform in ``state_dir`` on free ports (other values: defaults)."""
-    kafka, controller, redis, mlflow, airflow, serving = free_ports(6)
+    kafka, controller, redis, mlflow, airflow, serving, flink = free_ports(7)
     values: dict[str, object] = {
         "state_dir": state_dir, "kafka_bootstrap": "", "kafka_port": kafka,
         "kafka_controller_port": controller, "redis_port": redis, "mlflow_port": mlflow,
         "airflow_port": airflow, "serving_port": serving, "mlflow_tracking_uri": "",
-        "milvus_uri": "",
+        "milvus_uri": "", "flink_rest_port": flink,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -38,17 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Until Settings has a field for it (LAMBDAREC_TOPIC_TRENDING_ITEMS).
-DEFAULT_TRENDING_TOPIC = "lambdarec.trending-items"
 GROUP_ID = "lambdarec-feature-pusher"
 HEARTBEAT_S = 1.0
 PUSH_ATTEMPTS = 3
 #: Feast's SQLite online store shares one connection per store: one push at a time per process.
 _PUSH_LOCK = threading.Lock()
-
-
-def trending_topic(settings: Settings) -> str:
-    return str(getattr(settings, "topic_trending_items", DEFAULT_TRENDING_TOPIC))
 
 
 def speed_topics(settings: Settings) -> list[TopicSpec]:
@@ -57,7 +51,7 @@ def speed_topics(settings: Settings) -> list[TopicSpec]:
 
     return [
         TopicSpec(
-            trending_topic(settings),
+            settings.topic_trending_items,
             settings.topic_partitions,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         )
@@ -108,7 +102,7 @@ class FeaturePusher:
         self.stats = PushStats()
         every = {
             self.settings.topic_session_features: SESSION_FEATURES.name,
-            trending_topic(self.settings): TRENDING_ITEMS.name,
+            self.settings.topic_trending_items: TRENDING_ITEMS.name,
         }
         self.topics = {topic: view for topic, view in every.items() if view in views}
         self._stop = threading.Event()
