@@ -3,6 +3,10 @@
 
 The batch layer, once a day, for the run's data interval `[D, D+1)` (UTC):
 
+0. **compact_archive** — folds day D of the speed layer's raw archive (`lake/archive/date=D/`,
+   the Parquet files Flink commits on checkpoints) into the lake's `events/date=D/`: typed,
+   deduplicated by event id, sorted, the partition replaced atomically. A day with no archive
+   (a backfill written straight to the lake) is left as it is.
 1. **validate_raw_events** — Great Expectations gate on the lake's events of day D (keys not null,
    unique event ids, known event types, sane prices, timestamps inside the day, row count close
    to the previous day's).
@@ -50,6 +54,12 @@ DAY = "{{ data_interval_start | ds }}"
 )
 def daily_feature_pipeline() -> None:
     @task
+    def compact_archive(ds: str | None = None) -> dict:
+        from lambdarec.pipelines.daily import compact_archive as compact
+
+        return compact(ds or "")
+
+    @task
     def validate_raw_events(ds: str | None = None) -> dict:
         from lambdarec_airflow.gates import run_gate
 
@@ -79,7 +89,7 @@ def daily_feature_pipeline() -> None:
         validate_table.override(task_id=f"validate_{t.name}")(t.name) for t in FEATURE_TABLES
     ]
     raw = validate_raw_events()
-    raw >> spark >> gates >> materialize()
+    compact_archive() >> raw >> spark >> gates >> materialize()
     # Data Docs after every gate, pass or fail; a leaf beside materialize, so a failed gate still
     # fails the run.
     [raw, *gates] >> data_docs()

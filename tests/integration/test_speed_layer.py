@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -330,33 +329,38 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
     assert job.running(settings), "the job keeps running after 1,000 bad events"
 
 
-def test_archive_holds_every_valid_event_as_parquet_by_date(
+def test_archive_holds_every_valid_event_and_compacts_into_the_lake(
     speed: tuple[Settings, SpeedJob, list[FeaturePusher]], replayed_sessions: pd.DataFrame
 ) -> None:
-    import pyarrow.dataset as ds
+    from lambdarec.data import archive, lake
 
     settings, _, _ = speed
     events = _renamed(replayed_sessions, "archive")
     _produce(settings, events)
-    root = settings.lake_dir / "events"
     wanted = set(events["event_id"])
+    days = sorted({d.date() for d in events["ts"]})
     deadline = time.monotonic() + 30  # files are committed on checkpoints (every 2 s here)
     while True:
-        table = ds.dataset(root, format="parquet", partitioning="hive").to_table()
-        ids = table.column("event_id").to_pylist()
-        if wanted <= set(ids) or time.monotonic() > deadline:
+        ids = set()
+        for day in days:
+            ids |= set(archive.read_day(settings.archive_dir, day).column("event_id").to_pylist())
+        if wanted <= ids or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert wanted <= set(ids), f"{len(wanted - set(ids))} replayed events not archived"
-    assert len(ids) == len(set(ids)), "no event archived twice"
-    days = {p.name for p in root.iterdir() if p.is_dir()}
-    expected_days = {f"date={d}" for d in events["ts"].dt.strftime("%Y-%m-%d")}
-    assert expected_days <= days
-    files = ds.dataset(root, format="parquet", partitioning="hive").files
-    assert files and not any(Path(f).name.startswith((".", "_")) for f in files)
-    archived = table.to_pandas().set_index("event_id").loc[sorted(wanted)]
+    assert wanted <= ids, f"{len(wanted - ids)} replayed events not archived"
+    assert archive.count(settings.archive_dir, days) == archive.distinct_ids(
+        settings.archive_dir, days
+    ), "no event archived twice"
+    assert set(archive.dates(settings.archive_dir)) >= set(days)
+
+    for day in days:  # what the daily pipeline's compact_archive task does
+        archive.compact(settings.archive_dir, settings.lake_dir, day)
+    compacted = lake.read_events(settings.lake_dir, days[0], days[-1])
+    assert str(compacted["ts"].dtype) == "datetime64[ms, UTC]"
+    assert compacted["event_id"].is_unique
+    mine = compacted.set_index("event_id").loc[sorted(wanted)]
     source = events.set_index("event_id").loc[sorted(wanted)]
-    assert (archived["item_id"] == source["item_id"]).all()
-    assert (archived["event_type"] == source["event_type"]).all()
-    stamps = pd.to_datetime(archived["ts"]).dt.tz_localize("UTC")
-    assert (stamps == source["ts"]).all(), "ts archived as UTC milliseconds"
+    for column in ("user_id", "session_id", "item_id", "event_type", "category"):
+        assert (mine[column].fillna("") == source[column].fillna("")).all(), column
+    assert (mine["ts"] == source["ts"]).all(), "ts archived as UTC milliseconds"
+    assert mine["price"].fillna(-1).round(6).equals(source["price"].fillna(-1).round(6))

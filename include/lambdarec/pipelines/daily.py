@@ -1,6 +1,7 @@
 """The daily feature pipeline's steps (the DAG ``daily_feature_pipeline`` calls these).
 
-For the run's data interval ``[D 00:00, D+1 00:00)`` UTC: validate the raw events of day D ->
+For the run's data interval ``[D 00:00, D+1 00:00)`` UTC: fold day D of the speed layer's raw
+archive into the lake -> validate the raw events of day D ->
 Spark computes the four feature tables for D -> validate each -> materialize into the online
 store -> Data Docs. A failed gate raises, so the run stops before materialisation and the online
 store keeps the last good features; the error text names each failed expectation and its values.
@@ -30,6 +31,14 @@ def as_day(value: str | date | datetime) -> date:
         return date.fromisoformat(value[:10])
     except ValueError:
         raise ValueError(f"{value!r} is not a day; pass YYYY-MM-DD (Airflow's ds)") from None
+
+
+def compact_archive(day: str | date, settings: Settings | None = None) -> dict[str, Any]:
+    """Fold day D of the speed layer's raw archive into the lake (a no-op without archive)."""
+    from lambdarec.data.archive import compact
+
+    s = settings or get_settings()
+    return compact(s.archive_dir, s.lake_dir, as_day(day)).as_dict()
 
 
 def validate(table: str, day: str | date, settings: Settings | None = None) -> dict[str, Any]:

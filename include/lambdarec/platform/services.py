@@ -417,7 +417,16 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "TF_USE_LEGACY_KERAS": "1",
         "SPARK_LOCAL_IP": host,
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
+        "AIRFLOW_CONN_FLINK_DEFAULT": json.dumps(_flink_connection(settings)),
     }
+
+
+def _flink_connection(settings: Settings) -> dict[str, object]:
+    """``flink_default``: host ``local`` (the mini-cluster) or the JobManager's REST host:port."""
+    if not settings.flink_jobmanager:
+        return {"conn_type": "generic", "host": "local"}
+    host, _, port = settings.flink_jobmanager.rpartition(":")
+    return {"conn_type": "generic", "host": host, "port": int(port)}
 
 
 def airflow_process_env(settings: Settings) -> dict[str, str]:
@@ -627,19 +636,12 @@ def airflow(settings: Settings) -> Service:
 # under <state_dir>/flink/checkpoints, so `down` + `up` continues where it stopped. Until Settings
 # has them, the REST port, heap and trending topic use the defaults below (getattr fallbacks).
 
-FLINK_REST_PORT = 8081
-FLINK_HEAP = "1g"
 SPEED_JOB_NAME = "lambdarec-speed-layer"
-
-
-def _flink_rest_port(settings: Settings) -> int:
-    return int(getattr(settings, "flink_rest_port", FLINK_REST_PORT))
 
 
 def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
     """The job's command line for these settings (tests and benches add options)."""
     from lambdarec.speed.jars import flink_lib_dir, flink_python
-    from lambdarec.speed.pusher import trending_topic
 
     return [
         str(flink_python(settings)), str(settings.home / "include" / "flink" / "speed_layer.py"),
@@ -647,18 +649,18 @@ def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
         "--events-topic", settings.topic_events,
         "--dead-letter-topic", settings.topic_dead_letter,
         "--features-topic", settings.topic_session_features,
-        "--trending-topic", trending_topic(settings),
-        "--lake-dir", str(settings.lake_dir),
-        "--checkpoint-dir", str(settings.state_dir / "flink" / "checkpoints"),
+        "--trending-topic", settings.topic_trending_items,
+        "--archive-dir", str(settings.archive_dir),
+        "--checkpoint-dir", settings.checkpoint_dir,
         "--jars", str(flink_lib_dir(settings)),
-        "--rest-port", str(_flink_rest_port(settings)),
+        "--rest-port", str(settings.flink_rest_port),
         *extra,
     ]  # fmt: skip
 
 
 def speed_layer_env(settings: Settings) -> dict[str, str]:
     """JAVA_HOME (Java 17), a bounded heap, logs under the state folder (not inside the venv)."""
-    heap = str(getattr(settings, "flink_heap", FLINK_HEAP))
+    heap = settings.flink_heap
     return {
         "JAVA_HOME": str(settings.java_home),
         "JVM_ARGS": f"-Xms{heap} -Xmx{heap}",
@@ -671,7 +673,7 @@ def speed_layer_running(settings: Settings, port: int | None = None) -> bool:
     """Whether the mini-cluster's REST API reports the job RUNNING with every task running."""
     import requests
 
-    url = f"http://{settings.bind_host}:{port or _flink_rest_port(settings)}/jobs/overview"
+    url = f"http://{settings.bind_host}:{port or settings.flink_rest_port}/jobs/overview"
     try:
         jobs = requests.get(url, timeout=2).json().get("jobs", [])
     except (requests.RequestException, ValueError):
@@ -694,13 +696,14 @@ def _speed_layer_prepare(settings: Settings) -> None:
     except JarError as error:
         raise PlatformError(str(error)) from None
     (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
-    (settings.state_dir / "flink" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    settings.lake_dir.mkdir(parents=True, exist_ok=True)
+    if "://" not in settings.checkpoint_dir:
+        Path(settings.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    settings.archive_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings, extra=speed_topics(settings))
 
 
 def speed_layer(settings: Settings) -> Service:
-    port = _flink_rest_port(settings)
+    port = settings.flink_rest_port
     return Service(
         name="speed-layer",
         title="Flink speed layer (mini-cluster)",
@@ -713,9 +716,6 @@ def speed_layer(settings: Settings) -> Service:
         requires=("kafka",),
         prepare=lambda: _speed_layer_prepare(settings),
         stop_timeout_s=30.0,
-        # Opt-in until its Parquet archive and the batch layer's lake agree (file names, ts type,
-        # no double writes with the demo's generator): `lambdarec platform up speed-layer`.
-        default=False,
     )
 
 
@@ -747,7 +747,6 @@ def feature_pusher(settings: Settings) -> Service:
         requires=requires,
         prepare=lambda: _pusher_prepare(settings),
         stop_timeout_s=15.0,
-        default=False,  # goes with the speed layer
     )
 
 

@@ -1,0 +1,135 @@
+"""Fault tolerance of the speed layer: SIGKILL the job (driver and mini-cluster JVM) in the middle
+of a 200k-event replay, restart it from its last checkpoint, and check that nothing was lost or
+counted twice: the raw archive holds every produced event exactly once and every session's
+features in the online store equal an independent computation over the same events.
+
+Its own broker and state folder (not the module fixture of test_speed_layer): the kill must not
+disturb other tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pytest
+
+from tests.integration.test_speed_layer import _renamed, expected_session_features, online
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EVENTS = 200_000
+GROUP = "lambdarec-speed-layer"
+
+
+def _committed(settings: Settings) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": GROUP,
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        parts = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
+        return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=10))
+    finally:
+        probe.close()
+
+
+def _stream() -> pd.DataFrame:
+    """200k real Taobao events: copies of the subset under new ids, each copy in time order."""
+    from lambdarec.data.loaders import load_taobao
+
+    base = load_taobao().sort_values("ts", kind="stable").reset_index(drop=True)
+    copies = []
+    n = 0
+    while n < EVENTS:
+        part = _renamed(base, f"k{len(copies)}").iloc[: EVENTS - n]
+        copies.append(part)
+        n += len(part)
+    return pd.concat(copies, ignore_index=True)
+
+
+def test_kill_and_restart_loses_nothing_and_double_counts_nothing() -> None:
+    from lambdarec.data import archive
+    from lambdarec.features.store import apply
+    from lambdarec.platform.testing import private_platform
+    from lambdarec.speed.runner import pusher_threads, start_job, wait_running
+    from lambdarec.streaming.replay import replay
+
+    events = _stream()
+    expected = expected_session_features(events)
+    extra = ["--starting-offsets", "earliest", "--checkpoint-interval-s", "3"]
+    with private_platform(["kafka"], start_timeout_s=240) as settings:
+        apply(settings)
+        with pusher_threads(settings):
+            job = start_job(settings, extra)
+            try:
+                wait_running(job, settings)
+                produced: list[int] = []
+                producer = threading.Thread(
+                    target=lambda: produced.append(
+                        replay([events], settings=settings, progress=False).produced
+                    )
+                )
+                producer.start()
+                # Kill once a checkpoint has committed part of the stream, well before the end.
+                deadline = time.monotonic() + 300
+                while _committed(settings) < EVENTS // 5:
+                    assert time.monotonic() < deadline, f"no progress:\n{job.tail()}"
+                    assert job.process.poll() is None, job.tail()
+                    time.sleep(0.5)
+                at_kill = _committed(settings)
+                job.kill(signal.SIGKILL)
+                producer.join()
+                assert produced == [EVENTS]
+                assert at_kill < EVENTS, "the job finished before the kill: nothing was tested"
+
+                restarted = start_job(settings, extra, name="speed-layer-restarted")
+                try:
+                    wait_running(restarted, settings)
+                    log = restarted.log.read_text(errors="replace")
+                    assert "resuming from" in log, "the restart did not restore the checkpoint"
+                    deadline = time.monotonic() + 600
+                    while (
+                        _committed(settings) < EVENTS
+                        or archive.count(settings.archive_dir) < EVENTS
+                    ):
+                        assert time.monotonic() < deadline, restarted.tail()
+                        time.sleep(1)
+                    time.sleep(3)  # one more checkpoint: anything extra would show now
+                    assert archive.count(settings.archive_dir) == EVENTS, "archived exactly once"
+                    assert archive.distinct_ids(settings.archive_dir) == EVENTS
+
+                    sessions = list(expected)
+                    deadline = time.monotonic() + 120
+                    while True:
+                        got: dict = {}
+                        for i in range(0, len(sessions), 2000):
+                            got.update(online(settings, sessions[i : i + 2000]))
+                        wrong = {
+                            s: (want["n_views"], got.get(s, {}).get("n_views"))
+                            for s, want in expected.items()
+                            if any(
+                                want[k] != got.get(s, {}).get(k)
+                                for k in ("n_views", "n_carts", "n_removes", "n_purchases",
+                                          "n_events_30min")
+                            )
+                        }  # fmt: skip
+                        if not wrong or time.monotonic() > deadline:
+                            break
+                        time.sleep(2)
+                    assert not wrong, (
+                        f"{len(wrong)} of {len(sessions)} sessions have wrong counts after the "
+                        f"restart (expected, online n_views): {dict(list(wrong.items())[:5])}"
+                    )
+                finally:
+                    restarted.kill(signal.SIGTERM)
+            finally:
+                job.kill(signal.SIGTERM)
