@@ -1,0 +1,208 @@
+"""Start, find, cancel and watch the speed-layer job: the logic behind the Airflow operator and the
+``speed_layer`` DAG.
+
+Two targets, chosen by configuration (``LAMBDAREC_FLINK_JOBMANAGER``, or the Airflow connection
+``flink_default`` whose host is ``local`` or a JobManager's REST ``host:port``):
+
+* **local**: the platform's ``speed-layer`` service, the PyFlink mini-cluster (plus the
+  ``feature-pusher``), started and stopped through :mod:`lambdarec.platform.manager`;
+* **a Flink session cluster**: ``flink run -m host:port -d -py include/flink/speed_layer.py``
+  with the same job file and options (the connector jars travel as ``pipeline.jars``), cancelled
+  through the REST API.
+
+:func:`consumer_lag` reads how far the job's consumer group is behind the events topic (committed
+offsets, which the job commits on each checkpoint, against the partitions' high watermarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_NAME = "lambdarec-speed-layer"
+GROUP_ID = "lambdarec-speed-layer"
+LOCAL = "local"
+
+
+class SpeedLayerError(RuntimeError):
+    """The job could not be started, found or cancelled; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the job runs: ``local`` or a JobManager REST address ``host:port``."""
+
+    jobmanager: str = LOCAL
+
+    @classmethod
+    def parse(cls, value: str | None) -> Target:
+        text = (value or "").strip().removeprefix("http://").rstrip("/")
+        if not text or text == LOCAL:
+            return cls(LOCAL)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise SpeedLayerError(
+                f"Flink JobManager {value!r} is not 'local' or host:port (its REST port, e.g. "
+                "flink-jobmanager:8081); fix LAMBDAREC_FLINK_JOBMANAGER or the flink_default "
+                "connection's host and port"
+            )
+        return cls(text)
+
+    @property
+    def local(self) -> bool:
+        return self.jobmanager == LOCAL
+
+    def rest_url(self, settings: Settings) -> str:
+        if self.local:
+            return f"http://{settings.bind_host}:{settings.flink_rest_port}"
+        return f"http://{self.jobmanager}"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    state: str
+    target: str
+    submitted: bool
+    rest_url: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_job(rest_url: str, name: str = JOB_NAME) -> dict[str, Any] | None:
+    """The newest job called ``name`` that is not finished, from ``/jobs/overview`` (or None)."""
+    try:
+        jobs = requests.get(f"{rest_url}/jobs/overview", timeout=3).json().get("jobs", [])
+    except (requests.RequestException, ValueError):
+        return None
+    alive = [
+        j
+        for j in jobs
+        if j.get("name") == name and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")
+    ]
+    return max(alive, key=lambda j: j.get("start-time", 0)) if alive else None
+
+
+def _all_running(job: dict[str, Any] | None) -> bool:
+    if not job:
+        return False
+    tasks = job.get("tasks", {})
+    return job.get("state") == "RUNNING" and tasks.get("running") == tasks.get("total")
+
+
+def wait_running(rest_url: str, timeout_s: float) -> dict[str, Any]:
+    began = time.monotonic()
+    while True:
+        job = find_job(rest_url)
+        if _all_running(job):
+            assert job is not None
+            return job
+        if time.monotonic() - began > timeout_s:
+            state = job.get("state") if job else "not found"
+            raise SpeedLayerError(
+                f"the speed layer is not running at {rest_url} after {timeout_s:.0f} s (job "
+                f"{state}); see its log (`lambdarec platform logs speed-layer`) or the Flink UI"
+            )
+        time.sleep(1)
+
+
+def _submit_remote(settings: Settings, target: Target) -> None:
+    from lambdarec.platform.services import speed_layer_command, speed_layer_env
+    from lambdarec.speed.jars import flink_venv
+
+    command = speed_layer_command(settings)  # [python, job.py, options...]
+    flink = next(flink_venv(settings).glob("lib/python3*/site-packages/pyflink/bin/flink"), None)
+    if flink is None:
+        raise SpeedLayerError("no flink CLI in the PyFlink venv; run `make setup`")
+    options = list(command[2:])
+    if "--rest-port" in options:  # the mini-cluster's option; a cluster has its own
+        i = options.index("--rest-port")
+        del options[i : i + 2]
+    argv = [str(flink), "run", "-m", target.jobmanager, "-d", "-pyexec", command[0],
+            "-py", command[1], *options, "--detached"]  # fmt: skip
+    env = {**speed_layer_env(settings), "PATH": "/usr/bin:/bin"}
+    log.info("submitting the speed layer to %s", target.jobmanager)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)  # noqa: S603
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+        raise SpeedLayerError(f"flink run failed against {target.jobmanager}:\n{tail}")
+
+
+def ensure_running(settings: Settings, target: Target, timeout_s: float = 300.0) -> JobInfo:
+    """The job running on ``target``, submitted if it is not there; waits until every task runs."""
+    rest = target.rest_url(settings)
+    job = find_job(rest)
+    submitted = False
+    if not _all_running(job):
+        if job is None:
+            submitted = True
+            if target.local:
+                from lambdarec.platform import manager
+
+                manager.up(
+                    ["speed-layer", "feature-pusher"], settings=settings, timeout_s=timeout_s
+                )
+            else:
+                _submit_remote(settings, target)
+        job = wait_running(rest, timeout_s)
+    assert job is not None
+    info = JobInfo(str(job["jid"]), str(job["state"]), target.jobmanager, submitted, rest)
+    log.info("speed layer %s on %s (%s)", info.state, target.jobmanager, info.job_id)
+    return info
+
+
+def cancel(settings: Settings, target: Target, job_id: str | None = None) -> bool:
+    """Cancel the job (local: stop the service, so its checkpoints stay for the next start).
+
+    Returns whether a job was found to cancel.
+    """
+    if target.local:
+        from lambdarec.platform import manager
+
+        return "speed-layer" in manager.down(["speed-layer"], settings=settings)
+    rest = target.rest_url(settings)
+    job_id = job_id or (find_job(rest) or {}).get("jid")
+    if not job_id:
+        return False
+    response = requests.patch(f"{rest}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
+    if response.status_code not in (200, 202):
+        raise SpeedLayerError(f"cancelling {job_id} at {rest}: HTTP {response.status_code}")
+    return True
+
+
+def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
+    """Events the job has not yet committed, per partition and in total."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        topic = settings.topic_events
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise SpeedLayerError(f"topic {topic} not found at {settings.bootstrap_servers}")
+        parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        committed = consumer.committed(parts, timeout=10)
+        per: dict[str, int] = {}
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10
+            )
+            done = tp.offset if tp.offset >= 0 else low
+            per[str(tp.partition)] = max(0, high - done)
+        return {"group": group, "topic": topic, "lag": sum(per.values()), "partitions": per}
+    finally:
+        consumer.close()
