@@ -97,6 +97,7 @@ def _assert_cluster(name: str, s: Settings) -> None:
     assert s.mlflow_uri == "http://mlflow:5000", name
     assert s.milvus_uri == "http://milvus:19530", name
     assert s.spark_master == "spark://spark-master:7077", name
+    assert s.flink_jobmanager == "flink-jobmanager:8081", name
     for endpoint in (s.bootstrap_servers, s.redis_host, s.mlflow_uri, s.milvus_uri, s.spark_master):
         assert not any(host in endpoint for host in LOOPBACK), (name, endpoint)
 
