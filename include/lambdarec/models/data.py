@@ -366,10 +366,17 @@ def build_from_srgnn(
 def load_dataset(
     dataset: str, *, max_len: int = MAX_LEN, synthetic_events: int = 60_000, seed: int = 42
 ) -> Dataset:
-    """``diginetica`` (SR-GNN split), ``taobao`` (temporal), ``synthetic`` or a file path."""
+    """``diginetica`` (SR-GNN split), ``taobao`` (temporal), ``synthetic``, ``lake`` (every event
+    in the settings' lake, temporal split) or a file path."""
     from pathlib import Path
 
     from lambdarec.data import loaders
+
+    if dataset == "lake":
+        from lambdarec.config import get_settings
+        from lambdarec.data.lake import read_events
+
+        return build_from_events(read_events(get_settings().lake_dir), name="lake", max_len=max_len)
 
     if dataset == "diginetica":
         return build_from_srgnn(loaders.load_srgnn(), max_len=max_len)

@@ -1,0 +1,78 @@
+"""
+### weekly_model_retraining
+
+Retrains the two-stage recommender once a week (and whenever `drift_monitoring` triggers it, by
+this dag id). Every step is a program, `include/models/retrain.py <step> --run-dir DIR`, launched by
+`ModelStepOperator`; the logic lives in `lambdarec.models.retrain`, and only the run folder
+(`<state_dir>/models/runs/<run id>/`) passes between tasks.
+
+1. **build_datasets** — examples from `params.dataset` (default: the lake) with a temporal split;
+   the user features come from Feast (`get_historical_features`, point in time) when
+   `params.feast`.
+2. **train_two_tower** — the retriever (TFRS, in-batch softmax with logQ, early stopping).
+3. **train_deepfm** — the ranker, on the retriever's candidates for validation queries.
+4. **evaluate_and_promote** — full ranking on the test split against popular / co-occurrence /
+   ALS; both models are logged to MLflow and registered; each becomes `champion` only if it beats
+   the current champion on the same evaluation, otherwise `challenger`, and the log, the MLflow
+   run and `decision.json` say why.
+5. **export_embeddings** — the promoted two-tower's item vectors to a new Milvus collection, then
+   the serving alias is switched (`lambdarec.retrieval.index`); skipped when nothing was promoted.
+6. **notify_serving** — writes the reload marker `<state_dir>/serving/reload.json` when a model was
+   promoted (serving has no reload endpoint).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from lambdarec_airflow.training import ModelStepOperator
+
+RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the operator
+
+
+@dag(
+    dag_id="weekly_model_retraining",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "lambdarec", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    params={
+        "dataset": Param("lake", type="string", description="lake | taobao | diginetica | a file"),
+        "feast": Param(True, type="boolean", description="User features from Feast (temporal data)"),
+        "max_train": Param(0, type="integer", minimum=0, description="Two-tower pairs (0: all)"),
+        "epochs": Param(4, type="integer", minimum=1),
+        "min_delta": Param(0.0, type="number", description="Margin over the champion to promote"),
+    },
+    tags=["lambdarec", "models", "retraining"],
+    doc_md=__doc__,
+)
+def weekly_model_retraining() -> None:
+    build = ModelStepOperator(
+        task_id="build_datasets", step="build", run_dir=RUN_DIR,
+        options={"dataset": "{{ params.dataset }}", "feast": "{{ params.feast }}"},
+    )  # fmt: skip
+    two_tower = ModelStepOperator(
+        task_id="train_two_tower", step="train-two-tower", run_dir=RUN_DIR,
+        options={"max_train": "{{ params.max_train }}", "epochs": "{{ params.epochs }}"},
+        execution_timeout=timedelta(hours=4),
+    )  # fmt: skip
+    deepfm = ModelStepOperator(
+        task_id="train_deepfm", step="train-deepfm", run_dir=RUN_DIR,
+        execution_timeout=timedelta(hours=2),
+    )  # fmt: skip
+    evaluate = ModelStepOperator(
+        task_id="evaluate_and_promote", step="evaluate", run_dir=RUN_DIR,
+        options={"min_delta": "{{ params.min_delta }}"},
+    )  # fmt: skip
+    export = ModelStepOperator(task_id="export_embeddings", step="export", run_dir=RUN_DIR)
+    notify = ModelStepOperator(
+        task_id="notify_serving", step="notify", run_dir=RUN_DIR, trigger_rule="none_failed"
+    )
+    build >> two_tower >> deepfm >> evaluate >> export >> notify
+
+
+weekly_model_retraining()

@@ -1,0 +1,341 @@
+"""The weekly retraining, one step at a time, each step reading and writing one run folder.
+
+The ``weekly_model_retraining`` DAG launches every step as its own program
+(``include/models/retrain.py <step> --run-dir DIR``) and passes only the folder between tasks, so
+TensorFlow never runs inside an Airflow worker process and any step can be re-run from a shell.
+
+Run folder::
+
+    dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
+    two_tower/                   two_tower.export (what serving loads) + checkpoint + config
+    deepfm/                      checkpoint + config
+    evaluation/                  metrics.json + report.html (models vs baselines, full ranking)
+    decision.json                what the registry did for each model, and why
+    export.json                  the Milvus collection version now serving (or why none)
+    reload.json                  the marker serving was told to reload from
+
+Promotion: both models are logged as MLflow runs and registered; ``two_tower`` is judged on the
+retrieval-only NDCG@10 and ``deepfm`` on the two-stage NDCG@10, each against its own champion on
+the same evaluation (:meth:`lambdarec.registry.ModelRegistry.promote`), otherwise it stays
+challenger and ``decision.json``, the MLflow run and the task log say why. Embeddings go to
+Milvus only when the two-tower was promoted (serving reads the champion's query tower, so the
+index must hold the champion's item vectors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lambdarec.config import Settings
+    from lambdarec.models.data import Dataset
+    from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
+    from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
+    from lambdarec.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+STEPS = ("build", "train-two-tower", "train-deepfm", "evaluate", "export", "notify")
+#: Registered model names (serving loads the ``two_tower`` champion).
+TWO_TOWER, DEEPFM = "two_tower", "deepfm"
+#: Metric each model is promoted on, by evaluation row.
+PROMOTION = {TWO_TOWER: ("two_tower", "ndcg@10"), DEEPFM: ("two_stage(two_tower+deepfm)", "ndcg@10")}
+RETRIEVAL_ROW, TWO_STAGE_ROW = "two_tower", "two_stage(two_tower+deepfm)"
+
+
+def _settings(settings: Settings | None) -> Settings:
+    from lambdarec.config import get_settings
+
+    return settings if settings is not None else get_settings()
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the step that writes it first")
+    out: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def load_built(run_dir: Path) -> Dataset:
+    path = run_dir / "dataset.pkl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the 'build' step first")
+    with path.open("rb") as fh:
+        data: Dataset = pickle.load(fh)  # our own file, written by build()
+    return data
+
+
+def evaluation_id(dataset: Dataset) -> str:
+    """Names the test set: runs are only compared on the same one."""
+    split = dataset.split
+    if split.get("kind") == "temporal":
+        def day(ms: object) -> str:
+            return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")  # type: ignore[call-overload]
+
+        return f"{dataset.name}:temporal:{day(split['test_start_ms'])}..{day(split['end_ms'])}"
+    return f"{dataset.name}:{split.get('kind', 'custom')}:{split.get('test_pairs', len(dataset.test))}"
+
+
+def data_range(dataset: Dataset) -> tuple[str, str] | None:
+    split = dataset.split
+    if split.get("kind") != "temporal" or not len(dataset.train_events.ts):
+        return None
+
+    def iso(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+    return iso(int(dataset.train_events.ts.min())), iso(int(split["valid_start_ms"]))  # type: ignore[call-overload]
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def build(
+    dataset: str, run_dir: Path, *, feast: bool = False, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Examples of ``dataset`` (see :func:`lambdarec.models.data.load_dataset`), with the batch
+    user features from Feast when ``feast`` (temporal data only)."""
+    from lambdarec.models.data import build_from_events, load_dataset
+
+    if dataset == "lake":  # the settings' lake (load_dataset would read the process settings)
+        from lambdarec.data.lake import read_events
+
+        data = build_from_events(read_events(_settings(settings).lake_dir), name="lake")
+    else:
+        data = load_dataset(dataset)
+    services: dict[str, str] = {}
+    if feast:
+        from lambdarec.models.features import attach_batch_features, feature_service_versions
+
+        data = attach_batch_features(data, _settings(settings))
+        services = feature_service_versions(_settings(settings))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "dataset.pkl").open("wb") as fh:
+        pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    info = {
+        "dataset": data.name, "split": data.split, "n_items": data.n_items,
+        "examples": {"train": len(data.train), "valid": len(data.valid), "test": len(data.test)},
+        "evaluation_id": evaluation_id(data), "data_range": data_range(data),
+        "feature_services": services,
+    }  # fmt: skip
+    _write_json(run_dir / "dataset.json", info)
+    return info
+
+
+def _checkpoint(model: Any, path: Path, *, save: bool) -> None:
+    import tensorflow as tf
+
+    ckpt = tf.train.Checkpoint(model=model)
+    if save:
+        ckpt.write(str(path))
+    else:
+        ckpt.read(str(path)).expect_partial()
+
+
+def train_retriever(run_dir: Path, config: TwoTowerConfig | None = None) -> dict[str, Any]:
+    from lambdarec.models import two_tower
+
+    data = load_built(run_dir)
+    trained = two_tower.train_two_tower(data, config)
+    out = run_dir / "two_tower"
+    two_tower.export(trained, out)  # item_embeddings.npz, query_tower/, item_index.npy, config
+    _checkpoint(trained.model, out / "checkpoint" / "model", save=True)
+    return {"history": trained.history, "out": str(out)}
+
+
+def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
+    """The two-tower of :func:`train_retriever`, rebuilt around its checkpoint."""
+    import numpy as np
+
+    from lambdarec.models.two_tower import TrainedTwoTower, TwoTower, TwoTowerConfig
+
+    folder = run_dir / "two_tower"
+    raw = _read_json(folder / "two_tower_config.json")
+    history = raw.pop("history", [])
+    config = TwoTowerConfig(**raw)
+    model = TwoTower(
+        n_items=data.n_items, n_users=data.n_users, n_categories=data.catalog.n_categories,
+        n_price=data.catalog.n_price_buckets, config=config,
+    )  # fmt: skip
+    _checkpoint(model, folder / "checkpoint" / "model", save=False)
+    idx_map = np.load(folder / "item_index.npy")
+    return TrainedTwoTower(model, config, idx_map, data.catalog, history=history)
+
+
+def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str, Any]:
+    from lambdarec.models import baselines as B
+    from lambdarec.models import deepfm
+    from lambdarec.models import evaluate as E
+
+    data = load_built(run_dir)
+    tt = load_retriever(run_dir, data)
+    c = config or deepfm.DeepFMConfig()
+    cooc = B.CoOccurrence().fit(data)
+    queries = data.valid.sample(c.max_queries, c.seed)
+    cand, scores = E.ranker_topk(tt, queries, 100)
+    fm = deepfm.train_deepfm(data, queries, cand, scores, tt.idx_map, cooc, c)
+    out = run_dir / "deepfm"
+    _checkpoint(fm.model, out / "checkpoint" / "model", save=True)
+    _write_json(out / "deepfm_config.json", {**asdict(c), "history": fm.history})
+    return {"history": fm.history, "out": str(out)}
+
+
+def load_ranker(run_dir: Path, data: Dataset, idx_map: Any) -> TrainedDeepFM:
+    from lambdarec.models import baselines as B
+    from lambdarec.models.deepfm import DeepFM, DeepFMConfig, TrainedDeepFM
+
+    raw = _read_json(run_dir / "deepfm" / "deepfm_config.json")
+    history = raw.pop("history", [])
+    raw["hidden"] = tuple(raw["hidden"])
+    config = DeepFMConfig(**raw)
+    model = DeepFM(
+        n_items=data.n_items, n_categories=data.catalog.n_categories,
+        n_price=data.catalog.n_price_buckets, config=config,
+    )  # fmt: skip
+    _checkpoint(model, run_dir / "deepfm" / "checkpoint" / "model", save=False)
+    return TrainedDeepFM(model, config, idx_map, B.CoOccurrence().fit(data), history=history)
+
+
+def registry_for(name: str, settings: Settings) -> ModelRegistry:
+    """The model's registry; with a file/SQLite tracking URI the artifacts go under the state dir
+    (not ./mlruns of whatever folder the task runs in)."""
+    from lambdarec.registry import ModelRegistry
+
+    uri = settings.mlflow_uri
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    artifacts = (settings.state_dir / "mlflow" / "artifacts").resolve().as_uri() if local else None
+    return ModelRegistry(uri, name, artifact_location=artifacts)
+
+
+def evaluate(
+    run_dir: Path, *, settings: Settings | None = None, baselines: bool = True,
+    test_max: int | None = None, min_delta: float = 0.0,
+) -> dict[str, Any]:  # fmt: skip
+    """Full-ranking evaluation of both stages against the baselines on the test split, logged to
+    MLflow; each model is registered and promoted only if it beats its champion."""
+    from lambdarec.models import baselines as B
+    from lambdarec.models import evaluate as E
+
+    s = _settings(settings)
+    data = load_built(run_dir)
+    info = _read_json(run_dir / "dataset.json")
+    tt = load_retriever(run_dir, data)
+    fm = load_ranker(run_dir, data, tt.idx_map)
+    test = data.test.sample(test_max, 0)
+    results = []
+    if baselines:
+        for model in (B.MostPopular(), B.CoOccurrence(), B.ALS()):
+            results.append(E.evaluate_ranker(model.fit(data), data, test))
+    cand, scores = E.ranker_topk(tt, test, 100)
+    results.append(E.evaluate_topk(RETRIEVAL_ROW, cand, data, test))
+    results.append(E.evaluate_topk(TWO_STAGE_ROW, fm.rerank(data, test, cand, scores), data, test))
+    payload = E.results_json(data, results, {"evaluation_id": info["evaluation_id"]})
+    figs = E.figures(results)
+    report_dir = run_dir / "evaluation"
+    jpath, hpath = E.write_report(payload, figs, report_dir)
+    plots = []
+    for key, fig in figs.items():
+        fig.savefig(report_dir / f"{key}.png", dpi=80)
+        plots.append(report_dir / f"{key}.png")
+
+    models = payload["models"]
+    best_baseline = max(
+        (m for m in models if m not in (RETRIEVAL_ROW, TWO_STAGE_ROW)),
+        key=lambda m: models[m]["ndcg@10"], default=None,
+    )  # fmt: skip
+    decisions: dict[str, Any] = {}
+    for name, folder in ((TWO_TOWER, run_dir / "two_tower"), (DEEPFM, run_dir / "deepfm")):
+        row, metric = PROMOTION[name]
+        metrics = {k: float(v) for k, v in models[row].items() if isinstance(v, float)}
+        if best_baseline is not None:
+            metrics[f"best_baseline_{metric}"] = float(models[best_baseline][metric])
+        registry = registry_for(name, s)
+        run_id = registry.log_run(
+            params={"dataset": info["dataset"], "run_dir": str(run_dir),
+                    "best_baseline": best_baseline or "none"},
+            metrics=metrics, evaluation_id=info["evaluation_id"],
+            feature_services=info.get("feature_services") or None,
+            data_range=tuple(info["data_range"]) if info.get("data_range") else None,
+            plots=[*plots, jpath, hpath], model_dir=folder, run_name=f"{name} {run_dir.name}",
+        )  # fmt: skip
+        version = registry.register(run_id)
+        decision = registry.promote(version, metrics, metric=metric, min_delta=min_delta)
+        decisions[name] = {**asdict(decision), "run_id": run_id}
+        log.info("%s v%s: %s", name, version, decision.reason)
+    out = {"evaluation_id": info["evaluation_id"], "best_baseline": best_baseline,
+           "models": models, "decisions": decisions, "report": str(hpath)}  # fmt: skip
+    _write_json(run_dir / "decision.json", out)
+    return out
+
+
+def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Publish the promoted two-tower's item embeddings as a new Milvus collection version and
+    switch the serving alias to it; nothing when the two-tower was not promoted."""
+    import numpy as np
+
+    from lambdarec.retrieval.index import VectorIndex
+
+    decision = _read_json(run_dir / "decision.json")["decisions"][TWO_TOWER]
+    if not decision["promoted"]:
+        out = {"published": False, "reason": f"two_tower not promoted: {decision['reason']}"}
+        _write_json(run_dir / "export.json", out)
+        return out
+    data = load_built(run_dir)
+    emb = np.load(run_dir / "two_tower" / "item_embeddings.npz")
+    ids = [str(i) for i in emb["ids"]]
+    categories = [str(c) for c in data.catalog.category]
+    with VectorIndex.from_settings(_settings(settings)) as index:
+        version = index.publish(ids, emb["embeddings"], categories, progress=False)
+        out = {"published": True, "version": version, "collection": index.collection_name(version),
+               "alias": index.config.alias, "items": len(ids),
+               "model_version": decision["version"]}  # fmt: skip
+    _write_json(run_dir / "export.json", out)
+    return out
+
+
+def reload_marker(settings: Settings) -> Path:
+    """The file serving watches for a new champion / index version."""
+    return settings.state_dir / "serving" / "reload.json"
+
+
+def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Tell serving to reload: write the reload marker (serving has no reload endpoint yet; its
+    recommender loads the champion at start)."""
+    s = _settings(settings)
+    export = _read_json(run_dir / "export.json")
+    decision = _read_json(run_dir / "decision.json")
+    payload = {
+        "at": datetime.now(UTC).isoformat(), "run_dir": str(run_dir),
+        "two_tower_version": decision["decisions"][TWO_TOWER]["version"],
+        "two_tower_promoted": decision["decisions"][TWO_TOWER]["promoted"],
+        "deepfm_promoted": decision["decisions"][DEEPFM]["promoted"], "index": export,
+    }  # fmt: skip
+    if not (payload["two_tower_promoted"] or payload["deepfm_promoted"]):
+        payload["reload"] = False
+        payload["reason"] = "no model was promoted; serving keeps its champion"
+        _write_json(run_dir / "reload.json", payload)
+        return payload
+    payload["reload"] = True
+    _write_json(reload_marker(s), payload)
+    _write_json(run_dir / "reload.json", payload)
+    return payload
+
+
+__all__ = [
+    "STEPS", "build", "evaluate", "evaluation_id", "export_embeddings", "load_built",
+    "load_ranker", "load_retriever", "notify_serving", "registry_for", "reload_marker",
+    "train_ranker", "train_retriever",
+]  # fmt: skip
