@@ -17,6 +17,7 @@ from lambdarec.config import Settings, get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 # Wide enough for the status table when output is not a terminal (make, CI logs).
@@ -28,6 +29,55 @@ def _step(title: str, fn: Callable[[], object]) -> None:
     t0 = time.monotonic()
     fn()
     console.print(f"[green]done[/] in {time.monotonic() - t0:.1f} s")
+
+
+def wait_archived(
+    settings: Settings, days: list[str], expected: int, *, timeout_s: float = 900.0
+) -> int:
+    """Wait until the speed layer's archive holds ``expected`` distinct events of ``days``.
+
+    Files are committed on Flink checkpoints, so the count moves in steps. Raises with the job's
+    log location when it stalls.
+    """
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from lambdarec.data import archive
+
+    wanted = [date.fromisoformat(d) for d in days]
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    with Progress(
+        "archived",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("archive", total=expected)
+        while True:
+            got = archive.distinct_ids(settings.archive_dir, wanted)
+            bar.update(task, completed=min(got, expected))
+            if got >= expected:
+                return got
+            if got != last:
+                last, last_change = got, time.monotonic()
+            if time.monotonic() > deadline or time.monotonic() - last_change > 180:
+                raise RuntimeError(
+                    f"the speed layer archived {got:,} of {expected:,} events and stalled; see "
+                    f"{settings.log_dir / 'speed-layer.log'} and `lambdarec platform status`"
+                )
+            time.sleep(2)
+
+
+def sample_session(source: Path) -> str:
+    """The session with the most views in the generated data (a readable example)."""
+    from lambdarec.data import lake
+
+    frame = lake.read_events(source, columns=["session_id", "event_type"])
+    return str(frame.loc[frame["event_type"] == "view", "session_id"].value_counts().index[0])
 
 
 def run_demo(
@@ -42,6 +92,7 @@ def run_demo(
     """Run the demo; returns the figures it printed (for tests)."""
     from lambdarec.data import lake
     from lambdarec.data.generator import ClickstreamGenerator, GeneratorConfig
+    from lambdarec.features.store import get_online_features
     from lambdarec.platform import manager
     from lambdarec.platform.cli import _table as status_table
     from lambdarec.streaming.kafka import topic_size
@@ -51,30 +102,44 @@ def run_demo(
     s = settings or get_settings()
     figures: dict[str, object] = {}
 
-    _step("1/5 platform: starting the local services",
-          lambda: manager.up(list(services) if services else None, settings=s))
+    started: list[manager.ServiceStatus] = []
+    _step(
+        "1/6 platform: starting the local services",
+        lambda: started.extend(manager.up(list(services) if services else None, settings=s)),
+    )
+    streaming = any(row.name == "speed-layer" and row.is_up for row in started)
 
-    config = GeneratorConfig(n_users=users, n_items=items, n_categories=min(200, max(1, items // 25)),
-                             days=days, seed=seed)
+    config = GeneratorConfig(
+        n_users=users,
+        n_items=items,
+        n_categories=min(200, max(1, items // 25)),
+        days=days,
+        seed=seed,
+    )
+    # The generated clickstream is the shoppers' traffic: it goes to Kafka, and the speed layer
+    # archives what it reads into the lake. Without the speed layer it is written to the lake
+    # directly (a backfill).
+    source = s.data_dir / "demo" / f"seed-{seed}-u{users}-i{items}-d{days}"
 
     def generate() -> None:
         gen = ClickstreamGenerator(config)
         lake.write_catalog(gen.catalog_table(), s.lake_dir)
-        dates = lake.write_events(gen.iter_tables(), s.lake_dir)
-        counts = lake.date_counts(s.lake_dir)
+        target = source if streaming else s.lake_dir
+        dates = lake.write_events(gen.iter_tables(), target)
+        counts = lake.date_counts(target)
         figures["events"] = sum(counts[d] for d in dates)
         figures["days"] = [d.isoformat() for d in dates]
         console.print(
             f"{figures['events']:,} events from {users:,} users over {items:,} items, "
-            f"{dates[0]} .. {dates[-1]}, written to {s.lake_dir}"
+            f"{dates[0]} .. {dates[-1]}, written to {target}"
         )
 
-    _step("2/5 data: generating the seeded synthetic clickstream into the lake", generate)
+    _step("2/6 data: generating the seeded synthetic clickstream", generate)
 
     def replay_all() -> None:
         first, last = figures["days"][0], figures["days"][-1]  # type: ignore[index]
         before = topic_size(s, s.topic_events)
-        frames, total = frames_from_lake(s.lake_dir, first, last)
+        frames, total = frames_from_lake(source if streaming else s.lake_dir, first, last)
         result = replay(frames, settings=s, total=total)
         figures["replay"] = result.as_dict()
         after = topic_size(s, s.topic_events)
@@ -89,38 +154,74 @@ def run_demo(
                 f"the events topic grew by {after - before} but {result.produced} were produced"
             )
 
-    _step("3/5 ingest: replaying the lake into Kafka in event-time order", replay_all)
+    _step("3/6 ingest: replaying the clickstream into Kafka in event-time order", replay_all)
+
+    def archived() -> None:
+        if not streaming:
+            console.print("the speed layer is not running: the lake was written directly")
+            return
+        days = cast("list[str]", figures["days"])
+        figures["archived"] = wait_archived(s, days, cast("int", figures["events"]))
+        session = sample_session(source)
+        online = get_online_features(
+            [
+                "session_features:n_views",
+                "session_features:last_viewed_items",
+                "session_features:session_category",
+            ],
+            [{"session_id": session}],
+            s,
+        )
+        figures["session_sample"] = online
+        console.print(f"online store, session {session} (speed layer): {online}")
+
+    _step("4/6 speed layer: Flink archives every event and keeps session features fresh", archived)
 
     def batch_layer() -> None:
-        from lambdarec.features.store import get_online_features
         from lambdarec.pipelines.dag_run import run_dag_test
 
         runs = {}
         days = cast("list[str]", figures["days"])
         for n, day in enumerate(days, 1):
-            console.print(f"[{n}/{len(days)}] daily_feature_pipeline for {day} "
-                          "(gates, spark-submit, materialize) ...")
+            console.print(
+                f"[{n}/{len(days)}] daily_feature_pipeline for {day} "
+                "(archive compaction, gates, spark-submit, materialize) ..."
+            )
             t0 = time.monotonic()
             run = run_dag_test("daily_feature_pipeline", day, s)
             runs[day] = run.state
-            console.print(f"      {run.state} in {time.monotonic() - t0:.0f} s: "
-                          f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
-                          "tasks succeeded")
+            console.print(
+                f"      {run.state} in {time.monotonic() - t0:.0f} s: "
+                f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
+                "tasks succeeded"
+            )
             if not run.success:
                 failed = {t: st for t, st in run.tasks.items() if st != "success"}
-                raise RuntimeError(f"daily_feature_pipeline failed for {day}: {failed}\n"
-                                   + "\n".join(run.log.splitlines()[-30:]))
+                raise RuntimeError(
+                    f"daily_feature_pipeline failed for {day}: {failed}\n"
+                    + "\n".join(run.log.splitlines()[-30:])
+                )
         figures["daily_feature_pipeline"] = runs
-        sample = lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts().index[0]
+        sample = (
+            lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts().index[0]
+        )
         online = get_online_features(
-            ["user_history_30d:n_events_30d", "user_history_30d:top_category_30d",
-             "user_history_30d:conversion_rate_30d"], [{"user_id": sample}], s)
+            [
+                "user_history_30d:n_events_30d",
+                "user_history_30d:top_category_30d",
+                "user_history_30d:conversion_rate_30d",
+            ],
+            [{"user_id": sample}],
+            s,
+        )
         figures["online_sample"] = online
         console.print(f"online store, user {sample}: {online}")
         console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
 
-    _step("4/5 batch layer: the daily feature pipeline DAG for each day -> Feast online store",
-          batch_layer)
+    _step(
+        "5/6 batch layer: the daily feature pipeline DAG for each day -> Feast online store",
+        batch_layer,
+    )
 
     def summary() -> None:
         rows = manager.status(settings=s)
@@ -130,5 +231,5 @@ def run_demo(
             "`make platform-down` stops everything."
         )
 
-    _step("5/5 summary", summary)
+    _step("6/6 summary", summary)
     return figures

@@ -1,4 +1,5 @@
-"""The demo's path on a private platform: services up, data into the lake, replayed into Kafka."""
+"""The demo's path on a private platform: services up, the clickstream replayed into Kafka, the
+speed layer archiving it into the lake and pushing session features, the batch layer per day."""
 
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ from lambdarec.platform.testing import link_kafka_jars, private_settings
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-def test_demo_generates_the_lake_and_replays_every_event_into_kafka() -> None:
+def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake() -> None:
     state = Path(tempfile.mkdtemp(prefix="lambdarec-demo-"))
     settings = private_settings(state)
     link_kafka_jars(settings)
     try:
-        figures = run_demo(users=300, items=800, days=2, seed=5, services=["kafka", "redis"],
-                           settings=settings)
+        figures = run_demo(
+            users=300,
+            items=800,
+            days=2,
+            seed=5,
+            services=["kafka", "redis", "speed-layer", "feature-pusher"],
+            settings=settings,
+        )
         counts = lake.date_counts(settings.lake_dir)
         assert [d.isoformat() for d in sorted(counts)] == figures["days"]
         assert figures["events"] == sum(counts.values()) > 1000
@@ -31,7 +38,16 @@ def test_demo_generates_the_lake_and_replays_every_event_into_kafka() -> None:
         assert replayed["produced"] == figures["events"]
         assert replayed["dead_lettered"] == 0
         assert figures["topic_events_added"] == figures["events"]
-        assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {"kafka", "redis"}
+        # Every event went through Flink into the archive, then compaction into the lake.
+        assert figures["archived"] == figures["events"]
+        assert set(figures["daily_feature_pipeline"].values()) == {"success"}  # type: ignore[union-attr]
+        session = figures["session_sample"]
+        assert isinstance(session, dict) and session["session_features__n_views"][0] > 0
+        assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {
+            "kafka",
+            "redis",
+            "speed-layer",
+        }
     finally:
         manager.down(settings=settings)
         shutil.rmtree(state, ignore_errors=True)
