@@ -38,8 +38,10 @@ class Prober:
 
     def __init__(self, settings: object) -> None:
         self.settings = settings
+        self.topic = TopicProbe(settings)
         self.pending: dict[str, list[tuple[int, float]]] = {}
         self.latencies_ms: list[float] = []
+        self.timeline: list[tuple[float, float]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -47,6 +49,7 @@ class Prober:
     def add(self, session_id: str, count: int, sent: float) -> None:
         with self.lock:
             self.pending.setdefault(session_id, []).append((count, sent))
+        self.topic.add(session_id, count, sent)
 
     def outstanding(self) -> int:
         with self.lock:
@@ -57,7 +60,7 @@ class Prober:
             with self.lock:
                 sessions = list(self.pending)
             if not sessions:
-                time.sleep(0.002)
+                time.sleep(0.01)
                 continue
             got = get_online_features(
                 ["session_features:n_views"],
@@ -76,13 +79,60 @@ class Prober:
                     for count, sent in probes:
                         if views >= count:
                             self.latencies_ms.append((now - sent) * 1000)
+                            self.timeline.append((sent, (now - sent) * 1000))
                         else:
                             left.append((count, sent))
                     if left:
                         self.pending[sid] = left
                     else:
                         del self.pending[sid]
-            time.sleep(0.002)
+            time.sleep(0.01)
+
+
+class TopicProbe:
+    """The same probes, resolved when the job's row reaches the features topic: the Flink part
+    of the latency (the rest is the pusher and the online store)."""
+
+    def __init__(self, settings: object) -> None:
+        from lambdarec.streaming.kafka import make_consumer
+
+        self.consumer = make_consumer(
+            "bench-freshness-topic-probe",
+            [settings.topic_session_features],  # type: ignore[attr-defined]
+            settings,  # type: ignore[arg-type]
+            **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 5, "enable.auto.commit": False},
+        )
+        self.pending: dict[str, list[tuple[int, float]]] = {}
+        self.latencies_ms: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def add(self, session_id: str, count: int, sent: float) -> None:
+        with self.lock:
+            self.pending.setdefault(session_id, []).append((count, sent))
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            messages = self.consumer.consume(num_messages=1000, timeout=0.05)
+            now = time.monotonic()
+            with self.lock:
+                for msg in messages:
+                    if msg.error() is not None or msg.value() is None:
+                        continue
+                    row = orjson.loads(msg.value())
+                    probes = self.pending.get(row["session_id"])
+                    if not probes:
+                        continue
+                    left = []
+                    for count, sent in probes:
+                        if row["n_views"] >= count:
+                            self.latencies_ms.append((now - sent) * 1000)
+                        else:
+                            left.append((count, sent))
+                    self.pending[row["session_id"]] = left
+        self.consumer.close()
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -120,6 +170,9 @@ def main() -> None:
             )
             try:
                 result = _run(args, settings, rng)
+                beat = settings.run_dir / "feature-pusher.heartbeat"
+                if beat.is_file():
+                    print(f"  pusher: {beat.read_text()}", file=sys.stderr)
             finally:
                 os.killpg(pusher.pid, signal.SIGTERM)
                 pusher.wait(timeout=30)
@@ -165,7 +218,19 @@ def _run(args: argparse.Namespace, settings: object, rng: random.Random) -> dict
         time.sleep(0.05)
     prober.stop.set()
     prober.thread.join(timeout=5)
+    prober.topic.stop.set()
+    prober.topic.thread.join(timeout=5)
     lat = prober.latencies_ms
+    flink = prober.topic.latencies_ms
+    # Where the tail comes from: p50/p99 per 5 s of sending (stderr), and the pusher's own figures.
+    if prober.timeline:
+        t0 = min(t for t, _ in prober.timeline)
+        buckets: dict[int, list[float]] = {}
+        for t, ms in prober.timeline:
+            buckets.setdefault(int((t - t0) // 5), []).append(ms)
+        for k in sorted(buckets):
+            print(f"  t+{5 * k:3d}s p50 {_percentile(buckets[k], 0.5)} ms, "
+                  f"p99 {_percentile(buckets[k], 0.99)} ms", file=sys.stderr)
     return {
         "rate_eps": args.rate,
         "events": sent,
@@ -174,6 +239,8 @@ def _run(args: argparse.Namespace, settings: object, rng: random.Random) -> dict
         "lost": prober.outstanding(),
         "probes": probes,
         "max_ms": round(max(lat), 1) if lat else None,
+        "to_features_topic_p50_ms": _percentile(flink, 0.50),
+        "to_features_topic_p99_ms": _percentile(flink, 0.99),
         "achieved_eps": round(sent / elapsed, 1),
         "warmup_s": args.warmup_s,
         "seconds": args.seconds,
