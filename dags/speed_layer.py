@@ -11,6 +11,9 @@ Keeps the speed layer running and reports how far behind it is, every 10 minutes
 2. **consumer_lag** — events on the events topic that the job has not yet committed (per
    partition; offsets are committed on each checkpoint). Fails when the lag is at or above
    `LAMBDAREC_SPEED_LAG_ALERT` (default 100,000), so an alert fires while the job falls behind.
+   Also reports the dead-letter count (invalid events, each kept with its reason on
+   `lambdarec.events.dlq`); per-operator counters are in the Flink UI (`numRecordsOut` of the
+   `dead_letter` sink, `numLateRecordsDropped` of the trending window).
 
 What the job computes (session features, trending items, dead letters, the raw archive) is
 described in `include/flink/speed_layer.py`.

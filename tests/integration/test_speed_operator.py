@@ -63,6 +63,10 @@ def test_the_dag_starts_the_job_and_reports_lag_then_kill_cancels_it(
     while (lag := consumer_lag(settings))["lag"] and time.monotonic() < deadline:
         time.sleep(1)
     assert lag["lag"] == 0, lag
+    assert lag["dead_letters"] == 0, lag
+    with EventProducer(settings) as producer:
+        producer.send_raw(b"not json")  # rejected at the producer, kept on the dead-letter topic
+    assert consumer_lag(settings)["dead_letters"] == 1
 
     second = run_dag_test("speed_layer", today, settings, timeout_s=600)
     assert second.state == "success", second.log[-3000:]

@@ -11,7 +11,8 @@ Two targets, chosen by configuration (``LAMBDAREC_FLINK_JOBMANAGER``, or the Air
   through the REST API.
 
 :func:`consumer_lag` reads how far the job's consumer group is behind the events topic (committed
-offsets, which the job commits on each checkpoint, against the partitions' high watermarks).
+offsets, which the job commits on each checkpoint, against the partitions' high watermarks) and
+how many events sit on the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -203,6 +204,12 @@ def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
             )
             done = tp.offset if tp.offset >= 0 else low
             per[str(tp.partition)] = max(0, high - done)
-        return {"group": group, "topic": topic, "lag": sum(per.values()), "partitions": per}
     finally:
         consumer.close()
+    from lambdarec.streaming.kafka import topic_size
+
+    return {
+        "group": group, "topic": topic, "lag": sum(per.values()), "partitions": per,
+        # Every invalid event the job (and the producers) rejected, with its reason, is there.
+        "dead_letters": topic_size(settings, settings.topic_dead_letter),
+    }  # fmt: skip
