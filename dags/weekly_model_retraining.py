@@ -44,7 +44,7 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
         "dataset": Param("lake", type="string", description="lake | taobao | diginetica | a file"),
         "feast": Param(True, type="boolean", description="User features from Feast (temporal data)"),
         "max_train": Param(0, type="integer", minimum=0, description="Two-tower pairs (0: all)"),
-        "epochs": Param(4, type="integer", minimum=1),
+        "epochs": Param(8, type="integer", minimum=1),
         "min_delta": Param(0.0, type="number", description="Margin over the champion to promote"),
     },
     tags=["lambdarec", "models", "retraining"],

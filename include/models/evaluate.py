@@ -27,7 +27,7 @@ def main(
     dataset: Annotated[str, typer.Option(help="diginetica | taobao | synthetic | a file path")] = "synthetic",
     out: Annotated[Path | None, typer.Option(help="Report folder (default: under the state dir)")] = None,
     max_train: Annotated[int, typer.Option(help="Subsample two-tower training pairs (0: all)")] = 0,
-    epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 4,
+    epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 8,
     fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 40_000,
     session_ablation: Annotated[bool, typer.Option(help="Also train without session features")] = True,
     baselines: Annotated[bool, typer.Option(help="Evaluate the tuned baselines")] = True,

@@ -54,7 +54,7 @@ def build(
 def train_two_tower(
     run_dir: RunDir,
     max_train: Annotated[int, typer.Option(help="Subsample training pairs (0: all)")] = 0,
-    epochs: Annotated[int, typer.Option(help="Epochs (early stopping may stop sooner)")] = 4,
+    epochs: Annotated[int, typer.Option(help="Epochs (early stopping may stop sooner)")] = 8,
     seed: int = 42,
 ) -> None:
     """Train the two-tower retriever."""

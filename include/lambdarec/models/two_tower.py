@@ -1,14 +1,17 @@
 """Two-tower retrieval with TensorFlow Recommenders.
 
 Query tower: user id embedding (0 = unknown user), the session's recent items pooled (mean, last
-item and an attention-weighted sum keyed on the last item, through the *shared* item-id embedding), the session category and log counts (items so
-far in the session, the user's earlier interactions). Item tower: item id (items never seen in
-training share an OOV id, so they are embedded from their category and price bucket), category
-and price bucket. Both towers end in an MLP and an L2 normalisation; the loss is in-batch softmax
-(:class:`tfrs.tasks.Retrieval`) with a temperature, the logQ sampling-bias correction
-(``candidate_sampling_probability`` = the item's share of training targets) and accidental hits
-removed. Training is seeded and stops early on the validation split's Recall@20 (full ranking of
-a validation sample), keeping the best epoch's weights.
+item and an attention-weighted sum keyed on the last item, through the *shared* item-id
+embedding), the session category and log counts (items so far in the session, the user's earlier
+interactions). Item tower: item id (items never seen in training share an OOV id, so they are
+embedded from their category and price bucket), category and price bucket. Both towers end in an
+MLP and an L2 normalisation; the loss is in-batch softmax (:class:`tfrs.tasks.Retrieval`) with a
+temperature, the logQ sampling-bias correction (``candidate_sampling_probability`` = the item's
+share of training targets) and accidental hits removed. During training a share of the item ids
+(candidates and history) is replaced by the OOV id (``id_dropout``), so the towers learn to place
+items unseen in training by their side features. Training is seeded and stops early on the
+validation split's Recall@20 (full ranking of a validation sample), keeping the best epoch's
+weights.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class TwoTowerConfig:
     #: Also pool the session's items with additive attention keyed on the last item (NARM/STAMP
     #: style), beside the mean and the last item.
     attention: bool = True
+    #: Share of training items (candidates and history) whose id is replaced by the OOV id, so
+    #: the towers learn to place items from their category and price alone: the items never seen
+    #: in training (74% of Taobao's test targets) have nothing else. None: 0.25 when the catalog
+    #: has categories, else 0 (SR-GNN data has no side features to fall back on).
+    id_dropout: float | None = None
     seed: int = 42
 
 
@@ -113,6 +121,9 @@ class TwoTower(tfrs.Model):
         self.item_mlp = mlp()
         self.task = tfrs.tasks.Retrieval(temperature=c.temperature, remove_accidental_hits=True)
         self.logq = c.logq
+        self.id_dropout = float(
+            c.id_dropout if c.id_dropout is not None else (0.25 if n_categories > 1 else 0.0)
+        )
 
     def query(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
         hist = f["hist"]
@@ -137,6 +148,12 @@ class TwoTower(tfrs.Model):
         return tf.math.l2_normalize(self.item_mlp(x), axis=1)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        if training and self.id_dropout > 0:
+            features = dict(features)
+            for key in ("item", "hist"):
+                ids = features[key]
+                drop = tf.random.uniform(tf.shape(ids)) < self.id_dropout
+                features[key] = tf.where(drop & (ids > 1), tf.ones_like(ids), ids)
         q = self.query(features)
         c = self.candidate(features)
         return self.task(
