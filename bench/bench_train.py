@@ -48,13 +48,16 @@ def main(
     cand, scores = E.ranker_topk(tt, queries, 100)
     fm = train_deepfm(data, queries, cand, scores, tt.idx_map, cooc,
                       DeepFMConfig(epochs=epochs, patience=epochs))  # fmt: skip
+    # What one example is: a (context, next item) pair for the retriever; for the listwise
+    # ranker, one (query, candidate) row of the 100 it scores per query.
+    units = {"two_tower": "training pair", "deepfm": "(query, candidate) row"}
     for name, hist in (("two_tower", tt.history), ("deepfm", fm.history)):
         steady = hist[1:] or hist
         best = max(steady, key=lambda h: h["examples_per_s"])
         print(json.dumps({
             "model": name, "device": device, "examples_per_s": best["examples_per_s"],
             "epoch_seconds": best["epoch_seconds"], "first_epoch_seconds": hist[0]["epoch_seconds"],
-            "dataset": data.name, "cpu_count": os.cpu_count(),
+            "example": units[name], "dataset": data.name, "cpu_count": os.cpu_count(),
         }))  # fmt: skip
 
 
