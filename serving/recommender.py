@@ -384,6 +384,10 @@ class Recommender:
              **(timeouts_s or {})}  # fmt: skip
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
         self.guards = {name: Guard(name, self._executor, t[name], backoff_s) for name in t}
+        #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
+        #: those imports hold the GIL for seconds, so the first requests time out and degrade.
+        self.warm = threading.Event()
+        self.warm.set()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
@@ -404,8 +408,16 @@ class Recommender:
 
     def warm_up(self, settings: Settings, *, load_model: bool) -> None:
         """Import Feast, connect the index and load the champion off the request path."""
+        self.warm.clear()
 
         def run() -> None:
+            try:
+                load()
+            finally:
+                self.warm.set()
+                log.info("warm-up done")
+
+        def load() -> None:
             if self.features is not None:
                 try:
                     self.features.context("__warm_up__", None)
@@ -567,7 +579,9 @@ class Recommender:
 
     def readiness(self) -> dict[str, str]:
         """``ok`` or the reason, per dependency (short timeouts, never raises)."""
-        out: dict[str, str] = {}
+        out: dict[str, str] = {
+            "warm_up": "ok" if self.warm.is_set() else "loading the online store, index and model"
+        }
         if self.features is None:
             out["online_store"] = "not configured"
         else:

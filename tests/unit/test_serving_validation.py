@@ -283,3 +283,12 @@ def test_guard_times_out_then_backs_off() -> None:
         assert len(calls) == 1  # skipped while backing off: no second timeout paid
         time.sleep(0.35)
         assert guard.call(lambda: 7) == 7  # recovers by itself
+
+
+def test_ready_says_loading_while_the_warm_up_runs() -> None:
+    from serving.recommender import Recommender, Snapshot
+
+    rec = Recommender(Snapshot.from_items({"i1": "c1"}, [("i1", 1.0)]))
+    assert rec.readiness()["warm_up"] == "ok"
+    rec.warm.clear()  # what warm_up() does until Feast, the index and the model are loaded
+    assert rec.readiness()["warm_up"].startswith("loading")

@@ -823,6 +823,15 @@ def milvus(settings: Settings) -> Service:
 # -- serving, reports and the Data Docs row ------------------------------------------------------
 
 
+def serving_workers(settings: Settings) -> list[str]:
+    """gunicorn's worker options: one process when the index is a Milvus Lite file (the file is
+    locked by the first process that opens it: a second worker would serve without an index),
+    two with a Milvus server."""
+    if "://" in settings.milvus_uri:
+        return ["-w", "2", "--threads", "4"]
+    return ["-w", "1", "--threads", "8"]
+
+
 def serving(settings: Settings) -> Service:
     """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``)."""
     host, port = settings.bind_host, settings.serving_port
@@ -834,7 +843,7 @@ def serving(settings: Settings) -> Service:
         url=url,
         health=lambda: http_ok(f"{url}/health"),
         command=[str(_venv_bin() / "gunicorn"), "serving:create_app()", "-b", f"{host}:{port}",
-                 "-w", "2", "--threads", "4"],  # fmt: skip
+                 *serving_workers(settings)],  # fmt: skip
         cwd=settings.home,
         stop_timeout_s=10.0,
         details=lambda: f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics",
