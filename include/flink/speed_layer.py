@@ -228,6 +228,7 @@ FROM checked WHERE problem IS NULL""",
   user_id STRING,
   last_viewed_items ARRAY<STRING>,
   last_carted_items ARRAY<STRING>,
+  last_purchased_items ARRAY<STRING>,
   n_views BIGINT, n_carts BIGINT, n_removes BIGINT, n_purchases BIGINT,
   n_events_30min BIGINT,
   session_category STRING,
@@ -271,7 +272,7 @@ FROM checked WHERE problem IS NULL""",
 FROM checked WHERE problem IS NOT NULL""",
         "session-features": """INSERT INTO session_features_out SELECT
   session_id, `ts`, user_id,
-  f.last_viewed_items, f.last_carted_items,
+  f.last_viewed_items, f.last_carted_items, f.last_purchased_items,
   f.n_views, f.n_carts, f.n_removes, f.n_purchases, f.n_events_30min,
   f.session_category, f.session_avg_price, f.seconds_since_prev_event
 FROM (

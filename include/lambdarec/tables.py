@@ -128,6 +128,7 @@ SESSION_FEATURES = FeatureTable(
         "user_id": "string",
         "last_viewed_items": "array<string>",  # newest first
         "last_carted_items": "array<string>",  # newest first
+        "last_purchased_items": "array<string>",  # newest first
         "n_views": "int64",
         "n_carts": "int64",
         "n_removes": "int64",

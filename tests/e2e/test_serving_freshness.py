@@ -98,7 +98,19 @@ def test_posted_clicks_change_the_recommendations_within_2s() -> None:
             # A purchase removes the item at once, and it never comes back.
             bought = neighbours[0]
             assert client.post("/events", json=_event(9, bought, "purchase")).status_code == 202
-            until = time.monotonic() + 5
+            bought_at = time.monotonic()
+            until = bought_at + 5
             while time.monotonic() < until:
                 assert bought not in {i["item_id"] for i in _items(client)}
                 time.sleep(0.1)
+            # Another worker (its own app, no memory of that POST) learns it from the session's
+            # features (last_purchased_items) once the speed layer has them.
+            other = create_app(settings, load_model=False).test_client()
+            while other.get("/ready").get_json()["checks"].get("warm_up") != "ok":
+                time.sleep(0.5)
+            while bought in {i["item_id"] for i in _items(other)}:
+                assert time.monotonic() - bought_at < 30, "the purchase never reached the features"
+                time.sleep(0.05)
+            for _ in range(20):
+                assert bought not in {i["item_id"] for i in _items(other)}
+                time.sleep(0.05)

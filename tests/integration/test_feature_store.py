@@ -87,6 +87,7 @@ def session_rows(ts: datetime) -> pd.DataFrame:
                 "user_id": "u1",
                 "last_viewed_items": ["i2", "i1"],
                 "last_carted_items": ["i1"],
+                "last_purchased_items": [],
                 "n_views": 2,
                 "n_carts": 1,
                 "n_removes": 0,

@@ -34,6 +34,7 @@ FRESHNESS_S = 2.0
 FEATURES = [
     "last_viewed_items",
     "last_carted_items",
+    "last_purchased_items",
     "n_views",
     "n_carts",
     "n_removes",
@@ -67,6 +68,7 @@ def expected_session_features(events: pd.DataFrame) -> dict[str, dict[str, Any]]
         out[str(session_id)] = {
             "last_viewed_items": views["item_id"].tolist()[::-1][:LAST_N],
             "last_carted_items": g[kinds == "add_to_cart"]["item_id"].tolist()[::-1][:LAST_N],
+            "last_purchased_items": g[kinds == "purchase"]["item_id"].tolist()[::-1][:LAST_N],
             "n_views": int((kinds == "view").sum()),
             "n_carts": int((kinds == "add_to_cart").sum()),
             "n_removes": int((kinds == "remove_from_cart").sum()),
@@ -213,6 +215,7 @@ def test_session_features_equal_an_independent_computation_within_2s(
     expected = expected_session_features(events)
     assert any(v["n_purchases"] for v in expected.values())
     assert any(v["last_carted_items"] for v in expected.values())
+    assert any(v["last_purchased_items"] for v in expected.values())
     assert any(v["session_category"] for v in expected.values())
 
     # Three bursts under fresh ids; the goal holds for the median (the 2-core machine is shared,

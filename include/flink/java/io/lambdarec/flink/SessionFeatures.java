@@ -20,7 +20,8 @@ import org.apache.flink.types.Row;
  * per category.
  *
  * <p>Definitions (the tests' pandas oracle implements the same):
- * last_viewed_items / last_carted_items: newest first, at most N, repeats kept;
+ * last_viewed_items / last_carted_items / last_purchased_items: newest first, at most N, repeats
+ * kept (serving never recommends a purchased item again, whichever worker took the purchase);
  * n_events_30min: events of the session with ts in [ts - 30 min, ts] (this one included);
  * session_category: the category with the most views, ties to the one viewed last;
  * session_avg_price: mean of the non-null prices of all the session's events;
@@ -29,6 +30,7 @@ import org.apache.flink.types.Row;
 @FunctionHint(
         output = @DataTypeHint(
                 "ROW<last_viewed_items ARRAY<STRING>, last_carted_items ARRAY<STRING>, "
+                        + "last_purchased_items ARRAY<STRING>, "
                         + "n_views BIGINT, n_carts BIGINT, n_removes BIGINT, n_purchases BIGINT, "
                         + "n_events_30min BIGINT, session_category STRING, "
                         + "session_avg_price DOUBLE, seconds_since_prev_event DOUBLE>"))
@@ -41,6 +43,7 @@ public class SessionFeatures extends AggregateFunction<Row, SessionFeatures.Acc>
     public static class Acc {
         public String[] viewed = new String[0];
         public String[] carted = new String[0];
+        public String[] purchased = new String[0];
         public long nViews;
         public long nCarts;
         public long nRemoves;
@@ -95,6 +98,7 @@ public class SessionFeatures extends AggregateFunction<Row, SessionFeatures.Acc>
             acc.nRemoves++;
         } else if ("purchase".equals(eventType)) {
             acc.nPurchases++;
+            acc.purchased = pushNewest(acc.purchased, itemId);
         }
         if (price != null) {
             acc.priceSum += price;
@@ -133,6 +137,7 @@ public class SessionFeatures extends AggregateFunction<Row, SessionFeatures.Acc>
         return Row.of(
                 acc.viewed.clone(),
                 acc.carted.clone(),
+                acc.purchased.clone(),
                 acc.nViews,
                 acc.nCarts,
                 acc.nRemoves,
