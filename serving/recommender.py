@@ -388,6 +388,8 @@ class Recommender:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.
         self.warm = threading.Event()
         self.warm.set()
+        self._closing = threading.Event()
+        self.reloads = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
@@ -404,7 +406,57 @@ class Recommender:
         rec = cls(snapshot, features=FeastFeatures(settings),
                   index=VectorIndex.from_settings(settings), metrics=metrics)  # fmt: skip
         rec.warm_up(settings, load_model=load_model)
+        if load_model:
+            rec.watch_reload(settings)
         return rec
+
+    def watch_reload(
+        self,
+        settings: Settings,
+        *,
+        every_s: float = 5.0,
+        loader: Callable[[Settings], QueryEncoder | None] | None = None,
+    ) -> threading.Thread:
+        """Reload the champion's query tower whenever the reload marker changes.
+
+        ``weekly_model_retraining`` writes ``settings.reload_marker`` after it promoted a model
+        and switched the index alias. The new tower is loaded in this thread, then swapped in by
+        one reference assignment: a request in flight finishes with the tower it started with,
+        none is dropped. A failed load keeps the current tower (and is logged).
+        """
+        marker = settings.reload_marker
+        load = loader or load_champion_encoder
+
+        def mtime() -> float | None:
+            try:
+                return marker.stat().st_mtime
+            except OSError:
+                return None
+
+        def loop() -> None:
+            seen = mtime()
+            while not self._closing.wait(every_s):
+                current = mtime()
+                if current is None or current == seen:
+                    continue
+                seen = current
+                try:
+                    encoder = load(settings)
+                except Exception:  # noqa: BLE001 - keep serving with the current tower
+                    log.exception("reload: the new champion could not be loaded; keeping the old")
+                    continue
+                if encoder is not None:
+                    self.encoder = encoder
+                    self.reloads += 1
+                    log.info("reload: query tower swapped in (reload #%d)", self.reloads)
+
+        thread = threading.Thread(target=loop, name="recommender-reload", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Stop the reload watcher (tests; the process exit does it otherwise)."""
+        self._closing.set()
 
     def warm_up(self, settings: Settings, *, load_model: bool) -> None:
         """Import Feast, connect the index and load the champion off the request path."""
@@ -476,8 +528,9 @@ class Recommender:
             query_vector = None
             if self.encoder is None:
                 degraded.append("model")
-            else:
-                query_vector = self._try("model", degraded, self.encoder.encode, features)
+            else:  # one read of the reference: a reload swaps it, never mutates it
+                encoder = self.encoder
+                query_vector = self._try("model", degraded, encoder.encode, features)
             if self.index is None:
                 degraded.append("index")
             cooc: list[tuple[str, float]] = []

@@ -289,6 +289,11 @@ class Settings(BaseSettings):
         return self.flink_checkpoint_dir or str(self.state_dir / "flink" / "checkpoints")
 
     @property
+    def reload_marker(self) -> Path:
+        """Written by weekly_model_retraining after a promotion; serving reloads when it changes."""
+        return self.state_dir / "serving" / "reload.json"
+
+    @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
 
