@@ -72,6 +72,18 @@ def wait_archived(
             time.sleep(2)
 
 
+def _show_online(
+    view: str, names: Sequence[str], entity: dict[str, str], layer: str, settings: Settings
+) -> dict[str, list[object]]:
+    """Read a few features of one entity from the online store and print them."""
+    from lambdarec.features.store import get_online_features
+
+    online = get_online_features([f"{view}:{n}" for n in names], [entity], settings)
+    key, value = next(iter(entity.items()))
+    console.print(f"online store ({layer}), {key} {value}: {online}")
+    return online
+
+
 def sample_session(source: Path) -> str:
     """The session with the most views in the generated data (a readable example)."""
     from lambdarec.data import lake
@@ -92,7 +104,6 @@ def run_demo(
     """Run the demo; returns the figures it printed (for tests)."""
     from lambdarec.data import lake
     from lambdarec.data.generator import ClickstreamGenerator, GeneratorConfig
-    from lambdarec.features.store import get_online_features
     from lambdarec.platform import manager
     from lambdarec.platform.cli import _table as status_table
     from lambdarec.streaming.kafka import topic_size
@@ -163,17 +174,10 @@ def run_demo(
         days = cast("list[str]", figures["days"])
         figures["archived"] = wait_archived(s, days, cast("int", figures["events"]))
         session = sample_session(source)
-        online = get_online_features(
-            [
-                "session_features:n_views",
-                "session_features:last_viewed_items",
-                "session_features:session_category",
-            ],
-            [{"session_id": session}],
-            s,
-        )
-        figures["session_sample"] = online
-        console.print(f"online store, session {session} (speed layer): {online}")
+        figures["session_sample"] = _show_online(
+            "session_features", ("n_views", "last_viewed_items", "session_category"),
+            {"session_id": session}, "speed layer", s,
+        )  # fmt: skip
 
     _step("4/6 speed layer: Flink archives every event and keeps session features fresh", archived)
 
@@ -205,17 +209,10 @@ def run_demo(
         sample = (
             lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts().index[0]
         )
-        online = get_online_features(
-            [
-                "user_history_30d:n_events_30d",
-                "user_history_30d:top_category_30d",
-                "user_history_30d:conversion_rate_30d",
-            ],
-            [{"user_id": sample}],
-            s,
-        )
-        figures["online_sample"] = online
-        console.print(f"online store, user {sample}: {online}")
+        figures["online_sample"] = _show_online(
+            "user_history_30d", ("n_events_30d", "top_category_30d", "conversion_rate_30d"),
+            {"user_id": sample}, "batch layer", s,
+        )  # fmt: skip
         console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
 
     _step(
