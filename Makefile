@@ -26,7 +26,7 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps compose-plugin $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka jars, Feast registry)
+setup: system-deps compose-plugin $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the platform needs (redis-server) and check Java 17 and Maven
@@ -142,7 +142,7 @@ bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
 .PHONY: flink-jars
-flink-jars: $(VENV)/.installed ## Resolve the Flink Kafka/Parquet connector jars and build the session UDF (speed layer)
+flink-jars: $(VENV)/.installed $(FLINK_VENV)/.installed ## Resolve the Flink Kafka/Parquet connector jars and build the Java functions (speed layer)
 	@$(PY) -m lambdarec.speed.jars
 
 .PHONY: bench-freshness
