@@ -210,9 +210,18 @@ class TwoTowerEncoder:
 
 
 def load_champion_encoder(settings: Settings) -> TwoTowerEncoder | None:
-    """The champion two-tower's query tower from the MLflow registry (None when there is none)."""
+    """The champion two-tower's query tower from the MLflow registry (None when there is none),
+    or the export folder pinned by ``LAMBDAREC_SERVING_MODEL_DIR``."""
     from pathlib import Path
 
+    if settings.serving_model_dir:
+        pinned = Path(settings.serving_model_dir)
+        if not (pinned / "query_tower").is_dir():
+            raise FileNotFoundError(
+                f"LAMBDAREC_SERVING_MODEL_DIR={pinned} holds no query_tower/: point it at a "
+                "two_tower.export folder or leave it empty to serve the registry's champion"
+            )
+        return TwoTowerEncoder(pinned)
     from lambdarec.registry import ModelRegistry
 
     champion = ModelRegistry.from_settings(settings, "two_tower").get_champion()

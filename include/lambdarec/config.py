@@ -140,6 +140,11 @@ class Settings(BaseSettings):
 
     # -- Serving ---------------------------------------------------------------------------
     serving_port: Port = 8000
+    serving_model_dir: str = Field(
+        "",
+        description="A two-tower export folder (two_tower.export) to serve instead of the MLflow "
+        "champion: pins a model, e.g. for a benchmark; empty means the registry's champion.",
+    )
     ab_variants: str = Field(
         "control:100",
         description="A/B variants as name:weight,... (users are assigned by a hash of user_id).",
