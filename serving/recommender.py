@@ -486,7 +486,7 @@ class Recommender:
                     log.warning("online store not ready at start: %s", exc)
             if self.index is not None:
                 try:
-                    self.index.serving_version()
+                    self.index.ensure_loaded()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("vector index not ready at start: %s", exc)
             if load_model and self.encoder is None:

@@ -106,6 +106,11 @@ def _exercise(index: VectorIndex, n: int) -> None:
         index.publish(small_ids, small, small_categories, version=4, progress=False)
     assert index.serving_version() == 4
 
+    # A released collection (a new Milvus Lite process, a restarted server) is loaded again on
+    # the first search instead of failing every query.
+    index.client.release_collection(index.collection_name(4))
+    assert index.search(small[:1], 1)[0][0][0] == small_ids[0]
+
 
 def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:
     from lambdarec.retrieval.index import IndexConfig, VectorIndex

@@ -361,19 +361,40 @@ class VectorIndex:
             clauses.append(f"item_id not in {_string_list(excluded)}")
         return self._search(self.config.alias, queries, k, " and ".join(clauses))
 
+    def ensure_loaded(self) -> int | None:
+        """Load the serving version's collection when it is not (Milvus Lite does not keep load
+        states across processes, a restarted server neither); returns the serving version."""
+        version = self.serving_version()
+        if version is not None:
+            name = self.collection_name(version)
+            if not str(self.client.get_load_state(name).get("state")).endswith("Loaded"):
+                log.info("%s: loading %s for search", self.config.alias, name)
+                self.client.load_collection(name, timeout=self.config.ready_timeout_s)
+        return version
+
     def _search(self, name: str, queries: np.ndarray, k: int, expression: str) -> Hits:
         params: dict[str, Any] = {"metric_type": "IP"}
         if self.config.index_type == "HNSW":
             params["params"] = {"ef": max(self.config.ef, k)}
-        results = self.client.search(
-            name,
-            data=[row for row in queries],
-            filter=expression,
-            limit=k,
-            output_fields=["item_id"],
-            search_params=params,
-            consistency_level=self.config.consistency,
-        )
+
+        def run() -> Any:
+            return self.client.search(
+                name,
+                data=[row for row in queries],
+                filter=expression,
+                limit=k,
+                output_fields=["item_id"],
+                search_params=params,
+                consistency_level=self.config.consistency,
+            )
+
+        try:
+            results = run()
+        except Exception as error:  # noqa: BLE001 - only a released collection is retried
+            if "released" not in str(error) and "not loaded" not in str(error):
+                raise
+            self.ensure_loaded()
+            results = run()
         # milvus-lite keys a hit by the primary-key field name, a server by "id".
         return [
             [(str(hit.get("item_id", hit.get("id"))), float(hit["distance"])) for hit in hits]
