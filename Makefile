@@ -145,6 +145,10 @@ bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated
 flink-jars: $(VENV)/.installed $(FLINK_VENV)/.installed ## Resolve the Flink Kafka/Parquet connector jars and build the Java functions (speed layer)
 	@$(PY) -m lambdarec.speed.jars
 
+.PHONY: bench-serving
+bench-serving: setup ## /recommend at 200 requests/s against gunicorn, 1M items in the Milvus server (JSON line)
+	$(PY) bench/bench_serving.py --catalog-items 1000000 --milvus server --rps 200 --seconds 60 --settle-s 120
+
 .PHONY: bench-freshness
 bench-freshness: setup flink-jars ## Event -> online-feature freshness at a steady 1,000 events/s (JSON line)
 	@$(PY) bench/bench_freshness.py --rate 1000
