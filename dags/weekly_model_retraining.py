@@ -18,7 +18,7 @@ this dag id). Every step is a program, `include/models/retrain.py <step> --run-d
 5. **export_embeddings** — the promoted two-tower's item vectors to a new Milvus collection, then
    the serving alias is switched (`lambdarec.retrieval.index`); skipped when nothing was promoted.
 6. **notify_serving** — writes the reload marker `<state_dir>/serving/reload.json` when a model was
-   promoted (serving has no reload endpoint).
+   promoted; every serving process watches it and swaps in the new champion's query tower.
 """
 
 from __future__ import annotations

@@ -175,6 +175,12 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     registry = retrain.registry_for(retrain.TWO_TOWER, settings)
     champion = registry.get_champion()
     assert champion is not None and champion.version == d3["version"]
+    # The drift monitor's reference was saved with the model (events of its training range and
+    # the retriever's scores), not rebuilt later.
+    from lambdarec.monitoring.profile import load_profile
+
+    profile = load_profile(champion.run_id, registry.client)
+    assert {"price", "category", "score"} <= set(profile.features), sorted(profile.features)
     assert registry.rollback("lifecycle test").version == v1
     with VectorIndex.from_settings(settings) as index:
         assert index.rollback() == exported["version"]

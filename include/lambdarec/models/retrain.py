@@ -220,6 +220,25 @@ def registry_for(name: str, settings: Settings) -> ModelRegistry:
     return ModelRegistry(uri, name, artifact_location=artifacts)
 
 
+def _reference_profile(s: Settings, info: dict[str, Any], scores: Any) -> Any:
+    """The drift monitor's reference for this model (``lambdarec.monitoring``): the training
+    period's events in the lake and the retriever's top-10 scores on the test queries. None for
+    a dataset that is not the lake (there is nothing for the monitor to compare it with)."""
+    if info.get("dataset") != "lake" or not info.get("data_range"):
+        return None
+    import numpy as np
+
+    from lambdarec.monitoring.profile import ProfileNotFoundError, training_profile
+
+    start, end = (str(v)[:10] for v in info["data_range"])
+    top = np.asarray(scores, dtype=float)[:, :10].ravel()
+    try:
+        return training_profile(s, start, end, scores=top[np.isfinite(top)])
+    except ProfileNotFoundError as error:
+        log.warning("no drift reference profile for this run: %s", error)
+        return None
+
+
 def evaluate(
     run_dir: Path, *, settings: Settings | None = None, baselines: bool = True,
     test_max: int | None = None, min_delta: float = 0.0,
@@ -257,6 +276,7 @@ def evaluate(
         key=lambda m: models[m]["ndcg@10"], default=None,
     )  # fmt: skip
     decisions: dict[str, Any] = {}
+    profile = _reference_profile(s, info, scores)
     for name, folder in ((TWO_TOWER, run_dir / "two_tower"), (DEEPFM, run_dir / "deepfm")):
         row, metric = PROMOTION[name]
         metrics = {k: float(v) for k, v in models[row].items() if isinstance(v, float)}
@@ -270,6 +290,7 @@ def evaluate(
             feature_services=info.get("feature_services") or None,
             data_range=tuple(info["data_range"]) if info.get("data_range") else None,
             plots=[*plots, jpath, hpath], model_dir=folder, run_name=f"{name} {run_dir.name}",
+            reference_profile=profile,
         )  # fmt: skip
         version = registry.register(run_id)
         decision = registry.promote(version, metrics, metric=metric, min_delta=min_delta)
@@ -307,13 +328,13 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
 
 
 def reload_marker(settings: Settings) -> Path:
-    """The file serving watches for a new champion / index version."""
-    return settings.state_dir / "serving" / "reload.json"
+    """The file serving watches for a new champion / index version (``Settings.reload_marker``)."""
+    return settings.reload_marker
 
 
 def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Tell serving to reload: write the reload marker (serving has no reload endpoint yet; its
-    recommender loads the champion at start)."""
+    """Tell serving to reload: write the reload marker, which every serving process watches
+    (``Recommender.watch_reload``) and answers by swapping in the new champion's query tower."""
     s = _settings(settings)
     export = _read_json(run_dir / "export.json")
     decision = _read_json(run_dir / "decision.json")
