@@ -91,7 +91,7 @@ class FeaturePusher:
         views: Sequence[str] = (SESSION_FEATURES.name, TRENDING_ITEMS.name),
         group_id: str = GROUP_ID,
         max_rows: int = 500,
-        max_wait_ms: float = 50.0,
+        max_wait_ms: float = 0.0,
         from_beginning: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
@@ -138,21 +138,29 @@ class FeaturePusher:
 
     # -- work ------------------------------------------------------------------------------
     def _collect(self) -> list[Message]:
-        """Up to ``max_rows`` messages, waiting at most ``max_wait_s`` once the first arrived."""
+        """The first message as soon as it arrives, everything already queued behind it (up to
+        ``max_rows``), then more for at most ``max_wait_s`` (0: none).
+
+        Adaptive batching: while a push runs, new rows queue up and the next batch takes them
+        at once, so a batch grows with the load and adds no wait of its own. (``consume()`` with
+        a timeout blocks until ``num_messages`` are there or the timeout passes: waiting for
+        the first message with it cost up to its whole timeout per batch.)
+        """
         consumer = self._consumer
-        first = consumer.consume(num_messages=self.max_rows, timeout=0.2)
-        if not first:
+        first = consumer.poll(0.2)
+        if first is None:
             return []
-        batch = list(first)
+        batch = [first]
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_rows:
+            more = consumer.consume(num_messages=self.max_rows - len(batch), timeout=0)
+            if more:
+                batch.extend(more)
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            more = consumer.consume(num_messages=self.max_rows - len(batch), timeout=left)
-            if not more:
-                break
-            batch.extend(more)
+            time.sleep(min(left, 0.002))
         return batch
 
     def push_batch(self, messages: list[Message]) -> int:
@@ -286,7 +294,7 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
 
 #: Session rows are what freshness is about: small batches, pushed at once. Trending rows come
 #: in bursts (one per item and sliding window) and change slowly: big batches, newest per item.
-SESSION_BATCH = {"max_rows": 500, "max_wait_ms": 50.0}
+SESSION_BATCH = {"max_rows": 2000, "max_wait_ms": 0.0}
 TRENDING_BATCH = {"max_rows": 20_000, "max_wait_ms": 1000.0}
 
 
@@ -318,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         "online store, in micro-batches.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--max-rows", type=int, default=500, help="Session rows per micro-batch.")
+    parser.add_argument("--max-rows", type=int, default=2000, help="Session rows per micro-batch.")
     parser.add_argument(
-        "--max-wait-ms", type=float, default=50.0, help="Longest session batch wait."
+        "--max-wait-ms", type=float, default=0.0, help="Extra wait to fill a session batch."
     )
     parser.add_argument("--group-id", default=GROUP_ID)
     parser.add_argument("--latest", action="store_true", help="A new group starts at the end.")
