@@ -33,7 +33,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow: TFRS nee
 import logging  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -194,6 +194,34 @@ def training_rows(
     return rows, labels, weights, np.repeat(np.arange(n), negatives + 1)
 
 
+class _EarlyStop:
+    """Both training loops' epoch bookkeeping: log the epoch, keep the best weights by the
+    validation loss, stop after ``patience`` epochs without improvement."""
+
+    def __init__(self, model: Any, history: list[dict[str, Any]], patience: int) -> None:
+        self.model, self.history, self.patience = model, history, patience
+        self.best, self.best_weights, self.bad = np.inf, None, 0
+
+    def epoch_done(
+        self, epoch: int, loss: float, val: float, seconds: float, rows: int, queries: int
+    ) -> bool:
+        """Record the epoch; True when training should stop."""
+        rec = {"epoch": epoch + 1, "loss": loss, "val_loss": val,
+               "epoch_seconds": round(seconds, 2), "examples_per_s": round(rows / seconds, 1),
+               "rows": rows, "queries": queries}  # fmt: skip
+        self.history.append(rec)
+        log.info("deepfm %s", rec)
+        if val < self.best:
+            self.best, self.best_weights, self.bad = val, self.model.get_weights(), 0
+            return False
+        self.bad += 1
+        return self.bad > self.patience
+
+    def restore(self) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
 def train_deepfm(
     dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
     idx_map: np.ndarray, cooc: CoOccurrence, config: DeepFMConfig | None = None,
@@ -235,26 +263,16 @@ def train_deepfm(
 
     train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
     trained = TrainedDeepFM(model, c, idx_map, cooc)
-    best, best_w, bad = np.inf, None, 0
+    stopper = _EarlyStop(model, trained.history, c.patience)
     n_train = int((~is_val).sum())
     for epoch in range(c.epochs):
         t0 = time.perf_counter()
         h = model.fit(train_ds, epochs=1, verbose=0)
         seconds = time.perf_counter() - t0
         val = float(model.evaluate(val_ds, verbose=0))
-        rec = {"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), "val_loss": val,
-               "epoch_seconds": round(seconds, 2), "examples_per_s": round(n_train / seconds, 1),
-               "rows": n_train, "queries": n_q}  # fmt: skip
-        trained.history.append(rec)
-        log.info("deepfm %s", rec)
-        if val < best:
-            best, best_w, bad = val, model.get_weights(), 0
-        else:
-            bad += 1
-            if bad > c.patience:
-                break
-    if best_w is not None:
-        model.set_weights(best_w)
+        if stopper.epoch_done(epoch, float(h.history["loss"][-1]), val, seconds, n_train, n_q):
+            break
+    stopper.restore()
     return trained
 
 
@@ -311,24 +329,14 @@ def _train_listwise(
     train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
     val_w = float(weight[is_val].sum()) or 1.0
     trained = TrainedDeepFM(model, c, idx_map, cooc)
-    best, best_w, bad = np.inf, None, 0
+    stopper = _EarlyStop(model, trained.history, c.patience)
     n_train = int((~is_val).sum()) * n_c
     for epoch in range(c.epochs):
         t0 = time.perf_counter()
         losses = [float(train_step(f, y, w)) for f, y, w in train_ds]
         seconds = time.perf_counter() - t0
         val = sum(float(val_step(f, y, w)) for f, y, w in val_ds) / val_w
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_loss": val,
-               "epoch_seconds": round(seconds, 2), "examples_per_s": round(n_train / seconds, 1),
-               "rows": n_train, "queries": n_q}  # fmt: skip
-        trained.history.append(rec)
-        log.info("deepfm %s", rec)
-        if val < best:
-            best, best_w, bad = val, model.get_weights(), 0
-        else:
-            bad += 1
-            if bad > c.patience:
-                break
-    if best_w is not None:
-        model.set_weights(best_w)
+        if stopper.epoch_done(epoch, float(np.mean(losses)), val, seconds, n_train, n_q):
+            break
+    stopper.restore()
     return trained
