@@ -21,6 +21,7 @@ import pandas as pd
 
 from lambdarec.data.loaders import load_taobao
 from lambdarec.platform.testing import private_platform
+from lambdarec.speed.control import GROUP_ID
 from lambdarec.speed.runner import speed_job
 from lambdarec.streaming.replay import encode_events
 
@@ -98,7 +99,7 @@ def main() -> None:
             copy += 1
         producer.flush(120)
         produced_s = time.monotonic() - start
-        group = "lambdarec-speed-layer"
+        group = GROUP_ID
         while True:
             done = committed(settings, group, settings.topic_events, settings.topic_partitions)
             waited = time.monotonic() - start - produced_s

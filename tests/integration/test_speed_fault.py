@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
+from lambdarec.speed.control import GROUP_ID
 from tests.integration.test_speed_layer import _renamed, expected_session_features, online
 
 if TYPE_CHECKING:
@@ -25,14 +26,13 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 200_000
-GROUP = "lambdarec-speed-layer"
 
 
 def _committed(settings: Settings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     probe = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": GROUP,
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": GROUP_ID,
          "enable.auto.commit": False}
     )  # fmt: skip
     try:

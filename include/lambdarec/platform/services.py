@@ -636,7 +636,6 @@ def airflow(settings: Settings) -> Service:
 # under <state_dir>/flink/checkpoints, so `down` + `up` continues where it stopped. Until Settings
 # has them, the REST port, heap and trending topic use the defaults below (getattr fallbacks).
 
-SPEED_JOB_NAME = "lambdarec-speed-layer"
 
 
 def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
@@ -671,19 +670,9 @@ def speed_layer_env(settings: Settings) -> dict[str, str]:
 
 def speed_layer_running(settings: Settings, port: int | None = None) -> bool:
     """Whether the mini-cluster's REST API reports the job RUNNING with every task running."""
-    import requests
+    from lambdarec.speed.control import is_running
 
-    url = f"http://{settings.bind_host}:{port or settings.flink_rest_port}/jobs/overview"
-    try:
-        jobs = requests.get(url, timeout=2).json().get("jobs", [])
-    except (requests.RequestException, ValueError):
-        return False
-    return any(
-        job.get("name") == SPEED_JOB_NAME
-        and job.get("state") == "RUNNING"
-        and job.get("tasks", {}).get("running") == job.get("tasks", {}).get("total")
-        for job in jobs
-    )
+    return is_running(f"http://{settings.bind_host}:{port or settings.flink_rest_port}")
 
 
 def _speed_layer_prepare(settings: Settings) -> None:

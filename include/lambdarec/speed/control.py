@@ -81,18 +81,28 @@ class JobInfo:
         return asdict(self)
 
 
-def find_job(rest_url: str, name: str = JOB_NAME) -> dict[str, Any] | None:
-    """The newest job called ``name`` that is not finished, from ``/jobs/overview`` (or None)."""
+def alive_jobs(rest_url: str, name: str = JOB_NAME, timeout_s: float = 3.0) -> list[dict[str, Any]]:
+    """Jobs called ``name`` that are not finished, from ``/jobs/overview`` (none if unreachable)."""
     try:
-        jobs = requests.get(f"{rest_url}/jobs/overview", timeout=3).json().get("jobs", [])
+        jobs = requests.get(f"{rest_url}/jobs/overview", timeout=timeout_s).json().get("jobs", [])
     except (requests.RequestException, ValueError):
-        return None
-    alive = [
+        return []
+    return [
         j
         for j in jobs
         if j.get("name") == name and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")
     ]
+
+
+def find_job(rest_url: str, name: str = JOB_NAME) -> dict[str, Any] | None:
+    """The newest job called ``name`` that is not finished (or None)."""
+    alive = alive_jobs(rest_url, name)
     return max(alive, key=lambda j: j.get("start-time", 0)) if alive else None
+
+
+def is_running(rest_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether a speed-layer job runs there with every task running (the platform's health)."""
+    return any(_all_running(j) for j in alive_jobs(rest_url, timeout_s=timeout_s))
 
 
 def _all_running(job: dict[str, Any] | None) -> bool:
