@@ -22,6 +22,9 @@ Two losses (``DeepFMConfig.loss``):
   uniformly. Measured on Diginetica (SR-GNN split, 10k test prefixes) it *lowered* HR@20 of the
   retriever's top-100 from 42.4% to 38.7%: uniform negatives from the top-100 are mostly easy,
   so the model never learns to separate the few plausible candidates near the top.
+
+Serving scores with :func:`export_for_serving`'s numpy export (``serving/ranker.py``), not with
+TensorFlow: the weights, the per-item side arrays and the co-occurrence matrix it ranks with.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow: TFRS nee
 
 import logging  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lambdarec.models.baselines import CoOccurrence
     from lambdarec.models.data import Dataset, Examples
 
@@ -171,6 +176,78 @@ class TrainedDeepFM:
         s = self.predict(dataset, ex, cand, cand_scores)
         order = np.argsort(-s, axis=1, kind="stable")
         return np.take_along_axis(cand, order, axis=1)
+
+
+#: The serving export's folder inside the run's ``deepfm/`` folder, and its format version
+#: (``serving/ranker.py`` refuses a format it does not know).
+SERVING_EXPORT = "serving"
+SERVING_FORMAT = 1
+
+
+def field_names(config: DeepFMConfig) -> list[str]:
+    """The model's fields in the order of its ``v`` tensor (sparse, then dense)."""
+    sparse = ["cand_category", "cand_price", "session_category"]
+    if config.item_ids:
+        sparse += ["cand_item", "last_item"]
+    return [*sparse, *DENSE]
+
+
+def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
+    """The model's variables by role, as the numpy forward pass of ``serving/ranker.py`` reads
+    them (embedding tables, first-order weights, the batch-norm statistics, the MLP)."""
+    layers = {
+        "cat_emb": model.cat_emb.embeddings, "cat_w": model.cat_w.embeddings,
+        "price_emb": model.price_emb.embeddings, "price_w": model.price_w.embeddings,
+        "dense_v": model.dense_v, "dense_w_kernel": model.dense_w.kernel,
+        "dense_w_bias": model.dense_w.bias, "bn_gamma": model.norm.gamma,
+        "bn_beta": model.norm.beta, "bn_mean": model.norm.moving_mean,
+        "bn_var": model.norm.moving_variance,
+    }  # fmt: skip
+    if model.use_ids:
+        layers |= {"item_emb": model.item_emb.embeddings, "item_w": model.item_w.embeddings}
+    for i, layer in enumerate(model.deep.layers):
+        layers |= {f"deep_kernel_{i}": layer.kernel, f"deep_bias_{i}": layer.bias}
+    return {name: np.asarray(v.numpy(), dtype=np.float32) for name, v in layers.items()}
+
+
+def export_for_serving(
+    trained: TrainedDeepFM, dataset: Dataset, out_dir: Path, *, n_candidates: int
+) -> Path:
+    """Write what serving's numpy ranker needs, without TensorFlow or the training Dataset.
+
+    ``weights.npz``: :func:`serving_weights`. ``items.npz``: per catalog item, the raw id, its
+    embedding index (``idx_map``: 0 no item, 1 out of vocabulary), category, price bucket and
+    training popularity (what :func:`candidate_features` reads), and the training co-occurrence
+    matrix as CSR arrays (the ``cooc`` feature). ``ranker.json``: the field order, the batch-norm
+    epsilon, the MLP activations, the co-occurrence decay, the history length, and
+    ``n_candidates`` (the retrieval list length the ``log_rank`` feature was trained on).
+    """
+    import json
+
+    model, c = trained.model, trained.config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "weights.npz", **serving_weights(model))  # type: ignore[arg-type]
+    cooc = trained.cooc.matrix.tocsr()
+    cooc.sort_indices()  # serving looks candidates up by binary search in each row
+    catalog = dataset.catalog
+    np.savez(
+        out_dir / "items.npz",
+        ids=np.asarray(catalog.item_ids).astype(str), index=trained.idx_map.astype(np.int64),
+        category=catalog.category.astype(np.int64),
+        price_bucket=catalog.price_bucket.astype(np.int64),
+        popularity=dataset.popularity(), cooc_indptr=cooc.indptr.astype(np.int64),
+        cooc_indices=cooc.indices.astype(np.int64), cooc_data=cooc.data.astype(np.float32),
+    )  # fmt: skip
+    meta = {
+        "format": SERVING_FORMAT, "fields": field_names(c), "dense": list(DENSE),
+        "item_ids": c.item_ids, "k": c.k, "bn_epsilon": float(model.norm.epsilon),
+        "deep_activations": [layer.activation.__name__ for layer in model.deep.layers],
+        "cooc_decay": float(trained.cooc.decay), "max_history": int(dataset.train.hist.shape[1]),
+        "n_candidates": int(n_candidates), "n_items": int(dataset.n_items),
+        "config": asdict(c),
+    }  # fmt: skip
+    (out_dir / "ranker.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return out_dir
 
 
 def training_rows(

@@ -8,7 +8,7 @@ Run folder::
 
     dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
     two_tower/                   two_tower.export (what serving loads) + checkpoint + config
-    deepfm/                      checkpoint + config
+    deepfm/                      checkpoint + config; serving/ (the numpy export serving loads)
     evaluation/                  metrics.json + report.html (models vs baselines, full ranking)
     decision.json                what the registry did for each model, and why
     export.json                  the Milvus collection version now serving (or why none)
@@ -190,6 +190,8 @@ def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str,
     out = run_dir / "deepfm"
     _checkpoint(fm.model, out / "checkpoint" / "model", save=True)
     _write_json(out / "deepfm_config.json", {**asdict(c), "history": fm.history})
+    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): serving/ranker.py.
+    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
     return {"history": fm.history, "out": str(out)}
 
 
