@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from lambdarec.config import Settings
+    from lambdarec.registry import ModelRegistry
     from lambdarec.retrieval.index import VectorIndex
     from serving.metrics import Metrics
     from serving.validation import RecommendQuery
@@ -209,9 +210,30 @@ class TwoTowerEncoder:
         return np.asarray(out["embedding"].numpy(), dtype=np.float32)
 
 
-def load_champion_encoder(settings: Settings) -> TwoTowerEncoder | None:
-    """The champion two-tower's query tower from the MLflow registry (None when there is none),
-    or the export folder pinned by ``LAMBDAREC_SERVING_MODEL_DIR``."""
+@dataclass(frozen=True)
+class ServingModels:
+    """The query tower and the ranker of one champion: swapped together, by one assignment."""
+
+    encoder: QueryEncoder | None = None
+    ranker: Ranker | None = None
+
+
+@dataclass(frozen=True)
+class ChampionDirs:
+    """The champion's model folders on local disk."""
+
+    #: The two-tower export (``two_tower.export``: query tower, item index, embeddings).
+    two_tower: Path
+    #: The ``deepfm/`` folder of the same training run; None when that run logged none.
+    deepfm: Path | None
+
+
+def champion_dirs(settings: Settings) -> ChampionDirs | None:
+    """The champion two-tower's export from the MLflow registry (None when there is none), or the
+    export folder pinned by ``LAMBDAREC_SERVING_MODEL_DIR``; with the DeepFM of the same training
+    run, the only one it pairs with (``retrain.train_ranker`` trains it on that retriever's
+    candidates and scores): the pinned folder's sibling ``deepfm/`` (the run folder layout), or
+    the ``deepfm`` model logged from the same run folder as the champion two-tower."""
     from pathlib import Path
 
     if settings.serving_model_dir:
@@ -221,18 +243,80 @@ def load_champion_encoder(settings: Settings) -> TwoTowerEncoder | None:
                 f"LAMBDAREC_SERVING_MODEL_DIR={pinned} holds no query_tower/: point it at a "
                 "two_tower.export folder or leave it empty to serve the registry's champion"
             )
-        return TwoTowerEncoder(pinned)
-    from lambdarec.registry import ModelRegistry
-
-    champion = ModelRegistry.from_settings(settings, "two_tower").get_champion()
-    if champion is None:
-        return None
+        sibling = pinned.parent / "deepfm"
+        return ChampionDirs(pinned, sibling if sibling.is_dir() else None)
     import mlflow
 
+    from lambdarec.models.retrain import DEEPFM, TWO_TOWER
+    from lambdarec.registry import ModelRegistry
+
+    champion = ModelRegistry.from_settings(settings, TWO_TOWER).get_champion()
+    if champion is None:
+        return None
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
     )
-    return TwoTowerEncoder(Path(local))
+    try:
+        deepfm = _same_run_deepfm(ModelRegistry.from_settings(settings, DEEPFM), champion.run_id)
+    except Exception:  # noqa: BLE001 - no ranker is a degraded part, not a failed load
+        log.exception("cannot fetch the DeepFM of the champion's run; ranking by the blend")
+        deepfm = None
+    return ChampionDirs(Path(local), deepfm)
+
+
+def _same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | None:
+    """The model folder of the newest ``deepfm`` run logged with the same ``run_dir`` as the
+    two-tower's run (``retrain.evaluate`` logs both from one run folder), downloaded."""
+    from pathlib import Path
+
+    import mlflow
+
+    from lambdarec.registry import MODEL_ARTIFACT_PATH
+
+    client = registry.client
+    run_dir = client.get_run(two_tower_run_id).data.params.get("run_dir")
+    experiment = client.get_experiment_by_name(registry.experiment)
+    if not run_dir or experiment is None:
+        return None
+    quote = '"' if "'" in run_dir else "'"
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"params.run_dir = {quote}{run_dir}{quote}",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    if not runs:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(
+        run_id=runs[0].info.run_id, artifact_path=MODEL_ARTIFACT_PATH,
+        tracking_uri=registry.tracking_uri,
+    ))  # fmt: skip
+
+
+def load_ranker(deepfm_dir: Path | None) -> Ranker | None:
+    """The DeepFM exported in a run's ``deepfm/`` folder (``serving/ranker.py``); None, logged,
+    when there is none or it cannot be read: serving then blends the retrieval scores."""
+    from serving.ranker import DeepFMRanker
+
+    if deepfm_dir is None:
+        log.warning("the champion's run logged no DeepFM; ranking by the score blend")
+        return None
+    try:
+        ranker = DeepFMRanker.from_model_dir(deepfm_dir)
+    except Exception:  # noqa: BLE001 - a broken ranker must not take the query tower with it
+        log.exception("the DeepFM export in %s cannot be loaded; ranking by the blend", deepfm_dir)
+        return None
+    if ranker is None:
+        log.warning("%s holds no serving export (a run from before it); ranking by the blend",
+                    deepfm_dir)  # fmt: skip
+    return ranker
+
+
+def load_champion(settings: Settings) -> ServingModels | None:
+    """The champion's query tower and, beside it, the DeepFM of the same run (None when there is
+    no champion). A missing or unreadable ranker leaves ``ranker`` None, never fails the load."""
+    dirs = champion_dirs(settings)
+    if dirs is None:
+        return None
+    return ServingModels(TwoTowerEncoder(dirs.two_tower), load_ranker(dirs.deepfm))
 
 
 @dataclass
@@ -384,8 +468,8 @@ class Recommender:
         self.snapshot = snapshot
         self.features = features
         self.index = index
-        self.encoder = encoder
-        self.ranker = ranker
+        #: One reference for the query tower and the ranker: a reload assigns a new pair.
+        self.models = ServingModels(encoder, ranker)
         self.metrics = metrics
         self.category_cap = category_cap
         self.purchases = PurchaseMemory()
@@ -400,11 +484,28 @@ class Recommender:
         self._closing = threading.Event()
         self.reloads = 0
 
+    @property
+    def encoder(self) -> QueryEncoder | None:
+        return self.models.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: QueryEncoder | None) -> None:
+        self.models = ServingModels(encoder, self.models.ranker)
+
+    @property
+    def ranker(self) -> Ranker | None:
+        return self.models.ranker
+
+    @ranker.setter
+    def ranker(self, ranker: Ranker | None) -> None:
+        self.models = ServingModels(self.models.encoder, ranker)
+
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
                       *, load_model: bool = True) -> Recommender:  # fmt: skip
         """The recommender of the settings: lake snapshot now, Feast and the index lazily; the
-        champion's query tower loads in the background (responses say ``model`` until then)."""
+        champion's query tower and ranker load in the background (responses say ``model`` and
+        ``ranker`` until then)."""
         from lambdarec.retrieval.index import VectorIndex
 
         try:
@@ -424,17 +525,19 @@ class Recommender:
         settings: Settings,
         *,
         every_s: float = 5.0,
-        loader: Callable[[Settings], QueryEncoder | None] | None = None,
+        loader: Callable[[Settings], ServingModels | QueryEncoder | None] | None = None,
     ) -> threading.Thread:
-        """Reload the champion's query tower whenever the reload marker changes.
+        """Reload the champion's query tower and ranker whenever the reload marker changes.
 
         ``weekly_model_retraining`` writes ``settings.reload_marker`` after it promoted a model
-        and switched the index alias. The new tower is loaded in this thread, then swapped in by
-        one reference assignment: a request in flight finishes with the tower it started with,
-        none is dropped. A failed load keeps the current tower (and is logged).
+        and switched the index alias. The new pair is loaded in this thread, then swapped in by
+        one reference assignment (:attr:`models`): a request in flight finishes with the tower
+        and ranker it started with, none is dropped. A failed load keeps the current pair (and
+        is logged). A new tower without a ranker drops the old ranker, which ranked another
+        retriever's candidates (``loader`` may return a bare query tower: tests).
         """
         marker = settings.reload_marker
-        load = loader or load_champion_encoder
+        load = loader or load_champion
 
         def mtime() -> float | None:
             try:
@@ -450,14 +553,17 @@ class Recommender:
                     continue
                 seen = current
                 try:
-                    encoder = load(settings)
+                    loaded = load(settings)
                 except Exception:  # noqa: BLE001 - keep serving with the current tower
                     log.exception("reload: the new champion could not be loaded; keeping the old")
                     continue
-                if encoder is not None:
-                    self.encoder = encoder
+                if loaded is not None:
+                    self.models = (loaded if isinstance(loaded, ServingModels)
+                                   else ServingModels(loaded, None))  # fmt: skip
                     self.reloads += 1
-                    log.info("reload: query tower swapped in (reload #%d)", self.reloads)
+                    log.info("reload: query tower swapped in, ranker %s (reload #%d)",
+                             "too" if self.models.ranker is not None else "absent",
+                             self.reloads)  # fmt: skip
 
         thread = threading.Thread(target=loop, name="recommender-reload", daemon=True)
         thread.start()
@@ -491,8 +597,11 @@ class Recommender:
                     log.warning("vector index not ready at start: %s", exc)
             if load_model and self.encoder is None:
                 try:
-                    self.encoder = load_champion_encoder(settings)
-                    log.info("query tower loaded: %s", self.encoder is not None)
+                    models = load_champion(settings)
+                    if models is not None:
+                        self.models = models
+                    log.info("query tower loaded: %s, ranker loaded: %s",
+                             self.encoder is not None, self.ranker is not None)  # fmt: skip
                 except Exception as exc:  # noqa: BLE001
                     log.warning("no champion query tower (%s); vector retrieval is off", exc)
 
@@ -520,6 +629,9 @@ class Recommender:
         degraded: list[str] = []
         timings: dict[str, float] = {}
         k = query.k
+        # One read of the reference: a reload swaps the pair, never mutates it, so the request
+        # uses the tower and the ranker of one champion throughout.
+        models = self.models
 
         with self._stage("features", timings):
             features: dict[str, Any] = {}
@@ -535,11 +647,10 @@ class Recommender:
 
         with self._stage("candidates", timings):
             query_vector = None
-            if self.encoder is None:
+            if models.encoder is None:
                 degraded.append("model")
-            else:  # one read of the reference: a reload swaps it, never mutates it
-                encoder = self.encoder
-                query_vector = self._try("model", degraded, encoder.encode, features)
+            else:
+                query_vector = self._try("model", degraded, models.encoder.encode, features)
             if self.index is None:
                 degraded.append("index")
             cooc: list[tuple[str, float]] = []
@@ -585,10 +696,10 @@ class Recommender:
 
         with self._stage("rank", timings):
             scored = None
-            if self.ranker is None:
+            if models.ranker is None:
                 degraded.append("ranker")
             else:
-                scored = self._try("ranker", degraded, self.ranker.score, features, survivors)
+                scored = self._try("ranker", degraded, models.ranker.score, features, survivors)
             if scored is not None and len(scored) == len(survivors):
                 for c, (s, contrib) in zip(survivors, scored, strict=True):
                     c.score, c.contributions = float(s), contrib

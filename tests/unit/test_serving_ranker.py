@@ -1,0 +1,345 @@
+"""The DeepFM ranker at serving time: its numpy forward pass against the TensorFlow model, its
+feature rows against training's, /recommend ranked by it, and how serving finds and reloads it.
+
+Two tiny DeepFMs are trained on synthetic data (one epoch each, seconds). Their candidates come
+from a stand-in retriever that scores items by the cosine of random unit vectors, which is what
+the two-tower's scores are, without training one.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lambdarec.data.generator import GeneratorConfig, generate_events  # noqa: E402
+from lambdarec.models import baselines as B  # noqa: E402
+from lambdarec.models import evaluate as E  # noqa: E402
+from lambdarec.models.data import Dataset, Examples, build_from_events  # noqa: E402
+from lambdarec.platform.testing import private_settings  # noqa: E402
+from serving.ranker import DeepFMRanker  # noqa: E402
+from serving.recommender import (  # noqa: E402
+    Candidate,
+    Recommender,
+    ServingModels,
+    Snapshot,
+    champion_dirs,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lambdarec.models.deepfm import TrainedDeepFM
+
+
+@dataclass
+class Trained:
+    data: Dataset
+    queries: Examples
+    cand: np.ndarray
+    scores: np.ndarray
+    idx_map: np.ndarray
+    fm: TrainedDeepFM
+    ranker: DeepFMRanker
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    cfg = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1)
+    return build_from_events(generate_events(cfg), name="tiny")
+
+
+def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
+    from lambdarec.models import deepfm
+
+    rng = np.random.default_rng(7)
+    items = rng.normal(size=(data.n_items, 16))
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+
+    def cosine(ex: Examples) -> np.ndarray:
+        q = np.random.default_rng(int(ex.ts[0]) % 2**32).normal(size=(len(ex), 16))
+        return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ items.T
+
+    queries = data.valid.sample(600, 0)
+    cand, scores = E.ranker_topk(cosine, queries, 100)
+    idx_map = np.where(data.seen_in_train(), np.arange(data.n_items) + 2, 1).astype(np.int64)
+    config = deepfm.DeepFMConfig(epochs=1, max_queries=600, item_ids=item_ids)
+    fm = deepfm.train_deepfm(data, queries, cand, scores, idx_map, B.CoOccurrence().fit(data), config)
+    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
+    ranker = DeepFMRanker.from_model_dir(out)
+    assert ranker is not None
+    return Trained(data, queries, cand, scores, idx_map, fm, ranker)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return _train(dataset, tmp_path_factory.mktemp("run") / "deepfm", item_ids=False)
+
+
+@pytest.fixture(scope="module")
+def trained_ids(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return _train(dataset, tmp_path_factory.mktemp("run_ids") / "deepfm", item_ids=True)
+
+
+def _tf_logits(t: Trained, rows: dict[str, np.ndarray]) -> np.ndarray:
+    import tensorflow as tf
+
+    return t.fm.model({k: tf.constant(v) for k, v in rows.items()}, training=False).numpy()[:, 0]
+
+
+def _training_rows(t: Trained, sel: np.ndarray) -> dict[str, np.ndarray]:
+    from lambdarec.models.deepfm import candidate_features
+
+    return candidate_features(t.data, t.queries.subset(sel), t.cand[sel], t.scores[sel],
+                              t.idx_map, t.fm.cooc)  # fmt: skip
+
+
+def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
+    rows = _training_rows(t, np.arange(30))  # 3,000 rows
+    logits, contributions = ranker.forward(rows)
+    np.testing.assert_allclose(logits, _tf_logits(t, rows), atol=1e-4, rtol=0)
+    # the contributions are a decomposition of the logit (up to the constant bias)
+    np.testing.assert_allclose(contributions.sum(axis=1) + ranker.w["dense_w_bias"][0], logits,
+                               atol=1e-4, rtol=0)  # fmt: skip
+    assert contributions.shape == (len(logits), len(ranker.fields) + 1)
+
+
+@pytest.mark.parametrize("which", ["trained", "trained_ids"])
+def test_numpy_forward_pass_equals_the_tf_model(which: str, request: pytest.FixtureRequest,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    from lambdarec.models.deepfm import SERVING_EXPORT, export_for_serving
+
+    t: Trained = request.getfixturevalue(which)
+    assert t.ranker.use_ids == (which == "trained_ids")
+    _check_forward(t, t.ranker)
+
+    # One epoch leaves the batch norm near identity and first-order weights near zero; the same
+    # model with every variable drawn at a real scale checks each term of the forward pass.
+    saved = t.fm.model.get_weights()
+    rng = np.random.default_rng(3)
+    try:
+        for var in t.fm.model.variables:
+            shape = var.shape.as_list()
+            value = (rng.uniform(0.5, 2.0, shape) if "moving_variance" in var.name
+                     else rng.normal(0.0, 0.3, shape))  # fmt: skip
+            var.assign(value.astype(np.float32))
+        export_for_serving(t.fm, t.data, tmp_path / SERVING_EXPORT, n_candidates=100)
+        randomised = DeepFMRanker.from_model_dir(tmp_path)
+        assert randomised is not None
+        _check_forward(t, randomised)
+    finally:
+        t.fm.model.set_weights(saved)
+
+
+def _serving_inputs(t: Trained, q: int) -> tuple[dict[str, Any], list[Candidate]]:
+    """What serving would hold for query ``q``: its Feast features and candidates."""
+    ex, ids = t.queries, t.data.catalog.item_ids
+    session_len, user_events = int(ex.session_len[q]), int(ex.user_events[q])
+    viewed = [str(ids[h]) for h in ex.hist[q] if h >= 0]
+    features = {
+        # the speed layer keeps repeated views; training collapsed them
+        "session_features__last_viewed_items": viewed[:1] + viewed,
+        "session_features__session_category": "whatever Feast says",  # not what training used
+        "session_features__n_views": session_len - 1, "session_features__n_carts": 0,
+        "session_features__n_removes": 1, "session_features__n_purchases": None,
+        "user_history_30d__n_events_30d": user_events - session_len,
+    }  # fmt: skip
+    candidates = [Candidate(str(ids[c]), {"vector": (float(s) + 1.0) / 2.0})
+                  for c, s in zip(t.cand[q], t.scores[q], strict=True)]  # fmt: skip
+    return features, candidates
+
+
+def test_rows_built_from_serving_inputs_are_the_training_rows(trained: Trained) -> None:
+    t = trained
+    ex = t.queries
+    # queries whose user counts leave a non-negative 30-day count for the mapping above
+    qs = [q for q in range(len(ex)) if ex.user_events[q] >= ex.session_len[q] >= 1][:20]
+    assert len(qs) >= 5
+    shuffle = np.random.default_rng(0)
+    for q in qs:
+        features, candidates = _serving_inputs(t, q)
+        order = shuffle.permutation(len(candidates))  # candidates arrive in any order
+        got = t.ranker.rows(features, [candidates[i] for i in order])
+        want = {k: v[order] for k, v in _training_rows(t, np.array([q])).items()}
+        for name in ("cand_item", "last_item", "cand_category", "cand_price", "session_category"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_allclose(got["dense"], want["dense"], atol=1e-5, rtol=1e-5)
+        # the same query scored the training way (TF) and the serving way (numpy)
+        scores = [s for s, _ in t.ranker.score(features, [candidates[i] for i in order])]
+        predicted = t.fm.predict(t.data, ex.subset(np.array([q])), t.cand[[q]], t.scores[[q]])
+        np.testing.assert_allclose(scores, predicted[0][order], atol=1e-4, rtol=0)
+
+
+def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
+    r = trained.ranker
+    known = [str(i) for i in trained.data.catalog.item_ids[:3]]
+    candidates = [
+        Candidate(known[0], {"vector": 0.9}), Candidate(known[1], {"vector": 0.7}),
+        Candidate("never-seen", {"popular": 1.0}), Candidate(known[2], {"trending": 0.5}),
+    ]  # fmt: skip
+    features = {"session_features__last_viewed_items": ["never-seen-either", known[0]]}
+    rows = r.rows(features, candidates)
+    assert rows["cand_item"][2] == 1 and rows["cand_category"][2] == 0  # OOV, unknown category
+    assert rows["cand_price"][2] == 0 and rows["dense"][2, 3] == 0  # no price, no popularity
+    assert rows["last_item"][0] == 1 and rows["session_category"][0] == 0  # unknown last item
+    retrieval, log_rank = rows["dense"][:, 0], rows["dense"][:, 1]
+    np.testing.assert_allclose(retrieval, [0.8, 0.4, 0.4, 0.4], atol=1e-6)  # floor: lowest hit
+    np.testing.assert_allclose(log_rank, np.log1p([0, 1, 2, 3]), atol=1e-6)  # popular > trending
+    scored = r.score(features, candidates)
+    assert len(scored) == 4 and all(np.isfinite(s) for s, _ in scored)
+    for _, contributions in scored:
+        assert 0 < len(contributions) <= 5
+        assert set(contributions) <= {*r.fields, "deep"}
+    assert r.score({}, []) == []
+
+
+def test_a_run_without_the_export_has_no_ranker(tmp_path: Path) -> None:
+    (tmp_path / "deepfm" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "deepfm" / "deepfm_config.json").write_text("{}")
+    assert DeepFMRanker.from_model_dir(tmp_path / "deepfm") is None
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def _recommender(t: Trained, ranker: DeepFMRanker | None) -> Recommender:
+    ids = [str(i) for i in t.data.catalog.item_ids[:50]]
+    categories = {i: f"c{t.data.catalog.category[n]}" for n, i in enumerate(ids)}
+    popular = [(i, 1.0 / (n + 1)) for n, i in enumerate(ids)]
+    # category_cap=1: no diversity reordering, so the response order is the ranker's order
+    return Recommender(Snapshot.from_items(categories, popular), ranker=ranker, category_cap=1.0)
+
+
+def test_recommend_is_ranked_by_the_deepfm(trained: Trained, tmp_path: Path) -> None:
+    from serving import create_app
+
+    rec = _recommender(trained, trained.ranker)
+    app = create_app(private_settings(tmp_path), rec, load_model=False)
+    body = app.test_client().get("/recommend?user_id=u1&k=10").get_json()
+    assert "ranker" not in body["degraded_parts"]
+    assert set(body["degraded_parts"]) == {"online_store", "index", "model"}
+
+    # The pool is the 50 popular items; the ranker's own scores of it give the expected order.
+    pool = [Candidate(i, {"popular": s}) for i, s in rec.snapshot.popular]
+    expected = sorted(zip(trained.ranker.score({}, pool), pool, strict=True),
+                      key=lambda sc: (-sc[0][0], sc[1].item_id))[:10]  # fmt: skip
+    assert [i["item_id"] for i in body["items"]] == [c.item_id for _, c in expected]
+    np.testing.assert_allclose([i["score"] for i in body["items"]],
+                               [s for (s, _), _ in expected], atol=1e-5)  # fmt: skip
+    names = {*trained.ranker.fields, "deep"}
+    for item in body["items"]:
+        assert item["reasons"] and {r["feature"] for r in item["reasons"]} <= names
+
+    blend = create_app(private_settings(tmp_path), _recommender(trained, None), load_model=False)
+    body = blend.test_client().get("/recommend?user_id=u1&k=10").get_json()
+    assert "ranker" in body["degraded_parts"]  # no ranker: the blend, as before
+    assert body["items"][0]["reasons"][0]["feature"] == "popular_score"
+
+
+class Tower:
+    def encode(self, features: dict[str, Any]) -> np.ndarray:
+        return np.zeros(4, dtype=np.float32)
+
+
+def test_reload_swaps_the_tower_and_the_ranker_together(trained: Trained, tmp_path: Path) -> None:
+    from serving.validation import RecommendQuery
+
+    settings = private_settings(tmp_path)
+    rec = _recommender(trained, None)
+    pairs = [ServingModels(Tower(), trained.ranker), ServingModels(Tower(), None)]
+
+    def loader(_: object) -> ServingModels:
+        return pairs[rec.reloads]
+
+    errors: list[BaseException] = []
+    degraded: list[bool] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                result = rec.recommend(RecommendQuery("u1", "s1", 10, ()))
+                degraded.append("ranker" in result.degraded_parts)
+            except BaseException as exc:  # noqa: BLE001 - any failure is what the test looks for
+                errors.append(exc)
+
+    worker = threading.Thread(target=traffic)
+    rec.watch_reload(settings, every_s=0.02, loader=loader)
+    worker.start()
+    try:
+        for n, want in enumerate(pairs, start=1):
+            settings.reload_marker.parent.mkdir(parents=True, exist_ok=True)
+            settings.reload_marker.write_text(json.dumps({"n": n}))
+            os.utime(settings.reload_marker, (time.time() + n, time.time() + n))
+            deadline = time.monotonic() + 10
+            while rec.reloads < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rec.models is want  # one object: tower and ranker from the same load
+            seen = len(degraded)
+            while len(degraded) < seen + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert degraded[-1] is (want.ranker is None)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        rec.close()
+    assert not errors, errors[:3]
+
+
+# -- finding the ranker beside the champion -----------------------------------------------------
+
+
+def _run_folder(root: Path, trained: Trained) -> Path:
+    """A run folder as retrain writes it: two_tower/ (a stand-in query tower) and deepfm/."""
+    import shutil
+
+    (root / "two_tower" / "query_tower").mkdir(parents=True)
+    (root / "two_tower" / "two_tower_config.json").write_text("{}")
+    shutil.copytree(trained.ranker.folder, root / "deepfm" / "serving")
+    return root
+
+
+def test_a_pinned_export_serves_the_ranker_of_its_run(trained: Trained, tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "run", trained)
+    dirs = champion_dirs(private_settings(tmp_path, serving_model_dir=str(run / "two_tower")))
+    assert dirs is not None and dirs.deepfm == run / "deepfm"
+    assert DeepFMRanker.from_model_dir(dirs.deepfm) is not None
+    (tmp_path / "bench" / "query_tower").mkdir(parents=True)  # an export outside a run folder
+    alone = champion_dirs(private_settings(tmp_path, serving_model_dir=str(tmp_path / "bench")))
+    assert alone is not None and alone.deepfm is None
+
+
+@pytest.mark.integration
+def test_the_registry_champion_serves_the_deepfm_of_its_run(trained: Trained,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """A real MLflow (SQLite): the champion two-tower's run folder names the DeepFM to serve,
+    not the newest DeepFM nor the DeepFM champion of another run."""
+    from lambdarec.models.retrain import DEEPFM, TWO_TOWER, registry_for
+
+    settings = private_settings(tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert champion_dirs(settings) is None  # no champion yet
+    runs = [_run_folder(tmp_path / name, trained) for name in ("run-a", "run-b")]
+    (runs[1] / "deepfm" / "serving" / "ranker.json").unlink()  # run-b: from before the export
+    for name in (TWO_TOWER, DEEPFM):
+        registry = registry_for(name, settings)
+        for run, ndcg in zip(runs, (0.2, 0.1) if name == TWO_TOWER else (0.1, 0.2), strict=True):
+            run_id = registry.log_run(
+                params={"run_dir": str(run)}, metrics={"ndcg@10": ndcg}, evaluation_id="e",
+                model_dir=run / ("two_tower" if name == TWO_TOWER else "deepfm"),
+            )  # fmt: skip
+            registry.promote(registry.register(run_id), {"ndcg@10": ndcg})
+    # two_tower champion: run-a; deepfm champion: run-b (newer and better, but another run)
+    dirs = champion_dirs(settings)
+    assert dirs is not None and dirs.deepfm is not None
+    assert (dirs.two_tower / "two_tower_config.json").exists()
+    ranker = DeepFMRanker.from_model_dir(dirs.deepfm)
+    assert ranker is not None and ranker.fields == trained.ranker.fields
