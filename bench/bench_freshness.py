@@ -62,11 +62,15 @@ class Prober:
             if not sessions:
                 time.sleep(0.01)
                 continue
+            t_read = time.monotonic()
             got = get_online_features(
                 ["session_features:n_views"],
                 [{"session_id": s} for s in sessions],
                 self.settings,  # type: ignore[arg-type]
             )
+            if time.monotonic() - t_read > 0.2:
+                print(f"  slow read at {time.time():.1f}: {(time.monotonic() - t_read) * 1000:.0f} ms "
+                      f"for {len(sessions)} sessions", file=sys.stderr)
             now = time.monotonic()
             with self.lock:
                 for sid, views in zip(
@@ -80,6 +84,9 @@ class Prober:
                         if views >= count:
                             self.latencies_ms.append((now - sent) * 1000)
                             self.timeline.append((sent, (now - sent) * 1000))
+                            if (now - sent) > 0.5:
+                                print(f"  slow probe at {time.time():.1f}: {(now - sent) * 1000:.0f} ms",
+                                      file=sys.stderr)
                         else:
                             left.append((count, sent))
                     if left:
@@ -170,6 +177,9 @@ def main() -> None:
             )
             try:
                 result = _run(args, settings, rng)
+                for line in (settings.log_dir / "feature-pusher.log").read_text().splitlines():
+                    if "slow push" in line:
+                        print("  pusher:", line, file=sys.stderr)
                 beat = settings.run_dir / "feature-pusher.heartbeat"
                 if beat.is_file():
                     print(f"  pusher: {beat.read_text()}", file=sys.stderr)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 GROUP_ID = "lambdarec-feature-pusher"
 HEARTBEAT_S = 1.0
 PUSH_ATTEMPTS = 3
+SLOW_PUSH_MS = 250.0
+CHUNK_PAUSE_S = 0.002
 #: Feast's SQLite online store shares one connection per store: one push at a time per process.
 _PUSH_LOCK = threading.Lock()
 
@@ -92,12 +94,14 @@ class FeaturePusher:
         group_id: str = GROUP_ID,
         max_rows: int = 500,
         max_wait_ms: float = 0.0,
+        chunk_rows: int = 0,
         from_beginning: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
         self.group_id = group_id
         self.max_rows = max_rows
         self.max_wait_s = max_wait_ms / 1000.0
+        self.chunk_rows = chunk_rows
         self.from_beginning = from_beginning
         self.stats = PushStats()
         every = {
@@ -184,7 +188,10 @@ class FeaturePusher:
         for view, rows in newest.items():
             began = time.perf_counter()
             pushed += self._push(view, list(rows.values()))
-            self.stats.push_ms.append((time.perf_counter() - began) * 1000)
+            took_ms = (time.perf_counter() - began) * 1000
+            self.stats.push_ms.append(took_ms)
+            if took_ms > SLOW_PUSH_MS:
+                log.info("slow push: %d %s rows in %.0f ms", len(rows), view, took_ms)
             if len(self.stats.push_ms) > 100_000:
                 del self.stats.push_ms[:50_000]
             if view == SESSION_FEATURES.name:
@@ -194,7 +201,24 @@ class FeaturePusher:
         return pushed
 
     def _push(self, view: str, rows: list[dict[str, Any]]) -> int:
-        """Push with a few retries (a busy SQLite, a Redis restart); then give the batch up."""
+        """Push in chunks of ``chunk_rows`` (all at once when 0), each with a few retries (a
+        busy SQLite, a Redis restart); a chunk that still fails is given up (and counted).
+
+        The online store takes one write at a time (``_PUSH_LOCK``): a trending burst (one row
+        per active item when a minute's windows close, thousands of rows) written in one go held
+        it for a second and stalled every session update behind it, the freshness tail. In
+        chunks, a session batch waits for one chunk at most.
+        """
+        step = self.chunk_rows or len(rows) or 1
+        pushed = 0
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            pushed += self._push_chunk(view, chunk)
+            if start + step < len(rows):
+                time.sleep(CHUNK_PAUSE_S)  # hand the lock to a waiting session batch
+        return pushed
+
+    def _push_chunk(self, view: str, rows: list[dict[str, Any]]) -> int:
         for attempt in range(PUSH_ATTEMPTS):
             try:
                 with _PUSH_LOCK:
@@ -293,9 +317,10 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
 
 
 #: Session rows are what freshness is about: small batches, pushed at once. Trending rows come
-#: in bursts (one per item and sliding window) and change slowly: big batches, newest per item.
+#: in bursts (one per active item when a minute's windows close) and change slowly: big batches,
+#: newest per item, written 200 rows (~20 ms) at a time so they never hold a session batch back.
 SESSION_BATCH = {"max_rows": 2000, "max_wait_ms": 0.0}
-TRENDING_BATCH = {"max_rows": 20_000, "max_wait_ms": 1000.0}
+TRENDING_BATCH = {"max_rows": 20_000, "max_wait_ms": 1000.0, "chunk_rows": 200}
 
 
 def default_pushers(
