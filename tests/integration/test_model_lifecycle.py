@@ -192,31 +192,14 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     runs as a program launched by ModelStepOperator. The first test left champions behind, so
     export runs or is skipped (exit code 99) as the evaluation decided; either way the run
     succeeds and notify_serving runs."""
-    import subprocess
-    import sys
+    from lambdarec.pipelines.dag_run import run_dag_test
 
-    from lambdarec.platform.services import airflow_process_env, prepare_airflow
-
-    prepare_airflow(settings)
-    probe = (
-        "import json, sys, pendulum\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        "dag = DagBag(sys.argv[1]).get_dag('weekly_model_retraining')\n"
-        "run = dag.test(logical_date=pendulum.parse('2026-01-05T00:00:00+00:00'), run_conf="
-        "{'dataset': 'lake', 'feast': True, 'max_train': 0, 'epochs': 2})\n"
-        "print('RESULT ' + json.dumps({'state': str(run.state), 'tasks': "
-        "{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(settings.home / "dags")],
-        env=airflow_process_env(settings), capture_output=True, text=True, timeout=600,
-        check=False,
+    run = run_dag_test(
+        "weekly_model_retraining", "2026-01-05", settings, timeout_s=600,
+        conf={"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2},
     )  # fmt: skip
-    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-    assert lines, (done.stdout + done.stderr)[-3000:]
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    tasks = result["tasks"]
-    assert result["state"] == "success", tasks
+    tasks = run.tasks
+    assert run.success, (tasks, run.log[-3000:])
     steps = ("build_datasets", "train_two_tower", "train_deepfm", "evaluate_and_promote")
     assert all(tasks[t] == "success" for t in steps), tasks
     assert tasks["export_embeddings"] in ("success", "skipped")

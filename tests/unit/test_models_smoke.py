@@ -38,6 +38,12 @@ def test_split_is_temporal(dataset: Dataset) -> None:
     assert (dataset.test.hist[:, 0] >= 0).all()
 
 
+def test_too_few_days_for_a_split_is_named() -> None:
+    cfg = GeneratorConfig(n_users=50, n_items=80, n_categories=4, days=2, n_events=800, seed=1)
+    with pytest.raises(ValueError, match=r"span 2 day\(s\); a temporal split needs at least 3"):
+        build_from_events(generate_events(cfg), name="two-days")
+
+
 def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow_recommenders")
     from lambdarec.models.deepfm import DeepFMConfig

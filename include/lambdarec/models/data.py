@@ -225,6 +225,13 @@ def build_from_events(
     # split by day of the target event
     day = (c["ts"].to_numpy() + int(tz_offset_hours * 3_600_000)) // DAY_MS
     last = int(day.max())
+    span = last - int(day.min()) + 1
+    if span < valid_days + test_days + 1:
+        raise ValueError(
+            f"{name}: the events span {span} day(s); a temporal split needs at least "
+            f"{valid_days + test_days + 1} (training days, then {valid_days} validation and "
+            f"{test_days} test day(s)); add days of data (the demo: --days 3 or more)"
+        )
     test_start = last - test_days + 1
     valid_start = test_start - valid_days
     split = np.where(day >= test_start, 2, np.where(day >= valid_start, 1, 0))

@@ -29,7 +29,7 @@ if bag.import_errors:
     print(json.dumps({"import_errors": {k: str(v) for k, v in bag.import_errors.items()}}))
     sys.exit(2)
 dag = bag.get_dag(sys.argv[2])
-run = dag.test(logical_date=pendulum.parse(sys.argv[3]))
+run = dag.test(logical_date=pendulum.parse(sys.argv[3]), run_conf=json.loads(sys.argv[4]) or None)
 states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 print("LAMBDAREC_DAG_RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
 """
@@ -49,9 +49,15 @@ class DagTestResult:
 
 
 def run_dag_test(
-    dag_id: str, day: date | str, settings: Settings | None = None, *, timeout_s: float = 1800
+    dag_id: str,
+    day: date | str,
+    settings: Settings | None = None,
+    *,
+    conf: dict[str, object] | None = None,
+    timeout_s: float = 1800,
 ) -> DagTestResult:
-    """``dag.test()`` of ``dag_id`` for the data interval starting ``day`` (00:00 UTC)."""
+    """``dag.test()`` of ``dag_id`` for the data interval starting ``day`` (00:00 UTC), with the
+    run's ``conf`` (the DAG's params) when given."""
     from lambdarec.platform.services import airflow_process_env, prepare_airflow
 
     s = settings or get_settings()
@@ -59,7 +65,8 @@ def run_dag_test(
     env = airflow_process_env(s)
     day_text = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(s.home / "dags"), dag_id, f"{day_text}T00:00:00+00:00"],
+        [sys.executable, "-c", _PROBE, str(s.home / "dags"), dag_id, f"{day_text}T00:00:00+00:00",
+         json.dumps(conf or {})],  # fmt: skip
         env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
     )
     output = done.stdout + done.stderr
