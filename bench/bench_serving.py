@@ -1,14 +1,21 @@
 """Serving benchmark: /recommend under a steady request rate against gunicorn on loopback.
 
-Builds what serving needs on a throwaway platform: a two-tower trained briefly on the synthetic
-clickstream (its export pinned with LAMBDAREC_SERVING_MODEL_DIR), its item embeddings padded with
+Builds what serving needs on a throwaway platform: a run folder from the retraining's own steps
+(``lambdarec.models.retrain``: build, train the two-tower, train the DeepFM on its candidates) on
+the synthetic clickstream, its two-tower export pinned with LAMBDAREC_SERVING_MODEL_DIR so serving
+finds the DeepFM's serving export as its sibling ``deepfm/``; the item embeddings padded with
 random vectors of the same norms up to ``--catalog-items`` and published to the vector index (the
 real Milvus 2.3.5 standalone server by default, ``--milvus lite`` for the file), the catalog in the
-lake; then starts ``gunicorn 'serving:create_app()'`` as the platform does, waits for ``/ready``,
-and sends ``--rps`` requests per second for ``--seconds`` from ``--clients`` closed-loop clients
-(each waits for its answer, then for its next slot). Prints one JSON line:
-{"catalog_items", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "degraded", "stage_p50_ms", ...}
-where the stage figures come from the responses' own ``timings_ms``.
+lake, one pushed session per benchmark user in the online store. Then starts
+``gunicorn 'serving:create_app()'`` as the platform does, waits for ``/ready``, checks that
+requests are answered by both stages (the bench fails when the query tower or the ranker is
+missing), and sends ``--rps`` requests per second for ``--seconds`` from ``--clients``
+closed-loop clients (each waits for its answer, then for its next slot). Prints one JSON line:
+{"catalog_items", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "degraded", "degraded_parts",
+"stage_p50_ms", "stage_p99_ms", ...} where the stage figures come from the responses' own
+``timings_ms`` and ``degraded_parts`` counts the responses listing each part (under load a part
+is listed when its guard timed out or is backing off); ``outside_stages_*`` is the client's
+latency minus the stages (HTTP, gunicorn's queue, the JSON body, the impression record).
 """
 
 from __future__ import annotations
@@ -33,19 +40,25 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def build_model(work: Path, epochs: int) -> tuple[Path, list[str], np.ndarray, list[str]]:
-    """Train a two-tower briefly on the synthetic clickstream and export it."""
+    """A run folder as ``weekly_model_retraining`` leaves it, from its own steps on the synthetic
+    clickstream: ``two_tower/`` (the export serving pins) and ``deepfm/serving/`` beside it (the
+    ranker serving finds as the pinned folder's sibling). Returns the two-tower folder and its
+    item embeddings with their categories."""
     import os
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from lambdarec.models import two_tower
-    from lambdarec.models.data import load_dataset
+    from lambdarec.models import retrain
+    from lambdarec.models.deepfm import SERVING_EXPORT, DeepFMConfig
+    from lambdarec.models.two_tower import TwoTowerConfig
 
-    data = load_dataset("synthetic")
-    trained = two_tower.train_two_tower(
-        data, two_tower.TwoTowerConfig(epochs=epochs, max_train=100_000)
-    )
-    model_dir = work / "two_tower"
-    two_tower.export(trained, model_dir)
+    run_dir = work / "run"
+    retrain.build("synthetic", run_dir)
+    retrain.train_retriever(run_dir, TwoTowerConfig(epochs=epochs, max_train=100_000))
+    retrain.train_ranker(run_dir, DeepFMConfig(epochs=epochs))
+    model_dir = run_dir / "two_tower"
+    if not (run_dir / "deepfm" / SERVING_EXPORT / "ranker.json").is_file():
+        raise SystemExit(f"{run_dir}/deepfm holds no serving export: serving would not rank")
+    data = retrain.load_built(run_dir)
     saved = np.load(model_dir / "item_embeddings.npz")
     ids = [str(i) for i in saved["ids"]]
     code = {str(i): int(c) for i, c in zip(data.catalog.item_ids, data.catalog.category,
@@ -75,6 +88,9 @@ def load(url: str, rps: float, seconds: float, clients: int, users: list[str]) -
 
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
+    #: Per request, the client's latency minus the pipeline's stages: HTTP on loopback, gunicorn's
+    #: queueing, the JSON body, the impression record.
+    outside: list[float] = []
     errors = degraded = 0
     parts: dict[str, int] = {}
     lock = threading.Lock()
@@ -111,8 +127,10 @@ def load(url: str, rps: float, seconds: float, clients: int, users: list[str]) -
                 degraded += bool(body.get("degraded"))
                 for part in body.get("degraded_parts") or ():
                     parts[part] = parts.get(part, 0) + 1
-                for name, ms in (body.get("timings_ms") or {}).items():
+                timings = body.get("timings_ms") or {}
+                for name, ms in timings.items():
                     stages.setdefault(name, []).append(float(ms))
+                outside.append(took - sum(float(ms) for ms in timings.values()))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     for t in threads:
@@ -128,7 +146,61 @@ def load(url: str, rps: float, seconds: float, clients: int, users: list[str]) -
         "degraded_parts": parts,
         "stage_p50_ms": {k: _percentile(v, 0.5) for k, v in sorted(stages.items())},
         "stage_p99_ms": {k: _percentile(v, 0.99) for k, v in sorted(stages.items())},
+        "outside_stages_p50_ms": _percentile(outside, 0.5),
+        "outside_stages_p99_ms": _percentile(outside, 0.99),
     }  # fmt: skip
+
+
+def push_sessions(settings: Any, users: list[str], items: list[str], cats: list[str],
+                  seed: int = 11) -> None:  # fmt: skip
+    """One speed-layer session per user (``b-<user>``) in the online store, each with 1-10 viewed
+    items of the trained catalog: the query tower encodes a history and the ranker scores against
+    it, as for a shopper mid-session (without them every request is the empty-session query)."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from lambdarec.features.store import push_session_features
+    from lambdarec.tables import SESSION_FEATURES
+
+    rng = np.random.default_rng(seed)
+    category = dict(zip(items, cats, strict=True))
+    now = datetime.now(UTC)
+    rows = []
+    for user in users:
+        viewed = [items[int(i)] for i in rng.integers(len(items), size=int(rng.integers(1, 11)))]
+        rows.append({
+            "session_id": f"b-{user}", "event_timestamp": now, "user_id": user,
+            "last_viewed_items": viewed, "last_carted_items": [], "last_purchased_items": [],
+            "n_views": len(viewed), "n_carts": 0, "n_removes": 0, "n_purchases": 0,
+            "n_events_30min": len(viewed), "session_category": category[viewed[0]],
+            "session_avg_price": 10.0, "seconds_since_prev_event": 20.0,
+        })  # fmt: skip
+    push_session_features(pd.DataFrame(rows)[list(SESSION_FEATURES.columns)], settings)
+
+
+#: Parts whose absence means the benchmark does not measure the two-stage path.
+MODEL_PARTS = ("model", "ranker")
+
+
+def require_models(url: str, users: list[str], probes: int = 20) -> None:
+    """Fail unless serving runs both stages: after warm-up, sequential requests (no load, so no
+    timeouts) must not list the query tower or the ranker as degraded. A part that is absent
+    (not loaded, unreadable export) is listed on every request."""
+    import requests
+
+    listed: dict[str, int] = {}
+    for n in range(probes):
+        user = users[n % len(users)]
+        body = requests.get(url, params={"user_id": user, "session_id": f"b-{user}", "k": 10},
+                            timeout=10).json()  # fmt: skip
+        for part in set(body.get("degraded_parts") or ()) & set(MODEL_PARTS):
+            listed[part] = listed.get(part, 0) + 1
+    if listed:
+        raise SystemExit(
+            f"after warm-up, {listed} of {probes} unloaded requests still list these parts as "
+            "degraded: serving is not running the two-stage path (see serving.log)"
+        )
 
 
 def publish(settings: Any, ids: list[str], emb: np.ndarray, cats: list[str]) -> None:
@@ -152,7 +224,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
+    import shutil
     import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serving-"))
+    try:
+        print(json.dumps(run(args, work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import multiprocessing
 
     import pyarrow as pa
     import requests
@@ -162,9 +245,9 @@ def main() -> None:
     from lambdarec.platform import manager
     from lambdarec.platform.testing import private_platform
 
-    work = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serving-"))
     t0 = time.monotonic()
     model_dir, ids, emb, cats = build_model(work, args.epochs)
+    trained_ids, trained_cats = ids, cats
     ids, emb, cats = padded(ids, emb, cats, args.catalog_items)
     print(f"model trained and exported in {time.monotonic() - t0:.0f} s; "
           f"{len(ids):,} items to index", file=sys.stderr)  # fmt: skip
@@ -184,8 +267,6 @@ def main() -> None:
         t1 = time.monotonic()
         # In a child process: Milvus Lite keeps its file locked until the process that opened it
         # exits, and serving must open it next.
-        import multiprocessing
-
         child = multiprocessing.get_context("spawn").Process(
             target=publish, args=(settings, ids, emb, cats)
         )
@@ -207,7 +288,9 @@ def main() -> None:
                     raise SystemExit(f"serving not ready: {checks}")
                 time.sleep(1)
             users = [f"u{n}" for n in range(2000)]
+            push_sessions(settings, users, trained_ids, trained_cats)
             load(f"{base}/recommend", 20, 10, 4, users)  # warm-up (JIT, caches, Milvus segments)
+            require_models(f"{base}/recommend", users)
             result = load(f"{base}/recommend", args.rps, args.seconds, args.clients, users)
         finally:
             failures: dict[str, int] = {}
@@ -221,7 +304,7 @@ def main() -> None:
             for key, n in sorted(failures.items(), key=lambda kv: -kv[1])[:8]:
                 print(f"  {n} x {key}", file=sys.stderr)
             manager.down(["serving"], settings=settings)
-    print(json.dumps({"catalog_items": len(ids), "milvus": args.milvus, **result}))
+    return {"catalog_items": len(ids), "milvus": args.milvus, **result}
 
 
 if __name__ == "__main__":
