@@ -53,6 +53,11 @@ __all__ = [
 #: Longest item id / category stored (VARCHAR max_length).
 MAX_ID_LENGTH = 256
 Hits = list[list[tuple[str, float]]]
+#: gRPC channel options for a Milvus server. gRPC backs off reconnecting up to 120 s after a
+#: server went away, and every channel of the process shares that back-off (the global
+#: subchannel pool, so pymilvus's reconnect with a new channel waits too): after a one-minute
+#: outage serving kept failing for minutes against a server that was back. Capped at 1 s.
+SERVER_GRPC_OPTIONS = {"grpc.max_reconnect_backoff_ms": 1000}
 
 
 class VectorIndexError(RuntimeError):
@@ -141,7 +146,9 @@ class VectorIndex:
 
             if self.config.is_lite:
                 Path(self.config.uri).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MilvusClient(self.config.uri)
+                self._client = MilvusClient(self.config.uri)
+            else:
+                self._client = MilvusClient(self.config.uri, grpc_options=SERVER_GRPC_OPTIONS)
         return self._client
 
     def close(self) -> None:
