@@ -193,6 +193,9 @@ class TwoTowerEncoder:
         ]
         self._tf = tf
         self._np = np
+        # The first call initialises TF's runtime (hundreds of ms, more than the model's guard
+        # timeout): pay it here, at load or reload, not on a shopper's request.
+        self.encode({})
 
     def encode(self, features: dict[str, Any]) -> np.ndarray:
         np, tf = self._np, self._tf
