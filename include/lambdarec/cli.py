@@ -103,11 +103,12 @@ def replay_cmd(
 def demo_cmd(
     users: Annotated[int, typer.Option(min=1)] = 2000,
     items: Annotated[int, typer.Option(min=10)] = 5000,
-    days: Annotated[int, typer.Option(min=1, max=365)] = 5,
+    days: Annotated[int, typer.Option(min=3, max=365, help="Days of clickstream (3+: training, validation and test days).")] = 5,
     seed: Annotated[int, typer.Option()] = 42,
     services: Annotated[str, typer.Option(help="Comma-separated services to bring up (default: all).")] = "",
 ) -> None:
-    """Bring the stack up, generate the demo dataset, replay it into Kafka, run the batch layer."""
+    """Bring the stack up, replay a generated clickstream through Kafka and Flink, run the batch
+    layer and the retraining DAG, then serve recommendations that change with posted clicks."""
     from lambdarec.demo import run_demo
 
     run_demo(users=users, items=items, days=days, seed=seed,

@@ -1,5 +1,6 @@
 """The demo's path on a private platform: services up, the clickstream replayed into Kafka, the
-speed layer archiving it into the lake and pushing session features, the batch layer per day."""
+speed layer archiving it into the lake and pushing session features, the batch layer per day, the
+retraining DAG, then the app serving a list that changes after a few posted clicks."""
 
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake() -> None:
     state = Path(tempfile.mkdtemp(prefix="lambdarec-demo-"))
-    settings = private_settings(state)
+    # MLflow in a SQLite file (make demo starts the MLflow server; its tracking is the same).
+    settings = private_settings(state, mlflow_tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
     link_kafka_jars(settings)
     try:
         figures = run_demo(
             users=300,
             items=800,
-            days=2,
+            days=3,
             seed=5,
             services=["kafka", "redis", "speed-layer", "feature-pusher"],
             settings=settings,
+            model_epochs=2,
         )
         counts = lake.date_counts(settings.lake_dir)
         assert [d.isoformat() for d in sorted(counts)] == figures["days"]
@@ -43,10 +46,20 @@ def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake() 
         assert set(figures["daily_feature_pipeline"].values()) == {"success"}  # type: ignore[union-attr]
         session = figures["session_sample"]
         assert isinstance(session, dict) and session["session_features__n_views"][0] > 0
+        # The retraining DAG promoted a first champion (there was none), published it, and the
+        # app serves it: the list changes after the posted clicks and the purchase is gone.
+        assert set(figures["weekly_model_retraining"].values()) == {"success"}  # type: ignore[union-attr]
+        served = figures["serving"]
+        assert isinstance(served, dict)
+        assert served["after"] != served["before"]
+        assert served["bought"] not in served["after"]
+        assert len(served["after"]) == 10
+        assert not {"model", "index", "online_store"} & set(served["degraded_after"])
         assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {
             "kafka",
             "redis",
             "speed-layer",
+            "serving",
         }
     finally:
         manager.down(settings=settings)
