@@ -88,6 +88,10 @@ class ImpressionSink:
                         self.settings, **{
                             "client.id": "lambdarec-serving-impressions",
                             "enable.idempotence": False, "acks": "1",
+                            # Batches of up to 100 ms: with 5 ms, about one produce request
+                            # per impression cost the broker 1.7 ms of CPU per request at
+                            # 100 req/s, 1.1 ms with 100 (bench-serving, 100k items).
+                            "linger.ms": 100,
                             "queue.buffering.max.messages": 100_000,
                             "message.timeout.ms": 30_000,
                         },
