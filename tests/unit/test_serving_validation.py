@@ -285,6 +285,40 @@ def test_guard_times_out_then_backs_off() -> None:
         assert guard.call(lambda: 7) == 7  # recovers by itself
 
 
+def test_guard_backs_off_only_after_failures_in_a_row() -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.recommender import DependencyDown, Guard
+
+    calls: list[int] = []
+
+    def broken() -> int:
+        calls.append(1)
+        raise ConnectionError("refused")
+
+    with ThreadPoolExecutor(2) as pool:
+        guard = Guard("index", pool, timeout_s=0.5, backoff_s=0.3, trip_after=3)
+        for _ in range(2):  # isolated failures degrade their own call only
+            with pytest.raises(DependencyDown, match="refused"):
+                guard.call(broken)
+            assert guard.call(lambda: 7) == 7  # a success resets the count
+        for _ in range(3):
+            with pytest.raises(DependencyDown, match="refused"):
+                guard.call(broken)
+        with pytest.raises(DependencyDown, match="backing off"):
+            guard.call(broken)
+        assert len(calls) == 5
+        time.sleep(0.35)
+        with pytest.raises(DependencyDown, match="refused"):  # one probe, still failing:
+            guard.call(broken)
+        with pytest.raises(DependencyDown, match="backing off"):  # skipped again at once
+            guard.call(broken)
+        time.sleep(0.35)
+        assert guard.call(lambda: 8) == 8
+        assert len(calls) == 6
+
+
 def test_ready_says_loading_while_the_warm_up_runs() -> None:
     from serving.recommender import Recommender, Snapshot
 
