@@ -776,8 +776,11 @@ def milvus(settings: Settings) -> Service:
     host, port = settings.bind_host, _milvus_port(settings)
     etcd = int(getattr(settings, "milvus_etcd_port", MILVUS_ETCD_PORT))
     data = settings.state_dir / "milvus-server"
+    # The wrapper's own main, through our launcher: it keeps the ports clients use where they
+    # were asked to be (milvus_launcher.py: a restart within a minute otherwise moved them).
     command = [
-        str(milvus_server_bin(settings)), "--data", str(data),
+        str(milvus_server_bin(settings).with_name("python")),
+        str(Path(__file__).with_name("milvus_launcher.py")), "--data", str(data),
         "--proxy-port", str(port), "--etcd-port", str(etcd),
     ]  # fmt: skip
 
