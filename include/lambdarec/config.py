@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="Checkpoint storage of the speed layer: a path or URI (s3://, hdfs://); "
         "empty means <state_dir>/flink/checkpoints.",
     )
+    flink_state_backend: Literal["hashmap", "rocksdb"] = Field(
+        "hashmap",
+        description="Where the speed layer keeps session and item state: 'hashmap' on the JVM "
+        "heap (size LAMBDAREC_FLINK_HEAP for the live sessions) or 'rocksdb' on local disk.",
+    )
 
     # -- Redis (Feast online store option) ----------------------------------------------------
     redis_host: str = "127.0.0.1"
@@ -207,6 +212,16 @@ class Settings(BaseSettings):
         if value not in ("sqlite", "redis"):
             raise ValueError(
                 f"LAMBDAREC_ONLINE_STORE is {value!r}; set it to 'sqlite' (default) or 'redis'"
+            )
+        return value
+
+    @field_validator("flink_state_backend", mode="before")
+    @classmethod
+    def _check_flink_state_backend(cls, value: object) -> object:
+        if value not in ("hashmap", "rocksdb"):
+            raise ValueError(
+                f"LAMBDAREC_FLINK_STATE_BACKEND is {value!r}; set it to 'hashmap' (default: the "
+                "JVM heap) or 'rocksdb' (local disk)"
             )
         return value
 

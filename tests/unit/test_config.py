@@ -98,8 +98,12 @@ def test_online_store_drives_the_feast_yaml(tmp_path: Path) -> None:
             ["LAMBDAREC_DQ_ROW_COUNT_MIN_RATIO (3.0)", "LAMBDAREC_DQ_ROW_COUNT_MAX_RATIO (2.0)"],
         ),
         ({"LAMBDAREC_ONLINE_STORE": "dynamodb"}, ["LAMBDAREC_ONLINE_STORE", "'dynamodb'"]),
+        (
+            {"LAMBDAREC_FLINK_STATE_BACKEND": "forst"},
+            ["LAMBDAREC_FLINK_STATE_BACKEND", "'forst'", "'rocksdb'"],
+        ),
     ],
-    ids=["bootstrap", "duplicate-ports", "dq-band", "online-store"],
+    ids=["bootstrap", "duplicate-ports", "dq-band", "online-store", "flink-state-backend"],
 )
 def test_errors_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needles: list[str]

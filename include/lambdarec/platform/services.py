@@ -651,6 +651,7 @@ def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
         "--trending-topic", settings.topic_trending_items,
         "--archive-dir", str(settings.archive_dir),
         "--checkpoint-dir", settings.checkpoint_dir,
+        "--state-backend", settings.flink_state_backend,
         "--jars", str(flink_lib_dir(settings)),
         "--rest-port", str(settings.flink_rest_port),
         *extra,
