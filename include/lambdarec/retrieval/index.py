@@ -6,7 +6,9 @@ VARCHAR primary key, ``category`` VARCHAR, ``embedding`` FLOAT_VECTOR; HNSW or F
 product). It is written in batches, flushed, indexed, loaded and warmed up; only then is the
 serving alias (``items_serving``) switched to it, in one ``alter_alias`` call, so a searcher never
 sees a half-written index. The newest ``keep`` versions stay for :meth:`VectorIndex.rollback`; older
-ones are dropped.
+ones are dropped. :meth:`VectorIndex.upsert` adds items to the serving version in place (cold start:
+items embedded by the same model's item tower after it was published,
+``lambdarec.models.item_tower``).
 
 The same code runs on two backends, chosen by the URI alone:
 
@@ -304,9 +306,7 @@ class VectorIndex:
         if int(stats.get("row_count", rows)) != rows:
             raise VectorIndexError(f"{name}: {stats.get('row_count')} rows stored, {rows} written")
         # Warm-up: a server's first search after a load can take seconds.
-        dim = int(next(f for f in client.describe_collection(name)["fields"]
-                       if f["name"] == "embedding")["params"]["dim"])  # fmt: skip
-        self._search(name, np.ones((1, dim), dtype=np.float32), 10, "")
+        self._search(name, np.ones((1, self._dim(name)), dtype=np.float32), 10, "")
 
     def _point_alias(self, name: str) -> None:
         """Point the alias at ``name`` in one call (alter when it exists, create the first time)."""
@@ -314,6 +314,58 @@ class VectorIndex:
             self.client.create_alias(name, self.config.alias)
         else:
             self.client.alter_alias(name, self.config.alias)
+
+    def upsert(
+        self,
+        item_ids: Sequence[str],
+        embeddings: np.ndarray,
+        categories: Sequence[str] | None = None,
+    ) -> int:
+        """Add items to the collection behind the serving alias, replacing rows with the same ids
+        (cold start: items embedded after the version was published). The vectors must have the
+        collection's dimension and come from the model that published it. Returns the version.
+        """
+        matrix = _check_inputs(item_ids, embeddings, categories)
+        bad = [str(i) for i in item_ids if not str(i) or len(str(i)) > MAX_ID_LENGTH][:5]
+        if bad:
+            raise VectorIndexError(f"item ids must be 1..{MAX_ID_LENGTH} characters: {bad}")
+        version = self.serving_version()
+        if version is None:
+            raise VectorIndexError(
+                f"alias {self.config.alias} is not set: publish a version before adding items"
+            )
+        name = self.collection_name(version)
+        dim = self._dim(name)
+        if matrix.shape[1] != dim:
+            raise VectorIndexError(
+                f"{name} holds {dim}-d vectors, got {matrix.shape[1]}-d: embed the items with "
+                "the model that published it"
+            )
+        size = self.config.batch_size
+        for start in range(0, len(item_ids), size):
+            rows = [
+                {"item_id": str(item_ids[i]),
+                 "category": "" if categories is None else str(categories[i]),
+                 "embedding": matrix[i]}
+                for i in range(start, min(start + size, len(item_ids)))
+            ]  # fmt: skip
+            self.client.upsert(name, rows)
+        self.client.flush(name)
+        log.info("%s: upserted %d items (dim %d)", name, len(item_ids), dim)
+        return version
+
+    def vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these items in the serving version (absent ids are left out)."""
+        if not item_ids:
+            return {}
+        rows = self.client.get(
+            self.config.alias, ids=[str(i) for i in item_ids], output_fields=["embedding"]
+        )
+        return {str(r["item_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+
+    def _dim(self, name: str) -> int:
+        fields = self.client.describe_collection(name)["fields"]
+        return int(next(f for f in fields if f["name"] == "embedding")["params"]["dim"])
 
     def cleanup(self) -> list[int]:
         """Drop versions beyond the newest ``keep`` (never the serving one); returns those dropped."""
