@@ -7,7 +7,9 @@ TensorFlow never runs inside an Airflow worker process and any step can be re-ru
 Run folder::
 
     dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
-    two_tower/                   two_tower.export (what serving loads) + checkpoint + config
+    item_vocabulary.json         raw category / price -> the item tower's inputs (lake data only)
+    two_tower/                   two_tower.export (what serving loads, item_tower/ for new
+                                 items) + checkpoint + config
     deepfm/                      checkpoint + config; serving/ (the numpy export serving loads)
     evaluation/                  metrics.json + report.html (models vs baselines, full ranking)
     decision.json                what the registry did for each model, and why
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
     from lambdarec.models.data import Dataset
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
+    from lambdarec.models.item_tower import NewItems
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
     from lambdarec.registry import ModelRegistry
 
@@ -109,11 +112,17 @@ def build(
     """Examples of ``dataset`` (see :func:`lambdarec.models.data.load_dataset`), with the batch
     user features from Feast when ``feast`` (temporal data only)."""
     from lambdarec.models.data import build_from_events, load_dataset
+    from lambdarec.models.item_tower import VOCABULARY_FILE, ItemVocabulary, write_vocabulary
 
+    vocabulary = None
     if dataset == "lake":  # the settings' lake (load_dataset would read the process settings)
         from lambdarec.data.lake import read_events
 
-        data = build_from_events(read_events(_settings(settings).lake_dir), name="lake")
+        events = read_events(_settings(settings).lake_dir)
+        data = build_from_events(events, name="lake")
+        # What maps a new catalog item's category and price to the item tower's inputs.
+        vocabulary = ItemVocabulary.fit(events, data.catalog)
+        del events
     else:
         data = load_dataset(dataset)
     services: dict[str, str] = {}
@@ -125,6 +134,9 @@ def build(
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "dataset.pkl").open("wb") as fh:
         pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    (run_dir / VOCABULARY_FILE).unlink(missing_ok=True)
+    if vocabulary is not None:
+        write_vocabulary(vocabulary, run_dir / VOCABULARY_FILE)
     info = {
         "dataset": data.name, "split": data.split, "n_items": data.n_items,
         "examples": {"train": len(data.train), "valid": len(data.valid), "test": len(data.test)},
@@ -147,11 +159,13 @@ def _checkpoint(model: Any, path: Path, *, save: bool) -> None:
 
 def train_retriever(run_dir: Path, config: TwoTowerConfig | None = None) -> dict[str, Any]:
     from lambdarec.models import two_tower
+    from lambdarec.models.item_tower import VOCABULARY_FILE, read_vocabulary
 
     data = load_built(run_dir)
     trained = two_tower.train_two_tower(data, config)
     out = run_dir / "two_tower"
-    two_tower.export(trained, out)  # item_embeddings.npz, query_tower/, item_index.npy, config
+    # item_embeddings.npz, query_tower/, item_tower/, item_index.npy, config
+    two_tower.export(trained, out, vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE))
     _checkpoint(trained.model, out / "checkpoint" / "model", save=True)
     return {"history": trained.history, "out": str(out)}
 
@@ -306,7 +320,9 @@ def evaluate(
 
 def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
     """Publish the promoted two-tower's item embeddings as a new Milvus collection version and
-    switch the serving alias to it; nothing when the two-tower was not promoted."""
+    switch the serving alias to it; nothing when the two-tower was not promoted. The lake
+    catalog's items absent from the training data are embedded by the item tower and published
+    with them (:func:`new_catalog_items`)."""
     import numpy as np
 
     from lambdarec.retrieval.index import VectorIndex
@@ -319,14 +335,43 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
     data = load_built(run_dir)
     emb = np.load(run_dir / "two_tower" / "item_embeddings.npz")
     ids = [str(i) for i in emb["ids"]]
+    matrix = emb["embeddings"]
     categories = [str(c) for c in data.catalog.category]
+    new, new_note = new_catalog_items(run_dir, _settings(settings))
+    if new is not None and len(new):
+        ids += new.ids
+        matrix = np.concatenate([matrix, new.embeddings])
+        categories += [str(c) for c in new.category_index]
     with VectorIndex.from_settings(_settings(settings)) as index:
-        version = index.publish(ids, emb["embeddings"], categories, progress=False)
+        version = index.publish(ids, matrix, categories, progress=False)
         out = {"published": True, "version": version, "collection": index.collection_name(version),
                "alias": index.config.alias, "items": len(ids),
+               "new_items": len(new) if new is not None else 0, "new_items_note": new_note,
                "model_version": decision["version"]}  # fmt: skip
     _write_json(run_dir / "export.json", out)
     return out
+
+
+def new_catalog_items(run_dir: Path, settings: Settings) -> tuple[NewItems | None, str]:
+    """The lake catalog's items the run's two-tower has no embedding for, embedded by its item
+    tower, and a note. A catalog row the tower cannot embed (no valid price) leaves all new items
+    out of this publish with the reason in the note (the daily ``embed_new_items`` task fails on
+    it): the trained items must still be published."""
+    from lambdarec.data.lake import catalog_path, read_catalog
+    from lambdarec.models.item_tower import EXPORT_DIR, unseen_catalog_items
+
+    if not (run_dir / "two_tower" / EXPORT_DIR / "item_tower.json").exists():
+        return None, "no item tower in this run"
+    if not catalog_path(settings.lake_dir).exists():
+        return None, f"no catalog at {catalog_path(settings.lake_dir)}"
+    try:
+        new = unseen_catalog_items(run_dir / "two_tower", read_catalog(settings.lake_dir))
+    except ValueError as error:
+        log.warning("new catalog items left out of this publish: %s", error)
+        return None, f"left out: {error}"
+    log.info("embedded %d catalog item(s) absent from the training data (%d with an unknown "
+             "category)", len(new), new.unknown_category)  # fmt: skip
+    return new, f"{len(new)} embedded by the item tower"
 
 
 def reload_marker(settings: Settings) -> Path:
@@ -359,6 +404,6 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
 
 __all__ = [
     "STEPS", "build", "evaluate", "evaluation_id", "export_embeddings", "load_built",
-    "load_ranker", "load_retriever", "notify_serving", "registry_for", "reload_marker",
-    "train_ranker", "train_retriever",
+    "load_ranker", "load_retriever", "new_catalog_items", "notify_serving", "registry_for",
+    "reload_marker", "train_ranker", "train_retriever",
 ]  # fmt: skip

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lambdarec.models.data import Catalog, Dataset, Examples
+    from lambdarec.models.item_tower import ItemVocabulary
 
 log = logging.getLogger(__name__)
 tf_keras = tf.keras
@@ -260,11 +261,16 @@ def _valid_recall(trained: TrainedTwoTower, valid: Examples) -> float:
     return float(np.nanmean(M.ranking_metrics(topk, valid.target, (20,))["recall@20"]))
 
 
-def export(trained: TrainedTwoTower, out_dir: Path) -> dict[str, Any]:
+def export(
+    trained: TrainedTwoTower, out_dir: Path, *, vocabulary: ItemVocabulary | None = None
+) -> dict[str, Any]:
     """Item embeddings (``item_embeddings.npz``: ids + float32 matrix), the query tower as a
-    SavedModel (``query_tower/``, signature ``serving_default`` over the query features) and
-    the config. Returns the paths."""
+    SavedModel (``query_tower/``, signature ``serving_default`` over the query features), the
+    item tower in numpy with ``vocabulary`` (``item_tower/``: embeds items unseen in training,
+    :mod:`lambdarec.models.item_tower`) and the config. Returns the paths."""
     import json
+
+    from lambdarec.models.item_tower import EXPORT_DIR, export_item_tower
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ids, matrix = trained.item_embeddings()
@@ -285,4 +291,6 @@ def export(trained: TrainedTwoTower, out_dir: Path) -> dict[str, Any]:
     (out_dir / "two_tower_config.json").write_text(
         json.dumps({**asdict(trained.config), "history": trained.history}, indent=1)
     )
-    return {"item_embeddings": out_dir / "item_embeddings.npz", "query_tower": qpath}
+    item_tower = export_item_tower(trained, out_dir / EXPORT_DIR, vocabulary)
+    return {"item_embeddings": out_dir / "item_embeddings.npz", "query_tower": qpath,
+            "item_tower": item_tower}  # fmt: skip
