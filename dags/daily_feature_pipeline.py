@@ -19,7 +19,12 @@ The batch layer, once a day, for the run's data interval `[D, D+1)` (UTC):
 4. **materialize** — loads day D's feature rows into Feast's online store. It runs only when every
    gate passed: a bad day never reaches serving, the online store keeps the last good features.
    A failed gate fails its task at once (no retries: retrying cannot fix data) and the run.
-5. **data_docs** — runs after the gates whether they passed or not; logs the Data Docs index (also linked from `lambdarec platform
+5. **embed_new_items** — after `materialize`: the catalog's items the serving two-tower has no
+   vector for (new since its training data) are embedded by its item tower from their category
+   and price (numpy, no TensorFlow) and upserted into the collection behind the serving alias,
+   so they can be retrieved the day they appear instead of after the weekly retraining
+   (`lambdarec.models.item_tower.add_new_items`; skipped without a published champion).
+6. **data_docs** — runs after the gates whether they passed or not; logs the Data Docs index (also linked from `lambdarec platform
    status`), where each failed expectation is shown with the values that failed it.
 
 Backfill: `airflow backfill create --dag-id daily_feature_pipeline --from-date 2024-01-01
@@ -78,6 +83,12 @@ def daily_feature_pipeline() -> None:
         apply_feature_repo()
         return materialize_day(ds or "")
 
+    @task
+    def embed_new_items() -> dict:
+        from lambdarec.models.item_tower import add_new_items
+
+        return add_new_items()
+
     @task(trigger_rule="all_done")
     def data_docs() -> str:
         from lambdarec.pipelines.daily import data_docs_index
@@ -89,7 +100,7 @@ def daily_feature_pipeline() -> None:
         validate_table.override(task_id=f"validate_{t.name}")(t.name) for t in FEATURE_TABLES
     ]
     raw = validate_raw_events()
-    compact_archive() >> raw >> spark >> gates >> materialize()
+    compact_archive() >> raw >> spark >> gates >> materialize() >> embed_new_items()
     # Data Docs after every gate, pass or fail; a leaf beside materialize, so a failed gate still
     # fails the run.
     [raw, *gates] >> data_docs()
