@@ -12,13 +12,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The repository root (include/lambdarec/config.py -> two levels up from include/).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+#: The accepted values of the settings that are a choice, each with what it means (errors list them).
+_CHOICES: dict[str, dict[str, str]] = {
+    "online_store": {"sqlite": " (default)", "redis": ""},
+    "flink_state_backend": {"hashmap": " (default: the JVM heap)", "rocksdb": " (local disk)"},
+}
 
 
 class Settings(BaseSettings):
@@ -206,22 +213,14 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("online_store", mode="before")
+    @field_validator("online_store", "flink_state_backend", mode="before")
     @classmethod
-    def _check_online_store(cls, value: object) -> object:
-        if value not in ("sqlite", "redis"):
+    def _check_choice(cls, value: object, info: ValidationInfo) -> object:
+        choices = _CHOICES[info.field_name or ""]
+        if value not in choices:
+            options = " or ".join(f"{choice!r}{hint}" for choice, hint in choices.items())
             raise ValueError(
-                f"LAMBDAREC_ONLINE_STORE is {value!r}; set it to 'sqlite' (default) or 'redis'"
-            )
-        return value
-
-    @field_validator("flink_state_backend", mode="before")
-    @classmethod
-    def _check_flink_state_backend(cls, value: object) -> object:
-        if value not in ("hashmap", "rocksdb"):
-            raise ValueError(
-                f"LAMBDAREC_FLINK_STATE_BACKEND is {value!r}; set it to 'hashmap' (default: the "
-                "JVM heap) or 'rocksdb' (local disk)"
+                f"LAMBDAREC_{(info.field_name or '').upper()} is {value!r}; set it to {options}"
             )
         return value
 
