@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 import time
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -58,9 +59,22 @@ def committed(settings: object, group: str, topic: str, partitions: int) -> int:
         probe.close()
 
 
-def produce(settings: object, pairs: list, wanted: int, rate: float) -> tuple[int, float]:
+TS_FIELD = b'"ts":"'
+TS_LEN = len("2017-09-11T08:16:39.000Z")
+
+
+def _now_stamp() -> bytes:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3].encode() + b"Z"
+
+
+def produce(
+    settings: object, pairs: list, wanted: int, rate: float, *, stamp_now: bool = True
+) -> tuple[int, float]:
     """Produce ``wanted`` re-keyed copies of ``pairs`` at ``rate`` events/s (0: as fast as the
-    producer goes); returns (sent, seconds)."""
+    producer goes); returns (sent, seconds). With ``stamp_now`` each event's time is the moment it
+    is produced (to the millisecond, refreshed every 1,000 events), as on a live site: event time
+    advances with the load and the trending windows aggregate it. Without it, every copy replays
+    the recorded 2017 times, so after the first copy the windows drop the events as late."""
     from tqdm import tqdm
 
     from lambdarec.streaming.kafka import make_producer
@@ -77,13 +91,19 @@ def produce(settings: object, pairs: list, wanted: int, rate: float) -> tuple[in
         for key, value in pairs:
             if sent >= wanted:
                 break
-            # Fresh ids per copy: new sessions and events, same shape and timing.
+            # Fresh ids per copy: the tag ends the event_id (before "user_id") and the
+            # session_id (before "item_id"); users and items stay those of the data.
             value = value.replace(b'","user_id"', tag + b'","user_id"', 1)
             value = value.replace(b'","item_id"', tag + b'","item_id"', 1)
-            if rate and sent % 1000 == 0:
-                due = start + sent / rate
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
+            if sent % 1000 == 0:
+                if rate:
+                    due = start + sent / rate
+                    if due > time.monotonic():
+                        time.sleep(due - time.monotonic())
+                stamp = _now_stamp()
+            if stamp_now:
+                at = value.find(TS_FIELD) + len(TS_FIELD)
+                value = value[:at] + stamp + value[at + TS_LEN :]
             while True:
                 try:
                     producer.produce(topic, value, key=key + tag)
@@ -117,7 +137,7 @@ def run_backlog(args: argparse.Namespace, pairs: list, events: int) -> dict[str,
                           flink_state_backend=args.state_backend) as settings:  # fmt: skip
         topic, partitions = settings.topic_events, settings.topic_partitions
         ensure_topics(settings)
-        sent, produced_s = produce(settings, pairs, events, 0.0)
+        sent, produced_s = produce(settings, pairs, events, 0.0, stamp_now=args.event_time == "now")
         with speed_job(settings, job_options(args)):
             # From the first committed offsets (the job is up and has checkpointed once) to the
             # commit that covers the last event: the job's own reading rate, start-up excluded
@@ -148,7 +168,8 @@ def run_offered(args: argparse.Namespace, pairs: list, rate: float) -> dict[str,
                           flink_state_backend=args.state_backend) as settings:  # fmt: skip
         topic, partitions = settings.topic_events, settings.topic_partitions
         with speed_job(settings, job_options(args)):
-            sent, produced_s = produce(settings, pairs, int(rate * args.seconds), rate)
+            sent, produced_s = produce(settings, pairs, int(rate * args.seconds), rate,
+                                       stamp_now=args.event_time == "now")  # fmt: skip
             stopped = time.monotonic()
             while True:
                 done = committed(settings, GROUP_ID, topic, partitions)
@@ -189,6 +210,13 @@ def main() -> None:
         "2 minutes of reading); 0 with a numeric --rate: offered rate only.",
     )
     parser.add_argument("--auto-share", type=float, default=0.9)
+    parser.add_argument(
+        "--event-time",
+        choices=("now", "recorded"),
+        default="now",
+        help="Each event's ts: the moment it is produced (a live site) or the data's own 2017 "
+        "times, replayed again by every copy.",
+    )
     parser.add_argument("--outputs", default="", help="The job's --outputs (default: all).")
     parser.add_argument("--checkpoint-interval-s", type=float, default=10.0)
     parser.add_argument(
@@ -223,7 +251,8 @@ def main() -> None:
         figures.update(run_offered(args, pairs, rate))
     figures.update(outputs=args.outputs or "all", parallelism=args.parallelism,
                    checkpoint_interval_s=args.checkpoint_interval_s,
-                   flink_heap=args.flink_heap, state_backend=args.state_backend)  # fmt: skip
+                   flink_heap=args.flink_heap, state_backend=args.state_backend,
+                   event_time=args.event_time)  # fmt: skip
     print(json.dumps(figures))
 
 
