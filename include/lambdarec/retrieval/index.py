@@ -257,9 +257,12 @@ class VectorIndex:
         categories: Sequence[str] | None,
         *,
         progress: bool,
+        upsert: bool = False,
     ) -> None:
+        """Write the rows in batches (``upsert``: replacing rows with the same ids), then flush."""
         from tqdm.auto import tqdm
 
+        write = self.client.upsert if upsert else self.client.insert
         size = self.config.batch_size
         with tqdm(
             total=len(item_ids), desc=f"{name} insert", unit="item", disable=not progress
@@ -274,7 +277,7 @@ class VectorIndex:
                     }
                     for i in range(start, stop)
                 ]
-                self.client.insert(name, rows)
+                write(name, rows)
                 bar.update(stop - start)
         # Without a flush, milvus-lite searches scan the write buffer (seconds per query) and a
         # server keeps growing segments unindexed.
@@ -353,16 +356,7 @@ class VectorIndex:
                 f"{name} holds {dim}-d vectors, got {matrix.shape[1]}-d: embed the items with "
                 "the model that published it"
             )
-        size = self.config.batch_size
-        for start in range(0, len(item_ids), size):
-            rows = [
-                {"item_id": str(item_ids[i]),
-                 "category": "" if categories is None else str(categories[i]),
-                 "embedding": matrix[i]}
-                for i in range(start, min(start + size, len(item_ids)))
-            ]  # fmt: skip
-            self.client.upsert(name, rows)
-        self.client.flush(name)
+        self._insert(name, item_ids, matrix, categories, progress=False, upsert=True)
         log.info("%s: upserted %d items (dim %d)", name, len(item_ids), dim)
         return version
 
