@@ -143,15 +143,24 @@ def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques, dtype=object)
 
 
+def price_edges(prices: np.ndarray) -> np.ndarray | None:
+    """The inner decile edges of the known prices: None when no price is known, empty when
+    fewer than ``N_PRICE_BUCKETS`` are (every known price is then bucket 1)."""
+    known = prices[np.isfinite(prices)]
+    if not len(known):
+        return None
+    if len(known) < N_PRICE_BUCKETS:
+        return np.empty(0, dtype=np.float64)
+    return np.quantile(known, np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+
+
 def _price_buckets(prices: np.ndarray) -> np.ndarray:
     """Deciles of the known prices as 1..10, 0 where the price is unknown."""
     out = np.zeros(len(prices), dtype=np.int64)
     known = np.isfinite(prices)
-    if known.sum() >= N_PRICE_BUCKETS:
-        edges = np.quantile(prices[known], np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+    edges = price_edges(prices)
+    if edges is not None:
         out[known] = np.searchsorted(edges, prices[known], side="right") + 1
-    elif known.any():
-        out[known] = 1
     return out
 
 

@@ -84,6 +84,8 @@ class ItemVocabulary:
         each item's first category and median price, as that function takes them."""
         import pandas as pd
 
+        from lambdarec.models.data import price_edges
+
         df = pd.DataFrame({
             "session": events["session_id"].astype(str).to_numpy(),
             "item": events["item_id"].astype(str).to_numpy(),
@@ -109,13 +111,8 @@ class ItemVocabulary:
             if idx > 0 and not _missing(value):
                 categories.setdefault(str(value), int(idx))
         prices = first["price"].to_numpy(dtype=np.float64)
-        known = prices[np.isfinite(prices)]
-        n_buckets = catalog.n_price_buckets - 1
-        edges: list[float] | None
-        if len(known) >= n_buckets:
-            edges = [float(e) for e in np.quantile(known, np.linspace(0, 1, n_buckets + 1)[1:-1])]
-        else:
-            edges = [] if len(known) else None
+        found = price_edges(prices)  # the catalog's own rule (data._price_buckets)
+        edges = None if found is None else [float(e) for e in found]
         vocab = cls(categories, edges, int(catalog.n_categories), int(catalog.n_price_buckets))
         got_cat = vocab.category_index(raw)
         got_price = np.zeros(len(prices), dtype=np.int64)
