@@ -120,6 +120,27 @@ def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:
         _exercise(index, 20_000)
 
 
+def test_milvus_lite_warns_a_catalog_too_large_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lite searches every row in Python: publishing more than it serves in time says so, with
+    the fix; a catalog within the limit publishes quietly."""
+    from lambdarec.retrieval import index as index_module
+    from lambdarec.retrieval.index import IndexConfig, VectorIndex
+
+    monkeypatch.setattr(index_module, "LITE_MAX_ITEMS", 300)
+    ids, matrix, categories = _catalog(500, seed=5)
+    with VectorIndex(IndexConfig(uri=str(tmp_path / "items.db"))) as index:
+        with caplog.at_level("WARNING", logger="lambdarec.retrieval.index"):
+            index.publish(ids[:300], matrix[:300], categories[:300], version=1, progress=False)
+        assert "Milvus Lite" not in caplog.text
+        with caplog.at_level("WARNING", logger="lambdarec.retrieval.index"):
+            index.publish(ids, matrix, categories, version=2, progress=False)
+        assert "publishing 500 items to Milvus Lite" in caplog.text
+        assert "LAMBDAREC_MILVUS_URI" in caplog.text
+        assert index.search(matrix[:1], 1)[0][0][0] == ids[0]
+
+
 @pytest.mark.slow
 def test_milvus_standalone_server() -> None:
     import psutil

@@ -72,6 +72,10 @@ Hits = list[list[tuple[str, float]]]
 #: subchannel pool, so pymilvus's reconnect with a new channel waits too): after a one-minute
 #: outage serving kept failing for minutes against a server that was back. Capped at 1 s.
 SERVER_GRPC_OPTIONS = {"grpc.max_reconnect_backoff_ms": 1000}
+#: Largest catalog Milvus Lite serves well: each Lite query is a Python pass over every row
+#: (about 1.1 ms of CPU per 1,000 items measured here), so past this a search nears serving's
+#: 50 ms index timeout and vector retrieval degrades. Larger catalogs want a Milvus server.
+LITE_MAX_ITEMS = 20_000
 
 
 class VectorIndexError(RuntimeError):
@@ -214,6 +218,14 @@ class VectorIndex:
         before the switch, the partial collection is dropped and the alias is untouched.
         """
         matrix = _check_inputs(item_ids, embeddings, categories)
+        if self.config.is_lite and len(item_ids) > LITE_MAX_ITEMS:
+            log.warning(
+                "publishing %d items to Milvus Lite (%s): Lite searches every row in Python, "
+                "about %.0f ms per query at this size, and serving's index timeout is 50 ms, so "
+                "vector retrieval will degrade. Above %d items use a Milvus server: "
+                "`lambdarec platform up milvus` and LAMBDAREC_MILVUS_URI=http://127.0.0.1:19530",
+                len(item_ids), self.config.uri, 1.1 * len(item_ids) / 1000, LITE_MAX_ITEMS,
+            )  # fmt: skip
         version = int(time.time() * 1000) if version is None else int(version)
         existing = self.versions()
         if version in existing:
