@@ -265,11 +265,14 @@ def export(
     trained: TrainedTwoTower, out_dir: Path, *, vocabulary: ItemVocabulary | None = None
 ) -> dict[str, Any]:
     """Item embeddings (``item_embeddings.npz``: ids + float32 matrix), the query tower as a
-    SavedModel (``query_tower/``, signature ``serving_default`` over the query features), the
-    item tower in numpy with ``vocabulary`` (``item_tower/``: embeds items unseen in training,
-    :mod:`lambdarec.models.item_tower`) and the config. Returns the paths."""
+    SavedModel (``query_tower/``, signature ``serving_default`` over the query features) and in
+    numpy (``query_tower_numpy/``: one request's row without TensorFlow's per-call overhead,
+    :mod:`lambdarec.models.query_tower`), the item tower in numpy with ``vocabulary``
+    (``item_tower/``: embeds items unseen in training, :mod:`lambdarec.models.item_tower`) and
+    the config. Returns the paths."""
     import json
 
+    from lambdarec.models import query_tower
     from lambdarec.models.item_tower import EXPORT_DIR, export_item_tower
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,5 +295,7 @@ def export(
         json.dumps({**asdict(trained.config), "history": trained.history}, indent=1)
     )
     item_tower = export_item_tower(trained, out_dir / EXPORT_DIR, vocabulary)
+    # beside the SavedModel, which older serving code still loads
+    query_np = query_tower.export_query_tower(trained, out_dir / query_tower.EXPORT_DIR)
     return {"item_embeddings": out_dir / "item_embeddings.npz", "query_tower": qpath,
-            "item_tower": item_tower}  # fmt: skip
+            "query_tower_numpy": query_np, "item_tower": item_tower}  # fmt: skip
