@@ -3,7 +3,8 @@
     python include/models/train.py --dataset synthetic|taobao|diginetica|<file> --out DIR
 
 DIR gets item_embeddings.npz (ids + float32 matrix), query_tower/ (SavedModel),
-item_index.npy, two_tower_config.json and deepfm.weights.h5.
+query_tower_numpy/ (the same tower in numpy), item_tower/, item_index.npy,
+two_tower_config.json and deepfm.weights.h5.
 """
 
 from __future__ import annotations

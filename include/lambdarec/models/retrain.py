@@ -164,7 +164,7 @@ def train_retriever(run_dir: Path, config: TwoTowerConfig | None = None) -> dict
     data = load_built(run_dir)
     trained = two_tower.train_two_tower(data, config)
     out = run_dir / "two_tower"
-    # item_embeddings.npz, query_tower/, item_tower/, item_index.npy, config
+    # item_embeddings.npz, query_tower/, query_tower_numpy/, item_tower/, item_index.npy, config
     two_tower.export(trained, out, vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE))
     _checkpoint(trained.model, out / "checkpoint" / "model", save=True)
     return {"history": trained.history, "out": str(out)}
