@@ -16,7 +16,8 @@ Stages (each timed into ``lambdarec_serving_stage_seconds``):
 Every dependency call goes through a :class:`Guard`: a timeout, and after three failures in a row
 a short back-off during which the dependency is skipped, so a dead store costs a few timeouts, not
 one per request, a single slow call degrades only its own request, and the store comes back by
-itself. A missing or failing part is listed in ``degraded_parts``;
+itself. The in-process parts (query tower, ranker) run in the request's thread with a time budget
+instead: an overrun keeps its answer but counts toward the back-off. A missing or failing part is listed in ``degraded_parts``;
 popular items from the lake (or the catalog order) are the floor that always answers.
 """
 
@@ -56,6 +57,8 @@ OVERFETCH_MAX = 1000
 #: host, a GC pause) degrades its own request only; at 1, each one blanked the part for every
 #: request of the next 2 s (about 50 answers in the fault test, 400 at 200 requests/s).
 TRIP_AFTER = 3
+#: Parts that compute in this process (no I/O): their guard runs them in the request's thread.
+IN_PROCESS = frozenset({"model", "ranker"})
 
 
 # -- dependency guard -----------------------------------------------------------------------------
@@ -72,9 +75,15 @@ class Guard:
 
     def __init__(
         self, name: str, executor: ThreadPoolExecutor, timeout_s: float, backoff_s: float = 2.0,
-        trip_after: int = 1,
+        trip_after: int = 1, *, inline: bool = False,
     ) -> None:  # fmt: skip
         self.name = name
+        #: Run in the caller's thread (in-process work: the query tower, the ranker). A thread
+        #: cannot stop a running computation, so handing it to another thread only let the
+        #: request go on while it kept burning CPU, and each hand-off cost CPU of its own. An
+        #: inline call that overruns ``timeout_s`` keeps its answer but counts as a failure,
+        #: so a part that is slow ``trip_after`` times in a row is skipped for the back-off.
+        self.inline = inline
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.trip_after = trip_after
@@ -95,6 +104,8 @@ class Guard:
     def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         if self.down:
             raise DependencyDown(f"{self.name} backing off after: {self.last_error}")
+        if self.inline:
+            return self._call_inline(fn, *args, timeout_s=timeout_s or self.timeout_s)
         with self._inflight_lock:
             if self._inflight >= self.max_inflight:
                 raise DependencyDown(f"{self.name}: {self._inflight} earlier calls still running")
@@ -112,6 +123,20 @@ class Guard:
             self._failures = 0
             return result
         raise DependencyDown(f"{self.name}: {self.last_error}")
+
+    def _call_inline(self, fn: Callable[..., T], *args: Any, timeout_s: float) -> T:
+        t0 = time.perf_counter()
+        try:
+            result = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of a part degrades
+            self._fail(f"{type(exc).__name__}: {exc}"[:300])
+            raise DependencyDown(f"{self.name}: {self.last_error}") from None
+        elapsed = time.perf_counter() - t0
+        if elapsed > timeout_s:
+            self._fail(f"took {elapsed:.3f} s, over its {timeout_s:.3f} s budget")
+        else:
+            self._failures = 0
+        return result
 
     def _done(self, _future: object) -> None:
         with self._inflight_lock:
@@ -500,7 +525,8 @@ class Recommender:
         t = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05,
              **(timeouts_s or {})}  # fmt: skip
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
-        self.guards = {name: Guard(name, self._executor, t[name], backoff_s, TRIP_AFTER)
+        self.guards = {name: Guard(name, self._executor, t[name], backoff_s, TRIP_AFTER,
+                                   inline=name in IN_PROCESS)
                        for name in t}  # fmt: skip
         #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.

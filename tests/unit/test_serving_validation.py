@@ -319,6 +319,55 @@ def test_guard_backs_off_only_after_failures_in_a_row() -> None:
         assert len(calls) == 6
 
 
+def test_an_inline_guard_keeps_late_answers_and_backs_off_a_part_that_stays_slow() -> None:
+    """The query tower and the ranker run in the request's thread: a failure degrades, an
+    overrun keeps its answer, and a part over budget three times in a row is skipped."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.recommender import DependencyDown, Guard
+
+    threads: list[str] = []
+
+    def slow() -> int:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.03)
+        return 1
+
+    def broken() -> int:
+        raise ValueError("bad row")
+
+    with ThreadPoolExecutor(2) as pool:
+        guard = Guard("ranker", pool, timeout_s=0.01, backoff_s=0.3, trip_after=3, inline=True)
+        with pytest.raises(DependencyDown, match="bad row"):
+            guard.call(broken)
+        assert guard.call(lambda: 5) == 5  # a success resets the count
+        assert [guard.call(slow) for _ in range(3)] == [1, 1, 1]  # late answers are kept
+        assert threads == [threading.current_thread().name] * 3  # no hand-off to the pool
+        assert "over its" in guard.last_error
+        with pytest.raises(DependencyDown, match="backing off"):
+            guard.call(slow)
+        assert len(threads) == 3
+        time.sleep(0.35)
+        assert guard.call(lambda: 9) == 9  # recovers by itself
+        # Concurrent inline calls are not capped like hand-offs (each is its caller's own work).
+        guard.max_inflight = 1
+        barrier = threading.Barrier(3)
+        results: list[int] = []
+
+        def request() -> None:
+            barrier.wait()
+            results.append(guard.call(lambda: 2))
+
+        callers = [threading.Thread(target=request) for _ in range(3)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert results == [2, 2, 2]
+
+
 def test_ready_says_loading_while_the_warm_up_runs() -> None:
     from serving.recommender import Recommender, Snapshot
 
