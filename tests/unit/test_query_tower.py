@@ -166,6 +166,30 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
         tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
 
+    # Serving's encoder: the numpy tower when the export has it, the SavedModel for an export
+    # from before it; both give the same query vector for the same online features.
+    import shutil
+
+    from serving.recommender import TwoTowerEncoder
+
+    ids = [str(i) for i in np.load(paths["item_embeddings"])["ids"]]
+    features = [
+        {},
+        {"session_features__last_viewed_items": ids[:3] + ["not-in-the-export"] + ids[7:9],
+         "session_features__n_views": 6, "session_features__n_carts": 1,
+         "user_history_30d__n_events_30d": 40},
+        {"session_features__last_viewed_items": ids[-25:], "session_features__n_purchases": 2},
+    ]  # fmt: skip
+    numpy_encoder = TwoTowerEncoder(tmp_path / "two_tower")
+    assert numpy_encoder.backend == "numpy"
+    expected = [numpy_encoder.encode(f) for f in features]
+    shutil.rmtree(paths["query_tower_numpy"])
+    saved_model_encoder = TwoTowerEncoder(tmp_path / "two_tower")
+    assert saved_model_encoder.backend == "saved_model"
+    for f, want in zip(features, expected, strict=True):
+        assert want.shape == (1, DIM)
+        np.testing.assert_allclose(want, saved_model_encoder.encode(f), atol=TOLERANCE, rtol=0)
+
 
 # -- errors --------------------------------------------------------------------------------------
 
