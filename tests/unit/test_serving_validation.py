@@ -368,6 +368,24 @@ def test_an_inline_guard_keeps_late_answers_and_backs_off_a_part_that_stays_slow
         assert results == [2, 2, 2]
 
 
+def test_warm_up_freezes_the_long_lived_heap_out_of_garbage_collection(tmp_path: Path) -> None:
+    """What exists when the warm-up ends (Feast, the index client, the models, the snapshot)
+    is moved out of the collector's generations: full collections no longer walk it."""
+    import gc
+
+    long_lived = [{"item": n} for n in range(10)]
+    rec = Recommender(Snapshot.from_items({"i1": "c1"}, [("i1", 1.0)]))
+    try:
+        rec.warm_up(private_settings(tmp_path), load_model=False)
+        assert rec.warm.wait(30)
+        assert gc.get_freeze_count() > 0
+        assert not any(o is long_lived for o in gc.get_objects())  # frozen: in no generation
+        created_after = [{"item": "new"}]
+        assert any(o is created_after for o in gc.get_objects())  # later objects still are
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+
+
 def test_ready_says_loading_while_the_warm_up_runs() -> None:
     from serving.recommender import Recommender, Snapshot
 
