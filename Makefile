@@ -89,11 +89,13 @@ demo: setup ## Bring the stack up on this machine and run the recommender end to
 	$(VENV)/bin/lambdarec demo
 
 PORT ?= 8000
-# One worker with Milvus Lite (its file admits one process); 2+ with a Milvus server (LAMBDAREC_MILVUS_URI).
+# One worker with Milvus Lite (its file admits one process); with a Milvus server
+# (LAMBDAREC_MILVUS_URI) SERVE_WORKERS=3 SERVE_THREADS=2, as the platform runs it (services.serving_workers).
 SERVE_WORKERS ?= 1
+SERVE_THREADS ?= 8
 .PHONY: serve
 serve: setup ## Serve the Flask app with gunicorn on 127.0.0.1:PORT (/recommend, /events, /health, /docs)
-	$(VENV)/bin/gunicorn 'serving:create_app()' -b 127.0.0.1:$(PORT) -w $(SERVE_WORKERS) --threads 8
+	$(VENV)/bin/gunicorn 'serving:create_app()' -b 127.0.0.1:$(PORT) -w $(SERVE_WORKERS) --threads $(SERVE_THREADS)
 
 .PHONY: platform-up
 platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow)
