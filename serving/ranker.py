@@ -36,8 +36,13 @@ approximate a training feature (train/serve skew):
   serving has ``user_history_30d__n_events_30d`` (30 days, up to the last daily run) plus this
   session's events.
 * Items unknown to the export (new since the training data): embedding index 1 (out of
-  vocabulary, as training maps items it never saw), category 0, price bucket 0, popularity 0,
-  no co-occurrence. In training every catalog item had its category and price bucket.
+  vocabulary, as training maps items it never saw), price bucket 0, popularity 0, no
+  co-occurrence; their category is the catalog's (the candidate's ``category``, from the lake)
+  through the run's category vocabulary (``category_vocabulary``: the two-tower export's item
+  tower vocabulary, fitted on the same catalog codes), so a new item of the session's category
+  gets the category match the model learned; 0 (unknown) without a vocabulary or for a category
+  the training catalog never had. In training every catalog item had its category and price
+  bucket.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import numpy as np
 from serving.recommender import SOURCE_WEIGHTS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from serving.recommender import Candidate
@@ -89,7 +94,9 @@ class DeepFMRanker:
 
     name = "deepfm"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, category_vocabulary: Mapping[str, int] | None = None) -> None:
+        #: Raw catalog category -> the model's category index, for items the export lacks.
+        self.category_vocabulary = dict(category_vocabulary or {})
         meta = json.loads((folder / "ranker.json").read_text(encoding="utf-8"))
         if meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{folder}: ranker export format {meta.get('format')!r}, "
@@ -127,13 +134,15 @@ class DeepFMRanker:
         _one_blas_thread()
 
     @classmethod
-    def from_model_dir(cls, deepfm_dir: Path) -> DeepFMRanker | None:
+    def from_model_dir(
+        cls, deepfm_dir: Path, category_vocabulary: Mapping[str, int] | None = None
+    ) -> DeepFMRanker | None:
         """The ranker exported in a run's ``deepfm/`` folder; None for a run from before the
         export existed (serving then blends the retrieval scores)."""
         folder = deepfm_dir / EXPORT_DIR
         if not (folder / "ranker.json").is_file():
             return None
-        return cls(folder)
+        return cls(folder, category_vocabulary)
 
     # -- feature rows -----------------------------------------------------------------------
 
@@ -145,6 +154,11 @@ class DeepFMRanker:
         known = cand >= 0
         safe = np.maximum(cand, 0)
         category = np.where(known, self.category[safe], 0)
+        if self.category_vocabulary and not known.all():
+            vocabulary = self.category_vocabulary
+            for i in np.flatnonzero(~known).tolist():
+                raw = candidates[i].category
+                category[i] = vocabulary.get(str(raw), 0) if raw else 0
 
         hist = self._history(features)
         if hist:

@@ -381,16 +381,28 @@ def _same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | N
     ))  # fmt: skip
 
 
-def load_ranker(deepfm_dir: Path | None) -> Ranker | None:
+def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> Ranker | None:
     """The DeepFM exported in a run's ``deepfm/`` folder (``serving/ranker.py``); None, logged,
-    when there is none or it cannot be read: serving then blends the retrieval scores."""
+    when there is none or it cannot be read: serving then blends the retrieval scores. The
+    category vocabulary of the same run's two-tower export (its item tower's) places items the
+    ranker never saw by their catalog category; an export without one leaves them unknown."""
     from serving.ranker import DeepFMRanker
 
     if deepfm_dir is None:
         log.warning("the champion's run logged no DeepFM; ranking by the score blend")
         return None
+    vocabulary = None
+    if two_tower_dir is not None:
+        from lambdarec.models.item_tower import ItemTower
+
+        try:
+            item_vocabulary = ItemTower.load(two_tower_dir).vocabulary
+            vocabulary = item_vocabulary.categories if item_vocabulary is not None else None
+        except (OSError, ValueError) as exc:
+            log.warning("no category vocabulary in %s (%s): the ranker sees new items' category "
+                        "as unknown", two_tower_dir, exc)  # fmt: skip
     try:
-        ranker = DeepFMRanker.from_model_dir(deepfm_dir)
+        ranker = DeepFMRanker.from_model_dir(deepfm_dir, vocabulary)
     except Exception:  # noqa: BLE001 - a broken ranker must not take the query tower with it
         log.exception("the DeepFM export in %s cannot be loaded; ranking by the blend", deepfm_dir)
         return None
@@ -406,7 +418,7 @@ def load_champion(settings: Settings) -> ServingModels | None:
     dirs = champion_dirs(settings)
     if dirs is None:
         return None
-    return ServingModels(TwoTowerEncoder(dirs.two_tower), load_ranker(dirs.deepfm))
+    return ServingModels(TwoTowerEncoder(dirs.two_tower), load_ranker(dirs.deepfm, dirs.two_tower))
 
 
 @dataclass

@@ -52,10 +52,12 @@ class Trained:
     ranker: DeepFMRanker
 
 
+CONFIG = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1)
+
+
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    cfg = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1)
-    return build_from_events(generate_events(cfg), name="tiny")
+    return build_from_events(generate_events(CONFIG), name="tiny")
 
 
 def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
@@ -200,6 +202,56 @@ def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
         assert 0 < len(contributions) <= 5
         assert set(contributions) <= {*r.fields, "deep"}
     assert r.score({}, []) == []
+
+
+def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_path: Path) -> None:
+    """An item the ranker's export lacks (new since training) takes its catalog category through
+    the run's item-tower vocabulary, so it gets the session-category match the model learned;
+    an export without the vocabulary leaves it unknown, as before."""
+    from lambdarec.models.item_tower import EXPORT_DIR, ItemVocabulary
+    from serving.recommender import load_ranker
+
+    events = generate_events(CONFIG)
+    vocabulary = ItemVocabulary.fit(events, trained.data.catalog)
+    folder = tmp_path / "two_tower" / EXPORT_DIR
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "weights.npz", item=rng.normal(size=(2, 8)),
+             category=rng.normal(size=(vocabulary.n_categories, 16)),
+             price=rng.normal(size=(vocabulary.n_price_buckets, 4)),
+             kernel_0=rng.normal(size=(28, 8)), bias_0=np.zeros(8),
+             kernel_1=rng.normal(size=(8, 8)), bias_1=np.zeros(8))  # fmt: skip
+    (folder / "item_tower.json").write_text(json.dumps({
+        "format": 1, "dim": 8, "oov_item": 1, "activations": ["relu", "linear"],
+        "vocabulary": vocabulary.to_json(),
+    }))  # fmt: skip
+    deepfm_dir = trained.ranker.folder.parent
+    ranker = load_ranker(deepfm_dir, tmp_path / "two_tower")
+    assert isinstance(ranker, DeepFMRanker)
+
+    # The vocabulary and the export code categories alike (both from the training catalog).
+    ids = list(ranker._position)  # noqa: SLF001 - the export's items, by position
+    raw_category = dict(zip(events["item_id"].astype(str), events["category"].astype(str),
+                            strict=True))  # fmt: skip
+    for pos in range(0, len(ids), 37):
+        assert vocabulary.categories[raw_category[ids[pos]]] == ranker.category[pos]
+
+    session_item = ids[0]
+    raw, index = raw_category[session_item], int(ranker.category[0])
+    features = {"session_features__last_viewed_items": [session_item]}
+    candidates = [Candidate("new-a", {"popular": 1.0}, category=raw),
+                  Candidate("new-b", {"popular": 0.9}, category="a category training never saw"),
+                  Candidate("new-c", {"popular": 0.8}),
+                  Candidate(session_item, {"vector": 0.9}, category="not what the export says")]
+    rows = ranker.rows(features, candidates)
+    assert rows["cand_item"].tolist()[:3] == [1, 1, 1]  # still out of vocabulary
+    assert rows["cand_category"].tolist() == [index, 0, 0, index]  # known: the export's own
+    assert rows["dense"][:, -1].tolist() == [1.0, 0.0, 0.0, 1.0]  # the session-category match
+    assert rows["session_category"][0] == index
+
+    before = load_ranker(deepfm_dir, tmp_path / "an export from before the vocabulary")
+    assert isinstance(before, DeepFMRanker)
+    assert before.rows(features, candidates)["cand_category"].tolist() == [0, 0, 0, index]
 
 
 def test_a_run_without_the_export_has_no_ranker(tmp_path: Path) -> None:
