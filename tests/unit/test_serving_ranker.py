@@ -212,7 +212,7 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
     from serving.recommender import load_ranker
 
     events = generate_events(CONFIG)
-    vocabulary = ItemVocabulary.fit(events, trained.data.catalog)
+    vocabulary = ItemVocabulary.from_catalog(trained.data.catalog)
     folder = tmp_path / "two_tower" / EXPORT_DIR
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

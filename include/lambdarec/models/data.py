@@ -78,6 +78,13 @@ class Catalog:
     price_bucket: np.ndarray  # int64 price decile 1..10, 0 = unknown
     n_categories: int  # including the unknown category 0
     n_price_buckets: int = N_PRICE_BUCKETS + 1
+    #: Raw category (as a string) -> its index, as :func:`build_from_events` numbered them
+    #: (what places a catalog item the data never had); None when the catalog was not built
+    #: from raw events (the SR-GNN split has no categories).
+    category_vocabulary: dict[str, int] | None = None
+    #: The inner decile edges the price buckets were cut at (:func:`price_edges`); None: no
+    #: price was known (every item is bucket 0).
+    price_edges: list[float] | None = None
 
     @property
     def n_items(self) -> int:
@@ -213,11 +220,20 @@ def build_from_events(
     remap = np.zeros(int(category.max()) + 1, dtype=np.int64)
     remap[uniq] = np.arange(1, len(uniq) + 1)
     category = remap[category]
+    index: dict[str, int] = {}
+    for value, code in zip(first["category"].to_numpy(dtype=object), category.tolist(),
+                           strict=True):  # fmt: skip
+        if code > 0:
+            index.setdefault(str(value), int(code))
+    prices = first["price"].to_numpy(dtype=np.float64)
+    edges = price_edges(prices)
     catalog = Catalog(
         item_ids=item_ids,
         category=category,
-        price_bucket=_price_buckets(first["price"].to_numpy(dtype=np.float64)),
+        price_bucket=_price_buckets(prices),
         n_categories=len(uniq) + 1,
+        category_vocabulary=index,
+        price_edges=None if edges is None else [float(e) for e in edges],
     )
 
     # collapse consecutive repeats of an item within a session

@@ -14,8 +14,9 @@ gets a meaningful vector from its catalog row, without retraining.
 * ``item_tower.json`` -- the format, the activations and the :class:`ItemVocabulary` that turns a
   raw catalog row into the model's inputs: category string -> category index (1..C; anything
   unknown -> 0, the model's own "unknown category"), price -> decile bucket (1..10, the training
-  catalog's edges). The vocabulary is fitted in ``retrain.build`` from the same events the catalog
-  indices came from, and checked there against them (``checked`` says how many items disagreed).
+  catalog's edges). It is the training catalog's own numbering (``data.Catalog.category_vocabulary``
+  and ``price_edges``, kept by ``data.build_from_events``), so a new item is placed exactly as
+  training placed the items it had.
 
 :class:`ItemTower` is the numpy forward pass (embedding lookups, Dense+ReLU, Dense, L2 norm), equal
 to the TF tower within 1e-5 (tests/unit/test_item_tower.py). It needs no TensorFlow, so the daily
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,57 +76,23 @@ class ItemVocabulary:
     price_edges: list[float] | None
     n_categories: int
     n_price_buckets: int
-    #: How many training catalog items the vocabulary maps to another index than the catalog's.
-    checked: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, events: pd.DataFrame, catalog: Catalog) -> ItemVocabulary:
-        """The vocabulary behind ``catalog`` (built by ``data.build_from_events`` from ``events``):
-        each item's first category and median price, as that function takes them."""
-        import pandas as pd
-
-        from lambdarec.models.data import price_edges
-
-        df = pd.DataFrame({
-            "session": events["session_id"].astype(str).to_numpy(),
-            "item": events["item_id"].astype(str).to_numpy(),
-            "category": events["category"].to_numpy(dtype=object),
-            "price": pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype=np.float64),
-            "ts": pd.to_datetime(events["ts"], utc=True).astype("datetime64[ms, UTC]")
-            .astype("int64").to_numpy(),
-        }).sort_values(["session", "ts"], kind="stable")  # fmt: skip
-        first = df.groupby("item", sort=False).agg(
-            category=("category", "first"), price=("price", "median")
-        )
-        position = {str(item): n for n, item in enumerate(catalog.item_ids)}
-        rows = np.array([position.get(str(i), -1) for i in first.index], dtype=np.int64)
-        if (rows < 0).any():
+    def from_catalog(cls, catalog: Catalog) -> ItemVocabulary:
+        """The vocabulary ``data.build_from_events`` numbered ``catalog`` with: its raw category
+        -> index mapping and its price decile edges, so the item tower places a new item
+        exactly as training placed the items it had."""
+        if catalog.category_vocabulary is None:
             raise ValueError(
-                f"{int((rows < 0).sum())} event item(s) are not in the catalog: fit the "
-                "vocabulary on the events the catalog was built from"
+                "this catalog was not built from raw events (data.build_from_events): it has no "
+                "raw category mapping to place new items with; build the dataset from events "
+                "(a generic interactions file, the lake or the synthetic generator)"
             )
-        index = catalog.category[rows]
-        raw = first["category"].to_numpy(dtype=object)
-        categories: dict[str, int] = {}
-        for value, idx in zip(raw, index, strict=True):
-            if idx > 0 and not _missing(value):
-                categories.setdefault(str(value), int(idx))
-        prices = first["price"].to_numpy(dtype=np.float64)
-        found = price_edges(prices)  # the catalog's own rule (data._price_buckets)
-        edges = None if found is None else [float(e) for e in found]
-        vocab = cls(categories, edges, int(catalog.n_categories), int(catalog.n_price_buckets))
-        got_cat = vocab.category_index(raw)
-        got_price = np.zeros(len(prices), dtype=np.int64)
-        ok = np.isfinite(prices)
-        got_price[ok] = vocab.price_bucket(prices[ok])
-        checked = {
-            "items": len(rows),
-            "category_mismatches": int((got_cat != index).sum()),
-            "price_bucket_mismatches": int((got_price != catalog.price_bucket[rows]).sum()),
-        }
-        if checked["category_mismatches"] or checked["price_bucket_mismatches"]:
-            log.warning("item vocabulary disagrees with the training catalog: %s", checked)
-        return cls(categories, edges, vocab.n_categories, vocab.n_price_buckets, checked)
+        return cls(
+            dict(catalog.category_vocabulary),
+            None if catalog.price_edges is None else list(catalog.price_edges),
+            int(catalog.n_categories), int(catalog.n_price_buckets),
+        )  # fmt: skip
 
     def category_index(self, categories: Sequence[object] | np.ndarray) -> np.ndarray:
         """The category index of each raw category; missing or unknown -> 0 (the model's
@@ -168,7 +135,6 @@ class ItemVocabulary:
             categories={str(k): int(v) for k, v in raw["categories"].items()},
             price_edges=None if raw["price_edges"] is None else [float(e) for e in raw["price_edges"]],
             n_categories=int(raw["n_categories"]), n_price_buckets=int(raw["n_price_buckets"]),
-            checked=dict(raw.get("checked") or {}),
         )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ TensorFlow never runs inside an Airflow worker process and any step can be re-ru
 Run folder::
 
     dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
-    item_vocabulary.json         raw category / price -> the item tower's inputs (lake data only)
+    item_vocabulary.json         raw category / price -> the item tower's inputs (data built from events)
     two_tower/                   two_tower.export (what serving loads, item_tower/ for new
                                  items) + checkpoint + config
     deepfm/                      checkpoint + config; serving/ (the numpy export serving loads)
@@ -120,11 +120,12 @@ def build(
 
         events = read_events(_settings(settings).lake_dir)
         data = build_from_events(events, name="lake")
-        # What maps a new catalog item's category and price to the item tower's inputs.
-        vocabulary = ItemVocabulary.fit(events, data.catalog)
         del events
     else:
         data = load_dataset(dataset)
+    if data.catalog.category_vocabulary is not None:
+        # What maps a new catalog item's category and price to the item tower's inputs.
+        vocabulary = ItemVocabulary.from_catalog(data.catalog)
     services: dict[str, str] = {}
     if feast:
         from lambdarec.models.features import attach_batch_features, feature_service_versions
