@@ -17,8 +17,9 @@ Every dependency call goes through a :class:`Guard`: a timeout, and after three 
 a short back-off during which the dependency is skipped, so a dead store costs a few timeouts, not
 one per request, a single slow call degrades only its own request, and the store comes back by
 itself. The in-process parts (query tower, ranker) run in the request's thread with a time budget
-instead: an overrun keeps its answer but counts toward the back-off. A missing or failing part is listed in ``degraded_parts``;
-popular items from the lake (or the catalog order) are the floor that always answers.
+instead: an overrun keeps its answer but counts toward the back-off. A missing or failing part is
+listed in ``degraded_parts``; popular items from the lake (or the catalog order) are the floor
+that always answers.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class Ranker(Protocol):
 class FeastFeatures:
     """The Feast online store of the settings (SQLite or Redis), read through
     :func:`lambdarec.features.store.read_online` (the store's own reader without the SDK's
-    per-call work: 0.47 -> 0.20 ms of CPU for a request's session and user features)."""
+    per-call work: 0.46 -> 0.20 ms of CPU for a request's session and user features)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
