@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lambdarec.models.item_tower import ACTIVATIONS, OOV_ITEM
 from serving.recommender import SOURCE_WEIGHTS
 
 if TYPE_CHECKING:
@@ -67,10 +68,7 @@ log = logging.getLogger(__name__)
 #: Kept in step with ``lambdarec.models.deepfm`` (which imports TensorFlow, so not imported here).
 EXPORT_DIR = "serving"
 EXPORT_FORMAT = 1
-#: Embedding index of an item the model never saw (``two_tower.item_index``); 0 means no item.
-OOV_ITEM = 1
 TOP_CONTRIBUTIONS = 5
-_ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "linear": lambda h: h}
 
 
 def _one_blas_thread() -> None:
@@ -125,7 +123,7 @@ class DeepFMRanker:
         self._bn_scale, self._bn_shift = scale, w["bn_beta"] - w["bn_mean"] * scale
         n_deep = len(meta["deep_activations"])
         self._deep = [
-            (w[f"deep_kernel_{i}"], w[f"deep_bias_{i}"], _ACTIVATIONS[act])
+            (w[f"deep_kernel_{i}"], w[f"deep_bias_{i}"], ACTIVATIONS[act])
             for i, act in enumerate(meta["deep_activations"])
         ]
         if n_deep == 0 or self._deep[-1][0].shape[1] != 1:

@@ -255,9 +255,9 @@ class TwoTowerEncoder:
 
         data = np.load(model_dir / "item_embeddings.npz")
         ids = [str(i) for i in data["ids"]]
-        self._idx_map = np.load(model_dir / "item_index.npy")
+        idx_map = np.load(model_dir / "item_index.npy")
         #: Item id -> the query tower's embedding index of that item.
-        self._index = {item: int(self._idx_map[pos]) for pos, item in enumerate(ids)}
+        self._index = {item: int(idx_map[pos]) for pos, item in enumerate(ids)}
         self._np = np
         self._numpy: QueryTower | None = None
         try:

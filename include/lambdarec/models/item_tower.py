@@ -59,7 +59,23 @@ VOCABULARY_FILE = "item_vocabulary.json"
 #: Known items whose index vectors are compared with the champion's before new items are added.
 CONSISTENCY_PROBE = 5
 CATALOG_COLUMNS = ("item_id", "category", "price")
-_ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "linear": lambda h: h}
+#: The Dense activations the numpy towers and the numpy DeepFM implement, by Keras name.
+ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "linear": lambda h: h}
+
+
+def check_index_range(name: str, idx: np.ndarray, rows: int, hint: str = "") -> None:
+    """A ValueError naming ``name``, the valid range and the offending index when ``idx`` has
+    an entry outside ``0..rows-1`` (an embedding lookup would fail or wrap around)."""
+    if idx.size and (idx.min() < 0 or idx.max() >= rows):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise ValueError(f"{name} index out of range 0..{rows - 1}: {bad}{hint}")
+
+
+def l2_normalize(h: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as ``tf.math.l2_normalize`` does: x / sqrt(max(sum(x^2),
+    1e-12)), float32."""
+    norm = np.sqrt(np.maximum((h * h).sum(axis=1, keepdims=True), np.float32(1e-12)))
+    return (h / norm).astype(np.float32, copy=False)
 
 
 # -- vocabulary -------------------------------------------------------------------------------
@@ -215,10 +231,10 @@ class ItemTower:
     ) -> None:  # fmt: skip
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.vocabulary = vocabulary
-        unknown = [a for a in activations if a not in _ACTIVATIONS]
+        unknown = [a for a in activations if a not in ACTIVATIONS]
         if unknown:
             raise ValueError(f"item tower activation(s) {unknown} not supported in numpy")
-        self.activations = [_ACTIVATIONS[a] for a in activations]
+        self.activations = [ACTIVATIONS[a] for a in activations]
 
     @property
     def dim(self) -> int:
@@ -252,16 +268,13 @@ class ItemTower:
         price_bucket = np.asarray(price_bucket, dtype=np.int64)
         item = np.full(len(category), OOV_ITEM, np.int64) if item is None else np.asarray(item)
         for name, idx in (("item", item), ("category", category), ("price", price_bucket)):
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(w[name])):
-                raise ValueError(f"{name} index out of range 0..{len(w[name]) - 1}: {idx.max()}")
+            check_index_range(name, idx, len(w[name]))
         h = np.concatenate(
             [w["item"][item], w["category"][category], w["price"][price_bucket]], axis=1
         )
         for n, act in enumerate(self.activations):
             h = act(h @ w[f"kernel_{n}"] + w[f"bias_{n}"])
-        # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))
-        norm = np.sqrt(np.maximum((h * h).sum(axis=1, keepdims=True), 1e-12))
-        return (h / norm).astype(np.float32)
+        return l2_normalize(h)
 
     def embed(self, rows: pd.DataFrame) -> NewItems:
         """Vectors of catalog rows (``item_id``, ``category``, ``price``) through the OOV id."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lambdarec.models.item_tower import export_dir
+from lambdarec.models.item_tower import ACTIVATIONS, check_index_range, export_dir, l2_normalize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,7 +46,6 @@ UNKNOWN_USER = 0
 #: Width of the category embedding and of the counts in the query tower's concatenation.
 _CATEGORY_DIM = 16
 _COUNTS_DIM = 2
-_ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "linear": lambda h: h}
 _ATTENTION_WEIGHTS = ("att_h", "att_q", "att_q_bias", "att_v")
 
 
@@ -127,10 +126,10 @@ class QueryTower:
         activations: Sequence[str] = ("relu", "linear"),
     ) -> None:  # fmt: skip
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-        unknown = [a for a in activations if a not in _ACTIVATIONS]
+        unknown = [a for a in activations if a not in ACTIVATIONS]
         if unknown:
             raise ValueError(f"query tower activation(s) {unknown} not supported in numpy")
-        self.activations = [_ACTIVATIONS[a] for a in activations]
+        self.activations = [ACTIVATIONS[a] for a in activations]
         self.attention = attention
         w = self.weights
         missing = [k for k in _ATTENTION_WEIGHTS if k not in w] if attention else []
@@ -206,10 +205,10 @@ class QueryTower:
                 f"and ({b}, {_COUNTS_DIM}), one row per user"
             )
         rows = len(w["user"])
-        _check_range("user", user, rows, "" if rows > 1 else (
+        check_index_range("user", user, rows, "" if rows > 1 else (
             " (the export keeps only user 0, the unknown user serving passes)"))  # fmt: skip
-        _check_range("hist", hist, self._n_items)
-        _check_range("session_category", category, self._n_categories)
+        check_index_range("hist", hist, self._n_items)
+        check_index_range("session_category", category, self._n_categories)
         mask = (hist > 0).astype(np.float32)[..., None]  # (b, L, 1)
         e = w["item"][hist] * mask
         mean = e.sum(axis=1) / np.maximum(mask.sum(axis=1), np.float32(1.0))
@@ -225,9 +224,7 @@ class QueryTower:
         h = np.concatenate(parts, axis=1)
         for n, act in enumerate(self.activations):
             h = act(h @ w[f"kernel_{n}"] + w[f"bias_{n}"])
-        # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))
-        norm = np.sqrt(np.maximum((h * h).sum(axis=1, keepdims=True), np.float32(1e-12)))
-        return (h / norm).astype(np.float32, copy=False)
+        return l2_normalize(h)
 
     def encode_one(
         self, hist: Sequence[int], session_category: int, counts: tuple[float, float]
@@ -272,12 +269,6 @@ class QueryTower:
             h = act(h @ kernel + bias)
         norm = math.sqrt(max(float(h @ h), 1e-12))
         return (h / np.float32(norm))[None, :]
-
-
-def _check_range(name: str, idx: np.ndarray, rows: int, hint: str = "") -> None:
-    if idx.size and (idx.min() < 0 or idx.max() >= rows):
-        bad = idx.min() if idx.min() < 0 else idx.max()
-        raise ValueError(f"{name} index out of range 0..{rows - 1}: {bad}{hint}")
 
 
 __all__ = [
