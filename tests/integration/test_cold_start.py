@@ -73,6 +73,8 @@ def test_upsert_adds_items_behind_the_serving_alias_and_checks_its_inputs(tmp_pa
     with VectorIndex.from_settings(_settings(tmp_path)) as index:
         with pytest.raises(VectorIndexError, match="is not set: publish a version"):
             index.upsert(["a"], unit(1))
+        with pytest.raises(VectorIndexError, match="1..256 characters"):  # publish checks alike
+            index.publish(["x" * 300], unit(1), progress=False)
         ids = [f"item-{i}" for i in range(50)]
         version = index.publish(ids, unit(50), ["1"] * 50, progress=False)
         with pytest.raises(VectorIndexError, match="holds 16-d vectors, got 8-d"):

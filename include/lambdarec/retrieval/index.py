@@ -353,9 +353,6 @@ class VectorIndex:
         collection's dimension and come from the model that published it. Returns the version.
         """
         matrix = _check_inputs(item_ids, embeddings, categories)
-        bad = [str(i) for i in item_ids if not str(i) or len(str(i)) > MAX_ID_LENGTH][:5]
-        if bad:
-            raise VectorIndexError(f"item ids must be 1..{MAX_ID_LENGTH} characters: {bad}")
         version = self.serving_version()
         if version is None:
             raise VectorIndexError(
@@ -504,6 +501,9 @@ def _check_inputs(
         raise VectorIndexError(f"{len(categories)} categories for {len(item_ids)} items")
     if len(set(map(str, item_ids))) != len(item_ids):
         raise VectorIndexError("item ids are not unique")
+    bad = [str(i) for i in item_ids if not str(i) or len(str(i)) > MAX_ID_LENGTH][:5]
+    if bad:
+        raise VectorIndexError(f"item ids must be 1..{MAX_ID_LENGTH} characters: {bad}")
     if not np.isfinite(matrix).all():
         raise VectorIndexError("embeddings hold NaN or infinite values")
     return matrix
