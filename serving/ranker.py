@@ -38,10 +38,10 @@ approximate a training feature (train/serve skew):
 * Items unknown to the export (new since the training data): embedding index 1 (out of
   vocabulary, as training maps items it never saw), price bucket 0, popularity 0, no
   co-occurrence; their category is the catalog's (the candidate's ``category``, from the lake)
-  through the run's category vocabulary (``category_vocabulary``: the two-tower export's item
-  tower vocabulary, fitted on the same catalog codes), so a new item of the session's category
-  gets the category match the model learned; 0 (unknown) without a vocabulary or for a category
-  the training catalog never had. In training every catalog item had its category and price
+  through the run's item vocabulary (``vocabulary``: the two-tower export's item tower
+  vocabulary, the training catalog's own category numbering), so a new item of the session's
+  category gets the category match the model learned; 0 (unknown) without a vocabulary or for a
+  category the training catalog never had. In training every catalog item had its category and price
   bucket.
 """
 
@@ -58,9 +58,10 @@ from lambdarec.models.item_tower import ACTIVATIONS, OOV_ITEM
 from serving.recommender import SOURCE_WEIGHTS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
+    from lambdarec.models.item_tower import ItemVocabulary
     from serving.recommender import Candidate
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ class DeepFMRanker:
 
     name = "deepfm"
 
-    def __init__(self, folder: Path, category_vocabulary: Mapping[str, int] | None = None) -> None:
-        #: Raw catalog category -> the model's category index, for items the export lacks.
-        self.category_vocabulary = dict(category_vocabulary or {})
+    def __init__(self, folder: Path, vocabulary: ItemVocabulary | None = None) -> None:
+        #: Raw catalog values -> the model's category index, for items the export lacks.
+        self.vocabulary = vocabulary
         meta = json.loads((folder / "ranker.json").read_text(encoding="utf-8"))
         if meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{folder}: ranker export format {meta.get('format')!r}, "
@@ -133,14 +134,14 @@ class DeepFMRanker:
 
     @classmethod
     def from_model_dir(
-        cls, deepfm_dir: Path, category_vocabulary: Mapping[str, int] | None = None
+        cls, deepfm_dir: Path, vocabulary: ItemVocabulary | None = None
     ) -> DeepFMRanker | None:
         """The ranker exported in a run's ``deepfm/`` folder; None for a run from before the
         export existed (serving then blends the retrieval scores)."""
         folder = deepfm_dir / EXPORT_DIR
         if not (folder / "ranker.json").is_file():
             return None
-        return cls(folder, category_vocabulary)
+        return cls(folder, vocabulary)
 
     # -- feature rows -----------------------------------------------------------------------
 
@@ -152,11 +153,10 @@ class DeepFMRanker:
         known = cand >= 0
         safe = np.maximum(cand, 0)
         category = np.where(known, self.category[safe], 0)
-        if self.category_vocabulary and not known.all():
-            vocabulary = self.category_vocabulary
-            for i in np.flatnonzero(~known).tolist():
-                raw = candidates[i].category
-                category[i] = vocabulary.get(str(raw), 0) if raw else 0
+        if self.vocabulary is not None and not known.all():
+            unknown = np.flatnonzero(~known)
+            category[unknown] = self.vocabulary.category_index(
+                [candidates[i].category for i in unknown.tolist()])  # fmt: skip
 
         hist = self._history(features)
         if hist:

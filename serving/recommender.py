@@ -397,8 +397,7 @@ def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> R
         from lambdarec.models.item_tower import ItemTower
 
         try:
-            item_vocabulary = ItemTower.load(two_tower_dir).vocabulary
-            vocabulary = item_vocabulary.categories if item_vocabulary is not None else None
+            vocabulary = ItemTower.load(two_tower_dir).vocabulary
         except (OSError, ValueError) as exc:
             log.warning("no category vocabulary in %s (%s): the ranker sees new items' category "
                         "as unknown", two_tower_dir, exc)  # fmt: skip
