@@ -231,24 +231,16 @@ FROM checked WHERE problem IS NULL""",
   'sink.delivery-guarantee' = 'at-least-once',
   'format' = 'json', 'json.encode.ignore-null-fields' = 'true'
 )""",
+        # The value is the JSON the SessionFeatures function writes (the pusher's row: session_id,
+        # event_timestamp, user_id and the features of lambdarec.tables.SESSION_FEATURES).
         f"""CREATE TABLE session_features_out (
   session_id STRING,
-  event_timestamp TIMESTAMP_LTZ(3),
-  user_id STRING,
-  last_viewed_items ARRAY<STRING>,
-  last_carted_items ARRAY<STRING>,
-  last_purchased_items ARRAY<STRING>,
-  n_views BIGINT, n_carts BIGINT, n_removes BIGINT, n_purchases BIGINT,
-  n_events_30min BIGINT,
-  session_category STRING,
-  session_avg_price DOUBLE,
-  seconds_since_prev_event DOUBLE
+  features BYTES
 ) WITH ({_kafka_common(args, args.features_topic)},
   'sink.delivery-guarantee' = 'at-least-once',
   'properties.linger.ms' = '2',
   'key.format' = 'raw', 'key.fields' = 'session_id',
-  'value.format' = 'json', 'value.fields-include' = 'ALL',
-  'value.json.timestamp-format.standard' = 'ISO-8601'
+  'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
 )""",
         f"""CREATE TABLE trending_items_out (
   item_id STRING,
@@ -280,17 +272,11 @@ FROM checked WHERE problem IS NULL""",
   DATE_FORMAT(CURRENT_TIMESTAMP, 'yyyy-MM-dd''T''HH:mm:ss.SSS''Z'''), `raw`
 FROM checked WHERE problem IS NOT NULL""",
         "session-features": """INSERT INTO session_features_out SELECT
-  session_id, `ts`, user_id,
-  f.last_viewed_items, f.last_carted_items, f.last_purchased_items,
-  f.n_views, f.n_carts, f.n_removes, f.n_purchases, f.n_events_30min,
-  f.session_category, f.session_avg_price, f.seconds_since_prev_event
-FROM (
-  SELECT session_id, user_id, CAST(`ts` AS TIMESTAMP_LTZ(3)) AS `ts`,
-    session_features(event_type, item_id, category, price, `ts`) OVER (
-      PARTITION BY session_id ORDER BY `pt`
-      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS f
-  FROM valid_events
-)""",
+  session_id,
+  session_features(session_id, user_id, event_type, item_id, category, price, `ts`) OVER (
+    PARTITION BY session_id ORDER BY `pt`
+    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+FROM valid_events""",
         # Per item and minute (one TUMBLE window per event), then the hour's buckets in the
         # TrendCounts aggregate: one row per item and active minute. trend_score: the last 5
         # minutes' activity (a purchase weighs 5 views) over the hour's 5-minute average, +1 so a
