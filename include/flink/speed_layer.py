@@ -203,7 +203,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         f"""CREATE TABLE events_raw (
   `raw` STRING,
   `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  `ts` AS COALESCE(event_time(`raw`), `kafka_ts`),
+  `ts` AS COALESCE(event_time(`raw`, CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `ts` AS `ts` - {_interval_s(args.out_of_orderness_s)}
 ) WITH ({_kafka_common(args, args.events_topic)},

@@ -332,6 +332,78 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
     assert job.running(settings), "the job keeps running after 1,000 bad events"
 
 
+def _watermarks(job: SpeedJob) -> dict[str, int]:
+    """Each operator's current input watermark (epoch ms), from the job's REST API."""
+    import json
+    import urllib.request
+
+    base = f"http://127.0.0.1:{job.rest_port}"
+    with urllib.request.urlopen(f"{base}/jobs", timeout=5) as reply:  # noqa: S310 - loopback
+        (job_id,) = [j["id"] for j in json.load(reply)["jobs"] if j["status"] == "RUNNING"]
+    with urllib.request.urlopen(f"{base}/jobs/{job_id}", timeout=5) as reply:  # noqa: S310
+        vertices = json.load(reply)["vertices"]
+    out = {}
+    for vertex in vertices:
+        url = f"{base}/jobs/{job_id}/vertices/{vertex['id']}/watermarks"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310
+            values = [int(m["value"]) for m in json.load(reply)]
+        if values:
+            out[vertex["name"]] = max(values)
+    return out
+
+
+def test_a_future_event_does_not_stall_the_trending_windows(
+    speed: tuple[Settings, SpeedJob, list[FeaturePusher]],
+) -> None:
+    """An event dated beyond the allowed clock skew is dead-lettered and must not lend its time
+    to the watermark: otherwise every later event is late and the trending windows stay empty."""
+    from lambdarec.streaming.kafka import consume, make_consumer, make_producer
+    from lambdarec.streaming.replay import encode_events
+
+    settings, job, _ = speed
+    tag = uuid.uuid4().hex[:8]
+    item = f"i-wm-{tag}"
+    producer = make_producer(settings)
+    future = {
+        "event_id": f"wm-future-{tag}", "user_id": f"u-wm-{tag}", "session_id": f"s-wm-{tag}",
+        "item_id": item, "event_type": "view", "ts": "2999-01-01T00:00:00.000Z",
+    }  # fmt: skip
+    producer.produce(settings.topic_events, value=orjson.dumps(future), key=f"u-wm-{tag}".encode())
+    assert producer.flush(30) == 0
+    # Unguarded, the year-2999 time reached every operator's watermark within ~15 s.
+    limit_ms = (time.time() + 3600) * 1000
+    began = time.monotonic()
+    while time.monotonic() - began < 25:
+        ahead = {name: wm for name, wm in _watermarks(job).items() if wm > limit_ms}
+        assert not ahead, f"a future event moved the watermark ahead of the clock: {ahead}"
+        time.sleep(1)
+    # Five views of the item now, then one 70 s ahead (within the skew): the watermark passes
+    # the end of the views' minute and its window closes.
+    now = datetime.now(UTC).replace(microsecond=0)
+    views = _session_frame(f"wm-{tag}", n=6, start=now)
+    views["item_id"] = [item] * 5 + [f"i-wm-other-{tag}"]
+    views["ts"] = [now + timedelta(seconds=s) for s in (0, 1, 2, 3, 4, 70)]
+    pairs, rejected = encode_events(views)
+    assert not rejected
+    for key, value in pairs:
+        producer.produce(settings.topic_events, value=value, key=key)
+    assert producer.flush(30) == 0
+
+    consumer = make_consumer(f"test-trend-{tag}", [settings.topic_trending_items], settings)
+    views_5min = None
+    began = time.monotonic()
+    while views_5min is None and time.monotonic() - began < 60:
+        for message in consume(consumer, idle_timeout_s=1):
+            if message.key() == item.encode():
+                views_5min = orjson.loads(message.value())["views_5min"]
+    consumer.close()
+    assert views_5min == 5, (
+        f"the item's minute gave {views_5min} views on the trending topic (expected 5): a future "
+        "event moved the watermark past the live events"
+    )
+    assert job.running(settings)
+
+
 def test_archive_holds_every_valid_event_and_compacts_into_the_lake(
     speed: tuple[Settings, SpeedJob, list[FeaturePusher]], replayed_sessions: pd.DataFrame
 ) -> None:

@@ -110,7 +110,7 @@ def build_udf_jar(settings: Settings, lib: Path) -> Path:
         classes = Path(tmp) / "classes"
         classes.mkdir()
         classpath = f"{pyflink_lib(settings)}/*"
-        _run([str(jdk / "javac"), "--release", "11", "-cp", classpath, "-d", str(classes),
+        _run([str(jdk / "javac"), "--release", "11", "-encoding", "UTF-8", "-cp", classpath, "-d", str(classes),
               *map(str, sources)], settings, "javac")  # fmt: skip
         staging = Path(tmp) / UDF_JAR
         _run([str(jdk / "jar"), "cf", str(staging), "-C", str(classes), "."], settings, "jar")
