@@ -97,9 +97,9 @@ def produce(
             value = value.replace(b'","item_id"', tag + b'","item_id"', 1)
             if sent % 1000 == 0:
                 if rate:
-                    due = start + sent / rate
-                    if due > time.monotonic():
-                        time.sleep(due - time.monotonic())
+                    ahead = start + sent / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 stamp = _now_stamp()
             if stamp_now:
                 at = value.find(TS_FIELD) + len(TS_FIELD)
