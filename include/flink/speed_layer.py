@@ -261,6 +261,9 @@ FROM checked WHERE problem IS NULL""",
   'path' = {_q(_uri(args.archive_dir).rstrip("/"))},
   'format' = 'parquet',
   'parquet.compression' = 'SNAPPY',
+  -- Dictionary lookups were ~12% of the source thread (JFR); without them the Taobao events
+  -- take ~4% more space with Snappy, and the daily compaction rewrites each day anyway.
+  'parquet.enable.dictionary' = 'false',
   'parquet.write.int64.timestamp' = 'true',
   'parquet.timestamp.time.unit' = 'millis',
   'parquet.utc-timezone' = 'true'
