@@ -161,11 +161,11 @@ def price_edges(prices: np.ndarray) -> np.ndarray | None:
     return np.quantile(known, np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
 
 
-def _price_buckets(prices: np.ndarray) -> np.ndarray:
-    """Deciles of the known prices as 1..10, 0 where the price is unknown."""
+def price_buckets(prices: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+    """Each price's decile bucket 1..10 by the inner ``edges`` (:func:`price_edges`); 0 where
+    the price is unknown or no edges exist (no price was known)."""
     out = np.zeros(len(prices), dtype=np.int64)
     known = np.isfinite(prices)
-    edges = price_edges(prices)
     if edges is not None:
         out[known] = np.searchsorted(edges, prices[known], side="right") + 1
     return out
@@ -230,7 +230,7 @@ def build_from_events(
     catalog = Catalog(
         item_ids=item_ids,
         category=category,
-        price_bucket=_price_buckets(prices),
+        price_bucket=price_buckets(prices, edges),
         n_categories=len(uniq) + 1,
         category_vocabulary=index,
         price_edges=None if edges is None else [float(e) for e in edges],

@@ -137,10 +137,10 @@ class ItemVocabulary:
                 "item by its price: fix these catalog rows (a finite price >= 0) or leave the "
                 "items out until they have one"
             )
-        if self.price_edges is None:
-            return np.zeros(len(values), dtype=np.int64)
-        edges = np.asarray(self.price_edges, dtype=np.float64)
-        return (np.searchsorted(edges, values, side="right") + 1).astype(np.int64)
+        from lambdarec.models.data import price_buckets  # imports pandas: not at module load
+
+        edges = None if self.price_edges is None else np.asarray(self.price_edges, np.float64)
+        return price_buckets(values, edges)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
