@@ -195,6 +195,8 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         "group": "'scan.startup.mode' = 'group-offsets', "
         "'properties.auto.offset.reset' = 'earliest'",
     }[args.starting_offsets]
+    # The allowed clock skew: beyond it an event is dead-lettered and kept out of the watermark.
+    skew_ms = f"CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)"
     ddl = [
         f"""CREATE TEMPORARY FUNCTION session_features AS {_q(UDF_CLASS)} LANGUAGE JAVA""",
         f"""CREATE TEMPORARY FUNCTION trend_counts AS {_q(TREND_UDF_CLASS)} LANGUAGE JAVA""",
@@ -203,7 +205,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         f"""CREATE TABLE events_raw (
   `raw` STRING,
   `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  `ts` AS COALESCE(event_time(`raw`, CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)), `kafka_ts`),
+  `ts` AS COALESCE(event_time(`raw`, {skew_ms}), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `ts` AS `ts` - {_interval_s(args.out_of_orderness_s)}
 ) WITH ({_kafka_common(args, args.events_topic)},
@@ -219,7 +221,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   `raw`, `ts`, `pt`, e.event_id, e.user_id, e.session_id, e.item_id, e.event_type, e.category,
   e.price, e.problem
 FROM (
-  SELECT `raw`, `ts`, `pt`, parse_event(`raw`, CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)) AS e
+  SELECT `raw`, `ts`, `pt`, parse_event(`raw`, {skew_ms}) AS e
   FROM events_raw
 )""",
         """CREATE TEMPORARY VIEW valid_events AS SELECT

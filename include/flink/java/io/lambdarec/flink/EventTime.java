@@ -1,7 +1,5 @@
 package io.lambdarec.flink;
 
-import java.time.Instant;
-
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
 import org.apache.flink.table.annotation.DataTypeHint;
@@ -33,14 +31,11 @@ public class EventTime extends ScalarFunction {
         }
         long ms = quick(raw);
         if (ms == Long.MIN_VALUE) {
-            Instant ts = scan(raw);
-            if (ts == null) {
-                return null;
-            }
-            ms = ts.toEpochMilli();
+            ms = scan(raw);
         }
-        long skew = maxFutureSkewMs == null ? 300_000L : maxFutureSkewMs;
-        return ms > System.currentTimeMillis() + skew ? null : TimestampData.fromEpochMillis(ms);
+        return ms == Long.MIN_VALUE || ParseEvent.beyondSkew(ms, maxFutureSkewMs)
+                ? null
+                : TimestampData.fromEpochMillis(ms);
     }
 
     @Override
@@ -86,26 +81,29 @@ public class EventTime extends ScalarFunction {
         return ParseEvent.parseTsMillis(raw, at + 2);
     }
 
-    /** The general case: a streaming scan to the top-level "ts". */
-    static Instant scan(String raw) {
+    /** The general case: a streaming scan to the top-level "ts"; {@link Long#MIN_VALUE} when
+     *  there is none or it is not a contract timestamp. */
+    static long scan(String raw) {
         try (JsonParser parser = ParseEvent.FACTORY.createParser(raw)) {
             if (parser.nextToken() != JsonToken.START_OBJECT) {
-                return null;
+                return Long.MIN_VALUE;
             }
             JsonToken token;
             while ((token = parser.nextToken()) == JsonToken.FIELD_NAME) {
                 String name = parser.currentName();
                 JsonToken value = parser.nextToken();
                 if ("ts".equals(name)) {
-                    return value == JsonToken.VALUE_STRING ? ParseEvent.parseTs(parser.getText()) : null;
+                    return value == JsonToken.VALUE_STRING
+                            ? ParseEvent.tsMillis(parser.getText())
+                            : Long.MIN_VALUE;
                 }
                 if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
                     parser.skipChildren();
                 }
             }
-            return null;
+            return Long.MIN_VALUE;
         } catch (Exception e) {
-            return null;
+            return Long.MIN_VALUE;
         }
     }
 }

@@ -1,8 +1,9 @@
 package io.lambdarec.flink;
 
 import java.io.IOException;
-import java.time.Instant;
 import java.time.LocalDate;
+import java.time.Month;
+import java.time.Year;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
@@ -37,6 +38,8 @@ import org.apache.flink.table.functions.ScalarFunction;
  */
 public class ParseEvent extends ScalarFunction {
 
+    static final JsonFactory FACTORY = new JsonFactory();
+
     /** An id: ^[A-Za-z0-9_.:\\-]{1,64}$ (checked by hand: four per event). */
     static boolean isId(String s) {
         int n = s.length();
@@ -53,8 +56,6 @@ public class ParseEvent extends ScalarFunction {
         }
         return true;
     }
-    static final JsonFactory FACTORY = new JsonFactory();
-
     /** The epoch milliseconds of a contract timestamp, or {@link Long#MIN_VALUE} when the text
      *  is not one: exactly "uuuu-MM-ddTHH:mm:ss.SSSZ" (24 characters from {@code from}), a real
      *  date and time (what a STRICT DateTimeFormatter accepts; no leap second). Hand-written:
@@ -73,7 +74,7 @@ public class ParseEvent extends ScalarFunction {
         int milli = sep(s, from + 19, '.') ? digits(s, from + 20, 3) : -1;
         if (year < 0 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23
                 || minute < 0 || minute > 59 || second < 0 || second > 59 || milli < 0
-                || !sep(s, from + 23, 'Z') || day > lengthOfMonth(year, month)) {
+                || !sep(s, from + 23, 'Z') || day > Month.of(month).length(Year.isLeap(year))) {
             return Long.MIN_VALUE;
         }
         long days = LocalDate.of(year, month, day).toEpochDay();
@@ -97,21 +98,17 @@ public class ParseEvent extends ScalarFunction {
         return v;
     }
 
-    private static int lengthOfMonth(int year, int month) {
-        if (month == 2) {
-            boolean leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-            return leap ? 29 : 28;
-        }
-        return month == 4 || month == 6 || month == 9 || month == 11 ? 30 : 31;
+    /** The epoch milliseconds of a whole text that is a contract timestamp, else
+     *  {@link Long#MIN_VALUE}. */
+    static long tsMillis(String text) {
+        return text == null || text.length() != 24 ? Long.MIN_VALUE : parseTsMillis(text, 0);
     }
 
-    /** The instant of a contract timestamp, or null when the text is not one. */
-    static Instant parseTs(String text) {
-        if (text == null || text.length() != 24) {
-            return null;
-        }
-        long ms = parseTsMillis(text, 0);
-        return ms == Long.MIN_VALUE ? null : Instant.ofEpochMilli(ms);
+    /** Whether an event time is further ahead of the wall clock than the allowed skew (default
+     *  5 minutes): such an event is dead-lettered, and its time is kept out of the watermark. */
+    static boolean beyondSkew(long tsMillis, Long maxFutureSkewMs) {
+        long skew = maxFutureSkewMs == null ? 300_000L : maxFutureSkewMs;
+        return tsMillis > System.currentTimeMillis() + skew;
     }
 
     /** JSON_VALUE's text of the value the parser is on (null: JSON null, object or array):
@@ -296,7 +293,7 @@ public class ParseEvent extends ScalarFunction {
         if (tsText == null) {
             return problem("ts: required field is missing");
         }
-        long ts = tsText.length() == 24 ? parseTsMillis(tsText, 0) : Long.MIN_VALUE;
+        long ts = tsMillis(tsText);
         if (ts == Long.MIN_VALUE) {
             return problem(
                     "ts: not an ISO-8601 UTC time with milliseconds, e.g. 2024-05-01T12:00:00.000Z");
@@ -325,8 +322,7 @@ public class ParseEvent extends ScalarFunction {
         if (version != null && !version.equals("1")) {
             return problem("schema_version: unsupported version");
         }
-        long skew = maxFutureSkewMs == null ? 300_000L : maxFutureSkewMs;
-        if (ts > System.currentTimeMillis() + skew) {
+        if (beyondSkew(ts, maxFutureSkewMs)) {
             return problem(
                     "ts: in the future (beyond the allowed clock skew); check the producer's clock");
         }
