@@ -30,6 +30,7 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -38,6 +39,9 @@ from lambdarec.platform.testing import private_platform
 from lambdarec.speed.control import GROUP_ID
 from lambdarec.speed.runner import speed_job
 from lambdarec.streaming.replay import encode_events
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def committed(settings: object, group: str, topic: str, partitions: int) -> int:
@@ -192,18 +196,16 @@ def run_offered(args: argparse.Namespace, pairs: list, rate: float) -> dict[str,
             if args.warmup_s > 0:  # the JVM compiles the job's code paths on first use
                 warm, _ = produce(settings, pairs, int(rate * args.warmup_s), rate,
                                   stamp_now=args.event_time == "now", label="w")  # fmt: skip
-                _, warm_lag = _drain(settings, features, warm, args.max_wait_s)
+                _, warm_lag = _wait_for(lambda: topic_size(settings, features), warm,
+                                        args.max_wait_s)  # fmt: skip
             base = topic_size(settings, features)
             sent, produced_s = produce(settings, pairs, int(rate * args.seconds), rate,
                                        stamp_now=args.event_time == "now")  # fmt: skip
-            processed, waited = _drain(settings, features, base + sent, args.max_wait_s)
-            processed -= base
-            stopped = time.monotonic()
-            while True:  # and the offsets of all of them committed by a checkpoint
-                done = committed(settings, GROUP_ID, topic, partitions) - base
-                if done >= sent or time.monotonic() - stopped > args.max_wait_s:
-                    break
-                time.sleep(0.5)
+            processed, waited = _wait_for(lambda: topic_size(settings, features) - base, sent,
+                                          args.max_wait_s)  # fmt: skip
+            # and the offsets of all of them committed by a checkpoint
+            done, _ = _wait_for(lambda: committed(settings, GROUP_ID, topic, partitions) - base,
+                                sent, args.max_wait_s, every_s=0.5)  # fmt: skip
     lag_after_s = round(max(0.0, waited), 1)
     return {
         "events_per_s_sustained": round(min(processed, sent) / (produced_s + lag_after_s), 1),
@@ -221,17 +223,17 @@ def run_offered(args: argparse.Namespace, pairs: list, rate: float) -> dict[str,
     }
 
 
-def _drain(settings: object, features: str, wanted: int, max_wait_s: float) -> tuple[int, float]:
-    """Wait until the features topic holds ``wanted`` records; (records, seconds waited)."""
-    from lambdarec.streaming.kafka import topic_size
-
+def _wait_for(
+    count: Callable[[], int], wanted: int, max_wait_s: float, every_s: float = 0.2
+) -> tuple[int, float]:
+    """Poll ``count`` until it reaches ``wanted`` or ``max_wait_s`` passes; (count, seconds)."""
     began = time.monotonic()
     while True:
-        processed = topic_size(settings, features)
+        got = count()
         waited = time.monotonic() - began
-        if processed >= wanted or waited > max_wait_s:
-            return processed, waited
-        time.sleep(0.2)
+        if got >= wanted or waited > max_wait_s:
+            return got, waited
+        time.sleep(every_s)
 
 
 def main() -> None:
