@@ -332,23 +332,21 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
     assert job.running(settings), "the job keeps running after 1,000 bad events"
 
 
-def _watermarks(job: SpeedJob) -> dict[str, int]:
+def _watermarks(settings: Settings, job: SpeedJob) -> dict[str, int]:
     """Each operator's current input watermark (epoch ms), from the job's REST API."""
-    import json
-    import urllib.request
+    import requests
 
-    base = f"http://127.0.0.1:{job.rest_port}"
-    with urllib.request.urlopen(f"{base}/jobs", timeout=5) as reply:  # noqa: S310 - loopback
-        (job_id,) = [j["id"] for j in json.load(reply)["jobs"] if j["status"] == "RUNNING"]
-    with urllib.request.urlopen(f"{base}/jobs/{job_id}", timeout=5) as reply:  # noqa: S310
-        vertices = json.load(reply)["vertices"]
+    from lambdarec.speed.control import find_job
+
+    rest = f"http://{settings.bind_host}:{job.rest_port}"
+    found = find_job(rest)
+    assert found is not None, f"no speed-layer job at {rest}"
+    base = f"{rest}/jobs/{found['jid']}"
     out = {}
-    for vertex in vertices:
-        url = f"{base}/jobs/{job_id}/vertices/{vertex['id']}/watermarks"
-        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310
-            values = [int(m["value"]) for m in json.load(reply)]
-        if values:
-            out[vertex["name"]] = max(values)
+    for vertex in requests.get(base, timeout=5).json()["vertices"]:
+        marks = requests.get(f"{base}/vertices/{vertex['id']}/watermarks", timeout=5).json()
+        if marks:
+            out[vertex["name"]] = max(int(m["value"]) for m in marks)
     return out
 
 
@@ -374,7 +372,7 @@ def test_a_future_event_does_not_stall_the_trending_windows(
     limit_ms = (time.time() + 3600) * 1000
     began = time.monotonic()
     while time.monotonic() - began < 25:
-        ahead = {name: wm for name, wm in _watermarks(job).items() if wm > limit_ms}
+        ahead = {name: wm for name, wm in _watermarks(settings, job).items() if wm > limit_ms}
         assert not ahead, f"a future event moved the watermark ahead of the clock: {ahead}"
         time.sleep(1)
     # Five views of the item now, then one 70 s ahead (within the skew): the watermark passes
