@@ -6,7 +6,8 @@ the synthetic clickstream, its two-tower export pinned with LAMBDAREC_SERVING_MO
 finds the DeepFM's serving export as its sibling ``deepfm/``; the item embeddings padded with
 random vectors of the same norms up to ``--catalog-items`` and published to the vector index (the
 real Milvus 2.3.5 standalone server by default, ``--milvus lite`` for the file), the catalog in the
-lake, one pushed session per benchmark user in the online store. Then starts
+lake, one pushed session per benchmark user in the online store. It waits until the Milvus server
+is idle (after a bulk load it compacts and indexes for minutes), then starts
 ``gunicorn 'serving:create_app()'`` as the platform does, waits for ``/ready``, checks that
 requests are answered by both stages (the bench fails when the query tower or the ranker is
 missing), and sends ``--rps`` requests per second for ``--seconds`` from ``--clients``
@@ -274,6 +275,34 @@ def cpu_seconds(settings: Any, names: list[str]) -> dict[str, float]:
     return out
 
 
+def wait_until_idle(settings: Any, below: float = 0.1, window_s: float = 10.0,
+                    timeout_s: float = 1200.0) -> None:  # fmt: skip
+    """Wait until the Milvus server uses less than ``below`` of a core over ``window_s``.
+
+    After a bulk load the server compacts the segments and builds the HNSW graph of each merged
+    one, which took both cores for minutes after a 1M-item publish (measured: ~1.97 cores for
+    more than 3 minutes after the publish returned). A load measured meanwhile measures that work
+    too.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = cpu_seconds(settings, ["milvus"]).get("milvus")
+        time.sleep(window_s)
+        after = cpu_seconds(settings, ["milvus"]).get("milvus")
+        if before is None or after is None:
+            print("cannot find the Milvus server's process; not waiting for it", file=sys.stderr)
+            return
+        busy = (after - before) / window_s
+        if busy < below:
+            print(f"Milvus server idle ({busy:.2f} of a core)", file=sys.stderr)
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Milvus server still uses {busy:.2f} of a core after "
+                             f"{timeout_s:.0f} s: its compaction or index building never ends")  # fmt: skip
+        print(f"waiting for the Milvus server to finish compacting and indexing "
+              f"({busy:.2f} of a core)", file=sys.stderr)  # fmt: skip
+
+
 def publish(settings: Any, ids: list[str], emb: np.ndarray, cats: list[str]) -> None:
     from lambdarec.retrieval.index import VectorIndex
 
@@ -352,6 +381,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             raise SystemExit(f"publishing the index failed (exit {child.exitcode})")
         print(f"index published in {time.monotonic() - t1:.0f} s", file=sys.stderr)
         time.sleep(args.settle_s)  # Milvus merges segments after a bulk load (FINDINGS)
+        if args.milvus == "server":
+            wait_until_idle(settings)
         try:
             manager.up(["serving"], settings=settings, timeout_s=300)
             base = f"http://{settings.bind_host}:{settings.serving_port}"
