@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+from lambdarec.retrieval.index import UNLOADED_ERRORS, _unloaded
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -110,6 +113,21 @@ def _exercise(index: VectorIndex, n: int) -> None:
     # the first search instead of failing every query.
     index.client.release_collection(index.collection_name(4))
     assert index.search(small[:1], 1)[0][0][0] == small_ids[0]
+
+    # A search with a deadline (a shopper's request) does not wait for that load: it fails at
+    # once, and the collection is loaded in the background for the next search.
+    index.client.release_collection(index.collection_name(4))
+    with pytest.raises(Exception, match="|".join(UNLOADED_ERRORS)):
+        index.search(small[:1], 1, timeout_s=5.0)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert index.search(small[:1], 1, timeout_s=5.0)[0][0][0] == small_ids[0]
+            break
+        except Exception as error:  # noqa: BLE001 - released until the background load is done
+            if time.monotonic() > deadline or not _unloaded(error):
+                raise
+            time.sleep(0.2)
 
 
 def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,9 @@ log = logging.getLogger(__name__)
 
 #: What a search of a released collection answers: "released"/"not loaded" from the proxy, or,
 #: for a moment after the release (a Milvus 2.3 server), "collection not found" from the query
-#: node's delegator the proxy still routes to (seen in CI right after release_collection).
-UNLOADED_ERRORS = ("released", "not loaded", "collection not found")
+#: node's delegator the proxy still routes to (seen in CI right after release_collection), and
+#: "not fully loaded" while a server loads it again.
+UNLOADED_ERRORS = ("released", "not loaded", "collection not found", "not fully loaded")
 #: Loads and searches again at most this many times (0.5 s, 1 s apart) before giving up.
 RELOAD_ATTEMPTS = 3
 
@@ -96,8 +98,10 @@ class IndexConfig:
     #: HNSW graph degree and build-time candidate list.
     m: int = 16
     ef_construction: int = 200
-    #: HNSW search-time candidate list (raised to k when k is larger).
-    ef: int = 256
+    #: HNSW search-time candidate list (raised to k when k is larger). At 1M items, 64-d, M 16:
+    #: recall@50 of the exact top 50 0.983 at 64, 0.994 at 100, 0.9965 at 128, 0.9994 at 256;
+    #: the server's CPU per search about 2.7, 3.0, 3.4 and 4.5 ms (2 cores, measured).
+    ef: int = 100
     #: How many versions to keep (the serving one always stays).
     keep: int = 3
     #: Rows per insert call.
@@ -150,6 +154,8 @@ class VectorIndex:
     def __init__(self, config: IndexConfig) -> None:
         self.config = config
         self._client: MilvusClient | None = None
+        self._loading: threading.Thread | None = None
+        self._loading_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> VectorIndex:
@@ -421,19 +427,42 @@ class VectorIndex:
         k: int = 100,
         filter: str | None = None,  # noqa: A002 - Milvus's own name for it
         exclude_ids: Iterable[str] | None = None,
+        timeout_s: float | None = None,
     ) -> Hits:
         """Top-``k`` items by inner product for each query row, through the serving alias.
 
         ``filter`` is a Milvus boolean expression over ``category`` / ``item_id`` (see
         :func:`category_filter`); ``exclude_ids`` drops items (e.g. those just seen). Filtered
-        HNSW may return fewer than ``k`` hits.
+        HNSW may return fewer than ``k`` hits. ``timeout_s`` is each call's gRPC deadline: a
+        hung server fails the call instead of holding the caller's thread.
         """
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         clauses = [f"({filter})"] if filter else []
         excluded = list(exclude_ids or ())
         if excluded:
             clauses.append(f"item_id not in {_string_list(excluded)}")
-        return self._search(self.config.alias, queries, k, " and ".join(clauses))
+        return self._search(self.config.alias, queries, k, " and ".join(clauses), timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client exists (creating it connects, which can take seconds when the
+        server is down)."""
+        return self._client is not None
+
+    def _load_in_background(self) -> None:
+        """:meth:`ensure_loaded` in a thread of its own, at most one at a time."""
+        with self._loading_lock:
+            if self._loading is not None and self._loading.is_alive():
+                return
+
+            def load() -> None:
+                try:
+                    self.ensure_loaded()
+                except Exception as exc:  # noqa: BLE001 - the next released search retries
+                    log.warning("%s: loading for search failed: %s", self.config.alias, exc)
+
+            self._loading = threading.Thread(target=load, name="vector-index-load", daemon=True)
+            self._loading.start()
 
     def ensure_loaded(self) -> int | None:
         """Load the serving version's collection when it is not (Milvus Lite does not keep load
@@ -446,7 +475,10 @@ class VectorIndex:
                 self.client.load_collection(name, timeout=self.config.ready_timeout_s)
         return version
 
-    def _search(self, name: str, queries: np.ndarray, k: int, expression: str) -> Hits:
+    def _search(
+        self, name: str, queries: np.ndarray, k: int, expression: str,
+        timeout_s: float | None = None,
+    ) -> Hits:  # fmt: skip
         params: dict[str, Any] = {"metric_type": "IP"}
         if self.config.index_type == "HNSW":
             params["params"] = {"ef": max(self.config.ef, k)}
@@ -460,12 +492,18 @@ class VectorIndex:
                 output_fields=["item_id"],
                 search_params=params,
                 consistency_level=self.config.consistency,
+                timeout=timeout_s,
             )
 
         try:
             results = run()
         except Exception as error:  # noqa: BLE001 - only a released collection is retried
             if not _unloaded(error):
+                raise
+            if timeout_s is not None:
+                # A caller with a deadline (a shopper's request) must not wait for a load that
+                # takes seconds: it fails now, and the load runs in the background.
+                self._load_in_background()
                 raise
             for attempt in range(RELOAD_ATTEMPTS):
                 self.ensure_loaded()
