@@ -368,6 +368,63 @@ def test_an_inline_guard_keeps_late_answers_and_backs_off_a_part_that_stays_slow
         assert results == [2, 2, 2]
 
 
+def test_calls_with_their_own_deadline_run_in_the_request_thread() -> None:
+    """A connected index is searched in the request's thread with the guard's timeout as its
+    deadline (no hand-off to the pool); an index not connected yet (connecting can take seconds)
+    goes through the pool, whose wait the request abandons on timeout."""
+    import threading
+
+    import numpy as np
+
+    from serving.recommender import IN_PROCESS, OWN_DEADLINE
+    from serving.validation import parse_recommend
+
+    calls: list[tuple[str, float | None]] = []
+
+    class Index:
+        connected = False
+
+        def search(self, vector: Any, k: int, timeout_s: float | None = None) -> Any:
+            calls.append((threading.current_thread().name, timeout_s))
+            return [[("i2", 0.5)]]
+
+    class Encoder:
+        def encode(self, features: dict[str, Any]) -> Any:
+            return np.ones(4, dtype=np.float32)
+
+    index = Index()
+    rec = Recommender(Snapshot.from_items({"i1": "c1", "i2": "c2"}, [("i1", 1.0)]),
+                      index=index, encoder=Encoder(),  # type: ignore[arg-type]
+                      inline=IN_PROCESS | OWN_DEADLINE)  # fmt: skip
+    query = parse_recommend({"user_id": ["u1"], "k": ["2"]})
+    first = rec.recommend(query)
+    assert calls[-1][0].startswith("recommender-dep")  # not connected: on the pool
+    index.connected = True
+    second = rec.recommend(query)
+    assert calls[-1] == (threading.current_thread().name, rec.guards["index"].timeout_s)
+    for result in (first, second):
+        assert "index" not in result.degraded_parts
+        assert "vector" in {s for c in result.items for s in c.sources}
+
+
+def test_from_settings_runs_a_sqlite_store_inline_and_a_redis_store_on_the_pool(
+    tmp_path: Path,
+) -> None:
+    """SQLite is a local file (in WAL mode a read never waits for the writer): its reads run in
+    the request's thread. A Redis store's client has no deadline of its own: it keeps the pool."""
+    for store, inline in (("sqlite", True), ("redis", False)):
+        settings = private_settings(tmp_path / store, online_store=store)
+        rec = Recommender.from_settings(settings, load_model=False)
+        try:
+            assert rec.warm.wait(60)
+            assert rec.guards["online_store"].inline is inline
+            assert rec.guards["index"].inline and rec.guards["model"].inline
+        finally:
+            rec.close()
+            if rec.index is not None:
+                rec.index.close()
+
+
 def test_warm_up_freezes_the_long_lived_heap_out_of_garbage_collection(tmp_path: Path) -> None:
     """What exists when the warm-up ends (Feast, the index client, the models, the snapshot)
     is moved out of the collector's generations: full collections no longer walk it."""
