@@ -191,6 +191,16 @@ def _java(settings: Settings) -> Path:
     return java
 
 
+def kafka_cluster_id() -> str:
+    """A new cluster id in Kafka's ``Uuid.randomUuid()`` format: 16 random bytes, URL-safe
+    base64 without padding, and, as Kafka does, never one that starts with ``-``: the storage
+    tool's argument parser reads ``-t -abc...`` as a flag (one format in 64 failed so in CI)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_prepare(settings: Settings) -> None:
     java = _java(settings)
     libs = resolve_kafka_jars(settings)
@@ -204,8 +214,7 @@ def _kafka_prepare(settings: Settings) -> None:
     if id_file.is_file():
         cluster_id = id_file.read_text().strip()
     else:
-        # Kafka's Uuid.randomUuid() format: 16 random bytes, URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = kafka_cluster_id()
         id_file.write_text(cluster_id + "\n")
     cmd = [
         str(java), f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
