@@ -605,8 +605,9 @@ class Recommender:
         t = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05,
              **(timeouts_s or {})}  # fmt: skip
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
+        inline = frozenset(inline)
         self.guards = {name: Guard(name, self._executor, t[name], backoff_s, TRIP_AFTER,
-                                   inline=name in set(inline))
+                                   inline=name in inline)
                        for name in t}  # fmt: skip
         #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.
@@ -644,7 +645,9 @@ class Recommender:
         except Exception:  # noqa: BLE001 - an unreadable lake leaves the empty floor
             log.exception("cannot read the lake snapshot; popular items are unavailable")
             snapshot = Snapshot()
-        own_deadline = {"index"} | ({"online_store"} if settings.online_store == "sqlite" else set())
+        # A Redis client has no deadline of its own: that store keeps the pool.
+        own_deadline = OWN_DEADLINE - ({"online_store"} if settings.online_store != "sqlite"
+                                       else set())  # fmt: skip
         rec = cls(snapshot, features=FeastFeatures(settings),
                   index=VectorIndex.from_settings(settings), metrics=metrics,
                   inline=IN_PROCESS | own_deadline)  # fmt: skip
@@ -752,28 +755,25 @@ class Recommender:
         finally:  # a stage may run more than once (over-fetch): its times add up
             timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
-    def _try(self, part: str, degraded: list[str], fn: Callable[..., T], *args: Any) -> T | None:
+    def _try(
+        self, part: str, degraded: list[str], fn: Callable[..., T], *args: Any,
+        inline: bool | None = None,
+    ) -> T | None:  # fmt: skip
         try:
-            return self.guards[part].call(fn, *args)
+            return self.guards[part].call(fn, *args, inline=inline)
         except DependencyDown:
             if part not in degraded:
                 degraded.append(part)
             return None
 
-    def _search(self, query_vector: np.ndarray, k: int, degraded: list[str]) -> Any:
+    def _search(self, index: VectorIndex, query_vector: np.ndarray, k: int,
+                degraded: list[str]) -> Any:  # fmt: skip
         """The index's top ``k``: in the request's thread with the guard's timeout as the gRPC
         deadline once the index is connected and its guard is inline, else on the pool."""
         guard = self.guards["index"]
-        index = self.index
-        assert index is not None
-        inline = guard.inline and getattr(index, "connected", False)
-        try:
-            return guard.call(partial(index.search, timeout_s=guard.timeout_s), query_vector, k,
-                              inline=inline)  # fmt: skip
-        except DependencyDown:
-            if "index" not in degraded:
-                degraded.append("index")
-            return None
+        return self._try("index", degraded, partial(index.search, timeout_s=guard.timeout_s),
+                         query_vector, k,
+                         inline=guard.inline and getattr(index, "connected", False))  # fmt: skip
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         degraded: list[str] = []
@@ -817,7 +817,7 @@ class Recommender:
                 vector: list[tuple[str, float]] = []
                 vector_full = False
                 if query_vector is not None and self.index is not None:
-                    hits = self._search(query_vector, fetch, degraded)
+                    hits = self._search(self.index, query_vector, fetch, degraded)
                     if hits:
                         vector = [(i, (s + 1.0) / 2.0) for i, s in hits[0]]
                         vector_full = len(hits[0]) >= fetch
