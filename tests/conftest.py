@@ -18,6 +18,25 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop logging handlers that write to pytest's captured streams.
+
+    A library that configures logging while a test runs (Airflow's and PySpark's do) binds a
+    handler to ``sys.stderr`` as it is then: pytest's capture, which pytest closes on exit. What
+    logs from exit hooks afterwards (milvus-lite stopping its servers, py4j closing its gateway)
+    then printed ``--- Logging error ---`` tracebacks under the test summary."""
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in list(lg.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and type(stream).__module__.startswith("_pytest"):
+                lg.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def kafka_settings() -> Iterator[Settings]:
     """A real Kafka broker: the configured one if it answers, else a private throwaway broker."""
