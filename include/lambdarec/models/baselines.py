@@ -170,11 +170,16 @@ class ALS:
             shape=(n_rows, dataset.n_items),
         )
         m.data[:] = 1.0  # binary: repeated interactions count once
-        model = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-            iterations=self.iterations, random_state=self.seed, num_threads=2,
-        )  # fmt: skip
-        model.fit(m, show_progress=False)
+        # implicit parallelises over its own threads; OpenBLAS's pool under them oversubscribes
+        # the cores (implicit checks when the model is built and warns unless BLAS has one).
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                iterations=self.iterations, random_state=self.seed, num_threads=2,
+            )  # fmt: skip
+            model.fit(m, show_progress=False)
         self.items = np.asarray(model.item_factors, dtype=np.float32)
         self.users = np.asarray(model.user_factors, dtype=np.float32)
         self.use_users = dataset.has_users
