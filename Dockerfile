@@ -17,6 +17,7 @@ RUN apt-get update \
 ENV JAVA_HOME=/usr/lib/jvm/java-17 \
     LAMBDAREC_JAVA_HOME=/usr/lib/jvm/java-17 \
     TF_USE_LEGACY_KERAS=1 \
+    GRPC_ENABLE_FORK_SUPPORT=false \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 

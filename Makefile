@@ -14,6 +14,8 @@ MILVUS_VENV := .venv-milvus
 STATE       := .state
 export JAVA_HOME ?= /usr/lib/jvm/java-17-openjdk-amd64
 export TF_USE_LEGACY_KERAS := 1
+# gRPC fork handlers kill a Popen child now and then once a process used Milvus (grpc/grpc#43055).
+export GRPC_ENABLE_FORK_SUPPORT ?= false
 export SPARK_LOCAL_IP := 127.0.0.1
 
 PYTEST_ARGS ?=

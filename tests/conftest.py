@@ -9,6 +9,8 @@ import pytest
 
 # TFRS needs the legacy Keras; every process that may import TensorFlow sets this first.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Before any import of grpc (pymilvus, Feast): see include/lambdarec/__init__.py.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
