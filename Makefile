@@ -151,7 +151,7 @@ flink-jars: $(VENV)/.installed $(FLINK_VENV)/.installed ## Resolve the Flink Kaf
 
 .PHONY: bench-serving
 bench-serving: setup ## /recommend at 200 requests/s against gunicorn, 1M items in the Milvus server (JSON line)
-	$(PY) bench/bench_serving.py --catalog-items 1000000 --milvus server --rps 200 --seconds 60 --settle-s 120
+	$(PY) bench/bench_serving.py --catalog-items 1000000 --milvus server --rps 200 --seconds 60 --settle-s 120 --also-rps 50,100,150
 
 .PHONY: bench-freshness
 bench-freshness: setup flink-jars ## Event -> online-feature freshness at a steady 1,000 events/s (JSON line)

@@ -20,7 +20,9 @@ latency minus the stages (HTTP, gunicorn's queue, the JSON body, the impression 
 ``p99_ms_from_schedule`` counts each request from its slot (a client held up by a slow answer
 sends late); ``cpu_ms_per_request`` is the CPU time of gunicorn, Kafka (impressions), the Milvus
 server and the load generator per request during the measured load (their sum is what the
-machine's cores must hold at ``--rps``).
+machine's cores must hold at ``--rps``). ``--also-rps 50,100,150`` then measures each further rate
+for ``--also-seconds`` on the same servers and adds them under ``at_rps``: the latency curve,
+where the rate at which a p99 target still holds can be read.
 """
 
 from __future__ import annotations
@@ -310,6 +312,18 @@ def publish(settings: Any, ids: list[str], emb: np.ndarray, cats: list[str]) -> 
         index.publish(ids, emb, cats, progress=False)
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated rates such as 50,100,150"
+        ) from None
+    if any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be above 0 requests/s")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,6 +337,14 @@ def main() -> None:
     )
     parser.add_argument("--rps", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--also-rps",
+        type=_rates,
+        default=[],
+        help="comma-separated further rates, each measured for --also-seconds after the main "
+        "one; reported under at_rps (percentiles, errors, stages, CPU per request)",
+    )
+    parser.add_argument("--also-seconds", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--settle-s", type=float, default=0.0, help="Wait after publishing.")
@@ -399,14 +421,31 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             load(f"{base}/recommend", 20, 10, 4, users)  # warm-up (JIT, caches, Milvus segments)
             require_models(f"{base}/recommend", users)
             processes = ["serving", "kafka", *(["milvus"] if args.milvus == "server" else [])]
-            cpu_before = cpu_seconds(settings, processes)
-            print(f"measuring: {args.rps:g} req/s for {args.seconds:g} s", file=sys.stderr)
-            result = load(f"{base}/recommend", args.rps, args.seconds, args.clients, users)
-            cpu_after = cpu_seconds(settings, processes)
-            result["cpu_ms_per_request"] = {
-                name: round((cpu_after[name] - cpu_before[name]) * 1000 / result["requests"], 2)
-                for name in cpu_after if name in cpu_before and result["requests"]
-            }  # fmt: skip
+
+            def measure(rps: float, seconds: float) -> dict[str, Any]:
+                cpu_before = cpu_seconds(settings, processes)
+                print(f"measuring: {rps:g} req/s for {seconds:g} s", file=sys.stderr)
+                out = load(f"{base}/recommend", rps, seconds, args.clients, users)
+                cpu_after = cpu_seconds(settings, processes)
+                out["cpu_ms_per_request"] = {
+                    name: round((cpu_after[name] - cpu_before[name]) * 1000 / out["requests"], 2)
+                    for name in cpu_after if name in cpu_before and out["requests"]
+                }  # fmt: skip
+                return out
+
+            result = measure(args.rps, args.seconds)
+            if args.also_rps:
+                # The latency curve: at which rate does this machine still meet a p99 target?
+                result["at_rps"] = {}
+                for rps in args.also_rps:
+                    extra = measure(rps, args.also_seconds)
+                    result["at_rps"][f"{rps:g}"] = {
+                        key: extra[key]
+                        for key in ("achieved_rps", "p50_ms", "p95_ms", "p99_ms", "errors",
+                                    "degraded", "stage_p50_ms", "stage_p99_ms",
+                                    "outside_stages_p50_ms", "outside_stages_p99_ms",
+                                    "cpu_ms_per_request")
+                    }  # fmt: skip
         finally:
             failures: dict[str, int] = {}
             log_file = settings.log_dir / "serving.log"
