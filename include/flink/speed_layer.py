@@ -392,6 +392,9 @@ def flink_config(args: argparse.Namespace) -> dict[str, str]:
     jars = jar_uris(args.jars)
     if jars:
         conf["pipeline.jars"] = ";".join(jars)
+    # The mini-cluster's blob server listens on jobmanager.bind-host, every interface by default.
+    # (A cluster's daemons read their own configuration: this key does not reach them.)
+    conf["jobmanager.bind-host"] = "127.0.0.1"
     if args.rest_port:
         conf["rest.bind-address"] = "127.0.0.1"
         conf["rest.address"] = "127.0.0.1"
@@ -408,6 +411,11 @@ def run(args: argparse.Namespace):  # noqa: ANN201 - pyflink's TableResult (unty
     from pyflink.common import Configuration
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
+    # The job's functions are Java (include/flink/java), so it needs no Python worker. Left to
+    # itself, PyFlink on a mini-cluster starts a Beam "loopback" worker pool anyway: a gRPC server
+    # on every interface ([::]) with no authentication, whose one call can change this process's
+    # environment, sys.path and working directory. 'process' mode starts no server.
+    os.environ["_python_worker_execution_mode"] = "process"  # noqa: SIM112 - PyFlink reads this name
     conf = Configuration()
     for key, value in flink_config(args).items():
         conf.set_string(key, value)

@@ -207,6 +207,26 @@ def replayed_sessions() -> pd.DataFrame:
 # -- tests -------------------------------------------------------------------------------------
 
 
+def test_the_job_listens_on_loopback_only(
+    speed: tuple[Settings, SpeedJob, list[FeaturePusher]],
+) -> None:
+    """The job's Python driver and its mini-cluster JVM open no socket beyond loopback: no Beam
+    worker pool on [::] (the job has no Python function), no blob server on a wildcard address."""
+    import psutil
+
+    _settings, job, _pushers = speed
+    root = psutil.Process(job.process.pid)
+    pids = {root.pid, *(child.pid for child in root.children(recursive=True))}
+    listening = [
+        (conn.laddr.ip, conn.laddr.port, conn.pid)
+        for conn in psutil.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    ]
+    assert any(port == job.rest_port for _, port, _ in listening), listening
+    assert [s for s in listening if s[0] not in {"127.0.0.1", "::ffff:127.0.0.1"}] == []
+
+
+
 def test_session_features_equal_an_independent_computation_within_2s(
     speed: tuple[Settings, SpeedJob, list[FeaturePusher]], replayed_sessions: pd.DataFrame
 ) -> None:
