@@ -20,6 +20,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+#: Every port a local service of the platform listens on: they must differ, and a private
+#: platform (tests, benchmarks) takes a free one for each so it never meets a running platform.
+LOCAL_PORTS = (
+    "kafka_port",
+    "kafka_controller_port",
+    "redis_port",
+    "mlflow_port",
+    "airflow_port",
+    "serving_port",
+    "reports_port",
+    "milvus_port",
+    "milvus_etcd_port",
+    "flink_rest_port",
+)
+
 
 #: The accepted values of the settings that are a choice, each with what it means (errors list them).
 _CHOICES: dict[str, dict[str, str]] = {
@@ -248,18 +263,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ports_distinct(self) -> Settings:
-        ports = {
-            "kafka_port": self.kafka_port,
-            "kafka_controller_port": self.kafka_controller_port,
-            "redis_port": self.redis_port,
-            "mlflow_port": self.mlflow_port,
-            "airflow_port": self.airflow_port,
-            "serving_port": self.serving_port,
-            "reports_port": self.reports_port,
-            "milvus_port": self.milvus_port,
-            "milvus_etcd_port": self.milvus_etcd_port,
-            "flink_rest_port": self.flink_rest_port,
-        }
+        ports = {name: getattr(self, name) for name in LOCAL_PORTS}
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import requests
 
-from lambdarec.config import Settings
+from lambdarec.config import LOCAL_PORTS, Settings
 from lambdarec.platform import manager
 from lambdarec.platform.services import (
     PlatformError,
@@ -83,17 +83,12 @@ def shared_kafka_libs() -> Path:
 def settings(tmp_path: Path, shared_kafka_libs: Path) -> Iterator[Settings]:
     state = tmp_path / "state"
     (state / "kafka").mkdir(parents=True)
-    ports = free_ports(6)
+    ports = dict(zip(LOCAL_PORTS, free_ports(len(LOCAL_PORTS)), strict=True))
     throwaway = Settings(
         state_dir=state,
         kafka_bootstrap="",
         mlflow_tracking_uri="",
-        kafka_port=ports[0],
-        kafka_controller_port=ports[1],
-        redis_port=ports[2],
-        mlflow_port=ports[3],
-        airflow_port=ports[4],
-        serving_port=ports[5],
+        **ports,  # type: ignore[arg-type]
         kafka_heap="384m",
         airflow_parallelism=2,
         start_timeout_s=240,

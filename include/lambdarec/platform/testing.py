@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lambdarec.config import Settings, get_settings
+from lambdarec.config import LOCAL_PORTS, Settings, get_settings
 from lambdarec.platform import manager
 from lambdarec.platform.services import kafka_libs_dir, resolve_kafka_jars
 
@@ -36,14 +36,11 @@ def free_ports(count: int) -> list[int]:
 
 
 def private_settings(state_dir: Path, **overrides: object) -> Settings:
-    """Settings for a private platform in ``state_dir`` on free ports (other values: defaults)."""
-    kafka, controller, redis, mlflow, airflow, serving, flink = free_ports(7)
-    values: dict[str, object] = {
-        "state_dir": state_dir, "kafka_bootstrap": "", "kafka_port": kafka,
-        "kafka_controller_port": controller, "redis_port": redis, "mlflow_port": mlflow,
-        "airflow_port": airflow, "serving_port": serving, "mlflow_tracking_uri": "",
-        "milvus_uri": "", "flink_rest_port": flink,
-    }
+    """Settings for a private platform in ``state_dir`` with a free port for every local service
+    (:data:`~lambdarec.config.LOCAL_PORTS`), so it never meets the developer's running platform
+    (``make demo`` leaves one up); other values are the defaults."""
+    values: dict[str, object] = dict(zip(LOCAL_PORTS, free_ports(len(LOCAL_PORTS)), strict=True))
+    values.update(state_dir=state_dir, kafka_bootstrap="", mlflow_tracking_uri="", milvus_uri="")
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
