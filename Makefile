@@ -124,8 +124,9 @@ test-unit: setup ## Fast tests only (unit + dags)
 	$(PY) -m pytest tests/unit tests/dags $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(VENV)/.installed ## ruff (with the AIR, TC, TID rules) and mypy
+lint: $(VENV)/.installed ## ruff (with the AIR, TC, TID rules), ruff format --check and mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 .PHONY: format

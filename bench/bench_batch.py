@@ -74,10 +74,14 @@ def main() -> None:
         generate_s = 0.0
         if not (lake / "events").exists():
             config = GeneratorConfig(
-                n_events=args.events, days=DAYS, start=START, seed=args.seed,
-                n_users=max(1_000, args.events // 50), n_items=max(2_000, args.events // 100),
+                n_events=args.events,
+                days=DAYS,
+                start=START,
+                seed=args.seed,
+                n_users=max(1_000, args.events // 50),
+                n_items=max(2_000, args.events // 100),
                 n_categories=500,
-            )  # fmt: skip
+            )
             _log(f"generating ~{args.events:,} events over {DAYS} days into {lake} ...")
             t0 = time.perf_counter()
             write_events(iter_event_batches(config, batch_rows=500_000), lake)
@@ -86,9 +90,14 @@ def main() -> None:
         n_events = _lake_rows(lake)
 
         job = spark_job(
-            day, settings, lake_dir=lake, out_dir=work / "spark", master=args.master,
-            driver_memory=args.driver_memory, shuffle_partitions=args.shuffle_partitions,
-        )  # fmt: skip
+            day,
+            settings,
+            lake_dir=lake,
+            out_dir=work / "spark",
+            master=args.master,
+            driver_memory=args.driver_memory,
+            shuffle_partitions=args.shuffle_partitions,
+        )
         cmd = job.command()
         _log("spark: " + " ".join(cmd))
         env = {**os.environ, **job.env_vars}

@@ -212,11 +212,16 @@ def _run(args: argparse.Namespace, settings: object, rng: random.Random) -> dict
         s = rng.randrange(args.sessions)
         counts[s] += 1
         event = {
-            "event_id": f"f{sent}", "user_id": f"u{s}", "session_id": f"s{s}",
-            "item_id": f"i{rng.randrange(5000)}", "event_type": "view",
-            "category": f"c{rng.randrange(50)}", "price": 9.5,
-            "ts": format_ts(datetime.now(UTC)), "schema_version": 1,
-        }  # fmt: skip
+            "event_id": f"f{sent}",
+            "user_id": f"u{s}",
+            "session_id": f"s{s}",
+            "item_id": f"i{rng.randrange(5000)}",
+            "event_type": "view",
+            "category": f"c{rng.randrange(50)}",
+            "price": 9.5,
+            "ts": format_ts(datetime.now(UTC)),
+            "schema_version": 1,
+        }
         handed = time.monotonic()
         producer.produce(settings.topic_events, orjson.dumps(event), key=f"u{s}".encode())  # type: ignore[attr-defined]
         producer.poll(0)

@@ -68,8 +68,9 @@ def build_model(work: Path, epochs: int) -> tuple[Path, list[str], np.ndarray, l
     data = retrain.load_built(run_dir)
     saved = np.load(model_dir / "item_embeddings.npz")
     ids = [str(i) for i in saved["ids"]]
-    code = {str(i): int(c) for i, c in zip(data.catalog.item_ids, data.catalog.category,
-                                            strict=True)}  # fmt: skip
+    code = {
+        str(i): int(c) for i, c in zip(data.catalog.item_ids, data.catalog.category, strict=True)
+    }
     cats = [f"c{code.get(i, 0)}" for i in ids]
     return model_dir, ids, np.asarray(saved["embeddings"], dtype=np.float32), cats
 
@@ -166,22 +167,26 @@ def load(url: str, rps: float, seconds: float, clients: int, users: list[str]) -
         t.join()
     elapsed = time.monotonic() - start
     return {
-        "rps": rps, "achieved_rps": round(len(latencies) / elapsed, 1),
+        "rps": rps,
+        "achieved_rps": round(len(latencies) / elapsed, 1),
         "requests": len(latencies),
-        "p50_ms": _percentile(latencies, 0.50), "p95_ms": _percentile(latencies, 0.95),
+        "p50_ms": _percentile(latencies, 0.50),
+        "p95_ms": _percentile(latencies, 0.95),
         "p99_ms": _percentile(latencies, 0.99),
         "p99_ms_from_schedule": _percentile(scheduled, 0.99),
-        "errors": errors, "degraded": degraded,
+        "errors": errors,
+        "degraded": degraded,
         "degraded_parts": parts,
         "stage_p50_ms": {k: _percentile(v, 0.5) for k, v in sorted(stages.items())},
         "stage_p99_ms": {k: _percentile(v, 0.99) for k, v in sorted(stages.items())},
         "outside_stages_p50_ms": _percentile(outside, 0.5),
         "outside_stages_p99_ms": _percentile(outside, 0.99),
-    }  # fmt: skip
+    }
 
 
-def push_sessions(settings: Any, users: list[str], items: list[str], cats: list[str],
-                  seed: int = 11) -> None:  # fmt: skip
+def push_sessions(
+    settings: Any, users: list[str], items: list[str], cats: list[str], seed: int = 11
+) -> None:
     """One speed-layer session per user (``b-<user>``) in the online store, each with 1-10 viewed
     items of the trained catalog: the query tower encodes a history and the ranker scores against
     it, as for a shopper mid-session (without them every request is the empty-session query)."""
@@ -198,13 +203,24 @@ def push_sessions(settings: Any, users: list[str], items: list[str], cats: list[
     rows = []
     for user in users:
         viewed = [items[int(i)] for i in rng.integers(len(items), size=int(rng.integers(1, 11)))]
-        rows.append({
-            "session_id": f"b-{user}", "event_timestamp": now, "user_id": user,
-            "last_viewed_items": viewed, "last_carted_items": [], "last_purchased_items": [],
-            "n_views": len(viewed), "n_carts": 0, "n_removes": 0, "n_purchases": 0,
-            "n_events_30min": len(viewed), "session_category": category[viewed[0]],
-            "session_avg_price": 10.0, "seconds_since_prev_event": 20.0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "session_id": f"b-{user}",
+                "event_timestamp": now,
+                "user_id": user,
+                "last_viewed_items": viewed,
+                "last_carted_items": [],
+                "last_purchased_items": [],
+                "n_views": len(viewed),
+                "n_carts": 0,
+                "n_removes": 0,
+                "n_purchases": 0,
+                "n_events_30min": len(viewed),
+                "session_category": category[viewed[0]],
+                "session_avg_price": 10.0,
+                "seconds_since_prev_event": 20.0,
+            }
+        )
     push_session_features(pd.DataFrame(rows)[list(SESSION_FEATURES.columns)], settings)
 
 
@@ -221,8 +237,9 @@ def require_models(url: str, users: list[str], probes: int = 20) -> None:
     listed: dict[str, int] = {}
     for n in range(probes):
         user = users[n % len(users)]
-        body = requests.get(url, params={"user_id": user, "session_id": f"b-{user}", "k": 10},
-                            timeout=10).json()  # fmt: skip
+        body = requests.get(
+            url, params={"user_id": user, "session_id": f"b-{user}", "k": 10}, timeout=10
+        ).json()
         for part in set(body.get("degraded_parts") or ()) & set(MODEL_PARTS):
             listed[part] = listed.get(part, 0) + 1
     if listed:
@@ -277,8 +294,9 @@ def cpu_seconds(settings: Any, names: list[str]) -> dict[str, float]:
     return out
 
 
-def wait_until_idle(settings: Any, below: float = 0.1, window_s: float = 10.0,
-                    timeout_s: float = 1200.0) -> None:  # fmt: skip
+def wait_until_idle(
+    settings: Any, below: float = 0.1, window_s: float = 10.0, timeout_s: float = 1200.0
+) -> None:
     """Wait until the Milvus server uses less than ``below`` of a core over ``window_s``.
 
     After a bulk load the server compacts the segments and builds the HNSW graph of each merged
@@ -299,10 +317,15 @@ def wait_until_idle(settings: Any, below: float = 0.1, window_s: float = 10.0,
             print(f"Milvus server idle ({busy:.2f} of a core)", file=sys.stderr)
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"the Milvus server still uses {busy:.2f} of a core after "
-                             f"{timeout_s:.0f} s: its compaction or index building never ends")  # fmt: skip
-        print(f"waiting for the Milvus server to finish compacting and indexing "
-              f"({busy:.2f} of a core)", file=sys.stderr)  # fmt: skip
+            raise SystemExit(
+                f"the Milvus server still uses {busy:.2f} of a core after "
+                f"{timeout_s:.0f} s: its compaction or index building never ends"
+            )
+        print(
+            f"waiting for the Milvus server to finish compacting and indexing "
+            f"({busy:.2f} of a core)",
+            file=sys.stderr,
+        )
 
 
 def publish(settings: Any, ids: list[str], emb: np.ndarray, cats: list[str]) -> None:
@@ -376,8 +399,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model_dir, ids, emb, cats = build_model(work, args.epochs)
     trained_ids, trained_cats = ids, cats
     ids, emb, cats = padded(ids, emb, cats, args.catalog_items)
-    print(f"model trained and exported in {time.monotonic() - t0:.0f} s; "
-          f"{len(ids):,} items to index", file=sys.stderr)  # fmt: skip
+    print(
+        f"model trained and exported in {time.monotonic() - t0:.0f} s; {len(ids):,} items to index",
+        file=sys.stderr,
+    )
     own_milvus = args.milvus == "server" and not args.milvus_uri
     services = ["kafka", "milvus"] if own_milvus else ["kafka"]
     with private_platform(services, start_timeout_s=240) as settings:
@@ -387,9 +412,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         settings = settings.model_copy(update={"serving_model_dir": str(model_dir)})
         apply(settings)
         catalog = pa.table(
-            {"item_id": ids, "category": cats, "price": np.full(len(ids), 10.0),
-             "created_at": pa.array([None] * len(ids), pa.timestamp("ms", tz="UTC"))}
-        )  # fmt: skip
+            {
+                "item_id": ids,
+                "category": cats,
+                "price": np.full(len(ids), 10.0),
+                "created_at": pa.array([None] * len(ids), pa.timestamp("ms", tz="UTC")),
+            }
+        )
         lake.write_catalog(catalog, settings.lake_dir)
         t1 = time.monotonic()
         # In a child process: Milvus Lite keeps its file locked until the process that opened it
@@ -429,8 +458,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 cpu_after = cpu_seconds(settings, processes)
                 out["cpu_ms_per_request"] = {
                     name: round((cpu_after[name] - cpu_before[name]) * 1000 / out["requests"], 2)
-                    for name in cpu_after if name in cpu_before and out["requests"]
-                }  # fmt: skip
+                    for name in cpu_after
+                    if name in cpu_before and out["requests"]
+                }
                 return out
 
             result = measure(args.rps, args.seconds)
@@ -441,11 +471,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     extra = measure(rps, args.also_seconds)
                     result["at_rps"][f"{rps:g}"] = {
                         key: extra[key]
-                        for key in ("achieved_rps", "p50_ms", "p95_ms", "p99_ms", "errors",
-                                    "degraded", "stage_p50_ms", "stage_p99_ms",
-                                    "outside_stages_p50_ms", "outside_stages_p99_ms",
-                                    "cpu_ms_per_request")
-                    }  # fmt: skip
+                        for key in (
+                            "achieved_rps",
+                            "p50_ms",
+                            "p95_ms",
+                            "p99_ms",
+                            "errors",
+                            "degraded",
+                            "stage_p50_ms",
+                            "stage_p99_ms",
+                            "outside_stages_p50_ms",
+                            "outside_stages_p99_ms",
+                            "cpu_ms_per_request",
+                        )
+                    }
         finally:
             failures: dict[str, int] = {}
             log_file = settings.log_dir / "serving.log"

@@ -99,8 +99,9 @@ def produce(
     start = time.monotonic()
     sent = 0
     copy = 0
-    bar = tqdm(total=wanted, unit="ev", unit_scale=True, desc="produce", file=sys.stderr,
-               mininterval=2)  # fmt: skip
+    bar = tqdm(
+        total=wanted, unit="ev", unit_scale=True, desc="produce", file=sys.stderr, mininterval=2
+    )
     while sent < wanted:
         tag = f"-{label}{copy}".encode()
         for key, value in pairs:
@@ -148,8 +149,12 @@ def run_backlog(args: argparse.Namespace, pairs: list, events: int) -> dict[str,
     """Produce ``events`` first, then time the job reading them (its own capacity)."""
     from lambdarec.streaming.kafka import ensure_topics
 
-    with private_platform(["kafka"], start_timeout_s=240, flink_heap=args.flink_heap,
-                          flink_state_backend=args.state_backend) as settings:  # fmt: skip
+    with private_platform(
+        ["kafka"],
+        start_timeout_s=240,
+        flink_heap=args.flink_heap,
+        flink_state_backend=args.state_backend,
+    ) as settings:
         topic, partitions = settings.topic_events, settings.topic_partitions
         ensure_topics(settings)
         sent, produced_s = produce(settings, pairs, events, 0.0, stamp_now=args.event_time == "now")
@@ -187,25 +192,42 @@ def run_offered(args: argparse.Namespace, pairs: list, rate: float) -> dict[str,
     """
     from lambdarec.streaming.kafka import topic_size
 
-    with private_platform(["kafka"], start_timeout_s=240, flink_heap=args.flink_heap,
-                          flink_state_backend=args.state_backend) as settings:  # fmt: skip
+    with private_platform(
+        ["kafka"],
+        start_timeout_s=240,
+        flink_heap=args.flink_heap,
+        flink_state_backend=args.state_backend,
+    ) as settings:
         topic, partitions = settings.topic_events, settings.topic_partitions
         features = settings.topic_session_features
         with speed_job(settings, job_options(args)):
             warm_lag = 0.0
             if args.warmup_s > 0:  # the JVM compiles the job's code paths on first use
-                warm, _ = produce(settings, pairs, int(rate * args.warmup_s), rate,
-                                  stamp_now=args.event_time == "now", label="w")  # fmt: skip
-                _, warm_lag = _wait_for(lambda: topic_size(settings, features), warm,
-                                        args.max_wait_s)  # fmt: skip
+                warm, _ = produce(
+                    settings,
+                    pairs,
+                    int(rate * args.warmup_s),
+                    rate,
+                    stamp_now=args.event_time == "now",
+                    label="w",
+                )
+                _, warm_lag = _wait_for(
+                    lambda: topic_size(settings, features), warm, args.max_wait_s
+                )
             base = topic_size(settings, features)
-            sent, produced_s = produce(settings, pairs, int(rate * args.seconds), rate,
-                                       stamp_now=args.event_time == "now")  # fmt: skip
-            processed, waited = _wait_for(lambda: topic_size(settings, features) - base, sent,
-                                          args.max_wait_s)  # fmt: skip
+            sent, produced_s = produce(
+                settings, pairs, int(rate * args.seconds), rate, stamp_now=args.event_time == "now"
+            )
+            processed, waited = _wait_for(
+                lambda: topic_size(settings, features) - base, sent, args.max_wait_s
+            )
             # and the offsets of all of them committed by a checkpoint
-            done, _ = _wait_for(lambda: committed(settings, GROUP_ID, topic, partitions) - base,
-                                sent, args.max_wait_s, every_s=0.5)  # fmt: skip
+            done, _ = _wait_for(
+                lambda: committed(settings, GROUP_ID, topic, partitions) - base,
+                sent,
+                args.max_wait_s,
+                every_s=0.5,
+            )
     lag_after_s = round(max(0.0, waited), 1)
     return {
         "events_per_s_sustained": round(min(processed, sent) / (produced_s + lag_after_s), 1),
@@ -318,10 +340,14 @@ def main() -> None:
             if offered["held"]:
                 break
         figures.update(offered, tried=tried)
-    figures.update(outputs=args.outputs or "all", parallelism=args.parallelism,
-                   checkpoint_interval_s=args.checkpoint_interval_s,
-                   flink_heap=args.flink_heap, state_backend=args.state_backend,
-                   event_time=args.event_time)  # fmt: skip
+    figures.update(
+        outputs=args.outputs or "all",
+        parallelism=args.parallelism,
+        checkpoint_interval_s=args.checkpoint_interval_s,
+        flink_heap=args.flink_heap,
+        state_backend=args.state_backend,
+        event_time=args.event_time,
+    )
     print(json.dumps(figures))
 
 

@@ -24,7 +24,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    dataset: Annotated[str, typer.Option(help="synthetic | taobao | diginetica | a file path")] = "synthetic",
+    dataset: Annotated[
+        str, typer.Option(help="synthetic | taobao | diginetica | a file path")
+    ] = "synthetic",
     epochs: Annotated[int, typer.Option(help="Epochs per model (>= 2: the first one traces)")] = 3,
     max_train: Annotated[int | None, typer.Option(help="Two-tower training pairs")] = 100_000,
     synthetic_events: int = 150_000,
@@ -46,19 +48,29 @@ def main(
     cooc = CoOccurrence().fit(data)
     queries = data.valid.sample(10_000, 0)
     cand, scores = E.ranker_topk(tt, queries, 100)
-    fm = train_deepfm(data, queries, cand, scores, tt.idx_map, cooc,
-                      DeepFMConfig(epochs=epochs, patience=epochs))  # fmt: skip
+    fm = train_deepfm(
+        data, queries, cand, scores, tt.idx_map, cooc, DeepFMConfig(epochs=epochs, patience=epochs)
+    )
     # What one example is: a (context, next item) pair for the retriever; for the listwise
     # ranker, one (query, candidate) row of the 100 it scores per query.
     units = {"two_tower": "training pair", "deepfm": "(query, candidate) row"}
     for name, hist in (("two_tower", tt.history), ("deepfm", fm.history)):
         steady = hist[1:] or hist
         best = max(steady, key=lambda h: h["examples_per_s"])
-        print(json.dumps({
-            "model": name, "device": device, "examples_per_s": best["examples_per_s"],
-            "epoch_seconds": best["epoch_seconds"], "first_epoch_seconds": hist[0]["epoch_seconds"],
-            "example": units[name], "dataset": data.name, "cpu_count": os.cpu_count(),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "device": device,
+                    "examples_per_s": best["examples_per_s"],
+                    "epoch_seconds": best["epoch_seconds"],
+                    "first_epoch_seconds": hist[0]["epoch_seconds"],
+                    "example": units[name],
+                    "dataset": data.name,
+                    "cpu_count": os.cpu_count(),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

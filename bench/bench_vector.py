@@ -72,9 +72,14 @@ def main() -> None:
 
     with milvus_uri(args.backend, args.uri) as uri:
         config = IndexConfig(
-            uri=uri, prefix="bench_items", keep=1, m=args.m,
-            ef_construction=args.ef_construction, ef=args.ef, batch_size=10_000,
-        )  # fmt: skip
+            uri=uri,
+            prefix="bench_items",
+            keep=1,
+            m=args.m,
+            ef_construction=args.ef_construction,
+            ef=args.ef,
+            batch_size=10_000,
+        )
         with VectorIndex(config) as index:
             began = time.perf_counter()
             version = index.publish(ids, matrix, categories, progress=False)

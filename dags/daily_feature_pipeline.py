@@ -96,9 +96,7 @@ def daily_feature_pipeline() -> None:
         return data_docs_index()
 
     spark = DailyFeaturesSparkOperator(task_id="spark_daily_features", day=DAY)
-    gates = [
-        validate_table.override(task_id=f"validate_{t.name}")(t.name) for t in FEATURE_TABLES
-    ]
+    gates = [validate_table.override(task_id=f"validate_{t.name}")(t.name) for t in FEATURE_TABLES]
     raw = validate_raw_events()
     compact_archive() >> raw >> spark >> gates >> materialize() >> embed_new_items()
     # Data Docs after every gate, pass or fail; a leaf beside materialize, so a failed gate still

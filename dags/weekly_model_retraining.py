@@ -42,7 +42,9 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
     default_args={"owner": "lambdarec", "retries": 1, "retry_delay": timedelta(minutes=5)},
     params={
         "dataset": Param("lake", type="string", description="lake | taobao | diginetica | a file"),
-        "feast": Param(True, type="boolean", description="User features from Feast (temporal data)"),
+        "feast": Param(
+            True, type="boolean", description="User features from Feast (temporal data)"
+        ),
         "max_train": Param(0, type="integer", minimum=0, description="Two-tower pairs (0: all)"),
         "epochs": Param(8, type="integer", minimum=1),
         "min_delta": Param(0.0, type="number", description="Margin over the champion to promote"),
@@ -52,22 +54,30 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
 )
 def weekly_model_retraining() -> None:
     build = ModelStepOperator(
-        task_id="build_datasets", step="build", run_dir=RUN_DIR,
+        task_id="build_datasets",
+        step="build",
+        run_dir=RUN_DIR,
         options={"dataset": "{{ params.dataset }}", "feast": "{{ params.feast }}"},
-    )  # fmt: skip
+    )
     two_tower = ModelStepOperator(
-        task_id="train_two_tower", step="train-two-tower", run_dir=RUN_DIR,
+        task_id="train_two_tower",
+        step="train-two-tower",
+        run_dir=RUN_DIR,
         options={"max_train": "{{ params.max_train }}", "epochs": "{{ params.epochs }}"},
         execution_timeout=timedelta(hours=4),
-    )  # fmt: skip
+    )
     deepfm = ModelStepOperator(
-        task_id="train_deepfm", step="train-deepfm", run_dir=RUN_DIR,
+        task_id="train_deepfm",
+        step="train-deepfm",
+        run_dir=RUN_DIR,
         execution_timeout=timedelta(hours=2),
-    )  # fmt: skip
+    )
     evaluate = ModelStepOperator(
-        task_id="evaluate_and_promote", step="evaluate", run_dir=RUN_DIR,
+        task_id="evaluate_and_promote",
+        step="evaluate",
+        run_dir=RUN_DIR,
         options={"min_delta": "{{ params.min_delta }}"},
-    )  # fmt: skip
+    )
     export = ModelStepOperator(task_id="export_embeddings", step="export", run_dir=RUN_DIR)
     notify = ModelStepOperator(
         task_id="notify_serving", step="notify", run_dir=RUN_DIR, trigger_rule="none_failed"

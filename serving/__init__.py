@@ -103,11 +103,13 @@ def _install_errors(app: Flask, metrics: Any) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> ResponseReturnValue:
         request_id = uuid.uuid4().hex
-        log.exception("unexpected error on %s %s (error id %s)", request.method, request.path,
-                      request_id)  # fmt: skip
+        log.exception(
+            "unexpected error on %s %s (error id %s)", request.method, request.path, request_id
+        )
         metrics.errors.labels(_endpoint()).inc()
-        return _error("$", "internal error; the server log has the details", 500,
-                      error_id=request_id)  # fmt: skip
+        return _error(
+            "$", "internal error; the server log has the details", 500, error_id=request_id
+        )
 
 
 def _endpoint() -> str:

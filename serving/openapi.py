@@ -19,9 +19,18 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 
 def _id_param(name: str, required: bool, doc: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "description": doc,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 64,
-                       "pattern": "^[A-Za-z0-9_.:\\-]+$"}}  # fmt: skip
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": doc,
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": "^[A-Za-z0-9_.:\\-]+$",
+        },
+    }
 
 
 def spec() -> dict[str, Any]:
@@ -32,82 +41,192 @@ def spec() -> dict[str, Any]:
     event.pop("$id", None)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "lambdarec serving API", "version": "1",
-                 "description": "Recommendations in milliseconds, click events in, health out."},
-        "paths": {
-            "/recommend": {"get": {
-                "summary": "Top-k items for a user (and session), with why each was chosen.",
-                "parameters": [
-                    _id_param("user_id", True, "Shopper id."),
-                    _id_param("session_id", False, "Current session; enables session features."),
-                    {"name": "k", "in": "query", "required": False, "description": "List size.",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10}},
-                    {"name": "exclude", "in": "query", "required": False,
-                     "description": f"Comma-separated item ids to leave out (at most {EXCLUDE_MAX}).",
-                     "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": _resp("The list; `degraded` says whether a dependency was skipped.",
-                                 {"$ref": "#/components/schemas/Recommendation"}),
-                    "400": _resp("Invalid or unknown query parameter.", _ERROR),
-                },
-            }},
-            "/events": {"post": {
-                "summary": f"One event or a list of 1-{EVENTS_MAX}, produced to Kafka.",
-                "description": "All or nothing: the first invalid event refuses the whole batch "
-                               "(the error gives its index and field) and nothing is produced.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "oneOf": [{"$ref": "#/components/schemas/Event"},
-                              {"type": "array", "minItems": 1, "maxItems": EVENTS_MAX,
-                               "items": {"$ref": "#/components/schemas/Event"}}]}}}},
-                "responses": {
-                    "202": _resp("Acknowledged by Kafka.", {"type": "object", "properties": {
-                        "accepted": {"type": "integer"}}}),
-                    "400": _resp("Malformed JSON or an invalid event.", _ERROR),
-                    "413": _resp(f"Body above {MAX_BODY_BYTES} bytes.", _ERROR),
-                    "415": _resp("Not application/json.", _ERROR),
-                    "503": _resp("Kafka unavailable; retry after the Retry-After seconds.", _ERROR),
-                },
-            }},
-            "/health": {"get": {"summary": "Liveness: the process answers.",
-                                "responses": {"200": _resp("Alive.")}}},
-            "/ready": {"get": {"summary": "Readiness: Kafka, online store and vector index.",
-                               "responses": {"200": _resp("All dependencies answer."),
-                                             "503": _resp("Which dependency is down and why.")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics of this worker.",
-                                 "responses": {"200": _resp("Text exposition format.")}}},
-            "/openapi.json": {"get": {"summary": "This description.",
-                                      "responses": {"200": _resp("OpenAPI 3.1.")}}},
-            "/docs": {"get": {"summary": "This description as a page.",
-                              "responses": {"200": _resp("HTML.")}}},
+        "info": {
+            "title": "lambdarec serving API",
+            "version": "1",
+            "description": "Recommendations in milliseconds, click events in, health out.",
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["field", "message"], "properties": {
-                    "field": {"type": "string", "description": "`$` for the whole input."},
-                    "message": {"type": "string"},
-                    "index": {"type": "integer", "description": "Position in an event batch."},
-                }}}},
-            "Recommendation": {"type": "object", "properties": {
-                "request_id": {"type": "string"}, "user_id": {"type": "string"},
-                "session_id": {"type": ["string", "null"]}, "variant": {"type": "string"},
-                "degraded": {"type": "boolean"},
-                "degraded_parts": {"type": "array", "items": {"type": "string", "enum": [
-                    "online_store", "index", "model", "ranker"]}},
-                "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
-                "items": {"type": "array", "items": {"type": "object", "properties": {
-                    "item_id": {"type": "string"}, "score": {"type": "number"},
-                    "source": {"type": "string", "enum": ["vector", "cooccurrence", "trending",
-                                                          "popular"]},
-                    "sources": {"type": "array", "items": {"type": "string"}},
-                    "category": {"type": ["string", "null"]}, "position": {"type": "integer"},
-                    "reasons": {"type": "array", "items": {"type": "object", "properties": {
-                        "feature": {"type": "string"}, "contribution": {"type": "number"}}}},
-                }}},
-            }},
-            "Event": event,
-        }},
-    }  # fmt: skip
+        "paths": {
+            "/recommend": {
+                "get": {
+                    "summary": "Top-k items for a user (and session), with why each was chosen.",
+                    "parameters": [
+                        _id_param("user_id", True, "Shopper id."),
+                        _id_param(
+                            "session_id", False, "Current session; enables session features."
+                        ),
+                        {
+                            "name": "k",
+                            "in": "query",
+                            "required": False,
+                            "description": "List size.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": K_MAX,
+                                "default": 10,
+                            },
+                        },
+                        {
+                            "name": "exclude",
+                            "in": "query",
+                            "required": False,
+                            "description": f"Comma-separated item ids to leave out (at most {EXCLUDE_MAX}).",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _resp(
+                            "The list; `degraded` says whether a dependency was skipped.",
+                            {"$ref": "#/components/schemas/Recommendation"},
+                        ),
+                        "400": _resp("Invalid or unknown query parameter.", _ERROR),
+                    },
+                }
+            },
+            "/events": {
+                "post": {
+                    "summary": f"One event or a list of 1-{EVENTS_MAX}, produced to Kafka.",
+                    "description": "All or nothing: the first invalid event refuses the whole batch "
+                    "(the error gives its index and field) and nothing is produced.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Event"},
+                                        {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": EVENTS_MAX,
+                                            "items": {"$ref": "#/components/schemas/Event"},
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _resp(
+                            "Acknowledged by Kafka.",
+                            {"type": "object", "properties": {"accepted": {"type": "integer"}}},
+                        ),
+                        "400": _resp("Malformed JSON or an invalid event.", _ERROR),
+                        "413": _resp(f"Body above {MAX_BODY_BYTES} bytes.", _ERROR),
+                        "415": _resp("Not application/json.", _ERROR),
+                        "503": _resp(
+                            "Kafka unavailable; retry after the Retry-After seconds.", _ERROR
+                        ),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness: the process answers.",
+                    "responses": {"200": _resp("Alive.")},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness: Kafka, online store and vector index.",
+                    "responses": {
+                        "200": _resp("All dependencies answer."),
+                        "503": _resp("Which dependency is down and why."),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this worker.",
+                    "responses": {"200": _resp("Text exposition format.")},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This description.", "responses": {"200": _resp("OpenAPI 3.1.")}}
+            },
+            "/docs": {
+                "get": {
+                    "summary": "This description as a page.",
+                    "responses": {"200": _resp("HTML.")},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["field", "message"],
+                            "properties": {
+                                "field": {
+                                    "type": "string",
+                                    "description": "`$` for the whole input.",
+                                },
+                                "message": {"type": "string"},
+                                "index": {
+                                    "type": "integer",
+                                    "description": "Position in an event batch.",
+                                },
+                            },
+                        }
+                    },
+                },
+                "Recommendation": {
+                    "type": "object",
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "user_id": {"type": "string"},
+                        "session_id": {"type": ["string", "null"]},
+                        "variant": {"type": "string"},
+                        "degraded": {"type": "boolean"},
+                        "degraded_parts": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "enum": ["online_store", "index", "model", "ranker"],
+                            },
+                        },
+                        "timings_ms": {
+                            "type": "object",
+                            "additionalProperties": {"type": "number"},
+                        },
+                        "items": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "item_id": {"type": "string"},
+                                    "score": {"type": "number"},
+                                    "source": {
+                                        "type": "string",
+                                        "enum": ["vector", "cooccurrence", "trending", "popular"],
+                                    },
+                                    "sources": {"type": "array", "items": {"type": "string"}},
+                                    "category": {"type": ["string", "null"]},
+                                    "position": {"type": "integer"},
+                                    "reasons": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "feature": {"type": "string"},
+                                                "contribution": {"type": "number"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+                "Event": event,
+            }
+        },
+    }
 
 
 def docs_page(doc: dict[str, Any]) -> str:
@@ -132,8 +251,10 @@ def docs_page(doc: dict[str, Any]) -> str:
                 out.append(f"<p>{e(op['description'])}</p>")
             params = op.get("parameters", [])
             if params:
-                out.append("<table><tr><th>parameter</th><th>required</th><th>schema</th>"
-                           "<th>description</th></tr>")
+                out.append(
+                    "<table><tr><th>parameter</th><th>required</th><th>schema</th>"
+                    "<th>description</th></tr>"
+                )
                 for p in params:
                     out.append(
                         f"<tr><td><code>{e(p['name'])}</code></td><td>{p.get('required', False)}"

@@ -98,8 +98,10 @@ class DeepFMRanker:
         self.vocabulary = vocabulary
         meta = json.loads((folder / "ranker.json").read_text(encoding="utf-8"))
         if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"{folder}: ranker export format {meta.get('format')!r}, "
-                             f"this serving reads {EXPORT_FORMAT}")  # fmt: skip
+            raise ValueError(
+                f"{folder}: ranker export format {meta.get('format')!r}, "
+                f"this serving reads {EXPORT_FORMAT}"
+            )
         self.fields: list[str] = list(meta["fields"])
         self.dense: list[str] = list(meta["dense"])
         self.use_ids = bool(meta["item_ids"])
@@ -145,7 +147,9 @@ class DeepFMRanker:
 
     # -- feature rows -----------------------------------------------------------------------
 
-    def rows(self, features: dict[str, Any], candidates: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    def rows(
+        self, features: dict[str, Any], candidates: Sequence[Candidate]
+    ) -> dict[str, np.ndarray]:
         """The training feature rows of ``candidates`` (see the module doc for the skew)."""
         n = len(candidates)
         pos = self._position
@@ -156,7 +160,8 @@ class DeepFMRanker:
         if self.vocabulary is not None and not known.all():
             unknown = np.flatnonzero(~known)
             category[unknown] = self.vocabulary.category_index(
-                [candidates[i].category for i in unknown.tolist()])  # fmt: skip
+                [candidates[i].category for i in unknown.tolist()]
+            )
 
         hist = self._history(features)
         if hist:
@@ -168,19 +173,24 @@ class DeepFMRanker:
         def count(name: str) -> int:
             return int(features.get(name) or 0)
 
-        session_len = sum(count(f"session_features__n_{kind}")
-                          for kind in ("views", "carts", "removes", "purchases"))  # fmt: skip
+        session_len = sum(
+            count(f"session_features__n_{kind}")
+            for kind in ("views", "carts", "removes", "purchases")
+        )
         user_events = count("user_history_30d__n_events_30d") + session_len
         retrieval, rank = self._retrieval(candidates)
         dense = np.stack(
             [
-                retrieval, np.log1p(rank), self._cooc(hist, safe, known),
+                retrieval,
+                np.log1p(rank),
+                self._cooc(hist, safe, known),
                 np.log1p(np.where(known, self.popularity[safe], 0.0)),
-                np.full(n, math.log1p(session_len)), np.full(n, math.log1p(user_events)),
+                np.full(n, math.log1p(session_len)),
+                np.full(n, math.log1p(user_events)),
                 (category == session_category) & (session_category > 0),
             ],
             axis=-1,
-        ).astype(np.float32)  # fmt: skip
+        ).astype(np.float32)
         return {
             "cand_item": np.where(known, self.index[safe], OOV_ITEM),
             "last_item": np.full(n, last, dtype=np.int64),
@@ -212,10 +222,12 @@ class DeepFMRanker:
         score = 2.0 * vector - 1.0  # the index's inner product, undoing serving's (s + 1) / 2
         floor = float(score[hit].min()) if hit.any() else 0.0
         score = np.where(hit, score, floor)
-        blend = [sum(SOURCE_WEIGHTS.get(s, 0.0) * v for s, v in c.sources.items())
-                 for c in candidates]  # fmt: skip
-        order = sorted(range(n), key=lambda i: (not hit[i], -score[i], -blend[i],
-                                                candidates[i].item_id))  # fmt: skip
+        blend = [
+            sum(SOURCE_WEIGHTS.get(s, 0.0) * v for s, v in c.sources.items()) for c in candidates
+        ]
+        order = sorted(
+            range(n), key=lambda i: (not hit[i], -score[i], -blend[i], candidates[i].item_id)
+        )
         rank = np.empty(n, dtype=np.float64)
         rank[order] = np.minimum(np.arange(n), self.n_candidates - 1)
         return score, rank
@@ -246,15 +258,19 @@ class DeepFMRanker:
         if self.use_ids:
             sparse += [("item", "cand_item"), ("item", "last_item")]
         v = np.concatenate(
-            [np.stack([w[f"{table}_emb"][rows[name]] for table, name in sparse], axis=1),
-             x[:, :, None] * w["dense_v"][None]],
+            [
+                np.stack([w[f"{table}_emb"][rows[name]] for table, name in sparse], axis=1),
+                x[:, :, None] * w["dense_v"][None],
+            ],
             axis=1,
-        )  # (n, fields, k)  # fmt: skip
+        )  # (n, fields, k)
         first = np.concatenate(
-            [np.stack([w[f"{table}_w"][rows[name], 0] for table, name in sparse], axis=1),
-             x * w["dense_w_kernel"][:, 0]],
+            [
+                np.stack([w[f"{table}_w"][rows[name], 0] for table, name in sparse], axis=1),
+                x * w["dense_w_kernel"][:, 0],
+            ],
             axis=1,
-        )  # (n, fields)  # fmt: skip
+        )  # (n, fields)
         total = v.sum(axis=1)  # (n, k)
         pairs = 0.5 * (np.einsum("nfk,nk->nf", v, total) - np.einsum("nfk,nfk->nf", v, v))
         h = v.reshape(len(v), -1)

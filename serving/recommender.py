@@ -84,9 +84,15 @@ class Guard:
     """
 
     def __init__(
-        self, name: str, executor: ThreadPoolExecutor, timeout_s: float, backoff_s: float = 2.0,
-        trip_after: int = 1, *, inline: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        executor: ThreadPoolExecutor,
+        timeout_s: float,
+        backoff_s: float = 2.0,
+        trip_after: int = 1,
+        *,
+        inline: bool = False,
+    ) -> None:
         self.name = name
         #: Run in the caller's thread (in-process work: the query tower, the ranker). A thread
         #: cannot stop a running computation, so handing it to another thread only let the
@@ -112,9 +118,12 @@ class Guard:
         return time.monotonic() < self._down_until
 
     def call(
-        self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None,
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout_s: float | None = None,
         inline: bool | None = None,
-    ) -> T:  # fmt: skip
+    ) -> T:
         """``fn(*args)`` within the timeout; ``inline`` overrides :attr:`inline` for this call."""
         if self.down:
             raise DependencyDown(f"{self.name} backing off after: {self.last_error}")
@@ -184,8 +193,12 @@ def freeze_heap(reason: str) -> None:
     t0 = time.perf_counter()
     gc.collect()
     gc.freeze()
-    log.info("%s: %d objects frozen out of garbage collection (%.0f ms)", reason,
-             gc.get_freeze_count(), (time.perf_counter() - t0) * 1000)  # fmt: skip
+    log.info(
+        "%s: %d objects frozen out of garbage collection (%.0f ms)",
+        reason,
+        gc.get_freeze_count(),
+        (time.perf_counter() - t0) * 1000,
+    )
 
 
 # -- dependencies ---------------------------------------------------------------------------------
@@ -239,10 +252,13 @@ class FeastFeatures:
 
         if not item_ids:
             return []
-        refs = [f"item_cooccurrence:{c}" for c in
-                ("co_bought_items", "co_bought_scores", "co_viewed_items", "co_viewed_scores")]  # fmt: skip
-        cols = read_online(refs, [{"item_id": i} for i in item_ids], self.settings,
-                           store=self.store)  # fmt: skip
+        refs = [
+            f"item_cooccurrence:{c}"
+            for c in ("co_bought_items", "co_bought_scores", "co_viewed_items", "co_viewed_scores")
+        ]
+        cols = read_online(
+            refs, [{"item_id": i} for i in item_ids], self.settings, store=self.store
+        )
         scores: dict[str, float] = {}
         for pos in range(len(item_ids)):
             recency = 0.7**pos  # the newest session item counts most
@@ -287,8 +303,9 @@ class TwoTowerEncoder:
         try:
             self._numpy = QueryTower.load(model_dir)
         except FileNotFoundError:
-            log.info("%s has no numpy query tower (an older export): using the SavedModel",
-                     model_dir)  # fmt: skip
+            log.info(
+                "%s has no numpy query tower (an older export): using the SavedModel", model_dir
+            )
             self._serve = self._saved_model(model_dir)
         self.backend = "numpy" if self._numpy is not None else "saved_model"
         # The first SavedModel call initialises TF's runtime (hundreds of ms, more than the
@@ -308,8 +325,10 @@ class TwoTowerEncoder:
         index = self._index
         recent = list(features.get("session_features__last_viewed_items") or [])[:20]
         hist = [index[i] for i in recent if i in index]
-        n_session = sum(int(features.get(f"session_features__n_{c}") or 0)
-                        for c in ("views", "carts", "purchases"))  # fmt: skip
+        n_session = sum(
+            int(features.get(f"session_features__n_{c}") or 0)
+            for c in ("views", "carts", "purchases")
+        )
         n_user = int(features.get("user_history_30d__n_events_30d") or 0)
         counts = (math.log1p(n_session), math.log1p(n_user))
         if self._numpy is not None:
@@ -395,15 +414,20 @@ def _same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | N
         return None
     quote = '"' if "'" in run_dir else "'"
     runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"params.run_dir = {quote}{run_dir}{quote}",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )  # fmt: skip
+        [experiment.experiment_id],
+        filter_string=f"params.run_dir = {quote}{run_dir}{quote}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         return None
-    return Path(mlflow.artifacts.download_artifacts(
-        run_id=runs[0].info.run_id, artifact_path=MODEL_ARTIFACT_PATH,
-        tracking_uri=registry.tracking_uri,
-    ))  # fmt: skip
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=runs[0].info.run_id,
+            artifact_path=MODEL_ARTIFACT_PATH,
+            tracking_uri=registry.tracking_uri,
+        )
+    )
 
 
 def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> Ranker | None:
@@ -423,16 +447,20 @@ def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> R
         try:
             vocabulary = ItemTower.load(two_tower_dir).vocabulary
         except (OSError, ValueError) as exc:
-            log.warning("no category vocabulary in %s (%s): the ranker sees new items' category "
-                        "as unknown", two_tower_dir, exc)  # fmt: skip
+            log.warning(
+                "no category vocabulary in %s (%s): the ranker sees new items' category as unknown",
+                two_tower_dir,
+                exc,
+            )
     try:
         ranker = DeepFMRanker.from_model_dir(deepfm_dir, vocabulary)
     except Exception:  # noqa: BLE001 - a broken ranker must not take the query tower with it
         log.exception("the DeepFM export in %s cannot be loaded; ranking by the blend", deepfm_dir)
         return None
     if ranker is None:
-        log.warning("%s holds no serving export (a run from before it); ranking by the blend",
-                    deepfm_dir)  # fmt: skip
+        log.warning(
+            "%s holds no serving export (a run from before it); ranking by the blend", deepfm_dir
+        )
     return ranker
 
 
@@ -457,9 +485,12 @@ class Snapshot:
 
     @classmethod
     def from_items(
-        cls, categories: dict[str, str], popular: Iterable[tuple[str, float]],
-        trending: Iterable[tuple[str, float]] = (), source: str = "memory",
-    ) -> Snapshot:  # fmt: skip
+        cls,
+        categories: dict[str, str],
+        popular: Iterable[tuple[str, float]],
+        trending: Iterable[tuple[str, float]] = (),
+        source: str = "memory",
+    ) -> Snapshot:
         return cls(categories, _normalised(popular), _normalised(trending), source)
 
     @classmethod
@@ -476,8 +507,9 @@ class Snapshot:
         catalog_files = sorted(catalog_path(lake).glob("*.parquet"))
         if catalog_files:
             table = pq.read_table(catalog_files, columns=["item_id", "category"]).to_pydict()
-            categories = {i: c or "" for i, c in zip(table["item_id"], table["category"],
-                                                     strict=True)}  # fmt: skip
+            categories = {
+                i: c or "" for i, c in zip(table["item_id"], table["category"], strict=True)
+            }
         popular: list[tuple[str, float]] = []
         source = "catalog"
         newest = _newest_partition(ITEM_STATS.path(lake))
@@ -486,9 +518,10 @@ class Snapshot:
             d = t.to_pydict()
             scored = [
                 (i, (v or 0) + 3.0 * (c or 0) + 10.0 * (p or 0))
-                for i, v, c, p in zip(d["item_id"], d["views_7d"], d["carts_7d"],
-                                      d["purchases_7d"], strict=True)
-            ]  # fmt: skip
+                for i, v, c, p in zip(
+                    d["item_id"], d["views_7d"], d["carts_7d"], d["purchases_7d"], strict=True
+                )
+            ]
             popular = sorted(scored, key=lambda kv: -kv[1])[:top]
             source = f"item_stats {newest.name}"
         elif categories:
@@ -602,13 +635,19 @@ class Recommender:
         self.metrics = metrics
         self.category_cap = category_cap
         self.purchases = PurchaseMemory()
-        t = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05,
-             **(timeouts_s or {})}  # fmt: skip
+        t = {
+            "online_store": 0.05,
+            "index": 0.05,
+            "model": 0.05,
+            "ranker": 0.05,
+            **(timeouts_s or {}),
+        }
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
         inline = frozenset(inline)
-        self.guards = {name: Guard(name, self._executor, t[name], backoff_s, TRIP_AFTER,
-                                   inline=name in inline)
-                       for name in t}  # fmt: skip
+        self.guards = {
+            name: Guard(name, self._executor, t[name], backoff_s, TRIP_AFTER, inline=name in inline)
+            for name in t
+        }
         #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.
         self.warm = threading.Event()
@@ -633,8 +672,9 @@ class Recommender:
         self.models = ServingModels(self.models.encoder, ranker)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
-                      *, load_model: bool = True) -> Recommender:  # fmt: skip
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics | None = None, *, load_model: bool = True
+    ) -> Recommender:
         """The recommender of the settings: lake snapshot now, Feast and the index lazily; the
         champion's query tower and ranker load in the background (responses say ``model`` and
         ``ranker`` until then)."""
@@ -646,11 +686,16 @@ class Recommender:
             log.exception("cannot read the lake snapshot; popular items are unavailable")
             snapshot = Snapshot()
         # A Redis client has no deadline of its own: that store keeps the pool.
-        own_deadline = OWN_DEADLINE - ({"online_store"} if settings.online_store != "sqlite"
-                                       else set())  # fmt: skip
-        rec = cls(snapshot, features=FeastFeatures(settings),
-                  index=VectorIndex.from_settings(settings), metrics=metrics,
-                  inline=IN_PROCESS | own_deadline)  # fmt: skip
+        own_deadline = OWN_DEADLINE - (
+            {"online_store"} if settings.online_store != "sqlite" else set()
+        )
+        rec = cls(
+            snapshot,
+            features=FeastFeatures(settings),
+            index=VectorIndex.from_settings(settings),
+            metrics=metrics,
+            inline=IN_PROCESS | own_deadline,
+        )
         rec.warm_up(settings, load_model=load_model)
         if load_model:
             rec.watch_reload(settings)
@@ -694,13 +739,16 @@ class Recommender:
                     log.exception("reload: the new champion could not be loaded; keeping the old")
                     continue
                 if loaded is not None:
-                    self.models = (loaded if isinstance(loaded, ServingModels)
-                                   else ServingModels(loaded, None))  # fmt: skip
+                    self.models = (
+                        loaded if isinstance(loaded, ServingModels) else ServingModels(loaded, None)
+                    )
                     self.reloads += 1
                     freeze_heap(f"reload #{self.reloads}")
-                    log.info("reload: query tower swapped in, ranker %s (reload #%d)",
-                             "too" if self.models.ranker is not None else "absent",
-                             self.reloads)  # fmt: skip
+                    log.info(
+                        "reload: query tower swapped in, ranker %s (reload #%d)",
+                        "too" if self.models.ranker is not None else "absent",
+                        self.reloads,
+                    )
 
         thread = threading.Thread(target=loop, name="recommender-reload", daemon=True)
         thread.start()
@@ -738,8 +786,11 @@ class Recommender:
                     models = load_champion(settings)
                     if models is not None:
                         self.models = models
-                    log.info("query tower loaded: %s, ranker loaded: %s",
-                             self.encoder is not None, self.ranker is not None)  # fmt: skip
+                    log.info(
+                        "query tower loaded: %s, ranker loaded: %s",
+                        self.encoder is not None,
+                        self.ranker is not None,
+                    )
                 except Exception as exc:  # noqa: BLE001
                     log.warning("no champion query tower (%s); vector retrieval is off", exc)
 
@@ -756,9 +807,13 @@ class Recommender:
             timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
     def _try(
-        self, part: str, degraded: list[str], fn: Callable[..., T], *args: Any,
+        self,
+        part: str,
+        degraded: list[str],
+        fn: Callable[..., T],
+        *args: Any,
         inline: bool | None = None,
-    ) -> T | None:  # fmt: skip
+    ) -> T | None:
         try:
             return self.guards[part].call(fn, *args, inline=inline)
         except DependencyDown:
@@ -766,14 +821,20 @@ class Recommender:
                 degraded.append(part)
             return None
 
-    def _search(self, index: VectorIndex, query_vector: np.ndarray, k: int,
-                degraded: list[str]) -> Any:  # fmt: skip
+    def _search(
+        self, index: VectorIndex, query_vector: np.ndarray, k: int, degraded: list[str]
+    ) -> Any:
         """The index's top ``k``: in the request's thread with the guard's timeout as the gRPC
         deadline once the index is connected and its guard is inline, else on the pool."""
         guard = self.guards["index"]
-        return self._try("index", degraded, partial(index.search, timeout_s=guard.timeout_s),
-                         query_vector, k,
-                         inline=guard.inline and getattr(index, "connected", False))  # fmt: skip
+        return self._try(
+            "index",
+            degraded,
+            partial(index.search, timeout_s=guard.timeout_s),
+            query_vector,
+            k,
+            inline=guard.inline and getattr(index, "connected", False),
+        )
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         degraded: list[str] = []
@@ -788,11 +849,15 @@ class Recommender:
             if self.features is None:
                 degraded.append("online_store")
             else:
-                got = self._try("online_store", degraded, self.features.context,
-                                query.user_id, query.session_id)  # fmt: skip
+                got = self._try(
+                    "online_store", degraded, self.features.context, query.user_id, query.session_id
+                )
                 features = dict(got or {})
-        recent = [str(i) for i in (features.get("session_features__last_viewed_items") or [])
-                  if i is not None][:5]  # fmt: skip
+        recent = [
+            str(i)
+            for i in (features.get("session_features__last_viewed_items") or [])
+            if i is not None
+        ][:5]
         session_category = features.get("session_features__session_category")
 
         with self._stage("candidates", timings):
@@ -834,9 +899,10 @@ class Recommender:
                         cand.sources[source] = max(cand.sources.get(source, 0.0), float(s))
             with self._stage("filter", timings):
                 survivors = [
-                    c for c in merged.values()
+                    c
+                    for c in merged.values()
                     if c.item_id not in blocked and (not catalog or c.item_id in catalog)
-                ]  # fmt: skip
+                ]
                 for c in survivors:
                     c.category = catalog.get(c.item_id)
             # Over-fetch again only while the index can still give more than it gave.
@@ -872,7 +938,9 @@ class Recommender:
                 self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
             for part in degraded:
                 self.metrics.fallbacks.labels(part).inc()
-        return Recommendation(items, degraded, features, {s: round(v, 3) for s, v in timings.items()})
+        return Recommendation(
+            items, degraded, features, {s: round(v, 3) for s, v in timings.items()}
+        )
 
     def _diversify(self, ranked: list[Candidate], k: int) -> list[Candidate]:
         """Dedupe and cap each category at ``category_cap`` of ``k`` (at least 1); the cap is

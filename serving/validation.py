@@ -69,9 +69,7 @@ def parse_recommend(args: Mapping[str, Sequence[str]]) -> RecommendQuery:
     unknown = sorted(set(args) - set(RECOMMEND_PARAMS))
     if unknown:
         name = unknown[0][:64]
-        raise RequestError(
-            name, f"unknown query parameter; allowed: {', '.join(RECOMMEND_PARAMS)}"
-        )
+        raise RequestError(name, f"unknown query parameter; allowed: {', '.join(RECOMMEND_PARAMS)}")
     for name, values in args.items():
         if len(values) > 1:
             raise RequestError(name, "given more than once")

@@ -55,5 +55,8 @@ def small_events() -> pd.DataFrame:
     """About 20k seeded synthetic events in the canonical table, in event-time order."""
     from lambdarec.data.generator import GeneratorConfig, generate_events
 
-    return generate_events(GeneratorConfig(n_users=500, n_items=2000, n_categories=40, days=3,
-                                           n_events=20_000, seed=11))
+    return generate_events(
+        GeneratorConfig(
+            n_users=500, n_items=2000, n_categories=40, days=3, n_events=20_000, seed=11
+        )
+    )

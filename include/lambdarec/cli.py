@@ -80,11 +80,23 @@ def topics_list() -> None:
 
 @app.command("replay")
 def replay_cmd(
-    source: Annotated[str, typer.Option(help="'lake' (the master dataset) or a Parquet/CSV file of canonical events.")] = "lake",
-    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD) when replaying the lake.")] = None,
-    end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD) when replaying the lake.")] = None,
-    speed: Annotated[float | None, typer.Option(help="1 = real time, 60 = one hour a minute; omit for as fast as possible.")] = None,
-    topic: Annotated[str | None, typer.Option(help="Target topic (default: the events topic).")] = None,
+    source: Annotated[
+        str,
+        typer.Option(help="'lake' (the master dataset) or a Parquet/CSV file of canonical events."),
+    ] = "lake",
+    start: Annotated[
+        str | None, typer.Option(help="First date (YYYY-MM-DD) when replaying the lake.")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Last date (YYYY-MM-DD) when replaying the lake.")
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(help="1 = real time, 60 = one hour a minute; omit for as fast as possible."),
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Target topic (default: the events topic).")
+    ] = None,
 ) -> None:
     """Stream events into Kafka in event-time order, with a progress bar and a final count."""
     from lambdarec.streaming.replay import replay
@@ -103,16 +115,28 @@ def replay_cmd(
 def demo_cmd(
     users: Annotated[int, typer.Option(min=1)] = 2000,
     items: Annotated[int, typer.Option(min=10)] = 5000,
-    days: Annotated[int, typer.Option(min=3, max=365, help="Days of clickstream (3+: training, validation and test days).")] = 5,
+    days: Annotated[
+        int,
+        typer.Option(
+            min=3, max=365, help="Days of clickstream (3+: training, validation and test days)."
+        ),
+    ] = 5,
     seed: Annotated[int, typer.Option()] = 42,
-    services: Annotated[str, typer.Option(help="Comma-separated services to bring up (default: all).")] = "",
+    services: Annotated[
+        str, typer.Option(help="Comma-separated services to bring up (default: all).")
+    ] = "",
 ) -> None:
     """Bring the stack up, replay a generated clickstream through Kafka and Flink, run the batch
     layer and the retraining DAG, then serve recommendations that change with posted clicks."""
     from lambdarec.demo import run_demo
 
-    run_demo(users=users, items=items, days=days, seed=seed,
-             services=[s for s in services.split(",") if s] or None)
+    run_demo(
+        users=users,
+        items=items,
+        days=days,
+        seed=seed,
+        services=[s for s in services.split(",") if s] or None,
+    )
 
 
 def main() -> None:

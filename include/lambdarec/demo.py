@@ -176,9 +176,12 @@ def run_demo(
         figures["archived"] = wait_archived(s, days, cast("int", figures["events"]))
         session = sample_session(source)
         figures["session_sample"] = _show_online(
-            "session_features", ("n_views", "last_viewed_items", "session_category"),
-            {"session_id": session}, "speed layer", s,
-        )  # fmt: skip
+            "session_features",
+            ("n_views", "last_viewed_items", "session_category"),
+            {"session_id": session},
+            "speed layer",
+            s,
+        )
 
     _step("4/8 speed layer: Flink archives every event and keeps session features fresh", archived)
 
@@ -212,9 +215,12 @@ def run_demo(
         )
         figures["sample_user"] = sample
         figures["online_sample"] = _show_online(
-            "user_history_30d", ("n_events_30d", "top_category_30d", "conversion_rate_30d"),
-            {"user_id": sample}, "batch layer", s,
-        )  # fmt: skip
+            "user_history_30d",
+            ("n_events_30d", "top_category_30d", "conversion_rate_30d"),
+            {"user_id": sample},
+            "batch layer",
+            s,
+        )
         console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
 
     _step(
@@ -312,10 +318,16 @@ def serving_walkthrough(
     bought = shown[0]
     clicks = [*((item, "view") for item in viewed), (bought, "purchase")]
     events = [
-        {"event_id": uuid.uuid4().hex, "user_id": user, "session_id": session, "item_id": item,
-         "event_type": kind, "ts": format_ts(datetime.now(UTC))}
+        {
+            "event_id": uuid.uuid4().hex,
+            "user_id": user,
+            "session_id": session,
+            "item_id": item,
+            "event_type": kind,
+            "ts": format_ts(datetime.now(UTC)),
+        }
         for item, kind in clicks
-    ]  # fmt: skip
+    ]
     status, accepted = _http("POST", f"{base}/events", events)
     if status != 202:
         raise RuntimeError(f"POST /events answered {status}: {accepted}")
@@ -333,8 +345,11 @@ def serving_walkthrough(
     table.add_column(f"before the clicks (degraded: {before['degraded_parts'] or 'no'})")
     table.add_column(f"after them (degraded: {after['degraded_parts'] or 'no'})")
     for n, (b, a) in enumerate(zip(before["items"], after["items"], strict=False)):
-        table.add_row(str(n + 1), f"{b['item_id']} ({b['source']}, {b['category']})",
-                      f"{a['item_id']} ({a['source']}, {a['category']})")  # fmt: skip
+        table.add_row(
+            str(n + 1),
+            f"{b['item_id']} ({b['source']}, {b['category']})",
+            f"{a['item_id']} ({a['source']}, {a['category']})",
+        )
     console.print(table)
     after_ids = [i["item_id"] for i in after["items"]]
     console.print(
@@ -343,10 +358,20 @@ def serving_walkthrough(
         f"{bought in after_ids}"
     )
     # The shell fills in a fresh event id and timestamp each time the command is run.
-    body = json.dumps({
-        "event_id": "demo-@ID@", "user_id": user, "session_id": session, "item_id": viewed[0],
-        "event_type": "view", "ts": "@TS@",
-    }).replace("@ID@", "'$(date +%s%N)'").replace("@TS@", "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'")  # fmt: skip
+    body = (
+        json.dumps(
+            {
+                "event_id": "demo-@ID@",
+                "user_id": user,
+                "session_id": session,
+                "item_id": viewed[0],
+                "event_type": "view",
+                "ts": "@TS@",
+            }
+        )
+        .replace("@ID@", "'$(date +%s%N)'")
+        .replace("@TS@", "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'")
+    )
     console.print(
         "\nTry it yourself:\n"
         f"  curl '{url}'\n"
@@ -356,10 +381,16 @@ def serving_walkthrough(
         highlight=False,
     )
     return {
-        "user_id": user, "session_id": session, "before": shown, "after": after_ids,
-        "viewed": viewed, "bought": bought, "changed_after_s": changed_after_s,
-        "degraded_before": before["degraded_parts"], "degraded_after": after["degraded_parts"],
-    }  # fmt: skip
+        "user_id": user,
+        "session_id": session,
+        "before": shown,
+        "after": after_ids,
+        "viewed": viewed,
+        "bought": bought,
+        "changed_after_s": changed_after_s,
+        "degraded_before": before["degraded_parts"],
+        "degraded_after": after["degraded_parts"],
+    }
 
 
 def _catalog_by_category(settings: Settings) -> dict[str, list[str]]:

@@ -68,7 +68,8 @@ class Event(BaseModel):
     price: float | None = Field(None, ge=0, le=10_000_000, description="Unit price.")
     ts: datetime = Field(description="Event time, ISO-8601 with time zone (UTC on the wire).")
     context: dict[str, ContextValue] | None = Field(
-        None, description="Optional free context (device, page, referrer...).",
+        None,
+        description="Optional free context (device, page, referrer...).",
         max_length=MAX_CONTEXT_KEYS,
     )
     schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
@@ -126,7 +127,9 @@ class Invalid(BaseModel):
 
 def format_ts(value: datetime) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z``: the wire format of ``ts``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    )
 
 
 def _first_error(exc: ValidationError) -> Invalid:

@@ -343,9 +343,11 @@ class ModelRegistry:
             f"v{current.version} -> v{previous}: {reason}",
         )
         self._record(
-            str(current.run_id), str(current.version), "rolled back",
+            str(current.run_id),
+            str(current.version),
+            "rolled back",
             f"champion rolled back to v{previous}: {reason}",
-        )  # fmt: skip
+        )
         champion = self.get_champion()
         assert champion is not None
         log.info(

@@ -24,14 +24,26 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    dataset: Annotated[str, typer.Option(help="diginetica | taobao | synthetic | a file path")] = "synthetic",
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: under the state dir)")] = None,
+    dataset: Annotated[
+        str, typer.Option(help="diginetica | taobao | synthetic | a file path")
+    ] = "synthetic",
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: under the state dir)")
+    ] = None,
     max_train: Annotated[int, typer.Option(help="Subsample two-tower training pairs (0: all)")] = 0,
-    epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 8,
-    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 40_000,
-    session_ablation: Annotated[bool, typer.Option(help="Also train without session features")] = True,
+    epochs: Annotated[
+        int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")
+    ] = 8,
+    fm_queries: Annotated[
+        int, typer.Option(help="Validation queries whose candidates train DeepFM")
+    ] = 40_000,
+    session_ablation: Annotated[
+        bool, typer.Option(help="Also train without session features")
+    ] = True,
     baselines: Annotated[bool, typer.Option(help="Evaluate the tuned baselines")] = True,
-    test_max: Annotated[int | None, typer.Option(help="Evaluate on at most this many test queries")] = None,
+    test_max: Annotated[
+        int | None, typer.Option(help="Evaluate on at most this many test queries")
+    ] = None,
     seed: int = 42,
 ) -> None:
     from lambdarec.models.data import load_dataset
@@ -43,11 +55,14 @@ def main(
     data = load_dataset(dataset, seed=seed)
     out_dir = out or default_report_dir(data.name)
     payload, _ = run_evaluation(
-        data, out_dir,
+        data,
+        out_dir,
         tt_config=TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
         fm_config=DeepFMConfig(max_queries=fm_queries, seed=seed),
-        session_ablation=session_ablation, baselines=baselines, test_max=test_max,
-    )  # fmt: skip
+        session_ablation=session_ablation,
+        baselines=baselines,
+        test_max=test_max,
+    )
     payload["report"] = str(out_dir / "report.html")
     print(json.dumps(payload, default=str))
 

@@ -41,7 +41,9 @@ def _setup() -> None:
 @app.command()
 def build(
     run_dir: RunDir,
-    dataset: Annotated[str, typer.Option(help="lake | taobao | diginetica | synthetic | a file")] = "lake",
+    dataset: Annotated[
+        str, typer.Option(help="lake | taobao | diginetica | synthetic | a file")
+    ] = "lake",
     feast: Annotated[bool, typer.Option(help="Read the batch user features from Feast")] = False,
 ) -> None:
     """Build the training/validation/test examples."""
@@ -61,13 +63,19 @@ def train_two_tower(
     from lambdarec.models.retrain import train_retriever
     from lambdarec.models.two_tower import TwoTowerConfig
 
-    _done(train_retriever(run_dir, TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed)))
+    _done(
+        train_retriever(
+            run_dir, TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed)
+        )
+    )
 
 
 @app.command("train-deepfm")
 def train_deepfm(
     run_dir: RunDir,
-    queries: Annotated[int, typer.Option(help="Validation queries whose candidates train it")] = 40_000,
+    queries: Annotated[
+        int, typer.Option(help="Validation queries whose candidates train it")
+    ] = 40_000,
     seed: int = 42,
 ) -> None:
     """Train the DeepFM ranker on the two-tower's candidates."""
@@ -80,8 +88,12 @@ def train_deepfm(
 @app.command()
 def evaluate(
     run_dir: RunDir,
-    test_max: Annotated[int, typer.Option(help="Evaluate on at most this many queries (0: all)")] = 0,
-    min_delta: Annotated[float, typer.Option(help="Margin a model must beat its champion by")] = 0.0,
+    test_max: Annotated[
+        int, typer.Option(help="Evaluate on at most this many queries (0: all)")
+    ] = 0,
+    min_delta: Annotated[
+        float, typer.Option(help="Margin a model must beat its champion by")
+    ] = 0.0,
 ) -> None:
     """Evaluate against the baselines, log to MLflow, register, promote if better."""
     from lambdarec.models.retrain import evaluate as run

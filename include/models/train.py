@@ -25,11 +25,17 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    dataset: Annotated[str, typer.Option(help="diginetica | taobao | synthetic | a file path")] = "synthetic",
+    dataset: Annotated[
+        str, typer.Option(help="diginetica | taobao | synthetic | a file path")
+    ] = "synthetic",
     out: Annotated[Path, typer.Option(help="Artifact folder")] = Path("artifacts/models"),
     max_train: Annotated[int, typer.Option(help="Subsample two-tower training pairs (0: all)")] = 0,
-    epochs: Annotated[int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")] = 8,
-    fm_queries: Annotated[int, typer.Option(help="Validation queries whose candidates train DeepFM")] = 40_000,
+    epochs: Annotated[
+        int, typer.Option(help="Two-tower epochs (early stopping may stop sooner)")
+    ] = 8,
+    fm_queries: Annotated[
+        int, typer.Option(help="Validation queries whose candidates train DeepFM")
+    ] = 40_000,
     seed: int = 42,
 ) -> None:
     from lambdarec.models.data import load_dataset
@@ -41,11 +47,22 @@ def main(
     data = load_dataset(dataset, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     trained = train_models(
-        data, TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
-        DeepFMConfig(max_queries=fm_queries, seed=seed), out_dir=out,
-    )  # fmt: skip
-    print(json.dumps({"dataset": data.name, "out": str(out), "seconds": trained.seconds,
-                      "two_tower": trained.retriever.history, "deepfm": trained.ranker.history}))  # fmt: skip
+        data,
+        TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
+        DeepFMConfig(max_queries=fm_queries, seed=seed),
+        out_dir=out,
+    )
+    print(
+        json.dumps(
+            {
+                "dataset": data.name,
+                "out": str(out),
+                "seconds": trained.seconds,
+                "two_tower": trained.retriever.history,
+                "deepfm": trained.ranker.history,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

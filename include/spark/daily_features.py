@@ -479,15 +479,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out-dir", type=Path, help="feature root (default: <lake-dir>/features)")
     parser.add_argument(
-        "--shuffle-partitions", type=int, default=DEFAULT_SHUFFLE_PARTITIONS,
+        "--shuffle-partitions",
+        type=int,
+        default=DEFAULT_SHUFFLE_PARTITIONS,
         help="spark.sql.shuffle.partitions (AQE coalesces small ones; default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--master", help="Spark master (default: whatever spark-submit set)")
     parser.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, help="neighbours kept per item")
     parser.add_argument(
-        "--max-items", type=int, default=DEFAULT_MAX_ITEMS,
+        "--max-items",
+        type=int,
+        default=DEFAULT_MAX_ITEMS,
         help="distinct items per user/session in co-occurrence (most recent; default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--files-per-table", type=int, default=1, help="Parquet files per partition written"
     )
@@ -519,11 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("session ready in %.1f s", time.perf_counter() - started)
     try:
         written = run(
-            spark, args.lake_dir, args.date, tables=args.tables, out_dir=args.out_dir,
-            top_n=args.top_n, max_items=args.max_items, files_per_table=args.files_per_table,
+            spark,
+            args.lake_dir,
+            args.date,
+            tables=args.tables,
+            out_dir=args.out_dir,
+            top_n=args.top_n,
+            max_items=args.max_items,
+            files_per_table=args.files_per_table,
             cache=args.cache,
             parallel=args.parallel,
-        )  # fmt: skip
+        )
     finally:
         spark.stop()
     for name, path in written.items():

@@ -63,9 +63,11 @@ class SpeedLayerOperator(BaseOperator):
         self._job_id = info.job_id
         self.log.info(
             "speed layer %s job %s on %s (%s)",
-            "submitted" if info.submitted else "already running", info.job_id,
-            target.jobmanager, info.rest_url,
-        )  # fmt: skip
+            "submitted" if info.submitted else "already running",
+            info.job_id,
+            target.jobmanager,
+            info.rest_url,
+        )
         until = time.monotonic() + self.watch_s
         while time.monotonic() < until:
             time.sleep(self.poll_s)

@@ -40,9 +40,13 @@ class EventSink:
     with a fresh producer (a producer whose messages timed out may be unusable)."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics | None = None, *,
-        flush_timeout_s: float = 5.0, backoff_s: float = 2.0,
-    ) -> None:  # fmt: skip
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        flush_timeout_s: float = 5.0,
+        backoff_s: float = 2.0,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.flush_timeout_s = flush_timeout_s
@@ -57,9 +61,13 @@ class EventSink:
                 from lambdarec.streaming.kafka import make_producer
 
                 self._producer = make_producer(
-                    self.settings, **{"client.id": "lambdarec-serving-events", "linger.ms": 1,
-                                      "message.timeout.ms": 30_000}
-                )  # fmt: skip
+                    self.settings,
+                    **{
+                        "client.id": "lambdarec-serving-events",
+                        "linger.ms": 1,
+                        "message.timeout.ms": 30_000,
+                    },
+                )
             return self._producer
 
     def send(self, events: list[Event]) -> None:

@@ -32,15 +32,17 @@ def recommend() -> ResponseReturnValue:
     items = []
     for position, c in enumerate(result.items):
         reasons = sorted(c.contributions.items(), key=lambda kv: -abs(kv[1]))[:TOP_REASONS]
-        items.append({
-            "item_id": c.item_id,
-            "score": round(c.score, 6),
-            "source": c.source,
-            "sources": sorted(c.sources),
-            "category": c.category,
-            "position": position,
-            "reasons": [{"feature": f, "contribution": round(v, 6)} for f, v in reasons if v],
-        })  # fmt: skip
+        items.append(
+            {
+                "item_id": c.item_id,
+                "score": round(c.score, 6),
+                "source": c.source,
+                "sources": sorted(c.sources),
+                "category": c.category,
+                "position": position,
+                "reasons": [{"feature": f, "contribution": round(v, 6)} for f, v in reasons if v],
+            }
+        )
     body = {
         "request_id": request_id,
         "user_id": query.user_id,
@@ -52,16 +54,18 @@ def recommend() -> ResponseReturnValue:
         "timings_ms": result.timings_ms,
     }
     t0 = time.perf_counter()
-    s.impressions.emit({
-        "request_id": request_id,
-        "ts": format_ts(datetime.now(UTC)),
-        "user_id": query.user_id,
-        "session_id": query.session_id,
-        "variant": variant,
-        "items": [{k: i[k] for k in ("item_id", "position", "score", "source")} for i in items],
-        "degraded_parts": result.degraded_parts,
-        "features": result.features,
-    })  # fmt: skip
+    s.impressions.emit(
+        {
+            "request_id": request_id,
+            "ts": format_ts(datetime.now(UTC)),
+            "user_id": query.user_id,
+            "session_id": query.session_id,
+            "variant": variant,
+            "items": [{k: i[k] for k in ("item_id", "position", "score", "source")} for i in items],
+            "degraded_parts": result.degraded_parts,
+            "features": result.features,
+        }
+    )
     s.metrics.stage_seconds.labels("impression").observe(time.perf_counter() - t0)
     response = jsonify(body)
     response.headers["X-Request-Id"] = request_id

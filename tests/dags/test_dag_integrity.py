@@ -15,8 +15,20 @@ DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"
 
 #: Modules a DAG file must not import at parse time (Airflow best practices: expensive imports
 #: belong inside tasks).
-HEAVY = ["tensorflow", "pyspark", "pymilvus", "mlflow", "great_expectations", "feast", "pandas",
-         "torch", "sklearn", "duckdb", "pyflink", "confluent_kafka"]
+HEAVY = [
+    "tensorflow",
+    "pyspark",
+    "pymilvus",
+    "mlflow",
+    "great_expectations",
+    "feast",
+    "pandas",
+    "torch",
+    "sklearn",
+    "duckdb",
+    "pyflink",
+    "confluent_kafka",
+]
 
 PROBE = textwrap.dedent(
     """
@@ -40,13 +52,21 @@ PROBE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module", params=[str(p) for p in DAG_FILES] or [None],
-                ids=[p.name for p in DAG_FILES] or ["no-dags"])
+@pytest.fixture(
+    scope="module",
+    params=[str(p) for p in DAG_FILES] or [None],
+    ids=[p.name for p in DAG_FILES] or ["no-dags"],
+)
 def parsed(request: pytest.FixtureRequest) -> dict:
     if request.param is None:
         pytest.fail(f"no DAG files in {DAGS_DIR}")
-    out = subprocess.run([sys.executable, "-c", PROBE, request.param], capture_output=True,
-                         text=True, timeout=180, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, request.param],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

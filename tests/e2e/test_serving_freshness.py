@@ -27,8 +27,14 @@ FRESHNESS_S = 2.0
 
 def _event(n: int, item: str, kind: str) -> dict[str, Any]:
     ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return {"event_id": f"fresh-{n}-{time.time_ns()}", "user_id": "u-fresh",
-            "session_id": "s-fresh", "item_id": item, "event_type": kind, "ts": ts}  # fmt: skip
+    return {
+        "event_id": f"fresh-{n}-{time.time_ns()}",
+        "user_id": "u-fresh",
+        "session_id": "s-fresh",
+        "item_id": item,
+        "event_type": kind,
+        "ts": ts,
+    }
 
 
 def _items(client: FlaskClient) -> list[dict[str, Any]]:
@@ -55,13 +61,22 @@ def test_posted_clicks_change_the_recommendations_within_2s() -> None:
         folder = ITEM_COOCCURRENCE.partition(settings.lake_dir, stamp.date().isoformat())
         folder.mkdir(parents=True)
         pd.DataFrame(
-            {"item_id": [viewed], "event_timestamp": [pd.Timestamp(stamp)],
-             "co_bought_items": [neighbours], "co_bought_scores": [[1.0, 0.9]],
-             "co_viewed_items": [neighbours], "co_viewed_scores": [[1.0, 0.9]]}
-        ).to_parquet(folder / "part-00000.parquet")  # fmt: skip
+            {
+                "item_id": [viewed],
+                "event_timestamp": [pd.Timestamp(stamp)],
+                "co_bought_items": [neighbours],
+                "co_bought_scores": [[1.0, 0.9]],
+                "co_viewed_items": [neighbours],
+                "co_viewed_scores": [[1.0, 0.9]],
+            }
+        ).to_parquet(folder / "part-00000.parquet")
         apply(settings)
-        materialize(stamp - timedelta(minutes=1), stamp + timedelta(minutes=1), settings,
-                    views=[ITEM_COOCCURRENCE.name])  # fmt: skip
+        materialize(
+            stamp - timedelta(minutes=1),
+            stamp + timedelta(minutes=1),
+            settings,
+            views=[ITEM_COOCCURRENCE.name],
+        )
 
         extra = ["--starting-offsets", "earliest", "--checkpoint-interval-s", "2"]
         with speed_job(settings, extra), pusher_threads(settings):

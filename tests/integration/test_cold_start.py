@@ -51,9 +51,11 @@ def _settings(root: Path, **overrides: object) -> Settings:
     # FLAT: exact search. New items of one category and price bucket share one vector (the OOV
     # id), and such duplicates hurt HNSW's recall on Milvus Lite (test_model_lifecycle).
     values: dict[str, object] = {
-        "state_dir": root / "state", "milvus_uri": str(root / "milvus" / "items.db"),
-        "milvus_index_type": "FLAT", "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-    }  # fmt: skip
+        "state_dir": root / "state",
+        "milvus_uri": str(root / "milvus" / "items.db"),
+        "milvus_index_type": "FLAT",
+        "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -125,16 +127,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("cold_start")
     run = root / "run"
     settings = _settings(root, serving_model_dir=str(run / "two_tower"))
-    config = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000,
-                             seed=1)  # fmt: skip
+    config = GeneratorConfig(
+        n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1
+    )
     lake.write_events(generate_events(config), settings.lake_dir)
     lake.write_catalog(ClickstreamGenerator(config).catalog_table(), settings.lake_dir)
     retrain.build("lake", run, settings=settings)
     retrain.train_retriever(run, TwoTowerConfig(epochs=3, batch_size=256, valid_queries=200))
     # evaluate_and_promote's verdict, without MLflow: the two-tower is the champion
-    (run / "decision.json").write_text(json.dumps(
-        {"decisions": {retrain.TWO_TOWER: {"promoted": True, "version": "1", "reason": "test"}}}
-    ))  # fmt: skip
+    (run / "decision.json").write_text(
+        json.dumps(
+            {"decisions": {retrain.TWO_TOWER: {"promoted": True, "version": "1", "reason": "test"}}}
+        )
+    )
     exported = retrain.export_embeddings(run, settings=settings)
     catalog = lake.read_catalog(settings.lake_dir)
     trained_ids = {str(i) for i in np.load(run / "two_tower" / "item_embeddings.npz")["ids"]}
@@ -162,10 +167,14 @@ def _new_items(catalog: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     by_cat = catalog.groupby("category")["price"].median()
-    return pd.DataFrame({
-        "item_id": [f"new-{c}" for c in by_cat.index], "category": list(by_cat.index),
-        "price": by_cat.to_numpy(), "created_at": pd.Timestamp.now(tz="UTC").floor("s"),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "item_id": [f"new-{c}" for c in by_cat.index],
+            "category": list(by_cat.index),
+            "price": by_cat.to_numpy(),
+            "created_at": pd.Timestamp.now(tz="UTC").floor("s"),
+        }
+    )
 
 
 def _session_query(run: Path, items: list[str]) -> np.ndarray:
@@ -222,8 +231,12 @@ def test_new_items_are_embedded_indexed_and_retrieved_by_category(
 
     # -- a session of category C finds the new item of category C, not those of other ones
     events = lake.read_events(settings.lake_dir)
-    popular = events[events["item_id"].isin(in_training)].groupby(
-        ["category", "item_id"]).size().sort_values(ascending=False)  # fmt: skip
+    popular = (
+        events[events["item_id"].isin(in_training)]
+        .groupby(["category", "item_id"])
+        .size()
+        .sort_values(ascending=False)
+    )
     ranks: dict[str, int] = {}
     #: (C, D): the new item of C ranks above the new item of D for a session of C
     above: dict[tuple[str, str], bool] = {}
@@ -283,8 +296,9 @@ def test_a_milvus_lite_file_held_by_serving_is_skipped_not_failed(tmp_path: Path
     lake.write_catalog(_new_items(_catalog_rows()), settings.lake_dir)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LITE_FILE, str(tmp_path / "milvus" / "items.db")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         done = add_new_items(settings)

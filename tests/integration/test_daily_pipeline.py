@@ -111,14 +111,16 @@ def test_historical_features_are_point_in_time_correct(pipeline) -> None:
     # see day 1, never day 2 (that would leak the future into training).
     between = datetime.combine(DAY2, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
     after = between + timedelta(days=1)
-    entity = pd.DataFrame({
-        "user_id": [*changed["user_id"], *changed["user_id"]],
-        "event_timestamp": [between] * len(changed) + [after] * len(changed),
-    })
+    entity = pd.DataFrame(
+        {
+            "user_id": [*changed["user_id"], *changed["user_id"]],
+            "event_timestamp": [between] * len(changed) + [after] * len(changed),
+        }
+    )
     hist = get_historical_features(entity, ["user_history_30d:n_events_30d"], settings)
     values = hist["user_history_30d__n_events_30d"].tolist()
     assert values[: len(changed)] == changed["n_events_30d_1"].tolist()
-    assert values[len(changed):] == changed["n_events_30d_2"].tolist()
+    assert values[len(changed) :] == changed["n_events_30d_2"].tolist()
 
 
 def test_a_corrupt_day_fails_its_gate_and_leaves_the_online_store_unchanged(pipeline) -> None:
@@ -136,8 +138,13 @@ def test_a_corrupt_day_fails_its_gate_and_leaves_the_online_store_unchanged(pipe
     day.iloc[3, day.columns.get_loc("event_id")] = day.iloc[4]["event_id"]
     target = lake.partition_dir(settings.lake_dir, BAD_DAY)
     target.mkdir(parents=True)
-    schema = pa.schema([f.with_nullable(True) for f in pa.Schema.from_pandas(day, preserve_index=False)])
-    pq.write_table(pa.Table.from_pandas(day, schema=schema, preserve_index=False), target / "part-00000.parquet")
+    schema = pa.schema(
+        [f.with_nullable(True) for f in pa.Schema.from_pandas(day, preserve_index=False)]
+    )
+    pq.write_table(
+        pa.Table.from_pandas(day, schema=schema, preserve_index=False),
+        target / "part-00000.parquet",
+    )
 
     run = run_dag_test(DAG, BAD_DAY, settings)
     assert run.state == "failed"
@@ -154,8 +161,13 @@ def test_a_corrupt_day_fails_its_gate_and_leaves_the_online_store_unchanged(pipe
     page = Path(report.data_docs_page)
     assert page.is_file() and page.is_relative_to(settings.data_docs_dir)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.read_text()))
-    for rendered in ("Failed", "values must never be null", "values must belong to this set",
-                     "values must be unique", "click"):
+    for rendered in (
+        "Failed",
+        "values must never be null",
+        "values must belong to this set",
+        "values must be unique",
+        "click",
+    ):
         assert rendered in text, rendered
 
     after = get_online_features(["user_history_30d:n_events_30d"], keys, settings)

@@ -81,8 +81,11 @@ weekly_model_retraining()
 def generate_stream(shifted: bool) -> pd.DataFrame:
     from lambdarec.data.generator import GeneratorConfig, generate_events
 
-    events = generate_events(GeneratorConfig(n_users=800, n_items=2000, n_categories=30,
-                                             days=DAYS, n_events=3300 * DAYS, seed=7))  # fmt: skip
+    events = generate_events(
+        GeneratorConfig(
+            n_users=800, n_items=2000, n_categories=30, days=DAYS, n_events=3300 * DAYS, seed=7
+        )
+    )
     if not shifted:
         return events
     t_shift = pd.Timestamp(SHIFT, tz="UTC")
@@ -124,14 +127,26 @@ def stand_in_impressions(
     for row in views.itertuples():
         rng = np.random.default_rng(zlib.crc32(str(row.event_id).encode()))
         items = popular.get(row.category, [])[:10]
-        out.append({
-            "request_id": uuid.uuid4().hex, "ts": format_ts(row.ts.to_pydatetime()), "user_id": row.user_id,
-            "session_id": row.session_id, "variant": "control", "degraded_parts": [],
-            "items": [{"item_id": item, "position": k, "source": "retrieval",
-                       "score": round(1.0 - k / 20 + 0.05 * rng.random(), 6)}
-                      for k, item in enumerate(items)],
-            "features": {},
-        })  # fmt: skip
+        out.append(
+            {
+                "request_id": uuid.uuid4().hex,
+                "ts": format_ts(row.ts.to_pydatetime()),
+                "user_id": row.user_id,
+                "session_id": row.session_id,
+                "variant": "control",
+                "degraded_parts": [],
+                "items": [
+                    {
+                        "item_id": item,
+                        "position": k,
+                        "source": "retrieval",
+                        "score": round(1.0 - k / 20 + 0.05 * rng.random(), 6),
+                    }
+                    for k, item in enumerate(items)
+                ],
+                "features": {},
+            }
+        )
     return out
 
 
@@ -169,34 +184,52 @@ def build_world(shifted: bool, broker: Settings) -> World:
 
     state = Path(tempfile.mkdtemp(prefix="lambdarec-drift-"))
     settings = private_settings(
-        state, home=_dags_home(state), kafka_bootstrap=broker.bootstrap_servers,
+        state,
+        home=_dags_home(state),
+        kafka_bootstrap=broker.bootstrap_servers,
         topic_impressions=f"lambdarec.impressions.test-{uuid.uuid4().hex[:8]}",
-        mlflow_tracking_uri=f"sqlite:///{state / 'mlflow.db'}", drift_skew_sample=200,
-    )  # fmt: skip
+        mlflow_tracking_uri=f"sqlite:///{state / 'mlflow.db'}",
+        drift_skew_sample=200,
+    )
     events = generate_stream(shifted)
     lake.write_events(events, settings.lake_dir)
 
     # The champion: trained on the reference period, profiled on it.
     ref_start, ref_end = (pd.Timestamp(d, tz="UTC") for d in REFERENCE)
-    reference = events[(events["ts"] >= ref_start) & (events["ts"] < ref_end + pd.Timedelta(days=1))]
-    popular = {c: g["item_id"].value_counts().index.tolist() for c, g in reference.groupby("category")}
+    reference = events[
+        (events["ts"] >= ref_start) & (events["ts"] < ref_end + pd.Timedelta(days=1))
+    ]
+    popular = {
+        c: g["item_id"].value_counts().index.tolist() for c, g in reference.groupby("category")
+    }
     ref_impressions = [
-        imp for d in pd.date_range(*REFERENCE).date for imp in stand_in_impressions(events, d, popular)
+        imp
+        for d in pd.date_range(*REFERENCE).date
+        for imp in stand_in_impressions(events, d, popular)
     ]
     frames = current_frames(reference, ref_impressions)
-    profile = build_profile({"events": frames["events"]}, scores=frames["model"]["score"],
-                            popularity=frames["model"]["popularity"],
-                            meta={"data_range": [str(d) for d in REFERENCE]})  # fmt: skip
+    profile = build_profile(
+        {"events": frames["events"]},
+        scores=frames["model"]["score"],
+        popularity=frames["model"]["popularity"],
+        meta={"data_range": [str(d) for d in REFERENCE]},
+    )
     model_dir = state / "model"
     model_dir.mkdir()
     (model_dir / "weights.bin").write_bytes(b"stand-in weights")
-    registry = ModelRegistry(settings.mlflow_uri, settings.drift_model_name,
-                             artifact_location=(state / "mlartifacts").as_uri())  # fmt: skip
+    registry = ModelRegistry(
+        settings.mlflow_uri,
+        settings.drift_model_name,
+        artifact_location=(state / "mlartifacts").as_uri(),
+    )
     run_id = registry.log_run(
-        params={"stand_in": True}, metrics={"ndcg@10": 0.1}, evaluation_id="drift-test",
-        data_range=(str(REFERENCE[0]), str(REFERENCE[1])), model_dir=model_dir,
+        params={"stand_in": True},
+        metrics={"ndcg@10": 0.1},
+        evaluation_id="drift-test",
+        data_range=(str(REFERENCE[0]), str(REFERENCE[1])),
+        model_dir=model_dir,
         reference_profile=profile,
-    )  # fmt: skip
+    )
     registry.promote(registry.register(run_id), {"ndcg@10": 0.1})
 
     # Batch features and the online store, day by day; impressions served from it.
@@ -208,8 +241,13 @@ def build_world(shifted: bool, broker: Settings) -> World:
     served: dict[date, list[dict[str, Any]]] = {}
     for day in (DAY1, DAY2):
         before = day - timedelta(days=1)
-        duckdb_reference.write(settings.lake_dir, before, settings.lake_dir / "features",
-                               tables=["user_history_30d"], con=con)  # fmt: skip
+        duckdb_reference.write(
+            settings.lake_dir,
+            before,
+            settings.lake_dir / "features",
+            tables=["user_history_30d"],
+            con=con,
+        )
         stamp = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
         materialize(stamp - timedelta(hours=1), stamp, settings, views=["user_history_30d"])
         served[day] = stand_in_impressions(events, day, popular)
@@ -272,12 +310,17 @@ def test_shifted_stream_alarms_on_exactly_the_shifted_features_and_retrains_once
     s = shifted.settings
     first = run_dag_test("drift_monitoring", DAY1, s, timeout_s=600)
     assert first.success, first.log[-4000:]
-    assert first.tasks == {"measure_drift": "success", "retraining_needed": "success",
-                           "trigger_retraining": "success", "record_trigger": "success"}  # fmt: skip
+    assert first.tasks == {
+        "measure_drift": "success",
+        "retraining_needed": "success",
+        "trigger_retraining": "success",
+        "record_trigger": "success",
+    }
     result = json.loads((s.drift_reports_dir / DAY1.isoformat() / "result.json").read_text())
     psi = {f["feature"]: round(f["psi"], 3) for f in result["features"]}
-    alarmed_features = {f["feature"] for f in result["features"]
-                        if f["status"] == "act" and f["group"] != "model"}  # fmt: skip
+    alarmed_features = {
+        f["feature"] for f in result["features"] if f["status"] == "act" and f["group"] != "model"
+    }
     assert alarmed_features == {"price", "category"}, psi
     # the unshifted features stay below watch; the model's score distribution did not move
     for name in (*(EVENT_FEATURES - {"price", "category"}), "score"):
@@ -318,7 +361,10 @@ def test_shifted_stream_alarms_on_exactly_the_shifted_features_and_retrains_once
     assert again["retraining"]["decision"] == "skip" and "cooldown" in again["retraining"]["reason"]
     assert _retraining_runs(s) == [(f"drift__{DAY1}", "queued")]
     # the trend over previous runs is drawn from day 1's result
-    assert "No earlier runs yet" not in (s.drift_reports_dir / DAY2.isoformat() / "report.html").read_text()
+    assert (
+        "No earlier runs yet"
+        not in (s.drift_reports_dir / DAY2.isoformat() / "report.html").read_text()
+    )
 
 
 def _mlflow_run(client: Any, day: date) -> str:
@@ -351,8 +397,9 @@ def test_skew_check_finds_a_feature_served_from_the_wrong_window(shifted: World)
     assert clean["n_sampled"] == len(good) and clean["mismatched_features"] == []
     assert all(v["mismatches"] == 0 for v in clean["features"].values())
 
-    stale = duckdb_reference.compute(s.lake_dir, DAY1 - timedelta(days=2),
-                                     tables=["user_history_30d"])["user_history_30d"]  # fmt: skip
+    stale = duckdb_reference.compute(
+        s.lake_dir, DAY1 - timedelta(days=2), tables=["user_history_30d"]
+    )["user_history_30d"]
     stale_counts = dict(zip(stale["user_id"], stale["n_events_30d"], strict=True))
     buggy = []
     for imp in good:
@@ -377,15 +424,23 @@ def test_a_champion_without_a_profile_gets_one_rebuilt_from_its_training_range(
 
     s = private_settings(tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     lake.write_events(generate_stream(False), s.lake_dir)
-    registry = ModelRegistry(s.mlflow_uri, s.drift_model_name,
-                             artifact_location=(tmp_path / "artifacts").as_uri())  # fmt: skip
+    registry = ModelRegistry(
+        s.mlflow_uri, s.drift_model_name, artifact_location=(tmp_path / "artifacts").as_uri()
+    )
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "weights.bin").write_bytes(b"w")
-    run_id = registry.log_run(params={}, metrics={"ndcg@10": 0.1}, evaluation_id="e",
-                              data_range=("2024-01-01", "2024-01-06"), model_dir=model_dir)  # fmt: skip
+    run_id = registry.log_run(
+        params={},
+        metrics={"ndcg@10": 0.1},
+        evaluation_id="e",
+        data_range=("2024-01-01", "2024-01-06"),
+        model_dir=model_dir,
+    )
     registry.promote(registry.register(run_id), {"ndcg@10": 0.1})
-    assert PROFILE_ARTIFACT not in {a.path for a in registry.client.list_artifacts(run_id, "monitoring")}
+    assert PROFILE_ARTIFACT not in {
+        a.path for a in registry.client.list_artifacts(run_id, "monitoring")
+    }
 
     profile, champion = load_champion_profile(s)
     assert champion.run_id == run_id

@@ -151,18 +151,32 @@ def exercise_store(settings: Settings) -> None:
     # Serving's reader (the store's online_read without the SDK) answers what the SDK answers:
     # the same columns and values, unknown entities as None, for services and references.
     cases: list[tuple[str | list[str], list[dict[str, str]]]] = [
-        ("retrieval_v1", [{"user_id": "u1", "session_id": "s1"},
-                          {"user_id": "nobody", "session_id": ""}]),
-        ("ranking_v1", [{"user_id": "u1", "session_id": "s1", "item_id": "i1", "category": "c2"},
-                        {"user_id": "u2", "session_id": "s9", "item_id": "i9", "category": "c9"}]),
-        (["item_cooccurrence:co_bought_items", "item_cooccurrence:co_bought_scores",
-          "item_stats:views_7d"], [{"item_id": i} for i in ("i2", "i1", "unknown", "i2")]),
-    ]  # fmt: skip
+        (
+            "retrieval_v1",
+            [{"user_id": "u1", "session_id": "s1"}, {"user_id": "nobody", "session_id": ""}],
+        ),
+        (
+            "ranking_v1",
+            [
+                {"user_id": "u1", "session_id": "s1", "item_id": "i1", "category": "c2"},
+                {"user_id": "u2", "session_id": "s9", "item_id": "i9", "category": "c9"},
+            ],
+        ),
+        (
+            [
+                "item_cooccurrence:co_bought_items",
+                "item_cooccurrence:co_bought_scores",
+                "item_stats:views_7d",
+            ],
+            [{"item_id": i} for i in ("i2", "i1", "unknown", "i2")],
+        ),
+    ]
     for features, rows in cases:
         expected = fstore.get_online_features(features, rows, settings)
         assert fstore.read_online(features, rows, settings) == expected, features
     assert fstore.read_online("retrieval_v1", [{"user_id": "u1", "session_id": "s1"}], settings)[
-        "session_features__last_viewed_items"] == [["i2", "i1"]]  # fmt: skip
+        "session_features__last_viewed_items"
+    ] == [["i2", "i1"]]
     with pytest.raises(KeyError, match="session_id"):
         fstore.read_online("retrieval_v1", [{"user_id": "u1"}], settings)
 

@@ -66,7 +66,11 @@ def test_10k_generated_events_round_trip_in_order_without_duplicates(
 
     # Per key (user) the broker must hand events back in the order they were produced.
     sent: dict[str, list[str]] = defaultdict(list)
-    for uid, eid in zip(df.sort_values("ts", kind="stable")["user_id"], df.sort_values("ts", kind="stable")["event_id"], strict=True):
+    for uid, eid in zip(
+        df.sort_values("ts", kind="stable")["user_id"],
+        df.sort_values("ts", kind="stable")["event_id"],
+        strict=True,
+    ):
         sent[uid].append(eid)
     got: dict[str, list[str]] = defaultdict(list)
     for m in messages:
@@ -80,11 +84,31 @@ def test_10k_generated_events_round_trip_in_order_without_duplicates(
 BAD_PAYLOADS = [
     (b'{"event_id": "x1", "user_id": ', "$", "malformed JSON"),
     (b'"just a string"', "$", "JSON object"),
-    (b'{"event_id":"x2","user_id":"u","session_id":"s","item_id":"i","event_type":"click","ts":"2024-01-01T00:00:00Z"}', "event_type", "unknown event type"),
-    (b'{"event_id":"x3","user_id":"u","session_id":"s","item_id":"i","event_type":"view"}', "ts", "missing"),
-    (b'{"event_id":"x4","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2024-01-01T00:00:00Z","price":-5}', "price", "greater than"),
-    (b'{"event_id":"x5","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2999-01-01T00:00:00Z"}', "ts", "future"),
-    (b'{"event_id":"x6","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2024-01-01T00:00:00Z","hack":1}', "hack", "unknown field"),
+    (
+        b'{"event_id":"x2","user_id":"u","session_id":"s","item_id":"i","event_type":"click","ts":"2024-01-01T00:00:00Z"}',
+        "event_type",
+        "unknown event type",
+    ),
+    (
+        b'{"event_id":"x3","user_id":"u","session_id":"s","item_id":"i","event_type":"view"}',
+        "ts",
+        "missing",
+    ),
+    (
+        b'{"event_id":"x4","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2024-01-01T00:00:00Z","price":-5}',
+        "price",
+        "greater than",
+    ),
+    (
+        b'{"event_id":"x5","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2999-01-01T00:00:00Z"}',
+        "ts",
+        "future",
+    ),
+    (
+        b'{"event_id":"x6","user_id":"u","session_id":"s","item_id":"i","event_type":"view","ts":"2024-01-01T00:00:00Z","hack":1}',
+        "hack",
+        "unknown field",
+    ),
 ]
 
 
@@ -93,8 +117,16 @@ def test_malformed_events_land_on_dead_letter_with_their_reason(
 ) -> None:
     events_topic, dlq_topic = topics
     good = [
-        orjson.dumps({"event_id": f"ok{i}", "user_id": f"u{i % 3}", "session_id": "s",
-                      "item_id": f"i{i}", "event_type": "view", "ts": "2024-01-01T00:00:00Z"})
+        orjson.dumps(
+            {
+                "event_id": f"ok{i}",
+                "user_id": f"u{i % 3}",
+                "session_id": "s",
+                "item_id": f"i{i}",
+                "event_type": "view",
+                "ts": "2024-01-01T00:00:00Z",
+            }
+        )
         for i in range(50)
     ]
     with EventProducer(kafka_settings, topic=events_topic, dead_letter_topic=dlq_topic) as producer:
@@ -106,7 +138,9 @@ def test_malformed_events_land_on_dead_letter_with_their_reason(
             producer.send_raw(raw)
     assert producer.stats.accepted == 50 and producer.stats.dead_lettered == len(BAD_PAYLOADS)
 
-    dead = [orjson.loads(m.value()) for m in _read_all(kafka_settings, dlq_topic, len(BAD_PAYLOADS))]
+    dead = [
+        orjson.loads(m.value()) for m in _read_all(kafka_settings, dlq_topic, len(BAD_PAYLOADS))
+    ]
     assert len(dead) == len(BAD_PAYLOADS)
     by_raw = {d["raw"]: d for d in dead}
     for raw, field, words in BAD_PAYLOADS:
@@ -115,4 +149,6 @@ def test_malformed_events_land_on_dead_letter_with_their_reason(
         assert words in record["reason"]
         assert record["source"] == "producer"
     valid = _read_all(kafka_settings, events_topic, 50)
-    assert sorted(orjson.loads(m.value())["event_id"] for m in valid) == sorted(f"ok{i}" for i in range(50))
+    assert sorted(orjson.loads(m.value())["event_id"] for m in valid) == sorted(
+        f"ok{i}" for i in range(50)
+    )

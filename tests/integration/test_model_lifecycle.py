@@ -58,14 +58,15 @@ def settings(tmp_path_factory: pytest.TempPathFactory, events: pd.DataFrame) -> 
 
     root = tmp_path_factory.mktemp("lifecycle")
     s = Settings(
-        state_dir=root / "state", online_store="sqlite",
+        state_dir=root / "state",
+        online_store="sqlite",
         mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         milvus_uri=str(root / "milvus" / "items.db"),
         # FLAT: the exact index, so Milvus must return numpy's top-10 exactly. (With HNSW on
         # Milvus Lite the top-10 differed on this slice: items unseen in training share one
         # vector per category and price bucket, and such duplicates hurt HNSW's recall.)
         milvus_index_type="FLAT",
-    )  # fmt: skip
+    )
     days = write_events(events, s.lake_dir)
     con = duckdb_reference.connect(threads=2)
     for day in days:
@@ -80,20 +81,31 @@ def _check_point_in_time(settings: Settings, data: Dataset) -> None:
 
     from lambdarec.tables import USER_HISTORY
 
-    table = pd.read_parquet(USER_HISTORY.path(settings.lake_dir), columns=[
-        "user_id", "event_timestamp", "n_events_30d"])  # fmt: skip
-    table["event_timestamp"] = pd.to_datetime(table["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    table = pd.read_parquet(
+        USER_HISTORY.path(settings.lake_dir), columns=["user_id", "event_timestamp", "n_events_30d"]
+    )
+    table["event_timestamp"] = pd.to_datetime(table["event_timestamp"], utc=True).astype(
+        "datetime64[ns, UTC]"
+    )
     ex = data.train.sample(2000, seed=1)
     ex = ex.subset(np.flatnonzero(ex.user > 0))
-    rows = pd.DataFrame({
-        "user_id": data.user_ids[ex.user - 1].astype(str),
-        "event_timestamp": pd.to_datetime(ex.ts, unit="ms", utc=True).astype("datetime64[ns, UTC]"),
-        "feast": ex.user_events, "order": np.arange(len(ex)),
-    }).sort_values("event_timestamp")  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "user_id": data.user_ids[ex.user - 1].astype(str),
+            "event_timestamp": pd.to_datetime(ex.ts, unit="ms", utc=True).astype(
+                "datetime64[ns, UTC]"
+            ),
+            "feast": ex.user_events,
+            "order": np.arange(len(ex)),
+        }
+    ).sort_values("event_timestamp")
     joined = pd.merge_asof(
-        rows, table.sort_values("event_timestamp"), on="event_timestamp", by="user_id",
+        rows,
+        table.sort_values("event_timestamp"),
+        on="event_timestamp",
+        by="user_id",
         direction="backward",
-    ).sort_values("order")  # fmt: skip
+    ).sort_values("order")
     expected = joined["n_events_30d"].fillna(0).astype(np.int64).to_numpy()
     assert (expected > 0).any()
     np.testing.assert_array_equal(joined["feast"].to_numpy(), expected)
@@ -195,9 +207,12 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     from lambdarec.pipelines.dag_run import run_dag_test
 
     run = run_dag_test(
-        "weekly_model_retraining", "2026-01-05", settings, timeout_s=600,
+        "weekly_model_retraining",
+        "2026-01-05",
+        settings,
+        timeout_s=600,
         conf={"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2},
-    )  # fmt: skip
+    )
     tasks = run.tasks
     assert run.success, (tasks, run.log[-3000:])
     steps = ("build_datasets", "train_two_tower", "train_deepfm", "evaluate_and_promote")

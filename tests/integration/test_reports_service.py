@@ -22,7 +22,9 @@ def test_reports_site_serves_index_data_docs_and_reports() -> None:
         run.mkdir(parents=True)
         (run / "report.html").write_text("<html>evaluation</html>")
         assert requests.get(base + "data_docs/index.html", timeout=5).text == "<html>docs</html>"
-        assert "evaluation" in requests.get(base + "reports/models/run-1/report.html", timeout=5).text
+        assert (
+            "evaluation" in requests.get(base + "reports/models/run-1/report.html", timeout=5).text
+        )
 
         rows = {s.name: s for s in manager.status(settings=settings)}
         assert rows["reports"].state == "up"

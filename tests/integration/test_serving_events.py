@@ -36,8 +36,9 @@ def broker() -> Iterator[Settings]:
 @pytest.fixture(scope="module")
 def app_parts(broker: Settings) -> Iterator[tuple[FlaskClient, ImpressionSink]]:
     items = {f"i{n}": f"c{n % 5}" for n in range(100)}
-    recommender = Recommender(Snapshot.from_items(items, [(i, 100.0 - n) for n, i in
-                                                          enumerate(items)]))  # fmt: skip
+    recommender = Recommender(
+        Snapshot.from_items(items, [(i, 100.0 - n) for n, i in enumerate(items)])
+    )
     sink = ImpressionSink(broker)
     app = create_app(broker, recommender, impressions=sink)
     yield app.test_client(), sink
@@ -46,8 +47,15 @@ def app_parts(broker: Settings) -> Iterator[tuple[FlaskClient, ImpressionSink]]:
 
 def _event(n: int, **overrides: Any) -> dict[str, Any]:
     ts = datetime.now(UTC) - timedelta(seconds=n)
-    return {"event_id": f"ev-{n}", "user_id": f"u{n % 7}", "session_id": f"s{n % 7}",
-            "item_id": f"i{n % 100}", "event_type": "view", "ts": ts.isoformat(), **overrides}  # fmt: skip
+    return {
+        "event_id": f"ev-{n}",
+        "user_id": f"u{n % 7}",
+        "session_id": f"s{n % 7}",
+        "item_id": f"i{n % 100}",
+        "event_type": "view",
+        "ts": ts.isoformat(),
+        **overrides,
+    }
 
 
 def _wait_size(settings: Settings, topic: str, expected: int, timeout_s: float = 15.0) -> int:
@@ -67,8 +75,9 @@ def test_events_reach_the_topic_and_invalid_batches_produce_nothing(
     resp = client.post("/events", json=[_event(n) for n in range(50)])
     assert resp.status_code == 202, resp.data
     assert resp.get_json() == {"accepted": 50}
-    resp = client.post("/events", json=_event(50, event_type="purchase", item_id="i0",
-                                               user_id="buyer"))  # fmt: skip
+    resp = client.post(
+        "/events", json=_event(50, event_type="purchase", item_id="i0", user_id="buyer")
+    )
     assert resp.status_code == 202
     # acks=all before 202: the events are on the topic when the answer arrives.
     assert topic_size(broker, broker.topic_events) == before + 51
@@ -99,8 +108,9 @@ def test_recommend_logs_an_impression(
     assert size >= 1
     consumer = make_consumer("impression-check", [broker.topic_impressions], broker)
     try:  # the idle timeout covers the consumer group's join
-        records = [orjson.loads(m.value())
-                   for m in consume(consumer, max_messages=size, idle_timeout_s=15)]
+        records = [
+            orjson.loads(m.value()) for m in consume(consumer, max_messages=size, idle_timeout_s=15)
+        ]
     finally:
         consumer.close()
     mine = [r for r in records if r["request_id"] == body["request_id"]]

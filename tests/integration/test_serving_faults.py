@@ -106,10 +106,13 @@ class Load:
                 resp = session.get(f"{self.base}/recommend", params=params, timeout=20)
                 body = resp.json() if resp.status_code == 200 else {}
                 answer = Answer(
-                    sent_in, self.phase, resp.status_code, list(body.get("degraded_parts", [])),
+                    sent_in,
+                    self.phase,
+                    resp.status_code,
+                    list(body.get("degraded_parts", [])),
                     {s for item in body.get("items", []) for s in item["sources"]},
                     "" if resp.status_code == 200 else resp.text[:300],
-                )  # fmt: skip
+                )
                 if resp.status_code == 200 and body.get("degraded") != bool(answer.parts):
                     answer.error = f"degraded flag {body.get('degraded')} with parts {answer.parts}"
             except Exception as exc:  # noqa: BLE001 - recorded as a failed answer
@@ -135,8 +138,10 @@ class Load:
                 return time.monotonic() - began
             time.sleep(0.1)
         last = [a.parts for a in self.of(phase)[-5:]]
-        raise AssertionError(f"{part} still degraded {timeout_s:.0f} s after the restart: {last}; "
-                             f"phases {self.timeline}")  # fmt: skip
+        raise AssertionError(
+            f"{part} still degraded {timeout_s:.0f} s after the restart: {last}; "
+            f"phases {self.timeline}"
+        )
 
 
 def _train_models(settings: Settings, run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
@@ -151,8 +156,9 @@ def _train_models(settings: Settings, run_dir: Path) -> tuple[list[str], np.ndar
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.two_tower import TwoTowerConfig
 
-    config = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000,
-                             seed=1)  # fmt: skip
+    config = GeneratorConfig(
+        n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1
+    )
     catalog = ClickstreamGenerator(config).catalog_table()
     lake.write_events(generate_events(config), settings.lake_dir)
     lake.write_catalog(catalog, settings.lake_dir)
@@ -161,8 +167,13 @@ def _train_models(settings: Settings, run_dir: Path) -> tuple[list[str], np.ndar
     retrain.train_ranker(run_dir, DeepFMConfig(epochs=1, max_queries=500))
     saved = np.load(run_dir / "two_tower" / "item_embeddings.npz")
     ids = [str(i) for i in saved["ids"]]
-    category = dict(zip(catalog.column("item_id").to_pylist(),
-                        catalog.column("category").to_pylist(), strict=True))  # fmt: skip
+    category = dict(
+        zip(
+            catalog.column("item_id").to_pylist(),
+            catalog.column("category").to_pylist(),
+            strict=True,
+        )
+    )
     cats = [str(category.get(i) or "") for i in ids]
     return ids, np.asarray(saved["embeddings"], dtype=np.float32), cats
 
@@ -181,20 +192,41 @@ def _online_features(settings: Settings, ids: list[str]) -> None:
     folder = ITEM_COOCCURRENCE.partition(settings.lake_dir, stamp.date().isoformat())
     folder.mkdir(parents=True)
     pd.DataFrame(
-        {"item_id": viewed, "event_timestamp": [pd.Timestamp(stamp)] * SESSIONS,
-         "co_bought_items": neighbours, "co_bought_scores": [[1.0, 0.9]] * SESSIONS,
-         "co_viewed_items": neighbours, "co_viewed_scores": [[1.0, 0.9]] * SESSIONS}
-    ).to_parquet(folder / "part-00000.parquet")  # fmt: skip
-    materialize(stamp - timedelta(minutes=1), stamp + timedelta(minutes=1), settings,
-                views=[ITEM_COOCCURRENCE.name])  # fmt: skip
+        {
+            "item_id": viewed,
+            "event_timestamp": [pd.Timestamp(stamp)] * SESSIONS,
+            "co_bought_items": neighbours,
+            "co_bought_scores": [[1.0, 0.9]] * SESSIONS,
+            "co_viewed_items": neighbours,
+            "co_viewed_scores": [[1.0, 0.9]] * SESSIONS,
+        }
+    ).to_parquet(folder / "part-00000.parquet")
+    materialize(
+        stamp - timedelta(minutes=1),
+        stamp + timedelta(minutes=1),
+        settings,
+        views=[ITEM_COOCCURRENCE.name],
+    )
     now = datetime.now(UTC)
     rows = [
-        {"session_id": f"s-{n}", "event_timestamp": now, "user_id": f"u-{n}",
-         "last_viewed_items": [viewed[n]], "last_carted_items": [], "last_purchased_items": [],
-         "n_views": 1, "n_carts": 0, "n_removes": 0, "n_purchases": 0, "n_events_30min": 1,
-         "session_category": "", "session_avg_price": 10.0, "seconds_since_prev_event": 5.0}
+        {
+            "session_id": f"s-{n}",
+            "event_timestamp": now,
+            "user_id": f"u-{n}",
+            "last_viewed_items": [viewed[n]],
+            "last_carted_items": [],
+            "last_purchased_items": [],
+            "n_views": 1,
+            "n_carts": 0,
+            "n_removes": 0,
+            "n_purchases": 0,
+            "n_events_30min": 1,
+            "session_category": "",
+            "session_avg_price": 10.0,
+            "seconds_since_prev_event": 5.0,
+        }
         for n in range(SESSIONS)
-    ]  # fmt: skip
+    ]
     push_session_features(pd.DataFrame(rows)[list(SESSION_FEATURES.columns)], settings)
 
 
@@ -210,11 +242,16 @@ def _check_milvus_is_ours(settings: Settings) -> None:
     ours = {row.pid} if row.pid else set()
     with contextlib.suppress(psutil.Error):
         ours |= {p.pid for p in psutil.Process(row.pid).children(recursive=True)}
-    owners = {c.pid for c in psutil.net_connections(kind="tcp")
-              if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in MILVUS_PORTS}  # fmt: skip
+    owners = {
+        c.pid
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in MILVUS_PORTS
+    }
     if owners - ours:
-        pytest.fail(f"Milvus ports {MILVUS_PORTS} are held by processes {owners - ours}, not by "
-                    f"this test's server {sorted(ours)}: another Milvus server started on the host")  # fmt: skip
+        pytest.fail(
+            f"Milvus ports {MILVUS_PORTS} are held by processes {owners - ours}, not by "
+            f"this test's server {sorted(ours)}: another Milvus server started on the host"
+        )
 
 
 def _wait_milvus_answers(settings: Settings, timeout_s: float) -> None:
@@ -241,12 +278,17 @@ def _print_logs(settings: Settings) -> None:
     """The ends of serving's and Milvus's logs (pytest shows them when the test failed), without
     librdkafka's retries of the impressions' broker (no Kafka here)."""
     server_logs = sorted((settings.state_dir / "milvus-server" / "logs").glob("*.log"))
-    for log, lines in ((settings.log_dir / "serving.log", 150),
-                       (settings.log_dir / "milvus.log", 20),
-                       *((path, 20) for path in server_logs)):  # fmt: skip
+    for log, lines in (
+        (settings.log_dir / "serving.log", 150),
+        (settings.log_dir / "milvus.log", 20),
+        *((path, 20) for path in server_logs),
+    ):
         if log.is_file():
-            text = [line for line in log.read_text(errors="replace").splitlines(True)
-                    if "serving-impressions" not in line][-lines:]  # fmt: skip
+            text = [
+                line
+                for line in log.read_text(errors="replace").splitlines(True)
+                if "serving-impressions" not in line
+            ][-lines:]
             print(f"--- {log.name}\n" + "".join(line[:400] for line in text))
 
 
@@ -269,9 +311,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
 
     run_dir = tmp_path_factory.mktemp("faults") / "run"
-    with private_platform(["redis", "milvus"], online_store="redis", start_timeout_s=240,
-                          milvus_uri="http://127.0.0.1:19530",
-                          serving_model_dir=str(run_dir / "two_tower")) as settings:  # fmt: skip
+    with private_platform(
+        ["redis", "milvus"],
+        online_store="redis",
+        start_timeout_s=240,
+        milvus_uri="http://127.0.0.1:19530",
+        serving_model_dir=str(run_dir / "two_tower"),
+    ) as settings:
         try:
             _check_milvus_is_ours(settings)
             ids, embeddings, cats = _train_models(settings, run_dir)
@@ -316,16 +362,19 @@ def test_redis_then_milvus_down_under_load_degrade_and_recover(platform: Setting
             if service == "milvus":
                 _wait_milvus_answers(settings, timeout_s=240)
             load.set_phase(f"{service} restarted")
-            recovery[service] = load.wait_recovered(f"{service} restarted", part,
-                                                    RECOVERY_S[service])  # fmt: skip
+            recovery[service] = load.wait_recovered(
+                f"{service} restarted", part, RECOVERY_S[service]
+            )
             load.set_phase(f"healthy after {service}")
             time.sleep(HEALTHY_S)
         load.set_phase("end")
 
     answers = load.answers
-    print(f"{len(answers)} requests; recovered after {recovery} s; phases {load.timeline} "
-          f"(s after {time.strftime('%H:%M:%S', time.localtime(load.began_at))}); by phase "
-          "(requests sent): degraded parts | candidate sources")  # fmt: skip
+    print(
+        f"{len(answers)} requests; recovered after {recovery} s; phases {load.timeline} "
+        f"(s after {time.strftime('%H:%M:%S', time.localtime(load.began_at))}); by phase "
+        "(requests sent): degraded parts | candidate sources"
+    )
     for phase in dict.fromkeys(a.sent_in for a in answers):
         sent = [a for a in answers if a.sent_in == phase]
         parts = Counter("+".join(a.parts) or "none" for a in sent)
@@ -334,8 +383,15 @@ def test_redis_then_milvus_down_under_load_degrade_and_recover(platform: Setting
 
     failed = [a for a in answers if a.status != 200 or a.error]
     assert not failed, f"{len(failed)} of {len(answers)} answers failed, e.g. {failed[:3]}"
-    for phase in ("healthy", "redis down", "redis restarted", "healthy after redis",
-                  "milvus down", "milvus restarted", "healthy after milvus"):  # fmt: skip
+    for phase in (
+        "healthy",
+        "redis down",
+        "redis restarted",
+        "healthy after redis",
+        "milvus down",
+        "milvus restarted",
+        "healthy after milvus",
+    ):
         assert load.of(phase), f"no request was sent and answered while {phase}"
 
     for phase in ("healthy", "healthy after redis", "healthy after milvus"):
@@ -343,8 +399,10 @@ def test_redis_then_milvus_down_under_load_degrade_and_recover(platform: Setting
         clean = [a for a in within if not a.parts]
         # A single slow call on a busy host degrades its own request (the guard backs off after
         # three failures in a row only): a few isolated ones are no outage.
-        assert len(clean) >= HEALTHY_SHARE * len(within), (phase, Counter(
-            "+".join(a.parts) for a in within))  # fmt: skip
+        assert len(clean) >= HEALTHY_SHARE * len(within), (
+            phase,
+            Counter("+".join(a.parts) for a in within),
+        )
         for a in clean:  # both parts answer with data: session co-occurrence and vector hits
             assert {"cooccurrence", "vector"} <= a.sources, (phase, a)
     for service, part in (("redis", "online_store"), ("milvus", "index")):

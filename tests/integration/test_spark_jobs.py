@@ -62,9 +62,14 @@ def _generated_events() -> pd.DataFrame:
     from lambdarec.data.generator import GeneratorConfig, generate_events
 
     config = GeneratorConfig(
-        n_users=400, n_items=3_000, n_categories=40, days=35, start=GEN_START, n_events=40_000,
+        n_users=400,
+        n_items=3_000,
+        n_categories=40,
+        days=35,
+        start=GEN_START,
+        n_events=40_000,
         seed=7,
-    )  # fmt: skip
+    )
     return generate_events(config)
 
 
@@ -143,15 +148,21 @@ def _assert_same(spark_df: pd.DataFrame, ref: pd.DataFrame, table: str) -> None:
         a, b = s[col], r[col]
         if kind == "double":
             np.testing.assert_allclose(
-                a.to_numpy(float), b.to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True,
+                a.to_numpy(float),
+                b.to_numpy(float),
+                rtol=1e-9,
+                atol=1e-12,
+                equal_nan=True,
                 err_msg=f"{table}.{col}",
-            )  # fmt: skip
+            )
         elif kind == "array<double>":
             for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 np.testing.assert_allclose(
-                    np.asarray(x, float), np.asarray(y, float), rtol=1e-12,
+                    np.asarray(x, float),
+                    np.asarray(y, float),
+                    rtol=1e-12,
                     err_msg=f"{table}.{col} at {s.index[i]}",
-                )  # fmt: skip
+                )
         elif kind == "array<string>":
             bad = [k for k, x, y in zip(s.index, a, b, strict=True) if list(x) != list(y)]
             assert not bad, f"{table}.{col} differs for {len(bad)} key(s), e.g. {bad[:3]}"

@@ -32,9 +32,12 @@ def _committed(settings: Settings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     probe = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": GROUP_ID,
-         "enable.auto.commit": False}
-    )  # fmt: skip
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": GROUP_ID,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         parts = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
         return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=10))
@@ -118,10 +121,15 @@ def test_kill_and_restart_loses_nothing_and_double_counts_nothing() -> None:
                             for s, want in expected.items()
                             if any(
                                 want[k] != got.get(s, {}).get(k)
-                                for k in ("n_views", "n_carts", "n_removes", "n_purchases",
-                                          "n_events_30min")
+                                for k in (
+                                    "n_views",
+                                    "n_carts",
+                                    "n_removes",
+                                    "n_purchases",
+                                    "n_events_30min",
+                                )
                             )
-                        }  # fmt: skip
+                        }
                         if not wrong or time.monotonic() > deadline:
                             break
                         time.sleep(2)

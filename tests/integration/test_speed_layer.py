@@ -226,7 +226,6 @@ def test_the_job_listens_on_loopback_only(
     assert [s for s in listening if s[0] not in {"127.0.0.1", "::ffff:127.0.0.1"}] == []
 
 
-
 def test_session_features_equal_an_independent_computation_within_2s(
     speed: tuple[Settings, SpeedJob, list[FeaturePusher]], replayed_sessions: pd.DataFrame
 ) -> None:
@@ -260,9 +259,12 @@ def test_session_features_equal_an_independent_computation_within_2s(
 def malformed_events(n: int) -> list[bytes]:
     """``n`` invalid inputs of a dozen kinds, each rejected by lambdarec.events.parse_event."""
     good = {
-        "user_id": "u-bad", "session_id": "s-bad", "item_id": "i1",
-        "event_type": "view", "ts": "2024-05-01T12:00:00.000Z",
-    }  # fmt: skip
+        "user_id": "u-bad",
+        "session_id": "s-bad",
+        "item_id": "i1",
+        "event_type": "view",
+        "ts": "2024-05-01T12:00:00.000Z",
+    }
 
     def event(i: int, **changes: Any) -> bytes:
         obj = {"event_id": f"bad-{i}", **good, **changes}
@@ -301,9 +303,11 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
     settings, job, _ = speed
     bad = malformed_events(1000)
     valid = pd.concat(
-        [_session_frame(f"mix{k}", n=50, start=datetime(2024, 6, 1, k, tzinfo=UTC))
-         for k in range(4)]
-    )  # fmt: skip
+        [
+            _session_frame(f"mix{k}", n=50, start=datetime(2024, 6, 1, k, tzinfo=UTC))
+            for k in range(4)
+        ]
+    )
     expected = expected_session_features(valid)
     # Interleave: one bad record after every valid one (and the rest at the end), keyed by user.
     from lambdarec.streaming.replay import encode_events
@@ -325,8 +329,9 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
     assert producer.flush(30) == 0
 
     began = time.monotonic()
-    consumer = make_consumer(f"test-dlq-{uuid.uuid4().hex[:6]}", [settings.topic_dead_letter],
-                             settings)  # fmt: skip
+    consumer = make_consumer(
+        f"test-dlq-{uuid.uuid4().hex[:6]}", [settings.topic_dead_letter], settings
+    )
     ours: dict[str, dict[str, Any]] = {}
     while len(ours) < len(bad) and time.monotonic() - began < 60:
         for message in consume(consumer, idle_timeout_s=1):
@@ -383,9 +388,13 @@ def test_a_future_event_does_not_stall_the_trending_windows(
     item = f"i-wm-{tag}"
     producer = make_producer(settings)
     future = {
-        "event_id": f"wm-future-{tag}", "user_id": f"u-wm-{tag}", "session_id": f"s-wm-{tag}",
-        "item_id": item, "event_type": "view", "ts": "2999-01-01T00:00:00.000Z",
-    }  # fmt: skip
+        "event_id": f"wm-future-{tag}",
+        "user_id": f"u-wm-{tag}",
+        "session_id": f"s-wm-{tag}",
+        "item_id": item,
+        "event_type": "view",
+        "ts": "2999-01-01T00:00:00.000Z",
+    }
     producer.produce(settings.topic_events, value=orjson.dumps(future), key=f"u-wm-{tag}".encode())
     assert producer.flush(30) == 0
     # Unguarded, the year-2999 time reached every operator's watermark within ~15 s.

@@ -59,9 +59,12 @@ def test_compaction_types_dedupes_sorts_and_keeps_backfilled_rows(tmp_path: Path
 
     result = archive.compact(arch, lake_dir, DAY)
     assert result.as_dict() == {
-        "day": "2024-05-01", "archived_rows": 4, "lake_rows_before": 2,
-        "duplicates_dropped": 1, "lake_rows_after": 5,
-    }  # fmt: skip
+        "day": "2024-05-01",
+        "archived_rows": 4,
+        "lake_rows_before": 2,
+        "duplicates_dropped": 1,
+        "lake_rows_after": 5,
+    }
     got = lake.read_events(lake_dir, DAY, DAY)
     assert list(got["event_id"]) == ["e1", "e2", "e3", "e4", "e5"]
     assert str(got["ts"].dtype) == "datetime64[ms, UTC]"

@@ -33,10 +33,19 @@ ENV_EXAMPLE = REPO_ROOT / ".env.example"
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 #: Services that must run project code with the project's endpoints.
 EXPECTED = {
-    "lambdarec-init", "feature-pusher", "speed-layer", "flink-jobmanager", "flink-taskmanager",
-    "spark-master", "spark-worker", "airflow-api-server", "airflow-scheduler",
-    "airflow-dag-processor", "airflow-triggerer", "serving",
-}  # fmt: skip
+    "lambdarec-init",
+    "feature-pusher",
+    "speed-layer",
+    "flink-jobmanager",
+    "flink-taskmanager",
+    "spark-master",
+    "spark-worker",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "serving",
+}
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess[str]:
@@ -74,9 +83,17 @@ def test_compose_config_is_valid() -> None:
 
 def test_compose_config_with_override_and_cluster_profile_is_valid() -> None:
     done = _compose(
-        "-f", "docker-compose.yml", "-f", "docker-compose.override.yml",
-        "--env-file", ".env.example", "--profile", "kafka-cluster", "config", "-q",
-    )  # fmt: skip
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.override.yml",
+        "--env-file",
+        ".env.example",
+        "--profile",
+        "kafka-cluster",
+        "config",
+        "-q",
+    )
     assert done.returncode == 0, done.stderr
 
 

@@ -181,8 +181,13 @@ def test_bins_round_trip_and_reject_unknown_kinds() -> None:
 
 def test_thresholds_and_their_settings() -> None:
     assert [status_of(v) for v in (0.0, 0.099, 0.1, 0.2499, 0.25, 3.0)] == [
-        "ok", "ok", "watch", "watch", "act", "act"
-    ]  # fmt: skip
+        "ok",
+        "ok",
+        "watch",
+        "watch",
+        "act",
+        "act",
+    ]
     assert status_of(0.15, watch=0.2, act=0.3) == "ok"
     s = Settings(_env_file=None)
     assert (s.drift_psi_watch, s.drift_psi_act) == (0.1, 0.25)
@@ -195,21 +200,32 @@ def test_thresholds_and_their_settings() -> None:
 
 def _events(n: int, seed: int, price_scale: float = 1.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "price": rng.lognormal(3, 0.8, n) * price_scale,
-        "category": rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1]),
-        "event_type": rng.choice(["view", "add_to_cart"], n, p=[0.9, 0.1]),
-        "ts": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 86_400, n), "s"),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "price": rng.lognormal(3, 0.8, n) * price_scale,
+            "category": rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1]),
+            "event_type": rng.choice(["view", "add_to_cart"], n, p=[0.9, 0.1]),
+            "ts": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 86_400, n), "s"),
+        }
+    )
 
 
 def test_a_profile_round_trips_and_flags_only_the_shifted_feature() -> None:
     ref = event_features(_events(20_000, 1))
-    served = pd.DataFrame({"user_history_30d__top_category_30d": ["a", "b"] * 500,
-                           "user_history_30d__n_events_30d": np.arange(1000),
-                           "session_features__last_viewed_items": [["i1"]] * 1000})  # fmt: skip
-    profile = build_profile({"events": ref, "served": served}, scores=np.linspace(0, 1, 500),
-                            popularity=np.linspace(0, 1, 500), meta={"data": "unit"})  # fmt: skip
+    served = pd.DataFrame(
+        {
+            "user_history_30d__top_category_30d": ["a", "b"] * 500,
+            "user_history_30d__n_events_30d": np.arange(1000),
+            "session_features__last_viewed_items": [["i1"]] * 1000,
+        }
+    )
+    profile = build_profile(
+        {"events": ref, "served": served},
+        scores=np.linspace(0, 1, 500),
+        popularity=np.linspace(0, 1, 500),
+        meta={"data": "unit"},
+    )
     assert "session_features__last_viewed_items" not in profile.features  # lists are skipped
     assert {"price", "category", "event_type", "hour", "score", "popularity"} <= set(
         profile.features
@@ -217,9 +233,13 @@ def test_a_profile_round_trips_and_flags_only_the_shifted_feature() -> None:
     again = ReferenceProfile.from_json(profile.to_json())
     assert again.features == profile.features and again.meta["data"] == "unit"
 
-    current = {"events": event_features(_events(5_000, 2, price_scale=1.8)), "served": served,
-               "model": pd.DataFrame({"score": np.linspace(0, 1, 300),
-                                      "popularity": np.linspace(0, 1, 300)})}  # fmt: skip
+    current = {
+        "events": event_features(_events(5_000, 2, price_scale=1.8)),
+        "served": served,
+        "model": pd.DataFrame(
+            {"score": np.linspace(0, 1, 300), "popularity": np.linspace(0, 1, 300)}
+        ),
+    }
     drifts = again.compare(current)
     alarms = [d.feature for d in drifts if d.status == "act"]
     assert alarms == ["price"]

@@ -102,7 +102,14 @@ def test_exported_json_schema_agrees_with_the_model() -> None:
     assert not list(validator.iter_errors(json.loads(parse_event(GOOD).to_json())))  # type: ignore[union-attr]
     assert list(validator.iter_errors({**GOOD, "event_type": "click"}))
     assert list(validator.iter_errors({**GOOD, "extra": 1}))
-    assert set(schema["required"]) == {"event_id", "user_id", "session_id", "item_id", "event_type", "ts"}
+    assert set(schema["required"]) == {
+        "event_id",
+        "user_id",
+        "session_id",
+        "item_id",
+        "event_type",
+        "ts",
+    }
 
 
 def test_committed_json_schema_is_the_generated_one() -> None:

@@ -207,8 +207,9 @@ def test_users_concentrate_on_a_few_categories(events: pd.DataFrame) -> None:
 
 # -- scale ----------------------------------------------------------------------------------
 def test_scale_smoke_200k_events_quickly() -> None:
-    config = GeneratorConfig(n_users=20_000, n_items=200_000, n_categories=500, days=7,
-                             n_events=200_000, seed=3)  # fmt: skip
+    config = GeneratorConfig(
+        n_users=20_000, n_items=200_000, n_categories=500, days=7, n_events=200_000, seed=3
+    )
     started = time.perf_counter()
     rows = 0
     for batch in iter_event_batches(config, batch_rows=50_000):

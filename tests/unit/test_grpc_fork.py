@@ -53,9 +53,17 @@ def _without_the_setting() -> dict[str, str]:
 
 def test_importing_lambdarec_turns_grpc_fork_handlers_off() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import os, lambdarec; print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])"],
-        env=_without_the_setting(), capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import os, lambdarec; print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])",
+        ],
+        env=_without_the_setting(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "false"
 
 

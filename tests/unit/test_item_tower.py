@@ -54,11 +54,14 @@ def _tower(vocabulary: ItemVocabulary | None, dim: int = 8) -> ItemTower:
     n_cat = vocabulary.n_categories if vocabulary else 5
     n_price = vocabulary.n_price_buckets if vocabulary else 11
     weights = {
-        "item": rng.normal(size=(2, dim)), "category": rng.normal(size=(n_cat, 16)),
-        "price": rng.normal(size=(n_price, 4)), "kernel_0": rng.normal(size=(dim + 20, 12)),
-        "bias_0": rng.normal(size=12), "kernel_1": rng.normal(size=(12, dim)),
+        "item": rng.normal(size=(2, dim)),
+        "category": rng.normal(size=(n_cat, 16)),
+        "price": rng.normal(size=(n_price, 4)),
+        "kernel_0": rng.normal(size=(dim + 20, 12)),
+        "bias_0": rng.normal(size=12),
+        "kernel_1": rng.normal(size=(12, dim)),
         "bias_1": rng.normal(size=dim),
-    }  # fmt: skip
+    }
     return ItemTower(weights, vocabulary)
 
 
@@ -87,14 +90,22 @@ def test_numpy_item_tower_equals_the_tf_candidate_tower(
     catalog = dataset.catalog
     config = TwoTowerConfig(dim=16, hidden=32)
     model = TwoTower(
-        n_items=dataset.n_items, n_users=dataset.n_users, n_categories=catalog.n_categories,
-        n_price=catalog.n_price_buckets, config=config,
-    )  # fmt: skip
+        n_items=dataset.n_items,
+        n_users=dataset.n_users,
+        n_categories=catalog.n_categories,
+        n_price=catalog.n_price_buckets,
+        config=config,
+    )
     # every (item 0 or OOV, category, price bucket) combination
-    item, cat, price = (a.ravel() for a in np.meshgrid(
-        [0, OOV_ITEM], np.arange(catalog.n_categories), np.arange(catalog.n_price_buckets),
-        indexing="ij",
-    ))  # fmt: skip
+    item, cat, price = (
+        a.ravel()
+        for a in np.meshgrid(
+            [0, OOV_ITEM],
+            np.arange(catalog.n_categories),
+            np.arange(catalog.n_price_buckets),
+            indexing="ij",
+        )
+    )
     feats = {"item": item, "item_category": cat, "item_price": price}
     want = model.candidate({k: tf.constant(v, tf.int64) for k, v in feats.items()}).numpy()
     tower = ItemTower(tower_weights(model), None)
@@ -110,20 +121,27 @@ def test_numpy_item_tower_equals_the_tf_candidate_tower(
     ids, _ = trained.item_embeddings()
     out = tmp_path / "two_tower"
     export_item_tower(trained, out / EXPORT_DIR, vocabulary)
-    np.savez(out / "item_embeddings.npz", ids=np.asarray(ids).astype(str),
-             embeddings=np.zeros((len(ids), config.dim), np.float32))  # fmt: skip
+    np.savez(
+        out / "item_embeddings.npz",
+        ids=np.asarray(ids).astype(str),
+        embeddings=np.zeros((len(ids), config.dim), np.float32),
+    )
     loaded = ItemTower.load(tmp_path)  # a run folder: finds two_tower/item_tower/
     np.testing.assert_allclose(loaded.forward(cat, price, item), want, atol=TOLERANCE, rtol=0)
     known = next(iter(vocabulary.categories))
-    rows = pd.DataFrame({"item_id": ["new-1", "new-2"], "category": [known, "never-seen"],
-                         "price": [12.5, 3000.0]})  # fmt: skip
+    rows = pd.DataFrame(
+        {"item_id": ["new-1", "new-2"], "category": [known, "never-seen"], "price": [12.5, 3000.0]}
+    )
     new = embed_new_items(out, rows)
     c = vocabulary.category_index(rows["category"])
     b = vocabulary.price_bucket(rows["price"])
-    tf_new = model.candidate({
-        "item": tf.constant([OOV_ITEM, OOV_ITEM], tf.int64),
-        "item_category": tf.constant(c, tf.int64), "item_price": tf.constant(b, tf.int64),
-    }).numpy()  # fmt: skip
+    tf_new = model.candidate(
+        {
+            "item": tf.constant([OOV_ITEM, OOV_ITEM], tf.int64),
+            "item_category": tf.constant(c, tf.int64),
+            "item_price": tf.constant(b, tf.int64),
+        }
+    ).numpy()
     assert new.ids == ["new-1", "new-2"] and new.unknown_category == 1
     np.testing.assert_allclose(new.embeddings, tf_new, atol=TOLERANCE, rtol=0)
 
@@ -169,8 +187,9 @@ def test_a_bad_price_is_a_value_error_naming_the_field_and_the_fix(
     vocabulary: ItemVocabulary, price: float | None
 ) -> None:
     tower = _tower(vocabulary)
-    rows = pd.DataFrame({"item_id": ["ok", "broken"], "category": ["x", "x"],
-                         "price": [10.0, price]})  # fmt: skip
+    rows = pd.DataFrame(
+        {"item_id": ["ok", "broken"], "category": ["x", "x"], "price": [10.0, price]}
+    )
     with pytest.raises(ValueError, match=r"^price: 1 item\(s\).*'broken'.*fix these catalog rows"):
         tower.embed(rows)
 
@@ -187,15 +206,18 @@ def test_catalog_rows_are_validated(vocabulary: ItemVocabulary) -> None:
     with pytest.raises(ValueError, match=r"lack column\(s\) \['price'\]"):
         tower.embed(pd.DataFrame({"item_id": ["a"], "category": ["x"]}))
     with pytest.raises(ValueError, match="^item_id: the catalog rows repeat"):
-        tower.embed(pd.DataFrame({"item_id": ["a", "a"], "category": ["x", "x"],
-                                  "price": [1.0, 2.0]}))  # fmt: skip
+        tower.embed(
+            pd.DataFrame({"item_id": ["a", "a"], "category": ["x", "x"], "price": [1.0, 2.0]})
+        )
     with pytest.raises(ValueError, match="^item_id: rows"):
-        tower.embed(pd.DataFrame({"item_id": ["a", ""], "category": ["x", "x"],
-                                  "price": [1.0, 2.0]}))  # fmt: skip
+        tower.embed(
+            pd.DataFrame({"item_id": ["a", ""], "category": ["x", "x"], "price": [1.0, 2.0]})
+        )
     with pytest.raises(ValueError, match="no item vocabulary"):
         _tower(None).embed(pd.DataFrame({"item_id": ["a"], "category": ["x"], "price": [1.0]}))
-    new = tower.embed(pd.DataFrame({"item_id": ["a", "b"], "category": ["x", None],
-                                    "price": [1.0, 2.0]}))  # fmt: skip
+    new = tower.embed(
+        pd.DataFrame({"item_id": ["a", "b"], "category": ["x", None], "price": [1.0, 2.0]})
+    )
     assert new.embeddings.shape == (2, tower.dim) and new.embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(new.embeddings, axis=1), 1.0, atol=1e-6)
 
@@ -211,12 +233,22 @@ def test_items_the_model_already_embeds_are_refused(
     folder = tmp_path / EXPORT_DIR
     folder.mkdir()
     np.savez(folder / "weights.npz", **tower.weights)  # type: ignore[arg-type]
-    (folder / "item_tower.json").write_text(json.dumps({
-        "format": 1, "dim": tower.dim, "oov_item": 1, "activations": ["relu", "linear"],
-        "vocabulary": vocabulary.to_json(),
-    }))  # fmt: skip
-    np.savez(tmp_path / "item_embeddings.npz", ids=np.array(["old-1", "old-2"]),
-             embeddings=np.zeros((2, tower.dim), np.float32))  # fmt: skip
+    (folder / "item_tower.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "dim": tower.dim,
+                "oov_item": 1,
+                "activations": ["relu", "linear"],
+                "vocabulary": vocabulary.to_json(),
+            }
+        )
+    )
+    np.savez(
+        tmp_path / "item_embeddings.npz",
+        ids=np.array(["old-1", "old-2"]),
+        embeddings=np.zeros((2, tower.dim), np.float32),
+    )
     rows = pd.DataFrame(
         {"item_id": ["new-1", "old-2"], "category": ["x", "x"], "price": [1.0, 1.0]}
     )

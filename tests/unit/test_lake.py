@@ -161,9 +161,28 @@ def test_cli_generate_into_the_lake_then_lake_info(tmp_path: Path) -> None:
     from lambdarec.data.cli import app
 
     runner = CliRunner()
-    args = ["generate", "--users", "300", "--items", "1000", "--categories", "10", "--days", "2",
-            "--events", "5000", "--seed", "3", "--start", "2024-03-01",
-            "--out-dir", str(tmp_path / "out"), "--lake", "--lake-dir", str(tmp_path / "lake")]  # fmt: skip
+    args = [
+        "generate",
+        "--users",
+        "300",
+        "--items",
+        "1000",
+        "--categories",
+        "10",
+        "--days",
+        "2",
+        "--events",
+        "5000",
+        "--seed",
+        "3",
+        "--start",
+        "2024-03-01",
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--lake",
+        "--lake-dir",
+        str(tmp_path / "lake"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "generated " in result.output and "2 dates" in result.output

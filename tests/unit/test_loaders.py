@@ -134,8 +134,9 @@ def test_expand_sessions_longest_prefix_first() -> None:
 # -- generic --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def canonical() -> pd.DataFrame:
-    return generate_events(GeneratorConfig(n_users=200, n_items=500, n_categories=10, days=2,
-                                           n_events=3_000, seed=11))  # fmt: skip
+    return generate_events(
+        GeneratorConfig(n_users=200, n_items=500, n_categories=10, days=2, n_events=3_000, seed=11)
+    )
 
 
 def _export(df: pd.DataFrame) -> pd.DataFrame:
@@ -146,13 +147,19 @@ def _export(df: pd.DataFrame) -> pd.DataFrame:
             "sessionId": df["session_id"],
             "productId": df["item_id"],
             "timestamp": df["ts"].astype("int64"),
-            "Action": df["event_type"].map({"view": "pv", "add_to_cart": "cart",
-                                            "remove_from_cart": "remove", "purchase": "buy"}),
+            "Action": df["event_type"].map(
+                {
+                    "view": "pv",
+                    "add_to_cart": "cart",
+                    "remove_from_cart": "remove",
+                    "purchase": "buy",
+                }
+            ),
             "category": df["category"],
             "price": df["price"],
             "event_id": df["event_id"],
         }
-    )  # fmt: skip
+    )
 
 
 def test_generic_csv_round_trip(canonical: pd.DataFrame, tmp_path: Path) -> None:
@@ -195,8 +202,11 @@ def test_generic_minimal_file_gets_sessions_views_and_ids(tmp_path: Path) -> Non
     assert df["event_type"].eq("view").all()
     assert df["event_id"].tolist() == ["gen-1", "gen-4", "gen-2", "gen-3"]
     assert df.set_index("event_id")["session_id"].to_dict() == {
-        "gen-1": "a-0", "gen-2": "a-0", "gen-3": "a-1", "gen-4": "b-0",
-    }  # fmt: skip
+        "gen-1": "a-0",
+        "gen-2": "a-0",
+        "gen-3": "a-1",
+        "gen-4": "b-0",
+    }
     assert df["ts"].iloc[0] == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
     assert df["category"].isna().all() and df["price"].isna().all()
 

@@ -66,9 +66,14 @@ def test_evaluate_scores_batches_match_one_pass() -> None:
     scores = rng.random((50, 30)).astype(np.float32)
     targets = rng.integers(0, 30, 50)
     per_query, topk = M.evaluate_scores(
-        lambda idx: scores[idx], 50, targets, n_items=30, popularity=np.ones(30), ks=(5, 10),
+        lambda idx: scores[idx],
+        50,
+        targets,
+        n_items=30,
+        popularity=np.ones(30),
+        ks=(5, 10),
         batch_size=7,
-    )  # fmt: skip
+    )
     assert topk.shape == (50, 10)
     ranks = (scores > scores[np.arange(50), targets][:, None]).sum(axis=1)
     np.testing.assert_allclose(per_query["hr@10"], (ranks < 10).astype(float))

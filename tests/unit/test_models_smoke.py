@@ -57,9 +57,11 @@ def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> No
     assert trending.scores(dataset.test.subset(np.arange(3))).shape == (3, dataset.n_items)
 
     trained = train_models(
-        dataset, TwoTowerConfig(epochs=1, batch_size=256, valid_queries=200),
-        DeepFMConfig(epochs=1, max_queries=500, negatives=5), out_dir=tmp_path,
-    )  # fmt: skip
+        dataset,
+        TwoTowerConfig(epochs=1, batch_size=256, valid_queries=200),
+        DeepFMConfig(epochs=1, max_queries=500, negatives=5),
+        out_dir=tmp_path,
+    )
     ids, matrix = trained.retriever.item_embeddings()
     assert matrix.shape == (dataset.n_items, 64) and matrix.dtype == np.float32
     assert len(ids) == dataset.n_items

@@ -101,9 +101,13 @@ def test_session_ablation_is_reported_apart_from_the_models(dataset: Dataset, tm
     from lambdarec.models.two_tower import TwoTowerConfig
 
     payload, _ = run_evaluation(
-        dataset, tmp_path, tt_config=TwoTowerConfig(epochs=1, batch_size=512, valid_queries=200),
-        fm_config=DeepFMConfig(epochs=1, max_queries=300), baselines=False, test_max=300,
-    )  # fmt: skip
+        dataset,
+        tmp_path,
+        tt_config=TwoTowerConfig(epochs=1, batch_size=512, valid_queries=200),
+        fm_config=DeepFMConfig(epochs=1, max_queries=300),
+        baselines=False,
+        test_max=300,
+    )
     assert set(payload["models"]) == {"two_tower", "two_stage(two_tower+deepfm)"}
     assert set(payload["ours_p20_mrr20_percent"]) == set(payload["models"])
     ablation = payload["session_ablation"]

@@ -41,8 +41,9 @@ def _model(attention: bool) -> Any:
     from lambdarec.models.two_tower import TwoTower, TwoTowerConfig
 
     config = TwoTowerConfig(dim=DIM, hidden=24, attention=attention)
-    model = TwoTower(n_items=N_ITEMS, n_users=N_USERS, n_categories=N_CATEGORIES, n_price=5,
-                     config=config)  # fmt: skip
+    model = TwoTower(
+        n_items=N_ITEMS, n_users=N_USERS, n_categories=N_CATEGORIES, n_price=5, config=config
+    )
     model.query({k: tf.constant(v) for k, v in _batch(np.random.default_rng(1), 2).items()})
     one = tf.constant([1], tf.int64)
     model.candidate({"item": one, "item_category": one, "item_price": one})  # builds the rest
@@ -102,15 +103,21 @@ def test_numpy_query_tower_equals_the_tf_query_tower(attention: bool) -> None:
         # serving trims the padding: the same vector
         trimmed = hist[: next((n for n in range(HIST_LEN, 0, -1) if hist[n - 1]), 0)]
         np.testing.assert_allclose(
-            tower.encode_one(trimmed, int(feats["session_category"][row]), counts), one,
-            atol=TOLERANCE, rtol=0,
-        )  # fmt: skip
+            tower.encode_one(trimmed, int(feats["session_category"][row]), counts),
+            one,
+            atol=TOLERANCE,
+            rtol=0,
+        )
     # an empty history == TF on a history of padding
     empty = tower.encode_one([], 3, (1.0, 2.0))
-    tf_empty = model.query({
-        "user": tf.constant([0], tf.int64), "hist": tf.constant([[0]], tf.int64),
-        "session_category": tf.constant([3], tf.int64), "counts": tf.constant([[1.0, 2.0]]),
-    }).numpy()  # fmt: skip
+    tf_empty = model.query(
+        {
+            "user": tf.constant([0], tf.int64),
+            "hist": tf.constant([[0]], tf.int64),
+            "session_category": tf.constant([3], tf.int64),
+            "counts": tf.constant([[1.0, 2.0]]),
+        }
+    ).numpy()
     np.testing.assert_allclose(empty, tf_empty, atol=TOLERANCE, rtol=0)
 
 
@@ -135,18 +142,25 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     catalog = dataset.catalog
     config = TwoTowerConfig(dim=DIM, hidden=24)
     model = TwoTower(
-        n_items=dataset.n_items, n_users=dataset.n_users, n_categories=catalog.n_categories,
-        n_price=catalog.n_price_buckets, config=config,
-    )  # fmt: skip
+        n_items=dataset.n_items,
+        n_users=dataset.n_users,
+        n_categories=catalog.n_categories,
+        n_price=catalog.n_price_buckets,
+        config=config,
+    )
     trained = TrainedTwoTower(model, config, item_index(dataset), catalog)
     paths = export(trained, tmp_path / "two_tower")
     assert paths["query_tower_numpy"] == tmp_path / "two_tower" / EXPORT_DIR
     meta = json.loads((paths["query_tower_numpy"] / "query_tower.json").read_text())
     assert meta == {
-        "format": EXPORT_FORMAT, "dim": DIM, "attention": True, "activations": ["relu", "linear"],
-        "item_rows": dataset.n_items + 2, "user_rows": 1,
+        "format": EXPORT_FORMAT,
+        "dim": DIM,
+        "attention": True,
+        "activations": ["relu", "linear"],
+        "item_rows": dataset.n_items + 2,
+        "user_rows": 1,
         "category_rows": max(catalog.n_categories, 1),
-    }  # fmt: skip
+    }
 
     for where in (tmp_path, tmp_path / "two_tower", paths["query_tower_numpy"]):
         tower = QueryTower.load(where)  # a run folder, the export, the folder itself
@@ -157,11 +171,14 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         counts = (float(rng.uniform(0, 3)), float(rng.uniform(0, 5)))
         cat = int(rng.integers(0, catalog.n_categories))
         want = serve(
-            user=tf.constant([0], tf.int64), hist=tf.constant([hist or [0]], tf.int64),
-            session_category=tf.constant([cat], tf.int64), counts=tf.constant([counts]),
-        )["embedding"].numpy()  # fmt: skip
-        np.testing.assert_allclose(tower.encode_one(hist, cat, counts), want, atol=TOLERANCE,
-                                   rtol=0)  # fmt: skip
+            user=tf.constant([0], tf.int64),
+            hist=tf.constant([hist or [0]], tf.int64),
+            session_category=tf.constant([cat], tf.int64),
+            counts=tf.constant([counts]),
+        )["embedding"].numpy()
+        np.testing.assert_allclose(
+            tower.encode_one(hist, cat, counts), want, atol=TOLERANCE, rtol=0
+        )
 
     with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
         tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
@@ -175,11 +192,14 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     ids = [str(i) for i in np.load(paths["item_embeddings"])["ids"]]
     features = [
         {},
-        {"session_features__last_viewed_items": ids[:3] + ["not-in-the-export"] + ids[7:9],
-         "session_features__n_views": 6, "session_features__n_carts": 1,
-         "user_history_30d__n_events_30d": 40},
+        {
+            "session_features__last_viewed_items": ids[:3] + ["not-in-the-export"] + ids[7:9],
+            "session_features__n_views": 6,
+            "session_features__n_carts": 1,
+            "user_history_30d__n_events_30d": 40,
+        },
         {"session_features__last_viewed_items": ids[-25:], "session_features__n_purchases": 2},
-    ]  # fmt: skip
+    ]
     numpy_encoder = TwoTowerEncoder(tmp_path / "two_tower")
     assert numpy_encoder.backend == "numpy"
     expected = [numpy_encoder.encode(f) for f in features]
@@ -199,14 +219,23 @@ def _numpy_tower(attention: bool = True) -> QueryTower:
     rng = np.random.default_rng(0)
     d, width = DIM, 3 * DIM + 16 + 2 + (DIM if attention else 0)
     weights = {
-        "item": rng.normal(size=(N_ITEMS + 2, d)), "user": rng.normal(size=(1, d)),
-        "category": rng.normal(size=(N_CATEGORIES, 16)), "kernel_0": rng.normal(size=(width, 24)),
-        "bias_0": rng.normal(size=24), "kernel_1": rng.normal(size=(24, d)),
+        "item": rng.normal(size=(N_ITEMS + 2, d)),
+        "user": rng.normal(size=(1, d)),
+        "category": rng.normal(size=(N_CATEGORIES, 16)),
+        "kernel_0": rng.normal(size=(width, 24)),
+        "bias_0": rng.normal(size=24),
+        "kernel_1": rng.normal(size=(24, d)),
         "bias_1": rng.normal(size=d),
-    }  # fmt: skip
+    }
     if attention:
-        weights.update({"att_h": rng.normal(size=(d, d)), "att_q": rng.normal(size=(d, d)),
-                        "att_q_bias": rng.normal(size=d), "att_v": rng.normal(size=(d, 1))})  # fmt: skip
+        weights.update(
+            {
+                "att_h": rng.normal(size=(d, d)),
+                "att_q": rng.normal(size=(d, d)),
+                "att_q_bias": rng.normal(size=d),
+                "att_v": rng.normal(size=(d, 1)),
+            }
+        )
     return QueryTower(weights, attention=attention)
 
 
@@ -224,8 +253,12 @@ def test_out_of_range_indices_name_the_field_and_the_range() -> None:
         tower.encode_one([3], N_CATEGORIES, (0.0, 0.0))
     with pytest.raises(ValueError, match="^counts: 2 values expected, got 1"):
         tower.encode_one([3], 0, (0.0,))  # type: ignore[arg-type]
-    ok = {"user": np.array([0]), "hist": np.array([[2, 0]]), "session_category": np.array([1]),
-          "counts": np.zeros((1, 2), np.float32)}  # fmt: skip
+    ok = {
+        "user": np.array([0]),
+        "hist": np.array([[2, 0]]),
+        "session_category": np.array([1]),
+        "counts": np.zeros((1, 2), np.float32),
+    }
     with pytest.raises(ValueError, match=rf"^hist index out of range 0\.\.{top}: {top + 1}$"):
         tower.forward(**{**ok, "hist": np.array([[top + 1, 0]])})
     with pytest.raises(ValueError, match=r"^session_category index out of range"):
@@ -242,12 +275,17 @@ def test_load_names_a_missing_or_foreign_export(tmp_path: Path) -> None:
     folder = tmp_path / EXPORT_DIR
     folder.mkdir()
     np.savez(folder / "weights.npz", **tower.weights)  # type: ignore[arg-type]
-    meta = {"format": EXPORT_FORMAT, "dim": DIM, "attention": False,
-            "activations": ["relu", "linear"]}  # fmt: skip
+    meta = {
+        "format": EXPORT_FORMAT,
+        "dim": DIM,
+        "attention": False,
+        "activations": ["relu", "linear"],
+    }
     (folder / "query_tower.json").write_text(json.dumps(meta))
     loaded = QueryTower.load(tmp_path)
-    np.testing.assert_array_equal(loaded.encode_one([4, 5], 1, (0.5, 1.0)),
-                                  tower.encode_one([4, 5], 1, (0.5, 1.0)))  # fmt: skip
+    np.testing.assert_array_equal(
+        loaded.encode_one([4, 5], 1, (0.5, 1.0)), tower.encode_one([4, 5], 1, (0.5, 1.0))
+    )
     (folder / "query_tower.json").write_text(json.dumps({**meta, "format": EXPORT_FORMAT + 1}))
     with pytest.raises(ValueError, match=rf"query tower format {EXPORT_FORMAT + 1}, expected"):
         QueryTower.load(tmp_path)

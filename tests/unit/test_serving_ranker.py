@@ -75,7 +75,9 @@ def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
     cand, scores = E.ranker_topk(cosine, queries, 100)
     idx_map = np.where(data.seen_in_train(), np.arange(data.n_items) + 2, 1).astype(np.int64)
     config = deepfm.DeepFMConfig(epochs=1, max_queries=600, item_ids=item_ids)
-    fm = deepfm.train_deepfm(data, queries, cand, scores, idx_map, B.CoOccurrence().fit(data), config)
+    fm = deepfm.train_deepfm(
+        data, queries, cand, scores, idx_map, B.CoOccurrence().fit(data), config
+    )
     deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
     ranker = DeepFMRanker.from_model_dir(out)
     assert ranker is not None
@@ -101,8 +103,9 @@ def _tf_logits(t: Trained, rows: dict[str, np.ndarray]) -> np.ndarray:
 def _training_rows(t: Trained, sel: np.ndarray) -> dict[str, np.ndarray]:
     from lambdarec.models.deepfm import candidate_features
 
-    return candidate_features(t.data, t.queries.subset(sel), t.cand[sel], t.scores[sel],
-                              t.idx_map, t.fm.cooc)  # fmt: skip
+    return candidate_features(
+        t.data, t.queries.subset(sel), t.cand[sel], t.scores[sel], t.idx_map, t.fm.cooc
+    )
 
 
 def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
@@ -110,14 +113,16 @@ def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
     logits, contributions = ranker.forward(rows)
     np.testing.assert_allclose(logits, _tf_logits(t, rows), atol=1e-4, rtol=0)
     # the contributions are a decomposition of the logit (up to the constant bias)
-    np.testing.assert_allclose(contributions.sum(axis=1) + ranker.w["dense_w_bias"][0], logits,
-                               atol=1e-4, rtol=0)  # fmt: skip
+    np.testing.assert_allclose(
+        contributions.sum(axis=1) + ranker.w["dense_w_bias"][0], logits, atol=1e-4, rtol=0
+    )
     assert contributions.shape == (len(logits), len(ranker.fields) + 1)
 
 
 @pytest.mark.parametrize("which", ["trained", "trained_ids"])
-def test_numpy_forward_pass_equals_the_tf_model(which: str, request: pytest.FixtureRequest,
-                                                tmp_path: Path) -> None:  # fmt: skip
+def test_numpy_forward_pass_equals_the_tf_model(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     from lambdarec.models.deepfm import SERVING_EXPORT, export_for_serving
 
     t: Trained = request.getfixturevalue(which)
@@ -131,8 +136,11 @@ def test_numpy_forward_pass_equals_the_tf_model(which: str, request: pytest.Fixt
     try:
         for var in t.fm.model.variables:
             shape = var.shape.as_list()
-            value = (rng.uniform(0.5, 2.0, shape) if "moving_variance" in var.name
-                     else rng.normal(0.0, 0.3, shape))  # fmt: skip
+            value = (
+                rng.uniform(0.5, 2.0, shape)
+                if "moving_variance" in var.name
+                else rng.normal(0.0, 0.3, shape)
+            )
             var.assign(value.astype(np.float32))
         export_for_serving(t.fm, t.data, tmp_path / SERVING_EXPORT, n_candidates=100)
         randomised = DeepFMRanker.from_model_dir(tmp_path)
@@ -151,12 +159,16 @@ def _serving_inputs(t: Trained, q: int) -> tuple[dict[str, Any], list[Candidate]
         # the speed layer keeps repeated views; training collapsed them
         "session_features__last_viewed_items": viewed[:1] + viewed,
         "session_features__session_category": "whatever Feast says",  # not what training used
-        "session_features__n_views": session_len - 1, "session_features__n_carts": 0,
-        "session_features__n_removes": 1, "session_features__n_purchases": None,
+        "session_features__n_views": session_len - 1,
+        "session_features__n_carts": 0,
+        "session_features__n_removes": 1,
+        "session_features__n_purchases": None,
         "user_history_30d__n_events_30d": user_events - session_len,
-    }  # fmt: skip
-    candidates = [Candidate(str(ids[c]), {"vector": (float(s) + 1.0) / 2.0})
-                  for c, s in zip(t.cand[q], t.scores[q], strict=True)]  # fmt: skip
+    }
+    candidates = [
+        Candidate(str(ids[c]), {"vector": (float(s) + 1.0) / 2.0})
+        for c, s in zip(t.cand[q], t.scores[q], strict=True)
+    ]
     return features, candidates
 
 
@@ -185,9 +197,11 @@ def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
     r = trained.ranker
     known = [str(i) for i in trained.data.catalog.item_ids[:3]]
     candidates = [
-        Candidate(known[0], {"vector": 0.9}), Candidate(known[1], {"vector": 0.7}),
-        Candidate("never-seen", {"popular": 1.0}), Candidate(known[2], {"trending": 0.5}),
-    ]  # fmt: skip
+        Candidate(known[0], {"vector": 0.9}),
+        Candidate(known[1], {"vector": 0.7}),
+        Candidate("never-seen", {"popular": 1.0}),
+        Candidate(known[2], {"trending": 0.5}),
+    ]
     features = {"session_features__last_viewed_items": ["never-seen-either", known[0]]}
     rows = r.rows(features, candidates)
     assert rows["cand_item"][2] == 1 and rows["cand_category"][2] == 0  # OOV, unknown category
@@ -216,33 +230,48 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
     folder = tmp_path / "two_tower" / EXPORT_DIR
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.savez(folder / "weights.npz", item=rng.normal(size=(2, 8)),
-             category=rng.normal(size=(vocabulary.n_categories, 16)),
-             price=rng.normal(size=(vocabulary.n_price_buckets, 4)),
-             kernel_0=rng.normal(size=(28, 8)), bias_0=np.zeros(8),
-             kernel_1=rng.normal(size=(8, 8)), bias_1=np.zeros(8))  # fmt: skip
-    (folder / "item_tower.json").write_text(json.dumps({
-        "format": 1, "dim": 8, "oov_item": 1, "activations": ["relu", "linear"],
-        "vocabulary": vocabulary.to_json(),
-    }))  # fmt: skip
+    np.savez(
+        folder / "weights.npz",
+        item=rng.normal(size=(2, 8)),
+        category=rng.normal(size=(vocabulary.n_categories, 16)),
+        price=rng.normal(size=(vocabulary.n_price_buckets, 4)),
+        kernel_0=rng.normal(size=(28, 8)),
+        bias_0=np.zeros(8),
+        kernel_1=rng.normal(size=(8, 8)),
+        bias_1=np.zeros(8),
+    )
+    (folder / "item_tower.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "dim": 8,
+                "oov_item": 1,
+                "activations": ["relu", "linear"],
+                "vocabulary": vocabulary.to_json(),
+            }
+        )
+    )
     deepfm_dir = trained.ranker.folder.parent
     ranker = load_ranker(deepfm_dir, tmp_path / "two_tower")
     assert isinstance(ranker, DeepFMRanker)
 
     # The vocabulary and the export code categories alike (both from the training catalog).
     ids = list(ranker._position)  # noqa: SLF001 - the export's items, by position
-    raw_category = dict(zip(events["item_id"].astype(str), events["category"].astype(str),
-                            strict=True))  # fmt: skip
+    raw_category = dict(
+        zip(events["item_id"].astype(str), events["category"].astype(str), strict=True)
+    )
     for pos in range(0, len(ids), 37):
         assert vocabulary.categories[raw_category[ids[pos]]] == ranker.category[pos]
 
     session_item = ids[0]
     raw, index = raw_category[session_item], int(ranker.category[0])
     features = {"session_features__last_viewed_items": [session_item]}
-    candidates = [Candidate("new-a", {"popular": 1.0}, category=raw),
-                  Candidate("new-b", {"popular": 0.9}, category="a category training never saw"),
-                  Candidate("new-c", {"popular": 0.8}),
-                  Candidate(session_item, {"vector": 0.9}, category="not what the export says")]
+    candidates = [
+        Candidate("new-a", {"popular": 1.0}, category=raw),
+        Candidate("new-b", {"popular": 0.9}, category="a category training never saw"),
+        Candidate("new-c", {"popular": 0.8}),
+        Candidate(session_item, {"vector": 0.9}, category="not what the export says"),
+    ]
     rows = ranker.rows(features, candidates)
     assert rows["cand_item"].tolist()[:3] == [1, 1, 1]  # still out of vocabulary
     assert rows["cand_category"].tolist() == [index, 0, 0, index]  # known: the export's own
@@ -282,11 +311,14 @@ def test_recommend_is_ranked_by_the_deepfm(trained: Trained, tmp_path: Path) -> 
 
     # The pool is the 50 popular items; the ranker's own scores of it give the expected order.
     pool = [Candidate(i, {"popular": s}) for i, s in rec.snapshot.popular]
-    expected = sorted(zip(trained.ranker.score({}, pool), pool, strict=True),
-                      key=lambda sc: (-sc[0][0], sc[1].item_id))[:10]  # fmt: skip
+    expected = sorted(
+        zip(trained.ranker.score({}, pool), pool, strict=True),
+        key=lambda sc: (-sc[0][0], sc[1].item_id),
+    )[:10]
     assert [i["item_id"] for i in body["items"]] == [c.item_id for _, c in expected]
-    np.testing.assert_allclose([i["score"] for i in body["items"]],
-                               [s for (s, _), _ in expected], atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        [i["score"] for i in body["items"]], [s for (s, _), _ in expected], atol=1e-5
+    )
     names = {*trained.ranker.fields, "deep"}
     for item in body["items"]:
         assert item["reasons"] and {r["feature"] for r in item["reasons"]} <= names
@@ -371,8 +403,9 @@ def test_a_pinned_export_serves_the_ranker_of_its_run(trained: Trained, tmp_path
 
 
 @pytest.mark.integration
-def test_the_registry_champion_serves_the_deepfm_of_its_run(trained: Trained,
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_the_registry_champion_serves_the_deepfm_of_its_run(
+    trained: Trained, tmp_path: Path
+) -> None:
     """A real MLflow (SQLite): the champion two-tower's run folder names the DeepFM to serve,
     not the newest DeepFM nor the DeepFM champion of another run."""
     from lambdarec.models.retrain import DEEPFM, TWO_TOWER, registry_for
@@ -385,9 +418,11 @@ def test_the_registry_champion_serves_the_deepfm_of_its_run(trained: Trained,
         registry = registry_for(name, settings)
         for run, ndcg in zip(runs, (0.2, 0.1) if name == TWO_TOWER else (0.1, 0.2), strict=True):
             run_id = registry.log_run(
-                params={"run_dir": str(run)}, metrics={"ndcg@10": ndcg}, evaluation_id="e",
+                params={"run_dir": str(run)},
+                metrics={"ndcg@10": ndcg},
+                evaluation_id="e",
                 model_dir=run / ("two_tower" if name == TWO_TOWER else "deepfm"),
-            )  # fmt: skip
+            )
             registry.promote(registry.register(run_id), {"ndcg@10": ndcg})
     # two_tower champion: run-a; deepfm champion: run-b (newer and better, but another run)
     dirs = champion_dirs(settings)

@@ -45,8 +45,11 @@ def _wait(cond: Any, timeout_s: float = 10.0) -> bool:
 
 def test_a_new_champion_is_swapped_in_without_dropping_requests(tmp_path: Path) -> None:
     settings = private_settings(tmp_path)
-    rec = Recommender(Snapshot.from_items({f"i{n}": "c1" for n in range(30)},
-                                          [(f"i{n}", 1.0 / (n + 1)) for n in range(30)]))  # fmt: skip
+    rec = Recommender(
+        Snapshot.from_items(
+            {f"i{n}": "c1" for n in range(30)}, [(f"i{n}", 1.0 / (n + 1)) for n in range(30)]
+        )
+    )
     loads: list[int] = []
 
     def loader(_: object) -> Tower:

@@ -39,9 +39,11 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
     trending = [(f"i{n}", float(n)) for n in range(250, 260)]
     recommender = Recommender(Snapshot.from_items(categories, popular, trending))
     app = create_app(
-        settings, recommender, variants="control:50,treatment:50",
+        settings,
+        recommender,
+        variants="control:50,treatment:50",
         events=EventSink(settings, flush_timeout_s=0.3, backoff_s=30.0),
-    )  # fmt: skip
+    )
     return app.test_client()
 
 
@@ -55,8 +57,14 @@ def _error(resp: Any, status: int = 400) -> dict[str, Any]:
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
-    base = {"event_id": "e1", "user_id": "u1", "session_id": "s1", "item_id": "i1",
-            "event_type": "view", "ts": datetime.now(UTC).isoformat()}  # fmt: skip
+    base = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "session_id": "s1",
+        "item_id": "i1",
+        "event_type": "view",
+        "ts": datetime.now(UTC).isoformat(),
+    }
     return {**base, **overrides}
 
 
@@ -154,9 +162,16 @@ def test_events_unknown_field_and_batch_index(client: FlaskClient) -> None:
 
 @pytest.mark.parametrize(
     ("payload", "field"),
-    [([], "$"), ([_event()] * 501, "$"), (42, "$"), ("text", "$"), ([1], "$"),
-     ({**_event(), "user_id": "u" * 65}, "user_id"), ({"user_id": "u1"}, "event_id")],
-)  # fmt: skip
+    [
+        ([], "$"),
+        ([_event()] * 501, "$"),
+        (42, "$"),
+        ("text", "$"),
+        ([1], "$"),
+        ({**_event(), "user_id": "u" * 65}, "user_id"),
+        ({"user_id": "u1"}, "event_id"),
+    ],
+)
 def test_events_invalid_payloads(client: FlaskClient, payload: Any, field: str) -> None:
     assert _error(client.post("/events", json=payload))["field"] == field
 
@@ -218,8 +233,22 @@ def _junk(rng: random.Random, depth: int = 0) -> Any:
 
 
 def _junk_key(rng: random.Random) -> str:
-    return rng.choice(["user_id", "k", "exclude", "session_id", "event_id", "item_id", "ts",
-                       "event_type", "price", "context", "x", ""])  # fmt: skip
+    return rng.choice(
+        [
+            "user_id",
+            "k",
+            "exclude",
+            "session_id",
+            "event_id",
+            "item_id",
+            "ts",
+            "event_type",
+            "price",
+            "context",
+            "x",
+            "",
+        ]
+    )
 
 
 def _mutated_event(rng: random.Random) -> Any:
@@ -248,8 +277,9 @@ def test_fuzz_no_500(client: FlaskClient) -> None:
             if choice == 0:
                 data: str | bytes = json.dumps(_mutated_event(rng), default=str)
             elif choice == 1:
-                data = json.dumps([_mutated_event(rng) for _ in range(rng.randrange(1, 6))],
-                                  default=str)  # fmt: skip
+                data = json.dumps(
+                    [_mutated_event(rng) for _ in range(rng.randrange(1, 6))], default=str
+                )
             elif choice == 2:
                 data = json.dumps(_junk(rng), default=str)
             else:
@@ -393,9 +423,12 @@ def test_calls_with_their_own_deadline_run_in_the_request_thread() -> None:
             return np.ones(4, dtype=np.float32)
 
     index = Index()
-    rec = Recommender(Snapshot.from_items({"i1": "c1", "i2": "c2"}, [("i1", 1.0)]),
-                      index=index, encoder=Encoder(),  # type: ignore[arg-type]
-                      inline=IN_PROCESS | OWN_DEADLINE)  # fmt: skip
+    rec = Recommender(
+        Snapshot.from_items({"i1": "c1", "i2": "c2"}, [("i1", 1.0)]),
+        index=index,
+        encoder=Encoder(),  # type: ignore[arg-type]
+        inline=IN_PROCESS | OWN_DEADLINE,
+    )
     query = parse_recommend({"user_id": ["u1"], "k": ["2"]})
     first = rec.recommend(query)
     assert calls[-1][0].startswith("recommender-dep")  # not connected: on the pool

@@ -32,8 +32,9 @@ def test_a_server_client_caps_the_reconnect_back_off(made: list[Any]) -> None:
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
 
     VectorIndex(IndexConfig(uri="http://127.0.0.1:19530")).client  # noqa: B018
-    assert made == [("http://127.0.0.1:19530",
-                     {"grpc_options": {"grpc.max_reconnect_backoff_ms": 1000}})]  # fmt: skip
+    assert made == [
+        ("http://127.0.0.1:19530", {"grpc_options": {"grpc.max_reconnect_backoff_ms": 1000}})
+    ]
 
 
 def test_milvus_lite_gets_no_grpc_options(made: list[Any], tmp_path: Path) -> None:

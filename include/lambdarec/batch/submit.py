@@ -84,13 +84,19 @@ def spark_job(
     names = parse_tables(tables)
     lake = lake_dir if lake_dir is not None else settings.lake_dir
     args = [
-        "--lake-dir", str(lake),
-        "--date", day.isoformat(),
-        "--tables", ",".join(names),
-        "--shuffle-partitions", str(shuffle_partitions),
-        "--top-n", str(top_n),
-        "--max-items", str(max_items),
-    ]  # fmt: skip
+        "--lake-dir",
+        str(lake),
+        "--date",
+        day.isoformat(),
+        "--tables",
+        ",".join(names),
+        "--shuffle-partitions",
+        str(shuffle_partitions),
+        "--top-n",
+        str(top_n),
+        "--max-items",
+        str(max_items),
+    ]
     if out_dir is not None:
         args += ["--out-dir", str(out_dir)]
     conf = {**SPARK_CONF, "spark.sql.shuffle.partitions": str(shuffle_partitions)}

@@ -107,9 +107,15 @@ def generate(
     _setup_logging(verbose)
     try:
         config = GeneratorConfig(
-            n_users=users, n_items=items, n_categories=categories, days=days, start=start.date(),
-            n_events=events, sessions_per_user_per_day=sessions_per_day, seed=seed,
-        )  # fmt: skip
+            n_users=users,
+            n_items=items,
+            n_categories=categories,
+            days=days,
+            start=start.date(),
+            n_events=events,
+            sessions_per_user_per_day=sessions_per_day,
+            seed=seed,
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
@@ -232,21 +238,30 @@ def load(
     try:
         if source is Source.taobao:
             df = loaders.load_taobao(
-                path, official_window=official_window, session_gap=gap,
+                path,
+                official_window=official_window,
+                session_gap=gap,
                 fav=cast("Literal['view', 'drop']", fav.value),
-            )  # fmt: skip
+            )
         elif source is Source.diginetica:
             df = loaders.load_diginetica_raw(path)
         else:
             if path is None:
                 raise typer.BadParameter("--path is required for --source generic")
             df = loaders.load_interactions(
-                path, user_col=user_col, session_col=session_col, item_col=item_col, ts_col=ts_col,
-                event_type_col=event_type_col, category_col=category_col, price_col=price_col,
+                path,
+                user_col=user_col,
+                session_col=session_col,
+                item_col=item_col,
+                ts_col=ts_col,
+                event_type_col=event_type_col,
+                category_col=category_col,
+                price_col=price_col,
                 event_type_map=_parse_map(event_type_map),
                 ts_unit=cast("Literal['auto', 's', 'ms', 'us', 'ns']", ts_unit.value),
-                on_invalid=cast("Literal['raise', 'drop']", on_invalid.value), session_gap=gap,
-            )  # fmt: skip
+                on_invalid=cast("Literal['raise', 'drop']", on_invalid.value),
+                session_gap=gap,
+            )
     except (loaders.LoadError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     settings = get_settings()

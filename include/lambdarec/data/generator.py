@@ -59,17 +59,54 @@ VIEW, CART, REMOVE, PURCHASE = range(4)
 
 #: Relative traffic per hour of the day (UTC), interpolated per minute.
 _HOURLY = np.array(
-    [0.35, 0.22, 0.15, 0.12, 0.12, 0.18, 0.35, 0.60, 0.80, 0.90, 0.95, 1.00,
-     1.05, 1.00, 0.95, 0.95, 1.00, 1.05, 1.15, 1.35, 1.50, 1.45, 1.10, 0.65]
-)  # fmt: skip
+    [
+        0.35,
+        0.22,
+        0.15,
+        0.12,
+        0.12,
+        0.18,
+        0.35,
+        0.60,
+        0.80,
+        0.90,
+        0.95,
+        1.00,
+        1.05,
+        1.00,
+        0.95,
+        0.95,
+        1.00,
+        1.05,
+        1.15,
+        1.35,
+        1.50,
+        1.45,
+        1.10,
+        0.65,
+    ]
+)
 _WEEKEND_BOOST = 1.15
 
 #: Departments of the category tree with their typical price (the median of a category median).
 _DEPARTMENTS = {
-    "electronics": 180.0, "computers": 350.0, "home": 45.0, "kitchen": 30.0, "fashion": 35.0,
-    "shoes": 60.0, "beauty": 18.0, "health": 15.0, "sports": 40.0, "toys": 22.0, "books": 14.0,
-    "grocery": 6.0, "garden": 28.0, "automotive": 55.0, "pets": 20.0, "office": 12.0,
-}  # fmt: skip
+    "electronics": 180.0,
+    "computers": 350.0,
+    "home": 45.0,
+    "kitchen": 30.0,
+    "fashion": 35.0,
+    "shoes": 60.0,
+    "beauty": 18.0,
+    "health": 15.0,
+    "sports": 40.0,
+    "toys": 22.0,
+    "books": 14.0,
+    "grocery": 6.0,
+    "garden": 28.0,
+    "automotive": 55.0,
+    "pets": 20.0,
+    "office": 12.0,
+}
 
 #: Window sizes (windows per day) the generator may choose; all divide a day into whole minutes.
 _WINDOWS_PER_DAY = (1, 2, 3, 4, 6, 8, 12, 24, 48, 96, 288, 1440)

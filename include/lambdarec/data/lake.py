@@ -119,8 +119,10 @@ def write_events(
             )
         log.info(
             "lake: wrote %d event(s) in %d date(s) under %s",
-            sum(rows.values()), len(written), events_dir(lake_dir),
-        )  # fmt: skip
+            sum(rows.values()),
+            len(written),
+            events_dir(lake_dir),
+        )
         return [_as_date(day) for day in written]
     finally:
         for writer in writers.values():

@@ -72,12 +72,20 @@ COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
     "session": ("session_id", "session", "sid"),
     "item": ("item_id", "item", "product_id", "product", "sku", "article_id", "iid"),
     "ts": ("timestamp", "ts", "event_time", "time", "datetime", "event_timestamp", "date_time"),
-    "event_type": ("event_type", "event", "behavior_type", "behaviour_type", "behavior", "action",
-                   "interaction", "type"),
+    "event_type": (
+        "event_type",
+        "event",
+        "behavior_type",
+        "behaviour_type",
+        "behavior",
+        "action",
+        "interaction",
+        "type",
+    ),
     "category": ("category", "category_id", "category_code", "cat"),
     "price": ("price", "unit_price"),
     "event_id": ("event_id",),
-}  # fmt: skip
+}
 
 OnInvalid = Literal["raise", "drop"]
 
@@ -107,9 +115,13 @@ class LoadReport:
         self.rows_out = len(df)
         log.info(
             "%s: read %d row(s) from %s, kept %d, dropped %s, mapped %s",
-            self.source, self.rows_read, self.path, self.rows_out, self.dropped or "none",
+            self.source,
+            self.rows_read,
+            self.path,
+            self.rows_out,
+            self.dropped or "none",
             self.mapped or "nothing",
-        )  # fmt: skip
+        )
         df.attrs["load_report"] = asdict(self)
         return df
 
@@ -134,12 +146,15 @@ def _canonical(
     """Build the canonical frame through Arrow (so dtypes match every other producer), sorted."""
     n = len(ts_ms)
     columns = {
-        "event_id": event_id, "user_id": user_id, "session_id": session_id, "item_id": item_id,
+        "event_id": event_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "item_id": item_id,
         "event_type": event_type,
         "category": category if category is not None else pa.nulls(n, pa.string()),
         "price": price if price is not None else pa.nulls(n, pa.float64()),
         "ts": ts_ms,
-    }  # fmt: skip
+    }
     schema = canonical_arrow_schema()
     arrays = [pa.array(columns[f.name], f.type, from_pandas=True) for f in schema]
     df = pa.Table.from_arrays(arrays, schema=schema).to_pandas()
@@ -201,8 +216,11 @@ def load_taobao(
     report.drop(
         "incomplete line (truncated: a field is missing)",
         int(incomplete.sum()),
-        [f"line {i}: {','.join(map(str, r))}" for i, r in zip(line[incomplete], raw[incomplete].fillna("").to_numpy(), strict=True)],
-    )  # fmt: skip
+        [
+            f"line {i}: {','.join(map(str, r))}"
+            for i, r in zip(line[incomplete], raw[incomplete].fillna("").to_numpy(), strict=True)
+        ],
+    )
     report.drop("unparseable timestamp", int(bad_ts.sum()), list(line[bad_ts]))
     keep = ~(incomplete | bad_ts)
 
@@ -227,8 +245,9 @@ def load_taobao(
         outside = keep & ~((seconds >= lo) & (seconds < hi))
         report.drop(
             "outside the official window [2017-11-25, 2017-12-04) UTC+8",
-            int(outside.sum()), [f"line {i}" for i in line[outside]],
-        )  # fmt: skip
+            int(outside.sum()),
+            [f"line {i}" for i in line[outside]],
+        )
         keep &= ~outside
 
     df = raw[keep]
@@ -499,8 +518,16 @@ def load_interactions(
     id_c = _resolve(cols, "event_id", event_id_col, required=False)
     log.info(
         "%s: columns item=%s ts=%s user=%s session=%s event_type=%s category=%s price=%s event_id=%s",
-        source, item_c, ts_c, user_c, session_c, type_c, cat_c, price_c, id_c,
-    )  # fmt: skip
+        source,
+        item_c,
+        ts_c,
+        user_c,
+        session_c,
+        type_c,
+        cat_c,
+        price_c,
+        id_c,
+    )
 
     row = np.arange(1, len(raw) + 1)
     problems: dict[str, np.ndarray] = {}
@@ -531,8 +558,9 @@ def load_interactions(
         )
         flag(
             f"{role} ({col}) breaks the id rule {ID_PATTERN.pattern} (max {MAX_ID_LEN} chars)",
-            bad, raw[col],
-        )  # fmt: skip
+            bad,
+            raw[col],
+        )
         ids[role] = values
 
     ts_ms = _parse_ts(raw[ts_c], ts_unit)

@@ -365,23 +365,30 @@ def read_online(
             try:
                 columns.append(python_values_to_proto_values([r[key] for r in rows], value_type))
             except KeyError:
-                raise KeyError(f"{part.view.name} needs the join key {key!r} in every entity "
-                               "row") from None  # fmt: skip
+                raise KeyError(
+                    f"{part.view.name} needs the join key {key!r} in every entity row"
+                ) from None
         names = [k for k, _ in part.join_keys]
-        keys = [EntityKey(join_keys=names, entity_values=values) for values in zip(*columns, strict=True)]
+        keys = [
+            EntityKey(join_keys=names, entity_values=values)
+            for values in zip(*columns, strict=True)
+        ]
         # A copy: the Redis store appends its timestamp key to the list it is given.
         read = online_store.online_read(
-            config=fs.config, table=part.view, entity_keys=keys,
+            config=fs.config,
+            table=part.view,
+            entity_keys=keys,
             requested_features=list(part.names),
-        )  # fmt: skip
+        )
         for name in part.names:
             column: list[Any] = []
             for _ts, values in read:
                 value = values.get(name) if values else None
                 column.append(
                     feast_value_type_to_python_type(value)
-                    if value is not None and value.WhichOneof("val") else None
-                )  # fmt: skip
+                    if value is not None and value.WhichOneof("val")
+                    else None
+                )
             out[f"{part.view.name}__{name}"] = column
     return out
 

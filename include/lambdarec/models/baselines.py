@@ -150,9 +150,13 @@ class ALS:
     name = "als"
 
     def __init__(
-        self, factors: int = 64, regularization: float = 0.05, alpha: float = 1.0,
-        iterations: int = 12, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 1.0,
+        iterations: int = 12,
+        seed: int = 0,
+    ) -> None:
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -176,9 +180,13 @@ class ALS:
 
         with threadpool_limits(limits=1, user_api="blas"):
             model = AlternatingLeastSquares(
-                factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-                iterations=self.iterations, random_state=self.seed, num_threads=2,
-            )  # fmt: skip
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                random_state=self.seed,
+                num_threads=2,
+            )
             model.fit(m, show_progress=False)
         self.items = np.asarray(model.item_factors, dtype=np.float32)
         self.users = np.asarray(model.user_factors, dtype=np.float32)

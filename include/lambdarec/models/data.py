@@ -202,7 +202,10 @@ def build_from_events(
             "etype": events["event_type"].astype(str).to_numpy(),
             "category": events["category"].to_numpy(dtype=object),
             "price": pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype=np.float64),
-            "ts": pd.to_datetime(events["ts"], utc=True).astype("datetime64[ms, UTC]").astype("int64").to_numpy(),
+            "ts": pd.to_datetime(events["ts"], utc=True)
+            .astype("datetime64[ms, UTC]")
+            .astype("int64")
+            .to_numpy(),
         }
     )
     df["w"] = df["etype"].map(EVENT_WEIGHTS).fillna(1.0).astype(np.float32)
@@ -211,7 +214,9 @@ def build_from_events(
     # catalog over every item in the data
     item_codes, item_ids = _codes(df["item"])
     df["ic"] = item_codes
-    first = df.groupby("ic", sort=True).agg(category=("category", "first"), price=("price", "median"))
+    first = df.groupby("ic", sort=True).agg(
+        category=("category", "first"), price=("price", "median")
+    )
     cat_codes, _ = _codes(first["category"].fillna("__none__"))
     cat_known = first["category"].notna().to_numpy()
     category = np.where(cat_known, cat_codes + 1, 0)
@@ -221,8 +226,9 @@ def build_from_events(
     remap[uniq] = np.arange(1, len(uniq) + 1)
     category = remap[category]
     index: dict[str, int] = {}
-    for value, code in zip(first["category"].to_numpy(dtype=object), category.tolist(),
-                           strict=True):  # fmt: skip
+    for value, code in zip(
+        first["category"].to_numpy(dtype=object), category.tolist(), strict=True
+    ):
         if code > 0:
             index.setdefault(str(value), int(code))
     prices = first["price"].to_numpy(dtype=np.float64)
@@ -278,7 +284,10 @@ def build_from_events(
     by_user_time = np.lexsort((c["ts"].to_numpy(), c["u"].to_numpy()))
     user_events = np.empty(len(c), dtype=np.int64)
     user_events[by_user_time] = (
-        pd.Series(c["user"].to_numpy()[by_user_time]).groupby(c["user"].to_numpy()[by_user_time]).cumcount().to_numpy()
+        pd.Series(c["user"].to_numpy()[by_user_time])
+        .groupby(c["user"].to_numpy()[by_user_time])
+        .cumcount()
+        .to_numpy()
     )
     last_cat = np.where(hist[:, 0] >= 0, catalog.category[np.maximum(hist[:, 0], 0)], 0)
     all_ex = Examples(
@@ -294,9 +303,12 @@ def build_from_events(
     has_ctx = pos >= 1
     parts = [all_ex.subset(np.flatnonzero(has_ctx & (split == s))) for s in (0, 1, 2)]
     inter = Interactions(
-        group=c["sc"].to_numpy(), user=c["u"].to_numpy(), item=items,
-        ts=c["ts"].to_numpy().astype(np.int64), weight=c["w"].to_numpy().astype(np.float32),
-    )  # fmt: skip
+        group=c["sc"].to_numpy(),
+        user=c["u"].to_numpy(),
+        item=items,
+        ts=c["ts"].to_numpy().astype(np.int64),
+        weight=c["w"].to_numpy().astype(np.float32),
+    )
     train_events = Interactions(**{k: v[is_train_event] for k, v in inter.__dict__.items()})
     return Dataset(
         name=name,
@@ -329,7 +341,9 @@ def build_from_srgnn(
     sessions = split.train_sessions
     n_valid = int(round(len(sessions) * valid_share))
     lengths = np.array([len(s) for s in sessions], dtype=np.int64)
-    items = np.fromiter((i - 1 for s in sessions for i in s), dtype=np.int64, count=int(lengths.sum()))
+    items = np.fromiter(
+        (i - 1 for s in sessions for i in s), dtype=np.int64, count=int(lengths.sum())
+    )
     group = np.repeat(np.arange(len(sessions)), lengths)
     starts = np.r_[0, np.cumsum(lengths)[:-1]]
     pos = np.arange(len(items)) - np.repeat(starts, lengths)
@@ -360,15 +374,22 @@ def build_from_srgnn(
         t_target[r] = target - 1
     n_test = len(split.test)
     test = Examples(
-        user=np.zeros(n_test, dtype=np.int64), hist=t_hist, session_len=t_len,
+        user=np.zeros(n_test, dtype=np.int64),
+        hist=t_hist,
+        session_len=t_len,
         user_events=np.zeros(n_test, dtype=np.int64),
-        session_category=np.zeros(n_test, dtype=np.int64), target=t_target,
-        ts=np.full(n_test, len(sessions), dtype=np.int64), weight=np.ones(n_test, dtype=np.float32),
-    )  # fmt: skip
+        session_category=np.zeros(n_test, dtype=np.int64),
+        target=t_target,
+        ts=np.full(n_test, len(sessions), dtype=np.int64),
+        weight=np.ones(n_test, dtype=np.float32),
+    )
     inter = Interactions(
-        group=group, user=group, item=items, ts=group.astype(np.int64),
+        group=group,
+        user=group,
+        item=items,
+        ts=group.astype(np.int64),
         weight=np.ones(len(items), dtype=np.float32),
-    )  # fmt: skip
+    )
     train_mask = ~in_valid
     catalog = Catalog(
         item_ids=np.arange(1, n_items + 1).astype(str).astype(object),
@@ -422,11 +443,17 @@ def load_dataset(
         from lambdarec.data.generator import GeneratorConfig, generate_events
 
         cfg = GeneratorConfig(
-            n_users=2_000, n_items=3_000, n_categories=40, days=7, n_events=synthetic_events,
+            n_users=2_000,
+            n_items=3_000,
+            n_categories=40,
+            days=7,
+            n_events=synthetic_events,
             seed=seed,
-        )  # fmt: skip
+        )
         return build_from_events(generate_events(cfg), name="synthetic", max_len=max_len)
     path = Path(dataset)
     if not path.exists():
-        raise ValueError(f"unknown dataset {dataset!r}: use diginetica, taobao, synthetic or a path")
+        raise ValueError(
+            f"unknown dataset {dataset!r}: use diginetica, taobao, synthetic or a path"
+        )
     return build_from_events(loaders.load_interactions(path), name=path.stem, max_len=max_len)

@@ -51,8 +51,15 @@ log = logging.getLogger(__name__)
 tf_keras = tf.keras
 
 SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
-DENSE = ("retrieval_score", "log_rank", "cooc", "log_pop", "log_session_len", "log_user_events",
-         "same_category")  # fmt: skip
+DENSE = (
+    "retrieval_score",
+    "log_rank",
+    "cooc",
+    "log_pop",
+    "log_session_len",
+    "log_user_events",
+    "same_category",
+)
 
 
 @dataclass
@@ -79,7 +86,9 @@ class DeepFMConfig:
 
 
 class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
-    def __init__(self, *, n_items: int, n_categories: int, n_price: int, config: DeepFMConfig) -> None:
+    def __init__(
+        self, *, n_items: int, n_categories: int, n_price: int, config: DeepFMConfig
+    ) -> None:
         super().__init__()
         c = config
         self.use_ids = c.item_ids
@@ -87,30 +96,48 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
         if self.use_ids:
             self.item_emb = tf_keras.layers.Embedding(n_items + 2, c.k, embeddings_initializer=init)
             self.item_w = tf_keras.layers.Embedding(n_items + 2, 1, embeddings_initializer="zeros")
-        self.cat_emb = tf_keras.layers.Embedding(max(n_categories, 1), c.k, embeddings_initializer=init)
-        self.cat_w = tf_keras.layers.Embedding(max(n_categories, 1), 1, embeddings_initializer="zeros")
-        self.price_emb = tf_keras.layers.Embedding(max(n_price, 1), c.k, embeddings_initializer=init)
+        self.cat_emb = tf_keras.layers.Embedding(
+            max(n_categories, 1), c.k, embeddings_initializer=init
+        )
+        self.cat_w = tf_keras.layers.Embedding(
+            max(n_categories, 1), 1, embeddings_initializer="zeros"
+        )
+        self.price_emb = tf_keras.layers.Embedding(
+            max(n_price, 1), c.k, embeddings_initializer=init
+        )
         self.price_w = tf_keras.layers.Embedding(max(n_price, 1), 1, embeddings_initializer="zeros")
         self.dense_v = self.add_weight(name="dense_v", shape=(len(DENSE), c.k), initializer=init)
         self.dense_w = tf_keras.layers.Dense(1, kernel_initializer="zeros")
         self.norm = tf_keras.layers.BatchNormalization()
         self.deep = tf_keras.Sequential(
-            [tf_keras.layers.Dense(h, activation="relu",
-                                   kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed + i))
-             for i, h in enumerate(c.hidden)]
-            + [tf_keras.layers.Dense(1, kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed))]
-        )  # fmt: skip
+            [
+                tf_keras.layers.Dense(
+                    h,
+                    activation="relu",
+                    kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed + i),
+                )
+                for i, h in enumerate(c.hidden)
+            ]
+            + [
+                tf_keras.layers.Dense(
+                    1, kernel_initializer=tf_keras.initializers.GlorotUniform(c.seed)
+                )
+            ]
+        )
 
     def call(self, f: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         dense = self.norm(f["dense"], training=training)  # (b, d)
         fields = [
-            self.cat_emb(f["cand_category"]), self.price_emb(f["cand_price"]),
+            self.cat_emb(f["cand_category"]),
+            self.price_emb(f["cand_price"]),
             self.cat_emb(f["session_category"]),
-        ]  # fmt: skip
+        ]
         first = (
-            self.cat_w(f["cand_category"]) + self.price_w(f["cand_price"])
-            + self.cat_w(f["session_category"]) + self.dense_w(dense)
-        )  # fmt: skip
+            self.cat_w(f["cand_category"])
+            + self.price_w(f["cand_price"])
+            + self.cat_w(f["session_category"])
+            + self.dense_w(dense)
+        )
         if self.use_ids:
             fields += [self.item_emb(f["cand_item"]), self.item_emb(f["last_item"])]
             first += self.item_w(f["cand_item"]) + self.item_w(f["last_item"])
@@ -123,9 +150,13 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
 
 
 def candidate_features(
-    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
-    idx_map: np.ndarray, cooc: CoOccurrence,
-) -> dict[str, np.ndarray]:  # fmt: skip
+    dataset: Dataset,
+    ex: Examples,
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    idx_map: np.ndarray,
+    cooc: CoOccurrence,
+) -> dict[str, np.ndarray]:
     """Flattened (query x candidate) feature rows, query-major."""
     n, c = cand.shape
     cat = dataset.catalog.category
@@ -135,12 +166,16 @@ def candidate_features(
     same = (cat[cand] == ex.session_category[:, None]) & (ex.session_category[:, None] > 0)
     dense = np.stack(
         [
-            cand_scores, np.log1p(rank), cooc.pair_scores(ex.hist, cand), np.log1p(pop[cand]),
+            cand_scores,
+            np.log1p(rank),
+            cooc.pair_scores(ex.hist, cand),
+            np.log1p(pop[cand]),
             np.broadcast_to(np.log1p(ex.session_len)[:, None], (n, c)),
-            np.broadcast_to(np.log1p(ex.user_events)[:, None], (n, c)), same,
+            np.broadcast_to(np.log1p(ex.user_events)[:, None], (n, c)),
+            same,
         ],
         axis=-1,
-    ).astype(np.float32)  # fmt: skip
+    ).astype(np.float32)
     rep = lambda a: np.repeat(a, c)  # noqa: E731
     return {
         "cand_item": idx_map[cand].ravel(),
@@ -161,17 +196,23 @@ class TrainedDeepFM:
     history: list[dict[str, float]] = field(default_factory=list)
     name: str = "deepfm"
 
-    def predict(self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+    def predict(
+        self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
+    ) -> np.ndarray:
         out = np.empty(cand.shape, dtype=np.float32)
         step = max(1, 65_536 // max(cand.shape[1], 1))
         for s in range(0, len(ex), step):
             sl = np.arange(s, min(s + step, len(ex)))
-            f = candidate_features(dataset, ex.subset(sl), cand[sl], cand_scores[sl], self.idx_map, self.cooc)
+            f = candidate_features(
+                dataset, ex.subset(sl), cand[sl], cand_scores[sl], self.idx_map, self.cooc
+            )
             logits = self.model({k: tf.constant(v) for k, v in f.items()}, training=False).numpy()
             out[sl] = logits.reshape(len(sl), cand.shape[1])
         return out
 
-    def rerank(self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray) -> np.ndarray:
+    def rerank(
+        self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
+    ) -> np.ndarray:
         """Candidates re-ordered by the ranker's score (stable, so ties keep retrieval order)."""
         s = self.predict(dataset, ex, cand, cand_scores)
         order = np.argsort(-s, axis=1, kind="stable")
@@ -196,13 +237,18 @@ def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
     """The model's variables by role, as the numpy forward pass of ``serving/ranker.py`` reads
     them (embedding tables, first-order weights, the batch-norm statistics, the MLP)."""
     layers = {
-        "cat_emb": model.cat_emb.embeddings, "cat_w": model.cat_w.embeddings,
-        "price_emb": model.price_emb.embeddings, "price_w": model.price_w.embeddings,
-        "dense_v": model.dense_v, "dense_w_kernel": model.dense_w.kernel,
-        "dense_w_bias": model.dense_w.bias, "bn_gamma": model.norm.gamma,
-        "bn_beta": model.norm.beta, "bn_mean": model.norm.moving_mean,
+        "cat_emb": model.cat_emb.embeddings,
+        "cat_w": model.cat_w.embeddings,
+        "price_emb": model.price_emb.embeddings,
+        "price_w": model.price_w.embeddings,
+        "dense_v": model.dense_v,
+        "dense_w_kernel": model.dense_w.kernel,
+        "dense_w_bias": model.dense_w.bias,
+        "bn_gamma": model.norm.gamma,
+        "bn_beta": model.norm.beta,
+        "bn_mean": model.norm.moving_mean,
         "bn_var": model.norm.moving_variance,
-    }  # fmt: skip
+    }
     if model.use_ids:
         layers |= {"item_emb": model.item_emb.embeddings, "item_w": model.item_w.embeddings}
     for i, layer in enumerate(model.deep.layers):
@@ -232,28 +278,43 @@ def export_for_serving(
     catalog = dataset.catalog
     np.savez(
         out_dir / "items.npz",
-        ids=np.asarray(catalog.item_ids).astype(str), index=trained.idx_map.astype(np.int64),
+        ids=np.asarray(catalog.item_ids).astype(str),
+        index=trained.idx_map.astype(np.int64),
         category=catalog.category.astype(np.int64),
         price_bucket=catalog.price_bucket.astype(np.int64),
-        popularity=dataset.popularity(), cooc_indptr=cooc.indptr.astype(np.int64),
-        cooc_indices=cooc.indices.astype(np.int64), cooc_data=cooc.data.astype(np.float32),
-    )  # fmt: skip
+        popularity=dataset.popularity(),
+        cooc_indptr=cooc.indptr.astype(np.int64),
+        cooc_indices=cooc.indices.astype(np.int64),
+        cooc_data=cooc.data.astype(np.float32),
+    )
     meta = {
-        "format": SERVING_FORMAT, "fields": field_names(c), "dense": list(DENSE),
-        "item_ids": c.item_ids, "k": c.k, "bn_epsilon": float(model.norm.epsilon),
+        "format": SERVING_FORMAT,
+        "fields": field_names(c),
+        "dense": list(DENSE),
+        "item_ids": c.item_ids,
+        "k": c.k,
+        "bn_epsilon": float(model.norm.epsilon),
         "deep_activations": [layer.activation.__name__ for layer in model.deep.layers],
-        "cooc_decay": float(trained.cooc.decay), "max_history": int(dataset.train.hist.shape[1]),
-        "n_candidates": int(n_candidates), "n_items": int(dataset.n_items),
+        "cooc_decay": float(trained.cooc.decay),
+        "max_history": int(dataset.train.hist.shape[1]),
+        "n_candidates": int(n_candidates),
+        "n_items": int(dataset.n_items),
         "config": asdict(c),
-    }  # fmt: skip
+    }
     (out_dir / "ranker.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return out_dir
 
 
 def training_rows(
-    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
-    idx_map: np.ndarray, cooc: CoOccurrence, negatives: int, seed: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    dataset: Dataset,
+    ex: Examples,
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    idx_map: np.ndarray,
+    cooc: CoOccurrence,
+    negatives: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels, weights and query ids of the positives and sampled negatives."""
     rng = np.random.default_rng(seed)
     hit = cand == ex.target[:, None]
@@ -283,9 +344,15 @@ class _EarlyStop:
         self, epoch: int, loss: float, val: float, seconds: float, rows: int, queries: int
     ) -> bool:
         """Record the epoch; True when training should stop."""
-        rec = {"epoch": epoch + 1, "loss": loss, "val_loss": val,
-               "epoch_seconds": round(seconds, 2), "examples_per_s": round(rows / seconds, 1),
-               "rows": rows, "queries": queries}  # fmt: skip
+        rec = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "val_loss": val,
+            "epoch_seconds": round(seconds, 2),
+            "examples_per_s": round(rows / seconds, 1),
+            "rows": rows,
+            "queries": queries,
+        }
         self.history.append(rec)
         log.info("deepfm %s", rec)
         if val < self.best:
@@ -300,9 +367,14 @@ class _EarlyStop:
 
 
 def train_deepfm(
-    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
-    idx_map: np.ndarray, cooc: CoOccurrence, config: DeepFMConfig | None = None,
-) -> TrainedDeepFM:  # fmt: skip
+    dataset: Dataset,
+    ex: Examples,
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    idx_map: np.ndarray,
+    cooc: CoOccurrence,
+    config: DeepFMConfig | None = None,
+) -> TrainedDeepFM:
     """Fit on the retriever's candidates ``cand`` (queries x 100) for the queries ``ex``."""
     c = config or DeepFMConfig()
     tf_keras.utils.set_random_seed(c.seed)
@@ -322,9 +394,11 @@ def train_deepfm(
     holdout = np.random.default_rng(c.seed).random(n_q) < 0.1
     is_val = holdout[qid]
     model = DeepFM(
-        n_items=dataset.n_items, n_categories=dataset.catalog.n_categories,
-        n_price=dataset.catalog.n_price_buckets, config=c,
-    )  # fmt: skip
+        n_items=dataset.n_items,
+        n_categories=dataset.catalog.n_categories,
+        n_price=dataset.catalog.n_price_buckets,
+        config=c,
+    )
     model.compile(
         optimizer=tf_keras.optimizers.Adam(c.learning_rate),
         loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
@@ -354,9 +428,14 @@ def train_deepfm(
 
 
 def _train_listwise(
-    dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray,
-    idx_map: np.ndarray, cooc: CoOccurrence, c: DeepFMConfig,
-) -> TrainedDeepFM:  # fmt: skip
+    dataset: Dataset,
+    ex: Examples,
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    idx_map: np.ndarray,
+    cooc: CoOccurrence,
+    c: DeepFMConfig,
+) -> TrainedDeepFM:
     """Softmax cross-entropy over each query's whole candidate list (queries with a hit only)."""
     hit = cand == ex.target[:, None]
     keep_q = np.flatnonzero(hit.any(axis=1))
@@ -370,9 +449,11 @@ def _train_listwise(
     weight = ex.weight.astype(np.float32)
     is_val = np.random.default_rng(c.seed).random(n_q) < 0.1
     model = DeepFM(
-        n_items=dataset.n_items, n_categories=dataset.catalog.n_categories,
-        n_price=dataset.catalog.n_price_buckets, config=c,
-    )  # fmt: skip
+        n_items=dataset.n_items,
+        n_categories=dataset.catalog.n_categories,
+        n_price=dataset.catalog.n_price_buckets,
+        config=c,
+    )
     opt = tf_keras.optimizers.Adam(c.learning_rate)
 
     def ds(mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:

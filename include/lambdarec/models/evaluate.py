@@ -65,9 +65,14 @@ class Result:
 
 
 def evaluate_topk(
-    name: str, topk: np.ndarray, dataset: Dataset, ex: Examples, *, seconds: float = 0.0,
+    name: str,
+    topk: np.ndarray,
+    dataset: Dataset,
+    ex: Examples,
+    *,
+    seconds: float = 0.0,
     ks: Sequence[int] = M.KS,
-) -> Result:  # fmt: skip
+) -> Result:
     """Metrics of ready top-k lists (e.g. a two-stage model's re-ranked lists)."""
     pop = dataset.popularity()
     pct = M.popularity_percentiles(pop)
@@ -80,9 +85,11 @@ def evaluate_topk(
 
 
 def ranker_topk(
-    ranker: Ranker | Callable[[Examples], np.ndarray], ex: Examples, k: int = 100,
+    ranker: Ranker | Callable[[Examples], np.ndarray],
+    ex: Examples,
+    k: int = 100,
     batch_size: int = 512,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item indices and their scores for every query (full ranking, batched)."""
     fn = ranker.scores if hasattr(ranker, "scores") else ranker
     tops, vals = [], []
@@ -113,9 +120,14 @@ def headline(m: Mapping[str, float]) -> str:
 
 
 def tune(
-    make: Callable[..., Any], grid: Sequence[Mapping[str, Any]], dataset: Dataset, *,
-    metric: str = "recall@20", max_queries: int = 5000, seed: int = 0,
-) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    make: Callable[..., Any],
+    grid: Sequence[Mapping[str, Any]],
+    dataset: Dataset,
+    *,
+    metric: str = "recall@20",
+    max_queries: int = 5000,
+    seed: int = 0,
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """Fit ``make(**params)`` for each grid point, pick the best ``metric`` on validation."""
     valid = dataset.valid.sample(max_queries, seed)
     trials: list[dict[str, Any]] = []
@@ -207,13 +219,26 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath = out_dir / "metrics.json"
     jpath.write_text(json.dumps(payload, default=str) + "\n", encoding="utf-8")
-    cols = ["hr@20", "mrr@20", "ndcg@10", "recall@20", "recall@100", "ndcg@20", "mrr@10",
-            "coverage@20", "popbias@20", "seconds"]  # fmt: skip
+    cols = [
+        "hr@20",
+        "mrr@20",
+        "ndcg@10",
+        "recall@20",
+        "recall@100",
+        "ndcg@20",
+        "mrr@10",
+        "coverage@20",
+        "popbias@20",
+        "seconds",
+    ]
     rows = "".join(
-        "<tr><td>" + name + "</td>" + "".join(f"<td>{m.get(c, float('nan')):.4f}</td>" for c in cols)
+        "<tr><td>"
+        + name
+        + "</td>"
+        + "".join(f"<td>{m.get(c, float('nan')):.4f}</td>" for c in cols)
         + "</tr>"
         for name, m in payload["models"].items()
-    )  # fmt: skip
+    )
     seg_rows = "".join(
         f"<tr><td>{name}</td><td>{seg}</td><td>{m['n_queries']}</td>"
         f"<td>{m['hr@20']:.4f}</td><td>{m['mrr@20']:.4f}</td><td>{m['ndcg@10']:.4f}</td></tr>"

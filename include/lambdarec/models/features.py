@@ -44,9 +44,10 @@ def feature_service_versions(settings: Settings | None = None) -> dict[str, str]
     for name in SERVICES:
         service = fs.get_feature_service(name)
         refs = sorted(
-            f"{proj.name}:{feat.name}" for proj in service.feature_view_projections
+            f"{proj.name}:{feat.name}"
+            for proj in service.feature_view_projections
             for feat in proj.features
-        )  # fmt: skip
+        )
         out[name] = hashlib.sha1(json.dumps(refs).encode()).hexdigest()[:10]
     return out
 
@@ -86,9 +87,11 @@ def attach_batch_features(dataset: Dataset, settings: Settings | None = None) ->
         ex = getattr(dataset, name)
         values = _user_events(ex, dataset.user_ids, settings)
         log.info(
-            "%s: %d rows, n_events_30d found for %.1f%%", name, len(ex),
+            "%s: %d rows, n_events_30d found for %.1f%%",
+            name,
+            len(ex),
             100.0 * float((values > 0).mean()) if len(ex) else 0.0,
-        )  # fmt: skip
+        )
         parts[name] = replace(ex, user_events=values)
     split = {**dataset.split, "user_events": f"feast {USER_EVENTS_REF}"}
     return replace(dataset, split=split, **parts)

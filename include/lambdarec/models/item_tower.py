@@ -107,17 +107,20 @@ class ItemVocabulary:
         return cls(
             dict(catalog.category_vocabulary),
             None if catalog.price_edges is None else list(catalog.price_edges),
-            int(catalog.n_categories), int(catalog.n_price_buckets),
-        )  # fmt: skip
+            int(catalog.n_categories),
+            int(catalog.n_price_buckets),
+        )
 
     def category_index(self, categories: Sequence[object] | np.ndarray) -> np.ndarray:
         """The category index of each raw category; missing or unknown -> 0 (the model's
         unknown category, the fallback)."""
         return np.array(
-            [UNKNOWN_CATEGORY if _missing(c) else self.categories.get(str(c), UNKNOWN_CATEGORY)
-             for c in categories],
+            [
+                UNKNOWN_CATEGORY if _missing(c) else self.categories.get(str(c), UNKNOWN_CATEGORY)
+                for c in categories
+            ],
             dtype=np.int64,
-        )  # fmt: skip
+        )
 
     def price_bucket(
         self, prices: Sequence[float] | np.ndarray, item_ids: Sequence[str] | None = None
@@ -149,9 +152,12 @@ class ItemVocabulary:
     def from_json(cls, raw: dict[str, Any]) -> ItemVocabulary:
         return cls(
             categories={str(k): int(v) for k, v in raw["categories"].items()},
-            price_edges=None if raw["price_edges"] is None else [float(e) for e in raw["price_edges"]],
-            n_categories=int(raw["n_categories"]), n_price_buckets=int(raw["n_price_buckets"]),
-        )  # fmt: skip
+            price_edges=None
+            if raw["price_edges"] is None
+            else [float(e) for e in raw["price_edges"]],
+            n_categories=int(raw["n_categories"]),
+            n_price_buckets=int(raw["n_price_buckets"]),
+        )
 
 
 def _missing(value: object) -> bool:
@@ -197,10 +203,12 @@ def export_item_tower(
     np.savez(out_dir / "weights.npz", **weights)  # type: ignore[arg-type]
     activations = [layer.activation.__name__ for layer in model.item_mlp.layers]
     meta = {
-        "format": EXPORT_FORMAT, "dim": int(weights["kernel_1"].shape[1]), "oov_item": OOV_ITEM,
+        "format": EXPORT_FORMAT,
+        "dim": int(weights["kernel_1"].shape[1]),
+        "oov_item": OOV_ITEM,
         "activations": activations,
         "vocabulary": vocabulary.to_json() if vocabulary is not None else None,
-    }  # fmt: skip
+    }
     (out_dir / "item_tower.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return out_dir
 
@@ -226,9 +234,11 @@ class ItemTower:
     """The item tower in numpy (``TwoTower.candidate``), with its vocabulary."""
 
     def __init__(
-        self, weights: dict[str, np.ndarray], vocabulary: ItemVocabulary | None,
+        self,
+        weights: dict[str, np.ndarray],
+        vocabulary: ItemVocabulary | None,
         activations: Sequence[str] = ("relu", "linear"),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.vocabulary = vocabulary
         unknown = [a for a in activations if a not in ACTIVATIONS]
@@ -350,9 +360,11 @@ def champion_export_dir(settings: Settings) -> Path | None:
     champion = ModelRegistry.from_settings(settings, TWO_TOWER).get_champion()
     if champion is None:
         return None
-    return Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
-    ))  # fmt: skip
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
+        )
+    )
 
 
 def add_new_items(
@@ -419,14 +431,30 @@ def add_new_items(
         collection = index.collection_name(version)
     log.info(
         "new items: embedded %d catalog item(s) unseen by the champion (%d with an unknown "
-        "category) into %s", len(new), new.unknown_category, collection,
-    )  # fmt: skip
-    return {"embedded": len(new), "unknown_category": new.unknown_category,
-            "collection": collection, "model_dir": str(folder)}  # fmt: skip
+        "category) into %s",
+        len(new),
+        new.unknown_category,
+        collection,
+    )
+    return {
+        "embedded": len(new),
+        "unknown_category": new.unknown_category,
+        "collection": collection,
+        "model_dir": str(folder),
+    }
 
 
 __all__ = [
-    "EXPORT_DIR", "ItemTower", "ItemVocabulary", "NewItems", "add_new_items",
-    "champion_export_dir", "embed_new_items", "export_item_tower", "read_vocabulary",
-    "tower_weights", "unseen_catalog_items", "write_vocabulary",
-]  # fmt: skip
+    "EXPORT_DIR",
+    "ItemTower",
+    "ItemVocabulary",
+    "NewItems",
+    "add_new_items",
+    "champion_export_dir",
+    "embed_new_items",
+    "export_item_tower",
+    "read_vocabulary",
+    "tower_weights",
+    "unseen_catalog_items",
+    "write_vocabulary",
+]

@@ -34,9 +34,13 @@ class Trained:
 
 
 def train_models(
-    dataset: Dataset, tt_config: TwoTowerConfig | None = None, fm_config: DeepFMConfig | None = None,
-    *, cooc: B.CoOccurrence | None = None, out_dir: Path | None = None,
-) -> Trained:  # fmt: skip
+    dataset: Dataset,
+    tt_config: TwoTowerConfig | None = None,
+    fm_config: DeepFMConfig | None = None,
+    *,
+    cooc: B.CoOccurrence | None = None,
+    out_dir: Path | None = None,
+) -> Trained:
     from lambdarec.models import deepfm, two_tower
 
     t0 = time.perf_counter()
@@ -62,10 +66,16 @@ def _trending_grid(dataset: Dataset) -> list[dict[str, Any]]:
 
 
 def run_evaluation(
-    dataset: Dataset, out_dir: Path, *, tt_config: TwoTowerConfig | None = None,
-    fm_config: DeepFMConfig | None = None, session_ablation: bool = True,
-    baselines: bool = True, models: bool = True, test_max: int | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    dataset: Dataset,
+    out_dir: Path,
+    *,
+    tt_config: TwoTowerConfig | None = None,
+    fm_config: DeepFMConfig | None = None,
+    session_ablation: bool = True,
+    baselines: bool = True,
+    models: bool = True,
+    test_max: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate baselines and models on the test split; write ``metrics.json`` and
     ``report.html`` in ``out_dir``. Returns (the JSON payload, the figures)."""
     test = dataset.test.sample(test_max, 0)
@@ -99,36 +109,42 @@ def run_evaluation(
         reranked = trained.ranker.rerank(dataset, test, cand, cand_scores)
         results.append(
             E.evaluate_topk(
-                "two_stage(two_tower+deepfm)", reranked, dataset, test,
+                "two_stage(two_tower+deepfm)",
+                reranked,
+                dataset,
+                test,
                 seconds=time.perf_counter() - t0,
             )
-        )  # fmt: skip
+        )
         for r in results[-2:]:
             log.info("%s: %s", r.model, E.headline(r.overall))
         if session_ablation:
-            extra["session_ablation"] = _session_ablation(
-                dataset, results[-2], tt_config, test_max
-            )
+            extra["session_ablation"] = _session_ablation(dataset, results[-2], tt_config, test_max)
     payload = E.results_json(dataset, results, extra)
     if dataset.split.get("kind") == "srgnn":
         payload["published_srgnn_protocol"] = {
-            "GRU4Rec": {"P@20": 29.45, "MRR@20": 8.33}, "NARM": {"P@20": 49.70, "MRR@20": 16.17},
+            "GRU4Rec": {"P@20": 29.45, "MRR@20": 8.33},
+            "NARM": {"P@20": 49.70, "MRR@20": 16.17},
             "SR-GNN": {"P@20": 50.73, "MRR@20": 17.59},
-        }  # fmt: skip
+        }
         payload["ours_p20_mrr20_percent"] = {
-            r.model: {"P@20": round(100 * r.overall["hr@20"], 2),
-                      "MRR@20": round(100 * r.overall["mrr@20"], 2)}
+            r.model: {
+                "P@20": round(100 * r.overall["hr@20"], 2),
+                "MRR@20": round(100 * r.overall["mrr@20"], 2),
+            }
             for r in results
-        }  # fmt: skip
+        }
     figs = E.figures(results)
     E.write_report(payload, figs, out_dir)
     return payload, figs
 
 
 def _session_ablation(
-    dataset: Dataset, with_session: E.Result, tt_config: TwoTowerConfig | None,
+    dataset: Dataset,
+    with_session: E.Result,
+    tt_config: TwoTowerConfig | None,
     test_max: int | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The same two-tower trained and evaluated with the session context blanked.
 
     Kept out of the model table on purpose: its row once sat there as ``two_tower(no session

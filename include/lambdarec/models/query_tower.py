@@ -67,10 +67,14 @@ def query_tower_weights(model: Any, *, all_users: bool = False) -> dict[str, np.
         **{f"bias_{n}": layer.bias.numpy() for n, layer in enumerate(dense)},
     }
     if model.attention:
-        weights.update({
-            "att_h": model.att_h.kernel.numpy(), "att_q": model.att_q.kernel.numpy(),
-            "att_q_bias": model.att_q.bias.numpy(), "att_v": model.att_v.kernel.numpy(),
-        })  # fmt: skip
+        weights.update(
+            {
+                "att_h": model.att_h.kernel.numpy(),
+                "att_q": model.att_q.kernel.numpy(),
+                "att_q_bias": model.att_q.bias.numpy(),
+                "att_v": model.att_v.kernel.numpy(),
+            }
+        )
     return weights
 
 
@@ -81,8 +85,11 @@ def export_query_tower(trained: TrainedTwoTower, out_dir: Path) -> Path:
         _build_query_tower(model)
     if model.attention:
         linear = {"att_h": model.att_h, "att_q": model.att_q, "att_v": model.att_v}
-        odd = {k: layer.activation.__name__ for k, layer in linear.items()
-               if layer.activation.__name__ != "linear"}  # fmt: skip
+        odd = {
+            k: layer.activation.__name__
+            for k, layer in linear.items()
+            if layer.activation.__name__ != "linear"
+        }
         if odd:
             raise ValueError(f"the numpy query tower expects linear attention layers, got {odd}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,12 +97,14 @@ def export_query_tower(trained: TrainedTwoTower, out_dir: Path) -> Path:
     np.savez(out_dir / WEIGHTS_FILE, **weights)  # type: ignore[arg-type]
     last = len(model.query_mlp.layers) - 1
     meta = {
-        "format": EXPORT_FORMAT, "dim": int(weights[f"kernel_{last}"].shape[1]),
+        "format": EXPORT_FORMAT,
+        "dim": int(weights[f"kernel_{last}"].shape[1]),
         "attention": bool(model.attention),
         "activations": [layer.activation.__name__ for layer in model.query_mlp.layers],
-        "item_rows": int(weights["item"].shape[0]), "user_rows": int(weights["user"].shape[0]),
+        "item_rows": int(weights["item"].shape[0]),
+        "user_rows": int(weights["user"].shape[0]),
         "category_rows": int(weights["category"].shape[0]),
-    }  # fmt: skip
+    }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return out_dir
 
@@ -104,11 +113,14 @@ def _build_query_tower(model: Any) -> None:
     """Build the query tower's layers by one call on a one-row batch of padding."""
     import tensorflow as tf
 
-    model.query({
-        "user": tf.constant([UNKNOWN_USER], tf.int64), "hist": tf.constant([[0]], tf.int64),
-        "session_category": tf.constant([0], tf.int64),
-        "counts": tf.zeros([1, _COUNTS_DIM], tf.float32),
-    })  # fmt: skip
+    model.query(
+        {
+            "user": tf.constant([UNKNOWN_USER], tf.int64),
+            "hist": tf.constant([[0]], tf.int64),
+            "session_category": tf.constant([0], tf.int64),
+            "counts": tf.zeros([1, _COUNTS_DIM], tf.float32),
+        }
+    )
 
 
 # -- the numpy tower ----------------------------------------------------------------------------
@@ -122,9 +134,12 @@ class QueryTower:
     ``log1p``-ed."""
 
     def __init__(
-        self, weights: dict[str, np.ndarray], *, attention: bool,
+        self,
+        weights: dict[str, np.ndarray],
+        *,
+        attention: bool,
         activations: Sequence[str] = ("relu", "linear"),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         unknown = [a for a in activations if a not in ACTIVATIONS]
         if unknown:
@@ -152,8 +167,9 @@ class QueryTower:
         if attention:
             self._att_h, self._att_q = w["att_h"], w["att_q"]
             self._att_q_bias, self._att_v = w["att_q_bias"], w["att_v"][:, 0]
-        self._layers = [(w[f"kernel_{n}"], w[f"bias_{n}"], act)
-                        for n, act in enumerate(self.activations)]  # fmt: skip
+        self._layers = [
+            (w[f"kernel_{n}"], w[f"bias_{n}"], act) for n, act in enumerate(self.activations)
+        ]
         self._n_items = len(w["item"])
         self._n_categories = len(w["category"])
 
@@ -205,8 +221,14 @@ class QueryTower:
                 f"and ({b}, {_COUNTS_DIM}), one row per user"
             )
         rows = len(w["user"])
-        check_index_range("user", user, rows, "" if rows > 1 else (
-            " (the export keeps only user 0, the unknown user serving passes)"))  # fmt: skip
+        check_index_range(
+            "user",
+            user,
+            rows,
+            ""
+            if rows > 1
+            else (" (the export keeps only user 0, the unknown user serving passes)"),
+        )
         check_index_range("hist", hist, self._n_items)
         check_index_range("session_category", category, self._n_categories)
         mask = (hist > 0).astype(np.float32)[..., None]  # (b, L, 1)
@@ -272,6 +294,10 @@ class QueryTower:
 
 
 __all__ = [
-    "EXPORT_DIR", "EXPORT_FORMAT", "QueryTower", "UNKNOWN_USER", "export_query_tower",
+    "EXPORT_DIR",
+    "EXPORT_FORMAT",
+    "QueryTower",
+    "UNKNOWN_USER",
+    "export_query_tower",
     "query_tower_weights",
-]  # fmt: skip
+]

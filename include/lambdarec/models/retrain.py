@@ -49,7 +49,10 @@ STEPS = ("build", "train-two-tower", "train-deepfm", "evaluate", "export", "noti
 #: Registered model names (serving loads the ``two_tower`` champion).
 TWO_TOWER, DEEPFM = "two_tower", "deepfm"
 #: Metric each model is promoted on, by evaluation row.
-PROMOTION = {TWO_TOWER: ("two_tower", "ndcg@10"), DEEPFM: ("two_stage(two_tower+deepfm)", "ndcg@10")}
+PROMOTION = {
+    TWO_TOWER: ("two_tower", "ndcg@10"),
+    DEEPFM: ("two_stage(two_tower+deepfm)", "ndcg@10"),
+}
 RETRIEVAL_ROW, TWO_STAGE_ROW = "two_tower", "two_stage(two_tower+deepfm)"
 
 
@@ -85,11 +88,14 @@ def evaluation_id(dataset: Dataset) -> str:
     """Names the test set: runs are only compared on the same one."""
     split = dataset.split
     if split.get("kind") == "temporal":
+
         def day(ms: object) -> str:
             return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")  # type: ignore[call-overload]
 
         return f"{dataset.name}:temporal:{day(split['test_start_ms'])}..{day(split['end_ms'])}"
-    return f"{dataset.name}:{split.get('kind', 'custom')}:{split.get('test_pairs', len(dataset.test))}"
+    return (
+        f"{dataset.name}:{split.get('kind', 'custom')}:{split.get('test_pairs', len(dataset.test))}"
+    )
 
 
 def data_range(dataset: Dataset) -> tuple[str, str] | None:
@@ -139,11 +145,14 @@ def build(
     if vocabulary is not None:
         write_vocabulary(vocabulary, run_dir / VOCABULARY_FILE)
     info = {
-        "dataset": data.name, "split": data.split, "n_items": data.n_items,
+        "dataset": data.name,
+        "split": data.split,
+        "n_items": data.n_items,
         "examples": {"train": len(data.train), "valid": len(data.valid), "test": len(data.test)},
-        "evaluation_id": evaluation_id(data), "data_range": data_range(data),
+        "evaluation_id": evaluation_id(data),
+        "data_range": data_range(data),
         "feature_services": services,
-    }  # fmt: skip
+    }
     _write_json(run_dir / "dataset.json", info)
     return info
 
@@ -182,9 +191,12 @@ def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
     history = raw.pop("history", [])
     config = TwoTowerConfig(**raw)
     model = TwoTower(
-        n_items=data.n_items, n_users=data.n_users, n_categories=data.catalog.n_categories,
-        n_price=data.catalog.n_price_buckets, config=config,
-    )  # fmt: skip
+        n_items=data.n_items,
+        n_users=data.n_users,
+        n_categories=data.catalog.n_categories,
+        n_price=data.catalog.n_price_buckets,
+        config=config,
+    )
     _checkpoint(model, folder / "checkpoint" / "model", save=False)
     idx_map = np.load(folder / "item_index.npy")
     return TrainedTwoTower(model, config, idx_map, data.catalog, history=history)
@@ -219,9 +231,11 @@ def load_ranker(run_dir: Path, data: Dataset, idx_map: Any) -> TrainedDeepFM:
     raw["hidden"] = tuple(raw["hidden"])
     config = DeepFMConfig(**raw)
     model = DeepFM(
-        n_items=data.n_items, n_categories=data.catalog.n_categories,
-        n_price=data.catalog.n_price_buckets, config=config,
-    )  # fmt: skip
+        n_items=data.n_items,
+        n_categories=data.catalog.n_categories,
+        n_price=data.catalog.n_price_buckets,
+        config=config,
+    )
     _checkpoint(model, run_dir / "deepfm" / "checkpoint" / "model", save=False)
     return TrainedDeepFM(model, config, idx_map, B.CoOccurrence().fit(data), history=history)
 
@@ -257,9 +271,13 @@ def _reference_profile(s: Settings, info: dict[str, Any], scores: Any) -> Any:
 
 
 def evaluate(
-    run_dir: Path, *, settings: Settings | None = None, baselines: bool = True,
-    test_max: int | None = None, min_delta: float = 0.0,
-) -> dict[str, Any]:  # fmt: skip
+    run_dir: Path,
+    *,
+    settings: Settings | None = None,
+    baselines: bool = True,
+    test_max: int | None = None,
+    min_delta: float = 0.0,
+) -> dict[str, Any]:
     """Full-ranking evaluation of both stages against the baselines on the test split, logged to
     MLflow; each model is registered and promoted only if it beats its champion."""
     from lambdarec.models import baselines as B
@@ -290,8 +308,9 @@ def evaluate(
     models = payload["models"]
     best_baseline = max(
         (m for m in models if m not in (RETRIEVAL_ROW, TWO_STAGE_ROW)),
-        key=lambda m: models[m]["ndcg@10"], default=None,
-    )  # fmt: skip
+        key=lambda m: models[m]["ndcg@10"],
+        default=None,
+    )
     decisions: dict[str, Any] = {}
     profile = _reference_profile(s, info, scores)
     for name, folder in ((TWO_TOWER, run_dir / "two_tower"), (DEEPFM, run_dir / "deepfm")):
@@ -301,20 +320,31 @@ def evaluate(
             metrics[f"best_baseline_{metric}"] = float(models[best_baseline][metric])
         registry = registry_for(name, s)
         run_id = registry.log_run(
-            params={"dataset": info["dataset"], "run_dir": str(run_dir),
-                    "best_baseline": best_baseline or "none"},
-            metrics=metrics, evaluation_id=info["evaluation_id"],
+            params={
+                "dataset": info["dataset"],
+                "run_dir": str(run_dir),
+                "best_baseline": best_baseline or "none",
+            },
+            metrics=metrics,
+            evaluation_id=info["evaluation_id"],
             feature_services=info.get("feature_services") or None,
             data_range=tuple(info["data_range"]) if info.get("data_range") else None,
-            plots=[*plots, jpath, hpath], model_dir=folder, run_name=f"{name} {run_dir.name}",
+            plots=[*plots, jpath, hpath],
+            model_dir=folder,
+            run_name=f"{name} {run_dir.name}",
             reference_profile=profile,
-        )  # fmt: skip
+        )
         version = registry.register(run_id)
         decision = registry.promote(version, metrics, metric=metric, min_delta=min_delta)
         decisions[name] = {**asdict(decision), "run_id": run_id}
         log.info("%s v%s: %s", name, version, decision.reason)
-    out = {"evaluation_id": info["evaluation_id"], "best_baseline": best_baseline,
-           "models": models, "decisions": decisions, "report": str(hpath)}  # fmt: skip
+    out = {
+        "evaluation_id": info["evaluation_id"],
+        "best_baseline": best_baseline,
+        "models": models,
+        "decisions": decisions,
+        "report": str(hpath),
+    }
     _write_json(run_dir / "decision.json", out)
     return out
 
@@ -345,10 +375,16 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         categories += [str(c) for c in new.category_index]
     with VectorIndex.from_settings(_settings(settings)) as index:
         version = index.publish(ids, matrix, categories, progress=False)
-        out = {"published": True, "version": version, "collection": index.collection_name(version),
-               "alias": index.config.alias, "items": len(ids),
-               "new_items": len(new) if new is not None else 0, "new_items_note": new_note,
-               "model_version": decision["version"]}  # fmt: skip
+        out = {
+            "published": True,
+            "version": version,
+            "collection": index.collection_name(version),
+            "alias": index.config.alias,
+            "items": len(ids),
+            "new_items": len(new) if new is not None else 0,
+            "new_items_note": new_note,
+            "model_version": decision["version"],
+        }
     _write_json(run_dir / "export.json", out)
     return out
 
@@ -370,8 +406,11 @@ def new_catalog_items(run_dir: Path, settings: Settings) -> tuple[NewItems | Non
     except ValueError as error:
         log.warning("new catalog items left out of this publish: %s", error)
         return None, f"left out: {error}"
-    log.info("embedded %d catalog item(s) absent from the training data (%d with an unknown "
-             "category)", len(new), new.unknown_category)  # fmt: skip
+    log.info(
+        "embedded %d catalog item(s) absent from the training data (%d with an unknown category)",
+        len(new),
+        new.unknown_category,
+    )
     return new, f"{len(new)} embedded by the item tower"
 
 
@@ -387,11 +426,13 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
     export = _read_json(run_dir / "export.json")
     decision = _read_json(run_dir / "decision.json")
     payload = {
-        "at": datetime.now(UTC).isoformat(), "run_dir": str(run_dir),
+        "at": datetime.now(UTC).isoformat(),
+        "run_dir": str(run_dir),
         "two_tower_version": decision["decisions"][TWO_TOWER]["version"],
         "two_tower_promoted": decision["decisions"][TWO_TOWER]["promoted"],
-        "deepfm_promoted": decision["decisions"][DEEPFM]["promoted"], "index": export,
-    }  # fmt: skip
+        "deepfm_promoted": decision["decisions"][DEEPFM]["promoted"],
+        "index": export,
+    }
     if not (payload["two_tower_promoted"] or payload["deepfm_promoted"]):
         payload["reload"] = False
         payload["reason"] = "no model was promoted; serving keeps its champion"
@@ -404,7 +445,18 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
 
 
 __all__ = [
-    "STEPS", "build", "evaluate", "evaluation_id", "export_embeddings", "load_built",
-    "load_ranker", "load_retriever", "new_catalog_items", "notify_serving", "registry_for",
-    "reload_marker", "train_ranker", "train_retriever",
-]  # fmt: skip
+    "STEPS",
+    "build",
+    "evaluate",
+    "evaluation_id",
+    "export_embeddings",
+    "load_built",
+    "load_ranker",
+    "load_retriever",
+    "new_catalog_items",
+    "notify_serving",
+    "registry_for",
+    "reload_marker",
+    "train_ranker",
+    "train_retriever",
+]

@@ -82,7 +82,9 @@ def query_features(ex: Examples, idx_map: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def item_features(catalog: Catalog, items: np.ndarray, idx_map: np.ndarray) -> dict[str, np.ndarray]:
+def item_features(
+    catalog: Catalog, items: np.ndarray, idx_map: np.ndarray
+) -> dict[str, np.ndarray]:
     return {
         "item": idx_map[items],
         "item_key": items.astype(np.int64),
@@ -93,31 +95,51 @@ def item_features(catalog: Catalog, items: np.ndarray, idx_map: np.ndarray) -> d
 
 class TwoTower(tfrs.Model):
     def __init__(
-        self, *, n_items: int, n_users: int, n_categories: int, n_price: int,
+        self,
+        *,
+        n_items: int,
+        n_users: int,
+        n_categories: int,
+        n_price: int,
         config: TwoTowerConfig,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         c = config
         init = tf_keras.initializers.RandomNormal(stddev=0.05, seed=c.seed)
         self.item_emb = tf_keras.layers.Embedding(n_items + 2, c.dim, embeddings_initializer=init)
-        self.user_emb = tf_keras.layers.Embedding(max(n_users, 1), c.dim, embeddings_initializer=init)
-        self.cat_emb = tf_keras.layers.Embedding(max(n_categories, 1), 16, embeddings_initializer=init)
+        self.user_emb = tf_keras.layers.Embedding(
+            max(n_users, 1), c.dim, embeddings_initializer=init
+        )
+        self.cat_emb = tf_keras.layers.Embedding(
+            max(n_categories, 1), 16, embeddings_initializer=init
+        )
         self.price_emb = tf_keras.layers.Embedding(max(n_price, 1), 4, embeddings_initializer=init)
         seed = c.seed
 
         def mlp() -> Any:
-            return tf_keras.Sequential([
-                tf_keras.layers.Dense(c.hidden, activation="relu",
-                                      kernel_initializer=tf_keras.initializers.GlorotUniform(seed)),
-                tf_keras.layers.Dense(c.dim, kernel_initializer=tf_keras.initializers.GlorotUniform(seed + 1)),
-            ])  # fmt: skip
+            return tf_keras.Sequential(
+                [
+                    tf_keras.layers.Dense(
+                        c.hidden,
+                        activation="relu",
+                        kernel_initializer=tf_keras.initializers.GlorotUniform(seed),
+                    ),
+                    tf_keras.layers.Dense(
+                        c.dim, kernel_initializer=tf_keras.initializers.GlorotUniform(seed + 1)
+                    ),
+                ]
+            )
 
         self.attention = c.attention
         if c.attention:
             glorot = tf_keras.initializers.GlorotUniform
-            self.att_h = tf_keras.layers.Dense(c.dim, use_bias=False, kernel_initializer=glorot(seed + 2))
+            self.att_h = tf_keras.layers.Dense(
+                c.dim, use_bias=False, kernel_initializer=glorot(seed + 2)
+            )
             self.att_q = tf_keras.layers.Dense(c.dim, kernel_initializer=glorot(seed + 3))
-            self.att_v = tf_keras.layers.Dense(1, use_bias=False, kernel_initializer=glorot(seed + 4))
+            self.att_v = tf_keras.layers.Dense(
+                1, use_bias=False, kernel_initializer=glorot(seed + 4)
+            )
         self.query_mlp = mlp()
         self.item_mlp = mlp()
         self.task = tfrs.tasks.Retrieval(temperature=c.temperature, remove_accidental_hits=True)
@@ -132,7 +154,13 @@ class TwoTower(tfrs.Model):
         e = self.item_emb(hist) * mask
         mean = tf.reduce_sum(e, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         last = e[:, 0, :]
-        parts = [self.user_emb(f["user"]), mean, last, self.cat_emb(f["session_category"]), f["counts"]]
+        parts = [
+            self.user_emb(f["user"]),
+            mean,
+            last,
+            self.cat_emb(f["session_category"]),
+            f["counts"],
+        ]
         if self.attention:
             s = self.att_v(tf.tanh(self.att_h(e) + self.att_q(last)[:, None, :]))  # (b, L, 1)
             s = s + (mask - 1.0) * 1e9
@@ -143,7 +171,11 @@ class TwoTower(tfrs.Model):
 
     def candidate(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
         x = tf.concat(
-            [self.item_emb(f["item"]), self.cat_emb(f["item_category"]), self.price_emb(f["item_price"])],
+            [
+                self.item_emb(f["item"]),
+                self.cat_emb(f["item_category"]),
+                self.price_emb(f["item_price"]),
+            ],
             axis=1,
         )
         return tf.math.l2_normalize(self.item_mlp(x), axis=1)
@@ -158,10 +190,13 @@ class TwoTower(tfrs.Model):
         q = self.query(features)
         c = self.candidate(features)
         return self.task(
-            q, c, sample_weight=features["weight"],
+            q,
+            c,
+            sample_weight=features["weight"],
             candidate_sampling_probability=features["prob"] if self.logq else None,
-            candidate_ids=features["item_key"], compute_metrics=False,
-        )  # fmt: skip
+            candidate_ids=features["item_key"],
+            compute_metrics=False,
+        )
 
 
 @dataclass
@@ -189,7 +224,9 @@ class TrainedTwoTower:
             parts = []
             for s in range(0, len(items), 8192):
                 f = item_features(self.catalog, items[s : s + 8192], self.idx_map)
-                parts.append(self.model.candidate({k: tf.constant(v) for k, v in f.items()}).numpy())
+                parts.append(
+                    self.model.candidate({k: tf.constant(v) for k, v in f.items()}).numpy()
+                )
             self.item_matrix = np.concatenate(parts).astype(np.float32)
         return self.catalog.item_ids, self.item_matrix
 
@@ -218,10 +255,12 @@ def train_two_tower(
     ex = (train if train is not None else dataset.train).sample(c.max_train, c.seed)
     idx_map = item_index(dataset)
     model = TwoTower(
-        n_items=dataset.n_items, n_users=dataset.n_users,
-        n_categories=dataset.catalog.n_categories, n_price=dataset.catalog.n_price_buckets,
+        n_items=dataset.n_items,
+        n_users=dataset.n_users,
+        n_categories=dataset.catalog.n_categories,
+        n_price=dataset.catalog.n_price_buckets,
         config=c,
-    )  # fmt: skip
+    )
     model.compile(optimizer=tf_keras.optimizers.Adam(c.learning_rate))
     tensors = _train_tensors(dataset, ex, idx_map)
     ds = (
@@ -239,8 +278,13 @@ def train_two_tower(
         seconds = time.perf_counter() - t0
         trained.item_matrix = None
         score = _valid_recall(trained, valid) if len(valid) else 0.0
-        rec = {"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), "valid_recall@20": score,
-               "epoch_seconds": round(seconds, 2), "examples_per_s": round(len(ex) / seconds, 1)}  # fmt: skip
+        rec = {
+            "epoch": epoch + 1,
+            "loss": float(h.history["loss"][-1]),
+            "valid_recall@20": score,
+            "epoch_seconds": round(seconds, 2),
+            "examples_per_s": round(len(ex) / seconds, 1),
+        }
         trained.history.append(rec)
         log.info("two-tower %s", rec)
         if score > best:
@@ -287,7 +331,9 @@ def export(
     }
     module = tf.Module()
     module.model = trained.model
-    module.serve = tf.function(lambda f: {"embedding": trained.model.query(f)}, input_signature=[spec])
+    module.serve = tf.function(
+        lambda f: {"embedding": trained.model.query(f)}, input_signature=[spec]
+    )
     qpath = out_dir / "query_tower"
     tf.saved_model.save(module, str(qpath), signatures={"serving_default": module.serve})
     np.save(out_dir / "item_index.npy", trained.idx_map)
@@ -297,5 +343,9 @@ def export(
     item_tower = export_item_tower(trained, out_dir / EXPORT_DIR, vocabulary)
     # beside the SavedModel, which older serving code still loads
     query_np = query_tower.export_query_tower(trained, out_dir / query_tower.EXPORT_DIR)
-    return {"item_embeddings": out_dir / "item_embeddings.npz", "query_tower": qpath,
-            "query_tower_numpy": query_np, "item_tower": item_tower}  # fmt: skip
+    return {
+        "item_embeddings": out_dir / "item_embeddings.npz",
+        "query_tower": qpath,
+        "query_tower_numpy": query_np,
+        "item_tower": item_tower,
+    }

@@ -114,8 +114,9 @@ class Bins:
         else:
             lookup = {c: i for i, c in enumerate(self.categories)}
             other = len(self.categories)
-            idx = np.fromiter((lookup.get(_label(v), other) for v in present), dtype=np.int64,
-                              count=present.size)  # fmt: skip
+            idx = np.fromiter(
+                (lookup.get(_label(v), other) for v in present), dtype=np.int64, count=present.size
+            )
             out[:-1] += np.bincount(idx, minlength=n - 1)[: n - 1]
         return out
 
@@ -127,8 +128,11 @@ class Bins:
         kind = data.get("kind")
         if kind not in ("numeric", "categorical"):
             raise ValueError(f"bins kind must be 'numeric' or 'categorical', got {kind!r}")
-        return cls(kind, tuple(float(e) for e in data.get("edges", ())),
-                   tuple(str(c) for c in data.get("categories", ())))  # fmt: skip
+        return cls(
+            kind,
+            tuple(float(e) for e in data.get("edges", ())),
+            tuple(str(c) for c in data.get("categories", ())),
+        )
 
 
 def _as_array(values: Iterable[Any] | np.ndarray) -> np.ndarray:
@@ -155,8 +159,9 @@ def _missing_mask(arr: np.ndarray) -> np.ndarray:
         return np.zeros(arr.shape, dtype=bool)
     return np.fromiter(
         (v is None or (isinstance(v, float) and math.isnan(v)) for v in arr),
-        dtype=bool, count=arr.size,
-    )  # fmt: skip
+        dtype=bool,
+        count=arr.size,
+    )
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
@@ -232,8 +237,9 @@ def smooth(counts: Sequence[float] | np.ndarray, eps: float = EPSILON) -> np.nda
     return (p + eps) / (1.0 + c.size * eps)
 
 
-def _pair(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray,
-          eps: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _pair(
+    reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
     r, c = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
     if r.shape != c.shape:
         raise ValueError(
@@ -243,15 +249,21 @@ def _pair(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np
     return smooth(r, eps), smooth(c, eps)
 
 
-def psi(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray,
-        eps: float = EPSILON) -> float:  # fmt: skip
+def psi(
+    reference: Sequence[float] | np.ndarray,
+    current: Sequence[float] | np.ndarray,
+    eps: float = EPSILON,
+) -> float:
     """Population stability index of two count (or proportion) vectors over the same bins."""
     p, q = _pair(reference, current, eps)
     return max(0.0, float(np.sum((q - p) * np.log(q / p))))
 
 
-def kl_divergence(reference: Sequence[float] | np.ndarray,
-                  current: Sequence[float] | np.ndarray, eps: float = EPSILON) -> float:  # fmt: skip
+def kl_divergence(
+    reference: Sequence[float] | np.ndarray,
+    current: Sequence[float] | np.ndarray,
+    eps: float = EPSILON,
+) -> float:
     """KL(current || reference) in nats, over the same bins."""
     p, q = _pair(reference, current, eps)
     return max(0.0, float(np.sum(q * np.log(q / p))))
@@ -319,10 +331,18 @@ def compare(
         value_psi, value_kl = psi(ref, cur), kl_divergence(ref, cur)
         status = status_of(value_psi, watch, act)
     return FeatureDrift(
-        feature=feature, group=group, kind=bins.kind, psi=value_psi, kl=value_kl, status=status,
-        n_reference=int(ref.sum()), n_current=int(cur.sum()), labels=bins.labels,
-        reference=_proportions(ref), current=_proportions(cur),
-    )  # fmt: skip
+        feature=feature,
+        group=group,
+        kind=bins.kind,
+        psi=value_psi,
+        kl=value_kl,
+        status=status,
+        n_reference=int(ref.sum()),
+        n_current=int(cur.sum()),
+        labels=bins.labels,
+        reference=_proportions(ref),
+        current=_proportions(cur),
+    )
 
 
 def by_severity(drifts: Iterable[FeatureDrift]) -> list[FeatureDrift]:

@@ -79,8 +79,12 @@ class FeatureProfile:
     counts: list[int]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "group": self.group, "bins": self.bins.to_dict(),
-                "counts": [int(c) for c in self.counts]}  # fmt: skip
+        return {
+            "name": self.name,
+            "group": self.group,
+            "bins": self.bins.to_dict(),
+            "counts": [int(c) for c in self.counts],
+        }
 
 
 @dataclass
@@ -91,12 +95,16 @@ class ReferenceProfile:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "format_version": FORMAT_VERSION,
-            "created_at": self.created_at,
-            "meta": self.meta,
-            "features": [f.to_dict() for f in self.features.values()],
-        }, default=str, indent=1)  # fmt: skip
+        return json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "created_at": self.created_at,
+                "meta": self.meta,
+                "features": [f.to_dict() for f in self.features.values()],
+            },
+            default=str,
+            indent=1,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ReferenceProfile:
@@ -107,10 +115,11 @@ class ReferenceProfile:
                 f"{FORMAT_VERSION}; rebuild it with lambdarec.monitoring.profile.build_profile"
             )
         features = {
-            f["name"]: FeatureProfile(f["name"], f["group"], Bins.from_dict(f["bins"]),
-                                      [int(c) for c in f["counts"]])
+            f["name"]: FeatureProfile(
+                f["name"], f["group"], Bins.from_dict(f["bins"]), [int(c) for c in f["counts"]]
+            )
             for f in data["features"]
-        }  # fmt: skip
+        }
         return cls(features, data.get("created_at", ""), data.get("meta", {}))
 
     def log_to(self, client: MlflowClient, run_id: str) -> str:
@@ -133,8 +142,17 @@ class ReferenceProfile:
             values: Any = ()
             if frame is not None and feat.name in frame.columns:
                 values = frame[feat.name]
-            out.append(compare(feat.name, feat.bins, feat.counts, values, group=feat.group,
-                               watch=watch, act=act))  # fmt: skip
+            out.append(
+                compare(
+                    feat.name,
+                    feat.bins,
+                    feat.counts,
+                    values,
+                    group=feat.group,
+                    watch=watch,
+                    act=act,
+                )
+            )
         return by_severity(out)
 
 
@@ -174,10 +192,13 @@ def build_profile(
 
     def add(name: str, group: str, values: Any) -> None:
         if name in features:
-            raise ValueError(f"feature {name!r} appears in groups {features[name].group!r} and "
-                             f"{group!r}; rename one column")  # fmt: skip
-        bins = fit_bins(values, "categorical" if name in forced else None,
-                        n_bins=n_bins, top_n=top_n)  # fmt: skip
+            raise ValueError(
+                f"feature {name!r} appears in groups {features[name].group!r} and "
+                f"{group!r}; rename one column"
+            )
+        bins = fit_bins(
+            values, "categorical" if name in forced else None, n_bins=n_bins, top_n=top_n
+        )
         features[name] = FeatureProfile(name, group, bins, bins.counts(values).tolist())
 
     for group, frame in frames.items():
@@ -186,8 +207,10 @@ def build_profile(
         wanted = list((columns or {}).get(group, _scalar_columns(frame)))
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
-            raise ValueError(f"{group} frame lacks column(s) {missing}; present: "
-                             f"{sorted(map(str, frame.columns))}")  # fmt: skip
+            raise ValueError(
+                f"{group} frame lacks column(s) {missing}; present: "
+                f"{sorted(map(str, frame.columns))}"
+            )
         for col in wanted:
             add(col, group, frame[col])
     if scores is not None:
@@ -196,8 +219,12 @@ def build_profile(
         add("popularity", "model", np.asarray(list(popularity), dtype=float))
     if not features:
         raise ValueError("nothing to profile: every frame is empty and no scores were given")
-    info = {"n_rows": {g: int(len(f)) for g, f in frames.items() if f is not None},
-            "n_bins": n_bins, "top_n": top_n, **(meta or {})}  # fmt: skip
+    info = {
+        "n_rows": {g: int(len(f)) for g, f in frames.items() if f is not None},
+        "n_bins": n_bins,
+        "top_n": top_n,
+        **(meta or {}),
+    }
     return ReferenceProfile(features, meta=info)
 
 
@@ -253,10 +280,13 @@ def training_profile(
     if served is not None:
         frames["served"] = served
     return build_profile(
-        frames, scores=scores, popularity=popularity, n_bins=settings.drift_bins,
+        frames,
+        scores=scores,
+        popularity=popularity,
+        n_bins=settings.drift_bins,
         top_n=settings.drift_top_categories,
         meta={"data_range": [str(start), str(end)], **(meta or {})},
-    )  # fmt: skip
+    )
 
 
 def load_champion_profile(settings: Settings) -> tuple[ReferenceProfile, Champion]:
@@ -284,6 +314,10 @@ def load_champion_profile(settings: Settings) -> tuple[ReferenceProfile, Champio
             raise ProfileNotFoundError(
                 f"{missing}; its run has no data range to rebuild one from"
             ) from None
-        profile = training_profile(settings, start[:10], end[:10],
-                                   meta={"source": "rebuilt from the lake (no saved profile)"})  # fmt: skip
+        profile = training_profile(
+            settings,
+            start[:10],
+            end[:10],
+            meta={"source": "rebuilt from the lake (no saved profile)"},
+        )
         return profile, champion

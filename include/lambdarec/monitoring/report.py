@@ -68,11 +68,17 @@ def _histogram(feature: dict[str, Any]) -> Figure:
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(x - 0.2, feature["reference"], 0.4, label=f"reference (n={feature['n_reference']})")
     ax.bar(x + 0.2, feature["current"], 0.4, label=f"current (n={feature['n_current']})")
-    ax.set_xticks(x, [lab if len(lab) <= 14 else lab[:13] + "…" for lab in labels],
-                  rotation=60, ha="right", fontsize=6)  # fmt: skip
+    ax.set_xticks(
+        x,
+        [lab if len(lab) <= 14 else lab[:13] + "…" for lab in labels],
+        rotation=60,
+        ha="right",
+        fontsize=6,
+    )
     ax.set_ylabel("share")
-    ax.set_title(f"{feature['feature']}  PSI {feature['psi']:.3f}  KL {feature['kl']:.3f}",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{feature['feature']}  PSI {feature['psi']:.3f}  KL {feature['kl']:.3f}", fontsize=9
+    )
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -120,17 +126,20 @@ def render_html(result: dict[str, Any], history: list[dict[str, Any]]) -> str:
         f"store; features with mismatches: {esc(', '.join(skew.get('mismatched_features', [])) or 'none')}.</p>"
         "<table><tr><th>feature</th><th>mismatches</th><th>n</th><th>rate</th>"
         f"<th>first example</th></tr>{skew_rows}</table>"
-        if skew else f"<p>{esc(result.get('skew_note', 'not run'))}</p>"
-    )  # fmt: skip
+        if skew
+        else f"<p>{esc(result.get('skew_note', 'not run'))}</p>"
+    )
     trend = _trend(result, history)
     trend_html = (
-        f'<img src="data:image/png;base64,{_png(trend)}"/>' if trend is not None
+        f'<img src="data:image/png;base64,{_png(trend)}"/>'
+        if trend is not None
         else "<p>No earlier runs yet.</p>"
-    )  # fmt: skip
+    )
     hists = "".join(
         f'<img src="data:image/png;base64,{_png(_histogram(f))}"/>'
-        for f in result["features"] if f["n_reference"] and f["n_current"]
-    )  # fmt: skip
+        for f in result["features"]
+        if f["n_reference"] and f["n_current"]
+    )
     decision = result.get("retraining", {})
     th = result["thresholds"]
     return f"""<!doctype html><html><head><meta charset="utf-8">
@@ -162,8 +171,10 @@ def write(settings: Settings, result: dict[str, Any]) -> tuple[Path, Path]:
     history = load_history(settings, before=result["day"])
     jpath, hpath = folder / RESULT, folder / REPORT
     # Written beside and renamed: a reader (the trend, the site) never sees half a file.
-    for path, text in ((jpath, json.dumps(result, indent=1, default=str)),
-                       (hpath, render_html(result, history))):  # fmt: skip
+    for path, text in (
+        (jpath, json.dumps(result, indent=1, default=str)),
+        (hpath, render_html(result, history)),
+    ):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

@@ -122,8 +122,11 @@ def retraining_guard(
     if ti is not None:
         active = ti.get_dr_count(dag_id=s.drift_retrain_dag_id, states=["queued", "running"])
         if active:
-            log.info("no retraining: %d run(s) of %s already queued or running", active,
-                     s.drift_retrain_dag_id)  # fmt: skip
+            log.info(
+                "no retraining: %d run(s) of %s already queued or running",
+                active,
+                s.drift_retrain_dag_id,
+            )
             return False
     log.info("triggering %s: %s", s.drift_retrain_dag_id, summary["retraining"]["reason"])
     return True
@@ -134,8 +137,13 @@ def record_trigger(
 ) -> dict[str, Any]:
     """Append the trigger to the ledger and mark the day's result as triggered."""
     s = settings or get_settings()
-    entry = {"day": summary["day"], "run_id": run_id, "dag_id": s.drift_retrain_dag_id,
-             "alarms": summary.get("alarms", []), "recorded_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    entry = {
+        "day": summary["day"],
+        "run_id": run_id,
+        "dag_id": s.drift_retrain_dag_id,
+        "alarms": summary.get("alarms", []),
+        "recorded_at": datetime.now(UTC).isoformat(),
+    }
     s.drift_reports_dir.mkdir(parents=True, exist_ok=True)
     with (s.drift_reports_dir / LEDGER).open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -170,32 +178,46 @@ def _log_mlflow(settings: Settings, result: dict[str, Any], paths: Sequence[Any]
         exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         exp_id = exp.experiment_id
-    found = client.search_runs([exp_id], filter_string=f"tags.`{TAG_DAY}` = '{result['day']}'",
-                               max_results=1)  # fmt: skip
-    run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, run_name=f"drift-{result['day']}", tags={TAG_DAY: result["day"]}
-    ).info.run_id  # fmt: skip
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{TAG_DAY}` = '{result['day']}'", max_results=1
+    )
+    run_id = (
+        found[0].info.run_id
+        if found
+        else client.create_run(
+            exp_id, run_name=f"drift-{result['day']}", tags={TAG_DAY: result["day"]}
+        ).info.run_id
+    )
     stamp = int(time.time() * 1000)
-    metrics = [Metric("n_alarms", float(len(result["alarms"])), stamp, 0),
-               Metric("n_watch", float(len(result["watch"])), stamp, 0),
-               Metric("n_events", float(result["n_events"]), stamp, 0),
-               Metric("n_impressions", float(result["n_impressions"]), stamp, 0)]  # fmt: skip
+    metrics = [
+        Metric("n_alarms", float(len(result["alarms"])), stamp, 0),
+        Metric("n_watch", float(len(result["watch"])), stamp, 0),
+        Metric("n_events", float(result["n_events"]), stamp, 0),
+        Metric("n_impressions", float(result["n_impressions"]), stamp, 0),
+    ]
     for f in result["features"]:
         metrics.append(Metric(metric_key(f"psi.{f['feature']}"), f["psi"], stamp, 0))
         metrics.append(Metric(metric_key(f"kl.{f['feature']}"), f["kl"], stamp, 0))
     for name, v in (result.get("skew") or {}).get("features", {}).items():
         metrics.append(Metric(metric_key(f"skew_rate.{name}"), v["rate"], stamp, 0))
     champion = result.get("champion", {})
-    params = [] if found else [
-        Param("champion_version", str(champion.get("version"))),
-        Param("champion_run_id", str(champion.get("run_id"))),
-        Param("psi_watch", str(result["thresholds"]["watch"])),
-        Param("psi_act", str(result["thresholds"]["act"])),
-    ]  # fmt: skip
+    params = (
+        []
+        if found
+        else [
+            Param("champion_version", str(champion.get("version"))),
+            Param("champion_run_id", str(champion.get("run_id"))),
+            Param("psi_watch", str(result["thresholds"]["watch"])),
+            Param("psi_act", str(result["thresholds"]["act"])),
+        ]
+    )
     for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(run_id, metrics=metrics[i:i + 900], params=params if i == 0 else [],
-                         tags=[RunTag("lambdarec.drift_decision",
-                                      result["retraining"]["decision"])])  # fmt: skip
+        client.log_batch(
+            run_id,
+            metrics=metrics[i : i + 900],
+            params=params if i == 0 else [],
+            tags=[RunTag("lambdarec.drift_decision", result["retraining"]["decision"])],
+        )
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path="drift")
     client.set_terminated(run_id, status="FINISHED")
@@ -226,17 +248,36 @@ def run_drift(
     t0 = time.perf_counter()
     profile, champion = load_champion_profile(s)
     start, end = window(d)
-    log.info("drift %s: champion %s v%s, %d profiled features, window %s .. %s", d,
-             s.drift_model_name, champion.version, len(profile.features), start, end)  # fmt: skip
+    log.info(
+        "drift %s: champion %s v%s, %d profiled features, window %s .. %s",
+        d,
+        s.drift_model_name,
+        champion.version,
+        len(profile.features),
+        start,
+        end,
+    )
     events = read_events(s, start, end)
     imps = list(impressions) if impressions is not None else read_impressions(s, start, end)
-    log.info("drift %s: %d events, %d impressions (%.1f s)", d, len(events), len(imps),
-             time.perf_counter() - t0)  # fmt: skip
-    drifts = by_severity(profile.compare(current_frames(events, imps), watch=s.drift_psi_watch,
-                                         act=s.drift_psi_act))  # fmt: skip
+    log.info(
+        "drift %s: %d events, %d impressions (%.1f s)",
+        d,
+        len(events),
+        len(imps),
+        time.perf_counter() - t0,
+    )
+    drifts = by_severity(
+        profile.compare(current_frames(events, imps), watch=s.drift_psi_watch, act=s.drift_psi_act)
+    )
     for item in drifts:
-        log.info("  %-48s %-8s PSI %.4f KL %.4f (n=%d)", item.feature, item.status, item.psi,
-                 item.kl, item.n_current)  # fmt: skip
+        log.info(
+            "  %-48s %-8s PSI %.4f KL %.4f (n=%d)",
+            item.feature,
+            item.status,
+            item.psi,
+            item.kl,
+            item.n_current,
+        )
     skew: dict[str, Any] | None = None
     skew_note = ""
     if s.drift_skew_sample == 0:
@@ -249,8 +290,11 @@ def run_drift(
     result: dict[str, Any] = {
         "day": d.isoformat(),
         "window": [start.isoformat(), end.isoformat()],
-        "champion": {"name": s.drift_model_name, "version": champion.version,
-                     "run_id": champion.run_id},
+        "champion": {
+            "name": s.drift_model_name,
+            "version": champion.version,
+            "run_id": champion.run_id,
+        },
         "thresholds": {"watch": s.drift_psi_watch, "act": s.drift_psi_act},
         "n_events": len(events),
         "n_impressions": len(imps),
@@ -260,13 +304,19 @@ def run_drift(
         "skew": skew,
         "skew_note": skew_note,
         "retraining": decide(drifts, s, d),
-    }  # fmt: skip
+    }
     json_path, html_path = report.write(s, result)
     write_index(s)
     mlflow_run = _log_mlflow(s, result, [json_path, html_path])
-    log.info("drift %s: alarms %s, retraining %s (%s); report %s (%.1f s)", d,
-             result["alarms"] or "none", result["retraining"]["decision"],
-             result["retraining"]["reason"], html_path, time.perf_counter() - t0)  # fmt: skip
+    log.info(
+        "drift %s: alarms %s, retraining %s (%s); report %s (%.1f s)",
+        d,
+        result["alarms"] or "none",
+        result["retraining"]["decision"],
+        result["retraining"]["reason"],
+        html_path,
+        time.perf_counter() - t0,
+    )
     return {
         "day": result["day"],
         "alarms": result["alarms"],

@@ -61,8 +61,12 @@ def values_match(served: Any, rebuilt: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, list) or isinstance(b, list):
-        return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
-                and all(values_match(x, y) for x, y in zip(a, b, strict=True)))  # fmt: skip
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(values_match(x, y) for x, y in zip(a, b, strict=True))
+        )
     if isinstance(a, bool | int | float) and isinstance(b, bool | int | float):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return str(a) == str(b)
@@ -90,16 +94,24 @@ def check_skew(
     usable = [imp for imp in impressions if imp.get("features") and imp.get("user_id")]
     if len(usable) > n:
         usable = random.Random(seed).sample(usable, n)
-    result: dict[str, Any] = {"n_sampled": len(usable), "features": {}, "max_rate": 0.0,
-                              "mismatched_features": []}  # fmt: skip
+    result: dict[str, Any] = {
+        "n_sampled": len(usable),
+        "features": {},
+        "max_rate": 0.0,
+        "mismatched_features": [],
+    }
     if not usable:
         return result
     names = sorted({k for imp in usable for k in imp["features"] if "__" in k})
-    entity = pd.DataFrame({
-        "user_id": [str(imp["user_id"]) for imp in usable],
-        "session_id": [str(imp.get("session_id") or "") for imp in usable],
-        "event_timestamp": pd.to_datetime([imp["ts"] for imp in usable], utc=True, format="ISO8601"),
-    })  # fmt: skip
+    entity = pd.DataFrame(
+        {
+            "user_id": [str(imp["user_id"]) for imp in usable],
+            "session_id": [str(imp.get("session_id") or "") for imp in usable],
+            "event_timestamp": pd.to_datetime(
+                [imp["ts"] for imp in usable], utc=True, format="ISO8601"
+            ),
+        }
+    )
     refs = [name.replace("__", ":", 1) for name in names]
     rebuilt = get_historical_features(entity, refs, settings)
     for name in names:
@@ -109,15 +121,29 @@ def check_skew(
             served = imp["features"].get(name)
             again = column.iloc[i]
             if not values_match(served, again):
-                bad.append({"request_id": imp.get("request_id"), "user_id": imp.get("user_id"),
-                            "ts": imp.get("ts"), "served": _norm(served),
-                            "rebuilt": _norm(again)})  # fmt: skip
+                bad.append(
+                    {
+                        "request_id": imp.get("request_id"),
+                        "user_id": imp.get("user_id"),
+                        "ts": imp.get("ts"),
+                        "served": _norm(served),
+                        "rebuilt": _norm(again),
+                    }
+                )
         rate = len(bad) / len(usable)
-        result["features"][name] = {"n": len(usable), "mismatches": len(bad), "rate": rate,
-                                    "examples": bad[:EXAMPLES]}  # fmt: skip
+        result["features"][name] = {
+            "n": len(usable),
+            "mismatches": len(bad),
+            "rate": rate,
+            "examples": bad[:EXAMPLES],
+        }
     rates = {k: v["rate"] for k, v in result["features"].items()}
     result["max_rate"] = max(rates.values(), default=0.0)
     result["mismatched_features"] = sorted(k for k, r in rates.items() if r > 0)
-    log.info("skew check: %d impressions, %d features, mismatching: %s", len(usable), len(names),
-             result["mismatched_features"] or "none")  # fmt: skip
+    log.info(
+        "skew check: %d impressions, %d features, mismatching: %s",
+        len(usable),
+        len(names),
+        result["mismatched_features"] or "none",
+    )
     return result

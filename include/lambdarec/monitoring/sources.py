@@ -89,11 +89,16 @@ def read_impressions(
     from lambdarec.streaming.kafka import client_log
 
     topic = settings.topic_impressions
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap_servers, "group.id": "lambdarec-drift-monitoring",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "logger": client_log,
-        "client.id": "lambdarec-drift-monitoring",
-    })  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": "lambdarec-drift-monitoring",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "logger": client_log,
+            "client.id": "lambdarec-drift-monitoring",
+        }
+    )
     records: list[dict[str, Any]] = []
     try:
         meta = consumer.list_topics(topic, timeout=10)

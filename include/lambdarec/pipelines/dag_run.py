@@ -65,9 +65,20 @@ def run_dag_test(
     env = airflow_process_env(s)
     day_text = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(s.home / "dags"), dag_id, f"{day_text}T00:00:00+00:00",
-         json.dumps(conf or {})],  # fmt: skip
-        env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
+        [
+            sys.executable,
+            "-c",
+            _PROBE,
+            str(s.home / "dags"),
+            dag_id,
+            f"{day_text}T00:00:00+00:00",
+            json.dumps(conf or {}),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     output = done.stdout + done.stderr
     for line in reversed(done.stdout.splitlines()):

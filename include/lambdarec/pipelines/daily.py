@@ -49,11 +49,20 @@ def validate(table: str, day: str | date, settings: Settings | None = None) -> d
     from lambdarec.quality.runner import validate as gx_validate
 
     report = gx_validate(table, as_day(day), settings=settings or get_settings())
-    log.info("%s %s: %s; Data Docs: %s", table, as_day(day),
-             "passed" if report.success else "FAILED", report.data_docs_page)
+    log.info(
+        "%s %s: %s; Data Docs: %s",
+        table,
+        as_day(day),
+        "passed" if report.success else "FAILED",
+        report.data_docs_page,
+    )
     report.raise_for_failure()
-    return {"table": table, "day": as_day(day).isoformat(), "success": report.success,
-            "data_docs_page": str(report.data_docs_page)}
+    return {
+        "table": table,
+        "day": as_day(day).isoformat(),
+        "success": report.success,
+        "data_docs_page": str(report.data_docs_page),
+    }
 
 
 def materialize_day(day: str | date, settings: Settings | None = None) -> list[str]:

@@ -29,7 +29,8 @@ errors = Console(stderr=True)
 Services = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Services or groups (kafka, redis, mlflow, airflow = its four parts, ...; see `status`); default: all.", show_default=False
+        help="Services or groups (kafka, redis, mlflow, airflow = its four parts, ...; see `status`); default: all.",
+        show_default=False,
     ),
 ]
 
@@ -111,7 +112,9 @@ def kafka_jars() -> None:
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="A service as `status` names it, e.g. kafka, airflow-scheduler.")],
+    service: Annotated[
+        str, typer.Argument(help="A service as `status` names it, e.g. kafka, airflow-scheduler.")
+    ],
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")

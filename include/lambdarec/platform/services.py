@@ -133,9 +133,15 @@ def resolve_kafka_jars(settings: Settings) -> Path:
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
-        mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
     log.info("resolving Kafka broker jars into %s: %s", target, " ".join(cmd))
     env = {**_base_env(), "JAVA_HOME": str(settings.java_home)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -217,10 +223,18 @@ def _kafka_prepare(settings: Settings) -> None:
         cluster_id = kafka_cluster_id()
         id_file.write_text(cluster_id + "\n")
     cmd = [
-        str(java), f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
-        "-cp", f"{libs}/*", "kafka.tools.StorageTool",
-        "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
-    ]  # fmt: skip
+        str(java),
+        f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(config),
+        "--ignore-formatted",
+    ]
     log.info("formatting the Kafka log dir (cluster id %s)", cluster_id)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_base_env())
     if done.returncode != 0:
@@ -257,13 +271,20 @@ def kafka(settings: Settings) -> Service:
     libs = kafka_libs_dir(settings)
     heap = settings.kafka_heap
     command = [
-        str(settings.java_home / "bin" / "java"), f"-Xms{heap}", f"-Xmx{heap}",
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExplicitGCInvokesConcurrent",
+        str(settings.java_home / "bin" / "java"),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:+ExplicitGCInvokesConcurrent",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
         f"-Dkafka.logs.dir={settings.log_dir}",
-        "-cp", f"{libs}/*", "kafka.Kafka", str(settings.state_dir / "kafka" / "server.properties"),
-    ]  # fmt: skip
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(settings.state_dir / "kafka" / "server.properties"),
+    ]
     return Service(
         name="kafka",
         title="Kafka (KRaft broker+controller)",
@@ -313,10 +334,21 @@ def redis(settings: Settings) -> Service:
     data = settings.state_dir / "redis"
     command = [
         shutil.which("redis-server") or "redis-server",
-        "--bind", settings.bind_host, "--port", str(settings.redis_port),
-        "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes",
-        "--save", "300 10", "--appendonly", "no",
-    ]  # fmt: skip
+        "--bind",
+        settings.bind_host,
+        "--port",
+        str(settings.redis_port),
+        "--dir",
+        str(data),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--save",
+        "300 10",
+        "--appendonly",
+        "no",
+    ]
     return Service(
         name="redis",
         title="Redis (Feast online store)",
@@ -342,11 +374,20 @@ def mlflow(settings: Settings) -> Service:
     home = settings.state_dir / "mlflow"
     url = f"http://{settings.bind_host}:{settings.mlflow_port}"
     command = [
-        str(_venv_bin() / "mlflow"), "server",
-        "--host", settings.bind_host, "--port", str(settings.mlflow_port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", (home / "artifacts").as_uri(), "--serve-artifacts",
-    ]  # fmt: skip
+        str(_venv_bin() / "mlflow"),
+        "server",
+        "--host",
+        settings.bind_host,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        (home / "artifacts").as_uri(),
+        "--serve-artifacts",
+    ]
     return Service(
         name="mlflow",
         title="MLflow tracking + registry",
@@ -425,7 +466,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": host,
         "TF_USE_LEGACY_KERAS": "1",
         "SPARK_LOCAL_IP": host,
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+            {"conn_type": "spark", "host": settings.spark_master}
+        ),
         "AIRFLOW_CONN_FLINK_DEFAULT": json.dumps(_flink_connection(settings)),
     }
 
@@ -646,25 +689,35 @@ def airflow(settings: Settings) -> Service:
 # has them, the REST port, heap and trending topic use the defaults below (getattr fallbacks).
 
 
-
 def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
     """The job's command line for these settings (tests and benches add options)."""
     from lambdarec.speed.jars import flink_lib_dir, flink_python
 
     return [
-        str(flink_python(settings)), str(settings.home / "include" / "flink" / "speed_layer.py"),
-        "--bootstrap-servers", settings.bootstrap_servers,
-        "--events-topic", settings.topic_events,
-        "--dead-letter-topic", settings.topic_dead_letter,
-        "--features-topic", settings.topic_session_features,
-        "--trending-topic", settings.topic_trending_items,
-        "--archive-dir", str(settings.archive_dir),
-        "--checkpoint-dir", settings.checkpoint_dir,
-        "--state-backend", settings.flink_state_backend,
-        "--jars", str(flink_lib_dir(settings)),
-        "--rest-port", str(settings.flink_rest_port),
+        str(flink_python(settings)),
+        str(settings.home / "include" / "flink" / "speed_layer.py"),
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--events-topic",
+        settings.topic_events,
+        "--dead-letter-topic",
+        settings.topic_dead_letter,
+        "--features-topic",
+        settings.topic_session_features,
+        "--trending-topic",
+        settings.topic_trending_items,
+        "--archive-dir",
+        str(settings.archive_dir),
+        "--checkpoint-dir",
+        settings.checkpoint_dir,
+        "--state-backend",
+        settings.flink_state_backend,
+        "--jars",
+        str(flink_lib_dir(settings)),
+        "--rest-port",
+        str(settings.flink_rest_port),
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def speed_layer_env(settings: Settings) -> dict[str, str]:
@@ -790,9 +843,14 @@ def milvus(settings: Settings) -> Service:
     # were asked to be (milvus_launcher.py: a restart within a minute otherwise moved them).
     command = [
         str(milvus_server_bin(settings).with_name("python")),
-        str(Path(__file__).with_name("milvus_launcher.py")), "--data", str(data),
-        "--proxy-port", str(port), "--etcd-port", str(etcd),
-    ]  # fmt: skip
+        str(Path(__file__).with_name("milvus_launcher.py")),
+        "--data",
+        str(data),
+        "--proxy-port",
+        str(port),
+        "--etcd-port",
+        str(etcd),
+    ]
 
     def details() -> str:
         return (
@@ -852,8 +910,13 @@ def serving(settings: Settings) -> Service:
         ports={port: "serving_port"},
         url=url,
         health=lambda: http_ok(f"{url}/health"),
-        command=[str(_venv_bin() / "gunicorn"), "serving:create_app()", "-b", f"{host}:{port}",
-                 *serving_workers(settings)],  # fmt: skip
+        command=[
+            str(_venv_bin() / "gunicorn"),
+            "serving:create_app()",
+            "-b",
+            f"{host}:{port}",
+            *serving_workers(settings),
+        ],
         cwd=settings.home,
         stop_timeout_s=10.0,
         details=lambda: f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics",
@@ -878,8 +941,16 @@ def reports(settings: Settings) -> Service:
         ports={port: "reports_port"},
         url=url,
         health=lambda: http_ok(url),
-        command=[sys.executable, "-m", "http.server", str(port), "--bind", host,
-                 "--directory", str(settings.site_dir)],
+        command=[
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            host,
+            "--directory",
+            str(settings.site_dir),
+        ],
         prepare=lambda: _site_prepare(settings),
         stop_timeout_s=5.0,
     )

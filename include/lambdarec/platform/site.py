@@ -58,16 +58,20 @@ def _drift_items(settings: Settings) -> str:
             summary = f": {len(alarms)} alarm(s){' — ' + ', '.join(alarms) if alarms else ''}"
         except (OSError, ValueError):
             pass
-        items.append(f'<li><a href="reports/drift/{html.escape(day)}/report.html">{html.escape(day)}</a>'
-                     f"{html.escape(summary)}</li>")  # fmt: skip
+        items.append(
+            f'<li><a href="reports/drift/{html.escape(day)}/report.html">{html.escape(day)}</a>'
+            f"{html.escape(summary)}</li>"
+        )
     return "<ul>" + "".join(items) + "</ul>"
 
 
 def _evaluation_items(settings: Settings) -> str:
     root = settings.reports_dir / "models"
-    pages = sorted(root.glob("**/report.html"), key=lambda p: p.stat().st_mtime, reverse=True)[
-        :LISTED
-    ] if root.is_dir() else []  # fmt: skip
+    pages = (
+        sorted(root.glob("**/report.html"), key=lambda p: p.stat().st_mtime, reverse=True)[:LISTED]
+        if root.is_dir()
+        else []
+    )
     if not pages:
         return "<p>None yet (<code>make evaluate</code> writes them).</p>"
     items = [
@@ -81,10 +85,12 @@ def _evaluation_items(settings: Settings) -> str:
 def write_index(settings: Settings) -> None:
     """(Re)write ``site/index.html`` from what the report folders hold now."""
     page = _PAGE.format(
-        host=settings.bind_host, airflow_port=settings.airflow_port,
-        mlflow_port=settings.mlflow_port, drift=_drift_items(settings),
+        host=settings.bind_host,
+        airflow_port=settings.airflow_port,
+        mlflow_port=settings.mlflow_port,
+        drift=_drift_items(settings),
         evaluations=_evaluation_items(settings),
-    )  # fmt: skip
+    )
     site = settings.site_dir
     site.mkdir(parents=True, exist_ok=True)
     tmp = site / "index.html.tmp"

@@ -11,4 +11,3 @@ from lambdarec.config import REPO_ROOT
 #: The versioned GX project: great_expectations.yml, expectations/, validation_definitions/,
 #: checkpoints/. Everything GX generates goes under the state dir instead (``settings.gx_dir``).
 GX_DIR = REPO_ROOT / "great_expectations"
-

@@ -108,9 +108,7 @@ def feature_table_expectations(table: FeatureTable) -> list[Expectation]:
             # Purchases per view. Real logs buy some items without a recorded view (Taobao: 13
             # of 43k items on a day), so a few values above 1 are normal; many mean lost views.
             out.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0))
-            out.append(
-                gxe.ExpectColumnValuesToBeBetween(column=column, max_value=1, mostly=0.99)
-            )
+            out.append(gxe.ExpectColumnValuesToBeBetween(column=column, max_value=1, mostly=0.99))
         elif kind == "double":
             out.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0))
         elif kind == "array<double>" and "score" in column:

@@ -230,8 +230,11 @@ class VectorIndex:
                 "about %.0f ms per query at this size, and serving's index timeout is 50 ms, so "
                 "vector retrieval will degrade. Above %d items use a Milvus server: "
                 "`lambdarec platform up milvus` and LAMBDAREC_MILVUS_URI=http://127.0.0.1:19530",
-                len(item_ids), self.config.uri, 1.1 * len(item_ids) / 1000, LITE_MAX_ITEMS,
-            )  # fmt: skip
+                len(item_ids),
+                self.config.uri,
+                1.1 * len(item_ids) / 1000,
+                LITE_MAX_ITEMS,
+            )
         version = int(time.time() * 1000) if version is None else int(version)
         existing = self.versions()
         if version in existing:
@@ -251,8 +254,12 @@ class VectorIndex:
         self._point_alias(name)
         log.info(
             "%s: %d items, dim %d, serving as %s after %.1f s",
-            name, len(item_ids), matrix.shape[1], self.config.alias, time.monotonic() - began,
-        )  # fmt: skip
+            name,
+            len(item_ids),
+            matrix.shape[1],
+            self.config.alias,
+            time.monotonic() - began,
+        )
         self.cleanup()
         return version
 
@@ -305,9 +312,11 @@ class VectorIndex:
         params = self.client.prepare_index_params()
         if self.config.index_type == "HNSW":
             params.add_index(
-                "embedding", index_type="HNSW", metric_type="IP",
+                "embedding",
+                index_type="HNSW",
+                metric_type="IP",
                 params={"M": self.config.m, "efConstruction": self.config.ef_construction},
-            )  # fmt: skip
+            )
         else:
             params.add_index("embedding", index_type="FLAT", metric_type="IP", params={})
         return params
@@ -476,9 +485,13 @@ class VectorIndex:
         return version
 
     def _search(
-        self, name: str, queries: np.ndarray, k: int, expression: str,
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        expression: str,
         timeout_s: float | None = None,
-    ) -> Hits:  # fmt: skip
+    ) -> Hits:
         params: dict[str, Any] = {"metric_type": "IP"}
         if self.config.index_type == "HNSW":
             params["params"] = {"ef": max(self.config.ef, k)}

@@ -140,8 +140,19 @@ def _submit_remote(settings: Settings, target: Target) -> None:
     if "--rest-port" in options:  # the mini-cluster's option; a cluster has its own
         i = options.index("--rest-port")
         del options[i : i + 2]
-    argv = [str(flink), "run", "-m", target.jobmanager, "-d", "-pyexec", command[0],
-            "-py", command[1], *options, "--detached"]  # fmt: skip
+    argv = [
+        str(flink),
+        "run",
+        "-m",
+        target.jobmanager,
+        "-d",
+        "-pyexec",
+        command[0],
+        "-py",
+        command[1],
+        *options,
+        "--detached",
+    ]
     env = {**speed_layer_env(settings), "PATH": "/usr/bin:/bin"}
     log.info("submitting the speed layer to %s", target.jobmanager)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)  # noqa: S603
@@ -197,9 +208,12 @@ def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
-         "enable.auto.commit": False}
-    )  # fmt: skip
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         topic = settings.topic_events
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -219,7 +233,10 @@ def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
     from lambdarec.streaming.kafka import topic_size
 
     return {
-        "group": group, "topic": topic, "lag": sum(per.values()), "partitions": per,
+        "group": group,
+        "topic": topic,
+        "lag": sum(per.values()),
+        "partitions": per,
         # Every invalid event the job (and the producers) rejected, with its reason, is there.
         "dead_letters": topic_size(settings, settings.topic_dead_letter),
-    }  # fmt: skip
+    }

@@ -87,10 +87,19 @@ def resolve_maven_jars(settings: Settings, lib: Path) -> None:
             old.unlink()
     log.info("resolving the Flink connector jars into %s", lib)
     _run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
-        settings, "mvn dependency:copy-dependencies",
-    )  # fmt: skip
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ],
+        settings,
+        "mvn dependency:copy-dependencies",
+    )
     marker.write_text(digest + "\n")
 
 
@@ -110,8 +119,22 @@ def build_udf_jar(settings: Settings, lib: Path) -> Path:
         classes = Path(tmp) / "classes"
         classes.mkdir()
         classpath = f"{pyflink_lib(settings)}/*"
-        _run([str(jdk / "javac"), "--release", "11", "-encoding", "UTF-8", "-cp", classpath, "-d", str(classes),
-              *map(str, sources)], settings, "javac")  # fmt: skip
+        _run(
+            [
+                str(jdk / "javac"),
+                "--release",
+                "11",
+                "-encoding",
+                "UTF-8",
+                "-cp",
+                classpath,
+                "-d",
+                str(classes),
+                *map(str, sources),
+            ],
+            settings,
+            "javac",
+        )
         staging = Path(tmp) / UDF_JAR
         _run([str(jdk / "jar"), "cf", str(staging), "-C", str(classes), "."], settings, "jar")
         shutil.move(staging, jar)

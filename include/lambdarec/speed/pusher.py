@@ -319,8 +319,8 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
 #: Session rows are what freshness is about: small batches, pushed at once. Trending rows come
 #: in bursts (one per active item when a minute's windows close) and change slowly: big batches,
 #: newest per item, written 200 rows (~20 ms) at a time so they never hold a session batch back.
-SESSION_BATCH = {"max_rows": 2000, "max_wait_ms": 0.0}
-TRENDING_BATCH = {"max_rows": 20_000, "max_wait_ms": 1000.0, "chunk_rows": 200}
+SESSION_BATCH: dict[str, Any] = {"max_rows": 2000, "max_wait_ms": 0.0}
+TRENDING_BATCH: dict[str, Any] = {"max_rows": 20_000, "max_wait_ms": 1000.0, "chunk_rows": 200}
 
 
 def default_pushers(
@@ -329,11 +329,18 @@ def default_pushers(
     """One pusher per view, each with its own consumer, so a trending burst never delays a
     session update."""
     return [
-        FeaturePusher(settings, views=(view,), group_id=f"{group_id}.{view}",
-                      from_beginning=from_beginning, **batch)  # type: ignore[arg-type]
-        for view, batch in ((SESSION_FEATURES.name, SESSION_BATCH),
-                            (TRENDING_ITEMS.name, TRENDING_BATCH))
-    ]  # fmt: skip
+        FeaturePusher(
+            settings,
+            views=(view,),
+            group_id=f"{group_id}.{view}",
+            from_beginning=from_beginning,
+            **batch,
+        )
+        for view, batch in (
+            (SESSION_FEATURES.name, SESSION_BATCH),
+            (TRENDING_ITEMS.name, TRENDING_BATCH),
+        )
+    ]
 
 
 def is_healthy(settings: Settings, max_age_s: float = 10.0) -> bool:

@@ -79,8 +79,12 @@ def ensure_topics(
         return []
     futures = admin.create_topics(
         [
-            NewTopic(t.name, num_partitions=t.partitions, replication_factor=s.topic_replication,
-                     config=t.config)
+            NewTopic(
+                t.name,
+                num_partitions=t.partitions,
+                replication_factor=s.topic_replication,
+                config=t.config,
+            )
             for t in wanted
         ],
         operation_timeout=timeout_s,
@@ -287,8 +291,14 @@ def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -
     from confluent_kafka import Consumer, TopicPartition
 
     s = settings or get_settings()
-    probe = Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": "lambdarec-size-probe",
-                      "enable.auto.commit": False, "logger": client_log})
+    probe = Consumer(
+        {
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": "lambdarec-size-probe",
+            "enable.auto.commit": False,
+            "logger": client_log,
+        }
+    )
     try:
         partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         total = 0

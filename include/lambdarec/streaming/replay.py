@@ -67,8 +67,16 @@ def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
     """One table row as the JSON object a producer would send (nulls dropped)."""
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key not in ("event_id", "user_id", "session_id", "item_id", "event_type",
-                       "category", "price", "ts"):
+        if key not in (
+            "event_id",
+            "user_id",
+            "session_id",
+            "item_id",
+            "event_type",
+            "category",
+            "price",
+            "ts",
+        ):
             continue
         if value is None or (isinstance(value, float) and np.isnan(value)):
             continue
@@ -93,16 +101,28 @@ def encode_events(df: pd.DataFrame) -> tuple[list[tuple[bytes, bytes]], list[tup
     )
     has_cat = "category" in good
     has_price = "price" in good
-    cats = good["category"].astype(object).where(good["category"].notna(), None).tolist() if has_cat else None
+    cats = (
+        good["category"].astype(object).where(good["category"].notna(), None).tolist()
+        if has_cat
+        else None
+    )
     prices = good["price"].astype("float64").tolist() if has_price else None
     pairs: list[tuple[bytes, bytes]] = []
     cols = zip(
-        good["event_id"].tolist(), good["user_id"].tolist(), good["session_id"].tolist(),
-        good["item_id"].tolist(), good["event_type"].tolist(), ts.tolist(), strict=True,
+        good["event_id"].tolist(),
+        good["user_id"].tolist(),
+        good["session_id"].tolist(),
+        good["item_id"].tolist(),
+        good["event_type"].tolist(),
+        ts.tolist(),
+        strict=True,
     )
     for i, (eid, uid, sid, iid, etype, t) in enumerate(cols):
         obj: dict[str, Any] = {
-            "event_id": eid, "user_id": uid, "session_id": sid, "item_id": iid,
+            "event_id": eid,
+            "user_id": uid,
+            "session_id": sid,
+            "item_id": iid,
             "event_type": etype,
         }
         if cats is not None and cats[i] is not None:
@@ -147,7 +167,9 @@ def replay(
     from tqdm import tqdm
 
     if speed is not None and speed <= 0:
-        raise ValueError(f"speed must be > 0 (1 = real time) or None for as fast as possible, got {speed}")
+        raise ValueError(
+            f"speed must be > 0 (1 = real time) or None for as fast as possible, got {speed}"
+        )
     s = settings or get_settings()
     out = producer or EventProducer(s, topic=topic, source="replayer")
     result = ReplayResult()
@@ -178,6 +200,11 @@ def replay(
     result.produced = out.stats.accepted
     result.dead_lettered = out.stats.dead_lettered
     result.seconds = time.monotonic() - start
-    log.info("replayed %d rows: %d events, %d dead-lettered in %.1f s",
-             result.rows, result.produced, result.dead_lettered, result.seconds)
+    log.info(
+        "replayed %d rows: %d events, %d dead-lettered in %.1f s",
+        result.rows,
+        result.produced,
+        result.dead_lettered,
+        result.seconds,
+    )
     return result

@@ -24,13 +24,19 @@ def _day(value: str | date | None, name: str) -> date | None:
 
 
 def frames_from_lake(
-    lake_dir: Path, start: str | date | None = None, end: str | date | None = None,
-    *, batch_rows: int = 100_000,
+    lake_dir: Path,
+    start: str | date | None = None,
+    end: str | date | None = None,
+    *,
+    batch_rows: int = 100_000,
 ) -> tuple[Iterator[pd.DataFrame], int]:
     """Time-ordered canonical frames of the lake between two dates (inclusive), and their count."""
     first, last = _day(start, "start"), _day(end, "end")
-    counts = {d: n for d, n in lake.date_counts(lake_dir).items()
-              if (first is None or d >= first) and (last is None or d <= last)}
+    counts = {
+        d: n
+        for d, n in lake.date_counts(lake_dir).items()
+        if (first is None or d >= first) and (last is None or d <= last)
+    }
     if not counts:
         raise FileNotFoundError(
             f"no events in the lake at {lake_dir} for {first or 'the start'}..{last or 'the end'}; "
@@ -53,8 +59,10 @@ def frames_from_file(path: Path) -> tuple[Iterator[pd.DataFrame], int]:
         df["price"] = pd.to_numeric(df.get("price"), errors="coerce")
         df["ts"] = pd.to_datetime(df["ts"], utc=True).astype("datetime64[ms, UTC]")
     else:
-        raise ValueError(f"{path}: use a .parquet or .csv file of canonical events "
-                         "(other interaction files: `lambdarec data load --source generic`)")
+        raise ValueError(
+            f"{path}: use a .parquet or .csv file of canonical events "
+            "(other interaction files: `lambdarec data load --source generic`)"
+        )
     # Row-level problems are the replayer's job: it dead-letters each bad row with its reason.
     df = df.sort_values("ts", kind="stable")
     return iter([df]), len(df)
