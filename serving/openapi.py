@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any
 
+from lambdarec.events import ID_REGEX, MAX_ID_LEN
 from serving.validation import EVENTS_MAX, EXCLUDE_MAX, K_MAX, MAX_BODY_BYTES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -27,8 +28,8 @@ def _id_param(name: str, required: bool, doc: str) -> dict[str, Any]:
         "schema": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 64,
-            "pattern": "^[A-Za-z0-9_.:\\-]+$",
+            "maxLength": MAX_ID_LEN,
+            "pattern": ID_REGEX,
         },
     }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,12 +33,25 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 
-#: Events stamped further than this in the future are rejected (clock skew allowance).
-MAX_FUTURE_SKEW = timedelta(minutes=5)
+# The contract's rules, written once: the model below, the JSON Schema generated from it, the
+# replayer, the loaders and serving's request validation all read them from here. The Flink job
+# parses events in the JVM (include/flink/java/io/lambdarec/flink/ParseEvent.java) with its own
+# copy; tests/unit/test_contract.py fails when that copy and these values differ.
 
+#: Ids are 1..MAX_ID_LEN of these characters (JSON Schema / ECMA syntax, hence ``$``: in Python
+#: match with ``ID_PATTERN.fullmatch``, as ``$`` also matches before a trailing newline).
+ID_REGEX = r"^[A-Za-z0-9_.:\-]+$"
+ID_PATTERN = re.compile(ID_REGEX)
 #: Upper bound for any id, so a malicious or broken client cannot blow up keys and state.
 MAX_ID_LEN = 64
+MAX_CATEGORY_LEN = 128
+#: Prices are in ``[0, MAX_PRICE]``.
+MAX_PRICE = 10_000_000
 MAX_CONTEXT_KEYS = 32
+MAX_CONTEXT_KEY_LEN = 64
+MAX_CONTEXT_VALUE_LEN = 512
+#: Events stamped further than this in the future are rejected (clock skew allowance).
+MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
 class EventType(StrEnum):
@@ -49,7 +63,7 @@ class EventType(StrEnum):
 
 Id = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_ID_LEN, pattern=r"^[A-Za-z0-9_.:\-]+$"),
+    Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_REGEX),
 ]
 ContextValue = str | int | float | bool
 
@@ -64,8 +78,8 @@ class Event(BaseModel):
     session_id: Id = Field(description="Browsing session id.")
     item_id: Id = Field(description="Product id.")
     event_type: EventType
-    category: str | None = Field(None, min_length=1, max_length=128)
-    price: float | None = Field(None, ge=0, le=10_000_000, description="Unit price.")
+    category: str | None = Field(None, min_length=1, max_length=MAX_CATEGORY_LEN)
+    price: float | None = Field(None, ge=0, le=MAX_PRICE, description="Unit price.")
     ts: datetime = Field(description="Event time, ISO-8601 with time zone (UTC on the wire).")
     context: dict[str, ContextValue] | None = Field(
         None,
@@ -94,10 +108,12 @@ class Event(BaseModel):
         if value is None:
             return value
         for key, item in value.items():
-            if not key or len(key) > 64:
-                raise ValueError("context keys must be 1-64 characters")
-            if isinstance(item, str) and len(item) > 512:
-                raise ValueError(f"context[{key!r}] is longer than 512 characters")
+            if not key or len(key) > MAX_CONTEXT_KEY_LEN:
+                raise ValueError(f"context keys must be 1-{MAX_CONTEXT_KEY_LEN} characters")
+            if isinstance(item, str) and len(item) > MAX_CONTEXT_VALUE_LEN:
+                raise ValueError(
+                    f"context[{key!r}] is longer than {MAX_CONTEXT_VALUE_LEN} characters"
+                )
         return value
 
     @field_serializer("ts")

@@ -8,20 +8,23 @@ and an Arrow table convert both ways without surprises.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lambdarec.events import CANONICAL_COLUMNS, MAX_ID_LEN, EventType, canonical_arrow_schema
+from lambdarec.events import (
+    CANONICAL_COLUMNS,
+    ID_REGEX,
+    MAX_ID_LEN,
+    EventType,
+    canonical_arrow_schema,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-#: Same rule as ``events.Id``: what every id column must match to pass the event contract.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 ID_COLUMNS = ("event_id", "user_id", "session_id", "item_id")
 EVENT_TYPES = frozenset(e.value for e in EventType)
 TS_DTYPE = "datetime64[ms, UTC]"
@@ -95,11 +98,11 @@ def check_canonical(df: pd.DataFrame) -> None:
         raise ValueError(f"unknown event_type value(s) {sorted(bad_types)}")
     for col in ID_COLUMNS:
         values = df[col]
-        bad = ~values.str.fullmatch(ID_PATTERN.pattern) | (values.str.len() > MAX_ID_LEN)
+        bad = ~values.str.fullmatch(ID_REGEX) | (values.str.len() > MAX_ID_LEN)
         if bad.any():
             raise ValueError(
                 f"{col} has {int(bad.sum())} value(s) that break the id rule "
-                f"({ID_PATTERN.pattern}, at most {MAX_ID_LEN} chars), e.g. {values[bad].iloc[0]!r}"
+                f"({ID_REGEX}, at most {MAX_ID_LEN} chars), e.g. {values[bad].iloc[0]!r}"
             )
     if not df["event_id"].is_unique:
         raise ValueError(f"event_id has {int(df['event_id'].duplicated().sum())} duplicate(s)")

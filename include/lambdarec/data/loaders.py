@@ -34,8 +34,14 @@ import pandas as pd
 import pyarrow as pa
 
 from lambdarec.config import get_settings
-from lambdarec.data.canonical import ID_PATTERN, sort_canonical
-from lambdarec.events import MAX_ID_LEN, EventType, canonical_arrow_schema
+from lambdarec.data.canonical import sort_canonical
+from lambdarec.events import (
+    ID_REGEX,
+    MAX_CATEGORY_LEN,
+    MAX_ID_LEN,
+    EventType,
+    canonical_arrow_schema,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -553,11 +559,10 @@ def load_interactions(
         values = _id_strings(raw[col])
         flag(f"missing {role} ({col})", values.isna(), raw[col])
         bad = values.notna() & ~(
-            values.str.fullmatch(ID_PATTERN.pattern).fillna(False)
-            & (values.str.len() <= MAX_ID_LEN)
+            values.str.fullmatch(ID_REGEX).fillna(False) & (values.str.len() <= MAX_ID_LEN)
         )
         flag(
-            f"{role} ({col}) breaks the id rule {ID_PATTERN.pattern} (max {MAX_ID_LEN} chars)",
+            f"{role} ({col}) breaks the id rule {ID_REGEX} (max {MAX_ID_LEN} chars)",
             bad,
             raw[col],
         )
@@ -591,8 +596,8 @@ def load_interactions(
     if cat_c is not None:
         category = _id_strings(raw[cat_c])
         flag(
-            f"category ({cat_c}) longer than 128 chars",
-            category.str.len().fillna(0) > 128,
+            f"category ({cat_c}) longer than {MAX_CATEGORY_LEN} chars",
+            category.str.len().fillna(0) > MAX_CATEGORY_LEN,
             raw[cat_c],
         )
     price = None

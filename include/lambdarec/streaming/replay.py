@@ -17,7 +17,16 @@ import numpy as np
 import orjson
 
 from lambdarec.config import Settings, get_settings
-from lambdarec.events import MAX_ID_LEN, SCHEMA_VERSION, EventType, Invalid, parse_event
+from lambdarec.events import (
+    ID_REGEX,
+    MAX_CATEGORY_LEN,
+    MAX_ID_LEN,
+    MAX_PRICE,
+    SCHEMA_VERSION,
+    EventType,
+    Invalid,
+    parse_event,
+)
 from lambdarec.streaming.kafka import EventProducer
 
 if TYPE_CHECKING:
@@ -27,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ID_PATTERN = rf"[A-Za-z0-9_.:\-]{{1,{MAX_ID_LEN}}}"
 _EVENT_TYPES = [e.value for e in EventType]
 REQUIRED = ["event_id", "user_id", "session_id", "item_id", "event_type", "ts"]
 
@@ -51,15 +59,20 @@ def _valid_mask(df: pd.DataFrame) -> np.ndarray:
     """Rows that certainly satisfy the event contract (the rest take the exact, slow check)."""
     ok = np.ones(len(df), dtype=bool)
     for col in ("event_id", "user_id", "session_id", "item_id"):
-        ok &= df[col].astype("string").str.fullmatch(_ID_PATTERN).fillna(False).to_numpy(bool)
+        ids = df[col].astype("string")
+        ok &= (
+            (ids.str.fullmatch(ID_REGEX) & (ids.str.len() <= MAX_ID_LEN))
+            .fillna(False)
+            .to_numpy(bool)
+        )
     ok &= df["event_type"].isin(_EVENT_TYPES).to_numpy(bool)
     ok &= df["ts"].notna().to_numpy(bool)
     if "price" in df:
         price = df["price"].to_numpy(dtype="float64", na_value=np.nan)
-        ok &= np.isnan(price) | (np.isfinite(price) & (price >= 0) & (price <= 10_000_000))
+        ok &= np.isnan(price) | (np.isfinite(price) & (price >= 0) & (price <= MAX_PRICE))
     if "category" in df:
         cat = df["category"].astype("string")
-        ok &= (cat.isna() | cat.str.len().between(1, 128)).fillna(False).to_numpy(bool)
+        ok &= (cat.isna() | cat.str.len().between(1, MAX_CATEGORY_LEN)).fillna(False).to_numpy(bool)
     return ok
 
 
