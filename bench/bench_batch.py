@@ -31,6 +31,7 @@ from lambdarec.batch.submit import spark_job
 from lambdarec.config import get_settings
 from lambdarec.data.generator import GeneratorConfig, iter_event_batches
 from lambdarec.data.lake import write_events
+from lambdarec.tables import PARTITION_GLOB, events_path, partition_dir
 
 DAYS = 30
 START = date(2024, 1, 1)
@@ -46,7 +47,8 @@ def _rows(partition: Path) -> int:
 
 
 def _lake_rows(lake: Path) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in (lake / "events").glob("*/*.parquet"))
+    files = events_path(lake).glob(f"{PARTITION_GLOB}/*.parquet")
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def main() -> None:
@@ -114,7 +116,7 @@ def main() -> None:
             for m in re.finditer(r"(\w+) for \S+ written in ([\d.]+) s", log_text)
         }
         _log(f"spark-submit done in {spark_s:.1f} s; per table {tables}")
-        rows = {name: _rows(work / "spark" / name / f"date={day}") for name in TABLES}
+        rows = {name: _rows(partition_dir(work / "spark" / name, day)) for name in TABLES}
 
         duck_s = None
         if not args.skip_duckdb:
@@ -123,7 +125,7 @@ def main() -> None:
             duckdb_reference.write(lake, day, work / "duckdb")
             duck_s = time.perf_counter() - t0
             _log(f"duckdb done in {duck_s:.1f} s")
-            duck_rows = {name: _rows(work / "duckdb" / name / f"date={day}") for name in TABLES}
+            duck_rows = {name: _rows(partition_dir(work / "duckdb" / name, day)) for name in TABLES}
             if duck_rows != rows:
                 _log(f"WARNING: row counts differ: spark {rows}, duckdb {duck_rows}")
 

@@ -9,6 +9,12 @@ Layout under ``settings.lake_dir``::
     catalog/                                            item catalog (item_id, category, price, ...)
     features/<table>/date=YYYY-MM-DD/part-*.parquet     one partition per run's data interval
 
+A table's folder holds one hive-style ``date=YYYY-MM-DD`` folder per UTC day (so Spark, DuckDB and
+pyarrow see a ``date`` column): :func:`partition_dir` builds that path, :func:`partitions`,
+:func:`partition_day` and :func:`newest_partition` read it back, and :func:`as_day` turns a run's
+``ds``, a date or a datetime into the day; no other Python code spells the layout out. (The Flink
+job's raw archive gets the same folder names from its filesystem sink, ``PARTITIONED BY (date)``.)
+
 Every feature row carries ``event_timestamp``: the end of the day it describes (the instant the
 feature became knowable), which is what point-in-time joins in Feast compare against.
 """
@@ -16,10 +22,70 @@ feature became knowable), which is what point-in-time joins in Feast compare aga
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import UTC, date, datetime
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from pathlib import Path
+#: The partition column, and the glob that matches a table's partition folders.
+PARTITION_KEY = "date"
+PARTITION_GLOB = f"{PARTITION_KEY}=*"
+
+
+def as_day(value: str | date | datetime) -> date:
+    """The UTC day of ``value``: ``'YYYY-MM-DD'`` (Airflow's ``ds``), an ISO-8601 timestamp, a
+    date or a datetime. Datetimes count in UTC; a naive one is taken to be UTC already."""
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        for parse in (date.fromisoformat, datetime.fromisoformat):
+            try:
+                return as_day(parse(value))
+            except ValueError:
+                continue
+    raise ValueError(f"{value!r} is not a day; use YYYY-MM-DD (UTC), e.g. 2024-05-01")
+
+
+def partition_dir(table_root: str | Path, day: str | date | datetime) -> Path:
+    """``<table_root>/date=YYYY-MM-DD``: the folder of one day of a table."""
+    return Path(table_root) / f"{PARTITION_KEY}={as_day(day).isoformat()}"
+
+
+def partition_day(path: str | Path) -> date | None:
+    """The day of a partition folder (the inverse of :func:`partition_dir`), or None when the
+    folder's name is not exactly ``date=YYYY-MM-DD``."""
+    key, sep, value = Path(path).name.partition("=")
+    if key != PARTITION_KEY or not sep:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        return None
+    return day if day.isoformat() == value else None
+
+
+def partitions(table_root: str | Path) -> list[tuple[date, Path]]:
+    """The partition folders of a table with their days, oldest first (other entries ignored)."""
+    root = Path(table_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.glob(PARTITION_GLOB):
+        day = partition_day(path)
+        if day is not None and path.is_dir():
+            found.append((day, path))
+    return sorted(found)
+
+
+def newest_partition(
+    table_root: str | Path, *, before: str | date | datetime | None = None
+) -> Path | None:
+    """The newest partition holding a ``*.parquet`` file, only days before ``before`` if given."""
+    limit = None if before is None else as_day(before)
+    for day, path in reversed(partitions(table_root)):
+        if (limit is None or day < limit) and any(path.glob("*.parquet")):
+            return path
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,11 +96,11 @@ class FeatureTable:
     columns: dict[str, str]
     doc: str
 
-    def path(self, lake_dir: Path) -> Path:
-        return lake_dir / "features" / self.name
+    def path(self, lake_dir: str | Path) -> Path:
+        return Path(lake_dir) / "features" / self.name
 
-    def partition(self, lake_dir: Path, day: str) -> Path:
-        return self.path(lake_dir) / f"date={day}"
+    def partition(self, lake_dir: str | Path, day: str | date) -> Path:
+        return partition_dir(self.path(lake_dir), day)
 
 
 USER_HISTORY = FeatureTable(
@@ -166,9 +232,12 @@ FEATURE_TABLES: tuple[FeatureTable, ...] = (
 )
 
 
-def events_path(lake_dir: Path) -> Path:
-    return lake_dir / "events"
+def events_path(lake_dir: str | Path) -> Path:
+    """The canonical event table's folder (its ``date=`` partitions: :mod:`lambdarec.data.lake`)."""
+    return Path(lake_dir) / "events"
 
 
-def catalog_path(lake_dir: Path) -> Path:
-    return lake_dir / "catalog"
+def catalog_path(lake_dir: str | Path) -> Path:
+    """The item catalog's folder (:func:`lambdarec.data.lake.write_catalog` keeps one Parquet
+    file in it; readers may take every ``*.parquet`` there)."""
+    return Path(lake_dir) / "catalog"

@@ -39,7 +39,6 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +48,6 @@ from lambdarec.batch.spec import (
     DEFAULT_TOP_N,
     SPARK_CONF,
     TABLES,
-    as_day,
     first_day,
     parse_tables,
     window_bounds,
@@ -58,13 +56,17 @@ from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
     ITEM_STATS,
+    PARTITION_KEY,
     USER_HISTORY,
     FeatureTable,
+    as_day,
     events_path,
+    partition_dir,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import date
 
     from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -73,11 +75,11 @@ log = logging.getLogger("lambdarec.spark.daily_features")
 _SPARK_TYPES = {"int64": "bigint"}
 
 
-def _day(value: str) -> date:
+def _day_arg(value: str) -> date:
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a day as YYYY-MM-DD") from None
+        return as_day(value)
+    except ValueError as error:  # argparse shows this message, not its generic one
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -92,11 +94,11 @@ def read_events(spark: SparkSession, lake_dir: Path | str, day: date) -> DataFra
         )
     bounds = window_bounds(day)
     df = spark.read.option("basePath", str(root)).parquet(str(root))
-    if "date" not in df.columns:
-        raise ValueError(f"{root} is not partitioned by date=YYYY-MM-DD folders")
+    if PARTITION_KEY not in df.columns:
+        raise ValueError(f"{root} is not partitioned by {PARTITION_KEY}=YYYY-MM-DD folders")
     return df.where(
         # The partition filter prunes folders; the ts filter defines the window exactly.
-        F.col("date").between(F.lit(first_day(day)), F.lit(day))
+        F.col(PARTITION_KEY).between(F.lit(first_day(day)), F.lit(day))
         & (F.col("ts") >= F.lit(bounds["start_30d"]))
         & (F.col("ts") < F.lit(bounds["end"]))
     ).select("user_id", "session_id", "item_id", "event_type", "category", "price", "ts")
@@ -378,7 +380,7 @@ def write_partition(
     df: DataFrame, table: FeatureTable, out_dir: Path, day: date, files: int
 ) -> Path:
     """Replace ``<out_dir>/<table>/date=<day>/`` with ``df`` in ``files`` files sorted by key."""
-    target = out_dir / table.name / f"date={day.isoformat()}"
+    target = partition_dir(out_dir / table.name, day)
     keys = list(table.keys)
     shaped = df.repartition(files) if files == 1 else df.repartition(files, *keys)
     shaped.sortWithinPartitions(*keys).write.mode("overwrite").parquet(str(target))
@@ -472,7 +474,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--lake-dir", required=True, type=Path, help="lake root (holds events/)")
     parser.add_argument(
-        "--date", required=True, type=_day, help="the run's data interval end day, YYYY-MM-DD (UTC)"
+        "--date",
+        required=True,
+        type=_day_arg,
+        help="the run's data interval end day, YYYY-MM-DD (UTC)",
     )
     parser.add_argument(
         "--tables", default="all", help="'all' or a comma-separated subset of: " + ", ".join(TABLES)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lambdarec.data import archive, lake
+from lambdarec.tables import partition_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,7 +48,7 @@ def _flink_file(folder: Path, name: str, frame: pd.DataFrame) -> None:
 
 def test_compaction_types_dedupes_sorts_and_keeps_backfilled_rows(tmp_path: Path) -> None:
     arch, lake_dir = tmp_path / "archive", tmp_path / "lake"
-    folder = archive.partition(arch, DAY)
+    folder = partition_dir(arch, DAY)
     _flink_file(folder, "part-a-0-0", _events(["e3", "e4"], minute0=5))
     _flink_file(folder, "part-a-0-1", _events(["e4", "e5"], minute0=5))  # e4 again: a replay
     _flink_file(folder, ".part-a-0-2.inprogress.x", _events(["e9"]))  # not committed yet
@@ -84,7 +85,7 @@ def test_a_day_without_archive_leaves_the_lake_alone(tmp_path: Path) -> None:
 
 
 def test_a_foreign_file_is_named_with_the_fix(tmp_path: Path) -> None:
-    folder = archive.partition(tmp_path / "archive", DAY)
+    folder = partition_dir(tmp_path / "archive", DAY)
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"x": [1]}), folder / "stray")
     with pytest.raises(ValueError, match="lacks column"):

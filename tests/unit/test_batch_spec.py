@@ -47,8 +47,10 @@ def test_windows_end_at_the_next_midnight_utc() -> None:
     assert b["start_7d"] == datetime(2024, 3, 25, tzinfo=UTC)
     assert b["start_30d"] == datetime(2024, 3, 2, tzinfo=UTC)
     assert first_day("2024-03-31") == date(2024, 3, 2)
-    with pytest.raises(TypeError):
-        window_bounds(datetime(2024, 3, 31, tzinfo=UTC))
+    # A datetime (Airflow's data_interval_start) is the UTC day it falls in.
+    assert window_bounds(datetime(2024, 3, 31, 23, 59, tzinfo=UTC)) == b
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        window_bounds("31/03/2024")
 
 
 def test_spark_job_maps_onto_spark_submit(tmp_path: Path) -> None:

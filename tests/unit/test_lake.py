@@ -18,6 +18,7 @@ from lambdarec.data.generator import (
     iter_event_batches,
 )
 from lambdarec.events import canonical_arrow_schema
+from lambdarec.tables import events_path, partition_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -55,7 +56,7 @@ def test_files_hold_the_canonical_schema_with_utc_millis(
     events: pd.DataFrame, tmp_path: Path
 ) -> None:
     lake.write_events(events, tmp_path)
-    path = lake.partition_dir(tmp_path, DAYS[0]) / "part-00000.parquet"
+    path = partition_dir(events_path(tmp_path), DAYS[0]) / "part-00000.parquet"
     assert pq.read_schema(path).equals(canonical_arrow_schema())
     ts = pq.ParquetFile(path).schema.column(7)
     assert ts.name == "ts"

@@ -18,12 +18,11 @@ from lambdarec.batch.spec import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_TOP_N,
     TABLES,
-    as_day,
     first_day,
     parse_tables,
     window_bounds,
 )
-from lambdarec.tables import events_path
+from lambdarec.tables import PARTITION_GLOB, PARTITION_KEY, as_day, events_path, partition_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,13 +47,13 @@ def load_events(con: duckdb.DuckDBPyConnection, lake_dir: Path | str, day: date 
     if not root.exists():
         raise FileNotFoundError(f"no events under {root}")
     b = _bounds_ms(day)
-    pattern = str(root / "*" / "*.parquet").replace("'", "''")
+    pattern = str(root / PARTITION_GLOB / "*.parquet").replace("'", "''")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE ev AS
         SELECT user_id, session_id, item_id, event_type, category, price, epoch_ms(ts) AS t
         FROM read_parquet('{pattern}', hive_partitioning = true)
-        WHERE date BETWEEN DATE '{first_day(day)}' AND DATE '{day}'
+        WHERE {PARTITION_KEY} BETWEEN DATE '{first_day(day)}' AND DATE '{day}'
           AND epoch_ms(ts) >= {b["start_30d"]} AND epoch_ms(ts) < {b["end"]}
         """
     )
@@ -279,7 +278,7 @@ def write(
     load_events(con, lake_dir, day)
     written: dict[str, Path] = {}
     for name in parse_tables(tables):
-        target = Path(out_dir) / name / f"date={day.isoformat()}"
+        target = partition_dir(Path(out_dir) / name, day)
         target.mkdir(parents=True, exist_ok=True)
         path = target / "part-0.parquet"
         query = table_sql(name, day, top_n=top_n, max_items=max_items)

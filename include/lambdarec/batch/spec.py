@@ -17,6 +17,7 @@ from lambdarec.tables import (
     ITEM_STATS,
     USER_HISTORY,
     FeatureTable,
+    as_day,
 )
 
 if TYPE_CHECKING:
@@ -52,12 +53,6 @@ def parse_tables(spec: str | Sequence[str]) -> list[str]:
             f"unknown table(s) {unknown or names}; use 'all' or some of: {', '.join(TABLES)}"
         )
     return [n for n in TABLES if n in names]
-
-
-def as_day(day: date | str) -> date:
-    if isinstance(day, datetime):
-        raise TypeError("pass the run's day as a date or 'YYYY-MM-DD', not a datetime")
-    return day if isinstance(day, date) else date.fromisoformat(day)
 
 
 def window_bounds(day: date | str) -> dict[str, datetime]:

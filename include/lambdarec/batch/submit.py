@@ -17,10 +17,10 @@ from lambdarec.batch.spec import (
     DEFAULT_SHUFFLE_PARTITIONS,
     DEFAULT_TOP_N,
     SPARK_CONF,
-    as_day,
     parse_tables,
 )
 from lambdarec.config import REPO_ROOT
+from lambdarec.tables import as_day
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

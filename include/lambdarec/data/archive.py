@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,20 +25,19 @@ import pyarrow.parquet as pq
 
 from lambdarec.data import lake
 from lambdarec.events import canonical_arrow_schema
+from lambdarec.tables import partition_dir, partitions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from datetime import date
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def partition(archive_dir: str | Path, day: date) -> Path:
-    return Path(archive_dir) / f"{lake.PARTITION}={day.isoformat()}"
-
-
 def files(archive_dir: str | Path, day: date) -> list[Path]:
     """The committed part files of ``day`` (hidden ``.`` / ``_`` files are in progress or markers)."""
-    folder = partition(archive_dir, day)
+    folder = partition_dir(archive_dir, day)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
@@ -48,20 +45,7 @@ def files(archive_dir: str | Path, day: date) -> list[Path]:
 
 def dates(archive_dir: str | Path) -> list[date]:
     """Dates with at least one committed file, ascending."""
-    root = Path(archive_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for child in root.iterdir():
-        key, sep, value = child.name.partition("=")
-        if child.is_dir() and sep and key == lake.PARTITION:
-            try:
-                day = date.fromisoformat(value)
-            except ValueError:
-                continue
-            if files(root, day):
-                out.append(day)
-    return sorted(out)
+    return [day for day, _ in partitions(archive_dir) if files(archive_dir, day)]
 
 
 def _canonical(table: pa.Table, source: Path) -> pa.Table:
@@ -151,7 +135,7 @@ def compact(archive_dir: str | Path, lake_dir: str | Path, day: date) -> Compact
     outside = int((days.astype("datetime64[D]") != np.datetime64(day.isoformat())).sum())
     if outside:
         raise ValueError(
-            f"{partition(archive_dir, day)}: {outside} archived event(s) have a ts outside {day}; "
+            f"{partition_dir(archive_dir, day)}: {outside} archived event(s) have a ts outside {day}; "
             "the speed layer partitions by UTC date (table.local-time-zone = UTC): check the job"
         )
     lake.write_events(merged, lake_dir)

@@ -288,6 +288,7 @@ def lake_info(
     import pyarrow.parquet as pq
 
     from lambdarec.data import lake as lake_mod
+    from lambdarec.tables import catalog_path, events_path
 
     root = lake_dir or get_settings().lake_dir
     counts = lake_mod.date_counts(root)
@@ -296,10 +297,8 @@ def lake_info(
     for day, n in counts.items():
         typer.echo(f"{day.isoformat()}  {n:>12,}")
     if counts:
-        typer.echo(
-            f"{len(counts)} date(s), {sum(counts.values()):,} events in {lake_mod.events_dir(root)}"
-        )
-    catalog = lake_mod.catalog_path(root)
+        typer.echo(f"{len(counts)} date(s), {sum(counts.values()):,} events in {events_path(root)}")
+    catalog = catalog_path(root) / lake_mod.CATALOG_FILE
     if catalog.exists():
         typer.echo(f"catalog: {pq.ParquetFile(catalog).metadata.num_rows:,} items in {catalog}")
 

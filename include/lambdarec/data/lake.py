@@ -1,6 +1,6 @@
 """The master dataset: canonical events as Parquet, partitioned by UTC date, plus the catalog.
 
-Layout (hive style, so Spark, DuckDB and pyarrow see a ``date`` partition column)::
+Layout (:mod:`lambdarec.tables`; hive style, so Spark, DuckDB and pyarrow see a ``date`` column)::
 
     <lake_dir>/events/date=YYYY-MM-DD/part-00000.parquet
     <lake_dir>/catalog/catalog.parquet
@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import uuid
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,16 +35,17 @@ import pyarrow.parquet as pq
 
 from lambdarec.data.canonical import as_tables, catalog_arrow_schema
 from lambdarec.events import canonical_arrow_schema
+from lambdarec.tables import as_day, catalog_path, events_path, partition_dir, partitions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+    from datetime import date
 
 log = logging.getLogger(__name__)
 
-EVENTS = "events"
-CATALOG = "catalog"
+#: The catalog's one file, in :func:`lambdarec.tables.catalog_path`.
+CATALOG_FILE = "catalog.parquet"
 STAGING = "_staging"
-PARTITION = "date"
 #: Rows per Parquet row group; large enough for scans, small enough for streaming reads.
 ROW_GROUP_ROWS = 250_000
 _WRITE_OPTIONS = {
@@ -53,14 +53,6 @@ _WRITE_OPTIONS = {
     "coerce_timestamps": "ms",
     "allow_truncated_timestamps": False,
 }
-
-
-def events_dir(lake_dir: str | Path) -> Path:
-    return Path(lake_dir) / EVENTS
-
-
-def partition_dir(lake_dir: str | Path, day: date) -> Path:
-    return events_dir(lake_dir) / f"{PARTITION}={day.isoformat()}"
 
 
 def _utc_dates(table: pa.Table) -> np.ndarray:
@@ -101,7 +93,7 @@ def write_events(
                 )
                 writer = writers.get(day)
                 if writer is None:
-                    folder = staging / f"{PARTITION}={day}"
+                    folder = partition_dir(staging, str(day))
                     folder.mkdir(parents=True)
                     writer = pq.ParquetWriter(
                         folder / "part-00000.parquet", schema, **_WRITE_OPTIONS
@@ -112,28 +104,24 @@ def write_events(
                 rows[day] += part.num_rows
         for writer in writers.values():
             writer.close()
-        written = sorted(writers)
+        written = [as_day(str(day)) for day in sorted(writers)]
         for day in written:
             _swap_in(
-                staging / f"{PARTITION}={day}", partition_dir(lake_dir, _as_date(day)), lake_dir
+                partition_dir(staging, day), partition_dir(events_path(lake_dir), day), lake_dir
             )
         log.info(
             "lake: wrote %d event(s) in %d date(s) under %s",
             sum(rows.values()),
             len(written),
-            events_dir(lake_dir),
+            events_path(lake_dir),
         )
-        return [_as_date(day) for day in written]
+        return written
     finally:
         for writer in writers.values():
             if writer.is_open:
                 writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(lake_dir / STAGING)
-
-
-def _as_date(day: np.datetime64) -> date:
-    return date.fromisoformat(str(day))
 
 
 def _swap_in(new: Path, final: Path, lake_dir: Path) -> None:
@@ -155,23 +143,15 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def list_dates(lake_dir: str | Path) -> list[date]:
-    """The dates present in the lake, ascending."""
-    root = events_dir(lake_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for child in root.iterdir():
-        key, sep, value = child.name.partition("=")
-        if child.is_dir() and sep and key == PARTITION and any(child.glob("*.parquet")):
-            out.append(date.fromisoformat(value))
-    return sorted(out)
+    """The dates present in the lake (a partition with a Parquet file), ascending."""
+    return [day for day, path in partitions(events_path(lake_dir)) if any(path.glob("*.parquet"))]
 
 
 def _selected(lake_dir: str | Path, start_date: date | None, end_date: date | None) -> list[Path]:
     files = []
-    for day in list_dates(lake_dir):
+    for day, path in partitions(events_path(lake_dir)):
         if (start_date is None or day >= start_date) and (end_date is None or day <= end_date):
-            files.extend(sorted(partition_dir(lake_dir, day).glob("*.parquet")))
+            files.extend(sorted(path.glob("*.parquet")))
     return files
 
 
@@ -229,7 +209,7 @@ def read_events(
 def delete_dates(lake_dir: str | Path, dates: Iterable[date]) -> None:
     """Remove whole date partitions (a no-op for dates that are absent)."""
     for day in dates:
-        shutil.rmtree(partition_dir(lake_dir, day), ignore_errors=True)
+        shutil.rmtree(partition_dir(events_path(lake_dir), day), ignore_errors=True)
 
 
 def atomic_write_parquet(table: pa.Table, target: str | Path) -> Path:
@@ -246,10 +226,6 @@ def atomic_write_parquet(table: pa.Table, target: str | Path) -> Path:
 
 
 # -- catalog --------------------------------------------------------------------------------
-def catalog_path(lake_dir: str | Path) -> Path:
-    return Path(lake_dir) / CATALOG / "catalog.parquet"
-
-
 def write_catalog(catalog: pd.DataFrame | pa.Table, lake_dir: str | Path) -> Path:
     """Replace the catalog (item_id, category, price, created_at) atomically."""
     schema = catalog_arrow_schema()
@@ -263,11 +239,11 @@ def write_catalog(catalog: pd.DataFrame | pa.Table, lake_dir: str | Path) -> Pat
     duplicated = pc.count_distinct(table.column("item_id")).as_py() != table.num_rows
     if duplicated:
         raise ValueError("catalog item_id values must be unique")
-    return atomic_write_parquet(table, catalog_path(lake_dir))
+    return atomic_write_parquet(table, catalog_path(lake_dir) / CATALOG_FILE)
 
 
 def read_catalog(lake_dir: str | Path) -> pd.DataFrame:
-    path = catalog_path(lake_dir)
+    path = catalog_path(lake_dir) / CATALOG_FILE
     if not path.exists():
         raise FileNotFoundError(f"no catalog at {path}; write one with write_catalog()")
     return pq.read_table(path, schema=catalog_arrow_schema()).to_pandas()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from lambdarec.config import get_settings
 from lambdarec.features.paths import FEATURE_REPO_DIR, feast_paths, pinned_lake_dir
-from lambdarec.tables import FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS
+from lambdarec.tables import FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS, newest_partition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -273,7 +273,7 @@ def materialize(
     missing = [
         str(tables[n].path(lake))
         for n in names
-        if n in tables and not any(tables[n].path(lake).glob("date=*/*.parquet"))
+        if n in tables and newest_partition(tables[n].path(lake)) is None
     ]
     if missing:
         raise FileNotFoundError(f"no feature partitions to materialize in {', '.join(missing)}")

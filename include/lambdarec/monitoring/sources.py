@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lambdarec.tables import as_day
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
@@ -35,7 +37,7 @@ EVENT_COLUMNS = ("price", "category", "event_type")
 
 def window(day: date | str, days: int = 1) -> tuple[datetime, datetime]:
     """``[start, end)`` in UTC: the ``days`` days ending with ``day`` (inclusive)."""
-    d = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
+    d = as_day(day)
     end = datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
     return end - timedelta(days=days), end
 

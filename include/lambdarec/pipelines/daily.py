@@ -14,23 +14,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from lambdarec.config import get_settings
+from lambdarec.tables import as_day
 
 if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def as_day(value: str | date | datetime) -> date:
-    """The day of a run from ``ds`` ('YYYY-MM-DD'), a date or a datetime (UTC)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).date() if value.tzinfo else value.date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        raise ValueError(f"{value!r} is not a day; pass YYYY-MM-DD (Airflow's ds)") from None
 
 
 def compact_archive(day: str | date, settings: Settings | None = None) -> dict[str, Any]:

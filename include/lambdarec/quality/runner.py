@@ -27,7 +27,7 @@ from lambdarec.quality.suites import (
     TABLES,
     prepare_frame,
 )
-from lambdarec.tables import events_path
+from lambdarec.tables import as_day, events_path, newest_partition, partition_day, partition_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,7 @@ _BOUND_KWARGS = (
 
 
 def table_dir(table_name: str, settings: Settings) -> Path:
-    """The folder holding ``date=YYYY-MM-DD`` partitions of a table."""
+    """The folder holding the day partitions of a table."""
     if table_name == RAW_EVENTS:
         return events_path(settings.lake_dir)
     if table_name in TABLES:
@@ -62,12 +62,11 @@ def previous_partition(table_name: str, day: str, settings: Settings) -> tuple[s
     """The latest partition before ``day`` and its row count (from Parquet footers only)."""
     import pyarrow.parquet as pq
 
-    earlier = sorted(p for p in table_dir(table_name, settings).glob("date=*") if p.name[5:] < day)
-    for part in reversed(earlier):
-        files = sorted(part.glob("*.parquet"))
-        if files:
-            return part.name[5:], sum(pq.read_metadata(f).num_rows for f in files)
-    return None
+    part = newest_partition(table_dir(table_name, settings), before=day)
+    if part is None:
+        return None
+    rows = sum(pq.read_metadata(f).num_rows for f in sorted(part.glob("*.parquet")))
+    return str(partition_day(part)), rows
 
 
 def expectation_parameters(
@@ -96,7 +95,7 @@ def expectation_parameters(
 def read_partition(table_name: str, day: str, settings: Settings) -> pd.DataFrame:
     import pandas as pd
 
-    part = table_dir(table_name, settings) / f"date={day}"
+    part = partition_dir(table_dir(table_name, settings), day)
     if not any(part.glob("*.parquet")):
         raise FileNotFoundError(f"no {table_name} partition for {day}: {part} has no Parquet file")
     df = pd.read_parquet(part)
@@ -122,7 +121,7 @@ def validate(
     from great_expectations.core.run_identifier import RunIdentifier
 
     settings = settings or get_settings()
-    day = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
+    day = as_day(day).isoformat()
     frame = prepare_frame(table_name, read_partition(table_name, day, settings))
     previous = previous_partition(table_name, day, settings)
     params = expectation_parameters(table_name, day, previous[1] if previous else None, settings)

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import TYPE_CHECKING
 
 from lambdarec.data import lake
+from lambdarec.tables import as_day
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from datetime import date
     from pathlib import Path
 
     import pandas as pd
-
-
-def _day(value: str | date | None, name: str) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"--{name} {value!r} is not a date; use YYYY-MM-DD") from None
 
 
 def frames_from_lake(
@@ -31,7 +23,8 @@ def frames_from_lake(
     batch_rows: int = 100_000,
 ) -> tuple[Iterator[pd.DataFrame], int]:
     """Time-ordered canonical frames of the lake between two dates (inclusive), and their count."""
-    first, last = _day(start, "start"), _day(end, "end")
+    first = None if start is None else as_day(start)
+    last = None if end is None else as_day(end)
     counts = {
         d: n
         for d, n in lake.date_counts(lake_dir).items()
