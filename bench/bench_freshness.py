@@ -12,6 +12,7 @@ within ``--timeout-s``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,9 +28,10 @@ import orjson
 
 from lambdarec.events import format_ts
 from lambdarec.features.store import apply, get_online_features
-from lambdarec.platform.services import settings_env
-from lambdarec.platform.testing import private_platform
-from lambdarec.speed.runner import speed_job
+from lambdarec.harness.platform import private_platform
+from lambdarec.harness.speed import speed_job
+from lambdarec.harness.waiting import eventually
+from lambdarec.platform.base import settings_env
 from lambdarec.streaming.kafka import make_producer
 
 
@@ -231,9 +233,8 @@ def _run(args: argparse.Namespace, settings: object, rng: random.Random) -> dict
         sent += 1
     producer.flush(30)
     elapsed = time.monotonic() - start
-    deadline = time.monotonic() + args.timeout_s
-    while prober.outstanding() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):  # probes still unanswered are reported as lost
+        eventually(lambda: not prober.outstanding(), args.timeout_s, interval_s=0.05)
     prober.stop.set()
     prober.thread.join(timeout=5)
     prober.topic.stop.set()

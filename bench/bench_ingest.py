@@ -19,7 +19,7 @@ import uuid
 import orjson
 
 from lambdarec.data.generator import GeneratorConfig, iter_event_batches
-from lambdarec.platform.testing import kafka_broker
+from lambdarec.harness.platform import kafka_broker
 from lambdarec.streaming.kafka import (
     EventProducer,
     TopicSpec,

@@ -392,8 +392,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from lambdarec.data import lake
     from lambdarec.features.store import apply
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.harness.waiting import eventually
     from lambdarec.platform import manager
-    from lambdarec.platform.testing import private_platform
 
     t0 = time.monotonic()
     model_dir, ids, emb, cats = build_model(work, args.epochs)
@@ -437,14 +438,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         try:
             manager.up(["serving"], settings=settings, timeout_s=300)
             base = f"http://{settings.bind_host}:{settings.serving_port}"
-            deadline = time.monotonic() + 600
-            while True:
+            checks: dict[str, str] = {}
+
+            def ready() -> bool:
+                nonlocal checks
                 checks = requests.get(f"{base}/ready", timeout=10).json()["checks"]
-                if checks.get("warm_up") == "ok" and checks.get("index") == "ok":
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"serving not ready: {checks}")
-                time.sleep(1)
+                return checks.get("warm_up") == "ok" and checks.get("index") == "ok"
+
+            eventually(ready, 600, interval_s=1, message=lambda: f"serving ready (last: {checks})")
             users = [f"u{n}" for n in range(2000)]
             push_sessions(settings, users, trained_ids, trained_cats)
             load(f"{base}/recommend", 20, 10, 4, users)  # warm-up (JIT, caches, Milvus segments)

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from lambdarec.data.loaders import load_taobao
-from lambdarec.platform.testing import private_platform
+from lambdarec.harness.platform import private_platform
+from lambdarec.harness.speed import speed_job
 from lambdarec.speed.control import GROUP_ID
-from lambdarec.speed.runner import speed_job
 from lambdarec.streaming.replay import encode_events
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ def milvus_uri(backend: str, uri: str | None) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="bench-milvus-") as folder:
             yield str(Path(folder) / "items.db")
     else:
-        from lambdarec.platform.testing import private_platform
+        from lambdarec.harness.platform import private_platform
 
         with private_platform(["milvus"]):
             yield "http://127.0.0.1:19530"

@@ -42,7 +42,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def kafka_settings() -> Iterator[Settings]:
     """A real Kafka broker: the configured one if it answers, else a private throwaway broker."""
-    from lambdarec.platform.testing import kafka_broker
+    from lambdarec.harness.platform import kafka_broker
     from lambdarec.streaming.kafka import ensure_topics
 
     with kafka_broker() as settings:

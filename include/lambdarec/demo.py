@@ -186,7 +186,7 @@ def run_demo(
     _step("4/8 speed layer: Flink archives every event and keeps session features fresh", archived)
 
     def batch_layer() -> None:
-        from lambdarec.pipelines.dag_run import run_dag_test
+        from lambdarec.platform.dag_run import run_dag_test
 
         runs = {}
         days = cast("list[str]", figures["days"])
@@ -239,7 +239,7 @@ def run_demo(
     def models() -> None:
         from datetime import date, timedelta
 
-        from lambdarec.pipelines.dag_run import run_dag_test
+        from lambdarec.platform.dag_run import run_dag_test
 
         day = date.fromisoformat(cast("list[str]", figures["days"])[-1]) + timedelta(days=1)
         console.print(

@@ -1,13 +1,16 @@
 """The speed-layer operator: submit the Flink job, wait until it runs, cancel it on kill.
 
 The target comes from the ``flink_default`` connection: host ``local`` runs the job on the local
-mini-cluster (the platform's ``speed-layer`` service), a JobManager REST host and port submits it
-to that Flink session cluster with ``flink run`` (the same job file). The logic lives in
-:mod:`lambdarec.speed.control`; the operator only wires it to Airflow.
+mini-cluster (the platform's ``speed-layer`` service, started and stopped by
+:mod:`lambdarec.platform.speed_control`), a JobManager REST host and port submits it to that Flink
+session cluster with ``flink run`` (the same job file). The logic lives in
+:mod:`lambdarec.speed.control`; the operator wires it to Airflow and picks the launcher for the
+target (the core never imports the local platform; a plugin may).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +58,18 @@ class SpeedLayerOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from lambdarec.config import get_settings
-        from lambdarec.speed.control import SpeedLayerError, ensure_running, find_job
+        from lambdarec.speed.control import SpeedLayerError, ensure_running, submit
+        from lambdarec.speed.job import find_job
 
         settings = get_settings()
         target = self.target()
-        info = ensure_running(settings, target, self.start_timeout_s)
+        if target.local:
+            from lambdarec.platform.speed_control import start_local
+
+            start = functools.partial(start_local, settings, self.start_timeout_s)
+        else:
+            start = functools.partial(submit, settings, target)
+        info = ensure_running(settings, target, self.start_timeout_s, start=start)
         self._job_id = info.job_id
         self.log.info(
             "speed layer %s job %s on %s (%s)",
@@ -82,5 +92,12 @@ class SpeedLayerOperator(BaseOperator):
         from lambdarec.config import get_settings
         from lambdarec.speed.control import cancel
 
-        cancelled = cancel(get_settings(), self.target(), self._job_id)
+        settings = get_settings()
+        target = self.target()
+        if target.local:
+            from lambdarec.platform.speed_control import stop_local
+
+            cancelled = stop_local(settings)
+        else:
+            cancelled = cancel(settings, target, self._job_id)
         self.log.info("speed layer %s", "cancelled" if cancelled else "was not running")

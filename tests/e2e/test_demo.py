@@ -12,8 +12,8 @@ import pytest
 
 from lambdarec.data import lake
 from lambdarec.demo import run_demo
+from lambdarec.harness.platform import link_kafka_jars, private_settings
 from lambdarec.platform import manager
-from lambdarec.platform.testing import link_kafka_jars, private_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

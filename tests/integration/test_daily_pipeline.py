@@ -21,10 +21,10 @@ import pytest
 from lambdarec.data import lake
 from lambdarec.data.loaders import load_taobao
 from lambdarec.features.store import get_historical_features, get_online_features
-from lambdarec.pipelines.dag_run import run_dag_test
-from lambdarec.platform.testing import private_settings
+from lambdarec.harness.platform import private_settings
+from lambdarec.platform.dag_run import run_dag_test
 from lambdarec.quality.runner import validate
-from lambdarec.tables import ITEM_STATS, USER_HISTORY
+from lambdarec.tables import ITEM_STATS, USER_HISTORY, events_path, partition_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -136,7 +136,7 @@ def test_a_corrupt_day_fails_its_gate_and_leaves_the_online_store_unchanged(pipe
     day.iloc[1, day.columns.get_loc("price")] = -5.0
     day.iloc[2, day.columns.get_loc("event_type")] = "click"
     day.iloc[3, day.columns.get_loc("event_id")] = day.iloc[4]["event_id"]
-    target = lake.partition_dir(settings.lake_dir, BAD_DAY)
+    target = partition_dir(events_path(settings.lake_dir), BAD_DAY)
     target.mkdir(parents=True)
     schema = pa.schema(
         [f.with_nullable(True) for f in pa.Schema.from_pandas(day, preserve_index=False)]

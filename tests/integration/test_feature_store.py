@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ import pytest
 
 from lambdarec.config import Settings
 from lambdarec.features import store as fstore
+from lambdarec.harness.waiting import eventually
+from lambdarec.platform.base import tcp_open
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     FEATURE_TABLES,
@@ -286,16 +287,14 @@ def redis_port(tmp_path: Path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({proc.returncode}) on port {port}")
+        return tcp_open("127.0.0.1", port, timeout=0.2)
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
+        eventually(listening, 10, interval_s=0.05, message=f"redis-server on port {port}")
         yield port
     finally:
         proc.terminate()

@@ -17,21 +17,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 import requests
 
 from lambdarec.config import LOCAL_PORTS, Settings
+from lambdarec.harness.platform import free_ports
+from lambdarec.harness.waiting import eventually
 from lambdarec.platform import manager
-from lambdarec.platform.services import (
-    PlatformError,
-    airflow_password,
-    kafka_libs_dir,
-    resolve_kafka_jars,
-)
-from lambdarec.platform.testing import free_ports
+from lambdarec.platform.airflow import airflow_password
+from lambdarec.platform.base import PlatformError
+from lambdarec.platform.kafka import kafka_libs_dir, resolve_kafka_jars
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -176,10 +174,12 @@ def test_a_killed_service_is_detected_and_restarted(settings: Settings) -> None:
     (first,) = manager.up(["redis"], settings=settings)
     assert first.pid
     os.kill(first.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while manager.status(["redis"], settings=settings)[0].state != "down":
-        assert time.monotonic() < deadline, "status still reports a SIGKILLed redis"
-        time.sleep(0.2)
+    eventually(
+        lambda: manager.status(["redis"], settings=settings)[0].state == "down",
+        10,
+        interval_s=0.2,
+        message="status to report the SIGKILLed redis down",
+    )
     assert not (settings.run_dir / "redis.pid").exists(), "stale PID file is removed"
     (second,) = manager.up(["redis"], settings=settings)
     assert second.state == "up" and second.pid != first.pid
@@ -265,16 +265,6 @@ SMOKE_DAG = """
 """
 
 
-def _wait_for(what: str, probe: Any, timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
-        time.sleep(every_s)
-
-
 @pytest.mark.slow
 def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: Path) -> None:
     home = tmp_path / "home"  # the DAG folder is <home>/dags: only the smoke DAG is parsed
@@ -306,7 +296,9 @@ def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: 
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
     dag_url = f"{api.url}/api/v2/dags/lambdarec_smoke"
-    _wait_for("the DAG processor parsed the smoke DAG", lambda: http.get(dag_url).ok, 120)
+    eventually(
+        lambda: http.get(dag_url).ok, 120, message="the DAG processor to parse the smoke DAG"
+    )
     assert http.patch(dag_url, json={"is_paused": False}).ok
     run = http.post(f"{dag_url}/dagRuns", json={"logical_date": None})
     assert run.ok, run.text
@@ -317,7 +309,12 @@ def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: 
         response = http.get(task_url)
         return response.json().get("state") if response.ok else None
 
-    _wait_for("the task is running", lambda: task_state() in ("running", "success"), 120, 0.2)
+    eventually(
+        lambda: task_state() in ("running", "success"),
+        120,
+        interval_s=0.2,
+        message="the task to run",
+    )
     while_running = http.get(f"{task_url}/logs/1", params={"full_content": True})
     assert while_running.status_code == 200, while_running.text
     # No Airflow component serves logs: all of the project's sockets are on loopback, and the only
@@ -330,7 +327,7 @@ def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: 
         state = http.get(run_url).json().get("state")
         return state if state in ("success", "failed") else None
 
-    state = _wait_for("the DAG run finished", finished, 180)
+    state = eventually(finished, 180, message="the DAG run to finish")
     print(f"smoke DAG {state} {time.monotonic() - started:.1f} s after `up`")
     assert state == "success"
     logs = http.get(f"{task_url}/logs/1", params={"full_content": True})

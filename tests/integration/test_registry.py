@@ -30,7 +30,7 @@ def registry_uri(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri()
         return
-    from lambdarec.platform.testing import private_platform
+    from lambdarec.harness.platform import private_platform
 
     with private_platform(["mlflow"]) as settings:
         yield settings.mlflow_uri, None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from lambdarec.harness.platform import private_platform
 from lambdarec.platform import manager
-from lambdarec.platform.testing import private_platform
 
 pytestmark = pytest.mark.integration
 

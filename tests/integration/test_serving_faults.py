@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from lambdarec.harness.waiting import eventually
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -132,16 +134,21 @@ class Load:
     def wait_recovered(self, phase: str, part: str, timeout_s: float) -> float:
         """Seconds until ``RECOVERED_STREAK`` answers in a row of ``phase`` do not name ``part``."""
         began = time.monotonic()
-        while time.monotonic() - began < timeout_s:
+
+        def recovered() -> bool:
             recent = self.of(phase)[-RECOVERED_STREAK:]
-            if len(recent) == RECOVERED_STREAK and all(part not in a.parts for a in recent):
-                return time.monotonic() - began
-            time.sleep(0.1)
-        last = [a.parts for a in self.of(phase)[-5:]]
-        raise AssertionError(
-            f"{part} still degraded {timeout_s:.0f} s after the restart: {last}; "
-            f"phases {self.timeline}"
+            return len(recent) == RECOVERED_STREAK and all(part not in a.parts for a in recent)
+
+        eventually(
+            recovered,
+            timeout_s,
+            interval_s=0.1,
+            message=lambda: (
+                f"{part} to recover after the restart; still degraded: "
+                f"{[a.parts for a in self.of(phase)[-5:]]}; phases {self.timeline}"
+            ),
         )
+        return time.monotonic() - began
 
 
 def _train_models(settings: Settings, run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
@@ -261,17 +268,25 @@ def _wait_milvus_answers(settings: Settings, timeout_s: float) -> None:
     from lambdarec.retrieval.index import VectorIndex
 
     _check_milvus_is_ours(settings)
-    deadline = time.monotonic() + timeout_s
-    while True:
+    problem = ""
+
+    def answers() -> bool:
+        nonlocal problem
         try:
             with VectorIndex.from_settings(settings) as index:
                 if index.serving_version() is not None:
-                    return
+                    return True
                 problem = "no serving alias"
         except Exception as exc:  # noqa: BLE001 - still starting
             problem = f"{type(exc).__name__}: {exc}"[:200]
-        assert time.monotonic() < deadline, f"Milvus not answering after the restart: {problem}"
-        time.sleep(1)
+        return False
+
+    eventually(
+        answers,
+        timeout_s,
+        interval_s=1,
+        message=lambda: f"Milvus to answer after the restart (last: {problem})",
+    )
 
 
 def _print_logs(settings: Settings) -> None:
@@ -298,15 +313,15 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     import requests
 
     from lambdarec.config import get_settings
-    from lambdarec.platform import manager
-    from lambdarec.platform.services import milvus_server_bin
-    from lambdarec.platform.testing import private_platform
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.platform import manager, processes
+    from lambdarec.platform.stores import milvus_server_bin
     from lambdarec.retrieval.index import VectorIndex
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     if not milvus_server_bin(get_settings()).is_file():
         pytest.fail("no .venv-milvus: run `make setup` (it builds the Milvus server virtualenv)")
-    taken = [p for p in MILVUS_PORTS if manager._port_owner("127.0.0.1", p)]
+    taken = [p for p in MILVUS_PORTS if processes.port_owner("127.0.0.1", p)]
     if taken:
         pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
 
@@ -326,16 +341,24 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
                 index.publish(ids, embeddings, cats, progress=False)
             manager.up(["serving"], settings=settings, timeout_s=240)
             base = f"http://{settings.bind_host}:{settings.serving_port}"
-            deadline = time.monotonic() + 240
-            ready = 0
-            # Each request a new connection, so both workers answer (each warms up on its own);
-            # no Kafka here: impressions are dropped (counted), not what this test is about.
-            while ready < READY_STREAK:
+            streak, checks = 0, {}
+
+            def ready_streak() -> bool:
+                # Each request a new connection, so both workers answer (each warms up on its
+                # own); no Kafka here: impressions are dropped (counted), not what this test is
+                # about.
+                nonlocal streak, checks
                 checks = requests.get(f"{base}/ready", timeout=10).json()["checks"]
                 ok = all(checks.get(name) == "ok" for name in ("warm_up", "online_store", "index"))
-                ready = ready + 1 if ok else 0
-                assert time.monotonic() < deadline, f"serving not ready: {checks}"
-                time.sleep(0.2 if ok else 1)
+                streak = streak + 1 if ok else 0
+                return streak >= READY_STREAK
+
+            eventually(
+                ready_streak,
+                240,
+                interval_s=0.2,
+                message=lambda: f"serving ready {READY_STREAK} times in a row (last: {checks})",
+            )
             yield settings
         finally:
             _print_logs(settings)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pytest
 
+from lambdarec.harness.waiting import eventually
 from lambdarec.speed.control import GROUP_ID
 from tests.integration.test_speed_layer import _renamed, expected_session_features, online
 
@@ -45,6 +46,24 @@ def _committed(settings: Settings) -> int:
         probe.close()
 
 
+def _wrong_counts(
+    settings: Settings, expected: dict[str, dict[str, Any]]
+) -> dict[str, tuple[Any, Any]]:
+    """Sessions whose counts online differ from ``expected``: (expected, online n_views) each."""
+    sessions = list(expected)
+    got: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(sessions), 2000):
+        got.update(online(settings, sessions[i : i + 2000]))
+    return {
+        s: (want["n_views"], got.get(s, {}).get("n_views"))
+        for s, want in expected.items()
+        if any(
+            want[k] != got.get(s, {}).get(k)
+            for k in ("n_views", "n_carts", "n_removes", "n_purchases", "n_events_30min")
+        )
+    }
+
+
 def _stream() -> pd.DataFrame:
     """200k real Taobao events: copies of the subset under new ids, each copy in time order."""
     from lambdarec.data.loaders import load_taobao
@@ -62,8 +81,8 @@ def _stream() -> pd.DataFrame:
 def test_kill_and_restart_loses_nothing_and_double_counts_nothing() -> None:
     from lambdarec.data import archive
     from lambdarec.features.store import apply
-    from lambdarec.platform.testing import private_platform
-    from lambdarec.speed.runner import pusher_threads, start_job, wait_running
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.harness.speed import pusher_threads, start_job, wait_running
     from lambdarec.streaming.replay import replay
 
     events = _stream()
@@ -82,12 +101,19 @@ def test_kill_and_restart_loses_nothing_and_double_counts_nothing() -> None:
                     )
                 )
                 producer.start()
+
                 # Kill once a checkpoint has committed part of the stream, well before the end.
-                deadline = time.monotonic() + 300
-                while _committed(settings) < EVENTS // 5:
-                    assert time.monotonic() < deadline, f"no progress:\n{job.tail()}"
+                def progressed() -> bool:
+                    if _committed(settings) >= EVENTS // 5:
+                        return True
                     assert job.process.poll() is None, job.tail()
-                    time.sleep(0.5)
+                    return False
+
+                eventually(
+                    progressed,
+                    300,
+                    message=lambda: f"a checkpoint past {EVENTS // 5:,} events:\n{job.tail()}",
+                )
                 at_kill = _committed(settings)
                 job.kill(signal.SIGKILL)
                 producer.join()
@@ -99,43 +125,35 @@ def test_kill_and_restart_loses_nothing_and_double_counts_nothing() -> None:
                     wait_running(restarted, settings)
                     log = restarted.log.read_text(errors="replace")
                     assert "resuming from" in log, "the restart did not restore the checkpoint"
-                    deadline = time.monotonic() + 600
-                    while (
-                        _committed(settings) < EVENTS
-                        or archive.count(settings.archive_dir) < EVENTS
-                    ):
-                        assert time.monotonic() < deadline, restarted.tail()
-                        time.sleep(1)
+                    eventually(
+                        lambda: (
+                            _committed(settings) >= EVENTS
+                            and archive.count(settings.archive_dir) >= EVENTS
+                        ),
+                        600,
+                        interval_s=1,
+                        message=lambda: f"every event committed and archived:\n{restarted.tail()}",
+                    )
                     time.sleep(3)  # one more checkpoint: anything extra would show now
                     assert archive.count(settings.archive_dir) == EVENTS, "archived exactly once"
                     assert archive.distinct_ids(settings.archive_dir) == EVENTS
 
-                    sessions = list(expected)
-                    deadline = time.monotonic() + 120
-                    while True:
-                        got: dict = {}
-                        for i in range(0, len(sessions), 2000):
-                            got.update(online(settings, sessions[i : i + 2000]))
-                        wrong = {
-                            s: (want["n_views"], got.get(s, {}).get("n_views"))
-                            for s, want in expected.items()
-                            if any(
-                                want[k] != got.get(s, {}).get(k)
-                                for k in (
-                                    "n_views",
-                                    "n_carts",
-                                    "n_removes",
-                                    "n_purchases",
-                                    "n_events_30min",
-                                )
-                            )
-                        }
-                        if not wrong or time.monotonic() > deadline:
-                            break
-                        time.sleep(2)
-                    assert not wrong, (
-                        f"{len(wrong)} of {len(sessions)} sessions have wrong counts after the "
-                        f"restart (expected, online n_views): {dict(list(wrong.items())[:5])}"
+                    wrong: dict[str, tuple[Any, Any]] = {}
+
+                    def counts_right() -> bool:
+                        nonlocal wrong
+                        wrong = _wrong_counts(settings, expected)
+                        return not wrong
+
+                    eventually(
+                        counts_right,
+                        120,
+                        interval_s=2,
+                        message=lambda: (
+                            f"every session's counts after the restart; {len(wrong)} of "
+                            f"{len(expected)} are wrong (expected, online n_views): "
+                            f"{dict(list(wrong.items())[:5])}"
+                        ),
                     )
                 finally:
                     restarted.kill(signal.SIGTERM)

@@ -18,13 +18,14 @@ import pandas as pd
 import pytest
 
 from lambdarec.events import Invalid, parse_event
+from lambdarec.harness.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from lambdarec.config import Settings
+    from lambdarec.harness.speed import SpeedJob
     from lambdarec.speed.pusher import FeaturePusher
-    from lambdarec.speed.runner import SpeedJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,16 +116,22 @@ def mismatches(
 
 
 def wait_online(
-    settings: Settings, expected: dict[str, dict[str, Any]], timeout_s: float
-) -> tuple[float, dict[str, Any]]:
-    """Seconds until the online store holds ``expected`` (or the timeout), and what differs."""
+    settings: Settings, expected: dict[str, dict[str, Any]], timeout_s: float, what: str
+) -> float:
+    """Seconds until the online store holds ``expected``; fails after ``timeout_s`` with what
+    still differs."""
     began = time.monotonic()
-    while True:
-        bad = mismatches(expected, online(settings, list(expected)))
-        elapsed = time.monotonic() - began
-        if not bad or elapsed > timeout_s:
-            return elapsed, bad
-        time.sleep(0.02)
+
+    def differences() -> dict[str, dict[str, tuple[Any, Any]]]:
+        return mismatches(expected, online(settings, list(expected)))
+
+    eventually(
+        lambda: not differences(),
+        timeout_s,
+        interval_s=0.02,
+        message=lambda: f"{what} online and exact; they differ: {differences()}",
+    )
+    return time.monotonic() - began
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -140,8 +147,8 @@ def speed(
     paths on first use (the first burst of 600 events took ~4 s, the next ones ~1.2 s).
     """
     from lambdarec.features.store import apply
-    from lambdarec.platform.testing import private_platform
-    from lambdarec.speed.runner import pusher_threads, speed_job
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.harness.speed import pusher_threads, speed_job
 
     with private_platform(["kafka"], start_timeout_s=240) as settings:
         apply(settings)
@@ -150,8 +157,7 @@ def speed(
             for round_ in range(2):
                 warm = _renamed(replayed_sessions, f"warm{round_}")
                 _produce(settings, warm)
-                elapsed, bad = wait_online(settings, expected_session_features(warm), 120)
-                assert not bad, f"warm-up sessions not online after {elapsed:.0f} s: {bad}"
+                wait_online(settings, expected_session_features(warm), 120, "the warm-up sessions")
             yield settings, job, pushers
 
 
@@ -243,8 +249,7 @@ def test_session_features_equal_an_independent_computation_within_2s(
     for round_ in range(3):
         burst = _renamed(events, f"r{round_}")
         _produce(settings, burst)
-        elapsed, bad = wait_online(settings, expected_session_features(burst), timeout_s=30)
-        assert not bad, f"after {elapsed:.1f} s the online store differs: {bad}"
+        elapsed = wait_online(settings, expected_session_features(burst), 30, f"burst {round_}")
         timings.append(elapsed)
     print(
         f"{len(events)} events, {len(expected)} sessions per burst: online and exact "
@@ -333,12 +338,23 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
         f"test-dlq-{uuid.uuid4().hex[:6]}", [settings.topic_dead_letter], settings
     )
     ours: dict[str, dict[str, Any]] = {}
-    while len(ours) < len(bad) and time.monotonic() - began < 60:
+
+    def all_read() -> bool:
         for message in consume(consumer, idle_timeout_s=1):
             record = orjson.loads(message.value())
             if record.get("source") == "speed-layer":
                 ours[record["raw"]] = record
-    consumer.close()
+        return len(ours) >= len(bad)
+
+    try:
+        eventually(
+            all_read,
+            60,
+            interval_s=0,
+            message=lambda: f"{len(bad)} dead letters from the job (read {len(ours)})",
+        )
+    finally:
+        consumer.close()
     print(f"{len(ours)} dead letters read {time.monotonic() - began:.1f} s after producing")
     # The job reads values as UTF-8 text (an invalid byte becomes U+FFFD, as in Python).
     missing = [raw for raw in bad if raw.decode(errors="replace") not in ours]
@@ -352,8 +368,7 @@ def test_malformed_events_go_to_dead_letter_and_valid_ones_are_unaffected(
         assert isinstance(want, Invalid)
         assert record["field"] == want.field, (raw, record["reason"], str(want))
 
-    elapsed, diff = wait_online(settings, expected, timeout_s=30)
-    assert not diff, f"valid sessions differ after {elapsed:.1f} s: {diff}"
+    wait_online(settings, expected, 30, "the valid sessions among the malformed events")
     assert job.running(settings), "the job keeps running after 1,000 bad events"
 
 
@@ -361,7 +376,7 @@ def _watermarks(settings: Settings, job: SpeedJob) -> dict[str, int]:
     """Each operator's current input watermark (epoch ms), from the job's REST API."""
     import requests
 
-    from lambdarec.speed.control import find_job
+    from lambdarec.speed.job import find_job
 
     rest = f"http://{settings.bind_host}:{job.rest_port}"
     found = find_job(rest)
@@ -417,13 +432,24 @@ def test_a_future_event_does_not_stall_the_trending_windows(
     assert producer.flush(30) == 0
 
     consumer = make_consumer(f"test-trend-{tag}", [settings.topic_trending_items], settings)
-    views_5min = None
-    began = time.monotonic()
-    while views_5min is None and time.monotonic() - began < 60:
-        for message in consume(consumer, idle_timeout_s=1):
-            if message.key() == item.encode():
-                views_5min = orjson.loads(message.value())["views_5min"]
-    consumer.close()
+
+    def item_counts() -> list[int]:
+        return [
+            orjson.loads(message.value())["views_5min"]
+            for message in consume(consumer, idle_timeout_s=1)
+            if message.key() == item.encode()
+        ]
+
+    try:
+        views_5min = eventually(
+            item_counts,
+            60,
+            interval_s=0,
+            message="the item's minute on the trending topic: a future event moved the "
+            "watermark past the live events?",
+        )[-1]
+    finally:
+        consumer.close()
     assert views_5min == 5, (
         f"the item's minute gave {views_5min} views on the trending topic (expected 5): a future "
         "event moved the watermark past the live events"
@@ -441,15 +467,19 @@ def test_archive_holds_every_valid_event_and_compacts_into_the_lake(
     _produce(settings, events)
     wanted = set(events["event_id"])
     days = sorted({d.date() for d in events["ts"]})
-    deadline = time.monotonic() + 30  # files are committed on checkpoints (every 2 s here)
-    while True:
+
+    def not_archived() -> set[str]:
         ids = set()
         for day in days:
             ids |= set(archive.read_day(settings.archive_dir, day).column("event_id").to_pylist())
-        if wanted <= ids or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert wanted <= ids, f"{len(wanted - ids)} replayed events not archived"
+        return wanted - ids
+
+    eventually(  # files are committed on checkpoints (every 2 s here)
+        lambda: not not_archived(),
+        30,
+        interval_s=1,
+        message=lambda: f"every replayed event archived ({len(not_archived())} are not)",
+    )
     assert archive.count(settings.archive_dir, days) == archive.distinct_ids(
         settings.archive_dir, days
     ), "no event archived twice"

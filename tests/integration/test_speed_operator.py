@@ -4,16 +4,17 @@ submits nothing; killing the operator's task cancels the job."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
 
 from lambdarec.config import get_settings
+from lambdarec.harness.waiting import eventually
 from lambdarec.platform import manager
-from lambdarec.platform.services import settings_env
-from lambdarec.speed.control import Target, consumer_lag, find_job
+from lambdarec.platform.base import settings_env
+from lambdarec.speed.control import Target, consumer_lag
+from lambdarec.speed.job import find_job
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def platform() -> Iterator[Settings]:
-    from lambdarec.platform.testing import private_platform
+    from lambdarec.harness.platform import private_platform
 
     with private_platform(["kafka"], start_timeout_s=240) as settings:
         yield settings
@@ -39,7 +40,7 @@ def _running(settings: Settings) -> bool:
 def test_the_dag_starts_the_job_and_reports_lag_then_kill_cancels_it(
     platform: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lambdarec.pipelines.dag_run import run_dag_test
+    from lambdarec.platform.dag_run import run_dag_test
     from lambdarec.streaming.kafka import EventProducer
 
     settings = platform
@@ -59,9 +60,13 @@ def test_the_dag_starts_the_job_and_reports_lag_then_kill_cancels_it(
                 b'{"event_id":"op%d","user_id":"u1","session_id":"s1","item_id":"i1",'
                 b'"event_type":"view","ts":"2024-05-01T12:00:00.000Z"}' % i
             )
-    deadline = time.monotonic() + 120
-    while (lag := consumer_lag(settings))["lag"] and time.monotonic() < deadline:
-        time.sleep(1)
+    eventually(
+        lambda: consumer_lag(settings)["lag"] == 0,
+        120,
+        interval_s=1,
+        message="the job to commit every event (consumer lag 0)",
+    )
+    lag = consumer_lag(settings)
     assert lag["lag"] == 0, lag
     assert lag["dead_letters"] == 0, lag
     with EventProducer(settings) as producer:

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
+from lambdarec.harness.waiting import eventually
 from lambdarec.retrieval.index import UNLOADED_ERRORS, _unloaded
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lambdarec.retrieval.index import VectorIndex
+    from lambdarec.retrieval.index import Hits, VectorIndex
 
 pytestmark = pytest.mark.integration
 
@@ -119,15 +119,17 @@ def _exercise(index: VectorIndex, n: int) -> None:
     index.client.release_collection(index.collection_name(4))
     with pytest.raises(Exception, match="|".join(UNLOADED_ERRORS)):
         index.search(small[:1], 1, timeout_s=5.0)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def loaded_hits() -> Hits:
         try:
-            assert index.search(small[:1], 1, timeout_s=5.0)[0][0][0] == small_ids[0]
-            break
+            return index.search(small[:1], 1, timeout_s=5.0)
         except Exception as error:  # noqa: BLE001 - released until the background load is done
-            if time.monotonic() > deadline or not _unloaded(error):
+            if not _unloaded(error):
                 raise
-            time.sleep(0.2)
+            return []
+
+    hits = eventually(loaded_hits, 60, interval_s=0.2, message="the background load to finish")
+    assert hits[0][0][0] == small_ids[0]
 
 
 def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:
@@ -164,15 +166,15 @@ def test_milvus_standalone_server() -> None:
     import psutil
 
     from lambdarec.config import get_settings
-    from lambdarec.platform import manager
-    from lambdarec.platform.services import milvus_server_bin
-    from lambdarec.platform.testing import private_platform
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.platform import processes
+    from lambdarec.platform.stores import milvus_server_bin
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
 
     # Never a skip: `make setup` builds the server's virtualenv, and CI has no other Milvus.
     if not milvus_server_bin(get_settings()).is_file():
         pytest.fail("no .venv-milvus: run `make setup` (it builds the Milvus server virtualenv)")
-    taken = [p for p in (19530, 9091, 2379, 2380) if manager._port_owner("127.0.0.1", p)]
+    taken = [p for p in (19530, 9091, 2379, 2380) if processes.port_owner("127.0.0.1", p)]
     if taken:
         pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
 
@@ -191,5 +193,5 @@ def test_milvus_standalone_server() -> None:
         except psutil.Error:
             continue
     assert not leftovers
-    assert not [p for p in (19530, 9091, 2379) if manager._port_owner("127.0.0.1", p)]
+    assert not [p for p in (19530, 9091, 2379) if processes.port_owner("127.0.0.1", p)]
     shutil.rmtree(state, ignore_errors=True)

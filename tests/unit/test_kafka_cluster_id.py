@@ -6,7 +6,7 @@ import base64
 import uuid
 from typing import TYPE_CHECKING
 
-from lambdarec.platform import services
+from lambdarec.platform import kafka
 
 if TYPE_CHECKING:
     import pytest
@@ -20,7 +20,7 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert base64.urlsafe_b64encode(dash.bytes).decode().startswith("-")
     plain = uuid.UUID(bytes=bytes(range(16)))
     drawn = iter([dash, dash, plain])
-    monkeypatch.setattr(services.uuid, "uuid4", lambda: next(drawn))
-    cluster_id = services.kafka_cluster_id()
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(drawn))
+    cluster_id = kafka.kafka_cluster_id()
     assert cluster_id == base64.urlsafe_b64encode(plain.bytes).rstrip(b"=").decode()
     assert len(cluster_id) == 22 and not cluster_id.startswith("-")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lambdarec.config import get_settings
-from lambdarec.platform.services import milvus_server_bin
+from lambdarec.platform.stores import milvus_server_bin
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "include/lambdarec/platform/milvus_launcher.py"
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lambdarec.config import get_settings
 from lambdarec.monitoring import report
 from lambdarec.monitoring.drift import by_severity
+from lambdarec.tables import as_day
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,17 +47,6 @@ TAG_DAY = "lambdarec.drift_day"
 
 class _CountsDagRuns(Protocol):
     def get_dr_count(self, dag_id: str, states: list[str] | None = ...) -> int: ...
-
-
-def as_day(value: str | date | datetime) -> date:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"day must look like 2024-05-01, got {value!r}") from exc
 
 
 # -- the retraining ledger and guard ---------------------------------------------------------
@@ -241,7 +231,7 @@ def run_drift(
     from lambdarec.monitoring.profile import load_champion_profile
     from lambdarec.monitoring.skew import check_skew
     from lambdarec.monitoring.sources import current_frames, read_events, read_impressions, window
-    from lambdarec.platform.site import write_index
+    from lambdarec.reports import write_index
 
     s = settings or get_settings()
     d = as_day(day)

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from lambdarec.platform import manager
-from lambdarec.platform.services import PlatformError
+from lambdarec.platform.base import PlatformError
 
 app = typer.Typer(
     help="Start, check and stop the local platform (Kafka, Redis, MLflow, Airflow) on 127.0.0.1.",
@@ -101,7 +101,7 @@ def status() -> None:
 def kafka_jars() -> None:
     """Resolve the Kafka broker jars into the state folder with Maven (skipped when current)."""
     from lambdarec.config import get_settings
-    from lambdarec.platform.services import resolve_kafka_jars
+    from lambdarec.platform.kafka import resolve_kafka_jars
 
     try:
         libs = resolve_kafka_jars(get_settings())

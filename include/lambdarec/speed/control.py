@@ -4,11 +4,13 @@
 Two targets, chosen by configuration (``LAMBDAREC_FLINK_JOBMANAGER``, or the Airflow connection
 ``flink_default`` whose host is ``local`` or a JobManager's REST ``host:port``):
 
-* **local**: the platform's ``speed-layer`` service, the PyFlink mini-cluster (plus the
-  ``feature-pusher``), started and stopped through :mod:`lambdarec.platform.manager`;
-* **a Flink session cluster**: ``flink run -m host:port -d -py include/flink/speed_layer.py``
-  with the same job file and options (the connector jars travel as ``pipeline.jars``), cancelled
-  through the REST API.
+* **local**: the PyFlink mini-cluster, which is the local platform's ``speed-layer`` service (plus
+  the ``feature-pusher``). The core does not start local services: the caller passes the
+  platform's launcher (:func:`lambdarec.platform.speed.start_local`) as ``start``, as the Airflow
+  operator does;
+* **a Flink session cluster**: :func:`submit` runs ``flink run -m host:port -d -py
+  include/flink/speed_layer.py`` with the same job file and options (the connector jars travel as
+  ``pipeline.jars``); :func:`cancel` cancels the job through the REST API.
 
 :func:`consumer_lag` reads how far the job's consumer group is behind the events topic (committed
 offsets, which the job commits on each checkpoint, against the partitions' high watermarks) and
@@ -25,14 +27,21 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from lambdarec.speed.job import all_running, find_job, speed_layer_command, speed_layer_env
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lambdarec.config import Settings
 
 log = logging.getLogger(__name__)
 
-JOB_NAME = "lambdarec-speed-layer"
 GROUP_ID = "lambdarec-speed-layer"
 LOCAL = "local"
+_LOCAL_IS_THE_PLATFORMS = (
+    "the local mini-cluster is the platform's speed-layer service: start or stop it with "
+    "`lambdarec platform up|down speed-layer` (lambdarec.platform.speed)"
+)
 
 
 class SpeedLayerError(RuntimeError):
@@ -81,42 +90,11 @@ class JobInfo:
         return asdict(self)
 
 
-def alive_jobs(rest_url: str, name: str = JOB_NAME, timeout_s: float = 3.0) -> list[dict[str, Any]]:
-    """Jobs called ``name`` that are not finished, from ``/jobs/overview`` (none if unreachable)."""
-    try:
-        jobs = requests.get(f"{rest_url}/jobs/overview", timeout=timeout_s).json().get("jobs", [])
-    except (requests.RequestException, ValueError):
-        return []
-    return [
-        j
-        for j in jobs
-        if j.get("name") == name and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")
-    ]
-
-
-def find_job(rest_url: str, name: str = JOB_NAME) -> dict[str, Any] | None:
-    """The newest job called ``name`` that is not finished (or None)."""
-    alive = alive_jobs(rest_url, name)
-    return max(alive, key=lambda j: j.get("start-time", 0)) if alive else None
-
-
-def is_running(rest_url: str, timeout_s: float = 2.0) -> bool:
-    """Whether a speed-layer job runs there with every task running (the platform's health)."""
-    return any(_all_running(j) for j in alive_jobs(rest_url, timeout_s=timeout_s))
-
-
-def _all_running(job: dict[str, Any] | None) -> bool:
-    if not job:
-        return False
-    tasks = job.get("tasks", {})
-    return job.get("state") == "RUNNING" and tasks.get("running") == tasks.get("total")
-
-
 def wait_running(rest_url: str, timeout_s: float) -> dict[str, Any]:
     began = time.monotonic()
     while True:
         job = find_job(rest_url)
-        if _all_running(job):
+        if all_running(job):
             assert job is not None
             return job
         if time.monotonic() - began > timeout_s:
@@ -128,10 +106,12 @@ def wait_running(rest_url: str, timeout_s: float) -> dict[str, Any]:
         time.sleep(1)
 
 
-def _submit_remote(settings: Settings, target: Target) -> None:
-    from lambdarec.platform.services import speed_layer_command, speed_layer_env
+def submit(settings: Settings, target: Target) -> None:
+    """``flink run`` the job, detached, on the session cluster ``target``."""
     from lambdarec.speed.jars import flink_venv
 
+    if target.local:
+        raise SpeedLayerError(_LOCAL_IS_THE_PLATFORMS)
     command = speed_layer_command(settings)  # [python, job.py, options...]
     flink = next(flink_venv(settings).glob("lib/python3*/site-packages/pyflink/bin/flink"), None)
     if flink is None:
@@ -161,22 +141,18 @@ def _submit_remote(settings: Settings, target: Target) -> None:
         raise SpeedLayerError(f"flink run failed against {target.jobmanager}:\n{tail}")
 
 
-def ensure_running(settings: Settings, target: Target, timeout_s: float = 300.0) -> JobInfo:
-    """The job running on ``target``, submitted if it is not there; waits until every task runs."""
+def ensure_running(
+    settings: Settings, target: Target, timeout_s: float = 300.0, *, start: Callable[[], None]
+) -> JobInfo:
+    """The job running on ``target``, launched by ``start`` if it is not there (the cluster's:
+    :func:`submit`; the local mini-cluster's: the platform's); waits until every task runs."""
     rest = target.rest_url(settings)
     job = find_job(rest)
     submitted = False
-    if not _all_running(job):
+    if not all_running(job):
         if job is None:
             submitted = True
-            if target.local:
-                from lambdarec.platform import manager
-
-                manager.up(
-                    ["speed-layer", "feature-pusher"], settings=settings, timeout_s=timeout_s
-                )
-            else:
-                _submit_remote(settings, target)
+            start()
         job = wait_running(rest, timeout_s)
     assert job is not None
     info = JobInfo(str(job["jid"]), str(job["state"]), target.jobmanager, submitted, rest)
@@ -185,14 +161,13 @@ def ensure_running(settings: Settings, target: Target, timeout_s: float = 300.0)
 
 
 def cancel(settings: Settings, target: Target, job_id: str | None = None) -> bool:
-    """Cancel the job (local: stop the service, so its checkpoints stay for the next start).
+    """Cancel the job on the session cluster ``target``; returns whether one was found to cancel.
 
-    Returns whether a job was found to cancel.
+    The local job is the platform's service: stopping it
+    (:func:`lambdarec.platform.speed.stop_local`) keeps its checkpoints for the next start.
     """
     if target.local:
-        from lambdarec.platform import manager
-
-        return "speed-layer" in manager.down(["speed-layer"], settings=settings)
+        raise SpeedLayerError(_LOCAL_IS_THE_PLATFORMS)
     rest = target.rest_url(settings)
     job_id = job_id or (find_job(rest) or {}).get("jid")
     if not job_id:

@@ -1,7 +1,7 @@
 """Run the speed-layer job (and the pusher) outside the platform manager: tests and benchmarks.
 
-:func:`speed_job` starts ``include/flink/speed_layer.py`` with the platform's command line
-(:func:`lambdarec.platform.services.speed_layer_command`) in its own process group, on its own
+:func:`speed_job` starts ``include/flink/speed_layer.py`` with the job's command line
+(:func:`lambdarec.speed.job.speed_layer_command`) in its own process group, on its own
 REST port, waits until every task runs, and kills the whole group on exit (or on
 :meth:`SpeedJob.kill`, the fault tests' crash). :func:`pusher_threads` runs the
 default :class:`~lambdarec.speed.pusher.FeaturePusher` pair in threads of the caller.
@@ -18,14 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lambdarec.platform.services import (
-    settings_env,
-    speed_layer_command,
-    speed_layer_env,
-    speed_layer_running,
-)
-from lambdarec.platform.testing import free_ports
+from lambdarec.harness.platform import free_ports
+from lambdarec.harness.waiting import eventually
+from lambdarec.platform.base import settings_env
 from lambdarec.speed.jars import ensure_jars
+from lambdarec.speed.job import speed_layer_command, speed_layer_env, speed_layer_running
 from lambdarec.speed.pusher import GROUP_ID, FeaturePusher, default_pushers, speed_topics
 
 if TYPE_CHECKING:
@@ -91,14 +88,19 @@ def start_job(
 def wait_running(job: SpeedJob, settings: Settings, timeout_s: float = 180.0) -> float:
     """Seconds until every task of the job runs; raises with the log tail if it does not."""
     began = time.monotonic()
-    while not job.running(settings):
+
+    def running() -> bool:
+        if job.running(settings):
+            return True
         if job.process.poll() is not None:
             raise RuntimeError(f"the speed layer exited ({job.process.returncode}):\n{job.tail()}")
-        if time.monotonic() - began > timeout_s:
-            raise TimeoutError(
-                f"the speed layer is not running after {timeout_s:.0f} s:\n{job.tail()}"
-            )
-        time.sleep(0.5)
+        return False
+
+    eventually(
+        running,
+        timeout_s,
+        message=lambda: f"every task of the speed layer to run; its log ends:\n{job.tail()}",
+    )
     return time.monotonic() - began
 
 

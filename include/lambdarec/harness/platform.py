@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lambdarec.config import LOCAL_PORTS, Settings, get_settings
 from lambdarec.platform import manager
-from lambdarec.platform.services import kafka_libs_dir, resolve_kafka_jars
+from lambdarec.platform.kafka import kafka_libs_dir, resolve_kafka_jars
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -1,4 +1,4 @@
-"""Run a DAG for one data interval in-process with ``dag.test()``, with the platform's Airflow config.
+"""Run a DAG for one data interval with ``dag.test()``, with the platform's Airflow config.
 
 ``make demo`` and the integration tests use this to run the real DAG file (the same tasks,
 operators and spark-submit the scheduler would run) without waiting for the scheduler. It runs in a
@@ -16,6 +16,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from lambdarec.config import get_settings
+from lambdarec.platform.airflow import airflow_process_env, prepare_airflow
 
 if TYPE_CHECKING:
     from lambdarec.config import Settings
@@ -58,8 +59,6 @@ def run_dag_test(
 ) -> DagTestResult:
     """``dag.test()`` of ``dag_id`` for the data interval starting ``day`` (00:00 UTC), with the
     run's ``conf`` (the DAG's params) when given."""
-    from lambdarec.platform.services import airflow_process_env, prepare_airflow
-
     s = settings or get_settings()
     prepare_airflow(s)  # metadata DB migrated once
     env = airflow_process_env(s)
