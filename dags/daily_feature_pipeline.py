@@ -23,7 +23,7 @@ The batch layer, once a day, for the run's data interval `[D, D+1)` (UTC):
    vector for (new since its training data) are embedded by its item tower from their category
    and price (numpy, no TensorFlow) and upserted into the collection behind the serving alias,
    so they can be retrieved the day they appear instead of after the weekly retraining
-   (`lambdarec.models.item_tower.add_new_items`; skipped without a published champion).
+   (`lambdarec.retrieval.cold_start.add_new_items`; skipped without a published champion).
 6. **data_docs** — runs after the gates whether they passed or not; logs the Data Docs index (also linked from `lambdarec platform
    status`), where each failed expectation is shown with the values that failed it.
 
@@ -85,7 +85,7 @@ def daily_feature_pipeline() -> None:
 
     @task
     def embed_new_items() -> dict:
-        from lambdarec.models.item_tower import add_new_items
+        from lambdarec.retrieval.cold_start import add_new_items
 
         return add_new_items()
 

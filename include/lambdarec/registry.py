@@ -29,7 +29,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from lambdarec.config import Settings
-    from lambdarec.monitoring.profile import ReferenceProfile
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ __all__ = [
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: The registered models: serving loads the ``two_tower`` champion and the ``deepfm`` of its run.
+TWO_TOWER, DEEPFM = "two_tower", "deepfm"
 #: Tag names (on runs and model versions).
 TAG_EVALUATION = "lambdarec.evaluation_id"
 TAG_FEATURE_SERVICES = "lambdarec.feature_services"
@@ -67,6 +68,12 @@ TAG_ROLLED_BACK = "lambdarec.rolled_back_from"
 TAG_NOTE = "mlflow.note.content"
 #: Where the model folder goes inside a run's artifacts.
 MODEL_ARTIFACT_PATH = "model"
+
+
+class RunArtifact(Protocol):
+    """Something a run keeps beside its model (e.g. the drift monitor's reference profile)."""
+
+    def log_to(self, client: MlflowClient, run_id: str) -> object: ...
 
 
 class RegistryError(RuntimeError):
@@ -159,7 +166,7 @@ class ModelRegistry:
         model_dir: Path | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
-        reference_profile: ReferenceProfile | None = None,
+        reference_profile: RunArtifact | None = None,
     ) -> str:
         """Record one training + evaluation as a finished run; returns the run id.
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from lambdarec.registry import TWO_TOWER  # noqa: E402
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -118,7 +120,6 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A run folder as the weekly retraining leaves it (build, two-tower), its lake's catalog
     holding items the events never mention, and the two-tower published by the export step."""
-    pytest.importorskip("tensorflow_recommenders")
     from lambdarec.data import lake
     from lambdarec.data.generator import ClickstreamGenerator, GeneratorConfig, generate_events
     from lambdarec.models import retrain
@@ -136,9 +137,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     retrain.train_retriever(run, TwoTowerConfig(epochs=3, batch_size=256, valid_queries=200))
     # evaluate_and_promote's verdict, without MLflow: the two-tower is the champion
     (run / "decision.json").write_text(
-        json.dumps(
-            {"decisions": {retrain.TWO_TOWER: {"promoted": True, "version": "1", "reason": "test"}}}
-        )
+        json.dumps({"decisions": {TWO_TOWER: {"promoted": True, "version": "1", "reason": "test"}}})
     )
     exported = retrain.export_embeddings(run, settings=settings)
     catalog = lake.read_catalog(settings.lake_dir)
@@ -149,7 +148,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 @pytest.mark.slow
 def test_numpy_tower_on_raw_catalog_rows_equals_the_tf_export(trained: Trained) -> None:
-    from lambdarec.models.item_tower import ItemTower, read_vocabulary
+    from lambdarec.inference.item_tower import ItemTower
+    from lambdarec.inference.vocabulary import read_vocabulary
 
     vocab = read_vocabulary(trained.run / "item_vocabulary.json")
     assert vocab is not None  # the embeddings below agree only if it places items as training did
@@ -179,7 +179,7 @@ def _new_items(catalog: pd.DataFrame) -> pd.DataFrame:
 
 def _session_query(run: Path, items: list[str]) -> np.ndarray:
     """The query tower's vector of a session that viewed ``items`` (most recent first), built
-    as serving builds it (TwoTowerEncoder: unknown user, session category 0)."""
+    as serving builds it (QueryEncoder: unknown user, session category 0)."""
     import tensorflow as tf
 
     saved = np.load(run / "two_tower" / "item_embeddings.npz")
@@ -204,7 +204,7 @@ def test_new_items_are_embedded_indexed_and_retrieved_by_category(
     import pandas as pd
 
     from lambdarec.data import lake
-    from lambdarec.models.item_tower import add_new_items
+    from lambdarec.retrieval.cold_start import add_new_items
     from lambdarec.retrieval.index import VectorIndex
 
     settings, run = trained.settings, trained.run
@@ -261,7 +261,7 @@ def test_new_items_are_embedded_indexed_and_retrieved_by_category(
 
 
 def test_an_index_of_another_model_gets_no_new_items(trained: Trained, tmp_path: Path) -> None:
-    from lambdarec.models.item_tower import add_new_items
+    from lambdarec.retrieval.cold_start import add_new_items
 
     other = tmp_path / "other" / "two_tower"
     shutil.copytree(trained.run / "two_tower", other)
@@ -274,7 +274,7 @@ def test_an_index_of_another_model_gets_no_new_items(trained: Trained, tmp_path:
 
 def test_nothing_to_do_without_a_published_index(tmp_path: Path) -> None:
     from lambdarec.data import lake
-    from lambdarec.models.item_tower import add_new_items
+    from lambdarec.retrieval.cold_start import add_new_items
 
     settings = _settings(tmp_path)
     assert "no catalog" in add_new_items(settings)["reason"]
@@ -290,7 +290,7 @@ def test_a_milvus_lite_file_held_by_serving_is_skipped_not_failed(tmp_path: Path
     import sys
 
     from lambdarec.data import lake
-    from lambdarec.models.item_tower import add_new_items
+    from lambdarec.retrieval.cold_start import add_new_items
 
     settings = _settings(tmp_path)
     lake.write_catalog(_new_items(_catalog_rows()), settings.lake_dir)

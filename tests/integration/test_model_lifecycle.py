@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from lambdarec.registry import DEEPFM, TWO_TOWER  # noqa: E402
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -140,9 +142,9 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     # -- evaluate + register + promote: no champion yet, so both become champions
     first = retrain.evaluate(run, settings=settings)
     assert {"most_popular", "cooccurrence", "als", "two_tower"} <= set(first["models"])
-    for name in (retrain.TWO_TOWER, retrain.DEEPFM):
+    for name in (TWO_TOWER, DEEPFM):
         assert first["decisions"][name]["promoted"], first["decisions"][name]["reason"]
-    v1 = first["decisions"][retrain.TWO_TOWER]["version"]
+    v1 = first["decisions"][TWO_TOWER]["version"]
 
     # -- export: a new collection behind the alias; Milvus top-10 == numpy brute force
     exported = retrain.export_embeddings(run, settings=settings)
@@ -165,7 +167,7 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     # -- a second candidate that does not beat the champion stays challenger, says why, and is
     #    not exported
     second = retrain.evaluate(run, settings=settings, baselines=False, min_delta=1.0)
-    d2 = second["decisions"][retrain.TWO_TOWER]
+    d2 = second["decisions"][TWO_TOWER]
     assert not d2["promoted"] and d2["alias"] == "challenger"
     assert "does not beat champion" in d2["reason"]
     skipped = retrain.export_embeddings(run, settings=settings)
@@ -176,7 +178,7 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     # -- a third that does (forced with a negative margin) is promoted and exported; then both
     #    the registry and the index roll back to the first
     third = retrain.evaluate(run, settings=settings, baselines=False, min_delta=-1.0)
-    d3 = third["decisions"][retrain.TWO_TOWER]
+    d3 = third["decisions"][TWO_TOWER]
     assert d3["promoted"] and d3["champion_version"] == v1
     exported3 = retrain.export_embeddings(run, settings=settings)
     assert exported3["published"] and exported3["version"] > exported["version"]
@@ -184,7 +186,7 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     marker = json.loads(retrain.reload_marker(settings).read_text())
     assert note["reload"] and marker["two_tower_version"] == d3["version"]
 
-    registry = retrain.registry_for(retrain.TWO_TOWER, settings)
+    registry = retrain.registry_for(TWO_TOWER, settings)
     champion = registry.get_champion()
     assert champion is not None and champion.version == d3["version"]
     # The drift monitor's reference was saved with the model (events of its training range and
@@ -204,7 +206,7 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     runs as a program launched by ModelStepOperator. The first test left champions behind, so
     export runs or is skipped (exit code 99) as the evaluation decided; either way the run
     succeeds and notify_serving runs."""
-    from lambdarec.pipelines.dag_run import run_dag_test
+    from lambdarec.platform.dag_run import run_dag_test
 
     run = run_dag_test(
         "weekly_model_retraining",

@@ -18,13 +18,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from lambdarec.data.generator import GeneratorConfig, generate_events  # noqa: E402
+from lambdarec.inference.item_tower import ItemTower  # noqa: E402
+from lambdarec.inference.nn import OOV_ITEM, UNKNOWN_CATEGORY  # noqa: E402
+from lambdarec.inference.vocabulary import ItemVocabulary  # noqa: E402
 from lambdarec.models.data import Dataset, build_from_events  # noqa: E402
-from lambdarec.models.item_tower import (  # noqa: E402
-    OOV_ITEM,
-    UNKNOWN_CATEGORY,
-    ItemTower,
-    ItemVocabulary,
-)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,7 +42,7 @@ def dataset(events: pd.DataFrame) -> Dataset:
 
 @pytest.fixture(scope="module")
 def vocabulary(events: pd.DataFrame, dataset: Dataset) -> ItemVocabulary:
-    return ItemVocabulary.from_catalog(dataset.catalog)
+    return dataset.catalog.vocabulary()
 
 
 def _tower(vocabulary: ItemVocabulary | None, dim: int = 8) -> ItemTower:
@@ -71,15 +68,10 @@ def _tower(vocabulary: ItemVocabulary | None, dim: int = 8) -> ItemTower:
 def test_numpy_item_tower_equals_the_tf_candidate_tower(
     dataset: Dataset, vocabulary: ItemVocabulary, tmp_path: Path
 ) -> None:
-    pytest.importorskip("tensorflow_recommenders")
     import tensorflow as tf
 
-    from lambdarec.models.item_tower import (
-        EXPORT_DIR,
-        embed_new_items,
-        export_item_tower,
-        tower_weights,
-    )
+    from lambdarec.inference.item_tower import EXPORT_DIR, embed_new_items
+    from lambdarec.models.export import export_item_tower, tower_weights
     from lambdarec.models.two_tower import (
         TrainedTwoTower,
         TwoTower,
@@ -167,7 +159,7 @@ def test_vocabulary_reproduces_the_training_catalog(
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="not built from raw events"):
-        ItemVocabulary.from_catalog(replace(catalog, category_vocabulary=None))
+        replace(catalog, category_vocabulary=None).vocabulary()
 
 
 # -- (c) input validation ------------------------------------------------------------------------
@@ -227,7 +219,7 @@ def test_items_the_model_already_embeds_are_refused(
 ) -> None:
     import json
 
-    from lambdarec.models.item_tower import EXPORT_DIR, embed_new_items
+    from lambdarec.inference.item_tower import EXPORT_DIR, embed_new_items
 
     tower = _tower(vocabulary)
     folder = tmp_path / EXPORT_DIR

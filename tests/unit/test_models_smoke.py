@@ -45,7 +45,6 @@ def test_too_few_days_for_a_split_is_named() -> None:
 
 
 def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow_recommenders")
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.pipeline import train_models
     from lambdarec.models.two_tower import TwoTowerConfig

@@ -76,7 +76,6 @@ def test_train_and_test_use_the_same_item_indices(split: SrgnnSplit, dataset: Da
 def test_two_tower_beats_popularity_and_the_blank_session_ablation_is_popularity(
     dataset: Dataset,
 ) -> None:
-    pytest.importorskip("tensorflow_recommenders")
     from lambdarec.models.two_tower import TwoTowerConfig, train_two_tower
 
     test = dataset.test
@@ -95,7 +94,6 @@ def test_two_tower_beats_popularity_and_the_blank_session_ablation_is_popularity
 
 
 def test_session_ablation_is_reported_apart_from_the_models(dataset: Dataset, tmp_path) -> None:  # noqa: ANN001
-    pytest.importorskip("tensorflow_recommenders")
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.pipeline import run_evaluation
     from lambdarec.models.two_tower import TwoTowerConfig

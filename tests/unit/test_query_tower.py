@@ -1,7 +1,7 @@
 """The two-tower's query tower in numpy (serving's per-request encoder): equal to
 ``TwoTower.query`` within 1e-5 with attention on and off, on batches with empty and full-length
 histories; ``encode_one`` equals ``forward`` on its row; the export round trip through
-``two_tower.export``; bad inputs and old or foreign exports are named.
+``export_two_tower``; bad inputs and old or foreign exports are named.
 
 The TF comparison builds an untrained TwoTower with random weights (no training: seconds).
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lambdarec.models.query_tower import (  # noqa: E402
+from lambdarec.inference.query_tower import (  # noqa: E402
     EXPORT_DIR,
     EXPORT_FORMAT,
     QueryTower,
@@ -73,10 +73,9 @@ def _batch(rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("attention", [True, False], ids=["attention", "no-attention"])
 def test_numpy_query_tower_equals_the_tf_query_tower(attention: bool) -> None:
-    pytest.importorskip("tensorflow_recommenders")
     import tensorflow as tf
 
-    from lambdarec.models.query_tower import query_tower_weights
+    from lambdarec.models.export import query_tower_weights
 
     model = _model(attention)
     tower = QueryTower(query_tower_weights(model, all_users=True), attention=attention)
@@ -122,18 +121,17 @@ def test_numpy_query_tower_equals_the_tf_query_tower(attention: bool) -> None:
 
 
 def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
-    """Through ``two_tower.export`` (with a model whose layers are not built yet): the numpy
+    """Through ``export_two_tower`` (with a model whose layers are not built yet): the numpy
     tower equals the SavedModel's signature, serving's current path, and keeps user 0 only."""
-    pytest.importorskip("tensorflow_recommenders")
     import tensorflow as tf
 
     from lambdarec.data.generator import GeneratorConfig, generate_events
     from lambdarec.models.data import build_from_events
+    from lambdarec.models.export import export_two_tower as export
     from lambdarec.models.two_tower import (
         TrainedTwoTower,
         TwoTower,
         TwoTowerConfig,
-        export,
         item_index,
     )
 
@@ -183,11 +181,9 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
         tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
 
-    # Serving's encoder: the numpy tower when the export has it, the SavedModel for an export
-    # from before it; both give the same query vector for the same online features.
-    import shutil
-
-    from serving.recommender import TwoTowerEncoder
+    # Serving's encoder (numpy) turns online features into the tower's inputs; the SavedModel
+    # export given the same inputs gives the same query vector.
+    from lambdarec.inference.query_tower import QueryEncoder
 
     ids = [str(i) for i in np.load(paths["item_embeddings"])["ids"]]
     features = [
@@ -200,15 +196,19 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         },
         {"session_features__last_viewed_items": ids[-25:], "session_features__n_purchases": 2},
     ]
-    numpy_encoder = TwoTowerEncoder(tmp_path / "two_tower")
-    assert numpy_encoder.backend == "numpy"
-    expected = [numpy_encoder.encode(f) for f in features]
-    shutil.rmtree(paths["query_tower_numpy"])
-    saved_model_encoder = TwoTowerEncoder(tmp_path / "two_tower")
-    assert saved_model_encoder.backend == "saved_model"
-    for f, want in zip(features, expected, strict=True):
-        assert want.shape == (1, DIM)
-        np.testing.assert_allclose(want, saved_model_encoder.encode(f), atol=TOLERANCE, rtol=0)
+    encoder = QueryEncoder.load(tmp_path / "two_tower")
+    saved_model = tf.saved_model.load(str(paths["query_tower"])).signatures["serving_default"]
+    for f in features:
+        hist, counts = encoder.inputs(f)
+        want = saved_model(
+            user=tf.constant([0], tf.int64),
+            hist=tf.constant([hist or [0]], tf.int64),
+            session_category=tf.constant([0], tf.int64),
+            counts=tf.constant([counts], tf.float32),
+        )["embedding"].numpy()
+        got = encoder.encode(f)
+        assert got.shape == (1, DIM)
+        np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=0)
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from lambdarec.inference.vocabulary import (
+    N_PRICE_BUCKETS,
+    ItemVocabulary,
+    price_buckets,
+    price_edges,
+)
+
 if TYPE_CHECKING:
     from lambdarec.data.loaders import SrgnnSplit
 
@@ -39,7 +46,6 @@ EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 3.0,
 }
 MAX_LEN = 10
-N_PRICE_BUCKETS = 10
 
 
 @dataclass
@@ -89,6 +95,22 @@ class Catalog:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def vocabulary(self) -> ItemVocabulary:
+        """The raw category -> index mapping and price edges this catalog was numbered with, so
+        the item tower places a new item exactly as training placed the items it had."""
+        if self.category_vocabulary is None:
+            raise ValueError(
+                "this catalog was not built from raw events (data.build_from_events): it has no "
+                "raw category mapping to place new items with; build the dataset from events "
+                "(a generic interactions file, the lake or the synthetic generator)"
+            )
+        return ItemVocabulary(
+            dict(self.category_vocabulary),
+            None if self.price_edges is None else list(self.price_edges),
+            int(self.n_categories),
+            int(self.n_price_buckets),
+        )
 
 
 @dataclass
@@ -148,27 +170,6 @@ class Dataset:
 def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes, uniques = pd.factorize(pd.Series(values), sort=False)
     return codes.astype(np.int64), np.asarray(uniques, dtype=object)
-
-
-def price_edges(prices: np.ndarray) -> np.ndarray | None:
-    """The inner decile edges of the known prices: None when no price is known, empty when
-    fewer than ``N_PRICE_BUCKETS`` are (every known price is then bucket 1)."""
-    known = prices[np.isfinite(prices)]
-    if not len(known):
-        return None
-    if len(known) < N_PRICE_BUCKETS:
-        return np.empty(0, dtype=np.float64)
-    return np.quantile(known, np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
-
-
-def price_buckets(prices: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
-    """Each price's decile bucket 1..10 by the inner ``edges`` (:func:`price_edges`); 0 where
-    the price is unknown or no edges exist (no price was known)."""
-    out = np.zeros(len(prices), dtype=np.int64)
-    known = np.isfinite(prices)
-    if edges is not None:
-        out[known] = np.searchsorted(edges, prices[known], side="right") + 1
-    return out
 
 
 def _history(items: np.ndarray, pos: np.ndarray, max_len: int) -> np.ndarray:

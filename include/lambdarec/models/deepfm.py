@@ -1,10 +1,11 @@
 """DeepFM ranker (tf.keras): re-ranks the retriever's top-100 candidates into a top-10.
 
-Fields per (query, candidate): sparse ids (candidate category; price bucket; session category;
-optionally the candidate item and the session's last item through one shared id embedding, see
-``DeepFMConfig.item_ids``) and dense features (retrieval score,
-log retrieval rank, co-occurrence score of the candidate with the session's recent items, log item
-popularity, log session length, log user history length, same-category flag). Each sparse field has
+Fields per (query, candidate), built by :func:`lambdarec.inference.ranker_rows.ranker_rows` (the
+function serving builds its rows with): sparse ids (candidate category; price bucket; session
+category; optionally the candidate item and the session's last item through one shared id
+embedding, see ``DeepFMConfig.item_ids``) and dense features (retrieval score, log retrieval rank,
+co-occurrence score of the candidate with the session's recent items, log item popularity, log
+session length, log user history length, same-category flag). Each sparse field has
 an embedding and a first-order weight; each dense feature scales a learned vector, so it takes part
 in the FM's pairwise interactions; the deep part is an MLP over all field vectors. Output: a logit.
 
@@ -23,8 +24,8 @@ Two losses (``DeepFMConfig.loss``):
   retriever's top-100 from 42.4% to 38.7%: uniform negatives from the top-100 are mostly easy,
   so the model never learns to separate the few plausible candidates near the top.
 
-Serving scores with :func:`export_for_serving`'s numpy export (``serving/ranker.py``), not with
-TensorFlow: the weights, the per-item side arrays and the co-occurrence matrix it ranks with.
+Serving scores with :func:`export_for_serving`'s numpy export (:mod:`lambdarec.inference.ranker`),
+not with TensorFlow: the weights, the per-item side arrays and the co-occurrence matrix.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from lambdarec.inference import ranker as numpy_ranker  # noqa: E402
+from lambdarec.inference.ranker_rows import DENSE, ItemTable, ranker_rows  # noqa: E402
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -49,17 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 tf_keras = tf.keras
-
-SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
-DENSE = (
-    "retrieval_score",
-    "log_rank",
-    "cooc",
-    "log_pop",
-    "log_session_len",
-    "log_user_events",
-    "same_category",
-)
 
 
 @dataclass
@@ -149,42 +142,38 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
         return first + second + deep  # (batch, 1) logits
 
 
+def item_table(dataset: Dataset, idx_map: np.ndarray, cooc: CoOccurrence) -> ItemTable:
+    """What the ranker's rows read of each catalog item (the table the serving export holds)."""
+    matrix = cooc.matrix.tocsr()
+    matrix.sort_indices()
+    return ItemTable.from_csr(
+        index=idx_map,
+        category=dataset.catalog.category,
+        price_bucket=dataset.catalog.price_bucket,
+        popularity=dataset.popularity(),
+        indptr=matrix.indptr,
+        indices=matrix.indices,
+        data=matrix.data,
+        decay=cooc.decay,
+    )
+
+
 def candidate_features(
-    dataset: Dataset,
-    ex: Examples,
-    cand: np.ndarray,
-    cand_scores: np.ndarray,
-    idx_map: np.ndarray,
-    cooc: CoOccurrence,
+    table: ItemTable, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Flattened (query x candidate) feature rows, query-major."""
+    """Flattened (query x candidate) feature rows, query-major: the retriever's candidates in
+    its order, so a candidate's rank is its column
+    (:func:`lambdarec.inference.ranker_rows.ranker_rows`, serving's function too)."""
     n, c = cand.shape
-    cat = dataset.catalog.category
-    pop = dataset.popularity()
-    last = np.where(ex.hist[:, 0] >= 0, idx_map[np.maximum(ex.hist[:, 0], 0)], 0)
-    rank = np.broadcast_to(np.arange(c), (n, c))
-    same = (cat[cand] == ex.session_category[:, None]) & (ex.session_category[:, None] > 0)
-    dense = np.stack(
-        [
-            cand_scores,
-            np.log1p(rank),
-            cooc.pair_scores(ex.hist, cand),
-            np.log1p(pop[cand]),
-            np.broadcast_to(np.log1p(ex.session_len)[:, None], (n, c)),
-            np.broadcast_to(np.log1p(ex.user_events)[:, None], (n, c)),
-            same,
-        ],
-        axis=-1,
-    ).astype(np.float32)
-    rep = lambda a: np.repeat(a, c)  # noqa: E731
-    return {
-        "cand_item": idx_map[cand].ravel(),
-        "last_item": rep(last),
-        "cand_category": cat[cand].ravel(),
-        "cand_price": dataset.catalog.price_bucket[cand].ravel(),
-        "session_category": rep(ex.session_category),
-        "dense": dense.reshape(n * c, len(DENSE)),
-    }
+    return ranker_rows(
+        table,
+        ex.hist,
+        ex.session_len,
+        ex.user_events,
+        cand,
+        cand_scores,
+        np.broadcast_to(np.arange(c), (n, c)),
+    )
 
 
 @dataclass
@@ -195,6 +184,13 @@ class TrainedDeepFM:
     cooc: CoOccurrence
     history: list[dict[str, float]] = field(default_factory=list)
     name: str = "deepfm"
+    #: The item table its rows read (built from the dataset on first use).
+    table: ItemTable | None = None
+
+    def item_table(self, dataset: Dataset) -> ItemTable:
+        if self.table is None:
+            self.table = item_table(dataset, self.idx_map, self.cooc)
+        return self.table
 
     def predict(
         self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
@@ -204,7 +200,7 @@ class TrainedDeepFM:
         for s in range(0, len(ex), step):
             sl = np.arange(s, min(s + step, len(ex)))
             f = candidate_features(
-                dataset, ex.subset(sl), cand[sl], cand_scores[sl], self.idx_map, self.cooc
+                self.item_table(dataset), ex.subset(sl), cand[sl], cand_scores[sl]
             )
             logits = self.model({k: tf.constant(v) for k, v in f.items()}, training=False).numpy()
             out[sl] = logits.reshape(len(sl), cand.shape[1])
@@ -219,10 +215,9 @@ class TrainedDeepFM:
         return np.take_along_axis(cand, order, axis=1)
 
 
-#: The serving export's folder inside the run's ``deepfm/`` folder, and its format version
-#: (``serving/ranker.py`` refuses a format it does not know).
-SERVING_EXPORT = "serving"
-SERVING_FORMAT = 1
+#: The serving export's folder inside the run's ``deepfm/`` folder
+#: (:mod:`lambdarec.inference.ranker` loads it and refuses a format it does not know).
+SERVING_EXPORT = numpy_ranker.EXPORT_DIR
 
 
 def field_names(config: DeepFMConfig) -> list[str]:
@@ -234,7 +229,7 @@ def field_names(config: DeepFMConfig) -> list[str]:
 
 
 def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
-    """The model's variables by role, as the numpy forward pass of ``serving/ranker.py`` reads
+    """The model's variables by role, as the numpy forward pass (``inference/ranker.py``) reads
     them (embedding tables, first-order weights, the batch-norm statistics, the MLP)."""
     layers = {
         "cat_emb": model.cat_emb.embeddings,
@@ -259,12 +254,13 @@ def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
 def export_for_serving(
     trained: TrainedDeepFM, dataset: Dataset, out_dir: Path, *, n_candidates: int
 ) -> Path:
-    """Write what serving's numpy ranker needs, without TensorFlow or the training Dataset.
+    """Write what the numpy ranker (:mod:`lambdarec.inference.ranker`) needs, without TensorFlow
+    or the training Dataset.
 
-    ``weights.npz``: :func:`serving_weights`. ``items.npz``: per catalog item, the raw id, its
-    embedding index (``idx_map``: 0 no item, 1 out of vocabulary), category, price bucket and
-    training popularity (what :func:`candidate_features` reads), and the training co-occurrence
-    matrix as CSR arrays (the ``cooc`` feature). ``ranker.json``: the field order, the batch-norm
+    ``weights.npz``: :func:`serving_weights`. ``items.npz``: the rows' :class:`ItemTable` per
+    catalog item (raw id, embedding index ``idx_map``: 0 no item, 1 out of vocabulary; category,
+    price bucket, training popularity) and the training co-occurrence matrix as CSR arrays.
+    ``ranker.json``: the field order, the batch-norm
     epsilon, the MLP activations, the co-occurrence decay, the history length, and
     ``n_candidates`` (the retrieval list length the ``log_rank`` feature was trained on).
     """
@@ -272,23 +268,23 @@ def export_for_serving(
 
     model, c = trained.model, trained.config
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "weights.npz", **serving_weights(model))  # type: ignore[arg-type]
+    np.savez(out_dir / numpy_ranker.WEIGHTS_FILE, **serving_weights(model))  # type: ignore[arg-type]
+    table = trained.item_table(dataset)
     cooc = trained.cooc.matrix.tocsr()
-    cooc.sort_indices()  # serving looks candidates up by binary search in each row
-    catalog = dataset.catalog
+    cooc.sort_indices()  # the table's keys are each row's columns in order
     np.savez(
-        out_dir / "items.npz",
-        ids=np.asarray(catalog.item_ids).astype(str),
-        index=trained.idx_map.astype(np.int64),
-        category=catalog.category.astype(np.int64),
-        price_bucket=catalog.price_bucket.astype(np.int64),
-        popularity=dataset.popularity(),
+        out_dir / numpy_ranker.ITEMS_FILE,
+        ids=np.asarray(dataset.catalog.item_ids).astype(str),
+        index=table.index,
+        category=table.category,
+        price_bucket=table.price_bucket,
+        popularity=table.popularity,
         cooc_indptr=cooc.indptr.astype(np.int64),
         cooc_indices=cooc.indices.astype(np.int64),
         cooc_data=cooc.data.astype(np.float32),
     )
     meta = {
-        "format": SERVING_FORMAT,
+        "format": numpy_ranker.EXPORT_FORMAT,
         "fields": field_names(c),
         "dense": list(DENSE),
         "item_ids": c.item_ids,
@@ -301,7 +297,9 @@ def export_for_serving(
         "n_items": int(dataset.n_items),
         "config": asdict(c),
     }
-    (out_dir / "ranker.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    (out_dir / numpy_ranker.META_FILE).write_text(
+        json.dumps(meta, indent=1) + "\n", encoding="utf-8"
+    )
     return out_dir
 
 
@@ -320,7 +318,7 @@ def training_rows(
     hit = cand == ex.target[:, None]
     keep_q = np.flatnonzero(hit.any(axis=1))
     ex, cand, cand_scores, hit = ex.subset(keep_q), cand[keep_q], cand_scores[keep_q], hit[keep_q]
-    f = candidate_features(dataset, ex, cand, cand_scores, idx_map, cooc)
+    f = candidate_features(item_table(dataset, idx_map, cooc), ex, cand, cand_scores)
     n, c = cand.shape
     noise = rng.random((n, c))
     noise[hit] = -1.0  # the positive is always kept
@@ -443,7 +441,7 @@ def _train_listwise(
     if n_q < 2:
         raise ValueError("fewer than 2 queries have their next item among the candidates")
     ex, cand, cand_scores, hit = ex.subset(keep_q), cand[keep_q], cand_scores[keep_q], hit[keep_q]
-    flat = candidate_features(dataset, ex, cand, cand_scores, idx_map, cooc)
+    flat = candidate_features(item_table(dataset, idx_map, cooc), ex, cand, cand_scores)
     rows = {k: v.reshape(n_q, n_c, *v.shape[1:]) for k, v in flat.items()}
     label = hit.argmax(axis=1).astype(np.int32)
     weight = ex.weight.astype(np.float32)

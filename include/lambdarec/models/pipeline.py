@@ -53,7 +53,9 @@ def train_models(
     fm = deepfm.train_deepfm(dataset, queries, cand, cand_scores, tt.idx_map, cooc, fm_cfg)
     t2 = time.perf_counter()
     if out_dir is not None:
-        two_tower.export(tt, out_dir)
+        from lambdarec.models.export import export_two_tower
+
+        export_two_tower(tt, out_dir)
         fm.model.save_weights(str(out_dir / "deepfm.weights.h5"))
     return Trained(tt, fm, cooc, {"two_tower": round(t1 - t0, 1), "deepfm": round(t2 - t1, 1)})
 

@@ -8,7 +8,7 @@ Run folder::
 
     dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
     item_vocabulary.json         raw category / price -> the item tower's inputs (data built from events)
-    two_tower/                   two_tower.export (what serving loads, item_tower/ for new
+    two_tower/                   export_two_tower's folder (what serving loads, item_tower/ for new
                                  items) + checkpoint + config
     deepfm/                      checkpoint + config; serving/ (the numpy export serving loads)
     evaluation/                  metrics.json + report.html (models vs baselines, full ranking)
@@ -33,21 +33,21 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from lambdarec.registry import DEEPFM, TWO_TOWER
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from lambdarec.config import Settings
+    from lambdarec.inference.item_tower import NewItems
     from lambdarec.models.data import Dataset
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
-    from lambdarec.models.item_tower import NewItems
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
     from lambdarec.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 STEPS = ("build", "train-two-tower", "train-deepfm", "evaluate", "export", "notify")
-#: Registered model names (serving loads the ``two_tower`` champion).
-TWO_TOWER, DEEPFM = "two_tower", "deepfm"
 #: Metric each model is promoted on, by evaluation row.
 PROMOTION = {
     TWO_TOWER: ("two_tower", "ndcg@10"),
@@ -117,8 +117,8 @@ def build(
 ) -> dict[str, Any]:
     """Examples of ``dataset`` (see :func:`lambdarec.models.data.load_dataset`), with the batch
     user features from Feast when ``feast`` (temporal data only)."""
+    from lambdarec.inference.vocabulary import VOCABULARY_FILE, write_vocabulary
     from lambdarec.models.data import build_from_events, load_dataset
-    from lambdarec.models.item_tower import VOCABULARY_FILE, ItemVocabulary, write_vocabulary
 
     vocabulary = None
     if dataset == "lake":  # the settings' lake (load_dataset would read the process settings)
@@ -131,7 +131,7 @@ def build(
         data = load_dataset(dataset)
     if data.catalog.category_vocabulary is not None:
         # What maps a new catalog item's category and price to the item tower's inputs.
-        vocabulary = ItemVocabulary.from_catalog(data.catalog)
+        vocabulary = data.catalog.vocabulary()
     services: dict[str, str] = {}
     if feast:
         from lambdarec.models.features import attach_batch_features, feature_service_versions
@@ -168,14 +168,15 @@ def _checkpoint(model: Any, path: Path, *, save: bool) -> None:
 
 
 def train_retriever(run_dir: Path, config: TwoTowerConfig | None = None) -> dict[str, Any]:
+    from lambdarec.inference.vocabulary import VOCABULARY_FILE, read_vocabulary
     from lambdarec.models import two_tower
-    from lambdarec.models.item_tower import VOCABULARY_FILE, read_vocabulary
+    from lambdarec.models.export import export_two_tower
 
     data = load_built(run_dir)
     trained = two_tower.train_two_tower(data, config)
     out = run_dir / "two_tower"
     # item_embeddings.npz, query_tower/, query_tower_numpy/, item_tower/, item_index.npy, config
-    two_tower.export(trained, out, vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE))
+    export_two_tower(trained, out, vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE))
     _checkpoint(trained.model, out / "checkpoint" / "model", save=True)
     return {"history": trained.history, "out": str(out)}
 
@@ -217,7 +218,7 @@ def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str,
     out = run_dir / "deepfm"
     _checkpoint(fm.model, out / "checkpoint" / "model", save=True)
     _write_json(out / "deepfm_config.json", {**asdict(c), "history": fm.history})
-    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): serving/ranker.py.
+    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): lambdarec.inference.ranker.
     deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
     return {"history": fm.history, "out": str(out)}
 
@@ -394,10 +395,11 @@ def new_catalog_items(run_dir: Path, settings: Settings) -> tuple[NewItems | Non
     tower, and a note. A catalog row the tower cannot embed (no valid price) leaves all new items
     out of this publish with the reason in the note (the daily ``embed_new_items`` task fails on
     it): the trained items must still be published."""
-    from lambdarec.data.lake import catalog_path, read_catalog
-    from lambdarec.models.item_tower import EXPORT_DIR, unseen_catalog_items
+    from lambdarec.data.lake import read_catalog
+    from lambdarec.inference.item_tower import EXPORT_DIR, META_FILE, unseen_catalog_items
+    from lambdarec.tables import catalog_path
 
-    if not (run_dir / "two_tower" / EXPORT_DIR / "item_tower.json").exists():
+    if not (run_dir / "two_tower" / EXPORT_DIR / META_FILE).exists():
         return None, "no item tower in this run"
     if not catalog_path(settings.lake_dir).exists():
         return None, f"no catalog at {catalog_path(settings.lake_dir)}"

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow: TFRS nee
 
 import logging  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,10 +32,7 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 from lambdarec.models import metrics as M  # noqa: E402
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from lambdarec.models.data import Catalog, Dataset, Examples
-    from lambdarec.models.item_tower import ItemVocabulary
 
 log = logging.getLogger(__name__)
 tf_keras = tf.keras
@@ -303,49 +300,3 @@ def _valid_recall(trained: TrainedTwoTower, valid: Examples) -> float:
     s = trained.scores(valid)
     topk = M.top_k(s, 20)
     return float(np.nanmean(M.ranking_metrics(topk, valid.target, (20,))["recall@20"]))
-
-
-def export(
-    trained: TrainedTwoTower, out_dir: Path, *, vocabulary: ItemVocabulary | None = None
-) -> dict[str, Any]:
-    """Item embeddings (``item_embeddings.npz``: ids + float32 matrix), the query tower as a
-    SavedModel (``query_tower/``, signature ``serving_default`` over the query features) and in
-    numpy (``query_tower_numpy/``: one request's row without TensorFlow's per-call overhead,
-    :mod:`lambdarec.models.query_tower`), the item tower in numpy with ``vocabulary``
-    (``item_tower/``: embeds items unseen in training, :mod:`lambdarec.models.item_tower`) and
-    the config. Returns the paths."""
-    import json
-
-    from lambdarec.models import query_tower
-    from lambdarec.models.item_tower import EXPORT_DIR, export_item_tower
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids, matrix = trained.item_embeddings()
-    np.savez(out_dir / "item_embeddings.npz", ids=ids.astype(str), embeddings=matrix)
-    max_len = None
-    spec = {
-        "user": tf.TensorSpec([None], tf.int64, name="user"),
-        "hist": tf.TensorSpec([None, max_len], tf.int64, name="hist"),
-        "session_category": tf.TensorSpec([None], tf.int64, name="session_category"),
-        "counts": tf.TensorSpec([None, 2], tf.float32, name="counts"),
-    }
-    module = tf.Module()
-    module.model = trained.model
-    module.serve = tf.function(
-        lambda f: {"embedding": trained.model.query(f)}, input_signature=[spec]
-    )
-    qpath = out_dir / "query_tower"
-    tf.saved_model.save(module, str(qpath), signatures={"serving_default": module.serve})
-    np.save(out_dir / "item_index.npy", trained.idx_map)
-    (out_dir / "two_tower_config.json").write_text(
-        json.dumps({**asdict(trained.config), "history": trained.history}, indent=1)
-    )
-    item_tower = export_item_tower(trained, out_dir / EXPORT_DIR, vocabulary)
-    # beside the SavedModel, which older serving code still loads
-    query_np = query_tower.export_query_tower(trained, out_dir / query_tower.EXPORT_DIR)
-    return {
-        "item_embeddings": out_dir / "item_embeddings.npz",
-        "query_tower": qpath,
-        "query_tower_numpy": query_np,
-        "item_tower": item_tower,
-    }

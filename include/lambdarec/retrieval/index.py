@@ -8,7 +8,7 @@ serving alias (``items_serving``) switched to it, in one ``alter_alias`` call, s
 sees a half-written index. The newest ``keep`` versions stay for :meth:`VectorIndex.rollback`; older
 ones are dropped. :meth:`VectorIndex.upsert` adds items to the serving version in place (cold start:
 items embedded by the same model's item tower after it was published,
-``lambdarec.models.item_tower``).
+``lambdarec.retrieval.cold_start``).
 
 The same code runs on two backends, chosen by the URI alone:
 

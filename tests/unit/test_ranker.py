@@ -1,5 +1,6 @@
-"""The DeepFM ranker at serving time: its numpy forward pass against the TensorFlow model, its
-feature rows against training's, /recommend ranked by it, and how serving finds and reloads it.
+"""The DeepFM ranker as served: its numpy forward pass against the TensorFlow model, its feature
+rows against training's (one function builds both), /recommend ranked by it, and how serving finds
+and reloads it.
 
 Two tiny DeepFMs are trained on synthetic data (one epoch each, seconds). Their candidates come
 from a stand-in retriever that scores items by the cosine of random unit vectors, which is what
@@ -21,19 +22,19 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from lambdarec.champion import champion_dirs  # noqa: E402
 from lambdarec.data.generator import GeneratorConfig, generate_events  # noqa: E402
+from lambdarec.harness.platform import private_settings  # noqa: E402
+from lambdarec.harness.waiting import eventually  # noqa: E402
+from lambdarec.inference.ranker import DeepFMRanker  # noqa: E402
 from lambdarec.models import baselines as B  # noqa: E402
 from lambdarec.models import evaluate as E  # noqa: E402
 from lambdarec.models.data import Dataset, Examples, build_from_events  # noqa: E402
-from lambdarec.platform.testing import private_settings  # noqa: E402
-from serving.ranker import DeepFMRanker  # noqa: E402
-from serving.recommender import (  # noqa: E402
-    Candidate,
-    Recommender,
-    ServingModels,
-    Snapshot,
-    champion_dirs,
-)
+from lambdarec.recommend.ranking import blend, retrieval_inputs  # noqa: E402
+from lambdarec.recommend.snapshot import Snapshot  # noqa: E402
+from lambdarec.recommend.sources import REGISTRY  # noqa: E402
+from lambdarec.recommend.types import Candidate, Models, Query  # noqa: E402
+from serving.recommender import Recommender  # noqa: E402
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,6 +53,7 @@ class Trained:
     ranker: DeepFMRanker
 
 
+WEIGHTS = {name: factory.weight for name, factory in REGISTRY.items()}  # type: ignore[attr-defined]
 CONFIG = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1)
 
 
@@ -104,8 +106,27 @@ def _training_rows(t: Trained, sel: np.ndarray) -> dict[str, np.ndarray]:
     from lambdarec.models.deepfm import candidate_features
 
     return candidate_features(
-        t.data, t.queries.subset(sel), t.cand[sel], t.scores[sel], t.idx_map, t.fm.cooc
+        t.fm.item_table(t.data), t.queries.subset(sel), t.cand[sel], t.scores[sel]
     )
+
+
+def _scored(
+    ranker: DeepFMRanker, features: dict[str, Any], candidates: list[Candidate]
+) -> list[tuple[float, dict[str, float]]]:
+    """The ranker's scores as the pipeline asks for them (retrieval inputs from the candidates)."""
+    blend(candidates, WEIGHTS)
+    retrieval, rank = retrieval_inputs(candidates)
+    ids, categories = [c.item_id for c in candidates], [c.category for c in candidates]
+    return ranker.score(features, ids, categories, retrieval, rank)
+
+
+def _rows(
+    ranker: DeepFMRanker, features: dict[str, Any], candidates: list[Candidate]
+) -> dict[str, np.ndarray]:
+    blend(candidates, WEIGHTS)
+    retrieval, rank = retrieval_inputs(candidates)
+    ids, categories = [c.item_id for c in candidates], [c.category for c in candidates]
+    return ranker.rows(features, ids, categories, retrieval, rank)
 
 
 def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
@@ -173,6 +194,9 @@ def _serving_inputs(t: Trained, q: int) -> tuple[dict[str, Any], list[Candidate]
 
 
 def test_rows_built_from_serving_inputs_are_the_training_rows(trained: Trained) -> None:
+    """The same (query, candidates) built the training way (a dataset's examples and the
+    retriever's list) and the serving way (online features and the pipeline's candidates, in any
+    order) give equal rows: both go through ``inference.ranker_rows.ranker_rows``."""
     t = trained
     ex = t.queries
     # queries whose user counts leave a non-negative 30-day count for the mapping above
@@ -182,13 +206,13 @@ def test_rows_built_from_serving_inputs_are_the_training_rows(trained: Trained) 
     for q in qs:
         features, candidates = _serving_inputs(t, q)
         order = shuffle.permutation(len(candidates))  # candidates arrive in any order
-        got = t.ranker.rows(features, [candidates[i] for i in order])
+        got = _rows(t.ranker, features, [candidates[i] for i in order])
         want = {k: v[order] for k, v in _training_rows(t, np.array([q])).items()}
-        for name in ("cand_item", "last_item", "cand_category", "cand_price", "session_category"):
+        assert set(got) == set(want)
+        for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-        np.testing.assert_allclose(got["dense"], want["dense"], atol=1e-5, rtol=1e-5)
         # the same query scored the training way (TF) and the serving way (numpy)
-        scores = [s for s, _ in t.ranker.score(features, [candidates[i] for i in order])]
+        scores = [s for s, _ in _scored(t.ranker, features, [candidates[i] for i in order])]
         predicted = t.fm.predict(t.data, ex.subset(np.array([q])), t.cand[[q]], t.scores[[q]])
         np.testing.assert_allclose(scores, predicted[0][order], atol=1e-4, rtol=0)
 
@@ -203,30 +227,30 @@ def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
         Candidate(known[2], {"trending": 0.5}),
     ]
     features = {"session_features__last_viewed_items": ["never-seen-either", known[0]]}
-    rows = r.rows(features, candidates)
+    rows = _rows(r, features, candidates)
     assert rows["cand_item"][2] == 1 and rows["cand_category"][2] == 0  # OOV, unknown category
     assert rows["cand_price"][2] == 0 and rows["dense"][2, 3] == 0  # no price, no popularity
     assert rows["last_item"][0] == 1 and rows["session_category"][0] == 0  # unknown last item
     retrieval, log_rank = rows["dense"][:, 0], rows["dense"][:, 1]
     np.testing.assert_allclose(retrieval, [0.8, 0.4, 0.4, 0.4], atol=1e-6)  # floor: lowest hit
     np.testing.assert_allclose(log_rank, np.log1p([0, 1, 2, 3]), atol=1e-6)  # popular > trending
-    scored = r.score(features, candidates)
+    scored = _scored(r, features, candidates)
     assert len(scored) == 4 and all(np.isfinite(s) for s, _ in scored)
     for _, contributions in scored:
         assert 0 < len(contributions) <= 5
         assert set(contributions) <= {*r.fields, "deep"}
-    assert r.score({}, []) == []
+    assert _scored(r, {}, []) == []
 
 
 def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_path: Path) -> None:
     """An item the ranker's export lacks (new since training) takes its catalog category through
     the run's item-tower vocabulary, so it gets the session-category match the model learned;
     an export without the vocabulary leaves it unknown, as before."""
-    from lambdarec.models.item_tower import EXPORT_DIR, ItemVocabulary
-    from serving.recommender import load_ranker
+    from lambdarec.inference.item_tower import EXPORT_DIR
+    from serving.champion import load_ranker
 
     events = generate_events(CONFIG)
-    vocabulary = ItemVocabulary.from_catalog(trained.data.catalog)
+    vocabulary = trained.data.catalog.vocabulary()
     folder = tmp_path / "two_tower" / EXPORT_DIR
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -261,10 +285,10 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
         zip(events["item_id"].astype(str), events["category"].astype(str), strict=True)
     )
     for pos in range(0, len(ids), 37):
-        assert vocabulary.categories[raw_category[ids[pos]]] == ranker.category[pos]
+        assert vocabulary.categories[raw_category[ids[pos]]] == ranker.table.category[pos]
 
     session_item = ids[0]
-    raw, index = raw_category[session_item], int(ranker.category[0])
+    raw, index = raw_category[session_item], int(ranker.table.category[0])
     features = {"session_features__last_viewed_items": [session_item]}
     candidates = [
         Candidate("new-a", {"popular": 1.0}, category=raw),
@@ -272,7 +296,7 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
         Candidate("new-c", {"popular": 0.8}),
         Candidate(session_item, {"vector": 0.9}, category="not what the export says"),
     ]
-    rows = ranker.rows(features, candidates)
+    rows = _rows(ranker, features, candidates)
     assert rows["cand_item"].tolist()[:3] == [1, 1, 1]  # still out of vocabulary
     assert rows["cand_category"].tolist() == [index, 0, 0, index]  # known: the export's own
     assert rows["dense"][:, -1].tolist() == [1.0, 0.0, 0.0, 1.0]  # the session-category match
@@ -280,7 +304,7 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
 
     before = load_ranker(deepfm_dir, tmp_path / "an export from before the vocabulary")
     assert isinstance(before, DeepFMRanker)
-    assert before.rows(features, candidates)["cand_category"].tolist() == [0, 0, 0, index]
+    assert _rows(before, features, candidates)["cand_category"].tolist() == [0, 0, 0, index]
 
 
 def test_a_run_without_the_export_has_no_ranker(tmp_path: Path) -> None:
@@ -312,7 +336,7 @@ def test_recommend_is_ranked_by_the_deepfm(trained: Trained, tmp_path: Path) -> 
     # The pool is the 50 popular items; the ranker's own scores of it give the expected order.
     pool = [Candidate(i, {"popular": s}) for i, s in rec.snapshot.popular]
     expected = sorted(
-        zip(trained.ranker.score({}, pool), pool, strict=True),
+        zip(_scored(trained.ranker, {}, pool), pool, strict=True),
         key=lambda sc: (-sc[0][0], sc[1].item_id),
     )[:10]
     assert [i["item_id"] for i in body["items"]] == [c.item_id for _, c in expected]
@@ -335,13 +359,11 @@ class Tower:
 
 
 def test_reload_swaps_the_tower_and_the_ranker_together(trained: Trained, tmp_path: Path) -> None:
-    from serving.validation import RecommendQuery
-
     settings = private_settings(tmp_path)
     rec = _recommender(trained, None)
-    pairs = [ServingModels(Tower(), trained.ranker), ServingModels(Tower(), None)]
+    pairs = [Models(Tower(), trained.ranker), Models(Tower(), None)]
 
-    def loader(_: object) -> ServingModels:
+    def loader(_: object) -> Models:
         return pairs[rec.reloads]
 
     errors: list[BaseException] = []
@@ -351,7 +373,7 @@ def test_reload_swaps_the_tower_and_the_ranker_together(trained: Trained, tmp_pa
     def traffic() -> None:
         while not stop.is_set():
             try:
-                result = rec.recommend(RecommendQuery("u1", "s1", 10, ()))
+                result = rec.recommend(Query("u1", "s1", 10))
                 degraded.append("ranker" in result.degraded_parts)
             except BaseException as exc:  # noqa: BLE001 - any failure is what the test looks for
                 errors.append(exc)
@@ -364,13 +386,10 @@ def test_reload_swaps_the_tower_and_the_ranker_together(trained: Trained, tmp_pa
             settings.reload_marker.parent.mkdir(parents=True, exist_ok=True)
             settings.reload_marker.write_text(json.dumps({"n": n}))
             os.utime(settings.reload_marker, (time.time() + n, time.time() + n))
-            deadline = time.monotonic() + 10
-            while rec.reloads < n and time.monotonic() < deadline:
-                time.sleep(0.01)
+            eventually(lambda n=n: rec.reloads >= n, 10, interval_s=0.01, message="the reload")
             assert rec.models is want  # one object: tower and ranker from the same load
             seen = len(degraded)
-            while len(degraded) < seen + 3 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            eventually(lambda seen=seen: len(degraded) >= seen + 3, 10, interval_s=0.01)
             assert degraded[-1] is (want.ranker is None)
     finally:
         stop.set()
@@ -386,7 +405,7 @@ def _run_folder(root: Path, trained: Trained) -> Path:
     """A run folder as retrain writes it: two_tower/ (a stand-in query tower) and deepfm/."""
     import shutil
 
-    (root / "two_tower" / "query_tower").mkdir(parents=True)
+    (root / "two_tower" / "query_tower_numpy").mkdir(parents=True)
     (root / "two_tower" / "two_tower_config.json").write_text("{}")
     shutil.copytree(trained.ranker.folder, root / "deepfm" / "serving")
     return root
@@ -397,7 +416,7 @@ def test_a_pinned_export_serves_the_ranker_of_its_run(trained: Trained, tmp_path
     dirs = champion_dirs(private_settings(tmp_path, serving_model_dir=str(run / "two_tower")))
     assert dirs is not None and dirs.deepfm == run / "deepfm"
     assert DeepFMRanker.from_model_dir(dirs.deepfm) is not None
-    (tmp_path / "bench" / "query_tower").mkdir(parents=True)  # an export outside a run folder
+    (tmp_path / "bench" / "query_tower_numpy").mkdir(parents=True)  # an export outside a run
     alone = champion_dirs(private_settings(tmp_path, serving_model_dir=str(tmp_path / "bench")))
     assert alone is not None and alone.deepfm is None
 
@@ -408,7 +427,8 @@ def test_the_registry_champion_serves_the_deepfm_of_its_run(
 ) -> None:
     """A real MLflow (SQLite): the champion two-tower's run folder names the DeepFM to serve,
     not the newest DeepFM nor the DeepFM champion of another run."""
-    from lambdarec.models.retrain import DEEPFM, TWO_TOWER, registry_for
+    from lambdarec.models.retrain import registry_for
+    from lambdarec.registry import DEEPFM, TWO_TOWER
 
     settings = private_settings(tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert champion_dirs(settings) is None  # no champion yet

@@ -1,24 +1,24 @@
-"""The two-tower's query tower in numpy, so serving encodes a request without TensorFlow.
+"""The two-tower's query tower in numpy: one request's query vector without TensorFlow.
 
-Serving encodes one query row per HTTP request. Through the SavedModel (``query_tower/``) each
-call pays TensorFlow's per-call overhead (tensor conversion, function dispatch: about 0.5 ms of
-CPU and a tenth of the serving process's GIL time); the same arithmetic in numpy on one row takes
-tens of microseconds. :class:`QueryTower` is that forward pass (:meth:`TwoTower.query
-<lambdarec.models.two_tower.TwoTower.query>`: masked mean and first item of the history, user,
-category, counts, the optional additive attention, the MLP, L2 norm), equal to the TF tower within
-1e-5 (tests/unit/test_query_tower.py).
+Serving encodes one query row per HTTP request. Through a SavedModel each call paid TensorFlow's
+per-call overhead (tensor conversion, function dispatch: about 0.5 ms of CPU); the same arithmetic
+in numpy on one row takes tens of microseconds. :class:`QueryTower` is that forward pass
+(:meth:`TwoTower.query <lambdarec.models.two_tower.TwoTower.query>`: masked mean and first item
+of the history, user, category, counts, the optional additive attention, the MLP, L2 norm), equal
+to the TF tower within 1e-5 (tests/unit/test_query_tower.py).
 
-:func:`export_query_tower` (called by ``two_tower.export``) writes ``<export>/query_tower_numpy/``:
+Training writes ``<export>/query_tower_numpy/`` (:func:`lambdarec.models.export.
+export_query_tower`):
 
 * ``weights.npz`` -- the FULL item-id table (the history's items are looked up in it), the user
   table's row 0 only, the category table, the attention kernels and bias (when the model has
   attention) and the query MLP. Only row 0 of the user table is kept because serving always
-  passes user 0, the unknown user (``serving.recommender.TwoTowerEncoder``: the export holds no
-  user vocabulary), and the table has a row per training user;
+  passes user 0, the unknown user (:class:`QueryEncoder`: the export holds no user vocabulary);
 * ``query_tower.json`` -- the format, the output dimension, the attention flag, the MLP
   activations and the table sizes.
 
-The SavedModel stays in the export beside it: older serving code reads it.
+:class:`QueryEncoder` turns the online features of a request (the ``retrieval_v1`` feature
+service) into the tower's inputs and encodes them.
 """
 
 from __future__ import annotations
@@ -30,100 +30,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lambdarec.models.item_tower import ACTIVATIONS, check_index_range, export_dir, l2_normalize
+from lambdarec.inference.nn import (
+    ACTIVATIONS,
+    check_activations,
+    check_index_range,
+    export_dir,
+    l2_normalize,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from lambdarec.models.two_tower import TrainedTwoTower
 
 EXPORT_DIR = "query_tower_numpy"
 EXPORT_FORMAT = 1
 META_FILE = "query_tower.json"
 WEIGHTS_FILE = "weights.npz"
+#: The export's map from catalog position (the order of ``item_embeddings.npz``) to the item's
+#: embedding index (``two_tower.item_index``).
+ITEM_INDEX_FILE = "item_index.npy"
 #: The user serving passes (the unknown user): the only user row the export keeps.
 UNKNOWN_USER = 0
 #: Width of the category embedding and of the counts in the query tower's concatenation.
-_CATEGORY_DIM = 16
-_COUNTS_DIM = 2
-_ATTENTION_WEIGHTS = ("att_h", "att_q", "att_q_bias", "att_v")
-
-
-# -- export (needs the trained TF model) --------------------------------------------------------
-
-
-def query_tower_weights(model: Any, *, all_users: bool = False) -> dict[str, np.ndarray]:
-    """The query tower's weights of a built :class:`~lambdarec.models.two_tower.TwoTower`, numpy.
-
-    ``all_users``: keep the whole user table instead of row 0 (the unknown user, all serving
-    uses); for tests that compare other users with TensorFlow."""
-    dense = model.query_mlp.layers
-    users = model.user_emb.embeddings.numpy()
-    weights = {
-        "item": model.item_emb.embeddings.numpy(),
-        "user": users if all_users else users[: UNKNOWN_USER + 1],
-        "category": model.cat_emb.embeddings.numpy(),
-        **{f"kernel_{n}": layer.kernel.numpy() for n, layer in enumerate(dense)},
-        **{f"bias_{n}": layer.bias.numpy() for n, layer in enumerate(dense)},
-    }
-    if model.attention:
-        weights.update(
-            {
-                "att_h": model.att_h.kernel.numpy(),
-                "att_q": model.att_q.kernel.numpy(),
-                "att_q_bias": model.att_q.bias.numpy(),
-                "att_v": model.att_v.kernel.numpy(),
-            }
-        )
-    return weights
-
-
-def export_query_tower(trained: TrainedTwoTower, out_dir: Path) -> Path:
-    """Write ``weights.npz`` and ``query_tower.json`` (see the module doc) to ``out_dir``."""
-    model = trained.model
-    if not model.query_mlp.built:
-        _build_query_tower(model)
-    if model.attention:
-        linear = {"att_h": model.att_h, "att_q": model.att_q, "att_v": model.att_v}
-        odd = {
-            k: layer.activation.__name__
-            for k, layer in linear.items()
-            if layer.activation.__name__ != "linear"
-        }
-        if odd:
-            raise ValueError(f"the numpy query tower expects linear attention layers, got {odd}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = query_tower_weights(model)
-    np.savez(out_dir / WEIGHTS_FILE, **weights)  # type: ignore[arg-type]
-    last = len(model.query_mlp.layers) - 1
-    meta = {
-        "format": EXPORT_FORMAT,
-        "dim": int(weights[f"kernel_{last}"].shape[1]),
-        "attention": bool(model.attention),
-        "activations": [layer.activation.__name__ for layer in model.query_mlp.layers],
-        "item_rows": int(weights["item"].shape[0]),
-        "user_rows": int(weights["user"].shape[0]),
-        "category_rows": int(weights["category"].shape[0]),
-    }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return out_dir
-
-
-def _build_query_tower(model: Any) -> None:
-    """Build the query tower's layers by one call on a one-row batch of padding."""
-    import tensorflow as tf
-
-    model.query(
-        {
-            "user": tf.constant([UNKNOWN_USER], tf.int64),
-            "hist": tf.constant([[0]], tf.int64),
-            "session_category": tf.constant([0], tf.int64),
-            "counts": tf.zeros([1, _COUNTS_DIM], tf.float32),
-        }
-    )
-
-
-# -- the numpy tower ----------------------------------------------------------------------------
+CATEGORY_DIM = 16
+COUNTS_DIM = 2
+ATTENTION_WEIGHTS = ("att_h", "att_q", "att_q_bias", "att_v")
+#: The session's recent items the encoder reads from the online features (newest first).
+MAX_RECENT = 20
 
 
 class QueryTower:
@@ -141,17 +73,15 @@ class QueryTower:
         activations: Sequence[str] = ("relu", "linear"),
     ) -> None:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-        unknown = [a for a in activations if a not in ACTIVATIONS]
-        if unknown:
-            raise ValueError(f"query tower activation(s) {unknown} not supported in numpy")
+        check_activations(list(activations), "query tower")
         self.activations = [ACTIVATIONS[a] for a in activations]
         self.attention = attention
         w = self.weights
-        missing = [k for k in _ATTENTION_WEIGHTS if k not in w] if attention else []
+        missing = [k for k in ATTENTION_WEIGHTS if k not in w] if attention else []
         if missing:
             raise ValueError(f"the query tower has attention but no weights {missing}")
         d = w["item"].shape[1]
-        width = 3 * d + w["category"].shape[1] + _COUNTS_DIM + (d if attention else 0)
+        width = 3 * d + w["category"].shape[1] + COUNTS_DIM + (d if attention else 0)
         if w["user"].shape[1] != d or w["kernel_0"].shape[0] != width:
             raise ValueError(
                 f"query tower weights disagree: item dim {d}, user dim {w['user'].shape[1]}, "
@@ -179,7 +109,7 @@ class QueryTower:
 
     @classmethod
     def load(cls, folder: Path) -> QueryTower:
-        """From ``query_tower_numpy/`` itself, a two-tower export holding it (``two_tower.export``)
+        """From ``query_tower_numpy/`` itself, a two-tower export holding it (``export_two_tower``)
         or a run folder holding that export."""
         folder = Path(folder)
         if not (folder / META_FILE).exists():
@@ -187,7 +117,7 @@ class QueryTower:
         if not (folder / META_FILE).exists():
             raise FileNotFoundError(
                 f"{folder} holds no numpy query tower ({META_FILE}): the export predates it; "
-                "re-export the model (two_tower.export) or retrain (weekly_model_retraining); "
+                "re-export the model (lambdarec.models.export) or retrain (weekly_model_retraining); "
                 "until then serve the SavedModel query_tower/"
             )
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
@@ -215,10 +145,10 @@ class QueryTower:
                 f"hist: shape {hist.shape}, expected ({b}, L) with L >= 1 (pad an empty "
                 "history with 0)"
             )
-        if category.shape != (b,) or counts.shape != (b, _COUNTS_DIM):
+        if category.shape != (b,) or counts.shape != (b, COUNTS_DIM):
             raise ValueError(
                 f"session_category {category.shape} and counts {counts.shape} must be ({b},) "
-                f"and ({b}, {_COUNTS_DIM}), one row per user"
+                f"and ({b}, {COUNTS_DIM}), one row per user"
             )
         rows = len(w["user"])
         check_index_range(
@@ -257,8 +187,8 @@ class QueryTower:
         ids = np.asarray(hist, dtype=np.int64)
         if ids.ndim != 1:
             raise ValueError(f"hist: one history expected (a flat sequence), got shape {ids.shape}")
-        if len(counts) != _COUNTS_DIM:
-            raise ValueError(f"counts: {_COUNTS_DIM} values expected, got {len(counts)}")
+        if len(counts) != COUNTS_DIM:
+            raise ValueError(f"counts: {COUNTS_DIM} values expected, got {len(counts)}")
         c = int(session_category)
         if not 0 <= c < self._n_categories:
             raise ValueError(
@@ -285,7 +215,7 @@ class QueryTower:
                 s = np.tanh(e @ self._att_h + q) @ self._att_v  # (k,)
                 s = np.exp(s - s.max())
                 s /= s.sum()
-                x[self._counts_at + _COUNTS_DIM :] = s @ e
+                x[self._counts_at + COUNTS_DIM :] = s @ e
         h = x
         for kernel, bias, act in self._layers:
             h = act(h @ kernel + bias)
@@ -293,11 +223,40 @@ class QueryTower:
         return (h / np.float32(norm))[None, :]
 
 
-__all__ = [
-    "EXPORT_DIR",
-    "EXPORT_FORMAT",
-    "QueryTower",
-    "UNKNOWN_USER",
-    "export_query_tower",
-    "query_tower_weights",
-]
+class QueryEncoder:
+    """The champion two-tower's query tower with its item index: online features -> a vector.
+
+    The export holds no user or category vocabulary yet, so the user is the unknown user (0) and
+    the session category 0; the session's recent items (through ``item_index.npy``, items the
+    export does not know are skipped) and the counts carry the signal: log1p of the session's
+    views, carts and purchases, and log1p of the user's 30-day event count.
+    """
+
+    def __init__(self, tower: QueryTower, item_ids: Sequence[str], item_index: np.ndarray) -> None:
+        self.tower = tower
+        #: Item id -> the query tower's embedding index of that item.
+        self._index = {item: int(item_index[pos]) for pos, item in enumerate(item_ids)}
+
+    @classmethod
+    def load(cls, model_dir: Path) -> QueryEncoder:
+        """From a two-tower export (``export_two_tower``) or a run folder holding one."""
+        folder = export_dir(Path(model_dir))
+        with np.load(folder / "item_embeddings.npz") as data:
+            ids = [str(i) for i in data["ids"]]
+        return cls(QueryTower.load(folder), ids, np.load(folder / ITEM_INDEX_FILE))
+
+    def inputs(self, features: dict[str, Any]) -> tuple[list[int], tuple[float, float]]:
+        """(history indices, newest first; the two log1p counts) of one request's features."""
+        index = self._index
+        recent = list(features.get("session_features__last_viewed_items") or [])[:MAX_RECENT]
+        hist = [index[i] for i in recent if i in index]
+        n_session = sum(
+            int(features.get(f"session_features__n_{c}") or 0)
+            for c in ("views", "carts", "purchases")
+        )
+        n_user = int(features.get("user_history_30d__n_events_30d") or 0)
+        return hist, (math.log1p(n_session), math.log1p(n_user))
+
+    def encode(self, features: dict[str, Any]) -> np.ndarray:
+        hist, counts = self.inputs(features)
+        return self.tower.encode_one(hist, 0, counts)

@@ -1,0 +1,112 @@
+"""Where the serving champion's exports are: the registry's champion, or a pinned folder.
+
+Serving loads the champion two-tower's export (query tower, item index, embeddings) and the
+DeepFM of the same training run, the only ranker it pairs with (``retrain.train_ranker`` trains
+it on that retriever's candidates and scores). The daily cold-start step embeds new items with
+the same export's item tower. Both find the folders here: the one ``LAMBDAREC_SERVING_MODEL_DIR``
+pins (and its sibling ``deepfm/``, the run folder's layout), else the MLflow champion's
+artifacts, downloaded, and the ``deepfm`` model logged from the same run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdarec.inference.query_tower import EXPORT_DIR as QUERY_TOWER_DIR
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+    from lambdarec.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChampionDirs:
+    """The champion's model folders on local disk."""
+
+    #: The two-tower export (``export_two_tower``: query tower, item index, embeddings).
+    two_tower: Path
+    #: The ``deepfm/`` folder of the same training run; None when that run logged none.
+    deepfm: Path | None
+
+
+def pinned_dirs(settings: Settings) -> ChampionDirs | None:
+    """The folders ``LAMBDAREC_SERVING_MODEL_DIR`` pins; None when it is empty."""
+    if not settings.serving_model_dir:
+        return None
+    pinned = Path(settings.serving_model_dir)
+    if not (pinned / QUERY_TOWER_DIR).is_dir():
+        raise FileNotFoundError(
+            f"LAMBDAREC_SERVING_MODEL_DIR={pinned} holds no {QUERY_TOWER_DIR}/: point it at a "
+            "export_two_tower folder or leave it empty to serve the registry's champion"
+        )
+    sibling = pinned.parent / "deepfm"
+    return ChampionDirs(pinned, sibling if sibling.is_dir() else None)
+
+
+def champion_two_tower(settings: Settings) -> Path | None:
+    """The two-tower export serving uses: the pinned folder, else the MLflow champion's
+    (downloaded); None without one."""
+    if settings.serving_model_dir:
+        return Path(settings.serving_model_dir)
+    dirs = champion_dirs(settings, with_ranker=False)
+    return None if dirs is None else dirs.two_tower
+
+
+def champion_dirs(settings: Settings, *, with_ranker: bool = True) -> ChampionDirs | None:
+    """The champion two-tower's export and the DeepFM of its run (see the module doc); None when
+    the registry has no champion."""
+    pinned = pinned_dirs(settings)
+    if pinned is not None:
+        return pinned
+    import mlflow
+
+    from lambdarec.registry import DEEPFM, TWO_TOWER, ModelRegistry
+
+    champion = ModelRegistry.from_settings(settings, TWO_TOWER).get_champion()
+    if champion is None:
+        return None
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
+    )
+    deepfm = None
+    if with_ranker:
+        try:
+            deepfm = same_run_deepfm(ModelRegistry.from_settings(settings, DEEPFM), champion.run_id)
+        except Exception:  # noqa: BLE001 - no ranker is a degraded part, not a failed load
+            log.exception("cannot fetch the DeepFM of the champion's run; ranking by the blend")
+    return ChampionDirs(Path(local), deepfm)
+
+
+def same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | None:
+    """The model folder of the newest ``deepfm`` run logged with the same ``run_dir`` as the
+    two-tower's run (``retrain.evaluate`` logs both from one run folder), downloaded."""
+    import mlflow
+
+    from lambdarec.registry import MODEL_ARTIFACT_PATH
+
+    client = registry.client
+    run_dir = client.get_run(two_tower_run_id).data.params.get("run_dir")
+    experiment = client.get_experiment_by_name(registry.experiment)
+    if not run_dir or experiment is None:
+        return None
+    quote = '"' if "'" in run_dir else "'"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"params.run_dir = {quote}{run_dir}{quote}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=runs[0].info.run_id,
+            artifact_path=MODEL_ARTIFACT_PATH,
+            tracking_uri=registry.tracking_uri,
+        )
+    )

@@ -1,0 +1,55 @@
+"""The numpy building blocks the exported models share: activations, index checks, L2 norm.
+
+Also the index conventions every model uses: embedding row 0 is "no item" (padding), row 1 the
+out-of-vocabulary item (an item the model never saw, placed by its side features); category 0 is
+the unknown category.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+#: Embedding index of "no item" (history padding).
+NO_ITEM = 0
+#: Embedding index of an item the model never saw (``two_tower.item_index``).
+OOV_ITEM = 1
+#: The category index of a missing or unknown category (``data.Catalog``).
+UNKNOWN_CATEGORY = 0
+
+#: The Dense activations the numpy towers and the numpy DeepFM implement, by Keras name.
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda h: np.maximum(h, 0.0),
+    "linear": lambda h: h,
+}
+
+
+def check_index_range(name: str, idx: np.ndarray, rows: int, hint: str = "") -> None:
+    """A ValueError naming ``name``, the valid range and the offending index when ``idx`` has
+    an entry outside ``0..rows-1`` (an embedding lookup would fail or wrap around)."""
+    if idx.size and (idx.min() < 0 or idx.max() >= rows):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise ValueError(f"{name} index out of range 0..{rows - 1}: {bad}{hint}")
+
+
+def l2_normalize(h: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as ``tf.math.l2_normalize`` does: x / sqrt(max(sum(x^2),
+    1e-12)), float32."""
+    norm = np.sqrt(np.maximum((h * h).sum(axis=1, keepdims=True), np.float32(1e-12)))
+    return (h / norm).astype(np.float32, copy=False)
+
+
+def check_activations(names: list[str] | tuple[str, ...], model: str) -> None:
+    unknown = [a for a in names if a not in ACTIVATIONS]
+    if unknown:
+        raise ValueError(f"{model} activation(s) {unknown} not supported in numpy")
+
+
+def export_dir(model_dir: Path) -> Path:
+    """The two-tower export folder: ``model_dir`` itself or its ``two_tower/`` (a run folder)."""
+    return model_dir / "two_tower" if (model_dir / "two_tower").is_dir() else model_dir

@@ -1,0 +1,210 @@
+"""The DeepFM ranker's feature rows: ONE function for training, evaluation and serving.
+
+A row describes one (query, candidate) pair. Training builds rows for the retriever's candidates
+of its validation queries (:func:`lambdarec.models.deepfm.candidate_features`), serving for the
+candidates of one request (:class:`lambdarec.inference.ranker.DeepFMRanker`); both call
+:func:`ranker_rows` with the same :class:`ItemTable` (training builds it from its dataset, serving
+loads the copy the export holds), so the two cannot drift apart.
+
+Fields (``SPARSE`` then ``DENSE``; the model's field order is ``lambdarec.models.deepfm.
+field_names``):
+
+* ``cand_item`` / ``last_item``: embedding indices of the candidate and of the session's last item
+  (0 no item, 1 an item unknown to the table);
+* ``cand_category``, ``cand_price``: the candidate's category index and price bucket;
+  ``session_category``: the category of the session's last item (0 when unknown);
+* dense: ``retrieval_score`` and ``log_rank`` (what retrieval said of the candidate),
+  ``cooc`` (``sum_j decay**j * M[hist_j, candidate]`` over the training co-occurrence matrix),
+  ``log_pop`` (training interactions), ``log_session_len``, ``log_user_events`` and
+  ``same_category`` (candidate and session share a known category).
+
+Queries come as catalog positions: a history entry is a position, :data:`PAD` (no item) or
+:data:`UNKNOWN` (an item the table does not know: serving meets items newer than the model);
+a candidate is a position or :data:`UNKNOWN` (its category may then come from the caller, see
+``cand_category``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lambdarec.inference.nn import NO_ITEM, OOV_ITEM
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
+DENSE = (
+    "retrieval_score",
+    "log_rank",
+    "cooc",
+    "log_pop",
+    "log_session_len",
+    "log_user_events",
+    "same_category",
+)
+#: A history position with no item (padding).
+PAD = -1
+#: An item the table does not know (a history item or a candidate newer than the model).
+UNKNOWN = -2
+#: The session's event counts serving reads (the session's length so far).
+SESSION_COUNTS = ("n_views", "n_carts", "n_removes", "n_purchases")
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """What the ranker knows of each catalog item, by catalog position, and the co-occurrence
+    matrix as sorted ``row * n_items + column`` keys (one binary search finds any pair)."""
+
+    #: The item's embedding index (``two_tower.item_index``: 1 out of vocabulary).
+    index: np.ndarray
+    category: np.ndarray
+    price_bucket: np.ndarray
+    #: Training interaction counts.
+    popularity: np.ndarray
+    cooc_keys: np.ndarray
+    cooc_values: np.ndarray
+    #: Weight of the history's j-th newest item in ``cooc``: ``decay ** j``.
+    decay: float
+
+    @property
+    def n_items(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def from_csr(
+        cls,
+        *,
+        index: np.ndarray,
+        category: np.ndarray,
+        price_bucket: np.ndarray,
+        popularity: np.ndarray,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        data: np.ndarray,
+        decay: float,
+    ) -> ItemTable:
+        """From the co-occurrence matrix's CSR arrays (each row's columns sorted)."""
+        n = len(index)
+        per_row = np.diff(np.asarray(indptr, dtype=np.int64)).astype(np.int64)
+        rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
+        keys = rows * n + np.asarray(indices, dtype=np.int64)
+        if len(keys) > 1 and not (np.diff(keys) > 0).all():
+            order = np.argsort(keys, kind="stable")
+            keys, data = keys[order], np.asarray(data)[order]
+        return cls(
+            index=np.asarray(index, dtype=np.int64),
+            category=np.asarray(category, dtype=np.int64),
+            price_bucket=np.asarray(price_bucket, dtype=np.int64),
+            popularity=np.asarray(popularity, dtype=np.float64),
+            cooc_keys=keys,
+            cooc_values=np.asarray(data, dtype=np.float32),
+            decay=float(decay),
+        )
+
+    def cooc(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """``sum_j decay**j * M[hist[q, j], cand[q, c]]`` per pair (n, c); unknown or padding
+        positions contribute nothing."""
+        out = np.zeros(cand.shape, dtype=np.float64)
+        keys, values = self.cooc_keys, self.cooc_values
+        if not len(keys):
+            return out
+        n_items = self.n_items
+        for j in range(hist.shape[1]):
+            h = hist[:, j]
+            rows = np.flatnonzero(h >= 0)
+            if not len(rows):
+                continue
+            c = cand[rows]
+            want = h[rows, None] * n_items + np.maximum(c, 0)
+            at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+            found = (keys[at] == want) & (c >= 0)
+            out[rows] += np.where(found, np.float32(self.decay**j) * values[at], 0.0)
+        return out
+
+
+def ranker_rows(
+    table: ItemTable,
+    hist: np.ndarray,
+    session_len: np.ndarray,
+    user_events: np.ndarray,
+    cand: np.ndarray,
+    retrieval_score: np.ndarray,
+    rank: np.ndarray,
+    cand_category: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The feature rows of ``n`` queries x ``c`` candidates, flattened query-major.
+
+    ``hist`` (n, L): catalog positions, newest first (:data:`PAD`, :data:`UNKNOWN`);
+    ``session_len`` and ``user_events`` (n,): the session's interactions so far and the user's
+    before it; ``cand`` (n, c): catalog positions or :data:`UNKNOWN`; ``retrieval_score`` and
+    ``rank`` (n, c): what retrieval said of each candidate; ``cand_category`` (n, c): the category
+    index of candidates the table does not know (ignored for known ones; unknown without it).
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    cand = np.asarray(cand, dtype=np.int64)
+    n, c = cand.shape
+    known = cand >= 0
+    safe = np.maximum(cand, 0)
+    category = np.where(known, table.category[safe], 0)
+    if cand_category is not None:
+        category = np.where(known, category, np.asarray(cand_category, dtype=np.int64))
+    first = hist[:, 0] if hist.shape[1] else np.full(n, PAD, dtype=np.int64)
+    last = np.where(
+        first >= 0, table.index[np.maximum(first, 0)], np.where(first == PAD, NO_ITEM, OOV_ITEM)
+    )
+    session_category = np.where(first >= 0, table.category[np.maximum(first, 0)], 0)
+    same = (category == session_category[:, None]) & (session_category[:, None] > 0)
+    dense = np.stack(
+        [
+            np.asarray(retrieval_score, dtype=np.float64),
+            np.log1p(np.asarray(rank, dtype=np.float64)),
+            table.cooc(hist, cand),
+            np.log1p(np.where(known, table.popularity[safe], 0.0)),
+            np.broadcast_to(np.log1p(np.asarray(session_len, np.float64))[:, None], (n, c)),
+            np.broadcast_to(np.log1p(np.asarray(user_events, np.float64))[:, None], (n, c)),
+            same,
+        ],
+        axis=-1,
+    ).astype(np.float32)
+    return {
+        "cand_item": np.where(known, table.index[safe], OOV_ITEM).ravel(),
+        "last_item": np.repeat(last, c),
+        "cand_category": category.ravel(),
+        "cand_price": np.where(known, table.price_bucket[safe], 0).ravel(),
+        "session_category": np.repeat(session_category, c),
+        "dense": dense.reshape(n * c, len(DENSE)),
+    }
+
+
+def online_history(
+    recent: Iterable[object], position: Mapping[str, int], max_history: int
+) -> np.ndarray:
+    """A request's history row (1, ``max_history``) from the speed layer's recent items (newest
+    first): consecutive repeats collapsed as training collapses them, items unknown to the table
+    :data:`UNKNOWN`, padded with :data:`PAD`."""
+    out = np.full((1, max_history), PAD, dtype=np.int64)
+    previous: object = None
+    j = 0
+    for item in recent:
+        if item is None or item == previous:
+            continue
+        previous = item
+        out[0, j] = position.get(str(item), UNKNOWN)
+        j += 1
+        if j == max_history:
+            break
+    return out
+
+
+def online_counts(features: Mapping[str, Any]) -> tuple[int, int]:
+    """(session length, user events) of a request's online features: the session's events so
+    far, and the user's 30-day events (up to the last daily run) plus this session's."""
+    session_len = sum(
+        int(features.get(f"session_features__{name}") or 0) for name in SESSION_COUNTS
+    )
+    user = int(features.get("user_history_30d__n_events_30d") or 0)
+    return session_len, user + session_len
