@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from lambdarec.config import Settings
-    from serving.ab import ImpressionSink, Variants
-    from serving.api.events import EventSink
+    from serving.ab import Variants
     from serving.recommender import Recommender
+    from serving.sinks import EventSink, ImpressionSink
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,12 @@ def create_app(
     it, else everyone in ``control``).
     """
     from lambdarec.config import get_settings
-    from serving.ab import DEFAULT_VARIANTS, ImpressionSink, Variants
+    from serving.ab import DEFAULT_VARIANTS, Variants
     from serving.api import events as events_api
     from serving.api import health, recommend
     from serving.metrics import Metrics
     from serving.recommender import Recommender
+    from serving.sinks import EventSink, ImpressionSink
     from serving.state import EXTENSION, ServingState
 
     settings = settings or get_settings()
@@ -75,7 +76,7 @@ def create_app(
         metrics=metrics,
         variants=variants,
         impressions=impressions or ImpressionSink(settings, metrics),
-        events=events or events_api.EventSink(settings, metrics),
+        events=events or EventSink(settings, metrics),
     )
     app.register_blueprint(recommend.bp)
     app.register_blueprint(events_api.bp)

@@ -9,10 +9,10 @@ from flask import current_app
 
 if TYPE_CHECKING:
     from lambdarec.config import Settings
-    from serving.ab import ImpressionSink, Variants
-    from serving.api.events import EventSink
+    from serving.ab import Variants
     from serving.metrics import Metrics
     from serving.recommender import Recommender
+    from serving.sinks import EventSink, ImpressionSink
 
 EXTENSION = "lambdarec"
 

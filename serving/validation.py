@@ -7,16 +7,14 @@ accepted by ``POST /events`` is accepted by ``GET /recommend`` and the other way
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lambdarec.events import MAX_ID_LEN, Event, Invalid, parse_event
+from lambdarec.events import ID_PATTERN, MAX_ID_LEN, Event, Invalid, parse_event
+from lambdarec.recommend.types import Query
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 K_DEFAULT = 10
 K_MAX = 100
 EXCLUDE_MAX = 200
@@ -46,25 +44,17 @@ class RequestError(Exception):
         return {"error": error}
 
 
-@dataclass(frozen=True)
-class RecommendQuery:
-    user_id: str
-    session_id: str | None
-    k: int
-    exclude: tuple[str, ...]
-
-
 def check_id(field: str, value: str) -> str:
     if not value:
         raise RequestError(field, "must not be empty")
     if len(value) > MAX_ID_LEN:
         raise RequestError(field, f"is {len(value)} characters; at most {MAX_ID_LEN} allowed")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise RequestError(field, "may only hold letters, digits and _ . : -")
     return value
 
 
-def parse_recommend(args: Mapping[str, Sequence[str]]) -> RecommendQuery:
+def parse_recommend(args: Mapping[str, Sequence[str]]) -> Query:
     """Validate the query string of ``GET /recommend`` (``args`` maps a name to all its values)."""
     unknown = sorted(set(args) - set(RECOMMEND_PARAMS))
     if unknown:
@@ -102,7 +92,7 @@ def parse_recommend(args: Mapping[str, Sequence[str]]) -> RecommendQuery:
         for i, part in enumerate(parts):
             check_id(f"exclude[{i}]", part)
         exclude = tuple(dict.fromkeys(parts))
-    return RecommendQuery(user_id, session_id, k, exclude)
+    return Query(user_id, session_id, k, exclude)
 
 
 def parse_events(payload: object) -> list[Event]:

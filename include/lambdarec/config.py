@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     serving_port: Port = 8000
     serving_model_dir: str = Field(
         "",
-        description="A two-tower export folder (two_tower.export) to serve instead of the MLflow "
+        description="A two-tower export folder (export_two_tower) to serve instead of the MLflow "
         "champion: pins a model, e.g. for a benchmark; empty means the registry's champion.",
     )
     ab_variants: str = Field(
@@ -180,6 +180,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
+    candidate_sources: str = Field(
+        "vector,cooccurrence,trending,popular",
+        pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)*$",
+        description="The recommendation pipeline's candidate sources, in order (comma-separated "
+        "names of lambdarec.recommend.sources.REGISTRY).",
+    )
 
     # -- drift monitoring (lambdarec.monitoring, the drift_monitoring DAG) --------------------
     drift_psi_watch: Annotated[float, Field(gt=0)] = Field(
@@ -275,6 +281,10 @@ class Settings(BaseSettings):
         return self
 
     # -- derived ---------------------------------------------------------------------------
+    @property
+    def candidate_sources_list(self) -> list[str]:
+        return [name.strip() for name in self.candidate_sources.split(",") if name.strip()]
+
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"

@@ -174,13 +174,13 @@ def build_world(shifted: bool, broker: Settings) -> World:
     from lambdarec.batch import duckdb_reference
     from lambdarec.data import lake
     from lambdarec.features.store import apply, materialize
+    from lambdarec.harness.platform import private_settings
     from lambdarec.monitoring.profile import build_profile
     from lambdarec.monitoring.sources import current_frames
-    from lambdarec.platform.testing import private_settings
     from lambdarec.registry import ModelRegistry
     from lambdarec.streaming.kafka import ensure_topics
-    from serving.ab import ImpressionSink
-    from serving.recommender import FeastFeatures
+    from serving.sinks import ImpressionSink
+    from serving.stores import FeastFeatures
 
     state = Path(tempfile.mkdtemp(prefix="lambdarec-drift-"))
     settings = private_settings(
@@ -260,7 +260,7 @@ def build_world(shifted: bool, broker: Settings) -> World:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Settings]:
-    from lambdarec.platform.testing import kafka_broker
+    from lambdarec.harness.platform import kafka_broker
 
     with kafka_broker() as settings:
         yield settings
@@ -305,7 +305,7 @@ def test_shifted_stream_alarms_on_exactly_the_shifted_features_and_retrains_once
 ) -> None:
     import json
 
-    from lambdarec.pipelines.dag_run import run_dag_test
+    from lambdarec.platform.dag_run import run_dag_test
 
     s = shifted.settings
     first = run_dag_test("drift_monitoring", DAY1, s, timeout_s=600)
@@ -418,8 +418,8 @@ def test_a_champion_without_a_profile_gets_one_rebuilt_from_its_training_range(
     tmp_path: Path,
 ) -> None:
     from lambdarec.data import lake
+    from lambdarec.harness.platform import private_settings
     from lambdarec.monitoring.profile import PROFILE_ARTIFACT, load_champion_profile
-    from lambdarec.platform.testing import private_settings
     from lambdarec.registry import ModelRegistry
 
     s = private_settings(tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

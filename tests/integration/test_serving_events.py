@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from lambdarec.platform.testing import private_platform
+from lambdarec.harness.platform import private_platform
+from lambdarec.harness.waiting import eventually
+from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.streaming.kafka import consume, ensure_topics, make_consumer, topic_size
 from serving import create_app
-from serving.ab import ImpressionSink
-from serving.recommender import Recommender, Snapshot
+from serving.recommender import Recommender
+from serving.sinks import ImpressionSink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,15 +60,6 @@ def _event(n: int, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def _wait_size(settings: Settings, topic: str, expected: int, timeout_s: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    size = topic_size(settings, topic)
-    while size < expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-        size = topic_size(settings, topic)
-    return size
-
-
 def test_events_reach_the_topic_and_invalid_batches_produce_nothing(
     broker: Settings, app_parts: tuple[FlaskClient, ImpressionSink]
 ) -> None:
@@ -104,8 +97,12 @@ def test_recommend_logs_an_impression(
     client, sink = app_parts
     body = client.get("/recommend?user_id=imp-user&session_id=s1&k=5").get_json()
     sink.close()
-    size = _wait_size(broker, broker.topic_impressions, 1)
-    assert size >= 1
+    size = eventually(
+        lambda: topic_size(broker, broker.topic_impressions),
+        15,
+        interval_s=0.2,
+        message="an impression on the impressions topic",
+    )
     consumer = make_consumer("impression-check", [broker.topic_impressions], broker)
     try:  # the idle timeout covers the consumer group's join
         records = [

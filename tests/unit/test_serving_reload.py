@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lambdarec.platform.testing import private_settings
-from serving.recommender import Recommender, Snapshot
-from serving.validation import RecommendQuery
+from lambdarec.harness.platform import private_settings
+from lambdarec.harness.waiting import eventually
+from lambdarec.recommend.snapshot import Snapshot
+from lambdarec.recommend.types import Query
+from serving.recommender import Recommender
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,15 +36,6 @@ def _touch(marker: Path, n: int) -> None:
     os.utime(marker, (time.time() + n, time.time() + n))  # a distinct mtime per write
 
 
-def _wait(cond: Any, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_new_champion_is_swapped_in_without_dropping_requests(tmp_path: Path) -> None:
     settings = private_settings(tmp_path)
     rec = Recommender(
@@ -51,8 +44,10 @@ def test_a_new_champion_is_swapped_in_without_dropping_requests(tmp_path: Path) 
         )
     )
     loads: list[int] = []
+    attempts: list[int] = []
 
     def loader(_: object) -> Tower:
+        attempts.append(1)
         if len(loads) == 2:
             raise RuntimeError("artifact store unreachable")
         loads.append(len(loads) + 1)
@@ -63,7 +58,7 @@ def test_a_new_champion_is_swapped_in_without_dropping_requests(tmp_path: Path) 
     stop = threading.Event()
 
     def traffic() -> None:
-        query = RecommendQuery("u1", "s1", 10, ())
+        query = Query("u1", "s1", 10)
         while not stop.is_set():
             try:
                 served.append(len(rec.recommend(query).items))
@@ -76,13 +71,13 @@ def test_a_new_champion_is_swapped_in_without_dropping_requests(tmp_path: Path) 
     try:
         assert rec.encoder is None
         _touch(settings.reload_marker, 1)
-        assert _wait(lambda: rec.reloads == 1), "the first champion was not loaded"
+        eventually(lambda: rec.reloads == 1, 10, interval_s=0.01, message="the first champion")
         assert isinstance(rec.encoder, Tower) and rec.encoder.version == 1
         _touch(settings.reload_marker, 2)
-        assert _wait(lambda: rec.reloads == 2)
+        eventually(lambda: rec.reloads == 2, 10, interval_s=0.01, message="the second champion")
         assert isinstance(rec.encoder, Tower) and rec.encoder.version == 2
         _touch(settings.reload_marker, 3)  # this load fails: the current tower stays
-        time.sleep(0.3)
+        eventually(lambda: len(attempts) == 3, 10, interval_s=0.01, message="the failing load")
         assert rec.reloads == 2 and rec.encoder.version == 2
     finally:
         stop.set()

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from lambdarec.platform.testing import free_ports, private_settings
+from lambdarec.harness.platform import free_ports, private_settings
+from lambdarec.recommend.snapshot import Snapshot
 from serving import create_app
 from serving.ab import Variants
-from serving.api.events import EventSink
-from serving.recommender import Recommender, Snapshot
+from serving.recommender import Recommender
+from serving.sinks import EventSink
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -291,113 +292,6 @@ def test_fuzz_no_500(client: FlaskClient) -> None:
     assert 200 in statuses and 400 in statuses
 
 
-def test_guard_times_out_then_backs_off() -> None:
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from serving.recommender import DependencyDown, Guard
-
-    calls: list[int] = []
-
-    def slow() -> int:
-        calls.append(1)
-        time.sleep(0.2)
-        return 1
-
-    with ThreadPoolExecutor(2) as pool:
-        guard = Guard("online_store", pool, timeout_s=0.02, backoff_s=0.3)
-        with pytest.raises(DependencyDown, match="timed out"):
-            guard.call(slow)
-        with pytest.raises(DependencyDown, match="backing off"):
-            guard.call(slow)
-        assert len(calls) == 1  # skipped while backing off: no second timeout paid
-        time.sleep(0.35)
-        assert guard.call(lambda: 7) == 7  # recovers by itself
-
-
-def test_guard_backs_off_only_after_failures_in_a_row() -> None:
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from serving.recommender import DependencyDown, Guard
-
-    calls: list[int] = []
-
-    def broken() -> int:
-        calls.append(1)
-        raise ConnectionError("refused")
-
-    with ThreadPoolExecutor(2) as pool:
-        guard = Guard("index", pool, timeout_s=0.5, backoff_s=0.3, trip_after=3)
-        for _ in range(2):  # isolated failures degrade their own call only
-            with pytest.raises(DependencyDown, match="refused"):
-                guard.call(broken)
-            assert guard.call(lambda: 7) == 7  # a success resets the count
-        for _ in range(3):
-            with pytest.raises(DependencyDown, match="refused"):
-                guard.call(broken)
-        with pytest.raises(DependencyDown, match="backing off"):
-            guard.call(broken)
-        assert len(calls) == 5
-        time.sleep(0.35)
-        with pytest.raises(DependencyDown, match="refused"):  # one probe, still failing:
-            guard.call(broken)
-        with pytest.raises(DependencyDown, match="backing off"):  # skipped again at once
-            guard.call(broken)
-        time.sleep(0.35)
-        assert guard.call(lambda: 8) == 8
-        assert len(calls) == 6
-
-
-def test_an_inline_guard_keeps_late_answers_and_backs_off_a_part_that_stays_slow() -> None:
-    """The query tower and the ranker run in the request's thread: a failure degrades, an
-    overrun keeps its answer, and a part over budget three times in a row is skipped."""
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from serving.recommender import DependencyDown, Guard
-
-    threads: list[str] = []
-
-    def slow() -> int:
-        threads.append(threading.current_thread().name)
-        time.sleep(0.03)
-        return 1
-
-    def broken() -> int:
-        raise ValueError("bad row")
-
-    with ThreadPoolExecutor(2) as pool:
-        guard = Guard("ranker", pool, timeout_s=0.01, backoff_s=0.3, trip_after=3, inline=True)
-        with pytest.raises(DependencyDown, match="bad row"):
-            guard.call(broken)
-        assert guard.call(lambda: 5) == 5  # a success resets the count
-        assert [guard.call(slow) for _ in range(3)] == [1, 1, 1]  # late answers are kept
-        assert threads == [threading.current_thread().name] * 3  # no hand-off to the pool
-        assert "over its" in guard.last_error
-        with pytest.raises(DependencyDown, match="backing off"):
-            guard.call(slow)
-        assert len(threads) == 3
-        time.sleep(0.35)
-        assert guard.call(lambda: 9) == 9  # recovers by itself
-        # Concurrent inline calls are not capped like hand-offs (each is its caller's own work).
-        guard.max_inflight = 1
-        barrier = threading.Barrier(3)
-        results: list[int] = []
-
-        def request() -> None:
-            barrier.wait()
-            results.append(guard.call(lambda: 2))
-
-        callers = [threading.Thread(target=request) for _ in range(3)]
-        for t in callers:
-            t.start()
-        for t in callers:
-            t.join()
-        assert results == [2, 2, 2]
-
-
 def test_calls_with_their_own_deadline_run_in_the_request_thread() -> None:
     """A connected index is searched in the request's thread with the guard's timeout as its
     deadline (no hand-off to the pool); an index not connected yet (connecting can take seconds)
@@ -477,8 +371,6 @@ def test_warm_up_freezes_the_long_lived_heap_out_of_garbage_collection(tmp_path:
 
 
 def test_ready_says_loading_while_the_warm_up_runs() -> None:
-    from serving.recommender import Recommender, Snapshot
-
     rec = Recommender(Snapshot.from_items({"i1": "c1"}, [("i1", 1.0)]))
     assert rec.readiness()["warm_up"] == "ok"
     rec.warm.clear()  # what warm_up() does until Feast, the index and the model are loaded

@@ -1,0 +1,136 @@
+"""The pipeline: features -> candidates -> filter -> rank -> rules, each stage timed.
+
+One :class:`Pipeline` object is built per process (serving) or per evaluation; it holds the
+sources and the snapshot, and nothing per request: :meth:`Pipeline.recommend` takes the request's
+models (a reload swaps them between requests, never during one) and the :data:`~lambdarec.
+recommend.types.Call` its dependencies are called through.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from lambdarec.recommend.ranking import blend, rank
+from lambdarec.recommend.rules import CATEGORY_CAP, diversify
+from lambdarec.recommend.sources import build_sources
+from lambdarec.recommend.sources.base import Request, Stores
+from lambdarec.recommend.types import Candidate, Recommendation, direct_call
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+    from lambdarec.recommend.snapshot import Snapshot
+    from lambdarec.recommend.sources.base import CandidateSource
+    from lambdarec.recommend.types import Call, FeatureReader, Models, Query, VectorSearch
+
+#: The sources a pipeline runs unless the configuration says otherwise.
+DEFAULT_SOURCES = ("vector", "cooccurrence", "trending", "popular")
+#: Over-fetch stops at this many candidates per source.
+OVERFETCH_MAX = 1000
+#: The first round asks each source for ``max(FETCH_MIN, 3k + blocked)`` items.
+FETCH_MIN = 50
+
+
+class Pipeline:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        features: FeatureReader | None = None,
+        index: VectorSearch | None = None,
+        sources: Sequence[str] = DEFAULT_SOURCES,
+        category_cap: float = CATEGORY_CAP,
+    ) -> None:
+        self.snapshot = snapshot
+        self.features = features
+        self.index = index
+        self.sources: list[CandidateSource] = build_sources(
+            list(sources), Stores(snapshot, features, index)
+        )
+        self.weights = {s.name: s.weight for s in self.sources}
+        self.category_cap = category_cap
+
+    def recommend(
+        self,
+        query: Query,
+        models: Models,
+        call: Call = direct_call,
+        *,
+        blocked: Iterable[str] = (),
+    ) -> Recommendation:
+        """The top ``query.k`` items; ``blocked`` adds items the caller knows are out (e.g. this
+        process's record of the user's purchases) to the query's own exclusions."""
+        timings: dict[str, float] = {}
+        request = Request(query, {}, models, call, [])
+
+        with _stage("features", timings):
+            if self.features is None:
+                request.missing("online_store")
+            else:
+                got = request.attempt(
+                    "online_store", self.features.context, query.user_id, query.session_id
+                )
+                request.features = dict(got or {})
+
+        features = request.features
+        request.blocked = set(query.exclude) | set(blocked)
+        request.blocked |= {
+            str(i) for i in features.get("session_features__last_purchased_items") or ()
+        }
+        catalog = self.snapshot.categories
+        fetch = max(FETCH_MIN, 3 * query.k + len(request.blocked))
+        survivors: list[Candidate] = []
+        while True:
+            with _stage("candidates", timings):
+                merged: dict[str, Candidate] = {}
+                more = False
+                for source in self.sources:
+                    pool = source.candidates(request, fetch)
+                    more = more or pool.more
+                    name = source.name
+                    for item, s in pool.pairs:
+                        cand = merged.get(item)
+                        if cand is None:
+                            cand = merged[item] = Candidate(item)
+                        cand.sources[name] = max(cand.sources.get(name, 0.0), float(s))
+            with _stage("filter", timings):
+                blocked_items = request.blocked
+                survivors = [
+                    c
+                    for c in merged.values()
+                    if c.item_id not in blocked_items and (not catalog or c.item_id in catalog)
+                ]
+                for c in survivors:
+                    c.category = catalog.get(c.item_id)
+            # Over-fetch again only while a source can still give more than it gave.
+            if len(survivors) >= 2 * query.k or not more or fetch >= OVERFETCH_MAX:
+                break
+            fetch = min(fetch * 4, OVERFETCH_MAX)
+
+        with _stage("rank", timings):
+            blend(survivors, self.weights)
+            rank(request, survivors, self.weights)
+
+        with _stage("rules", timings):
+            items = diversify(survivors, query.k, self.category_cap)
+
+        return Recommendation(
+            items,
+            request.degraded,
+            features,
+            {s: round(v, 3) for s, v in timings.items()},
+        )
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:  # a stage may run more than once (over-fetch): its times add up
+        timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+__all__ = ["DEFAULT_SOURCES", "Pipeline"]
