@@ -124,9 +124,10 @@ test-unit: setup ## Fast tests only (unit + dags)
 	$(PY) -m pytest tests/unit tests/dags $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(VENV)/.installed ## ruff (with the AIR, TC, TID rules), ruff format --check and mypy
+lint: $(VENV)/.installed ## ruff (with the AIR, TC, TID rules), ruff format --check, the import contracts and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(VENV)/bin/mypy
 
 .PHONY: format
