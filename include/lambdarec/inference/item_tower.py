@@ -21,7 +21,6 @@ the TF tower within 1e-5 (tests/unit/test_item_tower.py).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ from lambdarec.inference.nn import (
     check_index_range,
     export_dir,
     l2_normalize,
+    read_export,
 )
 from lambdarec.inference.vocabulary import ItemVocabulary
 
@@ -88,19 +88,14 @@ class ItemTower:
     @classmethod
     def load(cls, model_dir: Path) -> ItemTower:
         """From a two-tower export (``export_two_tower``) or a run folder holding one."""
-        folder = export_dir(model_dir) / EXPORT_DIR
-        if not (folder / META_FILE).exists():
-            raise FileNotFoundError(
-                f"{folder} holds no item tower export: the run predates it; retrain "
-                "(weekly_model_retraining) to embed new items"
-            )
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError(
-                f"{folder}: item tower format {meta.get('format')}, expected {EXPORT_FORMAT}"
-            )
-        with np.load(folder / WEIGHTS_FILE) as data:
-            weights = {k: data[k] for k in data.files}
+        meta, weights = read_export(
+            export_dir(model_dir) / EXPORT_DIR,
+            META_FILE,
+            WEIGHTS_FILE,
+            EXPORT_FORMAT,
+            "item tower",
+            "the run predates it; retrain (weekly_model_retraining) to embed new items",
+        )
         vocab = meta.get("vocabulary")
         return cls(weights, ItemVocabulary.from_json(vocab) if vocab else None, meta["activations"])
 

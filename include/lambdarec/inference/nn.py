@@ -7,7 +7,8 @@ the unknown category.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,3 +54,20 @@ def check_activations(names: list[str] | tuple[str, ...], model: str) -> None:
 def export_dir(model_dir: Path) -> Path:
     """The two-tower export folder: ``model_dir`` itself or its ``two_tower/`` (a run folder)."""
     return model_dir / "two_tower" if (model_dir / "two_tower").is_dir() else model_dir
+
+
+def read_export(
+    folder: Path, meta_file: str, weights_file: str, expected_format: int, what: str, missing: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An export's metadata and weights; a missing export is a FileNotFoundError ending in
+    ``missing`` (what to do), a format this code does not read a ValueError naming both."""
+    if not (folder / meta_file).is_file():
+        raise FileNotFoundError(f"{folder} holds no {what} export ({meta_file}): {missing}")
+    meta: dict[str, Any] = json.loads((folder / meta_file).read_text(encoding="utf-8"))
+    if meta.get("format") != expected_format:
+        raise ValueError(
+            f"{folder}: {what} format {meta.get('format')}, expected {expected_format}"
+        )
+    with np.load(folder / weights_file) as data:
+        weights = {k: data[k] for k in data.files}
+    return meta, weights

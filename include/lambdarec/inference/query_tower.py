@@ -23,7 +23,6 @@ service) into the tower's inputs and encodes them.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from lambdarec.inference.nn import (
     check_index_range,
     export_dir,
     l2_normalize,
+    read_export,
 )
 
 if TYPE_CHECKING:
@@ -114,19 +114,15 @@ class QueryTower:
         folder = Path(folder)
         if not (folder / META_FILE).exists():
             folder = export_dir(folder) / EXPORT_DIR
-        if not (folder / META_FILE).exists():
-            raise FileNotFoundError(
-                f"{folder} holds no numpy query tower ({META_FILE}): the export predates it; "
-                "re-export the model (lambdarec.models.export) or retrain (weekly_model_retraining); "
-                "until then serve the SavedModel query_tower/"
-            )
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError(
-                f"{folder}: query tower format {meta.get('format')}, expected {EXPORT_FORMAT}"
-            )
-        with np.load(folder / WEIGHTS_FILE) as data:
-            weights = {k: data[k] for k in data.files}
+        meta, weights = read_export(
+            folder,
+            META_FILE,
+            WEIGHTS_FILE,
+            EXPORT_FORMAT,
+            "numpy query tower",
+            "the export predates it; re-export the model (lambdarec.models.export."
+            "export_two_tower) or retrain (weekly_model_retraining)",
+        )
         return cls(weights, attention=bool(meta["attention"]), activations=meta["activations"])
 
     def forward(

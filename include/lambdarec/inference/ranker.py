@@ -32,13 +32,12 @@ output as one ``deep`` entry.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lambdarec.inference.nn import ACTIVATIONS, check_activations
+from lambdarec.inference.nn import ACTIVATIONS, check_activations, read_export
 from lambdarec.inference.ranker_rows import (
     DENSE,
     UNKNOWN,
@@ -106,20 +105,16 @@ class DeepFMRanker:
     def __init__(self, folder: Path, vocabulary: ItemVocabulary | None = None) -> None:
         #: Raw catalog values -> the model's category index, for items the export lacks.
         self.vocabulary = vocabulary
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError(
-                f"{folder}: ranker export format {meta.get('format')!r}, "
-                f"this code reads {EXPORT_FORMAT}"
-            )
+        meta, weights = read_export(
+            folder, META_FILE, WEIGHTS_FILE, EXPORT_FORMAT, "DeepFM ranker", "retrain"
+        )
         if list(meta["dense"]) != list(DENSE):
             raise ValueError(f"{folder}: dense features {meta['dense']}, this code builds {DENSE}")
         self.fields: list[str] = list(meta["fields"])
         self.use_ids = bool(meta["item_ids"])
         self.n_candidates = int(meta["n_candidates"])
         self.max_history = int(meta["max_history"])
-        with np.load(folder / WEIGHTS_FILE) as w:
-            self.w = {k: w[k].astype(np.float32) for k in w.files}
+        self.w = {k: v.astype(np.float32) for k, v in weights.items()}
         ids, self.table = read_table(folder, float(meta["cooc_decay"]))
         self._position = {item: pos for pos, item in enumerate(ids)}
         w = self.w
