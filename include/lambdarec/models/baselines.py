@@ -45,6 +45,34 @@ def history_matrix(hist: np.ndarray, n_items: int, decay: float = 1.0) -> sp.csr
     return m
 
 
+def cosine_cooccurrence(
+    group: np.ndarray, item: np.ndarray, ts: np.ndarray, n_items: int, max_items: int
+) -> sp.csr_matrix:
+    """Item x item co-occurrence within groups (the batch layer's definition): each group's last
+    ``max_items`` distinct items take part, score ``n_ab / sqrt(n_a * n_b)``, no diagonal."""
+    order = np.lexsort((-ts, group))
+    g, i = group[order], item[order]
+    key = g.astype(np.int64) * n_items + i
+    _, first = np.unique(key, return_index=True)
+    first = np.sort(first)
+    g, i = g[first], i[first]
+    starts = np.r_[0, np.flatnonzero(np.diff(g) != 0) + 1]
+    rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    keep = rank < max_items
+    gc = np.unique(g[keep], return_inverse=True)[1]
+    s = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (gc, i[keep])),
+        shape=(int(gc.max()) + 1 if len(gc) else 0, n_items),
+    )
+    c = (s.T @ s).tocsr()
+    c.setdiag(0)
+    c.eliminate_zeros()
+    support = np.asarray(s.sum(axis=0)).ravel()
+    inv = np.zeros(n_items, dtype=np.float32)
+    inv[support > 0] = 1.0 / np.sqrt(support[support > 0])
+    return (sp.diags(inv) @ c @ sp.diags(inv)).tocsr().astype(np.float32)
+
+
 class MostPopular:
     name = "most_popular"
 
@@ -105,28 +133,7 @@ class CoOccurrence:
     def fit(self, dataset: Dataset) -> CoOccurrence:
         ev = dataset.train_events
         n = dataset.n_items
-        # each session's last max_items distinct items
-        order = np.lexsort((-ev.ts, ev.group))
-        g, i = ev.group[order], ev.item[order]
-        key = g.astype(np.int64) * n + i
-        _, first = np.unique(key, return_index=True)
-        first = np.sort(first)
-        g, i = g[first], i[first]
-        starts = np.r_[0, np.flatnonzero(np.diff(g) != 0) + 1]
-        rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
-        keep = rank < self.max_items
-        gc = np.unique(g[keep], return_inverse=True)[1]
-        s = sp.csr_matrix(
-            (np.ones(int(keep.sum()), dtype=np.float32), (gc, i[keep])),
-            shape=(int(gc.max()) + 1 if len(gc) else 0, n),
-        )
-        c = (s.T @ s).tocsr()
-        c.setdiag(0)
-        c.eliminate_zeros()
-        support = np.asarray(s.sum(axis=0)).ravel()
-        inv = np.zeros(n, dtype=np.float32)
-        inv[support > 0] = 1.0 / np.sqrt(support[support > 0])
-        self.matrix = (sp.diags(inv) @ c @ sp.diags(inv)).tocsr().astype(np.float32)
+        self.matrix = cosine_cooccurrence(ev.group, ev.item, ev.ts, n, self.max_items)
         self.n_items = n
         self.tie = _tiebreak(dataset.popularity())
         return self

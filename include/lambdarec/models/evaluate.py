@@ -170,7 +170,12 @@ def figures(results: Sequence[Result], ks: Sequence[int] = M.KS) -> dict[str, Fi
     for ax_i, metric in enumerate(("recall", "ndcg", "mrr", "hr")):
         ax = fig.add_subplot(2, 2, ax_i + 1)
         for r in results:
-            ax.plot(list(ks), [r.overall[f"{metric}@{k}"] for k in ks], marker="o", label=r.model)
+            ax.plot(
+                list(ks),
+                [r.overall.get(f"{metric}@{k}", np.nan) for k in ks],
+                marker="o",
+                label=r.model,
+            )
         ax.set_xscale("log")
         ax.set_xticks(list(ks), [str(k) for k in ks])
         ax.set_xlabel("K")

@@ -18,7 +18,7 @@ from lambdarec.models import evaluate as E
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lambdarec.models.data import Dataset
+    from lambdarec.models.data import Dataset, Examples
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
 
@@ -76,6 +76,7 @@ def run_evaluation(
     session_ablation: bool = True,
     baselines: bool = True,
     models: bool = True,
+    served: bool = True,
     test_max: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate baselines and models on the test split; write ``metrics.json`` and
@@ -120,6 +121,8 @@ def run_evaluation(
         )
         for r in results[-2:]:
             log.info("%s: %s", r.model, E.headline(r.overall))
+        if served:
+            results.extend(_served_rows(dataset, trained, test, out_dir / "served_models"))
         if session_ablation:
             extra["session_ablation"] = _session_ablation(dataset, results[-2], tt_config, test_max)
     payload = E.results_json(dataset, results, extra)
@@ -139,6 +142,31 @@ def run_evaluation(
     figs = E.figures(results)
     E.write_report(payload, figs, out_dir)
     return payload, figs
+
+
+def _served_rows(
+    dataset: Dataset, trained: Trained, test: Examples, work_dir: Path
+) -> list[E.Result]:
+    """The served pipeline (every configured source, the ranker, the rules) and each of its
+    sources alone (ranked by its own score), on the same test queries."""
+    from lambdarec.models.served import evaluate_served, served_setup
+    from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
+
+    setup = served_setup(
+        dataset, trained.retriever, trained.ranker, work_dir, splits={"test": test}
+    )
+    rows = [evaluate_served(setup, dataset, test, name="served")]
+    full = setup.pipeline
+    for source in DEFAULT_SOURCES:
+        setup.pipeline = Pipeline(
+            full.snapshot, features=full.features, index=full.index, sources=[source]
+        )
+        alone = setup.models
+        setup.models = type(alone)(alone.encoder, None)
+        rows.append(evaluate_served(setup, dataset, test, name=f"source:{source}"))
+        setup.models = alone
+    setup.pipeline = full
+    return rows
 
 
 def _session_ablation(

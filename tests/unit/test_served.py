@@ -1,0 +1,114 @@
+"""The evaluation's served row runs what /recommend runs: the same top-10 for the same inputs.
+
+A tiny two-tower and DeepFM are trained on synthetic data; the evaluation's served pipeline
+(exact index, in-memory features, the numpy exports) answers sampled test queries, and the Flask
+app, given the same stand-ins, answers the same queries over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lambdarec.data.generator import GeneratorConfig, generate_events  # noqa: E402
+from lambdarec.harness.platform import private_settings  # noqa: E402
+from lambdarec.models.data import Dataset, build_from_events  # noqa: E402
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lambdarec.models.pipeline import Trained
+    from lambdarec.models.served import ServedSetup
+
+CONFIG = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return build_from_events(generate_events(CONFIG), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Dataset) -> Trained:
+    from lambdarec.models.deepfm import DeepFMConfig
+    from lambdarec.models.pipeline import train_models
+    from lambdarec.models.two_tower import TwoTowerConfig
+
+    return train_models(
+        dataset,
+        TwoTowerConfig(epochs=1, valid_queries=300),
+        DeepFMConfig(epochs=1, max_queries=400),
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(
+    dataset: Dataset, trained: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> ServedSetup:
+    from lambdarec.models.served import served_setup
+
+    return served_setup(
+        dataset,
+        trained.retriever,
+        trained.ranker,
+        tmp_path_factory.mktemp("served"),
+        splits={"test": dataset.test},
+    )
+
+
+def test_the_served_row_and_recommend_give_the_same_top_10(
+    dataset: Dataset, setup: ServedSetup, tmp_path: Path
+) -> None:
+    from lambdarec.models.served import served_queries, served_topk
+    from serving import create_app
+    from serving.recommender import Recommender
+
+    assert setup.models.encoder is not None and setup.models.ranker is not None
+    sample = np.sort(np.random.default_rng(0).choice(len(dataset.test), 40, replace=False))
+    ex = dataset.test.subset(sample)
+    # The evaluation answers query n of `ex` under session "test:n": hand it the subset.
+    setup.features.splits["test"] = ex
+    evaluated, degraded = served_topk(setup, ex, "test", k=10)
+    assert degraded == {}
+
+    recommender = Recommender(
+        setup.pipeline.snapshot,
+        features=setup.features,
+        index=setup.pipeline.index,  # type: ignore[arg-type]
+        encoder=setup.models.encoder,
+        ranker=setup.models.ranker,
+        # generous budgets: a loaded test machine must not turn a slow call into a degradation
+        timeouts_s=dict.fromkeys(("online_store", "index", "model", "ranker"), 30.0),
+    )
+    client = create_app(private_settings(tmp_path), recommender, load_model=False).test_client()
+    sources: set[str] = set()
+    for n, query in enumerate(served_queries(ex, "test", setup.item_ids, 10)):
+        body = client.get(
+            "/recommend",
+            query_string={"user_id": query.user_id, "session_id": query.session_id, "k": 10},
+        ).get_json()
+        assert body["degraded_parts"] == [], body
+        served = [setup.position[i["item_id"]] for i in body["items"]]
+        assert served == evaluated[n].tolist(), n
+        sources |= {s for i in body["items"] for s in i["sources"]}
+    assert {"vector", "cooccurrence", "popular"} <= sources  # the union was served, not one list
+
+
+def test_the_served_row_is_scored_like_every_other_row(
+    dataset: Dataset, setup: ServedSetup
+) -> None:
+    from lambdarec.models.served import evaluate_served
+
+    ex = dataset.test.sample(200, 1)
+    setup.features.splits["test"] = ex
+    result = evaluate_served(setup, dataset, ex, name="served")
+    assert result.overall["n_queries"] == 200
+    assert 0.0 < result.overall["hr@20"] <= 1.0
+    assert result.overall["mrr@20"] <= result.overall["hr@20"]
+    assert result.topk.shape == (200, 20)
