@@ -58,20 +58,23 @@ def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> No
     trained = train_models(
         dataset,
         TwoTowerConfig(epochs=1, batch_size=256, valid_queries=200),
-        DeepFMConfig(epochs=1, max_queries=500, negatives=5),
-        out_dir=tmp_path,
+        DeepFMConfig(epochs=1, max_queries=500),
+        work_dir=tmp_path,
     )
     ids, matrix = trained.retriever.item_embeddings()
     assert matrix.shape == (dataset.n_items, 64) and matrix.dtype == np.float32
     assert len(ids) == dataset.n_items
     q = trained.retriever.query_embeddings(dataset.test.subset(np.arange(5)))
     assert q.shape == (5, 64)
-    assert (tmp_path / "query_tower" / "saved_model.pb").exists()
+    assert (tmp_path / "two_tower" / "query_tower" / "saved_model.pb").exists()
+    assert (tmp_path / "deepfm" / "serving" / "ranker.json").exists()
+    assert trained.ranker.sources == ["vector", "cooccurrence", "trending", "popular"]
 
-    cand, scores = E.ranker_topk(trained.retriever, dataset.test, 100)
-    reranked = trained.ranker.rerank(dataset, dataset.test, cand, scores)
-    assert np.array_equal(np.sort(reranked, axis=1), np.sort(cand, axis=1))  # same candidates
-    res = E.evaluate_topk("two_stage", reranked, dataset, dataset.test)
+    from lambdarec.models.served import evaluate_served
+
+    trained.setup.features.splits["test"] = dataset.test
+    res = evaluate_served(trained.setup, dataset, dataset.test, name="served")
+    assert 0 < res.overall["hr@20"] <= 1
     payload = E.results_json(dataset, [res], {})
     jpath, hpath = E.write_report(payload, E.figures([res]), tmp_path / "report")
     assert hpath.read_text().count("<img") == 3 and jpath.exists()

@@ -27,33 +27,31 @@ from lambdarec.data.generator import GeneratorConfig, generate_events  # noqa: E
 from lambdarec.harness.platform import private_settings  # noqa: E402
 from lambdarec.harness.waiting import eventually  # noqa: E402
 from lambdarec.inference.ranker import DeepFMRanker  # noqa: E402
+from lambdarec.inference.ranker_rows import ABSENT_RANK  # noqa: E402
 from lambdarec.models import baselines as B  # noqa: E402
 from lambdarec.models import evaluate as E  # noqa: E402
 from lambdarec.models.data import Dataset, Examples, build_from_events  # noqa: E402
-from lambdarec.recommend.ranking import blend, retrieval_inputs  # noqa: E402
+from lambdarec.recommend.ranking import source_matrix  # noqa: E402
 from lambdarec.recommend.snapshot import Snapshot  # noqa: E402
-from lambdarec.recommend.sources import REGISTRY  # noqa: E402
 from lambdarec.recommend.types import Candidate, Models, Query  # noqa: E402
 from serving.recommender import Recommender  # noqa: E402
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lambdarec.models.deepfm import TrainedDeepFM
+    from lambdarec.models.deepfm import CandidateLists, TrainedDeepFM
 
 
 @dataclass
 class Trained:
     data: Dataset
     queries: Examples
-    cand: np.ndarray
-    scores: np.ndarray
+    lists: CandidateLists
     idx_map: np.ndarray
     fm: TrainedDeepFM
     ranker: DeepFMRanker
 
 
-WEIGHTS = {name: factory.weight for name, factory in REGISTRY.items()}  # type: ignore[attr-defined]
 CONFIG = GeneratorConfig(n_users=300, n_items=400, n_categories=10, days=5, n_events=8_000, seed=1)
 
 
@@ -62,8 +60,11 @@ def dataset() -> Dataset:
     return build_from_events(generate_events(CONFIG), name="tiny")
 
 
-def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
-    from lambdarec.models import deepfm
+def _lists(data: Dataset, queries: Examples) -> CandidateLists:
+    """Two stand-in sources: "vector" scores items by the cosine of random unit vectors (what the
+    two-tower's scores are, without training one), top 100; "popular" is the training popularity,
+    top 30. Each query's candidates are their union, padded with -1."""
+    from lambdarec.models.deepfm import CandidateLists
 
     rng = np.random.default_rng(7)
     items = rng.normal(size=(data.n_items, 16))
@@ -73,17 +74,39 @@ def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
         q = np.random.default_rng(int(ex.ts[0]) % 2**32).normal(size=(len(ex), 16))
         return (q / np.linalg.norm(q, axis=1, keepdims=True)) @ items.T
 
+    cand_v, scores_v = E.ranker_topk(cosine, queries, 100)
+    pop = data.popularity()
+    top_pop = np.argsort(-pop, kind="stable")[:30]
+    width = 130
+    cand = np.full((len(queries), width), -1, dtype=np.int64)
+    scores = np.full((len(queries), width, 2), np.nan)
+    ranks = np.full((len(queries), width, 2), np.nan)
+    for q in range(len(queries)):
+        column = {}
+        for place, (item, score) in enumerate(zip(cand_v[q], scores_v[q], strict=True)):
+            column[int(item)] = len(column)
+            scores[q, column[int(item)], 0] = (float(score) + 1.0) / 2.0
+            ranks[q, column[int(item)], 0] = place
+        for place, item in enumerate(top_pop):
+            at = column.setdefault(int(item), len(column))
+            scores[q, at, 1] = pop[item] / pop[top_pop[0]]
+            ranks[q, at, 1] = place
+        cand[q, : len(column)] = list(column)
+    return CandidateLists(["vector", "popular"], cand, scores, ranks)
+
+
+def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
+    from lambdarec.models import deepfm
+
     queries = data.valid.sample(600, 0)
-    cand, scores = E.ranker_topk(cosine, queries, 100)
+    lists = _lists(data, queries)
     idx_map = np.where(data.seen_in_train(), np.arange(data.n_items) + 2, 1).astype(np.int64)
     config = deepfm.DeepFMConfig(epochs=1, max_queries=600, item_ids=item_ids)
-    fm = deepfm.train_deepfm(
-        data, queries, cand, scores, idx_map, B.CoOccurrence().fit(data), config
-    )
-    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
+    fm = deepfm.train_deepfm(data, queries, lists, idx_map, B.CoOccurrence().fit(data), config)
+    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT)
     ranker = DeepFMRanker.from_model_dir(out)
     assert ranker is not None
-    return Trained(data, queries, cand, scores, idx_map, fm, ranker)
+    return Trained(data, queries, lists, idx_map, fm, ranker)
 
 
 @pytest.fixture(scope="module")
@@ -105,32 +128,28 @@ def _tf_logits(t: Trained, rows: dict[str, np.ndarray]) -> np.ndarray:
 def _training_rows(t: Trained, sel: np.ndarray) -> dict[str, np.ndarray]:
     from lambdarec.models.deepfm import candidate_features
 
-    return candidate_features(
-        t.fm.item_table(t.data), t.queries.subset(sel), t.cand[sel], t.scores[sel]
-    )
+    return candidate_features(t.fm.item_table(t.data), t.queries.subset(sel), t.lists.subset(sel))
 
 
 def _scored(
     ranker: DeepFMRanker, features: dict[str, Any], candidates: list[Candidate]
 ) -> list[tuple[float, dict[str, float]]]:
-    """The ranker's scores as the pipeline asks for them (retrieval inputs from the candidates)."""
-    blend(candidates, WEIGHTS)
-    retrieval, rank = retrieval_inputs(candidates)
+    """The ranker's scores as the pipeline asks for them (each source's score and place)."""
+    scores, ranks = source_matrix(candidates, ranker.sources)
     ids, categories = [c.item_id for c in candidates], [c.category for c in candidates]
-    return ranker.score(features, ids, categories, retrieval, rank)
+    return ranker.score(features, ids, categories, scores, ranks)
 
 
 def _rows(
     ranker: DeepFMRanker, features: dict[str, Any], candidates: list[Candidate]
 ) -> dict[str, np.ndarray]:
-    blend(candidates, WEIGHTS)
-    retrieval, rank = retrieval_inputs(candidates)
+    scores, ranks = source_matrix(candidates, ranker.sources)
     ids, categories = [c.item_id for c in candidates], [c.category for c in candidates]
-    return ranker.rows(features, ids, categories, retrieval, rank)
+    return ranker.rows(features, ids, categories, scores, ranks)
 
 
 def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
-    rows = _training_rows(t, np.arange(30))  # 3,000 rows
+    rows = _training_rows(t, np.arange(30))  # 3,900 rows (padding included: any row scores)
     logits, contributions = ranker.forward(rows)
     np.testing.assert_allclose(logits, _tf_logits(t, rows), atol=1e-4, rtol=0)
     # the contributions are a decomposition of the logit (up to the constant bias)
@@ -163,7 +182,7 @@ def test_numpy_forward_pass_equals_the_tf_model(
                 else rng.normal(0.0, 0.3, shape)
             )
             var.assign(value.astype(np.float32))
-        export_for_serving(t.fm, t.data, tmp_path / SERVING_EXPORT, n_candidates=100)
+        export_for_serving(t.fm, t.data, tmp_path / SERVING_EXPORT)
         randomised = DeepFMRanker.from_model_dir(tmp_path)
         assert randomised is not None
         _check_forward(t, randomised)
@@ -186,10 +205,20 @@ def _serving_inputs(t: Trained, q: int) -> tuple[dict[str, Any], list[Candidate]
         "session_features__n_purchases": None,
         "user_history_30d__n_events_30d": user_events - session_len,
     }
-    candidates = [
-        Candidate(str(ids[c]), {"vector": (float(s) + 1.0) / 2.0})
-        for c, s in zip(t.cand[q], t.scores[q], strict=True)
-    ]
+    lists, candidates = t.lists, []
+    for column in np.flatnonzero(lists.cand[q] >= 0):
+        got = {
+            name: j
+            for j, name in enumerate(lists.sources)
+            if not np.isnan(lists.scores[q, column, j])
+        }
+        candidates.append(
+            Candidate(
+                str(ids[lists.cand[q, column]]),
+                {name: float(lists.scores[q, column, j]) for name, j in got.items()},
+                {name: int(lists.ranks[q, column, j]) for name, j in got.items()},
+            )
+        )
     return features, candidates
 
 
@@ -207,33 +236,44 @@ def test_rows_built_from_serving_inputs_are_the_training_rows(trained: Trained) 
         features, candidates = _serving_inputs(t, q)
         order = shuffle.permutation(len(candidates))  # candidates arrive in any order
         got = _rows(t.ranker, features, [candidates[i] for i in order])
-        want = {k: v[order] for k, v in _training_rows(t, np.array([q])).items()}
+        width = len(candidates)  # the training lists are padded beyond the query's candidates
+        want = {k: v[:width][order] for k, v in _training_rows(t, np.array([q])).items()}
         assert set(got) == set(want)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         # the same query scored the training way (TF) and the serving way (numpy)
         scores = [s for s, _ in _scored(t.ranker, features, [candidates[i] for i in order])]
-        predicted = t.fm.predict(t.data, ex.subset(np.array([q])), t.cand[[q]], t.scores[[q]])
-        np.testing.assert_allclose(scores, predicted[0][order], atol=1e-4, rtol=0)
+        predicted = t.fm.predict(t.data, ex.subset(np.array([q])), t.lists.subset(np.array([q])))
+        np.testing.assert_allclose(scores, predicted[0][:width][order], atol=1e-4, rtol=0)
 
 
 def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
     r = trained.ranker
     known = [str(i) for i in trained.data.catalog.item_ids[:3]]
     candidates = [
-        Candidate(known[0], {"vector": 0.9}),
-        Candidate(known[1], {"vector": 0.7}),
-        Candidate("never-seen", {"popular": 1.0}),
-        Candidate(known[2], {"trending": 0.5}),
+        Candidate(known[0], {"vector": 0.9}, {"vector": 0}),
+        Candidate(known[1], {"vector": 0.7}, {"vector": 1}),
+        Candidate("never-seen", {"popular": 1.0}, {"popular": 0}),
+        Candidate(known[2], {"trending": 0.5}, {"trending": 0}),  # a source the ranker lacks
     ]
     features = {"session_features__last_viewed_items": ["never-seen-either", known[0]]}
     rows = _rows(r, features, candidates)
+    assert r.sources == ["vector", "popular"]
     assert rows["cand_item"][2] == 1 and rows["cand_category"][2] == 0  # OOV, unknown category
-    assert rows["cand_price"][2] == 0 and rows["dense"][2, 3] == 0  # no price, no popularity
+    pop_at = r.fields.index("log_pop") - (len(r.fields) - rows["dense"].shape[1])
+    assert rows["cand_price"][2] == 0 and rows["dense"][2, pop_at] == 0  # no price, popularity
     assert rows["last_item"][0] == 1 and rows["session_category"][0] == 0  # unknown last item
-    retrieval, log_rank = rows["dense"][:, 0], rows["dense"][:, 1]
-    np.testing.assert_allclose(retrieval, [0.8, 0.4, 0.4, 0.4], atol=1e-6)  # floor: lowest hit
-    np.testing.assert_allclose(log_rank, np.log1p([0, 1, 2, 3]), atol=1e-6)  # popular > trending
+    absent = np.log1p(ABSENT_RANK)
+    np.testing.assert_allclose(  # vector score, log place, popular score, log place
+        rows["dense"][:, :4],
+        [
+            [0.9, 0.0, 0.0, absent],
+            [0.7, np.log1p(1), 0.0, absent],
+            [0.0, absent, 1.0, 0.0],
+            [0.0, absent, 0.0, absent],
+        ],
+        atol=1e-6,
+    )
     scored = _scored(r, features, candidates)
     assert len(scored) == 4 and all(np.isfinite(s) for s, _ in scored)
     for _, contributions in scored:
@@ -334,7 +374,10 @@ def test_recommend_is_ranked_by_the_deepfm(trained: Trained, tmp_path: Path) -> 
     assert set(body["degraded_parts"]) == {"online_store", "index", "model"}
 
     # The pool is the 50 popular items; the ranker's own scores of it give the expected order.
-    pool = [Candidate(i, {"popular": s}) for i, s in rec.snapshot.popular]
+    pool = [
+        Candidate(i, {"popular": s}, {"popular": n})
+        for n, (i, s) in enumerate(rec.snapshot.popular)
+    ]
     expected = sorted(
         zip(_scored(trained.ranker, {}, pool), pool, strict=True),
         key=lambda sc: (-sc[0][0], sc[1].item_id),

@@ -35,7 +35,7 @@ def dataset() -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def trained(dataset: Dataset) -> Trained:
+def trained(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.pipeline import train_models
     from lambdarec.models.two_tower import TwoTowerConfig
@@ -44,22 +44,13 @@ def trained(dataset: Dataset) -> Trained:
         dataset,
         TwoTowerConfig(epochs=1, valid_queries=300),
         DeepFMConfig(epochs=1, max_queries=400),
+        work_dir=tmp_path_factory.mktemp("served"),
     )
 
 
 @pytest.fixture(scope="module")
-def setup(
-    dataset: Dataset, trained: Trained, tmp_path_factory: pytest.TempPathFactory
-) -> ServedSetup:
-    from lambdarec.models.served import served_setup
-
-    return served_setup(
-        dataset,
-        trained.retriever,
-        trained.ranker,
-        tmp_path_factory.mktemp("served"),
-        splits={"test": dataset.test},
-    )
+def setup(trained: Trained) -> ServedSetup:
+    return trained.setup
 
 
 def test_the_served_row_and_recommend_give_the_same_top_10(

@@ -3,16 +3,16 @@
 Training (``lambdarec.models.deepfm.export_for_serving``) writes ``deepfm/serving/`` in every run:
 ``weights.npz`` (the model's variables by role), ``items.npz`` (the :class:`~lambdarec.inference.
 ranker_rows.ItemTable`: per catalog item its raw id, embedding index, category, price bucket and
-training popularity, and the training co-occurrence matrix) and ``ranker.json`` (field order,
-batch-norm epsilon, MLP activations, co-occurrence decay, history length, ``n_candidates``).
+training popularity, and the training co-occurrence matrix) and ``ranker.json`` (the candidate
+sources it reads, field order, batch-norm epsilon, MLP activations, co-occurrence decay, history
+length).
 
 :meth:`DeepFMRanker.rows` turns a request into the training feature rows through
 :func:`~lambdarec.inference.ranker_rows.ranker_rows`, the function training builds its rows with.
 What serving feeds it differs from training only where serving knows less:
 
-* retrieval score and rank come from the caller (the pipeline's candidates: vector hits first by
-  their score, the others after them), ranks capped at ``n_candidates - 1``, the largest training
-  saw;
+* each source's score and place come from the caller: the pipeline's candidates, as in training
+  (the ranker is trained on the same pipeline's candidates);
 * the session history is the speed layer's ``last_viewed_items`` (views only), training's was the
   session's last interactions of any kind;
 * the session length is the session's events so far (not collapsed as training's interaction
@@ -39,9 +39,9 @@ import numpy as np
 
 from lambdarec.inference.nn import ACTIVATIONS, check_activations, read_export
 from lambdarec.inference.ranker_rows import (
-    DENSE,
     UNKNOWN,
     ItemTable,
+    dense_names,
     online_counts,
     online_history,
     ranker_rows,
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 #: The serving export's folder inside a run's ``deepfm/`` folder, and its format version.
 EXPORT_DIR = "serving"
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 META_FILE = "ranker.json"
 WEIGHTS_FILE = "weights.npz"
 ITEMS_FILE = "items.npz"
@@ -108,11 +108,15 @@ class DeepFMRanker:
         meta, weights = read_export(
             folder, META_FILE, WEIGHTS_FILE, EXPORT_FORMAT, "DeepFM ranker", "retrain"
         )
-        if list(meta["dense"]) != list(DENSE):
-            raise ValueError(f"{folder}: dense features {meta['dense']}, this code builds {DENSE}")
+        #: The candidate sources whose scores and places the model reads, in its order.
+        self.sources: list[str] = list(meta["sources"])
+        if list(meta["dense"]) != dense_names(self.sources):
+            raise ValueError(
+                f"{folder}: dense features {meta['dense']}, this code builds "
+                f"{dense_names(self.sources)} for sources {self.sources}"
+            )
         self.fields: list[str] = list(meta["fields"])
         self.use_ids = bool(meta["item_ids"])
-        self.n_candidates = int(meta["n_candidates"])
         self.max_history = int(meta["max_history"])
         self.w = {k: v.astype(np.float32) for k, v in weights.items()}
         ids, self.table = read_table(folder, float(meta["cooc_decay"]))
@@ -149,11 +153,12 @@ class DeepFMRanker:
         features: Mapping[str, Any],
         item_ids: Sequence[str],
         categories: Sequence[str | None],
-        retrieval_score: np.ndarray,
-        rank: np.ndarray,
+        source_scores: np.ndarray,
+        source_ranks: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """The training feature rows of one request's candidates: ``item_ids`` with their raw
-        catalog ``categories``, retrieval scores and ranks (see the module doc)."""
+        catalog ``categories``, and (candidates x :attr:`sources`) scores and places from the
+        pipeline's sources (see the module doc)."""
         n = len(item_ids)
         pos = self._position
         cand = np.fromiter((pos.get(i, UNKNOWN) for i in item_ids), np.int64, n)
@@ -174,8 +179,8 @@ class DeepFMRanker:
             np.array([session_len]),
             np.array([user_events]),
             cand[None, :],
-            np.asarray(retrieval_score, dtype=np.float64)[None, :],
-            np.minimum(np.asarray(rank, dtype=np.float64), self.n_candidates - 1)[None, :],
+            np.asarray(source_scores, dtype=np.float64)[None],
+            np.asarray(source_ranks, dtype=np.float64)[None],
             None if cand_category is None else cand_category[None, :],
         )
 
@@ -217,13 +222,13 @@ class DeepFMRanker:
         features: Mapping[str, Any],
         item_ids: Sequence[str],
         categories: Sequence[str | None],
-        retrieval_score: np.ndarray,
-        rank: np.ndarray,
+        source_scores: np.ndarray,
+        source_ranks: np.ndarray,
     ) -> list[tuple[float, dict[str, float]]]:
         """Per candidate (logit, its top contributions), in the candidates' order."""
         if not item_ids:
             return []
-        rows = self.rows(features, item_ids, categories, retrieval_score, rank)
+        rows = self.rows(features, item_ids, categories, source_scores, source_ranks)
         logits, contributions = self.forward(rows)
         names = [*self.fields, "deep"]
         top = np.argsort(-np.abs(contributions), axis=1)[:, :TOP_CONTRIBUTIONS]

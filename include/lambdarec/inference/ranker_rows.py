@@ -13,10 +13,11 @@ field_names``):
   (0 no item, 1 an item unknown to the table);
 * ``cand_category``, ``cand_price``: the candidate's category index and price bucket;
   ``session_category``: the category of the session's last item (0 when unknown);
-* dense: ``retrieval_score`` and ``log_rank`` (what retrieval said of the candidate),
-  ``cooc`` (``sum_j decay**j * M[hist_j, candidate]`` over the training co-occurrence matrix),
-  ``log_pop`` (training interactions), ``log_session_len``, ``log_user_events`` and
-  ``same_category`` (candidate and session share a known category).
+* dense: per candidate source of the pipeline, its score (0 when it did not propose the
+  candidate) and the log of the candidate's place in its list (:data:`ABSENT_RANK` when absent),
+  then ``cooc`` (``sum_j decay**j * M[hist_j, candidate]`` over the training co-occurrence
+  matrix), ``log_pop`` (training interactions), ``log_session_len``, ``log_user_events`` and
+  ``same_category`` (candidate and session share a known category): :func:`dense_names`.
 
 Queries come as catalog positions: a history entry is a position, :data:`PAD` (no item) or
 :data:`UNKNOWN` (an item the table does not know: serving meets items newer than the model);
@@ -34,24 +35,25 @@ import numpy as np
 from lambdarec.inference.nn import NO_ITEM, OOV_ITEM
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
-DENSE = (
-    "retrieval_score",
-    "log_rank",
-    "cooc",
-    "log_pop",
-    "log_session_len",
-    "log_user_events",
-    "same_category",
-)
+#: The dense features every row has after the per-source ones.
+BASE_DENSE = ("cooc", "log_pop", "log_session_len", "log_user_events", "same_category")
+#: A source's place for a candidate it did not propose (beyond any list's length).
+ABSENT_RANK = 1000.0
 #: A history position with no item (padding).
 PAD = -1
 #: An item the table does not know (a history item or a candidate newer than the model).
 UNKNOWN = -2
 #: The session's event counts serving reads (the session's length so far).
 SESSION_COUNTS = ("n_views", "n_carts", "n_removes", "n_purchases")
+
+
+def dense_names(sources: Sequence[str]) -> list[str]:
+    """The dense features of a ranker over ``sources``, in the rows' order."""
+    per_source = [f"{s}_{what}" for s in sources for what in ("score", "log_rank")]
+    return [*per_source, *BASE_DENSE]
 
 
 @dataclass(frozen=True)
@@ -132,21 +134,25 @@ def ranker_rows(
     session_len: np.ndarray,
     user_events: np.ndarray,
     cand: np.ndarray,
-    retrieval_score: np.ndarray,
-    rank: np.ndarray,
+    source_scores: np.ndarray,
+    source_ranks: np.ndarray,
     cand_category: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The feature rows of ``n`` queries x ``c`` candidates, flattened query-major.
 
     ``hist`` (n, L): catalog positions, newest first (:data:`PAD`, :data:`UNKNOWN`);
     ``session_len`` and ``user_events`` (n,): the session's interactions so far and the user's
-    before it; ``cand`` (n, c): catalog positions or :data:`UNKNOWN`; ``retrieval_score`` and
-    ``rank`` (n, c): what retrieval said of each candidate; ``cand_category`` (n, c): the category
-    index of candidates the table does not know (ignored for known ones; unknown without it).
+    before it; ``cand`` (n, c): catalog positions or :data:`UNKNOWN`; ``source_scores`` and
+    ``source_ranks`` (n, c, S): each source's score of each candidate and its place in the
+    source's list, NaN where the source did not propose it; ``cand_category`` (n, c): the
+    category index of candidates the table does not know (ignored for known ones; unknown
+    without it).
     """
     hist = np.asarray(hist, dtype=np.int64)
     cand = np.asarray(cand, dtype=np.int64)
     n, c = cand.shape
+    scores = np.asarray(source_scores, dtype=np.float64).reshape(n, c, -1)
+    ranks = np.asarray(source_ranks, dtype=np.float64).reshape(n, c, -1)
     known = cand >= 0
     safe = np.maximum(cand, 0)
     category = np.where(known, table.category[safe], 0)
@@ -158,10 +164,12 @@ def ranker_rows(
     )
     session_category = np.where(first >= 0, table.category[np.maximum(first, 0)], 0)
     same = (category == session_category[:, None]) & (session_category[:, None] > 0)
-    dense = np.stack(
+    per_source = np.stack(
+        [np.nan_to_num(scores, nan=0.0), np.log1p(np.where(np.isnan(ranks), ABSENT_RANK, ranks))],
+        axis=-1,
+    ).reshape(n, c, -1)  # (n, c, 2S): score, log rank per source
+    base = np.stack(
         [
-            np.asarray(retrieval_score, dtype=np.float64),
-            np.log1p(np.asarray(rank, dtype=np.float64)),
             table.cooc(hist, cand),
             np.log1p(np.where(known, table.popularity[safe], 0.0)),
             np.broadcast_to(np.log1p(np.asarray(session_len, np.float64))[:, None], (n, c)),
@@ -169,14 +177,15 @@ def ranker_rows(
             same,
         ],
         axis=-1,
-    ).astype(np.float32)
+    )
+    dense = np.concatenate([per_source, base], axis=-1).astype(np.float32)
     return {
         "cand_item": np.where(known, table.index[safe], OOV_ITEM).ravel(),
         "last_item": np.repeat(last, c),
         "cand_category": category.ravel(),
         "cand_price": np.where(known, table.price_bucket[safe], 0).ravel(),
         "session_category": np.repeat(session_category, c),
-        "dense": dense.reshape(n * c, len(DENSE)),
+        "dense": dense.reshape(n * c, dense.shape[-1]),
     }
 
 

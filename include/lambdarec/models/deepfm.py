@@ -1,28 +1,24 @@
-"""DeepFM ranker (tf.keras): re-ranks the retriever's top-100 candidates into a top-10.
+"""DeepFM ranker (tf.keras): ranks the recommendation pipeline's candidates into the top 10.
+
+It is trained on what it ranks when served: the candidates the pipeline's sources propose
+(:func:`lambdarec.models.served.candidate_lists`: vector retrieval, co-occurrence, trending,
+popular and any configured source) for held-out queries (the validation split, which the
+retriever and the sources' statistics did not see); the positive is the real next item (weighted
+by its event type), the others are the candidates it beat. Queries whose next item is among no
+source's candidates carry no ranking signal and are skipped. The loss is a softmax over all of a
+query's candidates (listwise), cross-entropy on the one that was clicked: it learns to order the
+top of the list, and, from each source's score and place, how far to trust each source, so the
+served list can be better than any single source. 10% of the queries are held out for early
+stopping on the loss.
 
 Fields per (query, candidate), built by :func:`lambdarec.inference.ranker_rows.ranker_rows` (the
 function serving builds its rows with): sparse ids (candidate category; price bucket; session
 category; optionally the candidate item and the session's last item through one shared id
-embedding, see ``DeepFMConfig.item_ids``) and dense features (retrieval score, log retrieval rank,
-co-occurrence score of the candidate with the session's recent items, log item popularity, log
-session length, log user history length, same-category flag). Each sparse field has
-an embedding and a first-order weight; each dense feature scales a learned vector, so it takes part
-in the FM's pairwise interactions; the deep part is an MLP over all field vectors. Output: a logit.
-
-Training rows come from candidates the retriever actually returns for held-out queries (the
-validation split, which the retriever did not train on): positive = the real next item (weighted by
-its event type), negatives = retrieved but not interacted. Queries whose next item was not
-retrieved carry no ranking signal and are skipped. 10% of the queries are held out for early
-stopping on the loss.
-
-Two losses (``DeepFMConfig.loss``):
-
-* ``listwise`` (default): a softmax over *all* of a query's candidates, cross-entropy on the one
-  that was clicked. It learns to order the top of the list, which is what the re-ranking is for.
-* ``pointwise``: binary cross-entropy on the positive and ``negatives`` candidates sampled
-  uniformly. Measured on Diginetica (SR-GNN split, 10k test prefixes) it *lowered* HR@20 of the
-  retriever's top-100 from 42.4% to 38.7%: uniform negatives from the top-100 are mostly easy,
-  so the model never learns to separate the few plausible candidates near the top.
+embedding, see ``DeepFMConfig.item_ids``) and dense features (per source its score and log place,
+co-occurrence of the candidate with the session's recent items, log item popularity, log session
+length, log user history length, same-category flag). Each sparse field has an embedding and a
+first-order weight; each dense feature scales a learned vector, so it takes part in the FM's
+pairwise interactions; the deep part is an MLP over all field vectors. Output: a logit.
 
 Serving scores with :func:`export_for_serving`'s numpy export (:mod:`lambdarec.inference.ranker`),
 not with TensorFlow: the weights, the per-item side arrays and the co-occurrence matrix.
@@ -43,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lambdarec.inference import ranker as numpy_ranker  # noqa: E402
-from lambdarec.inference.ranker_rows import DENSE, ItemTable, ranker_rows  # noqa: E402
+from lambdarec.inference.ranker_rows import ItemTable, dense_names, ranker_rows  # noqa: E402
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -63,24 +59,27 @@ class DeepFMConfig:
     #: re-ranking lowered NDCG@10 (.0287 -> .0259); at 0.0005 it raised it to .0325. Diginetica
     #: was unchanged (NDCG@10 .2021 vs .2030 on 10k test prefixes).
     learning_rate: float = 0.0005
-    batch_size: int = 2048
     epochs: int = 8
     patience: int = 1
-    negatives: int = 20  # pointwise only
-    max_queries: int = 40_000
+    max_queries: int = 20_000
     #: Embed the candidate's and the last item's ids. Off by default: with a few thousand training
     #: queries over tens of thousands of items they memorise the training queries (Diginetica:
     #: validation loss rose from the first epoch on; without them the re-ranking gained 4 points
     #: of HR@20 over retrieval instead of 1.6, and MRR@20 rose instead of falling).
     item_ids: bool = False
-    loss: str = "listwise"  # or "pointwise" (see the module doc)
-    queries_per_batch: int = 64  # listwise: a batch is this many queries x all their candidates
+    queries_per_batch: int = 64  # a batch is this many queries x all their candidates
     seed: int = 42
 
 
 class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
     def __init__(
-        self, *, n_items: int, n_categories: int, n_price: int, config: DeepFMConfig
+        self,
+        *,
+        n_items: int,
+        n_categories: int,
+        n_price: int,
+        n_dense: int,
+        config: DeepFMConfig,
     ) -> None:
         super().__init__()
         c = config
@@ -99,7 +98,7 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
             max(n_price, 1), c.k, embeddings_initializer=init
         )
         self.price_w = tf_keras.layers.Embedding(max(n_price, 1), 1, embeddings_initializer="zeros")
-        self.dense_v = self.add_weight(name="dense_v", shape=(len(DENSE), c.k), initializer=init)
+        self.dense_v = self.add_weight(name="dense_v", shape=(n_dense, c.k), initializer=init)
         self.dense_w = tf_keras.layers.Dense(1, kernel_initializer="zeros")
         self.norm = tf_keras.layers.BatchNormalization()
         self.deep = tf_keras.Sequential(
@@ -158,21 +157,30 @@ def item_table(dataset: Dataset, idx_map: np.ndarray, cooc: CoOccurrence) -> Ite
     )
 
 
+@dataclass
+class CandidateLists:
+    """The pipeline's candidates of ``n`` queries, padded to ``c``: catalog positions (-1 pads),
+    and what each of ``sources`` said of each (n, c, S; NaN where it did not propose it)."""
+
+    sources: list[str]
+    cand: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cand)
+
+    def subset(self, idx: np.ndarray) -> CandidateLists:
+        return CandidateLists(self.sources, self.cand[idx], self.scores[idx], self.ranks[idx])
+
+
 def candidate_features(
-    table: ItemTable, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
+    table: ItemTable, ex: Examples, lists: CandidateLists
 ) -> dict[str, np.ndarray]:
-    """Flattened (query x candidate) feature rows, query-major: the retriever's candidates in
-    its order, so a candidate's rank is its column
+    """Flattened (query x candidate) feature rows, query-major
     (:func:`lambdarec.inference.ranker_rows.ranker_rows`, serving's function too)."""
-    n, c = cand.shape
     return ranker_rows(
-        table,
-        ex.hist,
-        ex.session_len,
-        ex.user_events,
-        cand,
-        cand_scores,
-        np.broadcast_to(np.arange(c), (n, c)),
+        table, ex.hist, ex.session_len, ex.user_events, lists.cand, lists.scores, lists.ranks
     )
 
 
@@ -182,6 +190,8 @@ class TrainedDeepFM:
     config: DeepFMConfig
     idx_map: np.ndarray
     cooc: CoOccurrence
+    #: The candidate sources the model reads, in its order.
+    sources: list[str]
     history: list[dict[str, float]] = field(default_factory=list)
     name: str = "deepfm"
     #: The item table its rows read (built from the dataset on first use).
@@ -192,27 +202,19 @@ class TrainedDeepFM:
             self.table = item_table(dataset, self.idx_map, self.cooc)
         return self.table
 
-    def predict(
-        self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
-    ) -> np.ndarray:
-        out = np.empty(cand.shape, dtype=np.float32)
-        step = max(1, 65_536 // max(cand.shape[1], 1))
-        for s in range(0, len(ex), step):
-            sl = np.arange(s, min(s + step, len(ex)))
-            f = candidate_features(
-                self.item_table(dataset), ex.subset(sl), cand[sl], cand_scores[sl]
-            )
+    def predict(self, dataset: Dataset, ex: Examples, lists: CandidateLists) -> np.ndarray:
+        """Logits (n, c) of the candidates (-inf where a list is padded)."""
+        if lists.sources != self.sources:
+            raise ValueError(f"candidates from sources {lists.sources}, model reads {self.sources}")
+        n, c = lists.cand.shape
+        out = np.full((n, c), -np.inf, dtype=np.float32)
+        step = max(1, 65_536 // max(c, 1))
+        for s in range(0, n, step):
+            sl = np.arange(s, min(s + step, n))
+            f = candidate_features(self.item_table(dataset), ex.subset(sl), lists.subset(sl))
             logits = self.model({k: tf.constant(v) for k, v in f.items()}, training=False).numpy()
-            out[sl] = logits.reshape(len(sl), cand.shape[1])
+            out[sl] = np.where(lists.cand[sl] >= 0, logits.reshape(len(sl), c), -np.inf)
         return out
-
-    def rerank(
-        self, dataset: Dataset, ex: Examples, cand: np.ndarray, cand_scores: np.ndarray
-    ) -> np.ndarray:
-        """Candidates re-ordered by the ranker's score (stable, so ties keep retrieval order)."""
-        s = self.predict(dataset, ex, cand, cand_scores)
-        order = np.argsort(-s, axis=1, kind="stable")
-        return np.take_along_axis(cand, order, axis=1)
 
 
 #: The serving export's folder inside the run's ``deepfm/`` folder
@@ -220,12 +222,12 @@ class TrainedDeepFM:
 SERVING_EXPORT = numpy_ranker.EXPORT_DIR
 
 
-def field_names(config: DeepFMConfig) -> list[str]:
+def field_names(config: DeepFMConfig, sources: list[str]) -> list[str]:
     """The model's fields in the order of its ``v`` tensor (sparse, then dense)."""
     sparse = ["cand_category", "cand_price", "session_category"]
     if config.item_ids:
         sparse += ["cand_item", "last_item"]
-    return [*sparse, *DENSE]
+    return [*sparse, *dense_names(sources)]
 
 
 def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
@@ -251,18 +253,15 @@ def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
     return {name: np.asarray(v.numpy(), dtype=np.float32) for name, v in layers.items()}
 
 
-def export_for_serving(
-    trained: TrainedDeepFM, dataset: Dataset, out_dir: Path, *, n_candidates: int
-) -> Path:
+def export_for_serving(trained: TrainedDeepFM, dataset: Dataset, out_dir: Path) -> Path:
     """Write what the numpy ranker (:mod:`lambdarec.inference.ranker`) needs, without TensorFlow
     or the training Dataset.
 
     ``weights.npz``: :func:`serving_weights`. ``items.npz``: the rows' :class:`ItemTable` per
     catalog item (raw id, embedding index ``idx_map``: 0 no item, 1 out of vocabulary; category,
     price bucket, training popularity) and the training co-occurrence matrix as CSR arrays.
-    ``ranker.json``: the field order, the batch-norm
-    epsilon, the MLP activations, the co-occurrence decay, the history length, and
-    ``n_candidates`` (the retrieval list length the ``log_rank`` feature was trained on).
+    ``ranker.json``: the sources it reads, the field order, the batch-norm epsilon, the MLP
+    activations, the co-occurrence decay and the history length.
     """
     import json
 
@@ -285,15 +284,15 @@ def export_for_serving(
     )
     meta = {
         "format": numpy_ranker.EXPORT_FORMAT,
-        "fields": field_names(c),
-        "dense": list(DENSE),
+        "sources": list(trained.sources),
+        "fields": field_names(c, trained.sources),
+        "dense": dense_names(trained.sources),
         "item_ids": c.item_ids,
         "k": c.k,
         "bn_epsilon": float(model.norm.epsilon),
         "deep_activations": [layer.activation.__name__ for layer in model.deep.layers],
         "cooc_decay": float(trained.cooc.decay),
         "max_history": int(dataset.train.hist.shape[1]),
-        "n_candidates": int(n_candidates),
         "n_items": int(dataset.n_items),
         "config": asdict(c),
     }
@@ -303,35 +302,8 @@ def export_for_serving(
     return out_dir
 
 
-def training_rows(
-    dataset: Dataset,
-    ex: Examples,
-    cand: np.ndarray,
-    cand_scores: np.ndarray,
-    idx_map: np.ndarray,
-    cooc: CoOccurrence,
-    negatives: int,
-    seed: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels, weights and query ids of the positives and sampled negatives."""
-    rng = np.random.default_rng(seed)
-    hit = cand == ex.target[:, None]
-    keep_q = np.flatnonzero(hit.any(axis=1))
-    ex, cand, cand_scores, hit = ex.subset(keep_q), cand[keep_q], cand_scores[keep_q], hit[keep_q]
-    f = candidate_features(item_table(dataset, idx_map, cooc), ex, cand, cand_scores)
-    n, c = cand.shape
-    noise = rng.random((n, c))
-    noise[hit] = -1.0  # the positive is always kept
-    keep = np.argsort(noise, axis=1)[:, : negatives + 1]
-    flat = (np.arange(n)[:, None] * c + keep).ravel()
-    rows = {k: v[flat] for k, v in f.items()}
-    labels = hit.ravel()[flat].astype(np.float32)
-    weights = np.where(labels > 0, np.repeat(ex.weight, negatives + 1), 1.0).astype(np.float32)
-    return rows, labels, weights, np.repeat(np.arange(n), negatives + 1)
-
-
 class _EarlyStop:
-    """Both training loops' epoch bookkeeping: log the epoch, keep the best weights by the
+    """The training loop's epoch bookkeeping: log the epoch, keep the best weights by the
     validation loss, stop after ``patience`` epochs without improvement."""
 
     def __init__(self, model: Any, history: list[dict[str, Any]], patience: int) -> None:
@@ -367,82 +339,38 @@ class _EarlyStop:
 def train_deepfm(
     dataset: Dataset,
     ex: Examples,
-    cand: np.ndarray,
-    cand_scores: np.ndarray,
+    lists: CandidateLists,
     idx_map: np.ndarray,
     cooc: CoOccurrence,
     config: DeepFMConfig | None = None,
 ) -> TrainedDeepFM:
-    """Fit on the retriever's candidates ``cand`` (queries x 100) for the queries ``ex``."""
+    """Fit on the pipeline's candidates ``lists`` of the queries ``ex`` (see the module doc):
+    a softmax over each query's whole candidate list, cross-entropy on its next item."""
     c = config or DeepFMConfig()
     tf_keras.utils.set_random_seed(c.seed)
     if len(ex) > c.max_queries:
         sel = np.sort(np.random.default_rng(c.seed).choice(len(ex), c.max_queries, replace=False))
-        ex, cand, cand_scores = ex.subset(sel), cand[sel], cand_scores[sel]
-    if c.loss == "listwise":
-        return _train_listwise(dataset, ex, cand, cand_scores, idx_map, cooc, c)
-    if c.loss != "pointwise":
-        raise ValueError(f"unknown DeepFM loss {c.loss!r}: listwise or pointwise")
-    rows, labels, weights, qid = training_rows(
-        dataset, ex, cand, cand_scores, idx_map, cooc, c.negatives, c.seed
-    )
-    n_q = int(qid.max()) + 1 if len(qid) else 0
-    if n_q < 2:
-        raise ValueError("fewer than 2 queries have their next item among the candidates")
-    holdout = np.random.default_rng(c.seed).random(n_q) < 0.1
-    is_val = holdout[qid]
-    model = DeepFM(
-        n_items=dataset.n_items,
-        n_categories=dataset.catalog.n_categories,
-        n_price=dataset.catalog.n_price_buckets,
-        config=c,
-    )
-    model.compile(
-        optimizer=tf_keras.optimizers.Adam(c.learning_rate),
-        loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
-    )
-
-    def ds(mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
-        d = tf.data.Dataset.from_tensor_slices(
-            ({k: v[mask] for k, v in rows.items()}, labels[mask][:, None], weights[mask])
-        )
-        if shuffle:
-            d = d.shuffle(int(mask.sum()), seed=c.seed)
-        return d.batch(c.batch_size).prefetch(2)
-
-    train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
-    trained = TrainedDeepFM(model, c, idx_map, cooc)
-    stopper = _EarlyStop(model, trained.history, c.patience)
-    n_train = int((~is_val).sum())
-    for epoch in range(c.epochs):
-        t0 = time.perf_counter()
-        h = model.fit(train_ds, epochs=1, verbose=0)
-        seconds = time.perf_counter() - t0
-        val = float(model.evaluate(val_ds, verbose=0))
-        if stopper.epoch_done(epoch, float(h.history["loss"][-1]), val, seconds, n_train, n_q):
-            break
-    stopper.restore()
-    return trained
-
-
-def _train_listwise(
-    dataset: Dataset,
-    ex: Examples,
-    cand: np.ndarray,
-    cand_scores: np.ndarray,
-    idx_map: np.ndarray,
-    cooc: CoOccurrence,
-    c: DeepFMConfig,
-) -> TrainedDeepFM:
-    """Softmax cross-entropy over each query's whole candidate list (queries with a hit only)."""
-    hit = cand == ex.target[:, None]
+        ex, lists = ex.subset(sel), lists.subset(sel)
+    hit = (lists.cand == ex.target[:, None]) & (lists.cand >= 0)
     keep_q = np.flatnonzero(hit.any(axis=1))
-    n_q, n_c = len(keep_q), cand.shape[1]
+    n_q, n_c = len(keep_q), lists.cand.shape[1]
     if n_q < 2:
-        raise ValueError("fewer than 2 queries have their next item among the candidates")
-    ex, cand, cand_scores, hit = ex.subset(keep_q), cand[keep_q], cand_scores[keep_q], hit[keep_q]
-    flat = candidate_features(item_table(dataset, idx_map, cooc), ex, cand, cand_scores)
+        raise ValueError(
+            "fewer than 2 training queries have their next item among the pipeline's candidates"
+        )
+    log.info(
+        "deepfm: %d of %d queries have their next item among the candidates (%.1f%%), up to %d "
+        "candidates each",
+        n_q,
+        len(ex),
+        100.0 * n_q / max(len(ex), 1),
+        n_c,
+    )
+    ex, lists, hit = ex.subset(keep_q), lists.subset(keep_q), hit[keep_q]
+    table = item_table(dataset, idx_map, cooc)
+    flat = candidate_features(table, ex, lists)
     rows = {k: v.reshape(n_q, n_c, *v.shape[1:]) for k, v in flat.items()}
+    valid = lists.cand >= 0
     label = hit.argmax(axis=1).astype(np.int32)
     weight = ex.weight.astype(np.float32)
     is_val = np.random.default_rng(c.seed).random(n_q) < 0.1
@@ -450,48 +378,50 @@ def _train_listwise(
         n_items=dataset.n_items,
         n_categories=dataset.catalog.n_categories,
         n_price=dataset.catalog.n_price_buckets,
+        n_dense=len(dense_names(lists.sources)),
         config=c,
     )
     opt = tf_keras.optimizers.Adam(c.learning_rate)
 
     def ds(mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
         d = tf.data.Dataset.from_tensor_slices(
-            ({k: v[mask] for k, v in rows.items()}, label[mask], weight[mask])
+            ({k: v[mask] for k, v in rows.items()}, valid[mask], label[mask], weight[mask])
         )
         if shuffle:
             d = d.shuffle(int(mask.sum()), seed=c.seed, reshuffle_each_iteration=True)
         return d.batch(c.queries_per_batch).prefetch(2)
 
-    def logits(f: dict[str, tf.Tensor], training: bool) -> tf.Tensor:
+    def loss_of(
+        f: dict[str, tf.Tensor], m: tf.Tensor, y: tf.Tensor, w: tf.Tensor, training: bool
+    ) -> tf.Tensor:
         flat_f = {k: tf.reshape(v, (-1, *v.shape[2:])) for k, v in f.items()}
-        return tf.reshape(model(flat_f, training=training), (-1, n_c))
-
-    def loss_of(f: dict[str, tf.Tensor], y: tf.Tensor, w: tf.Tensor, training: bool) -> tf.Tensor:
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits(f, training))
+        logits = tf.reshape(model(flat_f, training=training), (-1, n_c))
+        logits = tf.where(m, logits, tf.fill(tf.shape(logits), -1e9))
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
         return tf.reduce_sum(w * ce) / tf.maximum(tf.reduce_sum(w), 1e-6)
 
     @tf.function(reduce_retracing=True)
-    def train_step(f: dict[str, tf.Tensor], y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    def train_step(f: dict[str, tf.Tensor], m: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            loss = loss_of(f, y, w, True)
+            loss = loss_of(f, m, y, w, True)
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
     @tf.function(reduce_retracing=True)
-    def val_step(f: dict[str, tf.Tensor], y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-        return loss_of(f, y, w, False) * tf.reduce_sum(w)
+    def val_step(f: dict[str, tf.Tensor], m: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+        return loss_of(f, m, y, w, False) * tf.reduce_sum(w)
 
     train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
     val_w = float(weight[is_val].sum()) or 1.0
-    trained = TrainedDeepFM(model, c, idx_map, cooc)
+    trained = TrainedDeepFM(model, c, idx_map, cooc, list(lists.sources), table=table)
     stopper = _EarlyStop(model, trained.history, c.patience)
-    n_train = int((~is_val).sum()) * n_c
+    n_train = int(valid[~is_val].sum())
     for epoch in range(c.epochs):
         t0 = time.perf_counter()
-        losses = [float(train_step(f, y, w)) for f, y, w in train_ds]
+        losses = [float(train_step(f, m, y, w)) for f, m, y, w in train_ds]
         seconds = time.perf_counter() - t0
-        val = sum(float(val_step(f, y, w)) for f, y, w in val_ds) / val_w
+        val = sum(float(val_step(f, m, y, w)) for f, m, y, w in val_ds) / val_w
         if stopper.epoch_done(epoch, float(np.mean(losses)), val, seconds, n_train, n_q):
             break
     stopper.restore()

@@ -1,8 +1,10 @@
-"""The end-to-end runs the CLIs launch: train both stages, evaluate against tuned baselines.
+"""The end-to-end runs the CLIs launch: train the served models, evaluate against baselines.
 
-:func:`train_models` fits the two-tower retriever and the DeepFM ranker (on the retriever's
-candidates for validation queries) and can export them; :func:`run_evaluation` adds the tuned
-baselines, the two-stage model, optionally the session-feature ablation, and writes the report.
+:func:`train_models` fits the two-tower retriever, builds the served pipeline around it (the
+configured candidate sources on in-memory stand-ins, :mod:`lambdarec.models.served`) and fits the
+DeepFM ranker on that pipeline's candidates for validation queries; :func:`run_evaluation` adds
+the tuned baselines, the retriever alone, the served pipeline and each of its sources alone on the
+same test queries, optionally the session-feature ablation, and writes the report.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
     from lambdarec.models.data import Dataset, Examples
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
+    from lambdarec.models.served import ServedSetup
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,9 @@ class Trained:
     ranker: TrainedDeepFM
     cooc: B.CoOccurrence
     seconds: dict[str, float]
+    #: The served pipeline with both models (its stand-ins answer the ``valid`` queries; add
+    #: others to ``setup.features.splits``).
+    setup: ServedSetup
 
 
 def train_models(
@@ -38,10 +44,12 @@ def train_models(
     tt_config: TwoTowerConfig | None = None,
     fm_config: DeepFMConfig | None = None,
     *,
+    work_dir: Path,
     cooc: B.CoOccurrence | None = None,
-    out_dir: Path | None = None,
 ) -> Trained:
+    """Both models, the served pipeline around them, their numpy exports under ``work_dir``."""
     from lambdarec.models import deepfm, two_tower
+    from lambdarec.models.served import candidate_lists, served_setup, with_ranker
 
     t0 = time.perf_counter()
     tt = two_tower.train_two_tower(dataset, tt_config)
@@ -49,15 +57,14 @@ def train_models(
     cooc = cooc or B.CoOccurrence().fit(dataset)
     fm_cfg = fm_config or deepfm.DeepFMConfig()
     queries = dataset.valid.sample(fm_cfg.max_queries, fm_cfg.seed)
-    cand, cand_scores = E.ranker_topk(tt, queries, 100)
-    fm = deepfm.train_deepfm(dataset, queries, cand, cand_scores, tt.idx_map, cooc, fm_cfg)
+    setup = served_setup(dataset, tt, work_dir, splits={"valid": queries})
+    lists = candidate_lists(setup, queries, "valid")
+    fm = deepfm.train_deepfm(dataset, queries, lists, tt.idx_map, cooc, fm_cfg)
+    with_ranker(setup, fm, dataset, work_dir)
     t2 = time.perf_counter()
-    if out_dir is not None:
-        from lambdarec.models.export import export_two_tower
-
-        export_two_tower(tt, out_dir)
-        fm.model.save_weights(str(out_dir / "deepfm.weights.h5"))
-    return Trained(tt, fm, cooc, {"two_tower": round(t1 - t0, 1), "deepfm": round(t2 - t1, 1)})
+    return Trained(
+        tt, fm, cooc, {"two_tower": round(t1 - t0, 1), "deepfm": round(t2 - t1, 1)}, setup
+    )
 
 
 def _trending_grid(dataset: Dataset) -> list[dict[str, Any]]:
@@ -101,30 +108,18 @@ def run_evaluation(
                 cooc = model
             results.append(E.evaluate_ranker(model, dataset, test))
     if models:
-        trained = train_models(dataset, tt_config, fm_config, cooc=cooc)
+        trained = train_models(
+            dataset, tt_config, fm_config, cooc=cooc, work_dir=out_dir / "served_models"
+        )
         extra["train_seconds"] = trained.seconds
         extra["two_tower_history"] = trained.retriever.history
         extra["deepfm_history"] = trained.ranker.history
-        t0 = time.perf_counter()
-        cand, cand_scores = E.ranker_topk(trained.retriever, test, 100)
-        t1 = time.perf_counter()
-        results.append(E.evaluate_topk("two_tower", cand, dataset, test, seconds=t1 - t0))
-        reranked = trained.ranker.rerank(dataset, test, cand, cand_scores)
-        results.append(
-            E.evaluate_topk(
-                "two_stage(two_tower+deepfm)",
-                reranked,
-                dataset,
-                test,
-                seconds=time.perf_counter() - t0,
-            )
-        )
-        for r in results[-2:]:
-            log.info("%s: %s", r.model, E.headline(r.overall))
+        retrieval = E.evaluate_ranker(trained.retriever, dataset, test)
+        results.append(retrieval)
         if served:
-            results.extend(_served_rows(dataset, trained, test, out_dir / "served_models"))
+            results.extend(_served_rows(dataset, trained, test))
         if session_ablation:
-            extra["session_ablation"] = _session_ablation(dataset, results[-2], tt_config, test_max)
+            extra["session_ablation"] = _session_ablation(dataset, retrieval, tt_config, test_max)
     payload = E.results_json(dataset, results, extra)
     if dataset.split.get("kind") == "srgnn":
         payload["published_srgnn_protocol"] = {
@@ -144,28 +139,26 @@ def run_evaluation(
     return payload, figs
 
 
-def _served_rows(
-    dataset: Dataset, trained: Trained, test: Examples, work_dir: Path
-) -> list[E.Result]:
+def _served_rows(dataset: Dataset, trained: Trained, test: Examples) -> list[E.Result]:
     """The served pipeline (every configured source, the ranker, the rules) and each of its
     sources alone (ranked by its own score), on the same test queries."""
-    from lambdarec.models.served import evaluate_served, served_setup
-    from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
+    from lambdarec.models.served import evaluate_served
+    from lambdarec.recommend.pipeline import Pipeline
+    from lambdarec.recommend.types import Models
 
-    setup = served_setup(
-        dataset, trained.retriever, trained.ranker, work_dir, splits={"test": test}
-    )
+    setup = trained.setup
+    setup.features.splits["test"] = test
     rows = [evaluate_served(setup, dataset, test, name="served")]
-    full = setup.pipeline
-    for source in DEFAULT_SOURCES:
-        setup.pipeline = Pipeline(
-            full.snapshot, features=full.features, index=full.index, sources=[source]
-        )
-        alone = setup.models
-        setup.models = type(alone)(alone.encoder, None)
-        rows.append(evaluate_served(setup, dataset, test, name=f"source:{source}"))
-        setup.models = alone
-    setup.pipeline = full
+    full, models = setup.pipeline, setup.models
+    try:
+        setup.models = Models(models.encoder, None)
+        for source in full.sources:
+            setup.pipeline = Pipeline(
+                full.snapshot, features=full.features, index=full.index, sources=[source.name]
+            )
+            rows.append(evaluate_served(setup, dataset, test, name=f"source:{source.name}"))
+    finally:
+        setup.pipeline, setup.models = full, models
     return rows
 
 

@@ -17,7 +17,8 @@ Run folder::
     reload.json                  the marker serving was told to reload from
 
 Promotion: both models are logged as MLflow runs and registered; ``two_tower`` is judged on the
-retrieval-only NDCG@10 and ``deepfm`` on the two-stage NDCG@10, each against its own champion on
+retrieval-only NDCG@10 and ``deepfm`` on the served pipeline's NDCG@10 (what /recommend runs, every
+candidate source and this ranker: :mod:`lambdarec.models.served`), each against its own champion on
 the same evaluation (:meth:`lambdarec.registry.ModelRegistry.promote`), otherwise it stays
 challenger and ``decision.json``, the MLflow run and the task log say why. Embeddings go to
 Milvus only when the two-tower was promoted (serving reads the champion's query tower, so the
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
     from lambdarec.inference.item_tower import NewItems
     from lambdarec.models.data import Dataset
-    from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
+    from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
     from lambdarec.registry import ModelRegistry
 
@@ -51,9 +52,9 @@ STEPS = ("build", "train-two-tower", "train-deepfm", "evaluate", "export", "noti
 #: Metric each model is promoted on, by evaluation row.
 PROMOTION = {
     TWO_TOWER: ("two_tower", "ndcg@10"),
-    DEEPFM: ("two_stage(two_tower+deepfm)", "ndcg@10"),
+    DEEPFM: ("served", "ndcg@10"),
 }
-RETRIEVAL_ROW, TWO_STAGE_ROW = "two_tower", "two_stage(two_tower+deepfm)"
+RETRIEVAL_ROW, SERVED_ROW = "two_tower", "served"
 
 
 def _settings(settings: Settings | None) -> Settings:
@@ -204,41 +205,29 @@ def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
 
 
 def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str, Any]:
+    """The DeepFM on the served pipeline's candidates for validation queries (the run's
+    two-tower export and the sources' statistics of the training interactions), exported for
+    serving."""
     from lambdarec.models import baselines as B
     from lambdarec.models import deepfm
-    from lambdarec.models import evaluate as E
+    from lambdarec.models.served import candidate_lists, served_setup
 
     data = load_built(run_dir)
     tt = load_retriever(run_dir, data)
     c = config or deepfm.DeepFMConfig()
     cooc = B.CoOccurrence().fit(data)
     queries = data.valid.sample(c.max_queries, c.seed)
-    cand, scores = E.ranker_topk(tt, queries, 100)
-    fm = deepfm.train_deepfm(data, queries, cand, scores, tt.idx_map, cooc, c)
+    setup = served_setup(data, tt, run_dir, splits={"valid": queries})
+    lists = candidate_lists(setup, queries, "valid")
+    fm = deepfm.train_deepfm(data, queries, lists, tt.idx_map, cooc, c)
     out = run_dir / "deepfm"
     _checkpoint(fm.model, out / "checkpoint" / "model", save=True)
-    _write_json(out / "deepfm_config.json", {**asdict(c), "history": fm.history})
-    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): lambdarec.inference.ranker.
-    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT, n_candidates=cand.shape[1])
-    return {"history": fm.history, "out": str(out)}
-
-
-def load_ranker(run_dir: Path, data: Dataset, idx_map: Any) -> TrainedDeepFM:
-    from lambdarec.models import baselines as B
-    from lambdarec.models.deepfm import DeepFM, DeepFMConfig, TrainedDeepFM
-
-    raw = _read_json(run_dir / "deepfm" / "deepfm_config.json")
-    history = raw.pop("history", [])
-    raw["hidden"] = tuple(raw["hidden"])
-    config = DeepFMConfig(**raw)
-    model = DeepFM(
-        n_items=data.n_items,
-        n_categories=data.catalog.n_categories,
-        n_price=data.catalog.n_price_buckets,
-        config=config,
+    _write_json(
+        out / "deepfm_config.json", {**asdict(c), "sources": fm.sources, "history": fm.history}
     )
-    _checkpoint(model, run_dir / "deepfm" / "checkpoint" / "model", save=False)
-    return TrainedDeepFM(model, config, idx_map, B.CoOccurrence().fit(data), history=history)
+    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): lambdarec.inference.ranker.
+    deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT)
+    return {"history": fm.history, "sources": fm.sources, "out": str(out)}
 
 
 def registry_for(name: str, settings: Settings) -> ModelRegistry:
@@ -283,12 +272,12 @@ def evaluate(
     MLflow; each model is registered and promoted only if it beats its champion."""
     from lambdarec.models import baselines as B
     from lambdarec.models import evaluate as E
+    from lambdarec.models.served import evaluate_served, load_ranker_export, served_setup
 
     s = _settings(settings)
     data = load_built(run_dir)
     info = _read_json(run_dir / "dataset.json")
     tt = load_retriever(run_dir, data)
-    fm = load_ranker(run_dir, data, tt.idx_map)
     test = data.test.sample(test_max, 0)
     results = []
     if baselines:
@@ -296,7 +285,9 @@ def evaluate(
             results.append(E.evaluate_ranker(model.fit(data), data, test))
     cand, scores = E.ranker_topk(tt, test, 100)
     results.append(E.evaluate_topk(RETRIEVAL_ROW, cand, data, test))
-    results.append(E.evaluate_topk(TWO_STAGE_ROW, fm.rerank(data, test, cand, scores), data, test))
+    setup = served_setup(data, tt, run_dir, splits={"test": test})
+    load_ranker_export(setup, run_dir / "deepfm", data)
+    results.append(evaluate_served(setup, data, test, name=SERVED_ROW))
     payload = E.results_json(data, results, {"evaluation_id": info["evaluation_id"]})
     figs = E.figures(results)
     report_dir = run_dir / "evaluation"
@@ -308,7 +299,7 @@ def evaluate(
 
     models = payload["models"]
     best_baseline = max(
-        (m for m in models if m not in (RETRIEVAL_ROW, TWO_STAGE_ROW)),
+        (m for m in models if m not in (RETRIEVAL_ROW, SERVED_ROW)),
         key=lambda m: models[m]["ndcg@10"],
         default=None,
     )
@@ -453,7 +444,6 @@ __all__ = [
     "evaluation_id",
     "export_embeddings",
     "load_built",
-    "load_ranker",
     "load_retriever",
     "new_catalog_items",
     "notify_serving",

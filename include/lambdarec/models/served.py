@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
+    from lambdarec.inference.vocabulary import ItemVocabulary
     from lambdarec.models.data import Dataset, Examples
-    from lambdarec.models.deepfm import TrainedDeepFM
+    from lambdarec.models.deepfm import CandidateLists, TrainedDeepFM
     from lambdarec.models.evaluate import Result
     from lambdarec.models.two_tower import TrainedTwoTower
 
@@ -178,31 +179,20 @@ class ServedSetup:
 def served_setup(
     dataset: Dataset,
     retriever: TrainedTwoTower,
-    ranker: TrainedDeepFM | None,
     work_dir: Path,
     *,
     splits: Mapping[str, Examples],
     sources: Sequence[str] = DEFAULT_SOURCES,
-    n_candidates: int = 100,
 ) -> ServedSetup:
-    """The served pipeline over ``dataset`` with the trained models, through their numpy
-    exports (written to ``work_dir``) and in-memory stand-ins (see the module doc)."""
-    from lambdarec.inference.query_tower import QueryEncoder
-    from lambdarec.inference.ranker import DeepFMRanker
-    from lambdarec.models.deepfm import SERVING_EXPORT, export_for_serving
+    """The served pipeline over ``dataset`` with the trained retriever, through its numpy export
+    (written to ``work_dir``) and in-memory stand-ins (see the module doc); no ranker yet
+    (:func:`with_ranker` adds one)."""
+    from lambdarec.inference.query_tower import EXPORT_DIR, QueryEncoder
     from lambdarec.models.export import export_two_tower
 
-    vocabulary = (
-        dataset.catalog.vocabulary() if dataset.catalog.category_vocabulary is not None else None
-    )
-    export_two_tower(retriever, work_dir / "two_tower", vocabulary=vocabulary)
+    if not (work_dir / "two_tower" / EXPORT_DIR).is_dir():  # a run folder has it already
+        export_two_tower(retriever, work_dir / "two_tower", vocabulary=_vocabulary(dataset))
     encoder = QueryEncoder.load(work_dir / "two_tower")
-    numpy_ranker = None
-    if ranker is not None:
-        export_for_serving(
-            ranker, dataset, work_dir / "deepfm" / SERVING_EXPORT, n_candidates=n_candidates
-        )
-        numpy_ranker = DeepFMRanker.from_model_dir(work_dir / "deepfm", vocabulary)
     ids, matrix = retriever.item_embeddings()
     item_ids = [str(i) for i in ids]
     features = ExampleFeatures(item_ids, splits, {"item_cooccurrence": cooccurrence_view(dataset)})
@@ -214,11 +204,68 @@ def served_setup(
     )
     return ServedSetup(
         pipeline,
-        Models(encoder, numpy_ranker),
+        Models(encoder, None),
         item_ids,
         {item: n for n, item in enumerate(item_ids)},
         features,
     )
+
+
+def _vocabulary(dataset: Dataset) -> ItemVocabulary | None:
+    catalog = dataset.catalog
+    return catalog.vocabulary() if catalog.category_vocabulary is not None else None
+
+
+def with_ranker(
+    setup: ServedSetup, ranker: TrainedDeepFM, dataset: Dataset, work_dir: Path
+) -> ServedSetup:
+    """The setup with the DeepFM, through the numpy export serving loads."""
+    from lambdarec.models.deepfm import SERVING_EXPORT, export_for_serving
+
+    export_for_serving(ranker, dataset, work_dir / "deepfm" / SERVING_EXPORT)
+    return load_ranker_export(setup, work_dir / "deepfm", dataset)
+
+
+def load_ranker_export(setup: ServedSetup, deepfm_dir: Path, dataset: Dataset) -> ServedSetup:
+    """The setup with the numpy DeepFM exported in a run's ``deepfm/`` folder."""
+    from lambdarec.inference.ranker import DeepFMRanker
+
+    ranker = DeepFMRanker.from_model_dir(deepfm_dir, _vocabulary(dataset))
+    if ranker is None:
+        raise FileNotFoundError(f"{deepfm_dir} holds no DeepFM serving export: train it first")
+    setup.models = Models(setup.models.encoder, ranker)
+    return setup
+
+
+def candidate_lists(
+    setup: ServedSetup, ex: Examples, split: str, *, k: int = SERVED_K
+) -> CandidateLists:
+    """Each query's candidates from the pipeline's sources, before ranking: what the ranker is
+    trained on (and ranks when served)."""
+    from tqdm import tqdm
+
+    from lambdarec.models.deepfm import CandidateLists
+    from lambdarec.recommend.ranking import source_matrix
+
+    sources = [s.name for s in setup.pipeline.sources]
+    per_query = []
+    for query in tqdm(
+        served_queries(ex, split, setup.item_ids, k), desc=f"candidates ({split})", leave=False
+    ):
+        _, cands = setup.pipeline.candidates(query, setup.models)
+        scores, ranks = source_matrix(cands, sources)
+        positions = np.array([setup.position[c.item_id] for c in cands], dtype=np.int64)
+        per_query.append((positions, scores, ranks))
+    width = max((len(p) for p, _, _ in per_query), default=1) or 1
+    n, s = len(per_query), len(sources)
+    cand = np.full((n, width), -1, dtype=np.int64)
+    score_arr = np.full((n, width, s), np.nan)
+    rank_arr = np.full((n, width, s), np.nan)
+    for q, (positions, scores, ranks) in enumerate(per_query):
+        cand[q, : len(positions)] = positions
+        score_arr[q, : len(positions)] = scores
+        rank_arr[q, : len(positions)] = ranks
+    return CandidateLists(sources, cand, score_arr, rank_arr)
 
 
 def served_queries(ex: Examples, split: str, item_ids: Sequence[str], k: int) -> list[Query]:

@@ -63,8 +63,34 @@ class Pipeline:
         """The top ``query.k`` items; ``blocked`` adds items the caller knows are out (e.g. this
         process's record of the user's purchases) to the query's own exclusions."""
         timings: dict[str, float] = {}
-        request = Request(query, {}, models, call, [])
+        request, survivors = self._candidates(query, models, call, blocked, timings)
+        with _stage("rank", timings):
+            rank(request, survivors, self.weights)
+        with _stage("rules", timings):
+            items = diversify(survivors, query.k, self.category_cap)
+        return Recommendation(
+            items,
+            request.degraded,
+            request.features,
+            {s: round(v, 3) for s, v in timings.items()},
+        )
 
+    def candidates(
+        self, query: Query, models: Models, call: Call = direct_call
+    ) -> tuple[Request, list[Candidate]]:
+        """The request and its filtered candidates before ranking (each with every source's score
+        and rank, and the blend): what a ranker is trained on."""
+        return self._candidates(query, models, call, (), {})
+
+    def _candidates(
+        self,
+        query: Query,
+        models: Models,
+        call: Call,
+        blocked: Iterable[str],
+        timings: dict[str, float],
+    ) -> tuple[Request, list[Candidate]]:
+        request = Request(query, {}, models, call, [])
         with _stage("features", timings):
             if self.features is None:
                 request.missing("online_store")
@@ -90,10 +116,12 @@ class Pipeline:
                     pool = source.candidates(request, fetch)
                     more = more or pool.more
                     name = source.name
-                    for item, s in pool.pairs:
+                    for place, (item, s) in enumerate(pool.pairs):
                         cand = merged.get(item)
                         if cand is None:
                             cand = merged[item] = Candidate(item)
+                        if name not in cand.sources:
+                            cand.ranks[name] = place
                         cand.sources[name] = max(cand.sources.get(name, 0.0), float(s))
             with _stage("filter", timings):
                 blocked_items = request.blocked
@@ -108,20 +136,9 @@ class Pipeline:
             if len(survivors) >= 2 * query.k or not more or fetch >= OVERFETCH_MAX:
                 break
             fetch = min(fetch * 4, OVERFETCH_MAX)
-
         with _stage("rank", timings):
             blend(survivors, self.weights)
-            rank(request, survivors, self.weights)
-
-        with _stage("rules", timings):
-            items = diversify(survivors, query.k, self.category_cap)
-
-        return Recommendation(
-            items,
-            request.degraded,
-            features,
-            {s: round(v, 3) for s, v in timings.items()},
-        )
+        return request, survivors
 
 
 @contextmanager

@@ -1,10 +1,9 @@
 """Ranking the filtered candidates: the ranker when one is loaded, else the blend of sources.
 
 Either way each candidate carries the features that contributed most to its score (``reasons``
-in the response). The ranker sees what retrieval said of each candidate as its training rows had
-it: a vector hit's score is the index's inner product (``2 * score - 1``, the cosine training
-used) and its rank its place among the vector hits; the other candidates get the lowest vector
-score of the request (0 without vector hits) and rank after the hits by their blend.
+in the response). The ranker sees what each source said of each candidate (its score and its
+place in that source's list, :func:`source_matrix`), as its training rows had it: the ranker is
+trained on the pipeline's own candidates, so it learns how much to trust each source.
 """
 
 from __future__ import annotations
@@ -36,33 +35,31 @@ def blend(candidates: Sequence[Candidate], weights: Mapping[str, float]) -> None
         c.blend, c.source = total, best
 
 
-def retrieval_inputs(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
-    """(retrieval score, rank) per candidate: vector hits by their score, then the rest."""
-    n = len(candidates)
-    vector = np.array([c.sources.get("vector", np.nan) for c in candidates], dtype=np.float64)
-    hit = ~np.isnan(vector)
-    score = 2.0 * vector - 1.0  # the index's inner product, undoing the source's (s + 1) / 2
-    floor = float(score[hit].min()) if hit.any() else 0.0
-    score = np.where(hit, score, floor)
-    order = sorted(
-        range(n),
-        key=lambda i: (not hit[i], -score[i], -candidates[i].blend, candidates[i].item_id),
-    )
-    rank = np.empty(n, dtype=np.float64)
-    rank[order] = np.arange(n)
-    return score, rank
+def source_matrix(
+    candidates: Sequence[Candidate], sources: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ranks), each (candidates x sources): what each source said of each candidate,
+    NaN where it did not propose it."""
+    scores = np.full((len(candidates), len(sources)), np.nan)
+    ranks = np.full((len(candidates), len(sources)), np.nan)
+    for n, c in enumerate(candidates):
+        for j, name in enumerate(sources):
+            if name in c.sources:
+                scores[n, j] = c.sources[name]
+                ranks[n, j] = c.ranks.get(name, np.nan)
+    return scores, ranks
 
 
 def score_with(
     ranker: Ranker, features: Mapping[str, Any], candidates: Sequence[Candidate]
 ) -> list[tuple[float, dict[str, float]]]:
-    retrieval, rank = retrieval_inputs(candidates)
+    scores, ranks = source_matrix(candidates, ranker.sources)
     return ranker.score(
         features,
         [c.item_id for c in candidates],
         [c.category for c in candidates],
-        retrieval,
-        rank,
+        scores,
+        ranks,
     )
 
 

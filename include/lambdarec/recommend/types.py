@@ -50,6 +50,8 @@ class Candidate:
     item_id: str
     #: source -> normalised score in [0, 1]
     sources: dict[str, float] = field(default_factory=dict)
+    #: source -> the candidate's place in that source's list (0 = its first)
+    ranks: dict[str, int] = field(default_factory=dict)
     category: str | None = None
     #: The sources' scores weighted by each source's blend weight (the ranking without a ranker).
     blend: float = 0.0
@@ -96,15 +98,21 @@ class QueryEncoder(Protocol):
 
 
 class Ranker(Protocol):
-    """Scores one request's candidates: per item (score, {feature: contribution})."""
+    """Scores one request's candidates: per item (score, {feature: contribution}).
+
+    ``source_scores`` and ``source_ranks`` are (candidates x ``sources``): what each of the
+    ranker's sources said of each candidate, NaN where it did not propose it."""
+
+    @property
+    def sources(self) -> Sequence[str]: ...
 
     def score(
         self,
         features: Mapping[str, Any],
         item_ids: Sequence[str],
         categories: Sequence[str | None],
-        retrieval_score: np.ndarray,
-        rank: np.ndarray,
+        source_scores: np.ndarray,
+        source_ranks: np.ndarray,
     ) -> list[tuple[float, dict[str, float]]]: ...
 
 

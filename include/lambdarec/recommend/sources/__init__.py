@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from lambdarec.recommend.sources.cooccurrence import CoOccurrenceSource
 from lambdarec.recommend.sources.popular import PopularSource
+from lambdarec.recommend.sources.sequential_rules import SequentialRulesSource
+from lambdarec.recommend.sources.session_knn import SessionKnnSource
 from lambdarec.recommend.sources.trending import TrendingSource
 from lambdarec.recommend.sources.vector import VectorSource
 
@@ -25,6 +27,8 @@ REGISTRY: dict[str, SourceFactory] = {
     "cooccurrence": CoOccurrenceSource,
     "trending": TrendingSource,
     "popular": PopularSource,
+    "sequential_rules": SequentialRulesSource,
+    "session_knn": SessionKnnSource,
 }
 
 
