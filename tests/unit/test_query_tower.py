@@ -158,6 +158,7 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         "item_rows": dataset.n_items + 2,
         "user_rows": 1,
         "category_rows": max(catalog.n_categories, 1),
+        "max_history": 10,
     }
 
     for where in (tmp_path, tmp_path / "two_tower", paths["query_tower_numpy"]):
@@ -198,12 +199,22 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     ]
     encoder = QueryEncoder.load(tmp_path / "two_tower")
     saved_model = tf.saved_model.load(str(paths["query_tower"])).signatures["serving_default"]
+    # The inputs are training's: the newest items (known ones; repeats collapsed; training's
+    # history length), the newest item's category, log1p(session), log1p(30 days + session).
+    hist, category, counts = encoder.inputs(
+        {"session_features__last_viewed_items": [ids[5], ids[5], "new", ids[2]] + ids[10:30]}
+    )
+    assert len(hist) == encoder.max_history - 1  # "new" took a place, unknown to the export
+    assert hist[:2] == [int(trained.idx_map[5]), int(trained.idx_map[2])]
+    assert category == int(catalog.category[5])
+    _, _, counts = encoder.inputs(features[1])
+    assert counts == pytest.approx((np.log1p(7), np.log1p(47)))
     for f in features:
-        hist, counts = encoder.inputs(f)
+        hist, category, counts = encoder.inputs(f)
         want = saved_model(
             user=tf.constant([0], tf.int64),
             hist=tf.constant([hist or [0]], tf.int64),
-            session_category=tf.constant([0], tf.int64),
+            session_category=tf.constant([category], tf.int64),
             counts=tf.constant([counts], tf.float32),
         )["embedding"].numpy()
         got = encoder.encode(f)

@@ -48,14 +48,16 @@ WEIGHTS_FILE = "weights.npz"
 #: The export's map from catalog position (the order of ``item_embeddings.npz``) to the item's
 #: embedding index (``two_tower.item_index``).
 ITEM_INDEX_FILE = "item_index.npy"
+#: Each catalog item's category index (same order): the session category is its newest item's.
+ITEM_CATEGORY_FILE = "item_category.npy"
 #: The user serving passes (the unknown user): the only user row the export keeps.
 UNKNOWN_USER = 0
 #: Width of the category embedding and of the counts in the query tower's concatenation.
 CATEGORY_DIM = 16
 COUNTS_DIM = 2
 ATTENTION_WEIGHTS = ("att_h", "att_q", "att_q_bias", "att_v")
-#: The session's recent items the encoder reads from the online features (newest first).
-MAX_RECENT = 20
+#: The history length of an export that does not say (its meta's ``max_history``).
+MAX_HISTORY = 10
 
 
 class QueryTower:
@@ -71,8 +73,11 @@ class QueryTower:
         *,
         attention: bool,
         activations: Sequence[str] = ("relu", "linear"),
+        max_history: int = MAX_HISTORY,
     ) -> None:
         self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        #: The history length training used (its examples' last items).
+        self.max_history = max_history
         check_activations(list(activations), "query tower")
         self.activations = [ACTIVATIONS[a] for a in activations]
         self.attention = attention
@@ -123,7 +128,12 @@ class QueryTower:
             "the export predates it; re-export the model (lambdarec.models.export."
             "export_two_tower) or retrain (weekly_model_retraining)",
         )
-        return cls(weights, attention=bool(meta["attention"]), activations=meta["activations"])
+        return cls(
+            weights,
+            attention=bool(meta["attention"]),
+            activations=meta["activations"],
+            max_history=int(meta.get("max_history", MAX_HISTORY)),
+        )
 
     def forward(
         self, user: np.ndarray, hist: np.ndarray, session_category: np.ndarray, counts: np.ndarray
@@ -222,16 +232,28 @@ class QueryTower:
 class QueryEncoder:
     """The champion two-tower's query tower with its item index: online features -> a vector.
 
-    The export holds no user or category vocabulary yet, so the user is the unknown user (0) and
-    the session category 0; the session's recent items (through ``item_index.npy``, items the
-    export does not know are skipped) and the counts carry the signal: log1p of the session's
-    views, carts and purchases, and log1p of the user's 30-day event count.
+    The inputs are training's (``two_tower.query_features``): the session's recent items newest
+    first (through ``item_index.npy``; items the export does not know are skipped), the session
+    category (the category of the newest known item, ``item_category.npy``), and the two counts:
+    log1p of the session's events so far, log1p of the user's events (the daily job's 30 days
+    plus this session's). The export holds no user vocabulary: the user is the unknown user (0).
     """
 
-    def __init__(self, tower: QueryTower, item_ids: Sequence[str], item_index: np.ndarray) -> None:
+    def __init__(
+        self,
+        tower: QueryTower,
+        item_ids: Sequence[str],
+        item_index: np.ndarray,
+        item_category: np.ndarray | None = None,
+    ) -> None:
         self.tower = tower
-        #: Item id -> the query tower's embedding index of that item.
-        self._index = {item: int(item_index[pos]) for pos, item in enumerate(item_ids)}
+        #: The session's recent items the encoder reads (training's history length).
+        self.max_history = tower.max_history
+        #: Item id -> (the query tower's embedding index, the item's category index).
+        category = np.zeros(len(item_ids), np.int64) if item_category is None else item_category
+        self._index = {
+            item: (int(item_index[pos]), int(category[pos])) for pos, item in enumerate(item_ids)
+        }
 
     @classmethod
     def load(cls, model_dir: Path) -> QueryEncoder:
@@ -239,20 +261,34 @@ class QueryEncoder:
         folder = export_dir(Path(model_dir))
         with np.load(folder / "item_embeddings.npz") as data:
             ids = [str(i) for i in data["ids"]]
-        return cls(QueryTower.load(folder), ids, np.load(folder / ITEM_INDEX_FILE))
+        categories = folder / ITEM_CATEGORY_FILE
+        return cls(
+            QueryTower.load(folder),
+            ids,
+            np.load(folder / ITEM_INDEX_FILE),
+            np.load(categories) if categories.is_file() else None,
+        )
 
-    def inputs(self, features: dict[str, Any]) -> tuple[list[int], tuple[float, float]]:
-        """(history indices, newest first; the two log1p counts) of one request's features."""
+    def inputs(self, features: dict[str, Any]) -> tuple[list[int], int, tuple[float, float]]:
+        """(history indices newest first, the session category, the two log1p counts) of one
+        request's features."""
         index = self._index
-        recent = list(features.get("session_features__last_viewed_items") or [])[:MAX_RECENT]
-        hist = [index[i] for i in recent if i in index]
+        recent: list[str] = []
+        for item in features.get("session_features__last_viewed_items") or ():
+            # consecutive repeats collapsed, as training collapses them
+            if item is not None and (not recent or item != recent[-1]):
+                recent.append(str(item))
+                if len(recent) == self.max_history:
+                    break
+        known = [index[i] for i in recent if i in index]
         n_session = sum(
             int(features.get(f"session_features__n_{c}") or 0)
             for c in ("views", "carts", "purchases")
         )
-        n_user = int(features.get("user_history_30d__n_events_30d") or 0)
-        return hist, (math.log1p(n_session), math.log1p(n_user))
+        n_user = int(features.get("user_history_30d__n_events_30d") or 0) + n_session
+        category = known[0][1] if known else 0
+        return [i for i, _ in known], category, (math.log1p(n_session), math.log1p(n_user))
 
     def encode(self, features: dict[str, Any]) -> np.ndarray:
-        hist, counts = self.inputs(features)
-        return self.tower.encode_one(hist, 0, counts)
+        hist, category, counts = self.inputs(features)
+        return self.tower.encode_one(hist, category, counts)

@@ -17,7 +17,7 @@ import numpy as np
 
 from lambdarec.inference import item_tower, query_tower
 from lambdarec.inference.nn import OOV_ITEM
-from lambdarec.inference.query_tower import ITEM_INDEX_FILE
+from lambdarec.inference.query_tower import ITEM_CATEGORY_FILE, ITEM_INDEX_FILE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,7 +86,9 @@ def query_tower_weights(model: Any, *, all_users: bool = False) -> dict[str, np.
     return weights
 
 
-def export_query_tower(trained: TrainedTwoTower, out_dir: Path) -> Path:
+def export_query_tower(
+    trained: TrainedTwoTower, out_dir: Path, *, max_history: int = query_tower.MAX_HISTORY
+) -> Path:
     """Write ``weights.npz`` and ``query_tower.json`` to ``out_dir``."""
     model = trained.model
     if not model.query_mlp.built:
@@ -112,6 +114,7 @@ def export_query_tower(trained: TrainedTwoTower, out_dir: Path) -> Path:
         "item_rows": int(weights["item"].shape[0]),
         "user_rows": int(weights["user"].shape[0]),
         "category_rows": int(weights["category"].shape[0]),
+        "max_history": int(max_history),
     }
     (out_dir / query_tower.META_FILE).write_text(
         json.dumps(meta, indent=1) + "\n", encoding="utf-8"
@@ -134,7 +137,11 @@ def _build_query_tower(model: Any) -> None:
 
 
 def export_two_tower(
-    trained: TrainedTwoTower, out_dir: Path, *, vocabulary: ItemVocabulary | None = None
+    trained: TrainedTwoTower,
+    out_dir: Path,
+    *,
+    vocabulary: ItemVocabulary | None = None,
+    max_history: int = query_tower.MAX_HISTORY,
 ) -> dict[str, Any]:
     """Item embeddings (``item_embeddings.npz``: ids + float32 matrix), the query tower as a
     SavedModel (``query_tower/``, signature ``serving_default`` over the query features, for
@@ -162,11 +169,14 @@ def export_two_tower(
     qpath = out_dir / "query_tower"
     tf.saved_model.save(module, str(qpath), signatures={"serving_default": module.serve})
     np.save(out_dir / ITEM_INDEX_FILE, trained.idx_map)
+    np.save(out_dir / ITEM_CATEGORY_FILE, trained.catalog.category.astype(np.int64))
     (out_dir / "two_tower_config.json").write_text(
         json.dumps({**asdict(trained.config), "history": trained.history}, indent=1)
     )
     item_dir = export_item_tower(trained, out_dir / item_tower.EXPORT_DIR, vocabulary)
-    query_np = export_query_tower(trained, out_dir / query_tower.EXPORT_DIR)
+    query_np = export_query_tower(
+        trained, out_dir / query_tower.EXPORT_DIR, max_history=max_history
+    )
     return {
         "item_embeddings": out_dir / item_tower.EMBEDDINGS_FILE,
         "query_tower": qpath,

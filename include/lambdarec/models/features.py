@@ -1,12 +1,12 @@
 """Training features from the feature store, point-in-time correct, the same ones serving reads.
 
 Serving builds the two-tower query from the ``retrieval_v1`` feature service: the session's recent
-items (``session_features``, pushed by the speed layer) and the user's 30-day event count
-(``user_history_30d.n_events_30d``, the daily batch job) as the second ``counts`` input. Training
-takes the batch part from Feast as well: :func:`attach_batch_features` replaces each example's
-``user_events`` (an in-sample count) with ``n_events_30d`` as Feast returns it for the example's
-user at the example's time (the latest daily row stamped before it, within the view's TTL; none
--> 0). The session part is rebuilt from the events themselves: the push view keeps only the
+items (``session_features``, pushed by the speed layer) and the user's event count, the 30-day
+count of the daily batch job (``user_history_30d.n_events_30d``) plus the session's events so far,
+as the second ``counts`` input. Training takes the batch part from Feast as well:
+:func:`attach_batch_features` replaces each example's ``user_events`` (an in-sample count) with
+``n_events_30d`` as Feast returns it for the example's user at the example's time (the latest daily
+row stamped before it, within the view's TTL; none -> 0) plus the example's session length. The session part is rebuilt from the events themselves: the push view keeps only the
 latest row per session online, and its offline log exists only where the speed layer ran.
 
 Users unknown at training time (index 0) keep 0: their raw id is not kept in the examples.
@@ -92,7 +92,9 @@ def attach_batch_features(dataset: Dataset, settings: Settings | None = None) ->
             len(ex),
             100.0 * float((values > 0).mean()) if len(ex) else 0.0,
         )
-        parts[name] = replace(ex, user_events=values)
+        # Serving counts the user's events as the daily job's 30 days plus the session's so far
+        # (the speed layer): the same sum here.
+        parts[name] = replace(ex, user_events=values + ex.session_len)
     split = {**dataset.split, "user_events": f"feast {USER_EVENTS_REF}"}
     return replace(dataset, split=split, **parts)
 

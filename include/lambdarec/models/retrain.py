@@ -177,7 +177,12 @@ def train_retriever(run_dir: Path, config: TwoTowerConfig | None = None) -> dict
     trained = two_tower.train_two_tower(data, config)
     out = run_dir / "two_tower"
     # item_embeddings.npz, query_tower/, query_tower_numpy/, item_tower/, item_index.npy, config
-    export_two_tower(trained, out, vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE))
+    export_two_tower(
+        trained,
+        out,
+        vocabulary=read_vocabulary(run_dir / VOCABULARY_FILE),
+        max_history=int(data.train.hist.shape[1]),
+    )
     _checkpoint(trained.model, out / "checkpoint" / "model", save=True)
     return {"history": trained.history, "out": str(out)}
 

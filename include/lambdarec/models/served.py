@@ -191,7 +191,12 @@ def served_setup(
     from lambdarec.models.export import export_two_tower
 
     if not (work_dir / "two_tower" / EXPORT_DIR).is_dir():  # a run folder has it already
-        export_two_tower(retriever, work_dir / "two_tower", vocabulary=_vocabulary(dataset))
+        export_two_tower(
+            retriever,
+            work_dir / "two_tower",
+            vocabulary=_vocabulary(dataset),
+            max_history=int(dataset.train.hist.shape[1]),
+        )
     encoder = QueryEncoder.load(work_dir / "two_tower")
     ids, matrix = retriever.item_embeddings()
     item_ids = [str(i) for i in ids]
