@@ -45,8 +45,8 @@ def milvus_uri(backend: str, uri: str | None) -> Iterator[str]:
     else:
         from lambdarec.harness.platform import private_platform
 
-        with private_platform(["milvus"]):
-            yield "http://127.0.0.1:19530"
+        with private_platform(["milvus"]) as settings:
+            yield settings.milvus_uri
 
 
 def main() -> None:

@@ -58,7 +58,6 @@ RECOVERED_STREAK = 10
 SESSIONS = 4
 #: Consecutive ready answers (new connections, so from either gunicorn worker) before the load.
 READY_STREAK = 12
-MILVUS_PORTS = (19530, 9091, 2379, 2380)
 
 
 @dataclass
@@ -244,7 +243,9 @@ def _check_milvus_is_ours(settings: Settings) -> None:
     import psutil
 
     from lambdarec.platform import manager
+    from lambdarec.platform.stores import milvus_ports
 
+    ports = milvus_ports(settings)
     (row,) = manager.status(["milvus"], settings=settings)
     ours = {row.pid} if row.pid else set()
     with contextlib.suppress(psutil.Error):
@@ -252,11 +253,11 @@ def _check_milvus_is_ours(settings: Settings) -> None:
     owners = {
         c.pid
         for c in psutil.net_connections(kind="tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in MILVUS_PORTS
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports
     }
     if owners - ours:
         pytest.fail(
-            f"Milvus ports {MILVUS_PORTS} are held by processes {owners - ours}, not by "
+            f"Milvus ports {ports} are held by processes {owners - ours}, not by "
             f"this test's server {sorted(ours)}: another Milvus server started on the host"
         )
 
@@ -315,22 +316,20 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from lambdarec.config import get_settings
     from lambdarec.harness.platform import private_platform
     from lambdarec.platform import manager, processes
-    from lambdarec.platform.stores import milvus_server_bin
+    from lambdarec.platform.stores import MILVUS_METRICS_PORT, milvus_server_bin
     from lambdarec.retrieval.index import VectorIndex
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     if not milvus_server_bin(get_settings()).is_file():
         pytest.fail("no .venv-milvus: run `make setup` (it builds the Milvus server virtualenv)")
-    taken = [p for p in MILVUS_PORTS if processes.port_owner("127.0.0.1", p)]
-    if taken:
-        pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
+    if processes.port_owner("127.0.0.1", MILVUS_METRICS_PORT):
+        pytest.fail(f"port {MILVUS_METRICS_PORT} is taken: stop the other Milvus server")
 
     run_dir = tmp_path_factory.mktemp("faults") / "run"
     with private_platform(
         ["redis", "milvus"],
         online_store="redis",
         start_timeout_s=240,
-        milvus_uri="http://127.0.0.1:19530",
         serving_model_dir=str(run_dir / "two_tower"),
     ) as settings:
         try:

@@ -168,19 +168,19 @@ def test_milvus_standalone_server() -> None:
     from lambdarec.config import get_settings
     from lambdarec.harness.platform import private_platform
     from lambdarec.platform import processes
-    from lambdarec.platform.stores import milvus_server_bin
+    from lambdarec.platform.stores import MILVUS_METRICS_PORT, milvus_ports, milvus_server_bin
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
 
     # Never a skip: `make setup` builds the server's virtualenv, and CI has no other Milvus.
     if not milvus_server_bin(get_settings()).is_file():
         pytest.fail("no .venv-milvus: run `make setup` (it builds the Milvus server virtualenv)")
-    taken = [p for p in (19530, 9091, 2379, 2380) if processes.port_owner("127.0.0.1", p)]
-    if taken:
-        pytest.fail(f"ports {taken} are taken: stop the other Milvus server (one per host)")
+    if processes.port_owner("127.0.0.1", MILVUS_METRICS_PORT):
+        pytest.fail(f"port {MILVUS_METRICS_PORT} is taken: stop the other Milvus server")
 
     with private_platform(["milvus"]) as settings:
         state = str(settings.state_dir)
-        config = IndexConfig(uri="http://127.0.0.1:19530", keep=2, ef=256, prefix="test_items")
+        ports = milvus_ports(settings)
+        config = IndexConfig(uri=settings.milvus_uri, keep=2, ef=256, prefix="test_items")
         with VectorIndex(config) as index:
             for version in index.versions():  # a leftover of an earlier run of this test
                 index.client.drop_collection(index.collection_name(version))
@@ -193,5 +193,5 @@ def test_milvus_standalone_server() -> None:
         except psutil.Error:
             continue
     assert not leftovers
-    assert not [p for p in (19530, 9091, 2379) if processes.port_owner("127.0.0.1", p)]
+    assert not [p for p in ports[:3] if processes.port_owner("127.0.0.1", p)]
     shutil.rmtree(state, ignore_errors=True)

@@ -57,9 +57,13 @@ def link_kafka_jars(settings: Settings) -> None:
 def private_platform(
     services: Sequence[str], *, keep: bool = False, **overrides: object
 ) -> Iterator[Settings]:
-    """Start ``services`` in a fresh temporary state folder; stop them and clean up on exit."""
+    """Start ``services`` in a fresh temporary state folder; stop them and clean up on exit.
+    With ``milvus`` among them, the index is that server unless ``milvus_uri`` says otherwise."""
     state = Path(tempfile.mkdtemp(prefix="lambdarec-"))
     settings = private_settings(state, **overrides)
+    if "milvus" in services and "milvus_uri" not in overrides:
+        uri = f"http://{settings.bind_host}:{settings.milvus_port}"
+        settings = settings.model_copy(update={"milvus_uri": uri})
     try:
         if "kafka" in services:
             link_kafka_jars(settings)

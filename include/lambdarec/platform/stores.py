@@ -126,6 +126,13 @@ MILVUS_METRICS_PORT = 9091
 MILVUS_ETCD_PORT = 2379
 
 
+def milvus_ports(settings: Settings) -> tuple[int, ...]:
+    """Every port a Milvus server of these settings listens on: the proxy, the health endpoint
+    (fixed by the wheel), embedded etcd and its peer port."""
+    etcd = settings.milvus_etcd_port
+    return (settings.milvus_port, MILVUS_METRICS_PORT, etcd, etcd + 1)
+
+
 def milvus_server_bin(settings: Settings) -> Path:
     return settings.home / ".venv-milvus" / "bin" / "milvus-server"
 
