@@ -12,10 +12,14 @@ from lambdarec.features.paths import lake_dir
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
+    ITEM_SESSIONS,
     ITEM_STATS,
+    SEQUENTIAL_RULES,
     SESSION_FEATURES,
+    SESSION_ITEMS,
     TRENDING_ITEMS,
     USER_HISTORY,
+    USER_RECENT_ITEMS,
     FeatureTable,
 )
 
@@ -36,6 +40,10 @@ user_history_source = _file_source(USER_HISTORY)
 item_stats_source = _file_source(ITEM_STATS)
 item_cooccurrence_source = _file_source(ITEM_COOCCURRENCE)
 category_popularity_source = _file_source(CATEGORY_POPULARITY)
+sequential_rules_source = _file_source(SEQUENTIAL_RULES)
+session_items_source = _file_source(SESSION_ITEMS)
+item_sessions_source = _file_source(ITEM_SESSIONS)
+user_recent_items_source = _file_source(USER_RECENT_ITEMS)
 
 # The speed layer pushes each update online and logs the same rows to the lake, which is the
 # history that training (point-in-time joins) reads.

@@ -11,6 +11,9 @@ stream window it describes (the push views):
   daily full snapshot; one missed run is tolerated, two mean the numbers are wrong.
 * ``item_cooccurrence``: 31 days. Neighbours over 30 days age slowly.
 * ``category_popularity``: 8 days. A 7-day window.
+* ``sequential_rules``, ``session_items``, ``item_sessions``, ``user_recent_items``: 31 days.
+  30-day windows, read by the session sources (``session_knn`` reads a past session's items
+  for as long as the session is in the window) and the returning user's history.
 * ``session_features``: 30 minutes, the session gap: an older row describes a finished session.
 * ``trending_items``: 1 hour, the longest trending window.
 """
@@ -20,10 +23,14 @@ from datetime import timedelta
 from data_sources import (
     category_popularity_source,
     item_cooccurrence_source,
+    item_sessions_source,
     item_stats_source,
+    sequential_rules_source,
     session_features_push,
+    session_items_source,
     trending_items_push,
     user_history_source,
+    user_recent_items_source,
 )
 from entities import category, item, session, user
 from feast import FeatureView, Field
@@ -32,10 +39,14 @@ from feast.types import Array, FeastType, Float64, Int64, String, UnixTimestamp
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
+    ITEM_SESSIONS,
     ITEM_STATS,
+    SEQUENTIAL_RULES,
     SESSION_FEATURES,
+    SESSION_ITEMS,
     TRENDING_ITEMS,
     USER_HISTORY,
+    USER_RECENT_ITEMS,
     FeatureTable,
 )
 
@@ -46,6 +57,7 @@ _TYPES: dict[str, FeastType] = {
     "timestamp": UnixTimestamp,
     "array<string>": Array(String),
     "array<double>": Array(Float64),
+    "array<int64>": Array(Int64),
 }
 
 
@@ -99,6 +111,50 @@ category_popularity = FeatureView(
     source=category_popularity_source,
     online=True,
     description=CATEGORY_POPULARITY.doc,
+    tags={"layer": "batch"},
+)
+
+sequential_rules = FeatureView(
+    name=SEQUENTIAL_RULES.name,
+    entities=[item],
+    ttl=timedelta(days=31),
+    schema=_schema(SEQUENTIAL_RULES),
+    source=sequential_rules_source,
+    online=True,
+    description=SEQUENTIAL_RULES.doc,
+    tags={"layer": "batch"},
+)
+
+session_items = FeatureView(
+    name=SESSION_ITEMS.name,
+    entities=[session],
+    ttl=timedelta(days=31),
+    schema=_schema(SESSION_ITEMS),
+    source=session_items_source,
+    online=True,
+    description=SESSION_ITEMS.doc,
+    tags={"layer": "batch"},
+)
+
+item_sessions = FeatureView(
+    name=ITEM_SESSIONS.name,
+    entities=[item],
+    ttl=timedelta(days=31),
+    schema=_schema(ITEM_SESSIONS),
+    source=item_sessions_source,
+    online=True,
+    description=ITEM_SESSIONS.doc,
+    tags={"layer": "batch"},
+)
+
+user_recent_items = FeatureView(
+    name=USER_RECENT_ITEMS.name,
+    entities=[user],
+    ttl=timedelta(days=31),
+    schema=_schema(USER_RECENT_ITEMS),
+    source=user_recent_items_source,
+    online=True,
+    description=USER_RECENT_ITEMS.doc,
     tags={"layer": "batch"},
 )
 

@@ -186,6 +186,25 @@ class Settings(BaseSettings):
         description="The recommendation pipeline's candidate sources, in order (comma-separated "
         "names of lambdarec.recommend.sources.REGISTRY).",
     )
+    sr_window: Annotated[int, Field(ge=1, le=20)] = Field(
+        3,
+        description="Sequential rules: an item counts as following another up to this many steps "
+        "later in a session, with weight 1/distance (the daily job's sequential_rules table).",
+    )
+    sr_decay: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.7,
+        description="Sequential rules source: the rules of the k-th most recent item count "
+        "decay**k (the newest counts 1).",
+    )
+    sknn_k: Annotated[int, Field(ge=1, le=1000)] = Field(
+        100,
+        description="Session-kNN source: the most similar past sessions whose items are scored.",
+    )
+    sknn_sample: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        200,
+        description="Session-kNN: the most recent sessions kept per item (the daily job's "
+        "item_sessions table) and the candidate neighbours compared per request.",
+    )
 
     # -- drift monitoring (lambdarec.monitoring, the drift_monitoring DAG) --------------------
     drift_psi_watch: Annotated[float, Field(gt=0)] = Field(

@@ -169,6 +169,55 @@ ITEM_COOCCURRENCE = FeatureTable(
     doc="'Bought X also bought Y' (same user, 30 days) and co-viewed in the same session.",
 )
 
+SEQUENTIAL_RULES = FeatureTable(
+    name="sequential_rules",
+    keys=("item_id",),
+    columns={
+        "item_id": "string",
+        "event_timestamp": "timestamp",
+        "next_items": "array<string>",  # the top items that follow, best first
+        # Raw rule weights (sums of 1/distance, not normalised: can exceed 1), aligned with
+        # next_items; ``*_scores`` columns are in (0, 1], these are not.
+        "next_weights": "array<double>",
+    },
+    doc="Items that follow an item within a few steps of a session (sequential rules, 30 days).",
+)
+
+SESSION_ITEMS = FeatureTable(
+    name="session_items",
+    keys=("session_id",),
+    columns={
+        "session_id": "string",
+        "event_timestamp": "timestamp",
+        "items": "array<string>",  # distinct, most recent first, at most max_items
+        "last_event_ts": "timestamp",  # the session's last event in the window
+    },
+    doc="Each session's distinct items, most recent first (session-kNN's neighbours, 30 days).",
+)
+
+ITEM_SESSIONS = FeatureTable(
+    name="item_sessions",
+    keys=("item_id",),
+    columns={
+        "item_id": "string",
+        "event_timestamp": "timestamp",
+        "sessions": "array<string>",  # the most recent sessions holding the item, newest first
+        "last_event_ms": "array<int64>",  # each session's last event, epoch ms, aligned
+    },
+    doc="The most recent sessions that hold an item (session-kNN's inverted index, 30 days).",
+)
+
+USER_RECENT_ITEMS = FeatureTable(
+    name="user_recent_items",
+    keys=("user_id",),
+    columns={
+        "user_id": "string",
+        "event_timestamp": "timestamp",
+        "items": "array<string>",  # distinct, most recent first, at most max_items
+    },
+    doc="A user's most recent distinct items over 30 days (the history a new session lacks).",
+)
+
 CATEGORY_POPULARITY = FeatureTable(
     name="category_popularity",
     keys=("category",),
@@ -229,6 +278,10 @@ FEATURE_TABLES: tuple[FeatureTable, ...] = (
     ITEM_STATS,
     ITEM_COOCCURRENCE,
     CATEGORY_POPULARITY,
+    SEQUENTIAL_RULES,
+    SESSION_ITEMS,
+    ITEM_SESSIONS,
+    USER_RECENT_ITEMS,
 )
 
 

@@ -1,4 +1,4 @@
-"""The batch layer's daily Spark job: the four feature tables of one day from one read of events.
+"""The batch layer's daily Spark job: the feature tables of one day from one read of events.
 
 Run it with ``spark-submit include/spark/daily_features.py --lake-dir DIR --date YYYY-MM-DD`` (the
 DAG builds that command with :func:`lambdarec.batch.submit.spark_job`), or import :func:`run`.
@@ -28,6 +28,10 @@ Conventions, shared with the DuckDB reference (:mod:`lambdarec.batch.duckdb_refe
   (never null) for the other.
 * ``category_popularity``: 7 days, events with a category; ``rank_7d`` is a row number by
   ``views_7d`` desc then category name.
+* ``sequential_rules``, ``session_items``, ``item_sessions``, ``user_recent_items``: 30 days, the
+  definitions of :mod:`lambdarec.batch.neighbours` (which computes them in numpy): sessions
+  ordered by (ts, event_id), consecutive repeats collapsed, all event types. Rule weights are
+  summed as integers over ``lcm(1..window)`` and divided once, so ranks and weights are exact.
 
 Only built-in Spark SQL functions are used (no Python UDF), so executors need no Python.
 """
@@ -45,19 +49,26 @@ from typing import TYPE_CHECKING
 from lambdarec.batch.spec import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_SHUFFLE_PARTITIONS,
+    DEFAULT_SKNN_SAMPLE,
+    DEFAULT_SR_WINDOW,
     DEFAULT_TOP_N,
     SPARK_CONF,
     TABLES,
     first_day,
     parse_tables,
+    rule_units,
     window_bounds,
 )
 from lambdarec.tables import (
     CATEGORY_POPULARITY,
     ITEM_COOCCURRENCE,
+    ITEM_SESSIONS,
     ITEM_STATS,
     PARTITION_KEY,
+    SEQUENTIAL_RULES,
+    SESSION_ITEMS,
     USER_HISTORY,
+    USER_RECENT_ITEMS,
     FeatureTable,
     as_day,
     events_path,
@@ -68,11 +79,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from datetime import date
 
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec
 
 log = logging.getLogger("lambdarec.spark.daily_features")
 
-_SPARK_TYPES = {"int64": "bigint"}
+_SPARK_TYPES = {"int64": "bigint", "array<int64>": "array<bigint>"}
 
 
 def _day_arg(value: str) -> date:
@@ -101,7 +112,9 @@ def read_events(spark: SparkSession, lake_dir: Path | str, day: date) -> DataFra
         F.col(PARTITION_KEY).between(F.lit(first_day(day)), F.lit(day))
         & (F.col("ts") >= F.lit(bounds["start_30d"]))
         & (F.col("ts") < F.lit(bounds["end"]))
-    ).select("user_id", "session_id", "item_id", "event_type", "category", "price", "ts")
+    ).select(
+        "event_id", "user_id", "session_id", "item_id", "event_type", "category", "price", "ts"
+    )
 
 
 # -- the tables ------------------------------------------------------------------------------
@@ -342,11 +355,137 @@ def category_popularity(events: DataFrame, day: date) -> DataFrame:
     )
 
 
+def _in_session_order() -> WindowSpec:
+    from pyspark.sql import Window
+
+    return Window.partitionBy("session_id").orderBy("ts", "event_id")
+
+
+def sequential_rules(
+    events: DataFrame, day: date, *, top_n: int = DEFAULT_TOP_N, window: int = DEFAULT_SR_WINDOW
+) -> DataFrame:
+    """a -> b for b up to ``window`` steps after a in a session (repeats collapsed), weight
+    1/steps summed over the sessions; each item's ``top_n`` by weight desc, ties by id."""
+    from pyspark.sql import functions as F
+
+    units = rule_units(window)
+    order = _in_session_order()
+    collapsed = (
+        events.select("session_id", "item_id", "ts", "event_id")
+        .withColumn("prev", F.lag("item_id").over(order))
+        .where(F.col("prev").isNull() | (F.col("prev") != F.col("item_id")))
+    )
+    # Each step d of the window gains units // d: integer sums, one division at the end.
+    ahead = collapsed.select(
+        F.col("item_id").alias("a"),
+        *[F.lead("item_id", d).over(order).alias(f"n{d}") for d in range(1, window + 1)],
+    )
+    steps = F.array(
+        *[
+            F.struct(F.col(f"n{d}").alias("b"), F.lit(units // d).cast("long").alias("u"))
+            for d in range(1, window + 1)
+        ]
+    )
+    totals = (
+        ahead.select("a", F.explode(steps).alias("n"))
+        .where(F.col("n.b").isNotNull() & (F.col("n.b") != F.col("a")))
+        .groupBy("a", F.col("n.b").alias("b"))
+        .agg(F.sum("n.u").alias("units"))
+    )
+    best = F.struct((-F.col("units")).alias("neg"), F.col("b"))
+    return (
+        totals.groupBy("a")
+        .agg(F.slice(F.sort_array(F.collect_list(best)), 1, top_n).alias("top"))
+        .select(
+            F.col("a").alias("item_id"),
+            F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
+            F.col("top.b").alias("next_items"),
+            F.transform("top.neg", lambda neg: -neg / F.lit(units)).alias("next_weights"),
+        )
+    )
+
+
+def _recent_distinct(events: DataFrame, group: str, max_items: int) -> DataFrame:
+    """(group, items, last_ts): each group's distinct items by last occurrence (ts, event_id)
+    desc, at most ``max_items``, and the group's last event time."""
+    from pyspark.sql import functions as F
+
+    last = events.groupBy(group, "item_id").agg(F.max(F.struct("ts", "event_id")).alias("last"))
+    newest = F.struct(F.col("last.ts"), F.col("last.event_id"), F.col("item_id"))
+    return last.groupBy(group).agg(
+        F.slice(F.sort_array(F.collect_list(newest), asc=False), 1, max_items)
+        .getField("item_id")
+        .alias("items"),
+        F.max("last.ts").alias("last_ts"),
+    )
+
+
+def session_items(events: DataFrame, day: date, *, max_items: int = DEFAULT_MAX_ITEMS) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return _recent_distinct(events, "session_id", max_items).select(
+        "session_id",
+        F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
+        "items",
+        F.col("last_ts").alias("last_event_ts"),
+    )
+
+
+def item_sessions(
+    events: DataFrame,
+    day: date,
+    *,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    sample: int = DEFAULT_SKNN_SAMPLE,
+) -> DataFrame:
+    """The inverse of session_items: per item its ``sample`` newest sessions (ties by id)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    held = _recent_distinct(events, "session_id", max_items).select(
+        "session_id", F.unix_millis("last_ts").alias("ms"), F.explode("items").alias("item_id")
+    )
+    newest = Window.partitionBy("item_id").orderBy(F.col("ms").desc(), F.col("session_id"))
+    top = held.withColumn("rank", F.row_number().over(newest)).where(F.col("rank") <= sample)
+    return (
+        top.groupBy("item_id")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "session_id", "ms"))).alias("top"))
+        .select(
+            "item_id",
+            F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
+            F.col("top.session_id").alias("sessions"),
+            F.col("top.ms").alias("last_event_ms"),
+        )
+    )
+
+
+def user_recent_items(
+    events: DataFrame, day: date, *, max_items: int = DEFAULT_MAX_ITEMS
+) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return _recent_distinct(events, "user_id", max_items).select(
+        "user_id", F.lit(window_bounds(day)["end"]).alias("event_timestamp"), "items"
+    )
+
+
 BUILDERS: dict[str, Callable[..., DataFrame]] = {
     USER_HISTORY.name: user_history,
     ITEM_STATS.name: item_stats,
     ITEM_COOCCURRENCE.name: item_cooccurrence,
     CATEGORY_POPULARITY.name: category_popularity,
+    SEQUENTIAL_RULES.name: sequential_rules,
+    SESSION_ITEMS.name: session_items,
+    ITEM_SESSIONS.name: item_sessions,
+    USER_RECENT_ITEMS.name: user_recent_items,
+}
+#: The parameters each table's builder takes, beyond (events, day).
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    ITEM_COOCCURRENCE.name: ("top_n", "max_items"),
+    SEQUENTIAL_RULES.name: ("top_n", "window"),
+    SESSION_ITEMS.name: ("max_items",),
+    ITEM_SESSIONS.name: ("max_items", "sample"),
+    USER_RECENT_ITEMS.name: ("max_items",),
 }
 
 
@@ -366,14 +505,13 @@ def build(
     *,
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
+    window: int = DEFAULT_SR_WINDOW,
+    sample: int = DEFAULT_SKNN_SAMPLE,
 ) -> DataFrame:
     """The DataFrame of one feature table (conformed to its spec), not yet computed."""
-    builder = BUILDERS[name]
-    if name == ITEM_COOCCURRENCE.name:
-        df = builder(events, day, top_n=top_n, max_items=max_items)
-    else:
-        df = builder(events, day)
-    return conform(df, TABLES[name])
+    given = {"top_n": top_n, "max_items": max_items, "window": window, "sample": sample}
+    params = {p: given[p] for p in PARAMETERS.get(name, ())}
+    return conform(BUILDERS[name](events, day, **params), TABLES[name])
 
 
 def write_partition(
@@ -396,6 +534,8 @@ def run(
     out_dir: Path | str | None = None,
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
+    window: int = DEFAULT_SR_WINDOW,
+    sample: int = DEFAULT_SKNN_SAMPLE,
     files_per_table: int = 1,
     cache: bool = False,
     parallel: int = 1,
@@ -410,8 +550,11 @@ def run(
     """
     day = as_day(day)
     names = parse_tables(tables)
-    if top_n < 1 or max_items < 2 or files_per_table < 1 or parallel < 1:
-        raise ValueError("need top_n >= 1, max_items >= 2, files_per_table >= 1, parallel >= 1")
+    if top_n < 1 or max_items < 2 or sample < 1 or files_per_table < 1 or parallel < 1:
+        raise ValueError(
+            "need top_n >= 1, max_items >= 2, sample >= 1, files_per_table >= 1, parallel >= 1"
+        )
+    rule_units(window)  # a window out of range fails here, before Spark starts work
     lake_dir = Path(lake_dir)
     out = Path(out_dir) if out_dir is not None else lake_dir / "features"
     spark.conf.set("spark.sql.session.timeZone", "UTC")
@@ -423,7 +566,9 @@ def run(
 
     def one(name: str) -> str:
         started = time.perf_counter()
-        df = build(events, name, day, top_n=top_n, max_items=max_items)
+        df = build(
+            events, name, day, top_n=top_n, max_items=max_items, window=window, sample=sample
+        )
         path = write_partition(df, TABLES[name], out, day, files_per_table)
         log.info("%s for %s written in %.1f s", name, day, time.perf_counter() - started)
         return str(path)
@@ -469,8 +614,8 @@ def build_session(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="daily_features.py",
-        description="Compute the daily feature tables (user_history_30d, item_stats, "
-        "item_cooccurrence, category_popularity) for one day from the lake's events.",
+        description="Compute the daily feature tables (" + ", ".join(TABLES) + ") for one day "
+        "from the lake's events.",
     )
     parser.add_argument("--lake-dir", required=True, type=Path, help="lake root (holds events/)")
     parser.add_argument(
@@ -495,7 +640,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-items",
         type=int,
         default=DEFAULT_MAX_ITEMS,
-        help="distinct items per user/session in co-occurrence (most recent; default %(default)s)",
+        help="distinct items per user/session in co-occurrence, session_items and "
+        "user_recent_items (most recent; default %(default)s)",
+    )
+    parser.add_argument(
+        "--sr-window",
+        type=int,
+        default=DEFAULT_SR_WINDOW,
+        help="steps ahead a sequential rule reaches (weight 1/steps; default %(default)s)",
+    )
+    parser.add_argument(
+        "--sknn-sample",
+        type=int,
+        default=DEFAULT_SKNN_SAMPLE,
+        help="newest sessions kept per item in item_sessions (default %(default)s)",
     )
     parser.add_argument(
         "--files-per-table", type=int, default=1, help="Parquet files per partition written"
@@ -535,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir=args.out_dir,
             top_n=args.top_n,
             max_items=args.max_items,
+            window=args.sr_window,
+            sample=args.sknn_sample,
             files_per_table=args.files_per_table,
             cache=args.cache,
             parallel=args.parallel,

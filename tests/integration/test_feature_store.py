@@ -21,9 +21,13 @@ from lambdarec.tables import (
     CATEGORY_POPULARITY,
     FEATURE_TABLES,
     ITEM_COOCCURRENCE,
+    ITEM_SESSIONS,
     ITEM_STATS,
+    SEQUENTIAL_RULES,
     SESSION_FEATURES,
+    SESSION_ITEMS,
     USER_HISTORY,
+    USER_RECENT_ITEMS,
     FeatureTable,
 )
 
@@ -35,6 +39,10 @@ KEYS: dict[str, list[str]] = {
     ITEM_STATS.name: ["i1", "i2"],
     ITEM_COOCCURRENCE.name: ["i1", "i2"],
     CATEGORY_POPULARITY.name: ["c1", "c2"],
+    SEQUENTIAL_RULES.name: ["i1", "i2"],
+    SESSION_ITEMS.name: ["s1", "s2"],
+    ITEM_SESSIONS.name: ["i1", "i2"],
+    USER_RECENT_ITEMS.name: ["u1", "u2"],
 }
 
 
@@ -55,6 +63,10 @@ def _value(column: str, kind: str, level: int, key: str) -> Any:
         return [f"{key}-n{level}a", f"{key}-n{level}b"]
     if kind == "array<double>":
         return [1.0, 0.5 / level]
+    if kind == "array<int64>":
+        return [1_700_000_000_000 + level, 1_600_000_000_000 + level]
+    if kind == "timestamp":
+        return datetime(2024, 4, 20 + level, 12, tzinfo=UTC)
     raise AssertionError(kind)
 
 
@@ -127,6 +139,28 @@ def exercise_store(settings: Settings) -> None:
     assert got["item_stats__views_7d"] == [20]
     assert got["item_cooccurrence__co_bought_items"] == [["i2-n2a", "i2-n2b"]]
     assert got["category_popularity__views_7d"] == [20]
+
+    # The session sources' views: what sequential_rules and session_knn read, by item and by
+    # past session, through serving's reader.
+    refs = [
+        "sequential_rules:next_items",
+        "sequential_rules:next_weights",
+        "item_sessions:sessions",
+        "item_sessions:last_event_ms",
+    ]
+    rows = [{"item_id": i} for i in ("i2", "unknown")]
+    got = fstore.read_online(refs, rows, settings)
+    assert got == fstore.get_online_features(refs, rows, settings)
+    assert got["sequential_rules__next_items"] == [["i2-n2a", "i2-n2b"], None]
+    assert got["sequential_rules__next_weights"] == [[1.0, 0.25], None]
+    assert got["item_sessions__last_event_ms"] == [[1_700_000_000_002, 1_600_000_000_002], None]
+    got = fstore.read_online(
+        ["session_items:items", "session_items:last_event_ts"], [{"session_id": "s1"}], settings
+    )
+    assert got["session_items__items"] == [["s1-n2a", "s1-n2b"]]
+    assert got["session_items__last_event_ts"][0] == datetime(2024, 4, 22, 12, tzinfo=UTC)
+    got = fstore.read_online(["user_recent_items:items"], [{"user_id": "u2"}], settings)
+    assert got["user_recent_items__items"] == [["u2-n2a", "u2-n2b"]]
 
     # Push session features (speed layer) and read them back through the retrieval service.
     now = datetime.now(UTC)

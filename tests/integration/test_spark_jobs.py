@@ -1,4 +1,5 @@
-"""The daily Spark feature job on real Spark, checked against DuckDB and pandas recomputations.
+"""The daily Spark feature job on real Spark, checked against DuckDB and pandas recomputations,
+and its session tables against the in-memory builder offline evaluation uses.
 
 Two small lakes: the real Taobao 815-user subset (no prices, 9 days plus a few stray older
 events) and a generated clickstream with prices over 35 days (so the 30-day window cuts). One
@@ -20,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from lambdarec.batch import duckdb_reference
+from lambdarec.batch.neighbours import SESSION_TABLES, tables_from_events
 from lambdarec.batch.spec import TABLES, event_timestamp, window_bounds
 from lambdarec.batch.submit import DAILY_FEATURES
 from lambdarec.config import get_settings
-from lambdarec.data.lake import write_events
+from lambdarec.data.lake import read_events, write_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,6 +40,7 @@ _ARROW_TYPES = {
     "timestamp": pa.timestamp("us", tz="UTC"),
     "array<string>": pa.list_(pa.string()),
     "array<double>": pa.list_(pa.float64()),
+    "array<int64>": pa.list_(pa.int64()),
 }
 
 
@@ -163,7 +166,7 @@ def _assert_same(spark_df: pd.DataFrame, ref: pd.DataFrame, table: str) -> None:
                     rtol=1e-12,
                     err_msg=f"{table}.{col} at {s.index[i]}",
                 )
-        elif kind == "array<string>":
+        elif kind in ("array<string>", "array<int64>"):
             bad = [k for k, x, y in zip(s.index, a, b, strict=True) if list(x) != list(y)]
             assert not bad, f"{table}.{col} differs for {len(bad)} key(s), e.g. {bad[:3]}"
         else:
@@ -176,6 +179,53 @@ def _assert_same(spark_df: pd.DataFrame, ref: pd.DataFrame, table: str) -> None:
 @pytest.mark.parametrize("table", list(TABLES))
 def test_matches_the_duckdb_reference(spark_runs, reference, lake: str, table: str) -> None:
     _assert_same(spark_runs[lake][table], reference[lake][table], table)
+
+
+@pytest.fixture(scope="module")
+def in_memory(lakes) -> dict[str, dict[str, pd.DataFrame]]:
+    """The session tables of each lake's events (read back from the lake) by the numpy builder."""
+    return {
+        name: tables_from_events(read_events(lake), day) for name, (lake, day, _) in lakes.items()
+    }
+
+
+@pytest.mark.parametrize("lake", ["taobao", "generated"])
+@pytest.mark.parametrize("table", [t.name for t in SESSION_TABLES])
+def test_session_tables_match_the_in_memory_builder(
+    spark_runs, in_memory, lake: str, table: str
+) -> None:
+    """One definition: what offline evaluation builds in numpy is what serving reads."""
+    _assert_same(spark_runs[lake][table], in_memory[lake][table], table)
+
+
+def test_session_tables_are_capped_sorted_and_aligned(spark_runs) -> None:
+    for lake in ("taobao", "generated"):
+        runs = spark_runs[lake]
+        rules = runs["sequential_rules"]
+        assert len(rules) > 0
+        for item, nexts, weights in zip(
+            rules["item_id"], rules["next_items"], rules["next_weights"], strict=True
+        ):
+            assert 0 < len(nexts) == len(weights) <= 20 and item not in set(nexts)
+            pairs = list(zip((-w for w in weights), nexts, strict=True))
+            assert pairs == sorted(pairs) and all(w > 0 for w in weights)
+        sessions = runs["session_items"]
+        assert sessions["items"].map(len).between(1, 50).all()
+        assert (sessions["items"].map(lambda x: len(set(x))) == sessions["items"].map(len)).all()
+        last = dict(zip(sessions["session_id"], sessions["last_event_ts"], strict=True))
+        held = {s: set(x) for s, x in zip(sessions["session_id"], sessions["items"], strict=True)}
+        index = runs["item_sessions"]
+        for item, ids, ms in list(
+            zip(index["item_id"], index["sessions"], index["last_event_ms"], strict=True)
+        )[::50]:
+            assert 0 < len(ids) == len(ms) <= 200
+            assert all(item in held[s] for s in ids)
+            assert [pd.Timestamp(last[s]).value // 1_000_000 for s in ids] == list(ms)
+            pairs = list(zip((-t for t in ms), ids, strict=True))
+            assert pairs == sorted(pairs)
+        users = runs["user_recent_items"]
+        assert users["items"].map(len).between(1, 50).all()
+        assert len(users) == len(runs["user_history_30d"])
 
 
 @pytest.mark.parametrize("lake", ["taobao", "generated"])

@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_the_job_writes_the_four_batch_tables() -> None:
+def test_the_job_writes_every_batch_table() -> None:
     assert list(TABLES) == [t.name for t in FEATURE_TABLES]
+    assert {"sequential_rules", "session_items", "item_sessions", "user_recent_items"} <= set(
+        TABLES
+    )
 
 
 def test_parse_tables_keeps_spec_order_and_rejects_unknown_names() -> None:
@@ -64,6 +67,15 @@ def test_spark_job_maps_onto_spark_submit(tmp_path: Path) -> None:
     assert job.conf["spark.sql.shuffle.partitions"] == "4"
     assert job.conf["spark.sql.session.timeZone"] == "UTC"
     assert job.env_vars["JAVA_HOME"] == str(settings.java_home)
+    # The session tables' parameters come from the settings unless given.
+    assert args[args.index("--sr-window") + 1] == str(settings.sr_window)
+    assert args[args.index("--sknn-sample") + 1] == str(settings.sknn_sample)
+    tuned = Settings(state_dir=tmp_path, sr_window=5, sknn_sample=300)
+    args = spark_job("2024-03-31", tuned).application_args
+    assert args[args.index("--sr-window") + 1] == "5"
+    assert args[args.index("--sknn-sample") + 1] == "300"
+    args = spark_job("2024-03-31", tuned, window=2).application_args
+    assert args[args.index("--sr-window") + 1] == "2"
     cmd = spark_submit_args("2024-03-31", settings)
     assert cmd[cmd.index("--master") + 1] == "local[*]"
     assert cmd[cmd.index(str(DAILY_FEATURES)) + 1 :][:2] == ["--lake-dir", str(settings.lake_dir)]
@@ -82,6 +94,11 @@ def test_program_has_help_and_validates_arguments_without_spark(capsys) -> None:
     assert "--lake-dir" in capsys.readouterr().out
     args = module.parse_args(["--lake-dir", "/x", "--date", "2024-01-30", "--tables", "item_stats"])
     assert args.tables == ["item_stats"] and args.date == date(2024, 1, 30)
+    args = module.parse_args(
+        ["--lake-dir", "/x", "--date", "2024-01-30", "--tables", "session_items,sequential_rules"]
+    )
+    assert args.tables == ["sequential_rules", "session_items"]  # spec order
+    assert (args.sr_window, args.sknn_sample) == (3, 200)
     for bad in (["--date", "30/01/2024"], ["--date", "2024-01-30", "--tables", "nope"]):
         with pytest.raises(SystemExit):
             module.parse_args(["--lake-dir", "/x", *bad])

@@ -1,8 +1,8 @@
 """The daily feature tables in DuckDB SQL: a single-machine reference for the Spark job.
 
 Same windows, ranks, tie-breaks, co-occurrence caps and scores as ``include/spark/
-daily_features.py`` (see its module docstring and :mod:`lambdarec.batch.spec`), written
-independently in SQL. The benchmark times it against Spark; the integration tests compare the two.
+daily_features.py`` (see its module docstring, :mod:`lambdarec.batch.spec` and, for the session
+tables, :mod:`lambdarec.batch.neighbours`), written independently in SQL. The benchmark times it against Spark; the integration tests compare the two.
 
 :func:`compute` returns pandas frames (columns in the order of :mod:`lambdarec.tables`),
 :func:`write` writes ``<out_dir>/<table>/date=<day>/part-0.parquet`` like the job.
@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 from lambdarec.batch.spec import (
     DAY_MS,
     DEFAULT_MAX_ITEMS,
+    DEFAULT_SKNN_SAMPLE,
+    DEFAULT_SR_WINDOW,
     DEFAULT_TOP_N,
     TABLES,
     first_day,
     parse_tables,
+    rule_units,
     window_bounds,
 )
 from lambdarec.tables import PARTITION_GLOB, PARTITION_KEY, as_day, events_path, partition_dir
@@ -51,7 +54,8 @@ def load_events(con: duckdb.DuckDBPyConnection, lake_dir: Path | str, day: date 
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE ev AS
-        SELECT user_id, session_id, item_id, event_type, category, price, epoch_ms(ts) AS t
+        SELECT event_id, user_id, session_id, item_id, event_type, category, price,
+            epoch_ms(ts) AS t
         FROM read_parquet('{pattern}', hive_partitioning = true)
         WHERE {PARTITION_KEY} BETWEEN DATE '{first_day(day)}' AND DATE '{day}'
           AND epoch_ms(ts) >= {b["start_30d"]} AND epoch_ms(ts) < {b["end"]}
@@ -210,8 +214,98 @@ def _category_popularity(b: dict[str, int]) -> str:
     """
 
 
+def _stamp(b: dict[str, int]) -> str:
+    return f"make_timestamptz({b['end']}::BIGINT * 1000) AS event_timestamp"
+
+
+def _sequential_rules(b: dict[str, int], top_n: int, window: int) -> str:
+    units = rule_units(window)
+    ahead = ", ".join(f"lead(item_id, {d}) OVER w AS n{d}" for d in range(1, window + 1))
+    steps = " UNION ALL ".join(
+        f"SELECT a, n{d} AS b, {units // d} AS u FROM ahead WHERE n{d} IS NOT NULL AND n{d} <> a"
+        for d in range(1, window + 1)
+    )
+    return f"""
+    WITH ordered AS (
+        SELECT session_id, item_id, t, event_id,
+            lag(item_id) OVER (PARTITION BY session_id ORDER BY t, event_id) AS prev
+        FROM ev
+    ),
+    collapsed AS (
+        SELECT session_id, item_id, t, event_id FROM ordered
+        WHERE prev IS NULL OR prev <> item_id
+    ),
+    ahead AS (
+        SELECT item_id AS a, {ahead} FROM collapsed
+        WINDOW w AS (PARTITION BY session_id ORDER BY t, event_id)
+    ),
+    totals AS (
+        SELECT a, b, sum(u)::BIGINT AS units FROM ({steps}) GROUP BY a, b
+        QUALIFY row_number() OVER (PARTITION BY a ORDER BY units DESC, b) <= {int(top_n)}
+    )
+    SELECT a AS item_id, {_stamp(b)},
+        list(b ORDER BY units DESC, b) AS next_items,
+        list(units::DOUBLE / {units} ORDER BY units DESC, b) AS next_weights
+    FROM totals GROUP BY a
+    """
+
+
+def _recent_distinct(group: str, max_items: int) -> str:
+    """(group, item_id, rank, t): each group's distinct items by last (t, event_id) desc."""
+    return f"""
+        SELECT {group}, item_id, t,
+            row_number() OVER (PARTITION BY {group} ORDER BY t DESC, event_id DESC) AS recency
+        FROM (
+            SELECT {group}, item_id, t, event_id FROM ev
+            QUALIFY row_number() OVER (
+                PARTITION BY {group}, item_id ORDER BY t DESC, event_id DESC
+            ) = 1
+        )
+        QUALIFY recency <= {int(max_items)}
+    """
+
+
+def _session_items(b: dict[str, int], max_items: int) -> str:
+    return f"""
+    SELECT session_id, {_stamp(b)},
+        list(item_id ORDER BY recency) AS items,
+        make_timestamptz(max(t)::BIGINT * 1000) AS last_event_ts
+    FROM ({_recent_distinct("session_id", max_items)}) GROUP BY session_id
+    """
+
+
+def _item_sessions(b: dict[str, int], max_items: int, sample: int) -> str:
+    return f"""
+    WITH held AS ({_recent_distinct("session_id", max_items)}),
+    sessions AS (SELECT session_id, max(t) AS ms FROM held GROUP BY session_id),
+    newest AS (
+        SELECT held.item_id, held.session_id, sessions.ms FROM held JOIN sessions USING (session_id)
+        QUALIFY row_number() OVER (
+            PARTITION BY held.item_id ORDER BY sessions.ms DESC, held.session_id
+        ) <= {int(sample)}
+    )
+    SELECT item_id, {_stamp(b)},
+        list(session_id ORDER BY ms DESC, session_id) AS sessions,
+        list(ms ORDER BY ms DESC, session_id) AS last_event_ms
+    FROM newest GROUP BY item_id
+    """
+
+
+def _user_recent_items(b: dict[str, int], max_items: int) -> str:
+    return f"""
+    SELECT user_id, {_stamp(b)}, list(item_id ORDER BY recency) AS items
+    FROM ({_recent_distinct("user_id", max_items)}) GROUP BY user_id
+    """
+
+
 def table_sql(
-    name: str, day: date | str, *, top_n: int = DEFAULT_TOP_N, max_items: int = DEFAULT_MAX_ITEMS
+    name: str,
+    day: date | str,
+    *,
+    top_n: int = DEFAULT_TOP_N,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    window: int = DEFAULT_SR_WINDOW,
+    sample: int = DEFAULT_SKNN_SAMPLE,
 ) -> str:
     """The query of one table over the temp table ``ev`` (see :func:`load_events`)."""
     b = _bounds_ms(as_day(day))
@@ -223,6 +317,14 @@ def table_sql(
         body = _item_cooccurrence(b, top_n, max_items)
     elif name == "category_popularity":
         body = _category_popularity(b)
+    elif name == "sequential_rules":
+        body = _sequential_rules(b, top_n, window)
+    elif name == "session_items":
+        body = _session_items(b, max_items)
+    elif name == "item_sessions":
+        body = _item_sessions(b, max_items, sample)
+    elif name == "user_recent_items":
+        body = _user_recent_items(b, max_items)
     else:
         raise ValueError(f"unknown table {name!r}; use one of {', '.join(TABLES)}")
     columns = ", ".join(TABLES[name].columns)
@@ -251,15 +353,15 @@ def compute(
     tables: str | Sequence[str] = "all",
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
+    window: int = DEFAULT_SR_WINDOW,
+    sample: int = DEFAULT_SKNN_SAMPLE,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The selected tables of ``day`` as pandas frames, sorted by key."""
     con = con or connect()
     load_events(con, lake_dir, day)
-    return {
-        name: con.execute(table_sql(name, day, top_n=top_n, max_items=max_items)).df()
-        for name in parse_tables(tables)
-    }
+    params = {"top_n": top_n, "max_items": max_items, "window": window, "sample": sample}
+    return {name: con.execute(table_sql(name, day, **params)).df() for name in parse_tables(tables)}
 
 
 def write(
@@ -270,18 +372,21 @@ def write(
     tables: str | Sequence[str] = "all",
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
+    window: int = DEFAULT_SR_WINDOW,
+    sample: int = DEFAULT_SKNN_SAMPLE,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> dict[str, Path]:
     """Write the selected tables to ``<out_dir>/<table>/date=<day>/part-0.parquet``."""
     day = as_day(day)
     con = con or connect()
     load_events(con, lake_dir, day)
+    params = {"top_n": top_n, "max_items": max_items, "window": window, "sample": sample}
     written: dict[str, Path] = {}
     for name in parse_tables(tables):
         target = partition_dir(Path(out_dir) / name, day)
         target.mkdir(parents=True, exist_ok=True)
         path = target / "part-0.parquet"
-        query = table_sql(name, day, top_n=top_n, max_items=max_items)
+        query = table_sql(name, day, **params)
         con.execute(
             f"COPY ({query}) TO '{str(path).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)"
         )

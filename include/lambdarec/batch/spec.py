@@ -8,33 +8,32 @@ events strictly before its timestamp, so Feast's point-in-time joins never leak.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from lambdarec.tables import (
-    CATEGORY_POPULARITY,
-    ITEM_COOCCURRENCE,
-    ITEM_STATS,
-    USER_HISTORY,
-    FeatureTable,
-    as_day,
-)
+from lambdarec.tables import FEATURE_TABLES, FeatureTable, as_day
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: The tables the daily batch job writes (the speed layer's tables are not its business).
-TABLES: dict[str, FeatureTable] = {
-    t.name: t for t in (USER_HISTORY, ITEM_STATS, ITEM_COOCCURRENCE, CATEGORY_POPULARITY)
-}
+TABLES: dict[str, FeatureTable] = {t.name: t for t in FEATURE_TABLES}
 
 #: The longest window any table needs, in days (the job reads this many day partitions).
 WINDOW_DAYS = 30
-#: Neighbours kept per item in item_cooccurrence.
+#: Neighbours kept per item in item_cooccurrence, next items per item in sequential_rules.
 DEFAULT_TOP_N = 20
 #: Distinct items per user (co-bought) or session (co-viewed) taken into co-occurrence: the most
-#: recent ones. Bounds the pairs of one user/session at max_items * (max_items - 1) / 2.
+#: recent ones. Bounds the pairs of one user/session at max_items * (max_items - 1) / 2. Also
+#: the length of session_items' and user_recent_items' lists.
 DEFAULT_MAX_ITEMS = 50
+#: Sequential rules: how many steps ahead an item still follows another (LAMBDAREC_SR_WINDOW).
+DEFAULT_SR_WINDOW = 3
+#: The longest window the rules accept (rule weights are integers over lcm(1..window)).
+MAX_SR_WINDOW = 20
+#: Sessions kept per item in item_sessions, newest first (LAMBDAREC_SKNN_SAMPLE).
+DEFAULT_SKNN_SAMPLE = 200
 #: Shuffle partitions for a local run on a few cores (adaptive execution coalesces small ones).
 DEFAULT_SHUFFLE_PARTITIONS = 8
 
@@ -53,6 +52,18 @@ def parse_tables(spec: str | Sequence[str]) -> list[str]:
             f"unknown table(s) {unknown or names}; use 'all' or some of: {', '.join(TABLES)}"
         )
     return [n for n in TABLES if n in names]
+
+
+def rule_units(window: int) -> int:
+    """The common denominator of the rule weights ``1/d``, d = 1..``window``: lcm(1..window).
+
+    Every engine sums a pair's weight as the integer ``sum(units // d)`` and divides once, so
+    Spark, DuckDB and numpy rank rules on exact integers (ties really tie, in any summation
+    order) and give bit-identical weights.
+    """
+    if not 1 <= window <= MAX_SR_WINDOW:
+        raise ValueError(f"the sequential-rules window must be 1..{MAX_SR_WINDOW}, got {window}")
+    return math.lcm(*range(1, window + 1))
 
 
 def window_bounds(day: date | str) -> dict[str, datetime]:

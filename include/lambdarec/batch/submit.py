@@ -17,6 +17,7 @@ from lambdarec.batch.spec import (
     DEFAULT_SHUFFLE_PARTITIONS,
     DEFAULT_TOP_N,
     SPARK_CONF,
+    TABLES,
     parse_tables,
 )
 from lambdarec.config import REPO_ROOT
@@ -75,10 +76,14 @@ def spark_job(
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
+    window: int | None = None,
+    sample: int | None = None,
 ) -> SparkJob:
     """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake.
 
-    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER).
+    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER), ``window`` to
+    ``settings.sr_window`` (LAMBDAREC_SR_WINDOW), ``sample`` to ``settings.sknn_sample``
+    (LAMBDAREC_SKNN_SAMPLE).
     """
     day = as_day(day)
     names = parse_tables(tables)
@@ -96,6 +101,10 @@ def spark_job(
         str(top_n),
         "--max-items",
         str(max_items),
+        "--sr-window",
+        str(settings.sr_window if window is None else window),
+        "--sknn-sample",
+        str(settings.sknn_sample if sample is None else sample),
     ]
     if out_dir is not None:
         args += ["--out-dir", str(out_dir)]
@@ -108,7 +117,7 @@ def spark_job(
         "PYSPARK_PYTHON": python,
         "PYSPARK_DRIVER_PYTHON": python,
     }
-    suffix = "all" if len(names) == 4 else "+".join(names)
+    suffix = "all" if len(names) == len(TABLES) else "+".join(names)
     return SparkJob(
         application=str(DAILY_FEATURES),
         application_args=args,
