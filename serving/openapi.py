@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from lambdarec.events import ID_REGEX, MAX_ID_LEN
+from lambdarec.recommend.sources import REGISTRY
 from serving.validation import EVENTS_MAX, EXCLUDE_MAX, K_MAX, MAX_BODY_BYTES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -204,7 +205,7 @@ def spec() -> dict[str, Any]:
                                     "score": {"type": "number"},
                                     "source": {
                                         "type": "string",
-                                        "enum": ["vector", "cooccurrence", "trending", "popular"],
+                                        "enum": sorted(REGISTRY),
                                     },
                                     "sources": {"type": "array", "items": {"type": "string"}},
                                     "category": {"type": ["string", "null"]},

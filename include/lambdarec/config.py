@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
     candidate_sources: str = Field(
-        "vector,cooccurrence,trending,popular",
+        "vector,session_knn,sequential_rules,cooccurrence,trending,popular",
         pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)*$",
         description="The recommendation pipeline's candidate sources, in order (comma-separated "
         "names of lambdarec.recommend.sources.REGISTRY).",

@@ -48,6 +48,7 @@ def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> No
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.pipeline import train_models
     from lambdarec.models.two_tower import TwoTowerConfig
+    from lambdarec.recommend.pipeline import DEFAULT_SOURCES
 
     for model in (B.MostPopular(), B.CoOccurrence(), B.ALS(factors=8, iterations=2)):
         res = E.evaluate_ranker(model.fit(dataset), dataset, dataset.test)
@@ -68,7 +69,7 @@ def test_baselines_and_models_end_to_end(dataset: Dataset, tmp_path: Path) -> No
     assert q.shape == (5, 64)
     assert (tmp_path / "two_tower" / "query_tower" / "saved_model.pb").exists()
     assert (tmp_path / "deepfm" / "serving" / "ranker.json").exists()
-    assert trained.ranker.sources == ["vector", "cooccurrence", "trending", "popular"]
+    assert trained.ranker.sources == list(DEFAULT_SOURCES)
 
     from lambdarec.models.served import evaluate_served
 

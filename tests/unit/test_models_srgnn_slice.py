@@ -106,14 +106,10 @@ def test_session_ablation_is_reported_apart_from_the_models(dataset: Dataset, tm
         baselines=False,
         test_max=300,
     )
-    assert set(payload["models"]) == {
-        "two_tower",
-        "served",
-        "source:vector",
-        "source:cooccurrence",
-        "source:trending",
-        "source:popular",
-    }
+    from lambdarec.recommend.pipeline import DEFAULT_SOURCES
+
+    sources = {f"source:{name}" for name in DEFAULT_SOURCES}
+    assert set(payload["models"]) == {"two_tower", "served", *sources}
     assert set(payload["ours_p20_mrr20_percent"]) == set(payload["models"])
     ablation = payload["session_ablation"]
     assert ablation["model"] == "two_tower"

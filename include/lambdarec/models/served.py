@@ -8,8 +8,8 @@ stand-ins for the live stores:
   item embeddings (exact search, which the served HNSW index approximates);
 * the online store: :class:`ExampleFeatures`, which answers a query's context as the speed layer
   and the daily job would have it online (the session's items, newest first; its length; the
-  user's earlier events) and the item views the batch layer writes (co-occurrence, ...) built
-  from the training interactions;
+  user's earlier events) and the views the batch layer writes (co-occurrence, sequential rules,
+  the session tables: :func:`item_views`) built from the training interactions;
 * the lake snapshot: the catalog, training popularity, and the last day's most active items as
   trending;
 * the models: the numpy exports serving loads (the query tower and the DeepFM), written by the
@@ -123,6 +123,17 @@ def cooccurrence_view(dataset: Dataset, top_n: int = TOP_N) -> dict[str, dict[st
             row[f"co_{kind}_items"] = [ids[c] for c in cols]
             row[f"co_{kind}_scores"] = values
     return rows
+
+
+def item_views(dataset: Dataset) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every view the pipeline's sources read, from the training interactions, as the batch
+    layer computes them: co-occurrence, and the session tables (sequential rules, the sessions'
+    items and each item's sessions, the users' recent items: :mod:`lambdarec.batch.neighbours`)."""
+    from lambdarec.batch.neighbours import memory_views, tables_from_interactions
+
+    views = memory_views(tables_from_interactions(dataset.train_events, dataset.catalog.item_ids))
+    views["item_cooccurrence"] = cooccurrence_view(dataset)
+    return views
 
 
 def _top_per_row(matrix: Any, top_n: int) -> dict[int, tuple[list[int], list[float]]]:

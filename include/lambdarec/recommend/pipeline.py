@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from lambdarec.recommend.types import Call, FeatureReader, Models, Query, VectorSearch
 
 #: The sources a pipeline runs unless the configuration says otherwise.
-DEFAULT_SOURCES = ("vector", "cooccurrence", "trending", "popular")
+DEFAULT_SOURCES = (
+    "vector",
+    "session_knn",
+    "sequential_rules",
+    "cooccurrence",
+    "trending",
+    "popular",
+)
 #: Over-fetch stops at this many candidates per source.
 OVERFETCH_MAX = 1000
 #: The first round asks each source for ``max(FETCH_MIN, 3k + blocked)`` items.
