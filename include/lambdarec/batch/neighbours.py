@@ -33,7 +33,7 @@ Item, session and user ids are strings and compare as strings (byte order), as i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -51,8 +51,6 @@ from lambdarec.tables import ITEM_SESSIONS, SEQUENTIAL_RULES, SESSION_ITEMS, USE
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from datetime import date, datetime
-
-    from lambdarec.models.data import Interactions
 
 #: The tables this module builds, in the order of lambdarec.tables.
 SESSION_TABLES = (SEQUENTIAL_RULES, SESSION_ITEMS, ITEM_SESSIONS, USER_RECENT_ITEMS)
@@ -286,6 +284,15 @@ def tables_from_events(
         event_timestamp=stamp,
         **params,
     )
+
+
+class Interactions(Protocol):
+    """Column arrays of interactions (``lambdarec.models.data.Interactions`` has them)."""
+
+    group: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
 
 
 def tables_from_interactions(
