@@ -96,6 +96,8 @@ def ranker_topk(
     for start in range(0, len(ex), batch_size):
         batch = ex.subset(np.arange(start, min(start + batch_size, len(ex))))
         s = np.asarray(fn(batch), dtype=np.float32)  # type: ignore[operator]
+        if batch.seen is not None:
+            s = M.mask_seen(s, batch.seen)
         t = M.top_k(s, k)
         tops.append(t)
         vals.append(np.take_along_axis(s, t, axis=1))

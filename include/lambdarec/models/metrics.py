@@ -4,6 +4,9 @@ A model gives a score matrix (queries x items); :func:`top_k` keeps the best ``k
 per row (argpartition, then a sort of those ``k``). Every metric is computed from the top-k lists
 and the targets, so a ranking is never sampled: the target competes with the whole catalog.
 
+A query's already-seen items (``Examples.seen``) are taken out of its ranking with
+:func:`mask_seen` before the top-k, when the protocol asks for it.
+
 Targets are a 2-D int array padded with ``-1`` (one column for next-item prediction). With one
 target per query, Recall@K = HR@K (the "P@K" of the SR-GNN papers), MRR@K is the reciprocal rank
 of the target when it is in the top K (else 0), NDCG@K = 1 / log2(rank + 1).
@@ -18,7 +21,26 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    import scipy.sparse as sp
+
 KS: tuple[int, ...] = (5, 10, 20, 50, 100)
+
+
+def mask_seen(scores: np.ndarray, seen: sp.spmatrix | None) -> np.ndarray:
+    """``scores`` with each row's seen items (the non-zeros of the same row of ``seen``, a
+    queries x items sparse matrix) set to -inf, so :func:`top_k` ranks them last.
+
+    In place (a read-only array is copied first); returns the scores. None leaves them as they
+    are.
+    """
+    if seen is None:
+        return scores
+    if seen.shape != scores.shape:
+        raise ValueError(f"seen is {seen.shape}, the scores {scores.shape}")
+    out = scores if scores.flags.writeable else scores.copy()
+    coo = seen.tocoo()
+    out[coo.row, coo.col] = -np.inf
+    return out
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
