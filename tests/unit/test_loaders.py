@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -13,12 +16,15 @@ from lambdarec.config import get_settings
 from lambdarec.data.canonical import check_canonical
 from lambdarec.data.generator import GeneratorConfig, generate_events
 from lambdarec.data.loaders import (
+    AMAZON_SEQUENCES,
     LoadError,
     expand_sessions,
     load_diginetica_raw,
     load_interactions,
+    load_sequences,
     load_srgnn,
     load_taobao,
+    looks_like_sequences,
 )
 
 if TYPE_CHECKING:
@@ -291,3 +297,132 @@ def test_generic_duplicate_event_ids_are_rejected(tmp_path: Path) -> None:
     path.write_text("event_id,user_id,item_id,ts\ne1,u,i,1700000000\ne1,u,j,1700000001\n")
     with pytest.raises(LoadError, match="duplicated"):
         load_interactions(path)
+
+
+def test_generic_empty_session_column_counts_as_absent(tmp_path: Path) -> None:
+    # Exports often carry the column with no value; it used to reject every row.
+    path = tmp_path / "no_sessions.csv"
+    path.write_text(
+        "user_id,session_id,item_id,ts\nu1,,i1,1700000000\nu1,,i2,1700000600\nu1,,i3,1700009000\n"
+    )
+    df = load_interactions(path)
+    assert df["session_id"].tolist() == ["u1-0", "u1-0", "u1-1"]  # cut at the 30-minute gap
+
+
+def test_generic_empty_user_column_counts_as_absent(tmp_path: Path) -> None:
+    path = tmp_path / "no_users.csv"
+    path.write_text(
+        "user_id,session_id,item_id,ts,event_type\n,s9,i1,1700000000,\n,s9,i2,1700000001,\n"
+    )
+    df = load_interactions(path)
+    assert df["user_id"].tolist() == ["anon-s9", "anon-s9"]
+    assert df["event_type"].eq("view").all()  # an empty event type column: every row a view
+    path.write_text("user_id,session_id,item_id,ts\n,,i1,1700000000\n")
+    with pytest.raises(LoadError, match="no user or session column found.*have no value"):
+        load_interactions(path)
+
+
+def test_generic_drop_that_keeps_no_row_fails(tmp_path: Path) -> None:
+    path = tmp_path / "all_bad.csv"
+    path.write_text("user_id,item_id,ts\nu1,i1,yesterday\nu 2,i2,1700000000\n")
+    with pytest.raises(LoadError, match=r"all 2 row\(s\) are invalid, nothing to load"):
+        load_interactions(path, on_invalid="drop")
+    path.write_text("user_id,item_id,ts\n")
+    with pytest.raises(LoadError, match="no rows"):
+        load_interactions(path)
+
+
+# -- sequences ------------------------------------------------------------------------------
+def test_sequences_keep_the_order_with_synthetic_times(tmp_path: Path) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("7 30 10 20\n\n8 10  40\n")
+    df = load_sequences(path)
+    check_canonical(df)
+    assert df["item_id"].tolist() == ["30", "10", "20", "10", "40"]
+    assert df["user_id"].tolist() == ["7", "7", "7", "8", "8"]
+    assert (df["session_id"] == df["user_id"]).all() and df["event_type"].eq("view").all()
+    assert df["ts"].is_monotonic_increasing and df["ts"].is_unique
+    assert df["ts"].iloc[0] == pd.Timestamp("2000-01-01", tz="UTC")
+    assert df["event_id"].tolist() == ["seq-1-1", "seq-1-2", "seq-1-3", "seq-3-1", "seq-3-2"]
+    report = df.attrs["load_report"]
+    assert report["format"] == "sequences" and report["rows_read"] == 2
+
+
+def test_sequences_are_detected_by_the_generic_loader(tmp_path: Path) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b c\nu2 d e\n")
+    assert looks_like_sequences(path)
+    df = load_interactions(path)
+    assert df.attrs["load_report"]["format"] == "sequences" and len(df) == 5
+    table = tmp_path / "table.csv"
+    table.write_text("user,item,time\na,1,1700000000\n")
+    assert not looks_like_sequences(table)
+    # naming a column means a table; format= says it outright
+    with pytest.raises(LoadError, match="no ts column found"):
+        load_interactions(path, item_col="u1 a b c")
+    assert len(load_interactions(path, format="sequences")) == 5
+
+
+def test_sequences_invalid_lines_raise_or_are_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b\nlonely\nu2 c d/e\nu3 f g\n")
+    with pytest.raises(LoadError, match=r"2 of 4 line\(s\) are invalid.*--on-invalid drop"):
+        load_sequences(path)
+    df = load_sequences(path, on_invalid="drop")
+    assert df["user_id"].unique().tolist() == ["u1", "u3"]
+    assert sum(df.attrs["load_report"]["dropped"].values()) == 2
+
+
+@needs_data
+def test_amazon_sequences_counts_match_the_readme() -> None:
+    df = load_sequences(DATA / AMAZON_SEQUENCES["amazon-toys"])
+    assert len(df) == 167_597
+    assert df["user_id"].nunique() == 19_412 and df["item_id"].nunique() == 11_924
+
+
+# -- the command line -----------------------------------------------------------------------
+def _lambdarec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lambdarec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_cli_usage_errors_are_one_line(tmp_path: Path) -> None:
+    for args, says in (
+        (["--source", "bogus"], "Invalid value for '--source'"),
+        (["--source", "generic"], "--path is required for --source generic"),
+        (["--source", "generic", "--path", "x.csv", "--on-invalid", "maybe"], "'maybe'"),
+    ):
+        done = _lambdarec("data", "load", *args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+        assert says in done.stderr
+
+
+def test_cli_drop_that_keeps_no_row_is_one_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "all_bad.csv"
+    path.write_text("user_id,item_id,ts\nu1,i1,yesterday\n")
+    args = ["--source", "generic", "--path", str(path), "--on-invalid", "drop"]
+    done = _lambdarec("data", "load", *args, "--out", str(tmp_path / "out.parquet"), cwd=tmp_path)
+    assert done.returncode == 1
+    said = [line for line in done.stderr.splitlines() if not re.match(r"[\d:]+ [A-Z]+ ", line)]
+    assert said == [said[0]] and said[0].startswith("error: ") and "nothing to load" in said[0]
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_cli_loads_a_sequences_file(tmp_path: Path) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b c\nu2 d e\n")
+    out = tmp_path / "events.parquet"
+    done = _lambdarec(
+        "data", "load", "--source", "generic", "--path", str(path), "--out", str(out), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "loaded 5 events" in done.stdout and "2 sessions" in done.stdout
+    assert len(pd.read_parquet(out)) == 5

@@ -1,6 +1,7 @@
 """``lambdarec data``: generate synthetic events, load real datasets, inspect the lake.
 
-Run standalone with ``python -m lambdarec.data.cli --help``.
+Run standalone with ``python -m lambdarec.data.cli --help``. An expected error (a bad option, a
+file that cannot be loaded) is one line on stderr (``error: ...``) and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections import Counter
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 (typer reads the annotations at runtime)
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
+from typer.core import TyperGroup
 
 from lambdarec.config import get_settings
 
@@ -23,7 +25,30 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+
+def _one_line(message: str) -> str:
+    """A message on one line (its lines joined with ``; ``)."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+class _OneLineErrors(TyperGroup):
+    """A usage error of a subcommand (bad option, missing value) as one ``error:`` line on stderr
+    and exit code 2, instead of the usage text and a box."""
+
+    def invoke(self, ctx: Any) -> Any:  # ctx: the Context of the click that typer vendors
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:  # typer's click errors: usage, bad parameter
+            raise _fail(exc.format_message(), exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Synthetic clickstream, dataset loaders and the event lake.",
     no_args_is_help=True,
     add_completion=False,
@@ -54,6 +79,12 @@ class OnInvalid(StrEnum):
     drop = "drop"
 
 
+class FileFormat(StrEnum):
+    auto = "auto"
+    table = "table"
+    sequences = "sequences"
+
+
 def _setup_logging(verbose: bool) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -61,11 +92,6 @@ def _setup_logging(verbose: bool) -> None:
             format="%(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -194,7 +220,11 @@ def load(
     source: Annotated[Source, typer.Option(help="Dataset format.")],
     path: Annotated[
         Path | None,
-        typer.Option(help="Input file (default for taobao/diginetica: the shared data)."),
+        typer.Option(
+            help="Input file (default for taobao/diginetica: the shared data). generic: CSV or "
+            "Parquet with one event per row, or a text file with one user per line "
+            "('user item item ...', items in time order)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -226,6 +256,15 @@ def load(
     on_invalid: Annotated[
         OnInvalid, typer.Option(help="generic: raise, or drop invalid rows (counted).")
     ] = OnInvalid.raise_,
+    file_format: Annotated[
+        FileFormat,
+        typer.Option(
+            "--format",
+            help="generic: a table (one event per row), sequences (one user per line, no "
+            "timestamps: synthetic ones keep the order, the session is the user), or auto: "
+            "sequences when no column is named and the lines have no , ; tab or |.",
+        ),
+    ] = FileFormat.auto,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Load a dataset into the canonical event table (Parquet), and optionally the lake."""
@@ -247,7 +286,7 @@ def load(
             df = loaders.load_diginetica_raw(path)
         else:
             if path is None:
-                raise typer.BadParameter("--path is required for --source generic")
+                raise _fail("--path is required for --source generic", 2)
             df = loaders.load_interactions(
                 path,
                 user_col=user_col,
@@ -261,9 +300,12 @@ def load(
                 ts_unit=cast("Literal['auto', 's', 'ms', 'us', 'ns']", ts_unit.value),
                 on_invalid=cast("Literal['raise', 'drop']", on_invalid.value),
                 session_gap=gap,
+                format=cast("Literal['auto', 'table', 'sequences']", file_format.value),
             )
     except (loaders.LoadError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    if df.empty:
+        raise _fail(f"no event left to load from {path or source.value}: every row was dropped")
     settings = get_settings()
     target = out or settings.data_dir / source.value / "events.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)

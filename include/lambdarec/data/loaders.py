@@ -18,6 +18,11 @@ Mapping choices:
   (1-based line in the file); ``category`` is the category id; there is no price.
 * **Diginetica raw** rows are all views; a missing user becomes ``"anon-<session>"``; the event
   time is ``eventdate`` (UTC midnight) plus ``timeframe`` ms; ``event_id`` is ``"dg-<row>"``.
+* **Sequences** (one user per line, ``user item item ...``, items in time order, no timestamps:
+  the Amazon 5-core files): every item is a ``view``; the session is the user; timestamps are
+  synthetic, one second apart in file order from :data:`SEQUENCES_EPOCH_MS`, so they keep the
+  order and nothing else (``df.attrs["load_report"]["format"] == "sequences"`` says so);
+  ``event_id`` is ``"<source>-<line>-<position>"``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import pyarrow as pa
 from lambdarec.config import get_settings
 from lambdarec.data.canonical import sort_canonical
 from lambdarec.events import (
+    ID_PATTERN,
     ID_REGEX,
     MAX_CATEGORY_LEN,
     MAX_ID_LEN,
@@ -53,6 +59,13 @@ SESSION_GAP = timedelta(minutes=30)
 TAOBAO_FILE = Path("taobao_userbehavior") / "UserBehavior_first815users.csv"
 DIGINETICA_RAW_FILE = Path("diginetica_cikm16") / "raw_sample" / "sample_train-item-views.csv"
 SRGNN_DIR = Path("diginetica_cikm16") / "srgnn_protocol_full"
+#: The Amazon 5-core sequences (ICLRec's preprocessing) by dataset name.
+AMAZON_SEQUENCES: dict[str, Path] = {
+    "amazon-sports": Path("amazon_5core_sequences") / "Sports_and_Outdoors.txt",
+    "amazon-toys": Path("amazon_5core_sequences") / "Toys_and_Games.txt",
+}
+#: Where a sequences file's synthetic timestamps start (2000-01-01T00:00:00Z).
+SEQUENCES_EPOCH_MS = 946_684_800_000
 
 #: The official Taobao window, [2017-11-25, 2017-12-04) in UTC+8, as epoch seconds.
 TAOBAO_WINDOW = (1_511_539_200, 1_512_316_800)
@@ -94,6 +107,7 @@ COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 OnInvalid = Literal["raise", "drop"]
+FileFormat = Literal["auto", "table", "sequences"]
 
 
 class LoadError(ValueError):
@@ -106,6 +120,8 @@ class LoadReport:
 
     source: str
     path: str
+    #: "events" (a row per event) or "sequences" (a line per user, no timestamps)
+    format: str = "events"
     rows_read: int = 0
     rows_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -133,7 +149,8 @@ class LoadReport:
 
 
 # -- shared helpers -------------------------------------------------------------------------
-def _shared(relative: Path) -> Path:
+def shared_path(relative: Path) -> Path:
+    """A file of the shared datasets (``settings.shared_data_dir``)."""
     return get_settings().shared_data_dir / relative
 
 
@@ -207,7 +224,7 @@ def load_taobao(
     of the 815-user file fall outside it). The truncated last line of the shared file is dropped
     and reported.
     """
-    path = Path(path) if path is not None else _shared(TAOBAO_FILE)
+    path = Path(path) if path is not None else shared_path(TAOBAO_FILE)
     report = LoadReport(source="taobao", path=str(path))
     names = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
     raw = pd.read_csv(
@@ -277,7 +294,7 @@ def load_taobao(
 # -- Diginetica -----------------------------------------------------------------------------
 def load_diginetica_raw(path: str | Path | None = None) -> pd.DataFrame:
     """The Diginetica raw sample (``;``-separated, CIKM Cup schema) as canonical view events."""
-    path = Path(path) if path is not None else _shared(DIGINETICA_RAW_FILE)
+    path = Path(path) if path is not None else shared_path(DIGINETICA_RAW_FILE)
     report = LoadReport(source="diginetica", path=str(path))
     raw = pd.read_csv(path, sep=";", dtype=str, keep_default_na=False, na_values=["NA", ""])
     expected = ["session_id", "user_id", "item_id", "timeframe", "eventdate"]
@@ -346,7 +363,7 @@ def _int_tokens(text: str, where: str) -> list[int]:
 
 def load_srgnn(directory: str | Path | None = None) -> SrgnnSplit:
     """Read ``train_sessions_part{1,2}.txt`` (concatenated) and ``test_prefix_target.tsv``."""
-    directory = Path(directory) if directory is not None else _shared(SRGNN_DIR)
+    directory = Path(directory) if directory is not None else shared_path(SRGNN_DIR)
     train: list[list[int]] = []
     for part in ("train_sessions_part1.txt", "train_sessions_part2.txt"):
         with (directory / part).open(encoding="utf-8") as fh:
@@ -384,6 +401,103 @@ def expand_sessions(sessions: Sequence[Sequence[int]]) -> list[tuple[list[int], 
     return pairs
 
 
+# -- sequences ------------------------------------------------------------------------------
+_TABLE_SEPARATORS = (",", ";", "\t", "|")
+
+
+def looks_like_sequences(path: str | Path, lines: int = 20) -> bool:
+    """A text file whose first ``lines`` non-empty lines each hold two or more space-separated
+    tokens and none of a table's separators (``,`` ``;`` tab ``|``)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return False
+    seen = 0
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for text in fh:
+            if not text.strip():
+                continue
+            if any(sep in text for sep in _TABLE_SEPARATORS) or len(text.split()) < 2:
+                return False
+            seen += 1
+            if seen >= lines:
+                break
+    return seen > 0
+
+
+def load_sequences(
+    path: str | Path, *, on_invalid: OnInvalid = "raise", source: str = "seq"
+) -> pd.DataFrame:
+    """A file of one user per line (``user item item ...``, whitespace-separated, items in time
+    order) as canonical view events, in the file's order (see the module doc).
+
+    A line whose user or an item breaks the id rule, or without any item, is invalid: it raises
+    :class:`LoadError`, or with ``on_invalid="drop"`` the line is dropped and counted.
+    """
+    path = Path(path)
+    if on_invalid not in ("raise", "drop"):
+        raise ValueError("on_invalid must be 'raise' or 'drop'")
+    if not path.exists():
+        raise LoadError(f"{path} does not exist")
+    report = LoadReport(source=source, path=str(path), format="sequences")
+    users: list[str] = []
+    items: list[str] = []
+    event_ids: list[str] = []
+    bad: dict[str, list[int]] = {}
+    seen_users: set[str] = set()
+    repeated: list[str] = []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for n, text in enumerate(fh, start=1):
+            tokens = text.split()
+            if not tokens:
+                continue
+            report.rows_read += 1
+            if len(tokens) < 2:
+                bad.setdefault("a user without items", []).append(n)
+                continue
+            if not all(len(t) <= MAX_ID_LEN and ID_PATTERN.match(t) for t in tokens):
+                bad.setdefault(f"an id breaks the id rule {ID_REGEX}", []).append(n)
+                continue
+            user = tokens[0]
+            if user in seen_users:
+                repeated.append(user)
+            seen_users.add(user)
+            users.extend([user] * (len(tokens) - 1))
+            items.extend(tokens[1:])
+            event_ids.extend(f"{source}-{n}-{j}" for j in range(1, len(tokens)))
+    if bad and on_invalid == "raise":
+        summary = "; ".join(f"{reason}: line(s) {lines[:3]}" for reason, lines in bad.items())
+        raise LoadError(
+            f"{path}: {sum(map(len, bad.values()))} of {report.rows_read} line(s) are invalid "
+            f"({summary}); fix the file, or drop them (on_invalid='drop', --on-invalid drop)"
+        )
+    for reason, lines in bad.items():
+        report.drop(reason, len(lines), [f"line {i}" for i in lines])
+    if not items:
+        raise LoadError(f"{path}: no line with a user and items (read {report.rows_read} line(s))")
+    if repeated:
+        log.warning(
+            "%s: %d user(s) have more than one line, e.g. %s; their lines are one sequence",
+            source,
+            len(set(repeated)),
+            sorted(set(repeated))[:3],
+        )
+    n_events = len(items)
+    user_arr = np.asarray(users, dtype=object)
+    report.mapped["sequence item->view"] = n_events
+    out = _canonical(
+        event_id=event_ids,
+        user_id=user_arr,
+        session_id=user_arr,
+        item_id=np.asarray(items, dtype=object),
+        event_type=np.full(n_events, EventType.VIEW.value, dtype=object),
+        category=None,
+        price=None,
+        ts_ms=SEQUENCES_EPOCH_MS + 1000 * np.arange(n_events, dtype=np.int64),
+        tiebreak=np.arange(n_events),
+    )
+    return report.finish(out)
+
+
 # -- generic interactions -------------------------------------------------------------------
 def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.lower())
@@ -403,10 +517,15 @@ def _resolve(columns: Sequence[str], role: str, explicit: str | None, required: 
     if required:
         tried = ", ".join(COLUMN_CANDIDATES[role])
         raise LoadError(
-            f"no {role} column found (tried {tried}); pass {role}_col=...; "
-            f"available columns: {list(columns)}"
+            f"no {role} column found (tried {tried}); pass {role}_col=... "
+            f"(--{role.replace('_', '-')}-col); available columns: {list(columns)}"
         )
     return None
+
+
+def _empty(values: pd.Series) -> bool:
+    """No value at all: missing everywhere, or blank strings."""
+    return bool(values.isna().all() or (values.astype("string").str.strip().fillna("") == "").all())
 
 
 def _id_strings(values: pd.Series) -> pd.Series:
@@ -485,8 +604,13 @@ def load_interactions(
     session_gap: timedelta = SESSION_GAP,
     sep: str | None = None,
     source: str = "gen",
+    format: FileFormat = "auto",
 ) -> pd.DataFrame:
-    """A CSV or Parquet interactions file as canonical events.
+    """A CSV or Parquet interactions file, or a sequences file, as canonical events.
+
+    ``format="sequences"`` (or ``"auto"`` when no column is named and
+    :func:`looks_like_sequences`) reads one user per line with :func:`load_sequences`; the rest
+    of this doc is about tables.
 
     Required: an item column, a timestamp column and a user or a session column (names are
     detected from :data:`COLUMN_CANDIDATES` unless given). Timestamps may be epoch s/ms/us/ns
@@ -495,33 +619,54 @@ def load_interactions(
     insensitively through :data:`DEFAULT_EVENT_TYPE_MAP` updated with ``event_type_map``.
     Without a session column, sessions are cut at ``session_gap``; without a user column, the user
     is ``"anon-<session>"``. Without an event id column, ``event_id`` is ``"<source>-<row>"``.
+    An optional column that is present but has no value at all counts as absent.
 
     Invalid rows (missing or malformed id, unparseable timestamp, unknown event type, bad price)
     raise :class:`LoadError` with counts and examples, or with ``on_invalid="drop"`` are dropped
-    and counted in the log and the report.
+    and counted in the log and the report; a file with no valid row raises either way.
     """
     path = Path(path)
     if on_invalid not in ("raise", "drop"):
         raise ValueError("on_invalid must be 'raise' or 'drop'")
+    if format not in ("auto", "table", "sequences"):
+        raise ValueError("format must be 'auto', 'table' or 'sequences'")
     if not path.exists():
         raise LoadError(f"{path} does not exist")
+    named = (user_col, session_col, item_col, ts_col, event_type_col, category_col, price_col)
+    if format == "sequences" or (
+        format == "auto" and all(c is None for c in named) and looks_like_sequences(path)
+    ):
+        log.info("%s: %s holds one user per line: reading it as sequences", source, path)
+        return load_sequences(path, on_invalid=on_invalid, source=source)
     raw = _read_table(path, sep)
     report = LoadReport(source=source, path=str(path), rows_read=len(raw))
+    if raw.empty:
+        raise LoadError(f"{path}: no rows (columns {list(raw.columns)})")
     cols = list(raw.columns)
     item_c = _resolve(cols, "item", item_col, required=True)
     ts_c = _resolve(cols, "ts", ts_col, required=True)
-    user_c = _resolve(cols, "user", user_col, required=False)
-    session_c = _resolve(cols, "session", session_col, required=False)
+
+    def optional(role: str, explicit: str | None) -> str | None:
+        col = _resolve(cols, role, explicit, required=False)
+        if col is not None and _empty(raw[col]):
+            log.info("%s: column %r has no value: taken as absent", source, col)
+            report.mapped[f"empty {role} column {col!r}->absent"] = len(raw)
+            return None
+        return col
+
+    user_c = optional("user", user_col)
+    session_c = optional("session", session_col)
     if user_c is None and session_c is None:
         raise LoadError(
             f"no user or session column found (tried {', '.join(COLUMN_CANDIDATES['user'])} and "
-            f"{', '.join(COLUMN_CANDIDATES['session'])}); pass user_col=... or session_col=...; "
-            f"available columns: {cols}"
+            f"{', '.join(COLUMN_CANDIDATES['session'])}, or those present have no value); pass "
+            f"user_col=... or session_col=... (--user-col, --session-col); available columns: "
+            f"{cols}"
         )
-    type_c = _resolve(cols, "event_type", event_type_col, required=False)
-    cat_c = _resolve(cols, "category", category_col, required=False)
-    price_c = _resolve(cols, "price", price_col, required=False)
-    id_c = _resolve(cols, "event_id", event_id_col, required=False)
+    type_c = optional("event_type", event_type_col)
+    cat_c = optional("category", category_col)
+    price_c = optional("price", price_col)
+    id_c = optional("event_id", event_id_col)
     log.info(
         "%s: columns item=%s ts=%s user=%s session=%s event_type=%s category=%s price=%s event_id=%s",
         source,
@@ -611,15 +756,18 @@ def load_interactions(
     for mask in problems.values():
         invalid |= mask
     if invalid.any():
-        if on_invalid == "raise":
-            lines = [
-                f"  {reason}: {int(m.sum())} row(s), {examples[reason]}"
-                for reason, m in problems.items()
-            ]
+        reasons = "; ".join(
+            f"{reason}: {int(m.sum())} row(s), {examples[reason]}" for reason, m in problems.items()
+        )
+        if invalid.all():
             raise LoadError(
-                f"{path}: {int(invalid.sum())} of {len(raw)} row(s) are invalid:\n"
-                + "\n".join(lines)
-                + "\nfix the file, or pass on_invalid='drop' to drop them (they are counted)"
+                f"{path}: all {len(raw)} row(s) are invalid, nothing to load ({reasons}); check "
+                "the column options (item, ts, user, session, event type) and the id rule"
+            )
+        if on_invalid == "raise":
+            raise LoadError(
+                f"{path}: {int(invalid.sum())} of {len(raw)} row(s) are invalid ({reasons}); fix "
+                "the file, or drop them (on_invalid='drop', --on-invalid drop; they are counted)"
             )
         for reason, mask in problems.items():
             report.drop(reason, int(mask.sum()), examples[reason])
