@@ -179,6 +179,10 @@ DATASET ?= synthetic
 evaluate: setup ## Full-ranking evaluation of the models and baselines on DATASET (synthetic|taobao|diginetica|<file>)
 	OPENBLAS_NUM_THREADS=1 $(PY) include/models/evaluate.py --dataset $(DATASET)
 
+.PHONY: evaluate-all
+evaluate-all: setup ## The served pipeline vs the best baseline on the four development datasets (one JSON line each)
+	OPENBLAS_NUM_THREADS=1 $(PY) include/models/evaluate_all.py
+
 .PHONY: train
 train: setup ## Train two-tower + DeepFM on DATASET into .state/models/DATASET
 	$(PY) include/models/train.py --dataset $(DATASET) --out $(STATE)/models/$(DATASET)

@@ -20,17 +20,12 @@ that cannot be loaded or split) is one line on stderr and exit code 1 (2 for a b
 
 from __future__ import annotations
 
-import os
+from lambdarec.models.programs import import_tensorflow_quietly, prepare_tensorflow, run
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-# TensorFlow reads these when it loads: no CUDA probing and no C++ info lines on a CPU machine.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if not os.path.exists("/dev/nvidia0"):
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+prepare_tensorflow()  # before anything imports TensorFlow
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402, TC003  (typer reads the annotation at runtime)
 from typing import TYPE_CHECKING, Annotated, Any, cast  # noqa: E402
@@ -62,24 +57,6 @@ class Protocol(StrEnum):
     loo = "loo"
     session = "session"
     temporal = "temporal"
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr muted on a machine without a GPU: its CUDA probe and the
-    lines it writes before its logging is set up are noise there, and no setting turns them
-    off."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") != "":
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_logical_devices("CPU")  # the CUDA probe happens here, once
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def metrics_table(payload: Mapping[str, Any]) -> str:
@@ -229,26 +206,5 @@ def main(
     print(f"report:  {out_dir / 'report.html'}")
 
 
-def run() -> None:
-    """The program: an expected error is one ``error:`` line on stderr, not a traceback."""
-    from lambdarec.data.loaders import LoadError
-    from lambdarec.models.data import DatasetError
-
-    try:
-        code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # typer's click errors: usage, bad parameter
-        _die(exc.format_message(), exc.exit_code)
-    except (LoadError, DatasetError, FileNotFoundError) as exc:
-        _die(str(exc), 1)
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
-
-
-def _die(message: str, code: int) -> None:
-    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"error: {line}", file=sys.stderr)
-    raise SystemExit(code)
-
-
 if __name__ == "__main__":
-    run()
+    run(app)

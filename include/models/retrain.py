@@ -12,9 +12,9 @@ Each step reads and writes DIR only (see lambdarec.models.retrain) and prints on
 
 from __future__ import annotations
 
-import os
+from lambdarec.models.programs import prepare_tensorflow, run
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+prepare_tensorflow()  # before anything imports TensorFlow
 
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -123,4 +123,4 @@ def notify(run_dir: RunDir) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run(app)

@@ -68,7 +68,7 @@ def train_models(
 
 
 def _trending_grid(dataset: Dataset) -> list[dict[str, Any]]:
-    if dataset.split.get("kind") == "temporal":
+    if dataset.split.get("timestamps", "real") == "real" and dataset.split.get("kind") != "srgnn":
         return [{"window": h * 3_600_000} for h in (1, 3, 12, 24)]
     n = float(dataset.split.get("train_sessions", 1))  # type: ignore[arg-type]
     return [{"window": n * f} for f in (0.01, 0.05, 0.2)]
@@ -87,13 +87,19 @@ def run_evaluation(
     test_max: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate baselines and models on the test split; write ``metrics.json`` and
-    ``report.html`` in ``out_dir``. Returns (the JSON payload, the figures)."""
+    ``report.html`` in ``out_dir``. Returns (the JSON payload, the figures).
+
+    Settings are chosen on the validation split; for the test, every count-based model (the
+    baselines and the served pipeline's sources) is refit on the interactions before the test
+    queries (:meth:`Dataset.for_test`: training and validation). The neural models keep the
+    epochs chosen on validation and are not retrained (the time budget)."""
     test = dataset.test.sample(test_max, 0)
+    refit = dataset.for_test() if dataset.before_test is not None else dataset
     results: list[E.Result] = []
-    extra: dict[str, Any] = {"tuning": {}, "train_seconds": {}}
+    extra: dict[str, Any] = {"tuning": {}, "train_seconds": {}, "refit": refit is not dataset}
     cooc = None
     if baselines:
-        results.append(E.evaluate_ranker(B.MostPopular().fit(dataset), dataset, test))
+        results.append(E.evaluate_ranker(B.MostPopular().fit(refit), refit, test))
         grids: list[tuple[Any, list[dict[str, Any]]]] = [
             (B.Trending, _trending_grid(dataset)),
             (B.CoOccurrence, [{"decay": d} for d in (0.3, 0.7, 1.0)]),
@@ -102,11 +108,9 @@ def run_evaluation(
         for make, grid in grids:
             model, params, trials = E.tune(make, grid, dataset)
             extra["tuning"][model.name] = {"best": params, "trials": trials}
-            if isinstance(model, B.Trending):
-                model.fit(dataset)
             if isinstance(model, B.CoOccurrence):
-                cooc = model
-            results.append(E.evaluate_ranker(model, dataset, test))
+                cooc = model  # the ranker's co-occurrence feature: training's statistics
+            results.append(E.evaluate_ranker(make(**params).fit(refit), refit, test))
     if models:
         trained = train_models(
             dataset, tt_config, fm_config, cooc=cooc, work_dir=out_dir / "served_models"
@@ -117,7 +121,7 @@ def run_evaluation(
         retrieval = E.evaluate_ranker(trained.retriever, dataset, test)
         results.append(retrieval)
         if served:
-            results.extend(_served_rows(dataset, trained, test))
+            results.extend(_served_rows(refit, trained, test))
         if session_ablation:
             extra["session_ablation"] = _session_ablation(dataset, retrieval, tt_config, test_max)
     payload = E.results_json(dataset, results, extra)
@@ -141,12 +145,13 @@ def run_evaluation(
 
 def _served_rows(dataset: Dataset, trained: Trained, test: Examples) -> list[E.Result]:
     """The served pipeline (every configured source, the ranker, the rules) and each of its
-    sources alone (ranked by its own score), on the same test queries."""
-    from lambdarec.models.served import evaluate_served
+    sources alone (ranked by its own score), on the same test queries, the sources' statistics
+    refit on ``dataset`` (the interactions before the test)."""
+    from lambdarec.models.served import evaluate_served, refit_stores
     from lambdarec.recommend.pipeline import Pipeline
     from lambdarec.recommend.types import Models
 
-    setup = trained.setup
+    setup = refit_stores(trained.setup, dataset)
     setup.features.splits["test"] = test
     rows = [evaluate_served(setup, dataset, test, name="served")]
     full, models = setup.pipeline, setup.models

@@ -167,7 +167,10 @@ def snapshot_of(dataset: Dataset, trending_window: float | None = None) -> Snaps
     ev = dataset.train_events
     trending: list[tuple[str, float]] = []
     if len(ev.ts):
-        if dataset.split.get("kind") == "temporal":
+        if (
+            dataset.split.get("timestamps", "real") == "real"
+            and dataset.split.get("kind") != "srgnn"
+        ):
             window = trending_window or 86_400_000.0
             recent = ev.ts >= ev.ts.max() - window
         else:
@@ -225,6 +228,22 @@ def served_setup(
         {item: n for n, item in enumerate(item_ids)},
         features,
     )
+
+
+def refit_stores(setup: ServedSetup, dataset: Dataset) -> ServedSetup:
+    """The setup with its stand-in stores rebuilt from ``dataset``'s interactions (e.g.
+    :meth:`Dataset.for_test`: what the batch layer would hold when the test queries come): the
+    views the sources read and the lake snapshot. The models and the index are unchanged."""
+    setup.features.views = {name: dict(rows) for name, rows in item_views(dataset).items()}
+    old = setup.pipeline
+    setup.pipeline = Pipeline(
+        snapshot_of(dataset),
+        features=setup.features,
+        index=old.index,
+        sources=[s.name for s in old.sources],
+        category_cap=old.category_cap,
+    )
+    return setup
 
 
 def _vocabulary(dataset: Dataset) -> ItemVocabulary | None:
