@@ -11,6 +11,7 @@ lake (or the catalog order) are the floor that always answers.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from serving.stores import DeadlineIndex, FeastFeatures
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
 
     from lambdarec.config import Settings
     from lambdarec.recommend.types import (
@@ -75,6 +77,18 @@ def freeze_heap(reason: str) -> None:
     )
 
 
+def baseline_sources(marker: Path) -> list[str] | None:
+    """The sources the reload marker says to serve without models, or None (models serve)."""
+    try:
+        payload = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    serve = payload.get("serve") if isinstance(payload, dict) else None
+    if isinstance(serve, dict) and serve.get("mode") == "baselines" and serve.get("sources"):
+        return [str(s) for s in serve["sources"]]
+    return None
+
+
 class Recommender:
     """The pipeline object the app calls; any dependency may be ``None`` (absent -> degraded)."""
 
@@ -99,9 +113,8 @@ class Recommender:
         self.snapshot = snapshot
         self.features = features
         self.index = index
-        #: One reference for the query tower and the ranker: a reload assigns a new pair.
-        self.models = Models(encoder, ranker)
         self.metrics = metrics
+        self.category_cap = category_cap
         self.purchases = PurchaseMemory()
         timeouts = {**TIMEOUTS_S, **(timeouts_s or {})}
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
@@ -112,19 +125,52 @@ class Recommender:
         }
         # An index client still connecting can hold a caller for seconds: the pool until then.
         self.guards["index"].inline_if = lambda: bool(getattr(index, "connected", False))
-        self.pipeline = Pipeline(
+        self._deadline_index = (
+            None if index is None else DeadlineIndex(index, self.guards["index"].timeout_s)
+        )
+        #: The pipeline with the configured sources (what serves while models are in use).
+        self.full_pipeline = Pipeline(
             snapshot,
             features=features,
-            index=None if index is None else DeadlineIndex(index, self.guards["index"].timeout_s),
+            index=self._deadline_index,
             sources=sources,
             category_cap=category_cap,
         )
+        #: One reference for the pipeline, the query tower and the ranker: a reload assigns a
+        #: new triple, so a request uses one consistent set throughout.
+        self._serving: tuple[Pipeline, Models] = (self.full_pipeline, Models(encoder, ranker))
         #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.
         self.warm = threading.Event()
         self.warm.set()
         self._closing = threading.Event()
         self.reloads = 0
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._serving[0]
+
+    @property
+    def models(self) -> Models:
+        return self._serving[1]
+
+    @models.setter
+    def models(self, models: Models) -> None:
+        """New models run in the full pipeline."""
+        self._serving = (self.full_pipeline, models)
+
+    def serve_without_models(self, sources: Sequence[str]) -> None:
+        """Run the pipeline of ``sources`` ranked by their blend, without the neural models (what
+        the retraining's gate chose when no model beat that pipeline)."""
+        pipeline = Pipeline(
+            self.snapshot,
+            features=self.features,
+            index=self._deadline_index,
+            sources=sources,
+            category_cap=self.category_cap,
+            ranker_expected=False,
+        )
+        self._serving = (pipeline, Models(None, None))
 
     @property
     def encoder(self) -> QueryEncoder | None:
@@ -171,10 +217,11 @@ class Recommender:
         return self.guards[part].call(fn, *args)
 
     def recommend(self, query: Query) -> Recommendation:
-        # One read of the reference: a reload swaps the pair, never mutates it, so the request
-        # uses the tower and the ranker of one champion throughout.
-        result = self.pipeline.recommend(
-            query, self.models, self._call, blocked=self.purchases.get(query.user_id)
+        # One read of the reference: a reload swaps the triple, never mutates it, so the request
+        # uses the pipeline, the tower and the ranker of one decision throughout.
+        pipeline, models = self._serving
+        result = pipeline.recommend(
+            query, models, self._call, blocked=self.purchases.get(query.user_id)
         )
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
@@ -194,11 +241,12 @@ class Recommender:
     ) -> threading.Thread:
         """Reload the champion's query tower and ranker whenever the reload marker changes.
 
-        ``weekly_model_retraining`` writes ``settings.reload_marker`` after it promoted a model
-        and switched the index alias. The new pair is loaded in this thread, then swapped in by
-        one reference assignment (:attr:`models`): a request in flight finishes with the tower
-        and ranker it started with, none is dropped. A failed load keeps the current pair (and
-        is logged). A new tower without a ranker drops the old ranker, which ranked another
+        ``weekly_model_retraining`` writes ``settings.reload_marker`` after its gate decided
+        (:func:`lambdarec.models.retrain.notify_serving`): a new champion (its tower and ranker
+        are loaded in this thread, then swapped in by one reference assignment: a request in
+        flight finishes with what it started with, none is dropped), or the pipeline to run
+        without models (:meth:`serve_without_models`). A failed load keeps the current models
+        (and is logged). A new tower without a ranker drops the old ranker, which ranked another
         retriever's candidates (``loader`` may return a bare query tower: tests).
         """
         marker = settings.reload_marker
@@ -217,6 +265,12 @@ class Recommender:
                 if current is None or current == seen:
                     continue
                 seen = current
+                sources = baseline_sources(marker)
+                if sources is not None:
+                    self.serve_without_models(sources)
+                    self.reloads += 1
+                    log.info("reload: serving %s without models (the gate's choice)", sources)
+                    continue
                 try:
                     loaded = load(settings)
                 except Exception:  # noqa: BLE001 - keep serving with the current tower
@@ -263,7 +317,11 @@ class Recommender:
                     self.index.ensure_loaded()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("vector index not ready at start: %s", exc)
-            if load_model and self.encoder is None:
+            sources = baseline_sources(settings.reload_marker) if load_model else None
+            if sources is not None:
+                self.serve_without_models(sources)
+                log.info("serving %s without models (the last retraining's choice)", sources)
+            elif load_model and self.encoder is None:
                 try:
                     models = load_champion(settings)
                     if models is not None:

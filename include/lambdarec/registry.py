@@ -265,10 +265,13 @@ class ModelRegistry:
         *,
         higher_is_better: bool = True,
         min_delta: float = 0.0,
+        floor: tuple[str, float] | None = None,
     ) -> Decision:
         """Make ``version`` champion if it beats the champion on the same evaluation, else challenger.
 
-        The candidate must improve ``metric`` by more than ``min_delta`` (a tie does not promote).
+        The candidate must improve ``metric`` by more than ``min_delta`` (a tie does not promote),
+        and, with ``floor`` = (what, value), also beat that value by more than ``min_delta`` (e.g.
+        the best pipeline without the candidate's models, on the same evaluation).
         A champion evaluated on a different dataset/split (tag ``lambdarec.evaluation_id``) is not
         comparable: the candidate stays challenger until both are evaluated alike. The decision
         and its reason are written on the candidate's run (tags + note) and model version.
@@ -309,6 +312,15 @@ class ModelRegistry:
                     f"{champion_value:.6g} on {evaluation!r} "
                     f"({'higher' if higher_is_better else 'lower'} is better, "
                     f"needed a margin > {min_delta:g})"
+                )
+        if promoted and floor is not None:
+            what, floor_value = floor
+            delta = value - floor_value if higher_is_better else floor_value - value
+            if delta <= min_delta:
+                promoted = False
+                reason = (
+                    f"{metric}={value:.6g} does not beat {what}'s {floor_value:.6g} on "
+                    f"{evaluation!r} (needed a margin > {min_delta:g}); before that: {reason}"
                 )
         alias = CHAMPION if promoted else CHALLENGER
         if promoted and champion is not None and champion.version != str(version):

@@ -139,11 +139,16 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     assert fm["history"]
     assert (run / "two_tower" / "query_tower" / "saved_model.pb").exists()
 
-    # -- evaluate + register + promote: no champion yet, so both become champions
-    first = retrain.evaluate(run, settings=settings)
-    assert {"most_popular", "cooccurrence", "als", "two_tower"} <= set(first["models"])
+    # -- evaluate + register + the gate: no champion yet; the pair must also beat the best
+    #    pipeline without neural models (the floor, recorded with its sources): on this tiny lake
+    #    a negative margin lets the first pair through
+    first = retrain.evaluate(run, settings=settings, min_delta=-1.0)
+    assert {"most_popular", "cooccurrence", "als", "two_tower", "served"} <= set(first["models"])
+    assert first["floor"]["row"] in first["models"] and first["floor"]["sources"]
+    assert "vector" not in first["floor"]["sources"]
     for name in (TWO_TOWER, DEEPFM):
         assert first["decisions"][name]["promoted"], first["decisions"][name]["reason"]
+    assert first["serve"]["mode"] == "models"
     v1 = first["decisions"][TWO_TOWER]["version"]
 
     # -- export: a new collection behind the alias; Milvus top-10 == numpy brute force
@@ -173,7 +178,12 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     skipped = retrain.export_embeddings(run, settings=settings)
     assert not skipped["published"] and "not promoted" in skipped["reason"]
     note = retrain.notify_serving(run, settings=settings)
-    assert note["reload"] is False
+    if second["serve"]["mode"] == "champion":  # v1 still beats the floor on this evaluation
+        assert note["reload"] is False
+    else:  # v1 does not: serving is told to run the floor's sources without models
+        assert second["serve"]["mode"] == "baselines" and note["reload"]
+        marker = json.loads(retrain.reload_marker(settings).read_text())
+        assert marker["serve"]["sources"] == second["floor"]["sources"]
 
     # -- a third that does (forced with a negative margin) is promoted and exported; then both
     #    the registry and the index roll back to the first
@@ -226,5 +236,5 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     promoted = decision["decisions"]["two_tower"]["promoted"]
     assert (tasks["export_embeddings"] == "success") == promoted
     assert json.loads((run_dir / "reload.json").read_text())["reload"] == (
-        promoted or decision["decisions"]["deepfm"]["promoted"]
+        decision["serve"]["mode"] != "champion"
     )

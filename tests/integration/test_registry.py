@@ -122,3 +122,33 @@ def test_champion_challenger_rollback(registry_uri: tuple[str, str | None], tmp_
     v5 = train("lower-loss", 0.10)
     loss = registry.promote(v5, {"ndcg@10": 0.10}, higher_is_better=False)
     assert loss.promoted
+
+
+def test_a_candidate_must_also_beat_the_floor(tmp_path: Path) -> None:
+    """The gate's floor (the best pipeline without the candidate's models): with no champion, a
+    candidate under it stays challenger and the reason names both numbers; above it, champion."""
+    from lambdarec.registry import CHALLENGER, CHAMPION, ModelRegistry
+
+    registry = ModelRegistry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "floor_test",
+        artifact_location=(tmp_path / "a").as_uri(),
+    )
+
+    def candidate(name: str, ndcg: float) -> str:
+        run_id = registry.log_run(
+            params={},
+            metrics={"ndcg@10": ndcg},
+            evaluation_id=EVAL,
+            model_dir=_model_dir(tmp_path, name),
+        )
+        return registry.register(run_id)
+
+    floor = ("the best pipeline without neural models (source:session_knn)", 0.30)
+    low = registry.promote(candidate("low", 0.25), {"ndcg@10": 0.25}, floor=floor)
+    assert not low.promoted and low.alias == CHALLENGER
+    assert "does not beat the best pipeline without neural models" in low.reason
+    assert "0.3" in low.reason and "no champion yet" in low.reason
+    assert registry.get_champion() is None
+    high = registry.promote(candidate("high", 0.35), {"ndcg@10": 0.35}, floor=floor)
+    assert high.promoted and high.alias == CHAMPION

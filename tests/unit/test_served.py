@@ -103,3 +103,19 @@ def test_the_served_row_is_scored_like_every_other_row(
     assert 0.0 < result.overall["hr@20"] <= 1.0
     assert result.overall["mrr@20"] <= result.overall["hr@20"]
     assert result.topk.shape == (200, 20)
+
+
+def test_every_source_proposes_candidates_for_the_ranker(
+    dataset: Dataset, trained: Trained
+) -> None:
+    """The lists the ranker is trained on hold every source's candidates (its stand-in store has
+    each source's view), not only the sources that need no batch table."""
+    from lambdarec.models.served import candidate_lists
+
+    ex = dataset.valid.sample(100, 2)
+    trained.setup.features.splits["valid"] = ex
+    lists = candidate_lists(trained.setup, ex, "valid")
+    proposed = {
+        name: int((~np.isnan(lists.scores[..., j])).sum()) for j, name in enumerate(lists.sources)
+    }
+    assert all(proposed[name] > 0 for name in lists.sources), proposed

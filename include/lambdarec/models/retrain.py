@@ -16,13 +16,16 @@ Run folder::
     export.json                  the Milvus collection version now serving (or why none)
     reload.json                  the marker serving was told to reload from
 
-Promotion: both models are logged as MLflow runs and registered; ``two_tower`` is judged on the
-retrieval-only NDCG@10 and ``deepfm`` on the served pipeline's NDCG@10 (what /recommend runs, every
-candidate source and this ranker: :mod:`lambdarec.models.served`), each against its own champion on
-the same evaluation (:meth:`lambdarec.registry.ModelRegistry.promote`), otherwise it stays
-challenger and ``decision.json``, the MLflow run and the task log say why. Embeddings go to
-Milvus only when the two-tower was promoted (serving reads the champion's query tower, so the
-index must hold the champion's item vectors).
+The gate: both models are logged as MLflow runs and registered, and judged together on the
+served pipeline's NDCG@10 (what /recommend runs: every candidate source, the new query tower and
+ranker; :mod:`lambdarec.models.served`). A model becomes champion only if that beats its
+champion's on the same evaluation AND the best pipeline serving can run without neural models
+(each count-based source alone, and all of them blended, evaluated alike: the floor); otherwise
+it stays challenger. ``decision.json`` says what serves next (``serve``): the new models, the
+champion (its own served score still beats the floor, or cannot be compared), or the best
+pipeline without neural models; the MLflow run and the task log say why. Embeddings go to Milvus
+only when the two-tower was promoted (serving reads the champion's query tower, so the index must
+hold the champion's item vectors).
 """
 
 from __future__ import annotations
@@ -49,11 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEPS = ("build", "train-two-tower", "train-deepfm", "evaluate", "export", "notify")
-#: Metric each model is promoted on, by evaluation row.
-PROMOTION = {
-    TWO_TOWER: ("two_tower", "ndcg@10"),
-    DEEPFM: ("served", "ndcg@10"),
-}
+#: The evaluation row each model is promoted on: both on the served pipeline they make up.
+PROMOTION = {TWO_TOWER: "served", DEEPFM: "served"}
+#: The metric the gate compares.
+GATE_METRIC = "ndcg@10"
 RETRIEVAL_ROW, SERVED_ROW = "two_tower", "served"
 
 
@@ -273,11 +275,15 @@ def evaluate(
     test_max: int | None = None,
     min_delta: float = 0.0,
 ) -> dict[str, Any]:
-    """Full-ranking evaluation of both stages against the baselines on the test split, logged to
-    MLflow; each model is registered and promoted only if it beats its champion."""
+    """Full-ranking evaluation of the served pipeline with the new models against the champion
+    and the baselines on the test split, logged to MLflow, and the gate (see the module doc):
+    both models are promoted only if the served pipeline with them beats the champion's and the
+    best pipeline without neural models; otherwise ``decision.json`` says what serves."""
     from lambdarec.models import baselines as B
     from lambdarec.models import evaluate as E
     from lambdarec.models.served import evaluate_served, load_ranker_export, served_setup
+    from lambdarec.recommend.pipeline import Pipeline
+    from lambdarec.recommend.types import Models
 
     s = _settings(settings)
     data = load_built(run_dir)
@@ -290,9 +296,25 @@ def evaluate(
             results.append(E.evaluate_ranker(model.fit(data), data, test))
     cand, scores = E.ranker_topk(tt, test, 100)
     results.append(E.evaluate_topk(RETRIEVAL_ROW, cand, data, test))
-    setup = served_setup(data, tt, run_dir, splits={"test": test})
+    setup = served_setup(data, tt, run_dir, splits={"test": test}, sources=s.candidate_sources_list)
     load_ranker_export(setup, run_dir / "deepfm", data)
     results.append(evaluate_served(setup, data, test, name=SERVED_ROW))
+    # The pipelines serving can run without neural models: each count-based source alone, and
+    # all of them blended. The best one is the floor the new models must beat.
+    served_pipeline, served_models = setup.pipeline, setup.models
+    plain = [n for n in s.candidate_sources_list if n != "vector"]
+    fallbacks = {f"pipeline:{'+'.join(plain)}": plain, **{f"source:{n}": [n] for n in plain}}
+    setup.models = Models(None, None)
+    for row, names in fallbacks.items():
+        setup.pipeline = Pipeline(
+            served_pipeline.snapshot,
+            features=served_pipeline.features,
+            index=served_pipeline.index,
+            sources=names,
+            ranker_expected=False,
+        )
+        results.append(evaluate_served(setup, data, test, name=row))
+    setup.pipeline, setup.models = served_pipeline, served_models
     payload = E.results_json(data, results, {"evaluation_id": info["evaluation_id"]})
     figs = E.figures(results)
     report_dir = run_dir / "evaluation"
@@ -303,16 +325,20 @@ def evaluate(
         plots.append(report_dir / f"{key}.png")
 
     models = payload["models"]
+    metric = GATE_METRIC
+    floor_row = max(fallbacks, key=lambda row: models[row][metric])
+    floor = (f"the best pipeline without neural models ({floor_row})", models[floor_row][metric])
     best_baseline = max(
         (m for m in models if m not in (RETRIEVAL_ROW, SERVED_ROW)),
-        key=lambda m: models[m]["ndcg@10"],
+        key=lambda m: models[m][metric],
         default=None,
     )
     decisions: dict[str, Any] = {}
     profile = _reference_profile(s, info, scores)
     for name, folder in ((TWO_TOWER, run_dir / "two_tower"), (DEEPFM, run_dir / "deepfm")):
-        row, metric = PROMOTION[name]
+        row = PROMOTION[name]
         metrics = {k: float(v) for k, v in models[row].items() if isinstance(v, float)}
+        metrics[f"floor_{metric}"] = float(floor[1])
         if best_baseline is not None:
             metrics[f"best_baseline_{metric}"] = float(models[best_baseline][metric])
         registry = registry_for(name, s)
@@ -321,6 +347,7 @@ def evaluate(
                 "dataset": info["dataset"],
                 "run_dir": str(run_dir),
                 "best_baseline": best_baseline or "none",
+                "floor": floor_row,
             },
             metrics=metrics,
             evaluation_id=info["evaluation_id"],
@@ -332,18 +359,51 @@ def evaluate(
             reference_profile=profile,
         )
         version = registry.register(run_id)
-        decision = registry.promote(version, metrics, metric=metric, min_delta=min_delta)
+        decision = registry.promote(
+            version, metrics, metric=metric, min_delta=min_delta, floor=floor
+        )
         decisions[name] = {**asdict(decision), "run_id": run_id}
         log.info("%s v%s: %s", name, version, decision.reason)
     out = {
         "evaluation_id": info["evaluation_id"],
         "best_baseline": best_baseline,
+        "floor": {"row": floor_row, "sources": fallbacks[floor_row], metric: floor[1]},
+        "serve": serving_choice(decisions, fallbacks[floor_row], floor[1]),
         "models": models,
         "decisions": decisions,
         "report": str(hpath),
     }
+    log.info("serving: %s", out["serve"]["reason"])
     _write_json(run_dir / "decision.json", out)
     return out
+
+
+def serving_choice(
+    decisions: dict[str, Any], floor_sources: list[str], floor_value: float
+) -> dict[str, Any]:
+    """What serving runs after this evaluation: the new models when both were promoted; the
+    champion when its own served score on the same evaluation beats the floor (or cannot be
+    compared); else the best pipeline without neural models (``floor_sources``)."""
+    new, ranker = decisions[TWO_TOWER], decisions[DEEPFM]
+    if new["promoted"] and ranker["promoted"]:
+        return {"mode": "models", "reason": f"v{new['version']} and its ranker were promoted"}
+    champion_value = new.get("champion_value")
+    if new.get("champion_version") is not None and (
+        champion_value is None or champion_value > floor_value
+    ):
+        return {
+            "mode": "champion",
+            "reason": f"the champion v{new['champion_version']} keeps serving: "
+            + str(new["reason"]),
+        }
+    return {
+        "mode": "baselines",
+        "sources": floor_sources,
+        "reason": "no model beats the best pipeline without neural models; serving "
+        + "+".join(floor_sources)
+        + f" ({floor_value:.6g}): "
+        + str(new["reason"]),
+    }
 
 
 def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
@@ -418,26 +478,27 @@ def reload_marker(settings: Settings) -> Path:
 
 
 def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Tell serving to reload: write the reload marker, which every serving process watches
-    (``Recommender.watch_reload``) and answers by swapping in the new champion's query tower."""
+    """Tell serving what to run: write the reload marker, which every serving process watches
+    (``Recommender.watch_reload``). It names the new champion (serving loads its query tower and
+    ranker) or, when no model beats the best pipeline without neural models, that pipeline's
+    sources (serving drops its models); when the champion keeps serving nothing is written."""
     s = _settings(settings)
     export = _read_json(run_dir / "export.json")
     decision = _read_json(run_dir / "decision.json")
+    serve = decision["serve"]
     payload = {
         "at": datetime.now(UTC).isoformat(),
         "run_dir": str(run_dir),
         "two_tower_version": decision["decisions"][TWO_TOWER]["version"],
         "two_tower_promoted": decision["decisions"][TWO_TOWER]["promoted"],
         "deepfm_promoted": decision["decisions"][DEEPFM]["promoted"],
+        "serve": serve,
         "index": export,
     }
-    if not (payload["two_tower_promoted"] or payload["deepfm_promoted"]):
-        payload["reload"] = False
-        payload["reason"] = "no model was promoted; serving keeps its champion"
-        _write_json(run_dir / "reload.json", payload)
-        return payload
-    payload["reload"] = True
-    _write_json(reload_marker(s), payload)
+    payload["reload"] = serve["mode"] != "champion"
+    payload["reason"] = serve["reason"]
+    if payload["reload"]:
+        _write_json(reload_marker(s), payload)
     _write_json(run_dir / "reload.json", payload)
     return payload
 

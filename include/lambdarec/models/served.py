@@ -214,7 +214,7 @@ def served_setup(
     encoder = QueryEncoder.load(work_dir / "two_tower")
     ids, matrix = retriever.item_embeddings()
     item_ids = [str(i) for i in ids]
-    features = ExampleFeatures(item_ids, splits, {"item_cooccurrence": cooccurrence_view(dataset)})
+    features = ExampleFeatures(item_ids, splits, item_views(dataset))
     pipeline = Pipeline(
         snapshot_of(dataset),
         features=features,

@@ -49,8 +49,12 @@ class Pipeline:
         index: VectorSearch | None = None,
         sources: Sequence[str] = DEFAULT_SOURCES,
         category_cap: float = CATEGORY_CAP,
+        ranker_expected: bool = True,
     ) -> None:
+        """``ranker_expected``: a request ranked without a ranker is degraded (``ranker`` in its
+        ``degraded_parts``); False for a pipeline meant to rank by the blend of its sources."""
         self.snapshot = snapshot
+        self.ranker_expected = ranker_expected
         self.features = features
         self.index = index
         self.sources: list[CandidateSource] = build_sources(
@@ -72,7 +76,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         request, survivors = self._candidates(query, models, call, blocked, timings)
         with _stage("rank", timings):
-            rank(request, survivors, self.weights)
+            rank(request, survivors, self.weights, expected=self.ranker_expected)
         with _stage("rules", timings):
             items = diversify(survivors, query.k, self.category_cap)
         return Recommendation(

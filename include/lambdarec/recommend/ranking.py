@@ -63,12 +63,20 @@ def score_with(
     )
 
 
-def rank(request: Request, candidates: list[Candidate], weights: Mapping[str, float]) -> None:
-    """Score ``candidates`` in place and sort them best first (ties by item id)."""
+def rank(
+    request: Request,
+    candidates: list[Candidate],
+    weights: Mapping[str, float],
+    *,
+    expected: bool = True,
+) -> None:
+    """Score ``candidates`` in place and sort them best first (ties by item id); without a ranker
+    by the blend (``ranker`` degraded when one was ``expected``)."""
     ranker = request.models.ranker
     scored = None
     if ranker is None:
-        request.missing("ranker")
+        if expected:
+            request.missing("ranker")
     else:
         scored = request.attempt("ranker", score_with, ranker, request.features, candidates)
     if scored is not None and len(scored) == len(candidates):
