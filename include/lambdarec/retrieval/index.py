@@ -74,6 +74,11 @@ Hits = list[list[tuple[str, float]]]
 #: subchannel pool, so pymilvus's reconnect with a new channel waits too): after a one-minute
 #: outage serving kept failing for minutes against a server that was back. Capped at 1 s.
 SERVER_GRPC_OPTIONS = {"grpc.max_reconnect_backoff_ms": 1000}
+#: pymilvus pings every 10 s even while idle; Milvus Lite's in-process gRPC server allows that
+#: far less often, so after a few idle minutes (a process that publishes, evaluates for a while,
+#: then publishes again) it closed the cached channel with "Too many pings", and so did the
+#: reconnect. No pings while idle: Lite runs in this process, it cannot vanish unnoticed.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_time_ms": 600_000}
 #: Largest catalog Milvus Lite serves well: each Lite query is a Python pass over every row
 #: (about 1.1 ms of CPU per 1,000 items measured here), so past this a search nears serving's
 #: 50 ms index timeout and vector retrieval degrades. Larger catalogs want a Milvus server.
@@ -170,7 +175,7 @@ class VectorIndex:
 
             if self.config.is_lite:
                 Path(self.config.uri).parent.mkdir(parents=True, exist_ok=True)
-                self._client = MilvusClient(self.config.uri)
+                self._client = MilvusClient(self.config.uri, grpc_options=LITE_GRPC_OPTIONS)
             else:
                 self._client = MilvusClient(self.config.uri, grpc_options=SERVER_GRPC_OPTIONS)
         return self._client
