@@ -52,6 +52,8 @@ SERVED_K = 20
 TOP_N = 20
 #: Each group's most recent distinct items that take part in co-occurrence (the batch layer's).
 MAX_ITEMS = 50
+#: Candidates per query the ranker is trained on, at most (the best by the sources' blend).
+MAX_WIDTH = 300
 
 
 def query_session(split: str, n: int) -> str:
@@ -273,10 +275,11 @@ def load_ranker_export(setup: ServedSetup, deepfm_dir: Path, dataset: Dataset) -
 
 
 def candidate_lists(
-    setup: ServedSetup, ex: Examples, split: str, *, k: int = SERVED_K
+    setup: ServedSetup, ex: Examples, split: str, *, k: int = SERVED_K, width: int = MAX_WIDTH
 ) -> CandidateLists:
     """Each query's candidates from the pipeline's sources, before ranking: what the ranker is
-    trained on (and ranks when served)."""
+    trained on (and ranks when served), at most ``width`` per query, the best by the blend (a
+    user with a long history to exclude makes every source fetch that much more)."""
     from tqdm import tqdm
 
     from lambdarec.models.deepfm import CandidateLists
@@ -288,6 +291,8 @@ def candidate_lists(
         served_queries(ex, split, setup.item_ids, k), desc=f"candidates ({split})", leave=False
     ):
         _, cands = setup.pipeline.candidates(query, setup.models)
+        if len(cands) > width:
+            cands = sorted(cands, key=lambda c: (-c.blend, c.item_id))[:width]
         scores, ranks = source_matrix(cands, sources)
         positions = np.array([setup.position[c.item_id] for c in cands], dtype=np.int64)
         per_query.append((positions, scores, ranks))
