@@ -20,6 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
+from lambdarec.recommend.rules import CATEGORY_CAP
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models
 from serving.champion import load_champion
@@ -102,7 +103,7 @@ class Recommender:
         ranker: Ranker | None = None,
         metrics: Metrics | None = None,
         timeouts_s: dict[str, float] | None = None,
-        category_cap: float = 0.3,
+        category_cap: float = CATEGORY_CAP,
         backoff_s: float = 2.0,
         inline: Iterable[str] = IN_PROCESS,
         sources: Sequence[str] = DEFAULT_SOURCES,
@@ -205,6 +206,7 @@ class Recommender:
             metrics=metrics,
             inline=IN_PROCESS | own_deadline,
             sources=settings.candidate_sources_list,
+            category_cap=settings.category_cap,
         )
         rec.warm_up(settings, load_model=load_model)
         if load_model:

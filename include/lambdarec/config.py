@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
+    category_cap: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5,
+        description="Diversity rule: one category fills at most this share of a list (relaxed "
+        "only to reach k); 1 turns it off.",
+    )
     candidate_sources: str = Field(
         "vector,session_knn,sequential_rules,cooccurrence,trending,popular",
         pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)*$",

@@ -142,3 +142,17 @@ def test_too_few_survivors_make_the_index_give_more() -> None:
     result = pipeline.recommend(Query("u9", None, 10), Models(Encoder(matrix[0]), None))
     assert searched == [50, 200]
     assert len(result.items) == 10 and all(c.item_id in catalog.categories for c in result.items)
+
+
+def test_the_category_cap_keeps_a_list_diverse_and_gives_way_to_reach_k() -> None:
+    from lambdarec.recommend.rules import diversify
+    from lambdarec.recommend.types import Candidate
+
+    ranked = [Candidate(f"a{n}", category="shoes", score=10 - n) for n in range(8)]
+    ranked += [Candidate(f"b{n}", category=f"c{n}", score=1 - n / 10) for n in range(3)]
+    top = diversify(ranked, 6, category_cap=0.5)
+    assert [c.item_id for c in top] == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    # too few other categories: the cap gives way, best first
+    top = diversify(ranked, 9, category_cap=0.5)
+    assert sum(c.category == "shoes" for c in top) == 6 and len(top) == 9
+    assert [c.item_id for c in diversify(ranked, 4, category_cap=1.0)] == ["a0", "a1", "a2", "a3"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lambdarec.recommend.memory import ExactIndex, MemoryFeatures
-from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
+from lambdarec.recommend.pipeline import Pipeline
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models, Query
 
@@ -198,11 +198,13 @@ def served_setup(
     work_dir: Path,
     *,
     splits: Mapping[str, Examples],
-    sources: Sequence[str] = DEFAULT_SOURCES,
+    sources: Sequence[str] | None = None,
 ) -> ServedSetup:
     """The served pipeline over ``dataset`` with the trained retriever, through its numpy export
     (written to ``work_dir``) and in-memory stand-ins (see the module doc); no ranker yet
-    (:func:`with_ranker` adds one)."""
+    (:func:`with_ranker` adds one). The sources and the rules are the settings' (what serving
+    runs): ``LAMBDAREC_CANDIDATE_SOURCES`` unless ``sources`` says, ``LAMBDAREC_CATEGORY_CAP``."""
+    from lambdarec.config import get_settings
     from lambdarec.inference.query_tower import EXPORT_DIR, QueryEncoder
     from lambdarec.models.export import export_two_tower
 
@@ -221,7 +223,8 @@ def served_setup(
         snapshot_of(dataset),
         features=features,
         index=ExactIndex(item_ids, matrix),
-        sources=sources,
+        sources=get_settings().candidate_sources_list if sources is None else sources,
+        category_cap=get_settings().category_cap,
     )
     return ServedSetup(
         pipeline,
