@@ -34,8 +34,13 @@ def test_split_is_temporal(dataset: Dataset) -> None:
     assert dataset.train.ts.max() < dataset.valid.ts.min() <= dataset.valid.ts.max()
     assert dataset.valid.ts.max() < dataset.test.ts.min()
     assert (dataset.train_events.ts < dataset.split["valid_start_ms"]).all()  # type: ignore[operator]
-    # the context of each example is its session's previous item
-    assert (dataset.test.hist[:, 0] >= 0).all()
+    # the context of each example is its session's previous item, or, at a known user's new
+    # session, none (serving then takes the user's own recent items)
+    test = dataset.test
+    with_session = test.session_len >= 1
+    assert (test.hist[with_session, 0] >= 0).all()
+    assert (test.hist[~with_session] < 0).all() and (test.user[~with_session] > 0).all()
+    assert (test.user_events[~with_session] > 0).all() and (~with_session).any()
 
 
 def test_too_few_days_for_a_split_is_named() -> None:

@@ -156,3 +156,17 @@ def test_the_category_cap_keeps_a_list_diverse_and_gives_way_to_reach_k() -> Non
     top = diversify(ranked, 9, category_cap=0.5)
     assert sum(c.category == "shoes" for c in top) == 6 and len(top) == 9
     assert [c.item_id for c in diversify(ranked, 4, category_cap=1.0)] == ["a0", "a1", "a2", "a3"]
+
+
+def test_a_returning_user_without_a_session_gets_candidates_from_their_history() -> None:
+    """No session items: the user's recent items (the batch layer's user_recent_items) are the
+    request's context, so co-occurrence (and every other source) answers for them."""
+    _, features = _stand_ins()
+    features.views["user_recent_items"] = {"u7": {"items": ["i3", "i4"]}}
+    pipeline = Pipeline(SNAPSHOT, features=features, sources=["cooccurrence"])
+    request, candidates = pipeline.candidates(Query("u7", "new-session", 10), Models())
+    assert request.features["context"] == "user_history"
+    assert request.features["session_features__last_viewed_items"] == ["i3", "i4"]
+    assert {"i10", "i11", "i12"} <= {c.item_id for c in candidates}
+    stranger, none = pipeline.candidates(Query("u8", "new-session", 10), Models())
+    assert none == [] and "context" not in stranger.features

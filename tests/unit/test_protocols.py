@@ -191,8 +191,9 @@ def test_sequences_have_no_time_for_temporal_or_session(sequences_file: Path) ->
 def test_temporal_splits_by_the_day_of_the_target(events: pd.DataFrame) -> None:
     d = build_from_events(events, name="ev", protocol="temporal")
     assert queries(d, d.train) == [("u1", "b", ["a"]), ("u1", "c", ["b", "a"])]
-    # i (day 1) validates; s4's j (day 2) is a test target with i and h in its history
-    assert queries(d, d.valid) == [("?", "i", ["h"]), ("u1", "d", ["c"])]
+    # i (day 1) validates; s4's j (day 2) is a test target with i and h in its history; u1's
+    # second session starts on day 1: a query without session context (u1 has a history)
+    assert queries(d, d.valid) == [("?", "i", ["h"]), ("u1", "c", []), ("u1", "d", ["c"])]
     assert queries(d, d.test) == [("?", "f", ["e"]), ("?", "g", ["f", "e"]), ("?", "j", ["i", "h"])]
     assert event_items(d, d.all_events.ts < d.split["valid_start_ms"]) == list("abc")  # type: ignore[operator]
     assert sorted(str(d.catalog.item_ids[i]) for i in d.train_events.item) == list("abc")
@@ -232,7 +233,7 @@ def test_session_split_keeps_whole_sessions(events: pd.DataFrame) -> None:
         ("?", "i", ["h"]),
         ("?", "j", ["i", "h"]),
     ]
-    assert queries(d, d.valid) == [("u1", "d", ["c"])]
+    assert queries(d, d.valid) == [("u1", "c", []), ("u1", "d", ["c"])]
     assert queries(d, d.train) == [("u1", "b", ["a"]), ("u1", "c", ["b", "a"])]
     assert sorted(str(d.catalog.item_ids[i]) for i in d.train_events.item) == list("abc")
     assert d.split["test_sessions"] == 2 and d.split["valid_sessions"] == 1

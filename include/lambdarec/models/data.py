@@ -562,7 +562,11 @@ def build_from_events(
         ts=c["ts"].to_numpy().astype(np.int64),
         weight=c["w"].to_numpy().astype(np.float32),
     )
-    has_ctx = pos >= 1
+    # A query has a session context (an earlier item in its session); the validation and test
+    # sets also hold a known user's first event of a session (no session context: serving
+    # answers it from the user's own recent items), a segment of its own in the reports.
+    returning = (c["u"].to_numpy() > 0) & (user_events > 0) & (split.role >= 1)
+    has_ctx = (pos >= 1) | returning
     rows = [np.flatnonzero(has_ctx & (split.role == s)) for s in (0, 1, 2)]
     parts = [all_ex.subset(r) for r in rows]
     if mask:

@@ -45,9 +45,11 @@ class Ranker(Protocol):
 def segments(dataset: Dataset, ex: Examples) -> dict[str, np.ndarray]:
     """Boolean masks of the evaluation segments."""
     out = {
-        f"prefix<={SHORT_PREFIX}": ex.session_len <= SHORT_PREFIX,
+        f"prefix<={SHORT_PREFIX}": (ex.session_len >= 1) & (ex.session_len <= SHORT_PREFIX),
         f"prefix>{SHORT_PREFIX}": ex.session_len > SHORT_PREFIX,
     }
+    if (ex.session_len == 0).any():
+        out["no_session_context"] = ex.session_len == 0
     if dataset.split.get("kind") != "srgnn":  # that split dropped every item unseen in training
         seen = dataset.seen_in_train()[ex.target]
         out["target_seen_in_train"] = seen

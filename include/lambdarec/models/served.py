@@ -321,7 +321,9 @@ def served_queries(ex: Examples, split: str, item_ids: Sequence[str], k: int) ->
         if seen is not None:
             row = seen.indices[seen.indptr[n] : seen.indptr[n + 1]]
             exclude = tuple(item_ids[i] for i in row)
-        queries.append(Query(f"user-{int(ex.user[n])}", query_session(split, n), k, exclude))
+        # the batch tables name a user by its index; an unknown user (0) has none of its own
+        user = str(int(ex.user[n])) if ex.user[n] > 0 else f"anon-{split}-{n}"
+        queries.append(Query(user, query_session(split, n), k, exclude))
     return queries
 
 

@@ -38,6 +38,10 @@ DEFAULT_SOURCES = (
 OVERFETCH_MAX = 1000
 #: The first round asks each source for ``max(FETCH_MIN, 3k + blocked)`` items.
 FETCH_MIN = 50
+#: Where a request's recent items are: the session's (the speed layer), or, for a returning user
+#: without a session yet, the user's own (the batch layer's ``user_recent_items``).
+SESSION_ITEMS = "session_features__last_viewed_items"
+USER_ITEMS = "user_recent_items:items"
 
 
 class Pipeline:
@@ -110,6 +114,11 @@ class Pipeline:
                     "online_store", self.features.context, query.user_id, query.session_id
                 )
                 request.features = dict(got or {})
+                if (
+                    not request.features.get(SESSION_ITEMS)
+                    and "online_store" not in request.degraded
+                ):
+                    self._user_history(request)
 
         features = request.features
         request.blocked = set(query.exclude) | set(blocked)
@@ -150,6 +159,18 @@ class Pipeline:
         with _stage("rank", timings):
             blend(survivors, self.weights)
         return request, survivors
+
+    def _user_history(self, request: Request) -> None:
+        """A request without session items takes the user's recent items as its context, so a
+        returning shopper gets personal candidates from every source (the query tower too)."""
+        assert self.features is not None
+        got = request.attempt(
+            "online_store", self.features.read, [USER_ITEMS], [{"user_id": request.query.user_id}]
+        )
+        items = ((got or {}).get(USER_ITEMS.replace(":", "__")) or [None])[0]
+        if items:
+            request.features[SESSION_ITEMS] = list(items)
+            request.features["context"] = "user_history"
 
 
 @contextmanager
