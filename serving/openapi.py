@@ -196,6 +196,11 @@ def spec() -> dict[str, Any]:
                             "type": "object",
                             "additionalProperties": {"type": "number"},
                         },
+                        "candidates": {
+                            "type": "object",
+                            "description": "candidates each source gave, before the filters",
+                            "additionalProperties": {"type": "integer"},
+                        },
                         "items": {
                             "type": "array",
                             "items": {

@@ -52,6 +52,7 @@ def recommend() -> ResponseReturnValue:
         "degraded": result.degraded,
         "degraded_parts": result.degraded_parts,
         "timings_ms": result.timings_ms,
+        "candidates": result.candidates,
     }
     t0 = time.perf_counter()
     s.impressions.emit(

@@ -100,9 +100,7 @@ class Load:
         while not self._stop.is_set():
             n += 1
             sent_in = self.phase
-            # k=100: the session's co-occurring items are among the answers whatever the ranker
-            # makes of them (at k=30 the DeepFM often ranked them out).
-            params = {"user_id": f"u-{n % SESSIONS}", "session_id": f"s-{n % SESSIONS}", "k": "100"}
+            params = {"user_id": f"u-{n % SESSIONS}", "session_id": f"s-{n % SESSIONS}"}
             try:
                 resp = session.get(f"{self.base}/recommend", params=params, timeout=20)
                 body = resp.json() if resp.status_code == 200 else {}
@@ -111,7 +109,8 @@ class Load:
                     self.phase,
                     resp.status_code,
                     list(body.get("degraded_parts", [])),
-                    {s for item in body.get("items", []) for s in item["sources"]},
+                    # the sources that gave candidates (whatever the ranker made of them)
+                    {s for s, n in body.get("candidates", {}).items() if n},
                     "" if resp.status_code == 200 else resp.text[:300],
                 )
                 if resp.status_code == 200 and body.get("degraded") != bool(answer.parts):

@@ -11,7 +11,7 @@ import pytest
 from lambdarec.harness.platform import private_settings
 from lambdarec.recommend import sources
 from lambdarec.recommend.memory import ExactIndex, MemoryFeatures
-from lambdarec.recommend.pipeline import Pipeline
+from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.sources.base import Pool
 from lambdarec.recommend.sources.cooccurrence import cooccurring
@@ -66,6 +66,7 @@ def test_a_registered_source_is_served_by_recommend_with_its_name(
     assert all("toy" in i["sources"] for i in toy_items)
     assert body["items"][0]["source"] == "toy"
     assert any(r["feature"] == "toy_score" for r in toy_items[0]["reasons"])
+    assert body["candidates"]["toy"] == 6  # what each source gave, before the filters
 
 
 def test_an_unknown_source_names_the_setting_and_the_choices() -> None:
@@ -121,6 +122,8 @@ def test_the_pipeline_runs_on_in_memory_stand_ins() -> None:
         ("i12", pytest.approx(0.7 * 0.7 * 0.2)),
     ]
     assert set(result.timings_ms) == {"features", "candidates", "filter", "rank", "rules"}
+    assert result.candidates["cooccurrence"] == 3  # i10, i11, i12
+    assert set(result.candidates) == set(DEFAULT_SOURCES)
 
 
 def test_too_few_survivors_make_the_index_give_more() -> None:

@@ -37,10 +37,23 @@ def test_a_server_client_caps_the_reconnect_back_off(made: list[Any]) -> None:
     ]
 
 
-def test_milvus_lite_gets_no_grpc_options(made: list[Any], tmp_path: Path) -> None:
+def test_a_milvus_lite_client_sends_no_idle_keepalive_pings(
+    made: list[Any], tmp_path: Path
+) -> None:
+    """Lite's in-process gRPC server closes a channel that pings while idle ('Too many pings')."""
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
 
     uri = str(tmp_path / "milvus" / "items.db")
     VectorIndex(IndexConfig(uri=uri)).client  # noqa: B018
-    assert made == [(uri, {})]
+    assert made == [
+        (
+            uri,
+            {
+                "grpc_options": {
+                    "grpc.keepalive_permit_without_calls": 0,
+                    "grpc.keepalive_time_ms": 600_000,
+                }
+            },
+        )
+    ]
     assert (tmp_path / "milvus").is_dir()

@@ -88,6 +88,7 @@ class Pipeline:
             request.degraded,
             request.features,
             {s: round(v, 3) for s, v in timings.items()},
+            request.counts,
         )
 
     def candidates(
@@ -136,6 +137,7 @@ class Pipeline:
                     pool = source.candidates(request, fetch)
                     more = more or pool.more
                     name = source.name
+                    request.counts[name] = len(pool.pairs)
                     for place, (item, s) in enumerate(pool.pairs):
                         cand = merged.get(item)
                         if cand is None:

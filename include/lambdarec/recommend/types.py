@@ -67,6 +67,8 @@ class Recommendation:
     degraded_parts: list[str]
     features: dict[str, Any]
     timings_ms: dict[str, float]
+    #: How many candidates each source gave (before the filters): which sources answered.
+    candidates: dict[str, int] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:

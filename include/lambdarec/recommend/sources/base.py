@@ -48,6 +48,8 @@ class Request:
     degraded: list[str]
     #: Items that must not be recommended (excluded, purchased).
     blocked: set[str] = field(default_factory=set)
+    #: How many candidates each source gave in the last round (the response's ``candidates``).
+    counts: dict[str, int] = field(default_factory=dict)
     #: Per-request results a source keeps between over-fetch rounds.
     memo: dict[str, Any] = field(default_factory=dict)
 
