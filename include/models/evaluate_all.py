@@ -9,7 +9,9 @@ writes its report under ``<state_dir>/reports/models/<dataset>/<stamp>/`` and pr
 line: ``dataset``, ``protocol``, ``metric`` (the headline metric: NDCG@10 for loo and temporal,
 MRR@20 for session), ``served`` and ``best_baseline`` (its values), ``best_baseline_name``,
 ``ratio`` (served / best_baseline), ``hr20`` (the served pipeline's HR@20, the P@20 of the
-session papers), ``published`` (the anchor's value of the headline metric, or null), the queries,
+session papers) beside the best baseline's by that measure (``best_baseline_hr20``, its name,
+``hr20_ratio``), ``union_recall`` (how often the target is among the served candidates before
+ranking), ``published`` (the anchor's value of the headline metric, or null), the queries,
 the seconds and the report's path. The baselines are every row that is not the served pipeline
 or a neural model: popular, trending, co-occurrence, ALS, and the pipeline's count-based sources
 alone (session-kNN, sequential rules, co-occurrence as served).
@@ -50,6 +52,9 @@ def headline(dataset: str, payload: dict[str, Any]) -> dict[str, Any]:
     best_name = max(baselines, key=lambda name: baselines[name][metric], default=None)
     served = models.get("served", {}).get(metric)
     best = baselines[best_name][metric] if best_name is not None else None
+    hr20 = models.get("served", {}).get("hr@20")
+    best_hr20_name = max(baselines, key=lambda name: baselines[name]["hr@20"], default=None)
+    best_hr20 = baselines[best_hr20_name]["hr@20"] if best_hr20_name is not None else None
     return {
         "dataset": dataset,
         "protocol": protocol,
@@ -58,7 +63,11 @@ def headline(dataset: str, payload: dict[str, Any]) -> dict[str, Any]:
         "best_baseline": best,
         "best_baseline_name": best_name,
         "ratio": round(served / best, 4) if served is not None and best else None,
-        "hr20": models.get("served", {}).get("hr@20"),
+        "hr20": hr20,
+        "best_baseline_hr20": best_hr20,
+        "best_baseline_hr20_name": best_hr20_name,
+        "hr20_ratio": round(hr20 / best_hr20, 4) if hr20 is not None and best_hr20 else None,
+        "union_recall": payload.get("served_candidates", {}).get("union_recall"),
         "published": PUBLISHED.get(dataset),
         "n_test": payload.get("n_test"),
     }

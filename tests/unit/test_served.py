@@ -94,15 +94,25 @@ def test_the_served_row_and_recommend_give_the_same_top_10(
 def test_the_served_row_is_scored_like_every_other_row(
     dataset: Dataset, setup: ServedSetup
 ) -> None:
-    from lambdarec.models.served import evaluate_served
+    from lambdarec.models.served import CandidateStats, evaluate_served
 
     ex = dataset.test.sample(200, 1)
     setup.features.splits["test"] = ex
-    result = evaluate_served(setup, dataset, ex, name="served")
+    stats = CandidateStats()
+    result = evaluate_served(setup, dataset, ex, name="served", stats=stats)
     assert result.overall["n_queries"] == 200
     assert 0.0 < result.overall["hr@20"] <= 1.0
     assert result.overall["mrr@20"] <= result.overall["hr@20"]
     assert result.topk.shape == (200, 20)
+    # the served top 20 is drawn from the candidates: their recall bounds its HR@20
+    report = stats.to_json()
+    assert report["queries"] == 200
+    assert result.overall["hr@20"] <= report["union_recall"] <= 1.0
+    sources = report["per_source"]
+    assert {"vector", "cooccurrence", "popular"} <= set(sources)
+    assert max(row["recall"] for row in sources.values()) <= report["union_recall"]
+    assert sum(row["mean_only_from_it"] for row in sources.values()) <= report["mean_candidates"]
+    assert report["mean_candidates"] <= sum(row["mean_candidates"] for row in sources.values())
 
 
 def test_every_source_proposes_candidates_for_the_ranker(

@@ -257,7 +257,24 @@ def write_report(
     imgs = "".join(
         f'<h3>{k}</h3><img src="data:image/png;base64,{_png(f)}"/>' for k, f in figs.items()
     )
-    extra = {k: v for k, v in payload.items() if k not in ("models", "segments")}
+    cand = payload.get("served_candidates")
+    cand_html = ""
+    if cand:
+        cand_rows = "".join(
+            f"<tr><td>{name}</td><td>{row['recall']:.4f}</td><td>{row['mean_candidates']}</td>"
+            f"<td>{row['mean_only_from_it']}</td></tr>"
+            for name, row in cand["per_source"].items()
+        )
+        cand_html = (
+            f"<h2>Served candidates</h2><p>Before ranking, after the filters, over "
+            f"{cand['queries']} test queries: the target is among them for "
+            f"{cand['union_recall']:.4f} of the queries ({cand['mean_candidates']} candidates "
+            "per query).</p><table><tr><th>source</th><th>recall</th><th>per query</th>"
+            f"<th>only from it</th></tr>{cand_rows}</table>"
+        )
+    extra = {
+        k: v for k, v in payload.items() if k not in ("models", "segments", "served_candidates")
+    }
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>lambdarec evaluation:
 {payload["dataset"]}</title><style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;
 text-align:right}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#eee}}</style>
@@ -265,7 +282,7 @@ text-align:right}} table{{border-collapse:collapse}} tr:nth-child(even){{backgro
 <p>Full ranking over all {payload["n_items"]} items; {payload["n_test"]} test queries.</p>
 <table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{rows}</table>
 <h2>Segments</h2><table><tr><th>model</th><th>segment</th><th>n</th><th>hr@20</th>
-<th>mrr@20</th><th>ndcg@10</th></tr>{seg_rows}</table>{imgs}
+<th>mrr@20</th><th>ndcg@10</th></tr>{seg_rows}</table>{cand_html}{imgs}
 <h2>Run</h2><pre>{json.dumps(extra, indent=1, default=str)}</pre></body></html>"""
     hpath = out_dir / "report.html"
     hpath.write_text(html, encoding="utf-8")

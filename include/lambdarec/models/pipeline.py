@@ -18,11 +18,12 @@ from lambdarec.models import baselines as B
 from lambdarec.models import evaluate as E
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from lambdarec.models.data import Dataset, Examples
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
-    from lambdarec.models.served import ServedSetup
+    from lambdarec.models.served import CandidateStats, ServedSetup
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def run_evaluation(
         retrieval = E.evaluate_ranker(trained.retriever, dataset, test)
         results.append(retrieval)
         if served:
-            results.extend(_served_rows(refit, trained, test))
+            rows, stats = _served_rows(refit, trained, test)
+            results.extend(rows)
+            extra["served_candidates"] = stats.to_json()
+            _log_candidates(extra["served_candidates"])
         if session_ablation:
             extra["session_ablation"] = _session_ablation(dataset, retrieval, tt_config, test_max)
     payload = E.results_json(dataset, results, extra)
@@ -143,17 +147,21 @@ def run_evaluation(
     return payload, figs
 
 
-def _served_rows(dataset: Dataset, trained: Trained, test: Examples) -> list[E.Result]:
+def _served_rows(
+    dataset: Dataset, trained: Trained, test: Examples
+) -> tuple[list[E.Result], CandidateStats]:
     """The served pipeline (every configured source, the ranker, the rules) and each of its
     sources alone (ranked by its own score), on the same test queries, the sources' statistics
-    refit on ``dataset`` (the interactions before the test)."""
-    from lambdarec.models.served import evaluate_served, refit_stores
+    refit on ``dataset`` (the interactions before the test); and the served candidates'
+    statistics (the union's recall, what each source adds)."""
+    from lambdarec.models.served import CandidateStats, evaluate_served, refit_stores
     from lambdarec.recommend.pipeline import Pipeline
     from lambdarec.recommend.types import Models
 
     setup = refit_stores(trained.setup, dataset)
     setup.features.splits["test"] = test
-    rows = [evaluate_served(setup, dataset, test, name="served")]
+    stats = CandidateStats()
+    rows = [evaluate_served(setup, dataset, test, name="served", stats=stats)]
     full, models = setup.pipeline, setup.models
     try:
         setup.models = Models(models.encoder, None)
@@ -164,7 +172,22 @@ def _served_rows(dataset: Dataset, trained: Trained, test: Examples) -> list[E.R
             rows.append(evaluate_served(setup, dataset, test, name=f"source:{source.name}"))
     finally:
         setup.pipeline, setup.models = full, models
-    return rows
+    return rows, stats
+
+
+def _log_candidates(stats: Mapping[str, Any]) -> None:
+    """The served candidates' statistics as a table in the log."""
+    lines = [
+        f"served candidates over {stats['queries']} test queries: the target among them "
+        f"{stats['union_recall']:.4f}, {stats['mean_candidates']} per query",
+        f"  {'source':<20} {'recall':>8} {'per query':>10} {'only from it':>13}",
+    ]
+    for name, row in stats["per_source"].items():
+        lines.append(
+            f"  {name:<20} {row['recall']:>8.4f} {row['mean_candidates']:>10} "
+            f"{row['mean_only_from_it']:>13}"
+        )
+    log.info("\n".join(lines))
 
 
 def _session_ablation(

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import numpy as np
 from lambdarec.recommend.memory import ExactIndex, MemoryFeatures
 from lambdarec.recommend.pipeline import Pipeline
 from lambdarec.recommend.snapshot import Snapshot
-from lambdarec.recommend.types import Models, Query
+from lambdarec.recommend.types import Candidate, Models, Query
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -327,11 +328,57 @@ def served_queries(ex: Examples, split: str, item_ids: Sequence[str], k: int) ->
     return queries
 
 
+@dataclass
+class CandidateStats:
+    """The served pipeline's candidates (after the filters, before ranking) over the queries:
+    how often the target is among them (the union's recall and each source's), how many each
+    source gives, and how many only it gives (what it adds to the others)."""
+
+    queries: int = 0
+    union_hits: int = 0
+    union_size: int = 0
+    given: Counter[str] = field(default_factory=Counter)
+    only: Counter[str] = field(default_factory=Counter)
+    hits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, pool: Sequence[Candidate], target: str) -> None:
+        self.queries += 1
+        self.union_size += len(pool)
+        for c in pool:
+            self.given.update(c.sources.keys())
+            if len(c.sources) == 1:
+                self.only.update(c.sources.keys())
+            if c.item_id == target:
+                self.union_hits += 1
+                self.hits.update(c.sources.keys())
+
+    def to_json(self) -> dict[str, Any]:
+        n = max(self.queries, 1)
+        return {
+            "queries": self.queries,
+            "union_recall": round(self.union_hits / n, 5),
+            "mean_candidates": round(self.union_size / n, 1),
+            "per_source": {
+                name: {
+                    "recall": round(self.hits[name] / n, 5),
+                    "mean_candidates": round(self.given[name] / n, 1),
+                    "mean_only_from_it": round(self.only[name] / n, 1),
+                }
+                for name in sorted(self.given, key=lambda s: -self.hits[s])
+            },
+        }
+
+
 def served_topk(
-    setup: ServedSetup, ex: Examples, split: str, k: int = SERVED_K
+    setup: ServedSetup,
+    ex: Examples,
+    split: str,
+    k: int = SERVED_K,
+    stats: CandidateStats | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Each query's served top ``k`` as catalog positions (-1 pads a shorter list), and how many
-    lists each part degraded (a direct call raises instead: the counts are for the record)."""
+    lists each part degraded (a direct call raises instead: the counts are for the record).
+    ``stats`` collects the candidates' statistics on the way."""
     from tqdm import tqdm
 
     out = np.full((len(ex), k), -1, dtype=np.int64)
@@ -344,17 +391,26 @@ def served_topk(
             degraded[part] = degraded.get(part, 0) + 1
         got = [position[c.item_id] for c in result.items]
         out[n, : len(got)] = got
+        if stats is not None:
+            stats.add(result.pool, setup.item_ids[int(ex.target[n])])
     return out, degraded
 
 
 def evaluate_served(
-    setup: ServedSetup, dataset: Dataset, ex: Examples, *, split: str = "test", name: str = "served"
+    setup: ServedSetup,
+    dataset: Dataset,
+    ex: Examples,
+    *,
+    split: str = "test",
+    name: str = "served",
+    stats: CandidateStats | None = None,
 ) -> Result:
-    """The served pipeline's row: its top lists scored like every other model's."""
+    """The served pipeline's row: its top lists scored like every other model's (``stats``
+    collects its candidates' statistics)."""
     from lambdarec.models import evaluate as E
 
     t0 = time.perf_counter()
-    topk, degraded = served_topk(setup, ex, split)
+    topk, degraded = served_topk(setup, ex, split, stats=stats)
     if degraded:
         log.info("%s: parts missing from the served lists: %s", name, degraded)
     short = int((topk < 0).any(axis=1).sum())

@@ -89,6 +89,7 @@ class Pipeline:
             request.features,
             {s: round(v, 3) for s, v in timings.items()},
             request.counts,
+            survivors,
         )
 
     def candidates(

@@ -69,6 +69,8 @@ class Recommendation:
     timings_ms: dict[str, float]
     #: How many candidates each source gave (before the filters): which sources answered.
     candidates: dict[str, int] = field(default_factory=dict)
+    #: Every candidate that passed the filters, ranked (the evaluation's candidate statistics).
+    pool: list[Candidate] = field(default_factory=list, repr=False)
 
     @property
     def degraded(self) -> bool:
