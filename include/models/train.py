@@ -2,10 +2,11 @@
 
     python include/models/train.py --dataset synthetic|taobao|diginetica|amazon-toys|<file> --out DIR
 
-DIR gets item_embeddings.npz (ids + float32 matrix), query_tower/ (SavedModel),
-query_tower_numpy/ (the same tower in numpy), item_tower/, item_index.npy,
-two_tower_config.json and deepfm.weights.h5. An expected error (a bad option, data that cannot
-be loaded or split) is one line on stderr and a non-zero exit code.
+DIR gets the numpy exports serving loads, as a retraining run folder holds them:
+``two_tower/`` (item_embeddings.npz: ids + float32 matrix, item_index.npy, the config,
+item_tower/ and query_tower_numpy/) and ``deepfm/serving/`` (the ranker, trained on the
+recommendation pipeline's candidate lists). An expected error (a bad option, data that cannot be
+loaded or split) is one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
