@@ -154,24 +154,22 @@ def _served_rows(
     sources alone (ranked by its own score), on the same test queries, the sources' statistics
     refit on ``dataset`` (the interactions before the test); and the served candidates'
     statistics (the union's recall, what each source adds)."""
-    from lambdarec.models.served import CandidateStats, evaluate_served, refit_stores
-    from lambdarec.recommend.pipeline import Pipeline
+    from lambdarec.models.served import (
+        CandidateStats,
+        evaluate_pipelines,
+        evaluate_served,
+        refit_stores,
+    )
     from lambdarec.recommend.types import Models
 
     setup = refit_stores(trained.setup, dataset)
     setup.features.splits["test"] = test
     stats = CandidateStats()
     rows = [evaluate_served(setup, dataset, test, name="served", stats=stats)]
-    full, models = setup.pipeline, setup.models
-    try:
-        setup.models = Models(models.encoder, None)
-        for source in full.sources:
-            setup.pipeline = Pipeline(
-                full.snapshot, features=full.features, index=full.index, sources=[source.name]
-            )
-            rows.append(evaluate_served(setup, dataset, test, name=f"source:{source.name}"))
-    finally:
-        setup.pipeline, setup.models = full, models
+    alone = {f"source:{s.name}": [s.name] for s in setup.pipeline.sources}
+    rows += evaluate_pipelines(
+        setup, dataset, test, alone, models=Models(setup.models.encoder, None)
+    )
     return rows, stats
 
 

@@ -281,8 +281,12 @@ def evaluate(
     best pipeline without neural models; otherwise ``decision.json`` says what serves."""
     from lambdarec.models import baselines as B
     from lambdarec.models import evaluate as E
-    from lambdarec.models.served import evaluate_served, load_ranker_export, served_setup
-    from lambdarec.recommend.pipeline import Pipeline
+    from lambdarec.models.served import (
+        evaluate_pipelines,
+        evaluate_served,
+        load_ranker_export,
+        served_setup,
+    )
     from lambdarec.recommend.types import Models
 
     s = _settings(settings)
@@ -301,20 +305,11 @@ def evaluate(
     results.append(evaluate_served(setup, data, test, name=SERVED_ROW))
     # The pipelines serving can run without neural models: each count-based source alone, and
     # all of them blended. The best one is the floor the new models must beat.
-    served_pipeline, served_models = setup.pipeline, setup.models
     plain = [n for n in s.candidate_sources_list if n != "vector"]
     fallbacks = {f"pipeline:{'+'.join(plain)}": plain, **{f"source:{n}": [n] for n in plain}}
-    setup.models = Models(None, None)
-    for row, names in fallbacks.items():
-        setup.pipeline = Pipeline(
-            served_pipeline.snapshot,
-            features=served_pipeline.features,
-            index=served_pipeline.index,
-            sources=names,
-            ranker_expected=False,
-        )
-        results.append(evaluate_served(setup, data, test, name=row))
-    setup.pipeline, setup.models = served_pipeline, served_models
+    results += evaluate_pipelines(
+        setup, data, test, fallbacks, models=Models(None, None), ranker_expected=False
+    )
     payload = E.results_json(data, results, {"evaluation_id": info["evaluation_id"]})
     figs = E.figures(results)
     report_dir = run_dir / "evaluation"

@@ -396,6 +396,36 @@ def served_topk(
     return out, degraded
 
 
+def evaluate_pipelines(
+    setup: ServedSetup,
+    dataset: Dataset,
+    ex: Examples,
+    rows: Mapping[str, Sequence[str]],
+    *,
+    models: Models,
+    ranker_expected: bool = True,
+) -> list[Result]:
+    """One row per entry of ``rows`` (row name -> its sources): the pipeline of those sources over
+    the setup's snapshot and stores, with ``models``, evaluated like :func:`evaluate_served`. The
+    setup's own pipeline and models are put back afterwards."""
+    full, kept = setup.pipeline, setup.models
+    results = []
+    try:
+        setup.models = models
+        for name, sources in rows.items():
+            setup.pipeline = Pipeline(
+                full.snapshot,
+                features=full.features,
+                index=full.index,
+                sources=list(sources),
+                ranker_expected=ranker_expected,
+            )
+            results.append(evaluate_served(setup, dataset, ex, name=name))
+    finally:
+        setup.pipeline, setup.models = full, kept
+    return results
+
+
 def evaluate_served(
     setup: ServedSetup,
     dataset: Dataset,
