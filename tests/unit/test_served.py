@@ -129,3 +129,30 @@ def test_every_source_proposes_candidates_for_the_ranker(
         name: int((~np.isnan(lists.scores[..., j])).sum()) for j, name in enumerate(lists.sources)
     }
     assert all(proposed[name] > 0 for name in lists.sources), proposed
+
+
+def test_the_test_pipeline_is_refit_on_the_interactions_before_the_test(
+    dataset: Dataset, trained: Trained, tmp_path: Path
+) -> None:
+    """Before the test every part that learns from interactions sees the validation period
+    too: the two-tower is trained again (the epochs validation chose, nothing held out), the
+    ranker's item statistics and the sources' stores are recounted; the DeepFM keeps its
+    weights."""
+    from lambdarec.models.pipeline import refit_for_test
+
+    refit = dataset.for_test()
+    assert len(refit.train) > len(dataset.train)
+    tt, setup = refit_for_test(trained, refit, tmp_path)
+    assert [h["epoch"] for h in tt.history] == [1]  # validation chose 1 epoch (of 1)
+    assert tt.history[0]["valid_recall@20"] is None
+    assert (tt.idx_map > 1).sum() >= (trained.retriever.idx_map > 1).sum()
+    _, matrix = tt.item_embeddings()
+    np.testing.assert_array_equal(setup.pipeline.index.matrix, matrix)  # type: ignore[attr-defined]
+    ranker = setup.models.ranker
+    assert ranker is not None
+    np.testing.assert_array_equal(ranker.table.popularity, refit.popularity())  # type: ignore[attr-defined]
+    assert refit.popularity().sum() > dataset.popularity().sum()
+    np.testing.assert_array_equal(
+        ranker.w["deep_kernel_0"],  # type: ignore[attr-defined]
+        trained.setup.models.ranker.w["deep_kernel_0"],  # type: ignore[union-attr]
+    )

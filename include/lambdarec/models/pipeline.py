@@ -90,10 +90,11 @@ def run_evaluation(
     """Evaluate baselines and models on the test split; write ``metrics.json`` and
     ``report.html`` in ``out_dir``. Returns (the JSON payload, the figures).
 
-    Settings are chosen on the validation split; for the test, every count-based model (the
-    baselines and the served pipeline's sources) is refit on the interactions before the test
-    queries (:meth:`Dataset.for_test`: training and validation). The neural models keep the
-    epochs chosen on validation and are not retrained (the time budget)."""
+    Settings are chosen on the validation split; for the test, every model is refit on the
+    interactions before the test queries (:meth:`Dataset.for_test`: training and validation):
+    the count-based ones (the baselines, the served pipeline's sources, the ranker's item
+    statistics) and the two-tower (the epochs validation chose: :func:`refit_for_test`). The
+    DeepFM keeps the weights it learnt on the validation queries (its training data)."""
     test = dataset.test.sample(test_max, 0)
     refit = dataset.for_test() if dataset.before_test is not None else dataset
     results: list[E.Result] = []
@@ -119,10 +120,16 @@ def run_evaluation(
         extra["train_seconds"] = trained.seconds
         extra["two_tower_history"] = trained.retriever.history
         extra["deepfm_history"] = trained.ranker.history
-        retrieval = E.evaluate_ranker(trained.retriever, dataset, test)
+        retriever, setup = trained.retriever, trained.setup
+        if refit is not dataset:
+            t0 = time.perf_counter()
+            retriever, setup = refit_for_test(trained, refit, out_dir / "served_models_refit")
+            extra["train_seconds"]["refit"] = round(time.perf_counter() - t0, 1)
+            extra["two_tower_refit_history"] = retriever.history
+        retrieval = E.evaluate_ranker(retriever, refit, test)
         results.append(retrieval)
         if served:
-            rows, stats = _served_rows(refit, trained, test)
+            rows, stats = _served_rows(refit, setup, test)
             results.extend(rows)
             extra["served_candidates"] = stats.to_json()
             _log_candidates(extra["served_candidates"])
@@ -147,22 +154,43 @@ def run_evaluation(
     return payload, figs
 
 
+def refit_for_test(
+    trained: Trained, dataset: Dataset, work_dir: Path
+) -> tuple[TrainedTwoTower, ServedSetup]:
+    """The served pipeline as it would stand when the test queries come: every part that learns
+    from interactions refit on ``dataset`` (:meth:`Dataset.for_test`) with the settings chosen on
+    validation. The two-tower is trained again for the epochs validation chose (so its
+    candidates are as fresh as the other sources'), the ranker's item statistics (popularity,
+    co-occurrence) and the sources' stores are recounted; the DeepFM's weights are kept. The
+    exports go to ``work_dir``."""
+    from lambdarec.models.deepfm import item_table
+    from lambdarec.models.served import served_setup, with_ranker
+    from lambdarec.models.two_tower import refit_two_tower
+
+    tt = refit_two_tower(dataset, trained.retriever)
+    cooc = B.CoOccurrence(decay=trained.cooc.decay).fit(dataset)
+    ranker = replace(
+        trained.ranker, cooc=cooc, table=item_table(dataset, trained.ranker.idx_map, cooc)
+    )
+    sources = [s.name for s in trained.setup.pipeline.sources]
+    setup = served_setup(dataset, tt, work_dir, splits={}, sources=sources)
+    return tt, with_ranker(setup, ranker, dataset, work_dir)
+
+
 def _served_rows(
-    dataset: Dataset, trained: Trained, test: Examples
+    dataset: Dataset, setup: ServedSetup, test: Examples
 ) -> tuple[list[E.Result], CandidateStats]:
     """The served pipeline (every configured source, the ranker, the rules) and each of its
-    sources alone (ranked by its own score), on the same test queries, the sources' statistics
-    refit on ``dataset`` (the interactions before the test); and the served candidates'
+    sources alone (ranked by its own score), on the same test queries of ``dataset`` (the
+    interactions before the test, what ``setup``'s stores hold); and the served candidates'
     statistics (the union's recall, what each source adds)."""
     from lambdarec.models.served import (
         CandidateStats,
         evaluate_pipelines,
         evaluate_served,
-        refit_stores,
     )
     from lambdarec.recommend.types import Models
 
-    setup = refit_stores(trained.setup, dataset)
     setup.features.splits["test"] = test
     stats = CandidateStats()
     rows = [evaluate_served(setup, dataset, test, name="served", stats=stats)]
@@ -228,4 +256,4 @@ def default_report_dir(dataset_name: str) -> Path:
     return get_settings().state_dir / "reports" / "models" / dataset_name / stamp
 
 
-__all__ = ["Trained", "default_report_dir", "run_evaluation", "train_models"]
+__all__ = ["Trained", "default_report_dir", "refit_for_test", "run_evaluation", "train_models"]

@@ -236,22 +236,6 @@ def served_setup(
     )
 
 
-def refit_stores(setup: ServedSetup, dataset: Dataset) -> ServedSetup:
-    """The setup with its stand-in stores rebuilt from ``dataset``'s interactions (e.g.
-    :meth:`Dataset.for_test`: what the batch layer would hold when the test queries come): the
-    views the sources read and the lake snapshot. The models and the index are unchanged."""
-    setup.features.views = {name: dict(rows) for name, rows in item_views(dataset).items()}
-    old = setup.pipeline
-    setup.pipeline = Pipeline(
-        snapshot_of(dataset),
-        features=setup.features,
-        index=old.index,
-        sources=[s.name for s in old.sources],
-        category_cap=old.category_cap,
-    )
-    return setup
-
-
 def _vocabulary(dataset: Dataset) -> ItemVocabulary | None:
     catalog = dataset.catalog
     return catalog.vocabulary() if catalog.category_vocabulary is not None else None

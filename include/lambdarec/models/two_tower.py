@@ -202,7 +202,7 @@ class TrainedTwoTower:
     config: TwoTowerConfig
     idx_map: np.ndarray
     catalog: Catalog
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | None]] = field(default_factory=list)
     item_matrix: np.ndarray | None = None
     name: str = "two_tower"
 
@@ -246,7 +246,8 @@ def _train_tensors(dataset: Dataset, ex: Examples, idx_map: np.ndarray) -> dict[
 def train_two_tower(
     dataset: Dataset, config: TwoTowerConfig | None = None, *, train: Examples | None = None
 ) -> TrainedTwoTower:
-    """Fit on ``dataset.train`` (or ``train``), early-stopping on ``dataset.valid``."""
+    """Fit on ``dataset.train`` (or ``train``), early-stopping on ``dataset.valid`` (with
+    ``valid_queries`` 0: ``epochs`` epochs, the last one kept, as :func:`refit_two_tower`)."""
     c = config or TwoTowerConfig()
     tf_keras.utils.set_random_seed(c.seed)
     ex = (train if train is not None else dataset.train).sample(c.max_train, c.seed)
@@ -267,14 +268,15 @@ def train_two_tower(
         .prefetch(2)
     )
     trained = TrainedTwoTower(model, c, idx_map, dataset.catalog)
-    valid = dataset.valid.sample(c.valid_queries, c.seed)
+    # valid_queries 0: a refit with the epochs chosen before, nothing held out to stop on
+    valid = dataset.valid.sample(c.valid_queries, c.seed) if c.valid_queries else None
     best, best_weights, bad = -1.0, None, 0
     for epoch in range(c.epochs):
         t0 = time.perf_counter()
         h = model.fit(ds, epochs=1, verbose=0)
         seconds = time.perf_counter() - t0
         trained.item_matrix = None
-        score = _valid_recall(trained, valid) if len(valid) else 0.0
+        score = _valid_recall(trained, valid) if valid is not None and len(valid) else None
         rec = {
             "epoch": epoch + 1,
             "loss": float(h.history["loss"][-1]),
@@ -284,6 +286,8 @@ def train_two_tower(
         }
         trained.history.append(rec)
         log.info("two-tower %s", rec)
+        if score is None:  # no validation: the last epoch's weights
+            continue
         if score > best:
             best, best_weights, bad = score, model.get_weights(), 0
         else:
@@ -294,6 +298,19 @@ def train_two_tower(
         model.set_weights(best_weights)
     trained.item_matrix = None
     return trained
+
+
+def refit_two_tower(dataset: Dataset, trained: TrainedTwoTower) -> TrainedTwoTower:
+    """The same configuration fitted again on ``dataset`` (:meth:`Dataset.for_test`: the training
+    and validation examples) for as many epochs as validation chose for ``trained``."""
+    from dataclasses import replace
+
+    scored = [(h["valid_recall@20"] or 0.0, h["epoch"] or 0) for h in trained.history]
+    # the first best epoch (the one early stopping kept), else every epoch it ran
+    best = max(scored, key=lambda s: (s[0], -s[1]), default=(0.0, 0))[1]
+    epochs = int(best or len(trained.history) or trained.config.epochs)
+    log.info("two-tower: refit on %d examples for %d epochs", len(dataset.train), epochs)
+    return train_two_tower(dataset, replace(trained.config, epochs=epochs, valid_queries=0))
 
 
 def _valid_recall(trained: TrainedTwoTower, valid: Examples) -> float:
