@@ -264,16 +264,22 @@ def test_unknown_items_and_non_vector_candidates(trained: Trained) -> None:
     assert rows["cand_price"][2] == 0 and rows["dense"][2, pop_at] == 0  # no price, popularity
     assert rows["last_item"][0] == 1 and rows["session_category"][0] == 0  # unknown last item
     absent = np.log1p(ABSENT_RANK)
-    np.testing.assert_allclose(  # vector score, log place, popular score, log place
-        rows["dense"][:, :4],
+    np.testing.assert_allclose(  # per source: score, log place, score / best, gap to the best
+        rows["dense"][:, :8],
         [
-            [0.9, 0.0, 0.0, absent],
-            [0.7, np.log1p(1), 0.0, absent],
-            [0.0, absent, 1.0, 0.0],
-            [0.0, absent, 0.0, absent],
+            [0.9, 0.0, 1.0, 0.0, 0.0, absent, 0.0, 0.0],
+            [0.7, np.log1p(1), 0.7 / 0.9, 0.2 / 0.9, 0.0, absent, 0.0, 0.0],
+            [0.0, absent, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+            [0.0, absent, 0.0, 0.0, 0.0, absent, 0.0, 0.0],
         ],
         atol=1e-6,
     )
+    at = {
+        name: r.fields.index(name) - (len(r.fields) - rows["dense"].shape[1]) for name in r.fields
+    }
+    # the session's second-newest item is candidate 0; 3 comes from a source the ranker lacks
+    np.testing.assert_allclose(rows["dense"][:, at["in_history"]], [0.7, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(rows["dense"][:, at["n_sources"]], [1, 1, 1, 0])
     scored = _scored(r, features, candidates)
     assert len(scored) == 4 and all(np.isfinite(s) for s, _ in scored)
     for _, contributions in scored:
@@ -339,7 +345,8 @@ def test_new_items_are_ranked_with_their_catalog_category(trained: Trained, tmp_
     rows = _rows(ranker, features, candidates)
     assert rows["cand_item"].tolist()[:3] == [1, 1, 1]  # still out of vocabulary
     assert rows["cand_category"].tolist() == [index, 0, 0, index]  # known: the export's own
-    assert rows["dense"][:, -1].tolist() == [1.0, 0.0, 0.0, 1.0]  # the session-category match
+    same_at = ranker.fields.index("same_category") - len(ranker.fields)
+    assert rows["dense"][:, same_at].tolist() == [1.0, 0.0, 0.0, 1.0]  # session-category match
     assert rows["session_category"][0] == index
 
     before = load_ranker(deepfm_dir, tmp_path / "an export from before the vocabulary")

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 #: The serving export's folder inside a run's ``deepfm/`` folder, and its format version.
 EXPORT_DIR = "serving"
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3  # 3: per-source rel and gap, in_history, n_sources
 META_FILE = "ranker.json"
 WEIGHTS_FILE = "weights.npz"
 ITEMS_FILE = "items.npz"

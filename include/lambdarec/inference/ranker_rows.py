@@ -14,10 +14,16 @@ field_names``):
 * ``cand_category``, ``cand_price``: the candidate's category index and price bucket;
   ``session_category``: the category of the session's last item (0 when unknown);
 * dense: per candidate source of the pipeline, its score (0 when it did not propose the
-  candidate) and the log of the candidate's place in its list (:data:`ABSENT_RANK` when absent),
-  then ``cooc`` (``sum_j decay**j * M[hist_j, candidate]`` over the training co-occurrence
-  matrix), ``log_pop`` (training interactions), ``log_session_len``, ``log_user_events`` and
-  ``same_category`` (candidate and session share a known category): :func:`dense_names`.
+  candidate), the log of the candidate's place in its list (:data:`ABSENT_RANK` when absent),
+  and the score against the query's other candidates from that source: ``rel`` (the score over
+  the largest absolute score) and ``gap`` (how far below the best, on the same scale), both 0
+  when absent (a source's raw scores differ in scale from query to query: session-kNN sums
+  similarities over however many neighbours the session has); then ``cooc``
+  (``sum_j decay**j * M[hist_j, candidate]`` over the training co-occurrence matrix),
+  ``log_pop`` (training interactions), ``log_session_len``, ``log_user_events``,
+  ``same_category`` (candidate and session share a known category), ``in_history``
+  (``sum_j HISTORY_DECAY**j`` over the history places that hold the candidate: a return to an
+  item) and ``n_sources`` (how many sources proposed it): :func:`dense_names`.
 
 Queries come as catalog positions: a history entry is a position, :data:`PAD` (no item) or
 :data:`UNKNOWN` (an item the table does not know: serving meets items newer than the model);
@@ -39,7 +45,19 @@ if TYPE_CHECKING:
 
 SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
 #: The dense features every row has after the per-source ones.
-BASE_DENSE = ("cooc", "log_pop", "log_session_len", "log_user_events", "same_category")
+BASE_DENSE = (
+    "cooc",
+    "log_pop",
+    "log_session_len",
+    "log_user_events",
+    "same_category",
+    "in_history",
+    "n_sources",
+)
+#: What each source contributes to a row, in order (see the module doc).
+PER_SOURCE = ("score", "log_rank", "rel", "gap")
+#: Weight of the history's j-th newest place in ``in_history``: ``HISTORY_DECAY ** j``.
+HISTORY_DECAY = 0.7
 #: A source's place for a candidate it did not propose (beyond any list's length).
 ABSENT_RANK = 1000.0
 #: A history position with no item (padding).
@@ -52,7 +70,7 @@ SESSION_COUNTS = ("n_views", "n_carts", "n_removes", "n_purchases")
 
 def dense_names(sources: Sequence[str]) -> list[str]:
     """The dense features of a ranker over ``sources``, in the rows' order."""
-    per_source = [f"{s}_{what}" for s in sources for what in ("score", "log_rank")]
+    per_source = [f"{s}_{what}" for s in sources for what in PER_SOURCE]
     return [*per_source, *BASE_DENSE]
 
 
@@ -164,10 +182,22 @@ def ranker_rows(
     )
     session_category = np.where(first >= 0, table.category[np.maximum(first, 0)], 0)
     same = (category == session_category[:, None]) & (session_category[:, None] > 0)
+    present = ~np.isnan(scores)
+    raw = np.where(present, scores, 0.0)
+    scale = np.maximum(np.abs(raw).max(axis=1, keepdims=True, initial=0.0), 1e-9)  # (n, 1, S)
+    best = np.where(present, scores, -np.inf).max(axis=1, keepdims=True, initial=-np.inf)
     per_source = np.stack(
-        [np.nan_to_num(scores, nan=0.0), np.log1p(np.where(np.isnan(ranks), ABSENT_RANK, ranks))],
+        [
+            raw,
+            np.log1p(np.where(np.isnan(ranks), ABSENT_RANK, ranks)),
+            raw / scale,
+            np.where(present, best - raw, 0.0) / scale,
+        ],
         axis=-1,
-    ).reshape(n, c, -1)  # (n, c, 2S): score, log rank per source
+    ).reshape(n, c, -1)  # (n, c, 4S): PER_SOURCE per source
+    in_history = np.zeros((n, c))
+    for j in range(hist.shape[1]):
+        in_history += HISTORY_DECAY**j * ((hist[:, j, None] == cand) & known)
     base = np.stack(
         [
             table.cooc(hist, cand),
@@ -175,6 +205,8 @@ def ranker_rows(
             np.broadcast_to(np.log1p(np.asarray(session_len, np.float64))[:, None], (n, c)),
             np.broadcast_to(np.log1p(np.asarray(user_events, np.float64))[:, None], (n, c)),
             same,
+            in_history,
+            present.sum(axis=-1),
         ],
         axis=-1,
     )
