@@ -198,3 +198,96 @@ def test_cli_generate_into_the_lake_then_lake_info(tmp_path: Path) -> None:
 
     bad = runner.invoke(app, ["generate", "--items", "5", "--categories", "10"])
     assert bad.exit_code == 2 and "n_categories (10) must not exceed n_items (5)" in bad.output
+
+
+def test_merge_upserts_by_event_id_and_never_deletes(events: pd.DataFrame, tmp_path: Path) -> None:
+    """Loading one event into a date that holds many keeps them all (the write used to replace
+    the date whole); a loaded copy of a stored id replaces it, also across dates; a dry run
+    reports the same and writes nothing."""
+    day1 = events[events["ts"].dt.date == DAYS[0]].reset_index(drop=True)
+    lake.write_events(day1, tmp_path)
+    before = _files(tmp_path)
+
+    new = day1.head(1).assign(event_id="new-1", item_id="item-new")
+    fixed = day1.iloc[[1]].assign(price=123.0)  # a correction of a stored event
+    same = day1.iloc[[2]]
+    moved = day1.iloc[[3]].assign(ts=day1["ts"].iloc[3] + pd.Timedelta(days=1))
+    loaded = pd.concat([new, fixed, same, moved], ignore_index=True)
+
+    dry = lake.merge_events(loaded, tmp_path, dry_run=True)
+    assert _files(tmp_path) == before
+    assert [m.as_dict() for m in dry] == [
+        {
+            "day": str(DAYS[0]),
+            "stored": len(day1),
+            "inserted": 1,
+            "updated": 1,
+            "unchanged": 1,
+            "moved_out": 1,
+            "after": len(day1),
+        },
+        {
+            "day": str(DAYS[1]),
+            "stored": 0,
+            "inserted": 0,
+            "updated": 1,
+            "unchanged": 0,
+            "moved_out": 0,
+            "after": 1,
+        },
+    ]
+    assert lake.merge_events(loaded, tmp_path) == dry
+    after = lake.read_events(tmp_path)
+    assert len(after) == len(day1) + 1 and after["event_id"].is_unique
+    by_id = after.set_index("event_id")
+    assert by_id.loc["new-1", "item_id"] == "item-new"
+    assert by_id.loc[fixed["event_id"].item(), "price"] == 123.0
+    assert by_id.loc[moved["event_id"].item(), "ts"] == moved["ts"].item()
+    assert lake.date_counts(tmp_path) == {DAYS[0]: len(day1), DAYS[1]: 1}
+    # merging the same rows again changes nothing
+    again = lake.merge_events(loaded, tmp_path)
+    assert sum(m.unchanged for m in again) == 4 and sum(m.inserted + m.updated for m in again) == 0
+    pd.testing.assert_frame_equal(lake.read_events(tmp_path), after)
+
+
+def test_cli_load_merges_into_the_lake_and_dry_run_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lambdarec.data.cli import app
+
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(
+        "user,item,time\n" + "".join(f"u{n},i{n},{1700000000 + n}\n" for n in range(100))
+    )
+    second.write_text("user,item,time\nz,i1,1700000500\n")  # one more event, the same date
+    runner = CliRunner()
+
+    def load(path: Path, *extra: str) -> str:
+        result = runner.invoke(
+            app,
+            [
+                "load",
+                "--source",
+                "generic",
+                "--path",
+                str(path),
+                "--out",
+                str(tmp_path / f"{path.stem}.parquet"),
+                "--lake",
+                "--lake-dir",
+                str(tmp_path / "lake"),
+                *extra,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "inserted" in load(first)
+    dry = load(second, "--dry-run")
+    assert "dry run" in dry and "2023-11-14" in dry
+    assert not (tmp_path / "second.parquet").exists()
+    assert sum(lake.date_counts(tmp_path / "lake").values()) == 100
+    load(second)
+    assert sum(lake.date_counts(tmp_path / "lake").values()) == 101
+    load(first)  # a reload: same ids, nothing added
+    assert sum(lake.date_counts(tmp_path / "lake").values()) == 101

@@ -206,13 +206,15 @@ def test_generic_minimal_file_gets_sessions_views_and_ids(tmp_path: Path) -> Non
     df = load_interactions(path)
     check_canonical(df)
     assert df["event_type"].eq("view").all()
-    assert df["event_id"].tolist() == ["gen-1", "gen-4", "gen-2", "gen-3"]
-    assert df.set_index("event_id")["session_id"].to_dict() == {
-        "gen-1": "a-0",
-        "gen-2": "a-0",
-        "gen-3": "a-1",
-        "gen-4": "b-0",
-    }
+    assert df["session_id"].tolist() == ["a-0", "b-0", "a-0", "a-1"]
+    # ids come from the events themselves: the same on a reload, distinct from another file's
+    assert df["event_id"].str.fullmatch(r"gen-[0-9a-f]{16}").all() and df["event_id"].is_unique
+    assert load_interactions(path)["event_id"].tolist() == df["event_id"].tolist()
+    other = tmp_path / "other.csv"
+    other.write_text("user,item,time\nc,9,1700000000\na,1,1700000000\n")
+    again = load_interactions(other).set_index("item_id")["event_id"]
+    assert again["9"] not in set(df["event_id"])
+    assert again["1"] == df.loc[df["item_id"].eq("1") & df["user_id"].eq("a"), "event_id"].item()
     assert df["ts"].iloc[0] == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
     assert df["category"].isna().all() and df["price"].isna().all()
 

@@ -231,9 +231,22 @@ def load(
         typer.Option(help="Output Parquet (default: <data_dir>/<source>/events.parquet)."),
     ] = None,
     lake: Annotated[
-        bool, typer.Option("--lake/--no-lake", help="Also write into the lake.")
+        bool,
+        typer.Option(
+            "--lake/--no-lake",
+            help="Also merge into the lake: upsert by event_id (a loaded row replaces the stored "
+            "copy of its id), no stored event deleted.",
+        ),
     ] = False,
     lake_dir: Annotated[Path | None, typer.Option(help="Lake folder (default: settings).")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Read and validate, print what the lake merge would change per date, write "
+            "nothing.",
+        ),
+    ] = False,
     official_window: Annotated[
         bool, typer.Option(help="taobao: keep only 2017-11-25..12-03 (UTC+8).")
     ] = False,
@@ -308,9 +321,16 @@ def load(
         raise _fail(f"no event left to load from {path or source.value}: every row was dropped")
     settings = get_settings()
     target = out or settings.data_dir / source.value / "events.parquet"
+    if dry_run:
+        merges = lake_mod.merge_events(to_table(df), lake_dir or settings.lake_dir, dry_run=True)
+        typer.echo(_merge_table(merges, f"dry run: {len(df):,} events read; the lake merge would"))
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     lake_mod.atomic_write_parquet(to_table(df), target)
-    dates = lake_mod.write_events(df, lake_dir or settings.lake_dir) if lake else []
+    merges = lake_mod.merge_events(to_table(df), lake_dir or settings.lake_dir) if lake else []
+    if merges:
+        typer.echo(_merge_table(merges, "lake merge"))
+    dates = [m.day for m in merges]
     report = df.attrs.get("load_report", {})
     counts = df["event_type"].value_counts().to_dict()
     typer.echo(
@@ -320,6 +340,18 @@ def load(
         f"{df['item_id'].nunique():,} items -> {target}"
         + (f" and lake {lake_dir or settings.lake_dir} ({len(dates)} dates)" if lake else "")
     )
+
+
+def _merge_table(merges: list[Any], title: str) -> str:
+    """What a lake merge did (or would do) per date, as a table."""
+    keys = ("stored", "inserted", "updated", "unchanged", "moved_out", "after")
+    lines = [f"{title}:", f"  {'date':<10} " + " ".join(f"{k:>10}" for k in keys)]
+    for m in merges:
+        row = m.as_dict()
+        lines.append(f"  {m.day:<10} " + " ".join(f"{row[k]:>10,}" for k in keys))
+    if not merges:
+        lines.append("  (no date touched)")
+    return "\n".join(lines)
 
 
 @app.command("lake-info")

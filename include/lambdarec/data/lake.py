@@ -6,7 +6,9 @@ Layout (:mod:`lambdarec.tables`; hive style, so Spark, DuckDB and pyarrow see a 
     <lake_dir>/catalog/catalog.parquet
 
 Files hold exactly the canonical columns (``ts`` as TIMESTAMP(MILLIS, UTC)); the date lives only in
-the path. Writes are idempotent per date: writing events of a date replaces every file of that date.
+the path. :func:`write_events` is idempotent per date: writing events of a date replaces every file
+of that date. :func:`merge_events` upserts by ``event_id`` and never deletes a stored event
+(``lambdarec data load --lake``).
 New files are written under ``<lake_dir>/_staging`` first and swapped in by renames, so a reader
 never sees a half-written file and a failed write leaves the old partition in place. (Spark and
 DuckDB skip ``_``-prefixed folders; the swap of one date is two renames, not one atomic step.)
@@ -24,8 +26,9 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lambdarec.data.canonical import as_tables, catalog_arrow_schema
+from lambdarec.data.canonical import as_tables, catalog_arrow_schema, conform_table
 from lambdarec.events import canonical_arrow_schema
 from lambdarec.tables import as_day, catalog_path, events_path, partition_dir, partitions
 
@@ -122,6 +125,96 @@ def write_events(
                 writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(lake_dir / STAGING)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What :func:`merge_events` did (or, in a dry run, would do) to one date of the lake."""
+
+    day: str
+    stored: int
+    inserted: int
+    updated: int
+    unchanged: int
+    #: Stored events of this date whose id the loaded data moves to another date.
+    moved_out: int
+    after: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merge_events(
+    data: pd.DataFrame | pa.Table, lake_dir: str | Path, *, dry_run: bool = False
+) -> list[Merge]:
+    """Upsert canonical events into the lake by ``event_id``; no stored event is deleted.
+
+    An id the lake lacks is inserted; an id it holds is replaced by the loaded row (the file is
+    the correction: the loaded copy wins, wherever the stored copy's date was); within ``data``
+    the last row of an id wins. Every date touched is rewritten sorted by (``ts``,
+    ``event_id``) through :func:`write_events` (staged, swapped in by renames). Returns one
+    :class:`Merge` per date touched, ascending; ``dry_run`` computes them and writes nothing.
+    (The archive's compaction, :func:`lambdarec.data.archive.compact`, folds the stream's
+    at-least-once copies instead: there every copy of an id is the same event, the first kept.)
+    """
+    table = pa.concat_tables(list(as_tables(data))) if not isinstance(data, pa.Table) else data
+    table = conform_table(table)
+    ids = table.column("event_id").to_numpy(zero_copy_only=False).astype(str)
+    _, last = np.unique(ids[::-1], return_index=True)
+    keep = np.sort(len(ids) - 1 - last)  # the last row of each id, input order kept
+    if len(keep) < table.num_rows:
+        log.info(
+            "lake merge: %d repeated id(s) in the input, the last row of each kept",
+            table.num_rows - len(keep),
+        )
+        table, ids = table.take(pa.array(keep)), ids[keep]
+    new_days = _utc_dates(table).astype(str)
+    incoming = pa.array(np.unique(ids), pa.string())
+    # where the lake holds each incoming id (one column read per partition)
+    stored_at: dict[str, str] = {}
+    for stored_day, path in partitions(events_path(lake_dir)):
+        for f in sorted(path.glob("*.parquet")):
+            column = pq.read_table(f, columns=["event_id"]).column("event_id")
+            hit = pc.is_in(column, value_set=incoming)
+            for event_id in column.filter(hit).to_pylist():
+                stored_at[event_id] = str(stored_day)
+    touched = sorted(set(new_days.tolist()) | set(stored_at.values()))
+    schema = canonical_arrow_schema()
+    out: list[Merge] = []
+    tables: list[pa.Table] = []
+    for day in touched:
+        stored = pa.Table.from_pandas(
+            read_events(lake_dir, as_day(day), as_day(day)), preserve_index=False, schema=schema
+        )
+        stored_ids = stored.column("event_id").to_numpy(zero_copy_only=False).astype(str)
+        replaced = np.isin(stored_ids, ids)
+        mine = new_days == day
+        loaded = table.filter(pa.array(mine))
+        loaded_ids = ids[mine]
+        before = dict(  # the stored copies the loaded rows of this date may replace
+            zip(stored_ids[replaced], stored.filter(pa.array(replaced)).to_pylist(), strict=True)
+        )
+        loaded_rows = loaded.to_pylist()
+        inserted = sum(1 for i in loaded_ids if i not in stored_at)
+        unchanged = sum(
+            1 for i, row in zip(loaded_ids, loaded_rows, strict=True) if before.get(i) == row
+        )
+        updated = len(loaded_ids) - inserted - unchanged
+        moved_out = int(replaced.sum()) - int(np.isin(stored_ids[replaced], loaded_ids).sum())
+        merged = pa.concat_tables([stored.filter(pa.array(~replaced)), loaded.cast(schema)])
+        merged = merged.sort_by([("ts", "ascending"), ("event_id", "ascending")])
+        out.append(
+            Merge(day, stored.num_rows, inserted, updated, unchanged, moved_out, merged.num_rows)
+        )
+        tables.append(merged)
+    if dry_run:
+        return out
+    for day, merged in zip(touched, tables, strict=True):
+        if merged.num_rows:
+            write_events(merged, lake_dir)
+        else:  # every stored event of the date moved to another date
+            delete_dates(lake_dir, [as_day(day)])
+    return out
 
 
 def _swap_in(new: Path, final: Path, lake_dir: Path) -> None:

@@ -154,6 +154,25 @@ def shared_path(relative: Path) -> Path:
     return get_settings().shared_data_dir / relative
 
 
+def content_ids(
+    source: str, who: np.ndarray, item: np.ndarray, event_type: np.ndarray, ts_ms: np.ndarray
+) -> np.ndarray:
+    """Event ids from what each event is: ``"<source>-<16 hex of its hash>"`` over (user or
+    session, item, event type, time in ms), ``"-<n>"`` added to the n-th repeat of the same
+    event in the file. Loading the same file again gives the same ids (a lake merge then changes
+    nothing); events of two files never share an id unless they are the same event."""
+    import hashlib
+
+    out = np.empty(len(ts_ms), dtype=object)
+    seen: dict[str, int] = {}
+    for n, key in enumerate(zip(who, item, event_type, ts_ms, strict=True)):
+        digest = hashlib.blake2b("\x1f".join(map(str, key)).encode(), digest_size=8).hexdigest()
+        repeat = seen.get(digest, 0)
+        seen[digest] = repeat + 1
+        out[n] = f"{source}-{digest}" + (f"-{repeat}" if repeat else "")
+    return out
+
+
 def _canonical(
     *,
     event_id: Sequence | np.ndarray,
@@ -618,7 +637,8 @@ def load_interactions(
     UTC). Without an event type column every row is a ``view``; event types are matched case-
     insensitively through :data:`DEFAULT_EVENT_TYPE_MAP` updated with ``event_type_map``.
     Without a session column, sessions are cut at ``session_gap``; without a user column, the user
-    is ``"anon-<session>"``. Without an event id column, ``event_id`` is ``"<source>-<row>"``.
+    is ``"anon-<session>"``. Without an event id column, ``event_id`` is derived from the event
+    itself (:func:`content_ids`), so reloading a file is idempotent and two files never collide.
     An optional column that is present but has no value at all counts as absent.
 
     Invalid rows (missing or malformed id, unparseable timestamp, unknown event type, bad price)
@@ -799,7 +819,14 @@ def load_interactions(
             )
         event_id_arr = event_id.to_numpy(dtype=object)
     else:
-        event_id_arr = np.array([f"{source}-{r}" for r in row[keep]], dtype=object)
+        who = ids["user"] if user_c is not None else ids["session"]
+        event_id_arr = content_ids(
+            source,
+            who[keep].to_numpy(dtype=object),
+            ids["item"][keep].to_numpy(dtype=object),
+            event_type[keep].to_numpy(dtype=object),
+            ts_kept,
+        )
 
     out = _canonical(
         event_id=event_id_arr,
