@@ -52,6 +52,11 @@ MAX_CONTEXT_KEY_LEN = 64
 MAX_CONTEXT_VALUE_LEN = 512
 #: Events stamped further than this in the future are rejected (clock skew allowance).
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+#: Events stamped before this are rejected: no clickstream is older; a zero, a default date or
+#: seconds read as milliseconds is. The one rule of the API, the loaders and the Flink job:
+#: ``MIN_TS <= ts <= now + MAX_FUTURE_SKEW``.
+MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
+MIN_TS_MS = int(MIN_TS.timestamp() * 1000)
 
 
 class EventType(StrEnum):
@@ -197,6 +202,12 @@ def parse_event(
             reason=f"{format_ts(event.ts)} is in the future (more than "
             f"{int(MAX_FUTURE_SKEW.total_seconds())} s ahead of {format_ts(limit - MAX_FUTURE_SKEW)}); "
             "check the producer's clock",
+        )
+    if event.ts < MIN_TS:
+        return Invalid(
+            field="ts",
+            reason=f"{event.ts.isoformat()} is before {format_ts(MIN_TS)}; send the event's time "
+            "(UTC, ISO-8601)",
         )
     return event
 

@@ -285,6 +285,7 @@ def malformed_events(n: int) -> list[bytes]:
         lambda i: event(i, event_type="click"),
         lambda i: event(i, ts="2024-05-01 12:00:00"),
         lambda i: event(i, ts="2999-01-01T00:00:00.000Z"),
+        lambda i: event(i, ts="0999-01-01T00:00:00.000Z"),  # before 2000: the contract's range
         lambda i: event(i, price=-5),
         lambda i: event(i, price="cheap"),
         lambda i: event(i, category="x" * 200),

@@ -24,6 +24,7 @@ from lambdarec.events import (
     MAX_FUTURE_SKEW,
     MAX_ID_LEN,
     MAX_PRICE,
+    MIN_TS_MS,
     SCHEMA_VERSION,
     Event,
     EventType,
@@ -84,6 +85,8 @@ def test_java_limits_are_the_contracts() -> None:
     assert skew == MAX_FUTURE_SKEW.total_seconds() * 1000, _differ(
         f"a default skew of {skew} ms", "MAX_FUTURE_SKEW", MAX_FUTURE_SKEW
     )
+    earliest = _java_int(_java_find(r"MIN_TS_MILLIS = ([\d_]+L?);", "the earliest ts").group(1))
+    assert earliest == MIN_TS_MS, _differ(f"MIN_TS_MILLIS {earliest}", "MIN_TS_MS", MIN_TS_MS)
     category = int(_java_find(r"category\.length\(\) > (\d+)", "the category limit").group(1))
     assert category == MAX_CATEGORY_LEN, _differ(
         f"categories up to {category} chars", "MAX_CATEGORY_LEN", MAX_CATEGORY_LEN

@@ -80,6 +80,15 @@ def test_far_future_timestamp_is_rejected_but_small_skew_is_not() -> None:
     assert isinstance(result, Invalid) and result.field == "ts" and "future" in result.reason
 
 
+@pytest.mark.parametrize("ts", ["0999-01-01T00:00:00.000Z", "1970-01-01T00:00:00.000Z"])
+def test_timestamps_before_2000_are_rejected(ts: str) -> None:
+    """The API used to answer 202 to these, and the speed layer dead-lettered them later."""
+    result = parse_event({**GOOD, "ts": ts})
+    assert isinstance(result, Invalid) and result.field == "ts"
+    assert "before 2000-01-01T00:00:00.000Z" in result.reason
+    assert isinstance(parse_event({**GOOD, "ts": "2000-01-01T00:00:00.000Z"}), Event)
+
+
 def test_nan_price_is_rejected() -> None:
     result = parse_event({**GOOD, "price": float("nan")})
     assert isinstance(result, Invalid) and result.field == "price"

@@ -428,3 +428,39 @@ def test_cli_loads_a_sequences_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "loaded 5 events" in done.stdout and "2 sessions" in done.stdout
     assert len(pd.read_parquet(out)) == 5
+
+
+def test_generic_timestamps_follow_the_contracts_range(tmp_path: Path) -> None:
+    """One rule with the API and the speed layer: 2000-01-01 <= ts <= now + 5 min."""
+    path = tmp_path / "range.csv"
+    path.write_text(
+        "user,item,time\n"
+        "a,1,2024-05-01T12:00:00Z\n"
+        "a,2,1999-12-31T23:59:59Z\n"  # before 2000
+        "a,3,2999-01-01T00:00:00Z\n"  # the far future
+    )
+    with pytest.raises(LoadError, match=r"outside \[2000-01-01, now \+ 0:05:00\].*row 2"):
+        load_interactions(path)
+    kept = load_interactions(path, on_invalid="drop")
+    assert kept["item_id"].tolist() == ["1"]
+    assert kept.attrs["load_report"]["dropped"]
+
+
+def test_generic_mixed_epoch_units_are_refused_with_the_rows_named(tmp_path: Path) -> None:
+    """Seconds among milliseconds used to be read as 1970 (and 1e20 as whatever the median
+    said): the file is refused, naming the odd rows and the option that reads one unit."""
+    path = tmp_path / "mixed.csv"
+    ms = [1_700_000_000_000 + n * 1000 for n in range(8)]
+    path.write_text(
+        "user,item,time\n"
+        + "".join(f"u,{n},{t}\n" for n, t in enumerate(ms))
+        + "u,8,1700000009\n"  # seconds, row 9
+        + "u,9,100000000000000000000\n"  # 1e20, row 10
+    )
+    with pytest.raises(
+        LoadError,
+        match=r"mix units: 2 value\(s\) read as epoch s/ns among epoch ms.*row 9.*row 10.*--ts-unit",
+    ):
+        load_interactions(path)
+    one_unit = load_interactions(path, ts_unit="ms", on_invalid="drop")
+    assert len(one_unit) == 8  # the two odd rows fall outside the range in ms: dropped, counted

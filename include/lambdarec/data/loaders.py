@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -44,7 +44,10 @@ from lambdarec.events import (
     ID_PATTERN,
     ID_REGEX,
     MAX_CATEGORY_LEN,
+    MAX_FUTURE_SKEW,
     MAX_ID_LEN,
+    MIN_TS,
+    MIN_TS_MS,
     EventType,
     canonical_arrow_schema,
 )
@@ -557,6 +560,20 @@ def _id_strings(values: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+def _latest_ms() -> int:
+    """The latest event time accepted now (the contract's clock-skew allowance)."""
+    return int((datetime.now(UTC) + MAX_FUTURE_SKEW).timestamp() * 1000)
+
+
+#: Epoch units by the magnitude of a timestamp of this century (below each bound).
+_UNIT_BOUNDS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", np.inf))
+
+
+def _unit_of(magnitude: np.ndarray) -> np.ndarray:
+    """The epoch unit each magnitude reads as (index into :data:`_UNIT_BOUNDS`)."""
+    return np.searchsorted(np.array([b for _, b in _UNIT_BOUNDS[:-1]]), magnitude, side="right")
+
+
 def _parse_ts(values: pd.Series, unit: str) -> pd.Series:
     """Epoch ms (Int64, <NA> where unparseable) from epoch numbers or ISO-8601 strings."""
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -574,20 +591,28 @@ def _parse_ts(values: pd.Series, unit: str) -> pd.Series:
     present = values.notna() & (values.astype("string").str.strip() != "")
     if unit != "auto" or (numeric.notna().sum() > 0.5 * max(int(present.sum()), 1)):
         if unit == "auto":
-            magnitude = float(numeric.abs().median())
-            unit = (
-                "s"
-                if magnitude < 1e11
-                else "ms"
-                if magnitude < 1e14
-                else "us"
-                if magnitude < 1e17
-                else "ns"
+            magnitude = numeric.abs()
+            known = magnitude.notna() & (magnitude > 0)
+            units = pd.Series(
+                _unit_of(magnitude[known].to_numpy(dtype="float64")), index=magnitude[known].index
             )
-            log.info("numeric timestamps look like epoch %s (median %.0f)", unit, magnitude)
+            counts = units.value_counts()
+            if len(counts) > 1:
+                main = int(counts.index[0])
+                odd = units[units != main]
+                rows = ", ".join(f"row {int(r) + 1}: {values[r]!r}" for r in odd.index[:3])
+                raise LoadError(
+                    f"timestamps mix units: {len(odd)} value(s) read as epoch "
+                    f"{'/'.join(_UNIT_BOUNDS[int(u)][0] for u in sorted(set(odd)))} among epoch "
+                    f"{_UNIT_BOUNDS[main][0]} ({rows}); fix those rows, or pass --ts-unit to "
+                    "read every value in one unit"
+                )
+            unit = _UNIT_BOUNDS[int(counts.index[0])][0] if len(counts) else "ms"
+            log.info("numeric timestamps look like epoch %s", unit)
         factor = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}[unit]
         ms = np.floor(numeric.to_numpy(dtype="float64", na_value=np.nan) * factor)
         ms[~np.isfinite(ms)] = np.nan
+        ms = np.clip(ms, -9e18, 9e18)  # beyond int64: out of any range, flagged as such
         return pd.Series(ms, index=values.index).astype("Int64")
     parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
     return parsed.astype("datetime64[ms, UTC]").astype("int64").astype("Int64").mask(parsed.isna())
@@ -735,6 +760,11 @@ def load_interactions(
 
     ts_ms = _parse_ts(raw[ts_c], ts_unit)
     flag(f"unparseable or missing timestamp ({ts_c})", ts_ms.isna(), raw[ts_c])
+    flag(
+        f"timestamp ({ts_c}) outside [{MIN_TS.date()}, now + {MAX_FUTURE_SKEW}]",
+        ts_ms.notna() & ~ts_ms.between(MIN_TS_MS, _latest_ms()).fillna(True),
+        raw[ts_c],
+    )
 
     if type_c is not None:
         mapping = dict(DEFAULT_EVENT_TYPE_MAP)

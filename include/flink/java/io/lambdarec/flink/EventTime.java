@@ -18,7 +18,8 @@ import org.apache.flink.table.functions.ScalarFunction;
  * (no tree is built). Neither checks the rest of the JSON: that is ParseEvent's job, and an event
  * it rejects only lends its time to the watermark. A time further in the future than the allowed
  * skew is NULL too: as the rowtime it would move the watermark ahead and make every later event
- * late. A NULL falls back to the Kafka record's timestamp in the SQL.
+ * late; so is one before 2000 (the contract's range). A NULL falls back to the Kafka record's
+ * timestamp in the SQL.
  */
 public class EventTime extends ScalarFunction {
 
@@ -33,7 +34,7 @@ public class EventTime extends ScalarFunction {
         if (ms == Long.MIN_VALUE) {
             ms = scan(raw);
         }
-        return ms == Long.MIN_VALUE || ParseEvent.beyondSkew(ms, maxFutureSkewMs)
+        return ms == Long.MIN_VALUE || ParseEvent.outOfRange(ms, maxFutureSkewMs)
                 ? null
                 : TimestampData.fromEpochMillis(ms);
     }

@@ -111,6 +111,14 @@ public class ParseEvent extends ScalarFunction {
         return tsMillis > System.currentTimeMillis() + skew;
     }
 
+    /** The earliest event time accepted, 2000-01-01T00:00:00Z (lambdarec.events.MIN_TS). */
+    static final long MIN_TS_MILLIS = 946_684_800_000L;
+
+    /** Whether an event time breaks the contract's range [MIN_TS, now + skew]. */
+    static boolean outOfRange(long tsMillis, Long maxFutureSkewMs) {
+        return tsMillis < MIN_TS_MILLIS || beyondSkew(tsMillis, maxFutureSkewMs);
+    }
+
     /** JSON_VALUE's text of the value the parser is on (null: JSON null, object or array):
      *  a string's value, a number's text as a Jackson tree node prints it, a boolean's literal. */
     static String text(JsonParser parser, JsonToken token) throws IOException {
@@ -325,6 +333,9 @@ public class ParseEvent extends ScalarFunction {
         if (beyondSkew(ts, maxFutureSkewMs)) {
             return problem(
                     "ts: in the future (beyond the allowed clock skew); check the producer's clock");
+        }
+        if (ts < MIN_TS_MILLIS) {
+            return problem("ts: before 2000-01-01T00:00:00.000Z; send the event's time (UTC)");
         }
         return row(eventId, userId, sessionId, itemId, eventType, category, price, ts, null);
     }
