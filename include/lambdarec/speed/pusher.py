@@ -8,13 +8,20 @@ keeps the newest row per key of each batch (older rows of the same key would be 
 same push anyway) and pushes them through the Feast push sources
 (:func:`lambdarec.features.store.push_session_features` / ``push_trending_items``).
 
-Offsets are committed after a successful push, so a crash re-pushes at most one batch: pushes are
-idempotent (the same row for the same key). ``python -m lambdarec.speed.pusher --help``.
+Delivery is at-least-once: offsets are committed only after every row of the batch is in the
+store or, for a row that cannot be stored (not JSON, a missing column, a bad value), in the
+dead-letter topic with its reason (that row alone: the rest of its batch is pushed). While the
+store refuses writes (Redis down, SQLite locked) the batch is retried with exponential back-off
+(``RETRY_FIRST_S`` doubling up to ``RETRY_MAX_S``) for as long as it takes; nothing more is
+consumed meanwhile (memory stays bounded by the batch) and nothing is committed, so a crash or a
+stop re-pushes at most the uncommitted batch: pushes are idempotent (the same row for the same
+key). ``python -m lambdarec.speed.pusher --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import threading
@@ -40,8 +47,16 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "lambdarec-feature-pusher"
 HEARTBEAT_S = 1.0
-PUSH_ATTEMPTS = 3
+#: Back-off between tries of a push the store refuses: doubles from the first to the cap, and
+#: the tries go on until the store takes the rows (or the pusher is stopped).
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 10.0
+#: How long the consumer may go without polling (the back-off does not poll) before the group
+#: counts it gone: a store outage up to this long keeps the partitions assigned.
+MAX_POLL_INTERVAL_MS = 3_600_000
 SLOW_PUSH_MS = 250.0
+#: The ``source`` of the pusher's dead letters.
+DEAD_LETTER_SOURCE = "feature-pusher"
 CHUNK_PAUSE_S = 0.002
 #: Feast's SQLite online store shares one connection per store: one push at a time per process.
 _PUSH_LOCK = threading.Lock()
@@ -64,14 +79,24 @@ def heartbeat_path(settings: Settings) -> Path:
     return settings.run_dir / "feature-pusher.heartbeat"
 
 
+class Stopped(Exception):
+    """The pusher was stopped while a push was being retried: its batch is not committed."""
+
+
 @dataclass
 class PushStats:
     batches: int = 0
     messages: int = 0
     session_rows: int = 0
     trending_rows: int = 0
-    bad_messages: int = 0
-    failed_rows: int = 0
+    #: Rows sent to the dead-letter topic (each with its reason), none lost.
+    dead_letters: int = 0
+    #: Failed tries of a push (each retried after a back-off).
+    retries: int = 0
+    #: Seconds the store refused writes, summed over outages.
+    store_down_s: float = 0.0
+    #: Messages behind the newest of the assigned partitions (at the last heartbeat).
+    lag: int = 0
     push_ms: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -111,6 +136,7 @@ class FeaturePusher:
         self.topics = {topic: view for topic, view in every.items() if view in views}
         self._stop = threading.Event()
         self._consumer: Any = None
+        self._dead_letters: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -129,6 +155,7 @@ class FeaturePusher:
                 "auto.offset.reset": "earliest" if self.from_beginning else "latest",
                 "fetch.wait.max.ms": 10,
                 "isolation.level": "read_uncommitted",  # the job writes at-least-once, no txns
+                "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
             },
         )
 
@@ -139,6 +166,9 @@ class FeaturePusher:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self._dead_letters is not None:
+            self._dead_letters.flush(10)
+            self._dead_letters = None
 
     # -- work ------------------------------------------------------------------------------
     def _collect(self) -> list[Message]:
@@ -168,8 +198,13 @@ class FeaturePusher:
         return batch
 
     def push_batch(self, messages: list[Message]) -> int:
-        """Push the newest row per key of ``messages`` (grouped by view); returns rows pushed."""
-        newest: dict[str, dict[bytes | None, dict[str, Any]]] = {}
+        """Push the newest row per key of ``messages`` (grouped by view); returns rows pushed.
+
+        A message that is not a row the store can take goes to the dead-letter topic alone. A
+        push the store refuses is retried until it succeeds (:meth:`_push_chunk`); raises
+        :class:`Stopped` when the pusher is stopped meanwhile (the batch is then not committed).
+        """
+        newest: dict[str, dict[bytes | None, tuple[Any, ...]]] = {}
         for msg in messages:
             if msg.error() is not None:
                 continue
@@ -180,10 +215,13 @@ class FeaturePusher:
                 continue
             try:
                 row = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                self.stats.bad_messages += 1
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+                item = _row_protos(_table(view), row)
+            except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+                self._dead_letter(msg, view, exc)
                 continue
-            newest.setdefault(view, {})[msg.key()] = row
+            newest.setdefault(view, {})[msg.key()] = item
         pushed = 0
         for view, rows in newest.items():
             began = time.perf_counter()
@@ -200,9 +238,23 @@ class FeaturePusher:
                 self.stats.trending_rows += len(rows)
         return pushed
 
-    def _push(self, view: str, rows: list[dict[str, Any]]) -> int:
-        """Push in chunks of ``chunk_rows`` (all at once when 0), each with a few retries (a
-        busy SQLite, a Redis restart); a chunk that still fails is given up (and counted).
+    def _dead_letter(self, msg: Message, view: str, problem: Exception) -> None:
+        """Send one message the store cannot take to the dead-letter topic, with its reason."""
+        from lambdarec.events import Invalid, dead_letter_record
+        from lambdarec.streaming.kafka import make_producer
+
+        if self._dead_letters is None:
+            self._dead_letters = make_producer(self.settings)
+        reason = f"{view} row: {problem}"
+        record = dead_letter_record(
+            msg.value() or b"", Invalid(field="$", reason=reason), source=DEAD_LETTER_SOURCE
+        )
+        self._dead_letters.produce(self.settings.topic_dead_letter, orjson.dumps(record))
+        self.stats.dead_letters += 1
+        log.warning("dead-lettered a %s message (offset %s): %s", view, msg.offset(), reason)
+
+    def _push(self, view: str, rows: list[tuple[Any, ...]]) -> int:
+        """Push in chunks of ``chunk_rows`` (all at once when 0).
 
         The online store takes one write at a time (``_PUSH_LOCK``): a trending burst (one row
         per active item when a minute's windows close, thousands of rows) written in one go held
@@ -218,18 +270,46 @@ class FeaturePusher:
                 time.sleep(CHUNK_PAUSE_S)  # hand the lock to a waiting session batch
         return pushed
 
-    def _push_chunk(self, view: str, rows: list[dict[str, Any]]) -> int:
-        for attempt in range(PUSH_ATTEMPTS):
+    def _push_chunk(self, view: str, rows: list[tuple[Any, ...]]) -> int:
+        """Write ``rows``, retrying with exponential back-off until the store takes them."""
+        delay, down_since = RETRY_FIRST_S, None
+        while True:
             try:
                 with _PUSH_LOCK:
-                    return online_write(view, rows, self.settings)
-            except Exception:  # noqa: BLE001 - logged; the next batch carries newer rows
-                if attempt == PUSH_ATTEMPTS - 1:
-                    log.exception("giving up a %s batch of %d rows", view, len(rows))
-                    self.stats.failed_rows += len(rows)
-                    return 0
-                time.sleep(0.2 * 2**attempt)
-        return 0
+                    written = write_rows(view, rows, self.settings)
+            except Exception as exc:  # noqa: BLE001 - any store error: retried, never skipped
+                if self._stop.is_set():
+                    raise Stopped(f"stopped while a {view} push was failing: {exc}") from exc
+                self.stats.retries += 1
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning(
+                        "the online store refused %d %s rows (%s: %s); retrying with back-off, "
+                        "nothing consumed or committed meanwhile",
+                        len(rows),
+                        view,
+                        type(exc).__name__,
+                        exc,
+                    )
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if down_since is not None:
+                down = time.monotonic() - down_since
+                self.stats.store_down_s += down
+                log.warning("the online store took the %s rows after %.1f s", view, down)
+            return written
+
+    def lag(self) -> int:
+        """Messages behind the newest of the assigned partitions (the broker's last answer)."""
+        consumer, total = self._consumer, 0
+        if consumer is None:
+            return 0
+        for tp in consumer.position(consumer.assignment()):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                total += max(high - tp.offset, 0)
+        return total
 
     def run_once(self) -> int:
         """One micro-batch: collect, push, commit. Returns the messages handled."""
@@ -238,7 +318,9 @@ class FeaturePusher:
         messages = self._collect()
         if messages:
             self.push_batch(messages)
-            self._consumer.commit(asynchronous=True)
+            if self._dead_letters is not None and self._dead_letters.flush(30):
+                raise RuntimeError("dead letters not delivered in 30 s; offsets not committed")
+            self._consumer.commit(asynchronous=True)  # only now: every row is stored or dead
             self.stats.batches += 1
         return len(messages)
 
@@ -248,11 +330,18 @@ class FeaturePusher:
         beat = heartbeat_path(self.settings) if heartbeat else None
         try:
             while not self._stop.is_set():
-                if self.run_once():
+                try:
+                    handled = self.run_once()
+                except Stopped as exc:
+                    log.warning("%s; its batch will be pushed again on the next start", exc)
+                    break
+                if handled:
                     last_data = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                     break
                 if beat is not None and time.monotonic() - last_beat > HEARTBEAT_S:
+                    with contextlib.suppress(Exception):  # a metric: never stops the pushes
+                        self.stats.lag = self.lag()
                     beat.parent.mkdir(parents=True, exist_ok=True)
                     beat.write_text(orjson.dumps(self.stats.summary()).decode())
                     last_beat = time.monotonic()
@@ -272,14 +361,22 @@ def online_write(view: str, rows: list[dict[str, Any]], settings: Settings) -> i
     view (resolved once a minute) and its types, and builds the protos directly (about half the
     CPU of a push, which is what bounds freshness on a busy machine).
     """
+    table = _table(view)
+    return write_rows(view, [_row_protos(table, row) for row in rows], settings)
+
+
+def write_rows(view: str, rows: Sequence[tuple[Any, ...]], settings: Settings) -> int:
+    """Write rows already converted by :func:`_row_protos` to the online store."""
     from lambdarec.features.store import cached_definition, get_store
 
-    table = SESSION_FEATURES if view == SESSION_FEATURES.name else TRENDING_ITEMS
     fs = get_store(settings)
     definition = cached_definition(fs, "view", view)
-    data: list[Any] = [_row_protos(table, row) for row in rows]
-    fs._get_provider().online_write_batch(fs.config, definition, data, progress=None)  # noqa: SLF001
-    return len(data)
+    fs._get_provider().online_write_batch(fs.config, definition, list(rows), progress=None)  # noqa: SLF001
+    return len(rows)
+
+
+def _table(view: str) -> FeatureTable:
+    return SESSION_FEATURES if view == SESSION_FEATURES.name else TRENDING_ITEMS
 
 
 def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str, Any], Any, None]:
@@ -291,7 +388,7 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
 
     missing = [c for c in table.columns if c not in row]
     if missing:
-        raise ValueError(f"{table.name} row lacks column(s) {', '.join(missing)}: {row}")
+        raise ValueError(f"lacks column(s) {', '.join(missing)}")
     (key,) = table.keys
     values: dict[str, Any] = {}
     for name, kind in table.columns.items():
