@@ -213,3 +213,18 @@ def test_every_python_checker_accepts_exactly_the_models_ids(value: str) -> None
         "serving.validation.check_id": _serving_accepts(value),
     }
     assert got == dict.fromkeys(got, expected), f"id {value!r}: the Event model says {expected}"
+
+
+def test_the_speed_layer_restarts_without_a_cap() -> None:
+    """An outage of any length is waited out with back-off; a fixed number of restarts used to
+    leave the job failed for good after ~15 s of a broker restart."""
+    spec = importlib.util.spec_from_file_location("lambdarec_speed_layer_job", SPEED_JOB)
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    conf = job.flink_config(job.parse_args([]))
+    assert conf["restart-strategy.type"] == "exponential-delay"
+    assert (
+        int(conf["restart-strategy.exponential-delay.attempts-before-reset-backoff"]) == 2**31 - 1
+    )
+    assert conf["restart-strategy.exponential-delay.max-backoff"] == "1 min"
