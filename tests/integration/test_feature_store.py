@@ -212,6 +212,35 @@ def exercise_store(settings: Settings) -> None:
     assert fstore.read_online("retrieval_v1", [{"user_id": "u1", "session_id": "s1"}], settings)[
         "session_features__last_viewed_items"
     ] == [["i2", "i1"]]
+
+    check_newest_event_time_wins(settings, now)
+
+
+def check_newest_event_time_wins(settings: Settings, now: datetime) -> None:
+    """The one online-store rule of every backend: per key, the newest event time wins (a tie
+    is an update of the same instant: the later write wins)."""
+
+    def n_views() -> int:
+        got = fstore.read_online(["session_features:n_views"], [{"session_id": "s1"}], settings)
+        return int(got["session_features__n_views"][0])
+
+    def push(ts: datetime, views: int) -> None:
+        fstore.push_session_features(session_rows(ts).assign(n_views=views), settings)
+
+    assert n_views() == 2
+    push(now, 3)  # a second event in the same millisecond (Redis used to drop it)
+    assert n_views() == 3
+    push(now - timedelta(seconds=1), 1)  # an older row never overwrites a newer one
+    assert n_views() == 3
+    push(now + timedelta(seconds=1), 4)
+    assert n_views() == 4
+
+    # Re-running an older day's materialisation leaves the newer day's values (SQLite used to
+    # roll the online store back to day 1).
+    start = datetime.fromisoformat(DAY1).replace(tzinfo=UTC)
+    fstore.materialize(start, start + timedelta(days=1), settings)
+    got = fstore.read_online(["user_history_30d:n_events_30d"], [{"user_id": "u1"}], settings)
+    assert got["user_history_30d__n_events_30d"] == [20]
     with pytest.raises(KeyError, match="session_id"):
         fstore.read_online("retrieval_v1", [{"user_id": "u1"}], settings)
 
@@ -284,7 +313,7 @@ def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
 
 def test_sqlite_online_store(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "state", online_store="sqlite")
-    assert "type: sqlite" in fstore.render_feature_store_yaml(settings)
+    assert f"type: {fstore.ONLINE_SQLITE}" in fstore.render_feature_store_yaml(settings)
     exercise_store(settings)
 
 

@@ -53,6 +53,10 @@ PUSH_SOURCES: dict[str, str] = {
     TRENDING_ITEMS.name: "trending_items_push",
 }
 SERVICES = ("retrieval_v1", "ranking_v1")
+#: The online stores (``lambdarec.features.online``: Feast's SQLite and Redis stores under one
+#: rule, per key the newest event time wins), by their class paths (Feast's ``type:``).
+ONLINE_SQLITE = "lambdarec.features.online.NewestWinsSqliteOnlineStore"
+ONLINE_REDIS = "lambdarec.features.online.NewestWinsRedisOnlineStore"
 
 
 def _settings(settings: Settings | None) -> Settings:
@@ -63,13 +67,14 @@ def render_feature_store_yaml(settings: Settings | None = None) -> str:
     """The ``feature_store.yaml`` text for these settings (absolute paths under the state dir)."""
     settings = _settings(settings)
     paths = feast_paths(settings)
+    # Both under the one rule of lambdarec.features.online: per key, the newest event time wins.
     if settings.online_store == "redis":
         online = (
-            "  type: redis\n"
+            f"  type: {ONLINE_REDIS}\n"
             f'  connection_string: "{settings.redis_host}:{settings.redis_port},db={settings.redis_db}"'
         )
     else:
-        online = f"  type: sqlite\n  path: {paths.online_db.resolve()}"
+        online = f"  type: {ONLINE_SQLITE}\n  path: {paths.online_db.resolve()}"
     return Template(_template()).substitute(
         project=settings.feast_project,
         registry_path=str(paths.registry.resolve()),
