@@ -40,7 +40,8 @@ import org.apache.flink.table.functions.AggregateFunction;
  * n_events_30min: events of the session with ts in [ts - 30 min, ts] (this one included);
  * session_category: the category with the most views, ties to the one viewed last;
  * session_avg_price: mean of the non-null prices of all the session's events;
- * seconds_since_prev_event: ts minus the previous event's ts (null on the first event).
+ * seconds_since_prev_event: ts minus the previous event's ts (null on the first event);
+ * event_timestamp: the newest event time of the session so far (see getValue).
  */
 @FunctionHint(
         accumulator =
@@ -154,10 +155,18 @@ public class SessionFeatures extends AggregateFunction<byte[], SessionFeatures.A
                 n30++;
             }
         }
+        // The row is stamped with the newest event time the session has seen (this event's,
+        // unless it came out of order): the online store keeps per key the row with the newest
+        // time, so a late event's row must not carry an older stamp than the rows before it, or
+        // its update would be dropped. (The newest time is among the last 30 minutes' times.)
+        long stamp = t;
+        for (long r : acc.recent) {
+            stamp = Math.max(stamp, r);
+        }
         StringBuilder json = new StringBuilder(256);
         json.append("{\"session_id\":");
         Json.string(json, acc.sessionId);
-        json.append(",\"event_timestamp\":\"").append(Instant.ofEpochMilli(t)).append('"');
+        json.append(",\"event_timestamp\":\"").append(Instant.ofEpochMilli(stamp)).append('"');
         json.append(",\"user_id\":");
         Json.string(json, acc.userId);
         json.append(",\"last_viewed_items\":");
