@@ -50,29 +50,33 @@ def test_compaction_types_dedupes_sorts_and_keeps_backfilled_rows(tmp_path: Path
     arch, lake_dir = tmp_path / "archive", tmp_path / "lake"
     folder = partition_dir(arch, DAY)
     _flink_file(folder, "part-a-0-0", _events(["e3", "e4"], minute0=5))
-    _flink_file(folder, "part-a-0-1", _events(["e4", "e5"], minute0=5))  # e4 again: a replay
-    _flink_file(folder, ".part-a-0-2.inprogress.x", _events(["e9"]))  # not committed yet
+    # e4 again, but another event (another user, item and time): a producer reusing an id
+    _flink_file(folder, "part-a-0-1", _events(["e4", "e5"], minute0=5))
+    _flink_file(folder, "part-a-0-2", _events(["e3"], minute0=5))  # e3 again, same: a retry
+    _flink_file(folder, ".part-a-0-3.inprogress.x", _events(["e9"]))  # not committed yet
     lake.write_events(_events(["e1", "e2"]), lake_dir)  # a backfill of the same day
 
     assert archive.dates(arch) == [DAY]
-    assert archive.count(arch) == 4
+    assert archive.count(arch) == 5
     assert archive.distinct_ids(arch) == 3
 
     result = archive.compact(arch, lake_dir, DAY)
     assert result.as_dict() == {
         "day": "2024-05-01",
-        "archived_rows": 4,
+        "archived_rows": 5,
         "lake_rows_before": 2,
-        "duplicates_dropped": 1,
+        "duplicates_dropped": 2,
         "lake_rows_after": 5,
+        "conflicts": 1,  # e4's copies differ: counted and logged, the first by time kept
     }
     got = lake.read_events(lake_dir, DAY, DAY)
-    assert list(got["event_id"]) == ["e1", "e2", "e3", "e4", "e5"]
+    assert list(got["event_id"]) == ["e1", "e2", "e3", "e4", "e5"]  # e3, e4 at 10:05:00
+    assert got.loc[got["event_id"] == "e4", "item_id"].item() == "i0"  # 10:05:00, not 10:05:01
     assert str(got["ts"].dtype) == "datetime64[ms, UTC]"
     assert got.loc[got["event_id"] == "e3", "ts"].iloc[0] == pd.Timestamp(f"{DAY} 10:05", tz="UTC")
 
     again = archive.compact(arch, lake_dir, DAY)  # idempotent
-    assert again.lake_rows_after == 5 and again.duplicates_dropped == 4
+    assert again.lake_rows_after == 5 and again.duplicates_dropped == 5
     assert list(lake.read_events(lake_dir, DAY, DAY)["event_id"]) == list(got["event_id"])
 
 

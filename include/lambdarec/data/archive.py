@@ -9,7 +9,10 @@ option for one) and store ``ts`` as UTC milliseconds without a time-zone annotat
 archived events plus whatever the partition already holds (a backfill), typed as the canonical
 table, deduplicated by ``event_id`` (a replay of the same events, an at-least-once producer) and
 sorted by time, written with :func:`lambdarec.data.lake.write_events` (the whole date replaced
-atomically). Re-running it is harmless, and the lake's single writer per date stays the batch
+atomically). The rule for an id seen more than once: its first copy by event time is kept
+(ties: the lake's stored copy, then archive order). Copies that differ in anything but their
+arrival are *conflicts* (two producers reusing an id, not a retry): they are counted
+(``Compaction.conflicts``) and logged with examples, never merged silently. Re-running it is harmless, and the lake's single writer per date stays the batch
 side, so the batch layer's master dataset is exactly what the speed layer saw.
 """
 
@@ -95,20 +98,37 @@ class Compaction:
     lake_rows_before: int
     duplicates_dropped: int
     lake_rows_after: int
+    #: Ids whose dropped copies differed from the kept one (see the module doc).
+    conflicts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _dedupe_sorted(table: pa.Table) -> tuple[pa.Table, int]:
-    """Rows sorted by (ts, event_id), the first of each ``event_id`` kept."""
+def _dedupe_sorted(table: pa.Table) -> tuple[pa.Table, int, int]:
+    """Rows sorted by (ts, event_id), the first of each ``event_id`` kept (a stable sort: on a
+    tie, the earlier row of ``table``); and the number of ids whose other copies differ from the
+    kept one (conflicts)."""
     if table.num_rows == 0:
-        return table, 0
+        return table, 0, 0
     table = table.sort_by([("ts", "ascending"), ("event_id", "ascending")])
     ids = table.column("event_id").to_numpy(zero_copy_only=False)
-    _, first = np.unique(ids, return_index=True)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
     keep = np.sort(first)
-    return table.take(pa.array(keep)), table.num_rows - len(keep)
+    dropped = np.setdiff1d(np.arange(len(ids)), first)
+    conflicts = set()
+    if len(dropped):
+        rows = table.take(pa.array(dropped)).to_pylist()
+        kept = table.take(pa.array(first[inverse[dropped]])).to_pylist()
+        conflicts = {a["event_id"] for a, b in zip(rows, kept, strict=True) if a != b}
+        if conflicts:
+            log.warning(
+                "%d event id(s) arrived with different contents (kept the first by event time), "
+                "e.g. %s: two producers reuse ids",
+                len(conflicts),
+                sorted(conflicts)[:3],
+            )
+    return table.take(pa.array(keep)), table.num_rows - len(keep), len(conflicts)
 
 
 def compact(archive_dir: str | Path, lake_dir: str | Path, day: date) -> Compaction:
@@ -130,7 +150,7 @@ def compact(archive_dir: str | Path, lake_dir: str | Path, day: date) -> Compact
         if before
         else canonical_arrow_schema().empty_table()
     )
-    merged, dropped = _dedupe_sorted(pa.concat_tables([existing, archived]))
+    merged, dropped, conflicts = _dedupe_sorted(pa.concat_tables([existing, archived]))
     days = merged.column("ts").cast(pa.int64()).to_numpy().astype("datetime64[ms]")
     outside = int((days.astype("datetime64[D]") != np.datetime64(day.isoformat())).sum())
     if outside:
@@ -139,6 +159,8 @@ def compact(archive_dir: str | Path, lake_dir: str | Path, day: date) -> Compact
             "the speed layer partitions by UTC date (table.local-time-zone = UTC): check the job"
         )
     lake.write_events(merged, lake_dir)
-    result = Compaction(day.isoformat(), archived.num_rows, before, dropped, merged.num_rows)
+    result = Compaction(
+        day.isoformat(), archived.num_rows, before, dropped, merged.num_rows, conflicts
+    )
     log.info("compact %s: %s", day, result.as_dict())
     return result
