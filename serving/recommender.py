@@ -260,8 +260,12 @@ class Recommender:
             except OSError:
                 return None
 
+        # Read before the thread starts: a marker written once this returns is a change, however
+        # late the thread gets scheduled (it used to read it first thing and could miss one).
+        initial = mtime()
+
         def loop() -> None:
-            seen = mtime()
+            seen = initial
             while not self._closing.wait(every_s):
                 current = mtime()
                 if current is None or current == seen:
