@@ -75,8 +75,51 @@ class NewestWinsSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     )
 
 
+#: Keys per query of the SQLite store's stored-time read (under SQLite's variable limit).
+SQLITE_CHUNK = 500
+
+
 class NewestWinsSqliteOnlineStore(SqliteOnlineStore):
     """Feast's SQLite online store under the newest-event-time rule."""
+
+    def _stored_times(
+        self, config: RepoConfig, table: FeatureView
+    ) -> Callable[[list[Any]], list[datetime | None]]:
+        """The stored event time of each key: one row per key (the view's first feature), in
+        chunks (Feast's own read takes every feature of every key in one statement, which a
+        materialisation's batch would take past SQLite's variable limit)."""
+        import sqlite3
+
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+        def read(keys: list[Any]) -> list[datetime | None]:
+            if not table.features:
+                return [None] * len(keys)
+            versioning = config.registry.enable_online_feature_view_versioning
+            name = _quote_id(_table_id(config.project, table, versioning))
+            version = config.entity_key_serialization_version
+            binary = [
+                serialize_entity_key(k, entity_key_serialization_version=version) for k in keys
+            ]
+            found: dict[bytes, datetime] = {}
+            conn = self._get_conn(config)
+            for start in range(0, len(binary), SQLITE_CHUNK):
+                part = binary[start : start + SQLITE_CHUNK]
+                try:
+                    rows = conn.execute(
+                        f"SELECT entity_key, event_ts FROM {name} "  # noqa: S608 - Feast's id
+                        f"WHERE feature_name = ? AND entity_key IN ({','.join('?' * len(part))})",
+                        [table.features[0].name, *part],
+                    ).fetchall()
+                except sqlite3.OperationalError as exc:  # the table is created on first write
+                    if "no such table" in str(exc):
+                        return [None] * len(keys)
+                    raise
+                found.update((bytes(k), ts) for k, ts in rows)
+            return [found.get(k) for k in binary]
+
+        return read
 
     def online_write_batch(
         self,
@@ -85,7 +128,7 @@ class NewestWinsSqliteOnlineStore(SqliteOnlineStore):
         data: list[Row],
         progress: Callable[[int], Any] | None,
     ) -> None:
-        kept = newest_rows(data, _stored_times(self, config, table))
+        kept = newest_rows(data, self._stored_times(config, table))
         super().online_write_batch(config, table, kept, None)
         if progress:
             progress(len(data))
