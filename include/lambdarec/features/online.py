@@ -58,15 +58,33 @@ def newest_rows(
     ]
 
 
-def _stored_times(
-    store: Any, config: RepoConfig, table: FeatureView
-) -> Callable[[list[Any]], list[datetime | None]]:
-    feature = [table.features[0].name] if table.features else None
+class _NewestWins:
+    """The rule in front of a Feast online store's writes (mixed in before the store class)."""
 
-    def read(keys: list[Any]) -> list[datetime | None]:
-        return [ts for ts, _ in store.online_read(config, table, keys, feature)]
+    def _stored_times(
+        self, config: RepoConfig, table: FeatureView
+    ) -> Callable[[list[Any]], list[datetime | None]]:
+        """The stored event time of each key, through the store's own read."""
+        feature = [table.features[0].name] if table.features else None
 
-    return read
+        def read(keys: list[Any]) -> list[datetime | None]:
+            online_read = self.online_read  # type: ignore[attr-defined]
+            return [ts for ts, _ in online_read(config, table, keys, feature)]
+
+        return read
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[Row],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        kept = newest_rows(data, self._stored_times(config, table))
+        if kept:
+            super().online_write_batch(config, table, kept, None)  # type: ignore[misc]
+        if progress:
+            progress(len(data))
 
 
 class NewestWinsSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -79,7 +97,7 @@ class NewestWinsSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 SQLITE_CHUNK = 500
 
 
-class NewestWinsSqliteOnlineStore(SqliteOnlineStore):
+class NewestWinsSqliteOnlineStore(_NewestWins, SqliteOnlineStore):
     """Feast's SQLite online store under the newest-event-time rule."""
 
     def _stored_times(
@@ -121,18 +139,6 @@ class NewestWinsSqliteOnlineStore(SqliteOnlineStore):
 
         return read
 
-    def online_write_batch(
-        self,
-        config: RepoConfig,
-        table: FeatureView,
-        data: list[Row],
-        progress: Callable[[int], Any] | None,
-    ) -> None:
-        kept = newest_rows(data, self._stored_times(config, table))
-        super().online_write_batch(config, table, kept, None)
-        if progress:
-            progress(len(data))
-
 
 class NewestWinsRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["lambdarec.features.online.NewestWinsRedisOnlineStore"] = (
@@ -142,18 +148,5 @@ class NewestWinsRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     skip_dedup: bool = True
 
 
-class NewestWinsRedisOnlineStore(RedisOnlineStore):
+class NewestWinsRedisOnlineStore(_NewestWins, RedisOnlineStore):
     """Feast's Redis online store under the newest-event-time rule."""
-
-    def online_write_batch(
-        self,
-        config: RepoConfig,
-        table: FeatureView,
-        data: list[Row],
-        progress: Callable[[int], Any] | None,
-    ) -> None:
-        kept = newest_rows(data, _stored_times(self, config, table))
-        if kept:
-            super().online_write_batch(config, table, kept, None)
-        if progress:
-            progress(len(data))
