@@ -403,6 +403,7 @@ def evaluate_pipelines(
                 index=full.index,
                 sources=list(sources),
                 ranker_expected=ranker_expected,
+                category_cap=full.category_cap,
             )
             results.append(evaluate_served(setup, dataset, ex, name=name))
     finally:
