@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lambdarec.data.canonical import as_tables, catalog_arrow_schema, conform_table
+from lambdarec.data.canonical import as_tables, catalog_arrow_schema
 from lambdarec.events import canonical_arrow_schema
 from lambdarec.tables import as_day, catalog_path, events_path, partition_dir, partitions
 
@@ -157,8 +157,7 @@ def merge_events(
     (The archive's compaction, :func:`lambdarec.data.archive.compact`, folds the stream's
     at-least-once copies instead: there every copy of an id is the same event, the first kept.)
     """
-    table = pa.concat_tables(list(as_tables(data))) if not isinstance(data, pa.Table) else data
-    table = conform_table(table)
+    table = pa.concat_tables(list(as_tables(data)))  # conformed to the canonical schema
     ids = table.column("event_id").to_numpy(zero_copy_only=False).astype(str)
     _, last = np.unique(ids[::-1], return_index=True)
     keep = np.sort(len(ids) - 1 - last)  # the last row of each id, input order kept
@@ -194,10 +193,13 @@ def merge_events(
         before = dict(  # the stored copies the loaded rows of this date may replace
             zip(stored_ids[replaced], stored.filter(pa.array(replaced)).to_pylist(), strict=True)
         )
-        loaded_rows = loaded.to_pylist()
         inserted = sum(1 for i in loaded_ids if i not in stored_at)
+        again = np.isin(loaded_ids, stored_ids[replaced])  # only these can be unchanged
         unchanged = sum(
-            1 for i, row in zip(loaded_ids, loaded_rows, strict=True) if before.get(i) == row
+            before[i] == row
+            for i, row in zip(
+                loaded_ids[again], loaded.filter(pa.array(again)).to_pylist(), strict=True
+            )
         )
         updated = len(loaded_ids) - inserted - unchanged
         moved_out = int(replaced.sum()) - int(np.isin(stored_ids[replaced], loaded_ids).sum())
