@@ -99,7 +99,7 @@ def run_evaluation(
     refit = dataset.for_test() if dataset.before_test is not None else dataset
     results: list[E.Result] = []
     extra: dict[str, Any] = {"tuning": {}, "train_seconds": {}, "refit": refit is not dataset}
-    cooc = None
+    cooc = refit_cooc = None
     if baselines:
         results.append(E.evaluate_ranker(B.MostPopular().fit(refit), refit, test))
         grids: list[tuple[Any, list[dict[str, Any]]]] = [
@@ -110,9 +110,11 @@ def run_evaluation(
         for make, grid in grids:
             model, params, trials = E.tune(make, grid, dataset)
             extra["tuning"][model.name] = {"best": params, "trials": trials}
+            final = make(**params).fit(refit)
             if isinstance(model, B.CoOccurrence):
                 cooc = model  # the ranker's co-occurrence feature: training's statistics
-            results.append(E.evaluate_ranker(make(**params).fit(refit), refit, test))
+                refit_cooc = final  # ... and at test (refit_for_test)
+            results.append(E.evaluate_ranker(final, refit, test))
     if models:
         trained = train_models(
             dataset, tt_config, fm_config, cooc=cooc, work_dir=out_dir / "served_models"
@@ -123,7 +125,9 @@ def run_evaluation(
         retriever, setup = trained.retriever, trained.setup
         if refit is not dataset:
             t0 = time.perf_counter()
-            retriever, setup = refit_for_test(trained, refit, out_dir / "served_models_refit")
+            retriever, setup = refit_for_test(
+                trained, refit, out_dir / "served_models_refit", cooc=refit_cooc
+            )
             extra["train_seconds"]["refit"] = round(time.perf_counter() - t0, 1)
             extra["two_tower_refit_history"] = retriever.history
         retrieval = E.evaluate_ranker(retriever, refit, test)
@@ -155,20 +159,22 @@ def run_evaluation(
 
 
 def refit_for_test(
-    trained: Trained, dataset: Dataset, work_dir: Path
+    trained: Trained, dataset: Dataset, work_dir: Path, *, cooc: B.CoOccurrence | None = None
 ) -> tuple[TrainedTwoTower, ServedSetup]:
     """The served pipeline as it would stand when the test queries come: every part that learns
     from interactions refit on ``dataset`` (:meth:`Dataset.for_test`) with the settings chosen on
     validation. The two-tower is trained again for the epochs validation chose (so its
     candidates are as fresh as the other sources'), the ranker's item statistics (popularity,
     co-occurrence) and the sources' stores are recounted; the DeepFM's weights are kept. The
-    exports go to ``work_dir``."""
+    exports go to ``work_dir``; ``cooc``: the co-occurrence already refit on ``dataset`` with the
+    ranker's decay (else it is fit here)."""
     from lambdarec.models.deepfm import item_table
     from lambdarec.models.served import served_setup, with_ranker
     from lambdarec.models.two_tower import refit_two_tower
 
     tt = refit_two_tower(dataset, trained.retriever)
-    cooc = B.CoOccurrence(decay=trained.cooc.decay).fit(dataset)
+    if cooc is None or cooc.decay != trained.cooc.decay:
+        cooc = B.CoOccurrence(decay=trained.cooc.decay).fit(dataset)
     ranker = replace(
         trained.ranker, cooc=cooc, table=item_table(dataset, trained.ranker.idx_map, cooc)
     )
