@@ -15,6 +15,10 @@ Keeps the speed layer running and reports how far behind it is, every 10 minutes
    `lambdarec.events.dlq`); per-operator counters are in the Flink UI (`numRecordsOut` of the
    `dead_letter` sink, `numLateRecordsDropped` of the trending window).
 
+The DAG is active as soon as Airflow parses it (unlike the batch DAGs, which start paused): it is
+the local platform's second line of supervision, after the `speed-layer` service's own supervisor
+(which restarts a dead job process within seconds, from its checkpoint).
+
 What the job computes (session features, trending items, dead letters, the raw archive) is
 described in `include/flink/speed_layer.py`.
 """
@@ -35,6 +39,7 @@ from lambdarec_airflow.flink import SpeedLayerOperator
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,
     default_args={"owner": "lambdarec", "retries": 1, "retry_delay": timedelta(seconds=30)},
     tags=["lambdarec", "speed", "flink"],
     doc_md=__doc__,

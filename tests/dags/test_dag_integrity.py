@@ -44,6 +44,7 @@ PROBE = textwrap.dedent(
         dags[dag_id] = {
             "tags": sorted(dag.tags or []),
             "doc": bool(dag.doc_md),
+            "paused_upon_creation": dag.is_paused_upon_creation,
             "tasks": {t.task_id: t.retries for t in dag.tasks},
         }
     print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
@@ -90,3 +91,16 @@ def test_every_dag_has_tags_docs_and_retries(parsed: dict) -> None:
         assert dag["doc"], f"{dag_id} has no doc_md"
         no_retry = [t for t, retries in dag["tasks"].items() if not retries]
         assert not no_retry, f"{dag_id}: tasks without retries: {no_retry}"
+
+
+#: DAGs that run as soon as Airflow parses them: the speed layer's supervision must not wait for
+#: someone to unpause it. Every other DAG starts paused (Airflow's default).
+ACTIVE = {"speed_layer"}
+
+
+def test_only_the_speed_layer_starts_active(parsed: dict) -> None:
+    for dag_id, dag in parsed["dags"].items():
+        active = dag["paused_upon_creation"] is False
+        assert active == (dag_id in ACTIVE), (
+            f"{dag_id}: is_paused_upon_creation={dag['paused_upon_creation']}"
+        )

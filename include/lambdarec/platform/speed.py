@@ -4,7 +4,9 @@ feature pusher that writes its topics into Feast's online store (``feature-pushe
 The job runs on a local mini-cluster inside its own process (the PyFlink venv's python, which
 starts the JVM): ``include/flink/speed_layer.py``, with the command line of
 :mod:`lambdarec.speed.job`. It resumes from its newest checkpoint under
-``<state_dir>/flink/checkpoints``, so ``down`` + ``up`` continues where it stopped.
+``<state_dir>/flink/checkpoints``, so ``down`` + ``up`` continues where it stopped. The job runs
+under :mod:`lambdarec.platform.supervise`, which restarts it (from that checkpoint) with
+exponential back-off whenever its process dies, so the local stream heals without anyone watching.
 :mod:`lambdarec.platform.speed_control` starts and stops the pair for the Airflow operator.
 """
 
@@ -47,7 +49,15 @@ def speed_layer(settings: Settings) -> Service:
         ports={port: "flink_rest_port"},
         url=f"http://{settings.bind_host}:{port}",
         health=lambda: speed_layer_running(settings),
-        command=speed_layer_command(settings),
+        command=[
+            str(venv_bin() / "python"),
+            "-m",
+            "lambdarec.platform.supervise",
+            "--name",
+            "speed-layer",
+            "--",
+            *speed_layer_command(settings),
+        ],
         env=speed_layer_env(settings),
         cwd=settings.state_dir / "flink",
         requires=("kafka",),
