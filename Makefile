@@ -163,6 +163,10 @@ bench-freshness: setup flink-jars ## Event -> online-feature freshness at a stea
 bench-speed: setup flink-jars ## Highest rate the speed layer holds for 2 minutes without growing lag (JSON line)
 	@$(PY) bench/bench_speed.py
 
+.PHONY: bench-faults
+bench-faults: setup flink-jars ## Fault drills at full length: broker, job and online store killed mid-stream (JSON line)
+	@$(PY) bench/bench_faults.py
+
 .PHONY: bench-train
 bench-train: setup ## Training throughput of the two-tower and DeepFM models (JSON line per model)
 	@$(PY) bench/bench_train.py --dataset synthetic --epochs 3

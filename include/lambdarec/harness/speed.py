@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from lambdarec.harness.platform import free_ports
 from lambdarec.harness.waiting import eventually
 from lambdarec.platform.base import settings_env
+from lambdarec.speed.control import GROUP_ID as JOB_GROUP_ID
 from lambdarec.speed.jars import ensure_jars
 from lambdarec.speed.job import speed_layer_command, speed_layer_env, speed_layer_running
 from lambdarec.speed.pusher import GROUP_ID, FeaturePusher, default_pushers, speed_topics
@@ -52,6 +54,22 @@ class SpeedJob:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def crash(self) -> int:
+        """SIGKILL the job's processes but not its supervisor (a supervised job's crash, which the
+        supervisor must heal); returns how many processes were killed."""
+        import psutil
+
+        victims = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if process.pid != self.process.pid and os.getpgid(process.pid) == self.process.pid:
+                    victims.append(process)
+        for process in victims:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(victims, timeout=30)
+        return len(victims)
+
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -60,15 +78,26 @@ class SpeedJob:
 
 
 def start_job(
-    settings: Settings, extra: Sequence[str] = (), *, name: str = "speed-layer"
+    settings: Settings,
+    extra: Sequence[str] = (),
+    *,
+    name: str = "speed-layer",
+    supervised: bool = False,
 ) -> SpeedJob:
-    """Start the job (not waiting for it); ``extra`` options override the platform's."""
+    """Start the job (not waiting for it); ``extra`` options override the platform's.
+
+    ``supervised`` runs it under :mod:`lambdarec.platform.supervise`, as the local platform does,
+    so :meth:`SpeedJob.crash` is healed by a restart from the newest checkpoint.
+    """
     from lambdarec.streaming.kafka import ensure_topics
 
     ensure_jars(settings)
     ensure_topics(settings, extra=speed_topics(settings))
     (rest_port,) = free_ports(1)
     command = [*speed_layer_command(settings), "--rest-port", str(rest_port), *extra]
+    if supervised:
+        supervise = [sys.executable, "-m", "lambdarec.platform.supervise", "--name", name, "--"]
+        command = [*supervise, *command]
     env = {**os.environ, **settings_env(settings), **speed_layer_env(settings)}
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
@@ -115,6 +144,24 @@ def speed_job(
         yield job
     finally:
         job.kill(signal.SIGTERM)
+
+
+def committed(settings: Settings) -> int:
+    """Events the job's consumer group has committed on the events topic (on checkpoints)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": JOB_GROUP_ID,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
+        return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=10))
+    finally:
+        probe.close()
 
 
 @contextlib.contextmanager
