@@ -177,6 +177,8 @@ def generate(
                 pass
         writer.close()
         tmp.replace(out / "events.parquet")
+    except lake_mod.LakeError as exc:
+        raise _fail(str(exc)) from None
     finally:
         if writer.is_open:
             writer.close()
@@ -326,8 +328,11 @@ def load(
         typer.echo(_merge_table(merges, f"dry run: {len(df):,} events read; the lake merge would"))
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    lake_mod.atomic_write_parquet(to_table(df), target)
-    merges = lake_mod.merge_events(to_table(df), lake_dir or settings.lake_dir) if lake else []
+    try:
+        lake_mod.atomic_write_parquet(to_table(df), target)
+        merges = lake_mod.merge_events(to_table(df), lake_dir or settings.lake_dir) if lake else []
+    except lake_mod.LakeError as exc:
+        raise _fail(str(exc)) from None
     if merges:
         typer.echo(_merge_table(merges, "lake merge"))
     dates = [m.day for m in merges]

@@ -22,6 +22,7 @@ Read back with::
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -45,6 +46,22 @@ if TYPE_CHECKING:
     from datetime import date
 
 log = logging.getLogger(__name__)
+
+
+class LakeError(RuntimeError):
+    """A lake write that could not be made; the message says why and what to do (one line)."""
+
+
+def _no_space(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
+
+
+def _full(lake_dir: Path) -> LakeError:
+    return LakeError(
+        f"the lake's disk is full ({lake_dir}: no space left on device); nothing in the lake was "
+        "changed: free space there or move the state folder (LAMBDAREC_STATE_DIR) to a larger disk"
+    )
+
 
 #: The catalog's one file, in :func:`lambdarec.tables.catalog_path`.
 CATALOG_FILE = "catalog.parquet"
@@ -76,12 +93,14 @@ def write_events(
     ``data`` is a canonical frame, an Arrow table/batch, or an iterable of those (for example
     :func:`lambdarec.data.generator.iter_event_batches`), consumed once in bounded memory. Rows keep
     their input order within a date, so feed time-ordered input to get time-ordered files.
-    Returns the dates written, ascending.
+    Returns the dates written, ascending. Every date is staged before any is swapped in, so a
+    write that fails (a full disk raises :class:`LakeError`) changes no date.
     """
     lake_dir = Path(lake_dir)
     staging = lake_dir / STAGING / uuid.uuid4().hex
     writers: dict[np.datetime64, pq.ParquetWriter] = {}
     rows: dict[np.datetime64, int] = {}
+    swapped: list[date] = []
     schema = canonical_arrow_schema()
     try:
         for table in as_tables(data):
@@ -112,6 +131,7 @@ def write_events(
             _swap_in(
                 partition_dir(staging, day), partition_dir(events_path(lake_dir), day), lake_dir
             )
+            swapped.append(day)
         log.info(
             "lake: wrote %d event(s) in %d date(s) under %s",
             sum(rows.values()),
@@ -119,10 +139,21 @@ def write_events(
             events_path(lake_dir),
         )
         return written
+    except OSError as error:
+        if not _no_space(error):
+            raise
+        if swapped:  # renames do not allocate, so this is not expected; say what happened
+            raise LakeError(
+                f"the lake's disk is full ({lake_dir}: no space left on device) after "
+                f"{len(swapped)} date(s) were replaced ({swapped[0]}..{swapped[-1]}); the other "
+                "dates are unchanged: free space and write again"
+            ) from None
+        raise _full(lake_dir) from None
     finally:
         for writer in writers.values():
             if writer.is_open:
-                writer.close()
+                with contextlib.suppress(OSError):  # a full disk fails the close too
+                    writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(lake_dir / STAGING)
 
@@ -211,11 +242,13 @@ def merge_events(
         tables.append(merged)
     if dry_run:
         return out
-    for day, merged in zip(touched, tables, strict=True):
-        if merged.num_rows:
-            write_events(merged, lake_dir)
-        else:  # every stored event of the date moved to another date
-            delete_dates(lake_dir, [as_day(day)])
+    # One write for every date: all are staged before any is swapped in, so a failed merge (a full
+    # disk) leaves the whole lake as it was, not some dates merged and others not.
+    write_events([merged for merged in tables if merged.num_rows], lake_dir)
+    emptied = [
+        as_day(day) for day, merged in zip(touched, tables, strict=True) if not merged.num_rows
+    ]
+    delete_dates(lake_dir, emptied)  # every stored event of these dates moved to another date
     return out
 
 
@@ -315,6 +348,14 @@ def atomic_write_parquet(table: pa.Table, target: str | Path) -> Path:
     try:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, **_WRITE_OPTIONS)
         os.replace(tmp, target)
+    except OSError as error:
+        if _no_space(error):
+            raise LakeError(
+                f"the disk of {target.parent} is full (no space left on device); {target.name} "
+                "was left as it was: free space there or move the state folder "
+                "(LAMBDAREC_STATE_DIR) to a larger disk"
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return target
