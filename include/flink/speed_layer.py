@@ -12,6 +12,17 @@ One STATEMENT SET, four INSERTs over one Kafka source (the value read as raw tex
   ``lambdarec.events.dead_letter_record``). Each event is parsed and checked once, in the JVM,
   by the ``ParseEvent`` Java function (include/flink/java); its rowtime comes from the cheaper
   ``EventTime`` scan.
+* **deduplication**: the valid events pass one keyed step on ``event_id`` (Flink SQL's
+  keep-first-row deduplication on processing time: a flag per id in keyed state) before the three
+  outputs below, so a copy of an event already seen (a client's retry after a 503, a producer's
+  redelivery) is counted once in its session, once in trending and archived once. An id is
+  remembered for ``--dedup-ttl-s`` from its first copy (state TTL in processing time), at least
+  the contract's retry horizon (``lambdarec.events.RETRY_HORIZON``); a copy sent later counts
+  again here (the lake still keeps one: the archive's compaction folds copies by id). The first
+  copy wins: copies of one id are one event, so nothing is compared. The job-wide
+  ``--state-ttl-h`` does not apply to this step: it would hold every id of the last hours. With
+  ``--parallelism`` above 1 the step is a shuffle by ``event_id``, so two events of one session
+  that arrive within a network buffer of each other may reach the session aggregate swapped.
 * **session features**, per event: an OVER aggregation per session in arrival order (processing
   time: a row is emitted as soon as it arrives, not when a watermark passes it) with the
   ``SessionFeatures`` Java aggregate (include/flink/java), which keeps bounded state. Events are
@@ -32,13 +43,18 @@ One STATEMENT SET, four INSERTs over one Kafka source (the value read as raw tex
   saw.
 
 Restarts: with ``--restore auto`` (default) the job resumes from the newest completed checkpoint
-under ``--checkpoint-dir``: Kafka offsets, session state and pending files come back together, so
-no event is lost and none is counted twice.
+under ``--checkpoint-dir``: Kafka offsets, the ids seen, session state and pending files come back
+together, so no event is lost and none is counted twice. The job runs as a compiled plan (the
+statements compiled to JSON, the deduplication's TTL set in it), whose operators carry uids
+derived from the plan: a checkpoint restores into the same statements. Checkpoints of a version
+of the job before the deduplication step do not restore into this one (start it with
+``--restore none`` and ``--starting-offsets group``: it continues from the committed offsets).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -57,6 +73,9 @@ TREND_UDF_CLASS = "io.lambdarec.flink.TrendCounts"
 PARSE_UDF_CLASS = "io.lambdarec.flink.ParseEvent"
 TIME_UDF_CLASS = "io.lambdarec.flink.EventTime"
 OUTPUTS = ("dead-letter", "session-features", "trending", "archive")
+#: The contract's retry horizon in seconds (lambdarec.events.RETRY_HORIZON; tests/unit/
+#: test_contract.py checks they agree): the shortest time the job may remember an event_id.
+RETRY_HORIZON_S = 120.0
 
 
 def _env(name: str, default: str) -> str:
@@ -126,6 +145,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--state-ttl-h", type=float, default=6.0, help="Idle session/item state is dropped after."
     )
     p.add_argument(
+        "--dedup-ttl-s",
+        type=float,
+        default=float(_env("SPEED_DEDUP_TTL_S", str(RETRY_HORIZON_S))),
+        help="How long an event_id is remembered after its first copy: a copy within it is "
+        f"dropped. At least the contract's retry horizon ({RETRY_HORIZON_S:g} s); the state "
+        "holds one entry per event of that long (an estimated ~200 bytes each on the heap).",
+    )
+    p.add_argument(
         "--state-backend",
         choices=("hashmap", "rocksdb"),
         default=_env("FLINK_STATE_BACKEND", "hashmap"),
@@ -157,7 +184,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Comma-separated INSERTs to run (e.g. the archive alone in a sibling job).",
     )
     p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.dedup_ttl_s >= RETRY_HORIZON_S:
+        p.error(
+            f"--dedup-ttl-s {args.dedup_ttl_s:g} is shorter than the contract's retry horizon "
+            f"({RETRY_HORIZON_S:g} s): a producer's retry within it would be counted twice"
+        )
+    return args
 
 
 # -- SQL ---------------------------------------------------------------------------------------
@@ -227,6 +260,15 @@ FROM (
         """CREATE TEMPORARY VIEW valid_events AS SELECT
   event_id, user_id, session_id, item_id, event_type, category, price, `ts`, `pt`
 FROM checked WHERE problem IS NULL""",
+        # The first copy of each event_id (the planner's keep-first-row deduplication: insert
+        # only, and the time attributes ts and pt pass through); its TTL is set in the compiled
+        # plan (with_dedup_ttl).
+        """CREATE TEMPORARY VIEW unique_events AS SELECT
+  event_id, user_id, session_id, item_id, event_type, category, price, `ts`, `pt`
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY `pt`) AS copy_no
+  FROM valid_events
+) WHERE copy_no = 1""",
         f"""CREATE TABLE dead_letter (
   reason STRING, field STRING, source STRING, received_at STRING, `raw` STRING
 ) WITH ({_kafka_common(args, args.dead_letter_topic)},
@@ -281,7 +323,7 @@ FROM checked WHERE problem IS NOT NULL""",
   session_features(session_id, user_id, event_type, item_id, category, price, `ts`) OVER (
     PARTITION BY session_id ORDER BY `pt`
     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-FROM valid_events""",
+FROM unique_events""",
         # Per item and minute (one TUMBLE window per event), then the hour's buckets in the
         # TrendCounts aggregate: one row per item and active minute. trend_score: the last 5
         # minutes' activity (a purchase weighs 5 views) over the hour's 5-minute average, +1 so a
@@ -300,14 +342,14 @@ FROM (
     SELECT item_id, window_end, window_time,
       SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS minute_views,
       SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS minute_purchases
-    FROM TABLE(TUMBLE(TABLE valid_events, DESCRIPTOR(`ts`), INTERVAL '1' MINUTE))
+    FROM TABLE(TUMBLE(TABLE unique_events, DESCRIPTOR(`ts`), INTERVAL '1' MINUTE))
     GROUP BY item_id, window_start, window_end, window_time
   )
 )""",
         "archive": """INSERT INTO lake_events SELECT
   event_id, user_id, session_id, item_id, event_type, category, price,
   CAST(`ts` AS TIMESTAMP_LTZ(3)), DATE_FORMAT(`ts`, 'yyyy-MM-dd')
-FROM valid_events""",
+FROM unique_events""",
     }
     wanted = [o.strip() for o in args.outputs.split(",") if o.strip()]
     unknown = sorted(set(wanted) - set(inserts))
@@ -414,10 +456,31 @@ def flink_config(args: argparse.Namespace) -> dict[str, str]:
     return conf
 
 
+def with_dedup_ttl(plan_json: str, ttl_s: float) -> str:
+    """The compiled plan with the deduplication's state TTL set to ``ttl_s``.
+
+    Flink SQL gives every stateful operator the job-wide ``table.exec.state.ttl`` (the sessions'
+    hours); a compiled plan carries a TTL per operator's state, which is where one operator gets
+    its own (FLIP-292). A plan without the step (``--outputs dead-letter``) is returned as is.
+    """
+    plan = json.loads(plan_json)
+    states = [
+        state
+        for node in plan["nodes"]
+        if node["type"].startswith("stream-exec-deduplicate_")
+        for state in node.get("state", [])
+    ]
+    if len(states) > 1:
+        raise RuntimeError(f"the plan deduplicates {len(states)} times; expected once (reuse off?)")
+    for state in states:
+        state["ttl"] = f"{round(ttl_s * 1000)} ms"
+    return json.dumps(plan)
+
+
 def run(args: argparse.Namespace):  # noqa: ANN201 - pyflink's TableResult (untyped)
     """Submit the job; returns the STATEMENT SET's TableResult (``.wait()`` blocks until it ends)."""
     from pyflink.common import Configuration
-    from pyflink.table import EnvironmentSettings, TableEnvironment
+    from pyflink.table import CompiledPlan, EnvironmentSettings, PlanReference, TableEnvironment
 
     # The job's functions are Java (include/flink/java), so it needs no Python worker. Left to
     # itself, PyFlink on a mini-cluster starts a Beam "loopback" worker pool anyway: a gRPC server
@@ -437,7 +500,11 @@ def run(args: argparse.Namespace):  # noqa: ANN201 - pyflink's TableResult (unty
     statement_set = t_env.create_statement_set()
     for statement in inserts:
         statement_set.add_insert_sql(statement)
-    return statement_set.execute()
+    plan = with_dedup_ttl(statement_set.compile_plan().as_json_string(), args.dedup_ttl_s)
+    # Not t_env.load_plan(...): PyFlink 2.2's load_plan gives the CompiledPlan the Java
+    # environment, and its execute() then calls a Python-only method on it and fails.
+    reference = PlanReference.from_json_string(plan)
+    return CompiledPlan(t_env._j_tenv.loadPlan(reference._j_plan_reference), t_env).execute()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

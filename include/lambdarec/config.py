@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdarec.events import RETRY_HORIZON
+
 #: The repository root (include/lambdarec/config.py -> two levels up from include/).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,6 +98,12 @@ class Settings(BaseSettings):
         100_000,
         description="The speed_layer DAG fails its lag check when the job is this many events "
         "behind the events topic.",
+    )
+    speed_dedup_ttl_s: Annotated[float, Field(ge=RETRY_HORIZON.total_seconds())] = Field(
+        RETRY_HORIZON.total_seconds(),
+        description="How long the speed layer remembers an event_id after its first copy (a "
+        "copy within it is dropped); at least the event contract's retry horizon. The state "
+        "holds one entry per event of that long (an estimated ~200 bytes each on the heap).",
     )
     flink_checkpoint_dir: str = Field(
         "",

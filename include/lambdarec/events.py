@@ -57,6 +57,11 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 #: ``MIN_TS <= ts <= now + MAX_FUTURE_SKEW``.
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 MIN_TS_MS = int(MIN_TS.timestamp() * 1000)
+#: How long after an event's first copy another copy (same ``event_id``) may still come: serving's
+#: producer gives up on a delivery after 30 s, and answers 503 with Retry-After 2 s, so a client
+#: retrying a batch resends within it. Consumers remember an id at least this long (the speed
+#: layer's --dedup-ttl-s); a copy sent later is a new event to them (the lake keeps one anyway).
+RETRY_HORIZON = timedelta(minutes=2)
 
 
 class EventType(StrEnum):

@@ -391,3 +391,85 @@ def test_archive_holds_every_valid_event_and_compacts_into_the_lake(
         assert (mine[column].fillna("") == source[column].fillna("")).all(), column
     assert (mine["ts"] == source["ts"]).all(), "ts archived as UTC milliseconds"
     assert mine["price"].fillna(-1).round(6).equals(source["price"].fillna(-1).round(6))
+
+
+def test_a_retried_event_counts_once_and_equal_events_with_distinct_ids_count_twice(
+    speed: tuple[Settings, SpeedJob, list[FeaturePusher]],
+) -> None:
+    """A client that resends events after a 503 (same event_id, seconds later) must not count
+    them twice: not in the session's features, not in the item's trending counts, not in the
+    raw archive. Two events alike in everything but their id are two events."""
+    from lambdarec.data import archive
+    from lambdarec.streaming.kafka import consume, make_consumer, make_producer
+    from lambdarec.streaming.replay import encode_events
+
+    settings, job, _ = speed
+    tag = uuid.uuid4().hex[:8]
+    item = f"i-dup-{tag}"
+    # Ahead of the watermark, or the item's minute is late for its trending window: an earlier
+    # test may have moved it ~65 s ahead of the clock, and the REST API's figure lags by seconds.
+    watermark_s = max(_watermarks(settings, job).values(), default=0) / 1000
+    start_s = max(time.time() + 80, watermark_s + 10)
+    start = datetime.fromtimestamp(start_s, UTC).replace(microsecond=0)
+    events = _session_frame(f"dup-{tag}", n=4, start=start)
+    events["item_id"] = item
+    events["event_type"] = ["view", "view", "view", "add_to_cart"]
+    events["ts"] = [start + timedelta(seconds=s) for s in (0, 1, 1, 2)]
+    # Same item, type and time as the second event: only its id tells them apart.
+    assert events.iloc[2].drop("event_id").equals(events.iloc[1].drop("event_id"))
+    _produce(settings, events)
+    expected = expected_session_features(events)
+    wait_online(settings, expected, 30, "the session before the retry")
+
+    pairs, rejected = encode_events(events)
+    assert not rejected
+    producer = make_producer(settings)
+    for key, value in pairs[:2]:  # the client's retry of the first two events
+        producer.produce(settings.topic_events, value=value, key=key)
+    # Then, for the same user (same partition, so read after the retry), an event 70 s ahead:
+    # the watermark passes the end of the session's minute and its trending window closes.
+    marker = _session_frame(f"dup-{tag}", n=1, start=start + timedelta(seconds=70))
+    marker["event_id"] = f"dup-{tag}-marker"
+    marker["session_id"] = f"s-dup-{tag}-marker"
+    marker["item_id"] = f"i-dup-other-{tag}"
+    (marker_pair,), _ = encode_events(marker)
+    producer.produce(settings.topic_events, value=marker_pair[1], key=marker_pair[0])
+    assert producer.flush(30) == 0
+
+    consumer = make_consumer(f"test-dup-{tag}", [settings.topic_trending_items], settings)
+
+    def item_counts() -> list[tuple[int, int]]:
+        return [
+            (row["views_5min"], row["views_1h"])
+            for row in (
+                orjson.loads(message.value())
+                for message in consume(consumer, idle_timeout_s=1)
+                if message.key() == item.encode()
+            )
+        ]
+
+    try:
+        trending = eventually(item_counts, 60, interval_s=0, message="the item's trending row")[-1]
+    finally:
+        consumer.close()
+    assert trending == (3, 3), f"the item's (views_5min, views_1h) are {trending}, not (3, 3)"
+
+    # The marker was read after the retry; once its session is online, so is the retry's effect.
+    wait_online(settings, expected_session_features(marker), 30, "the marker's session")
+    wait_online(settings, expected, 30, "the session after the retry (counted once)")
+
+    ids = {*events["event_id"], marker["event_id"].iloc[0]}
+    days = sorted({t.date() for t in [*events["ts"], *marker["ts"]]})
+
+    def archived() -> list[str]:
+        tables = [archive.read_day(settings.archive_dir, day) for day in days]
+        return [i for t in tables for i in t.column("event_id").to_pylist() if i in ids]
+
+    eventually(  # the marker is committed with or after the retry (same partition, in order)
+        lambda: set(archived()) == ids,
+        30,
+        interval_s=1,
+        message=lambda: f"the events and the marker archived (archived: {sorted(archived())})",
+    )
+    assert sorted(archived()) == sorted(ids), "each event archived once, the retry not at all"
+    assert job.running(settings)

@@ -25,6 +25,7 @@ from lambdarec.events import (
     MAX_ID_LEN,
     MAX_PRICE,
     MIN_TS_MS,
+    RETRY_HORIZON,
     SCHEMA_VERSION,
     Event,
     EventType,
@@ -228,3 +229,41 @@ def test_the_speed_layer_restarts_without_a_cap() -> None:
         int(conf["restart-strategy.exponential-delay.attempts-before-reset-backoff"]) == 2**31 - 1
     )
     assert conf["restart-strategy.exponential-delay.max-backoff"] == "1 min"
+
+
+def test_the_speed_layer_remembers_event_ids_for_the_retry_horizon() -> None:
+    """The job drops a copy of an event_id within --dedup-ttl-s of the first: at least the
+    contract's retry horizon (a shorter one is refused), set on the deduplication's state alone
+    in the compiled plan (the job-wide TTL would keep every id for the sessions' hours)."""
+    import json
+
+    from lambdarec.config import Settings
+
+    spec = importlib.util.spec_from_file_location("lambdarec_speed_layer_job", SPEED_JOB)
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    horizon_s = RETRY_HORIZON.total_seconds()
+    assert job.RETRY_HORIZON_S == horizon_s == job.parse_args([]).dedup_ttl_s, (
+        f"{SPEED_JOB.relative_to(REPO)} RETRY_HORIZON_S is {job.RETRY_HORIZON_S} s, "
+        f"{EVENTS_PY} RETRY_HORIZON is {RETRY_HORIZON}; change both"
+    )
+    assert Settings().speed_dedup_ttl_s == horizon_s
+    with pytest.raises(ValueError, match="speed_dedup_ttl_s"):
+        Settings(speed_dedup_ttl_s=horizon_s - 1)
+    with pytest.raises(SystemExit):
+        job.parse_args(["--dedup-ttl-s", str(horizon_s - 1)])
+
+    plan = {
+        "nodes": [
+            {"id": 1, "type": "stream-exec-calc_1"},
+            {"id": 2, "type": "stream-exec-deduplicate_1", "state": [{"index": 0, "ttl": "6 h"}]},
+            {"id": 3, "type": "stream-exec-over-aggregate_1", "state": [{"ttl": "6 h"}]},
+        ]
+    }
+    nodes = json.loads(job.with_dedup_ttl(json.dumps(plan), 600))["nodes"]
+    assert [n.get("state") for n in nodes] == [
+        None,
+        [{"index": 0, "ttl": "600000 ms"}],
+        [{"ttl": "6 h"}],
+    ]

@@ -43,6 +43,8 @@ def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
         settings.checkpoint_dir,
         "--state-backend",
         settings.flink_state_backend,
+        "--dedup-ttl-s",
+        str(settings.speed_dedup_ttl_s),
         "--jars",
         str(flink_lib_dir(settings)),
         "--rest-port",
