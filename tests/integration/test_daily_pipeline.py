@@ -175,3 +175,15 @@ def test_a_corrupt_day_fails_its_gate_and_leaves_the_online_store_unchanged(pipe
 
     after = get_online_features(["user_history_30d:n_events_30d"], keys, settings)
     assert after == before
+
+
+def test_running_a_day_again_changes_no_feature_table_and_no_online_row(pipeline) -> None:
+    """The fault drill "the daily DAG run twice for the same day" (a retry, a manual re-trigger)."""
+    from lambdarec.harness.drills import daily_rerun_drill
+
+    settings, _, _ = pipeline
+    result = daily_rerun_drill(settings, DAY2.isoformat())
+    print(result.as_dict())
+    assert result.succeeded
+    assert result.tables >= 5 and result.rows > 1000 and result.online_rows > 1000, result
+    assert result.tables_changed == [] and result.online_changed == {}, result

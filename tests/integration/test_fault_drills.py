@@ -1,8 +1,9 @@
-"""The fault drills (:mod:`lambdarec.harness.drills`) in their short form: while 90k real events
+"""The fault drills (:mod:`lambdarec.harness.drills`) in their short form. While 90k real events
 flow (60 s at 1,500/s), the Redis online store is stopped for 5 s, the Kafka broker is killed and
 restarted after 5 s, and the speed layer's processes are killed (its supervisor must restart it
 from its checkpoint); afterwards every event is in the archive exactly once and every session's
-online features are exact.
+online features are exact. A load into a lake on a 1 MB file system fails in one line and leaves
+the lake as it was. (The daily DAG run twice: tests/integration/test_daily_pipeline.py.)
 
 ``make bench-faults`` runs each fault alone at full length (200k events, 30 s outages).
 """
@@ -27,3 +28,26 @@ def test_broker_job_and_store_faults_while_events_flow_lose_nothing() -> None:
     assert [fault for fault, _, _ in result.timeline] == list(FAULTS), "each fault struck"
     counts = (result.produced, result.events_lost, result.duplicates, result.updates_lost)
     assert counts == (EVENTS, 0, 0, 0), "(produced, events lost, duplicates, updates lost)"
+
+
+def test_a_full_disk_under_the_lake_fails_in_one_line_and_changes_nothing() -> None:
+    from lambdarec.harness.drills import disk_full_drill
+
+    result = disk_full_drill(200_000)
+    print(json.dumps(result.as_dict()))
+    assert result.problems == []
+    assert result.error.startswith("the lake's disk is full") and "\n" not in result.error
+    assert result.dates_after == result.dates_before, "a partial merge became visible"
+    assert result.stored_day_unchanged and result.leftovers == [] and result.usable_after
+
+
+def test_a_soak_at_50_requests_per_second_with_events_flowing_does_not_grow_memory() -> None:
+    """Two minutes here (half a minute of warm-up); ``make bench-faults`` soaks for 30."""
+    from lambdarec.harness.drills import soak_drill
+
+    result = soak_drill(120, 50, warmup_s=30)
+    print(json.dumps(result.as_dict()))
+    assert result.problems == [] and result.errors == 0
+    assert result.requests >= 0.8 * 120 * 50, f"the load fell behind: {result.achieved_rps} req/s"
+    assert result.events_through >= result.events_posted, "the posted events did not flow"
+    assert all(g < result.LIMIT_PCT for g in result.growth_pct.values()), result.growth_pct

@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -280,4 +281,372 @@ def stream_drill(
             finally:
                 job.kill(signal.SIGTERM)
     result.seconds = round(time.monotonic() - began, 1)
+    return result
+
+
+# -- the daily DAG run twice ---------------------------------------------------------------------
+
+
+@dataclass
+class RerunResult:
+    """What a second run of the daily DAG for the same day changed (nothing, when it passes)."""
+
+    day: str
+    succeeded: bool
+    tables: int = 0
+    rows: int = 0
+    online_rows: int = 0
+    #: Tables whose rows differ between the runs (contents compared, sorted by their keys).
+    tables_changed: list[str] = field(default_factory=list)
+    #: Online rows whose values differ between the runs, per feature view.
+    online_changed: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.succeeded and not self.tables_changed and not self.online_changed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _feature_tables(settings: Settings, day: str) -> dict[str, Any]:
+    """Each batch feature table's rows of ``day`` (an Arrow table sorted by its keys)."""
+    import pyarrow.parquet as pq
+
+    from lambdarec.tables import FEATURE_TABLES
+
+    out = {}
+    for table in FEATURE_TABLES:
+        folder = table.partition(settings.lake_dir, day)
+        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        if files:
+            rows = pq.ParquetDataset(files).read()
+            out[table.name] = rows.sort_by([(k, "ascending") for k in table.keys])
+    return out
+
+
+def _online_rows(settings: Settings, tables: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """The online store's values for every key of each table (its feature view of that name)."""
+    from lambdarec.features.store import get_online_features
+    from lambdarec.tables import FEATURE_TABLES
+
+    specs = {t.name: t for t in FEATURE_TABLES}
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name, rows in tables.items():
+        spec = specs[name]
+        features = [c for c in spec.columns if c not in spec.keys and c != "event_timestamp"]
+        keys = rows.select(list(spec.keys)).to_pylist()
+        merged: dict[str, list[Any]] = {}
+        for i in range(0, len(keys), 2000):
+            got = get_online_features(
+                [f"{name}:{f}" for f in features], keys[i : i + 2000], settings
+            )
+            for column, values in got.items():
+                merged.setdefault(column, []).extend(values)
+        out[name] = merged
+    return out
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN (a missing average stays missing)."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b)
+
+
+def daily_rerun_drill(
+    settings: Settings,
+    day: str,
+    run: Callable[[str, str, Settings], Any] | None = None,
+) -> RerunResult:
+    """Run the daily DAG for ``day`` again (it ran once already) and compare its feature tables and
+    online rows with the first run's: a retried or re-triggered day must change nothing."""
+    from lambdarec.platform.dag_run import run_dag_test
+
+    run = run or run_dag_test
+    began = time.monotonic()
+    before = _feature_tables(settings, day)
+    online_before = _online_rows(settings, before)
+    outcome = run("daily_feature_pipeline", day, settings)
+    result = RerunResult(day, bool(getattr(outcome, "success", False)))
+    after = _feature_tables(settings, day)
+    online_after = _online_rows(settings, after)
+    result.tables = len(after)
+    result.rows = sum(t.num_rows for t in after.values())
+    result.tables_changed = sorted(
+        name
+        for name in before.keys() | after.keys()
+        if name not in before or name not in after or not before[name].equals(after[name])
+    )
+    for name, columns in online_after.items():
+        old = online_before.get(name, {})
+        rows = len(next(iter(columns.values()), []))
+        result.online_rows += rows
+        changed = [False] * rows
+        for column, values in columns.items():
+            previous = old.get(column)
+            for i in range(rows):
+                if previous is None or not _same_value(previous[i], values[i]):
+                    changed[i] = True
+        if any(changed):
+            result.online_changed[name] = sum(changed)
+    result.seconds = round(time.monotonic() - began, 1)
+    return result
+
+
+# -- the lake's disk full ------------------------------------------------------------------------
+
+#: The drill's small file system: the stored day fits, the load does not.
+DISK_MB = 1
+
+
+def _disk_full_inside(lake_dir: str, events: int) -> dict[str, Any]:
+    """The drill's body, in a private mount namespace with ``lake_dir`` a ``DISK_MB`` tmpfs."""
+    from lambdarec.data import lake
+
+    stream = taobao_stream(events)
+    day = stream["ts"].dt.date.mode().iloc[0]
+    first_day = stream[stream["ts"].dt.date == day].head(2000)
+    lake.write_events(first_day, lake_dir)
+    before = lake.date_counts(lake_dir)
+    stored = lake.read_events(lake_dir, day, day)
+    error = ""
+    try:
+        lake.merge_events(stream, lake_dir)
+    except lake.LakeError as exc:
+        error = str(exc)
+    except OSError as exc:  # the bug the drill is for: a raw OSError, or worse, half a lake
+        error = f"unhandled {type(exc).__name__}: {exc}"
+    after = lake.date_counts(lake_dir)
+    same = lake.read_events(lake_dir, day, day).equals(stored)
+    root = Path(lake_dir)
+    leftovers = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and (p.name.startswith(".") or "_staging" in p.parts)
+    )
+    usable = True
+    try:  # the lake works again once the load is gone (nothing was left filling the disk)
+        lake.merge_events(stream.head(100), lake_dir)
+    except (lake.LakeError, OSError):
+        usable = False
+    return {
+        "error": error,
+        "dates_before": {str(k): v for k, v in before.items()},
+        "dates_after": {str(k): v for k, v in after.items()},
+        "stored_day_unchanged": bool(same),
+        "leftovers": leftovers,
+        "usable_after": usable,
+    }
+
+
+@dataclass
+class DiskFullResult:
+    error: str = ""
+    dates_before: dict[str, int] = field(default_factory=dict)
+    dates_after: dict[str, int] = field(default_factory=dict)
+    stored_day_unchanged: bool = False
+    leftovers: list[str] = field(default_factory=list)
+    usable_after: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def clear_error(self) -> bool:
+        """One line that says the lake's disk is full."""
+        return self.error.startswith("the lake's disk is full") and "\n" not in self.error
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.clear_error
+            and self.dates_after == self.dates_before
+            and self.stored_day_unchanged
+            and not self.leftovers
+            and self.usable_after
+            and not self.problems
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def disk_full_drill(events: int = 200_000) -> DiskFullResult:
+    """Merge ``events`` into a lake on a ``DISK_MB`` file system that holds one small day: the
+    write must fail with one clear line and leave the lake exactly as it was (no partial date, no
+    staging files), and usable.
+
+    The small file system is a tmpfs in a private mount namespace (``unshare --user --mount``, no
+    root needed, nothing left mounted whatever happens), the drill's body a child process in it.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    began = time.monotonic()
+    result = DiskFullResult()
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        result.problems.append("`unshare` (util-linux) is missing: apt-get install util-linux")
+        return result
+    with tempfile.TemporaryDirectory(prefix="lambdarec-diskfull-") as folder:
+        body = (
+            "import json, sys; from lambdarec.harness.drills import _disk_full_inside; "
+            "print(json.dumps(_disk_full_inside(sys.argv[1], int(sys.argv[2]))))"
+        )
+        script = (
+            f'mount -t tmpfs -o size={DISK_MB}m lambdarec-drill "$1" && exec "$2" -c "$3" "$1" "$4"'
+        )
+        done = subprocess.run(  # noqa: S603 - our own command line
+            [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, "drill"]
+            + [folder, sys.executable, body, str(events)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        result.problems.append(f"the drill's process failed ({done.returncode}): {tail}")
+    else:
+        values = json.loads(done.stdout.strip().splitlines()[-1])
+        for key, value in values.items():
+            setattr(result, key, value)
+    result.seconds = round(time.monotonic() - began, 1)
+    return result
+
+
+# -- the soak ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SoakResult:
+    seconds: float
+    rps: float
+    requests: int = 0
+    #: ``/recommend`` requests per second achieved (each waits for the previous answer).
+    achieved_rps: float = 0.0
+    events_posted: int = 0
+    #: Events the speed layer had committed when the run ended (+ at most a minute).
+    events_through: int = 0
+    #: Answers that were not 200 (``/recommend``) or 202 (``/events``), and failed connections.
+    errors: int = 0
+    #: Resident memory (MiB) of each watched process group after the warm-up and at the end.
+    rss_warm_mib: dict[str, float] = field(default_factory=dict)
+    rss_end_mib: dict[str, float] = field(default_factory=dict)
+    growth_pct: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    #: The most resident memory may grow after the warm-up.
+    LIMIT_PCT = 5.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.errors == 0
+            and self.events_through >= self.events_posted
+            and bool(self.growth_pct)
+            and all(g < self.LIMIT_PCT for g in self.growth_pct.values())
+            and not self.problems
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _rss_mib(settings: Settings) -> dict[str, float]:
+    """Resident MiB of serving (gunicorn's workers, summed) and of the feature pusher."""
+    from lambdarec.platform import processes
+
+    out = {}
+    serving = processes.running(settings, "serving")
+    if serving is not None:
+        workers = serving.children() or [serving]
+        out["serving"] = sum(w.memory_info().rss for w in workers) / 2**20
+    pusher = processes.running(settings, "feature-pusher")
+    if pusher is not None:
+        with_children = [pusher, *pusher.children(recursive=True)]
+        out["feature-pusher"] = sum(p.memory_info().rss for p in with_children) / 2**20
+    return out
+
+
+def soak_drill(
+    seconds: float = 1800.0, rps: float = 50.0, warmup_s: float | None = None
+) -> SoakResult:
+    """``rps`` ``/recommend`` requests per second against the platform's gunicorn serving for
+    ``seconds``, each after posting one click of its session to ``/events`` (so events flow
+    through Kafka, the supervised speed layer and the feature pusher into the online store), and
+    the resident memory of serving and of the pusher sampled: after the warm-up (a quarter of the
+    run, at least 30 s) it must grow less than 5%."""
+    import requests
+
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.harness.speed import committed
+    from lambdarec.streaming.replay import _row_dict
+
+    result = SoakResult(seconds, rps)
+    warmup = warmup_s if warmup_s is not None else max(30.0, seconds / 4)
+    base = taobao_stream(20_000)
+    rows = [_row_dict(r) for r in base.to_dict("records")]
+    services = ["kafka", "speed-layer", "feature-pusher", "serving"]
+    with private_platform(services, start_timeout_s=300) as settings:
+        url = f"http://{settings.bind_host}:{settings.serving_port}"
+        http = requests.Session()
+        _wait(lambda: http.get(f"{url}/health", timeout=5).ok, 120)
+        samples: list[tuple[float, dict[str, float]]] = []
+        began = time.monotonic()
+        n = 0
+        next_sample = began
+        while (now := time.monotonic()) - began < seconds:
+            row = dict(rows[n % len(rows)])
+            row["event_id"] = f"soak-{n}"
+            row["session_id"] = f"{row['session_id']}-{n // len(rows)}"
+            row["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+            try:
+                posted = http.post(f"{url}/events", json=row, timeout=10)
+                result.events_posted += posted.status_code == 202
+                result.errors += posted.status_code != 202
+                answer = http.get(
+                    f"{url}/recommend",
+                    params={"user_id": row["user_id"], "session_id": row["session_id"]},
+                    timeout=10,
+                )
+                result.requests += 1
+                result.errors += answer.status_code != 200
+            except requests.RequestException as error:
+                result.errors += 1
+                if len(result.problems) < 5:
+                    result.problems.append(f"request failed: {error}")
+            n += 1
+            if now >= next_sample:
+                samples.append((now - began, _rss_mib(settings)))
+                next_sample += 5.0
+            ahead = began + n / rps - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        samples.append((time.monotonic() - began, _rss_mib(settings)))
+        result.achieved_rps = round(result.requests / (time.monotonic() - began), 1)
+        through = [0]
+
+        def flowed() -> bool:
+            through[0] = committed(settings)
+            return through[0] >= result.events_posted
+
+        _wait(flowed, 60, 2.0)
+        result.events_through = through[0]
+    after_warmup = [s for t, s in samples if t >= warmup]
+    if len(after_warmup) < 2:
+        result.problems.append(f"too few samples after the {warmup:.0f} s warm-up")
+        return result
+    warm, end = after_warmup[0], after_warmup[-1]
+    result.rss_warm_mib = {k: round(v, 1) for k, v in warm.items()}
+    result.rss_end_mib = {k: round(v, 1) for k, v in end.items()}
+    result.growth_pct = {
+        k: round(100 * (end[k] - warm[k]) / warm[k], 2) for k in warm if k in end and warm[k]
+    }
+    if set(result.growth_pct) != {"serving", "feature-pusher"}:
+        result.problems.append(f"processes not found: only {sorted(result.growth_pct)}")
     return result
