@@ -270,3 +270,28 @@ def test_models_come_back_after_serving_without_them_when_a_marker_announces_a_v
     finally:
         rec.close()
     assert not _mixed(index), _mixed(index)[:3]
+
+
+def test_recommend_answers_degraded_with_index_version_while_they_differ(tmp_path: Path) -> None:
+    """What a client sees: ``"degraded": true`` and ``index_version`` in ``degraded_parts`` while
+    the tower is v1 and the index v2, and neither once the v2 tower is in."""
+    from lambdarec.harness.platform import free_ports
+    from serving import create_app
+    from serving.sinks import EventSink
+
+    (closed_port,) = free_ports(1)
+    settings = private_settings(tmp_path, kafka_bootstrap=f"127.0.0.1:{closed_port}")
+    index = Index()
+    rec = _recommender(index)
+    rec.models = Models(Tower(1), None, "1")
+    app = create_app(settings, rec, events=EventSink(settings, flush_timeout_s=0.3, backoff_s=30.0))
+    client = app.test_client()
+    index.switch(2)
+    assert not rec.check_index()  # no loader: nothing loads
+    body = client.get("/recommend?user_id=u1&k=5").get_json()
+    assert body["degraded"] is True and "index_version" in body["degraded_parts"]
+    assert len(body["items"]) == 5 and "vector" not in body["candidates"]
+    assert rec.check_index(settings, _versioned_loader(fail=set()))
+    body = client.get("/recommend?user_id=u1&k=5").get_json()
+    assert "index_version" not in body["degraded_parts"] and body["candidates"]["vector"] > 0
+    assert not _mixed(index), _mixed(index)[:3]
