@@ -15,10 +15,13 @@ this dag id). Every step is a program, `include/models/retrain.py <step> --run-d
    ALS; both models are logged to MLflow and registered; each becomes `champion` only if it beats
    the current champion on the same evaluation, otherwise `challenger`, and the log, the MLflow
    run and `decision.json` say why.
-5. **export_embeddings** — the promoted two-tower's item vectors to a new Milvus collection, then
-   the serving alias is switched (`lambdarec.retrieval.index`); skipped when nothing was promoted.
-6. **notify_serving** — writes the reload marker `<state_dir>/serving/reload.json` when a model was
-   promoted; every serving process watches it and swaps in the new champion's query tower.
+5. **export_embeddings** — the promoted two-tower's item vectors to a new Milvus collection
+   recording its registry version, the reload marker naming that version, then the serving alias
+   switched (`lambdarec.retrieval.index`): never a switch without a marker; skipped when nothing
+   was promoted.
+6. **notify_serving** — writes the reload marker `<state_dir>/serving/reload.json` when the gate
+   chose to serve without models (the export step already wrote it when it published); every
+   serving process watches it and loads the query tower of the version the index serves.
 """
 
 from __future__ import annotations

@@ -54,12 +54,16 @@ def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> D
     return ranker
 
 
-def load_champion(settings: Settings) -> Models | None:
-    """The champion's query tower and, beside it, the DeepFM of the same run (None when there is
-    no champion)."""
+def load_champion(settings: Settings, version: str | None = None) -> Models | None:
+    """The champion's query tower (or registry ``version``'s) and, beside it, the DeepFM of the
+    same run, with the two-tower's registry version (None when there is no champion)."""
     from lambdarec.champion import champion_dirs
 
-    dirs = champion_dirs(settings)
+    dirs = champion_dirs(settings, version=version)
     if dirs is None:
         return None
-    return Models(QueryEncoder.load(dirs.two_tower), load_ranker(dirs.deepfm, dirs.two_tower))
+    return Models(
+        QueryEncoder.load(dirs.two_tower),
+        load_ranker(dirs.deepfm, dirs.two_tower),
+        dirs.version,
+    )

@@ -189,7 +189,13 @@ def spec() -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "string",
-                                "enum": ["online_store", "index", "model", "ranker"],
+                                "enum": [
+                                    "online_store",
+                                    "index",
+                                    "model",
+                                    "ranker",
+                                    "index_version",
+                                ],
                             },
                         },
                         "timings_ms": {

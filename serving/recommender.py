@@ -7,6 +7,14 @@ back), the champion's models loaded off the request path and swapped in when a r
 promotes a new one, this process's record of purchases, stage timings into the metrics, and a
 readiness probe. A missing or failing part is listed in ``degraded_parts``; popular items from the
 lake (or the catalog order) are the floor that always answers.
+
+The query tower and the index must hold the same model version (the tower's vectors only mean
+something next to its own item vectors). The alias decides which version serves: on every reload
+and every ``index_check_s`` the recommender reads the version behind the alias
+(:meth:`Recommender.check_index`) and, when its tower's differs, loads the tower of that version.
+While they differ, requests run without vector retrieval and answer ``index_version`` in
+``degraded_parts``; while they agree, the tower searches its version's collection by name, so an
+alias switched in between is never searched with the old tower.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from serving.stores import DeadlineIndex, FeastFeatures
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
+    from typing import TypeAlias
 
     from lambdarec.config import Settings
     from lambdarec.recommend.types import (
@@ -41,8 +50,12 @@ if TYPE_CHECKING:
         Recommendation,
         T,
     )
-    from lambdarec.retrieval.index import VectorIndex
+    from lambdarec.retrieval.index import IndexVersion, VectorIndex
     from serving.metrics import Metrics
+
+    #: ``loader(settings)`` loads the champion's models, ``loader(settings, version)`` those of a
+    #: registry version (:func:`serving.champion.load_champion`).
+    Loader: TypeAlias = Callable[..., Models | QueryEncoder | None]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,11 @@ IN_PROCESS = frozenset({"model", "ranker"})
 OWN_DEADLINE = frozenset({"index", "online_store"})
 #: Each part's time budget per request (seconds).
 TIMEOUTS_S = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05}
+#: The degraded part while the query tower's model version differs from the index's.
+INDEX_VERSION = "index_version"
+#: After a reload marker announces an index version, the index is checked at every marker poll
+#: (not only every ``index_check_s``) until the alias serves it, for at most this long.
+AWAIT_SWITCH_S = 600.0
 
 
 def freeze_heap(reason: str) -> None:
@@ -78,15 +96,28 @@ def freeze_heap(reason: str) -> None:
     )
 
 
-def baseline_sources(marker: Path) -> list[str] | None:
-    """The sources the reload marker says to serve without models, or None (models serve)."""
+def _read_marker(marker: Path) -> dict[str, Any]:
     try:
         payload = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    serve = payload.get("serve") if isinstance(payload, dict) else None
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def baseline_sources(marker: Path) -> list[str] | None:
+    """The sources the reload marker says to serve without models, or None (models serve)."""
+    serve = _read_marker(marker).get("serve")
     if isinstance(serve, dict) and serve.get("mode") == "baselines" and serve.get("sources"):
         return [str(s) for s in serve["sources"]]
+    return None
+
+
+def announced_version(marker: Path) -> str | None:
+    """The model version the reload marker says the index is switching to (None: it names
+    none, e.g. nothing was published)."""
+    index = _read_marker(marker).get("index")
+    if isinstance(index, dict) and index.get("published") and index.get("model_version"):
+        return str(index["model_version"])
     return None
 
 
@@ -116,6 +147,7 @@ class Recommender:
         self.index = index
         self.metrics = metrics
         self.category_cap = category_cap
+        self.sources = tuple(sources)
         self.purchases = PurchaseMemory()
         timeouts = {**TIMEOUTS_S, **(timeouts_s or {})}
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="recommender-dep")
@@ -137,9 +169,28 @@ class Recommender:
             sources=sources,
             category_cap=category_cap,
         )
-        #: One reference for the pipeline, the query tower and the ranker: a reload assigns a
-        #: new triple, so a request uses one consistent set throughout.
-        self._serving: tuple[Pipeline, Models] = (self.full_pipeline, Models(encoder, ranker))
+        #: Pipelines by the collection their vector source searches by name (None: the alias,
+        #: "": no vector retrieval), built once each.
+        self._pipelines: dict[str | None, Pipeline] = {None: self.full_pipeline}
+        #: The pipeline the gate chose to run without models (None: models serve).
+        self._baseline: Pipeline | None = None
+        self._models = Models(encoder, ranker)
+        #: What the index alias served at the last check (None: not read yet, unset, no index).
+        self.index_served: IndexVersion | None = None
+        #: How often :meth:`watch_reload` checks the index version (``Settings.index_check_s``).
+        self.index_check_s = 30.0
+        #: The version a reload marker announced, until the alias serves it or the deadline.
+        self._awaiting: tuple[str, float] | None = None
+        #: The version whose load last failed, and when (retried every ``index_check_s``).
+        self._failed_load: tuple[str | None, float] | None = None
+        self._compose_lock = threading.Lock()
+        #: One reference for the pipeline, the models and the standing degraded parts: a reload
+        #: assigns a new triple, so a request uses one consistent set throughout.
+        self._serving: tuple[Pipeline, Models, tuple[str, ...]] = (
+            self.full_pipeline,
+            self._models,
+            (),
+        )
         #: Cleared while :meth:`warm_up` imports Feast and loads the index and the query tower:
         #: those imports hold the GIL for seconds, so the first requests time out and degrade.
         self.warm = threading.Event()
@@ -157,8 +208,12 @@ class Recommender:
 
     @models.setter
     def models(self, models: Models) -> None:
-        """New models run in the full pipeline."""
-        self._serving = (self.full_pipeline, models)
+        """New models run in the full pipeline, searching their own version's collection (or
+        without vector retrieval, degraded, while the index serves another version)."""
+        with self._compose_lock:
+            self._baseline = None
+            self._models = models
+            self._compose()
 
     def serve_without_models(self, sources: Sequence[str]) -> None:
         """Run the pipeline of ``sources`` ranked by their blend, without the neural models (what
@@ -171,7 +226,54 @@ class Recommender:
             category_cap=self.category_cap,
             ranker_expected=False,
         )
-        self._serving = (pipeline, Models(None, None))
+        with self._compose_lock:
+            self._baseline = pipeline
+            self._models = Models(None, None)
+            self._compose()
+
+    def _compose(self) -> None:
+        """Assign the serving triple of the current models and the index version last read
+        (under ``_compose_lock``)."""
+        models, served = self._models, self.index_served
+        if self._baseline is not None:
+            self._serving = (self._baseline, models, ())
+        elif (
+            models.encoder is None
+            or self._deadline_index is None
+            or "vector" not in self.sources
+            or served is None
+            or served.model_version is None  # published before versions were recorded
+        ):
+            self._serving = (self.full_pipeline, models, ())
+        elif models.version == served.model_version:
+            self._serving = (self._pipeline_for(served.collection), models, ())
+        else:
+            self._serving = (self._pipeline_for(""), models, (INDEX_VERSION,))
+
+    def _pipeline_for(self, collection: str) -> Pipeline:
+        """The full pipeline searching ``collection`` by name ("": without vector retrieval)."""
+        pipeline = self._pipelines.get(collection)
+        if pipeline is None:
+            assert self.index is not None
+            sources = [s for s in self.sources if s != "vector"] if not collection else self.sources
+            timeout = self.guards["index"].timeout_s
+            pipeline = Pipeline(
+                self.snapshot,
+                features=self.features,
+                index=DeadlineIndex(self.index, timeout, collection) if collection else None,
+                sources=sources or ["popular"],
+                category_cap=self.category_cap,
+            )
+            # The alias's, the no-vector one and the latest collections': a few at most.
+            if len(self._pipelines) > 4:
+                self._pipelines = {k: v for k, v in self._pipelines.items() if not k}
+            self._pipelines[collection] = pipeline
+        return pipeline
+
+    @property
+    def standing_degraded(self) -> tuple[str, ...]:
+        """Parts every request answers degraded until a check or a reload clears them."""
+        return self._serving[2]
 
     @property
     def encoder(self) -> QueryEncoder | None:
@@ -221,10 +323,13 @@ class Recommender:
     def recommend(self, query: Query) -> Recommendation:
         # One read of the reference: a reload swaps the triple, never mutates it, so the request
         # uses the pipeline, the tower and the ranker of one decision throughout.
-        pipeline, models = self._serving
+        pipeline, models, standing = self._serving
         result = pipeline.recommend(
             query, models, self._call, blocked=self.purchases.get(query.user_id)
         )
+        for part in standing:
+            if part not in result.degraded_parts:
+                result.degraded_parts.append(part)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
@@ -239,20 +344,24 @@ class Recommender:
         settings: Settings,
         *,
         every_s: float = 5.0,
-        loader: Callable[[Settings], Models | QueryEncoder | None] | None = None,
+        loader: Loader | None = None,
     ) -> threading.Thread:
-        """Reload the champion's query tower and ranker whenever the reload marker changes.
+        """Reload the champion's query tower and ranker whenever the reload marker changes, and
+        check the index version every ``settings.index_check_s``.
 
         ``weekly_model_retraining`` writes ``settings.reload_marker`` after its gate decided
         (:func:`lambdarec.models.retrain.notify_serving`): a new champion (its tower and ranker
         are loaded in this thread, then swapped in by one reference assignment: a request in
         flight finishes with what it started with, none is dropped), or the pipeline to run
-        without models (:meth:`serve_without_models`). A failed load keeps the current models
-        (and is logged). A new tower without a ranker drops the old ranker, which ranked another
-        retriever's candidates (``loader`` may return a bare query tower: tests).
+        without models (:meth:`serve_without_models`). A marker announcing the index version
+        about to serve is followed by a check at every poll until the alias serves it
+        (:meth:`check_index` then loads that version's tower). A failed load keeps the current
+        models (and is logged). A new tower without a ranker drops the old ranker, which ranked
+        another retriever's candidates (``loader`` may return a bare query tower: tests).
         """
         marker = settings.reload_marker
-        load = loader or load_champion
+        load: Loader = loader or load_champion
+        self.index_check_s = float(getattr(settings, "index_check_s", self.index_check_s))
 
         def mtime() -> float | None:
             try:
@@ -266,35 +375,149 @@ class Recommender:
 
         def loop() -> None:
             seen = initial
+            checked = time.monotonic()
             while not self._closing.wait(every_s):
                 current = mtime()
-                if current is None or current == seen:
-                    continue
-                seen = current
-                sources = baseline_sources(marker)
-                if sources is not None:
-                    self.serve_without_models(sources)
-                    self.reloads += 1
-                    log.info("reload: serving %s without models (the gate's choice)", sources)
-                    continue
-                try:
-                    loaded = load(settings)
-                except Exception:  # noqa: BLE001 - keep serving with the current tower
-                    log.exception("reload: the new champion could not be loaded; keeping the old")
-                    continue
-                if loaded is not None:
-                    self.models = loaded if isinstance(loaded, Models) else Models(loaded, None)
-                    self.reloads += 1
-                    freeze_heap(f"reload #{self.reloads}")
-                    log.info(
-                        "reload: query tower swapped in, ranker %s (reload #%d)",
-                        "too" if self.models.ranker is not None else "absent",
-                        self.reloads,
-                    )
+                if current is not None and current != seen:
+                    seen = current
+                    self._follow_marker(settings, load)
+                    checked = time.monotonic()
+                elif self._awaiting is not None or time.monotonic() - checked >= self.index_check_s:
+                    self.check_index(settings, load)
+                    checked = time.monotonic()
 
         thread = threading.Thread(target=loop, name="recommender-reload", daemon=True)
         thread.start()
         return thread
+
+    def _follow_marker(self, settings: Settings, load: Loader) -> None:
+        """Do what a changed reload marker says (see :meth:`watch_reload`)."""
+        marker = settings.reload_marker
+        sources = baseline_sources(marker)
+        if sources is not None:
+            self.serve_without_models(sources)
+            self.reloads += 1
+            log.info("reload: serving %s without models (the gate's choice)", sources)
+            return
+        announced = announced_version(marker)
+        if announced is not None:
+            # The retraining writes the marker, then switches the alias: the check loads the
+            # tower once the alias serves it (this poll or a following one).
+            self._awaiting = (announced, time.monotonic() + AWAIT_SWITCH_S)
+            log.info("reload: the index is switching to v%s", announced)
+            if self._baseline is not None:
+                # Models serve again: load them now (degraded until the alias serves them).
+                self._load(settings, load, announced)
+            self.check_index(settings, load, force=True)
+            return
+        self._load(settings, load, None)
+        self.check_index(settings, load)
+
+    def _load(self, settings: Settings, load: Loader, version: str | None) -> bool:
+        """Load the champion's models (or ``version``'s) and swap them in; False when the load
+        failed or found none (the current models keep serving)."""
+        try:
+            loaded = load(settings) if version is None else load(settings, version)
+        except Exception:  # noqa: BLE001 - keep serving with the current tower
+            log.exception(
+                "reload: the %s could not be loaded; keeping the old",
+                "champion" if version is None else f"two-tower v{version}",
+            )
+            self._failed_load = (version, time.monotonic())
+            return False
+        if loaded is None:
+            self._failed_load = (version, time.monotonic())
+            return False
+        self._swap_in(loaded if isinstance(loaded, Models) else Models(loaded, None))
+        self.reloads += 1
+        freeze_heap(f"reload #{self.reloads}")
+        log.info(
+            "reload: query tower v%s swapped in, ranker %s (reload #%d)",
+            self.models.version,
+            "too" if self.models.ranker is not None else "absent",
+            self.reloads,
+        )
+        return True
+
+    def _read_index(self) -> IndexVersion | None:
+        """The version behind the alias now (the last one read when the index does not answer;
+        None when the index records none)."""
+        read = getattr(self.index, "serving_model", None)
+        if read is None:
+            return None
+        try:
+            served: IndexVersion | None = read()
+        except Exception as exc:  # noqa: BLE001 - the searches degrade on their own
+            log.warning("index version check: cannot read the index alias: %s", exc)
+            return self.index_served
+        return served
+
+    def _swap_in(self, models: Models) -> None:
+        """Serve ``models``, composed with the version the index serves now: a tower is never
+        swapped in beside a version read before it was loaded (a switch may lie between)."""
+        served = self._read_index()
+        with self._compose_lock:
+            self.index_served = served
+            self._baseline = None
+            self._models = models
+            self._compose()
+
+    def check_index(
+        self, settings: Settings | None = None, load: Loader | None = None, *, force: bool = False
+    ) -> bool:
+        """Read the model version behind the index alias and compare it with the query tower's;
+        when they differ, load the tower of the index's version through ``load`` (a version that
+        failed to load is tried again after ``index_check_s``, or now with ``force``). Returns
+        whether they agree (True when there is nothing to compare). Never raises."""
+        if getattr(self.index, "serving_model", None) is None:
+            return True
+        served = self._read_index()
+        with self._compose_lock:
+            self.index_served = served
+            self._compose()
+        awaiting = self._awaiting
+        if awaiting is not None and (
+            (served is not None and served.model_version == awaiting[0])
+            or time.monotonic() > awaiting[1]
+        ):
+            self._awaiting = None
+        want = None if served is None else served.model_version
+        if (
+            want is None
+            or self._baseline is not None  # the gate chose to serve without models
+            or self._models.version == want
+            or load is None
+            or settings is None
+        ):
+            return INDEX_VERSION not in self.standing_degraded
+        if INDEX_VERSION in self.standing_degraded:
+            assert served is not None
+            log.warning(
+                "the query tower is v%s but %s holds v%s's vectors: vector retrieval is off "
+                "until the v%s tower loads",
+                self._models.version,
+                served.collection,
+                want,
+                want,
+            )
+        failed = self._failed_load
+        if (
+            not force
+            and failed is not None
+            and failed[0] == want
+            and time.monotonic() - failed[1] < self.index_check_s
+        ):
+            return INDEX_VERSION not in self.standing_degraded
+        if self._load(settings, load, want) and self.models.version != want:
+            log.warning(
+                "the two-tower loaded for v%s is v%s (LAMBDAREC_SERVING_MODEL_DIR pins it?): "
+                "pin the v%s export or unpin to follow the index",
+                want,
+                self.models.version,
+                want,
+            )
+            self._failed_load = (want, time.monotonic())
+        return INDEX_VERSION not in self.standing_degraded
 
     def close(self) -> None:
         """Stop the reload watcher (tests; the process exit does it otherwise)."""
@@ -331,7 +554,7 @@ class Recommender:
                 try:
                     models = load_champion(settings)
                     if models is not None:
-                        self.models = models
+                        self._swap_in(models)
                     log.info(
                         "query tower loaded: %s, ranker loaded: %s",
                         self.encoder is not None,
@@ -339,6 +562,8 @@ class Recommender:
                     )
                 except Exception as exc:  # noqa: BLE001
                     log.warning("no champion query tower (%s); vector retrieval is off", exc)
+            if load_model and self.index is not None:
+                self.check_index(settings, load_champion)
 
         threading.Thread(target=run, name="recommender-warm-up", daemon=True).start()
 

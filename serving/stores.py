@@ -56,11 +56,13 @@ class FeastFeatures:
 
 
 class DeadlineIndex:
-    """The vector index, each search bounded by ``timeout_s`` (its gRPC deadline)."""
+    """The vector index, each search bounded by ``timeout_s`` (its gRPC deadline); with a
+    ``collection``, that version is searched by name instead of the serving alias."""
 
-    def __init__(self, index: VectorIndex, timeout_s: float) -> None:
+    def __init__(self, index: VectorIndex, timeout_s: float, collection: str | None = None) -> None:
         self.index = index
         self.timeout_s = timeout_s
+        self.collection = collection
 
     @property
     def connected(self) -> bool:
@@ -69,4 +71,8 @@ class DeadlineIndex:
     def search(
         self, vectors: np.ndarray, k: int, timeout_s: float | None = None
     ) -> list[list[tuple[str, float]]]:
-        return self.index.search(vectors, k, timeout_s=timeout_s or self.timeout_s)
+        if self.collection is None:
+            return self.index.search(vectors, k, timeout_s=timeout_s or self.timeout_s)
+        return self.index.search(
+            vectors, k, timeout_s=timeout_s or self.timeout_s, collection=self.collection
+        )

@@ -5,11 +5,13 @@ DeepFM of the same training run, the only ranker it pairs with (``retrain.train_
 it on that retriever's candidates and scores). The daily cold-start step embeds new items with
 the same export's item tower. Both find the folders here: the one ``LAMBDAREC_SERVING_MODEL_DIR``
 pins (and its sibling ``deepfm/``, the run folder's layout), else the MLflow champion's
-artifacts, downloaded, and the ``deepfm`` model logged from the same run folder.
+artifacts, downloaded, and the ``deepfm`` model logged from the same run folder. A registry
+version can be asked for by number too (serving loads the tower whose vectors the index holds).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ class ChampionDirs:
     two_tower: Path
     #: The ``deepfm/`` folder of the same training run; None when that run logged none.
     deepfm: Path | None
+    #: The two-tower's registry version (None: a pinned folder outside a run folder).
+    version: str | None = None
 
 
 def pinned_dirs(settings: Settings) -> ChampionDirs | None:
@@ -45,7 +49,18 @@ def pinned_dirs(settings: Settings) -> ChampionDirs | None:
             "export_two_tower folder or leave it empty to serve the registry's champion"
         )
     sibling = pinned.parent / "deepfm"
-    return ChampionDirs(pinned, sibling if sibling.is_dir() else None)
+    return ChampionDirs(pinned, sibling if sibling.is_dir() else None, run_folder_version(pinned))
+
+
+def run_folder_version(two_tower_dir: Path) -> str | None:
+    """The registry version a retraining run gave the two-tower in ``two_tower_dir`` (its run
+    folder's ``decision.json``), or None outside a run folder."""
+    try:
+        decision = json.loads((two_tower_dir.parent / "decision.json").read_text(encoding="utf-8"))
+        version = decision["decisions"]["two_tower"]["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if version is None else str(version)
 
 
 def champion_two_tower(settings: Settings) -> Path | None:
@@ -57,9 +72,12 @@ def champion_two_tower(settings: Settings) -> Path | None:
     return None if dirs is None else dirs.two_tower
 
 
-def champion_dirs(settings: Settings, *, with_ranker: bool = True) -> ChampionDirs | None:
-    """The champion two-tower's export and the DeepFM of its run (see the module doc); None when
-    the registry has no champion."""
+def champion_dirs(
+    settings: Settings, *, with_ranker: bool = True, version: str | None = None
+) -> ChampionDirs | None:
+    """The champion two-tower's export and the DeepFM of its run (see the module doc), or those
+    of the registered ``version``; None when the registry has no champion. A pinned folder is
+    returned whatever ``version`` asks (its own version says whether it matches)."""
     pinned = pinned_dirs(settings)
     if pinned is not None:
         return pinned
@@ -67,7 +85,8 @@ def champion_dirs(settings: Settings, *, with_ranker: bool = True) -> ChampionDi
 
     from lambdarec.registry import DEEPFM, TWO_TOWER, ModelRegistry
 
-    champion = ModelRegistry.from_settings(settings, TWO_TOWER).get_champion()
+    registry = ModelRegistry.from_settings(settings, TWO_TOWER)
+    champion = registry.get_champion() if version is None else registry.get_version(version)
     if champion is None:
         return None
     local = mlflow.artifacts.download_artifacts(
@@ -79,7 +98,7 @@ def champion_dirs(settings: Settings, *, with_ranker: bool = True) -> ChampionDi
             deepfm = same_run_deepfm(ModelRegistry.from_settings(settings, DEEPFM), champion.run_id)
         except Exception:  # noqa: BLE001 - no ranker is a degraded part, not a failed load
             log.exception("cannot fetch the DeepFM of the champion's run; ranking by the blend")
-    return ChampionDirs(Path(local), deepfm)
+    return ChampionDirs(Path(local), deepfm, champion.version)
 
 
 def same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | None:

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
         description="A two-tower export folder (export_two_tower) to serve instead of the MLflow "
         "champion: pins a model, e.g. for a benchmark; empty means the registry's champion.",
     )
+    index_check_s: Annotated[float, Field(ge=1, le=3600)] = Field(
+        30.0,
+        description="How often serving compares the model version behind the index alias with "
+        "its query tower's, and loads the matching tower when they differ (seconds).",
+    )
     ab_variants: str = Field(
         "control:100",
         description="A/B variants as name:weight,... (users are assigned by a hash of user_id).",

@@ -247,6 +247,19 @@ class ModelRegistry:
             return None
         return Champion(str(version.version), str(version.run_id), str(version.source))
 
+    def get_version(self, version: str) -> Champion:
+        """(version, run id, artifact URI) of a registered ``version`` (RegistryError if none)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException as error:
+            raise RegistryError(
+                f"{self.model_name} has no version {version}: register it, or publish the index "
+                "of a registered version"
+            ) from error
+        return Champion(str(found.version), str(found.run_id), str(found.source))
+
     def get_challenger(self) -> Champion | None:
         version = self._by_alias(CHALLENGER)
         if version is None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lambdarec.registry import TWO_TOWER  # noqa: E402
+from lambdarec.registry import DEEPFM, TWO_TOWER  # noqa: E402
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -135,9 +135,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     lake.write_catalog(ClickstreamGenerator(config).catalog_table(), settings.lake_dir)
     retrain.build("lake", run, settings=settings)
     retrain.train_retriever(run, TwoTowerConfig(epochs=3, batch_size=256, valid_queries=200))
-    # evaluate_and_promote's verdict, without MLflow: the two-tower is the champion
+    # evaluate_and_promote's verdict, without MLflow: the two-tower is the champion (the export
+    # step writes the reload marker from it before switching the alias)
+    promoted = {"promoted": True, "version": "1", "reason": "test"}
     (run / "decision.json").write_text(
-        json.dumps({"decisions": {TWO_TOWER: {"promoted": True, "version": "1", "reason": "test"}}})
+        json.dumps(
+            {
+                "serve": {"mode": "models", "reason": "test"},
+                "decisions": {TWO_TOWER: promoted, DEEPFM: promoted},
+            }
+        )
     )
     exported = retrain.export_embeddings(run, settings=settings)
     catalog = lake.read_catalog(settings.lake_dir)

@@ -197,6 +197,14 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     note = retrain.notify_serving(run, settings=settings)
     marker = json.loads(retrain.reload_marker(settings).read_text())
     assert note["reload"] and marker["two_tower_version"] == d3["version"]
+    # The index names the version it serves (the marker named it before the switch), and that
+    # version's tower can be fetched from the registry by number, as serving does.
+    assert marker["index"]["model_version"] == d3["version"]
+    from lambdarec.champion import champion_dirs
+
+    for version in (v1, d3["version"]):
+        dirs = champion_dirs(settings, version=version)
+        assert dirs is not None and dirs.version == version and dirs.deepfm is not None
 
     registry = retrain.registry_for(TWO_TOWER, settings)
     champion = registry.get_champion()
@@ -209,8 +217,12 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     assert {"price", "category", "score"} <= set(profile.features), sorted(profile.features)
     assert registry.rollback("lifecycle test").version == v1
     with VectorIndex.from_settings(settings) as index:
+        served = index.serving_model()
+        assert served is not None and served.model_version == d3["version"]
         assert index.rollback() == exported["version"]
         assert index.serving_version() == exported["version"]
+        served = index.serving_model()
+        assert served is not None and served.model_version == v1  # serving follows it to v1
 
 
 def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:

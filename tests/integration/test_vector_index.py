@@ -3,7 +3,9 @@
 
 Checked: top-10 equals numpy brute force with FLAT and recall@10 >= 0.95 with HNSW (ef 256), the
 alias switches to each new version, rollback re-points it, old versions are dropped after ``keep``,
-filters and exclusions hold.
+filters and exclusions hold; each collection keeps the model version it was published with, a
+version published unswitched waits for ``switch``, and a collection is searched by name whatever
+the alias points to.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _recall(found: list[list[tuple[str, float]]], truth: list[list[tuple[str, fl
 def _exercise(index: VectorIndex, n: int) -> None:
     """The full cycle on an empty index configured with keep=2."""
     from lambdarec.retrieval.index import (
+        IndexVersion,
         VectorIndex,
         VectorIndexError,
         category_filter,
@@ -131,6 +134,33 @@ def _exercise(index: VectorIndex, n: int) -> None:
     hits = eventually(loaded_hits, 60, interval_s=0.2, message="the background load to finish")
     assert hits[0][0][0] == small_ids[0]
 
+    # Model versions: recorded with each collection (none before they were recorded); a version
+    # published unswitched leaves the alias where it was until switch().
+    assert index.serving_model() == IndexVersion(4, index.collection_name(4), None)
+    other = small[::-1].copy()  # another model's vectors for the same items
+    assert (
+        index.publish(
+            small_ids, other, small_categories, version=5, model_version="7", switch=False
+        )
+        == 5
+    )
+    assert index.serving_version() == 4 and index.model_version(5) == "7"
+    assert index.find_model("7") == IndexVersion(5, index.collection_name(5), "7")
+    assert index.find_model("8") is None
+    # By name: version 5 while the alias still serves 4, and 4 once the alias serves 5. The
+    # query is small's last row: v4 holds it as its last item, v5 as its first.
+    query = small[-1:]
+    assert index.search(query, 1)[0][0][0] == small_ids[-1]
+    assert index.search(query, 1, collection=index.collection_name(5))[0][0][0] == small_ids[0]
+    index.switch(5)
+    assert index.serving_model() == IndexVersion(5, index.collection_name(5), "7")
+    assert index.versions() == [4, 5]
+    assert index.search(query, 1)[0][0][0] == small_ids[0]
+    index.client.release_collection(index.collection_name(4))  # loaded again when searched
+    assert index.search(query, 1, collection=index.collection_name(4))[0][0][0] == small_ids[-1]
+    with pytest.raises(VectorIndexError, match="does not exist: publish it before switching"):
+        index.switch(99)
+
 
 def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:
     from lambdarec.retrieval.index import IndexConfig, VectorIndex
@@ -138,6 +168,9 @@ def test_milvus_lite_versions_alias_rollback(tmp_path: Path) -> None:
     config = IndexConfig(uri=str(tmp_path / "milvus" / "items.db"), keep=2, ef=256)
     with VectorIndex(config) as index:
         _exercise(index, 20_000)
+    with VectorIndex(config) as index:  # the model version is stored with the collection
+        served = index.serving_model()
+        assert served is not None and served.model_version == "7"
 
 
 def test_milvus_lite_warns_a_catalog_too_large_for_it(

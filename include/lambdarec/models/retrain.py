@@ -26,6 +26,13 @@ champion (its own served score still beats the floor, or cannot be compared), or
 pipeline without neural models; the MLflow run and the task log say why. Embeddings go to Milvus
 only when the two-tower was promoted (serving reads the champion's query tower, so the index must
 hold the champion's item vectors).
+
+The index and the query tower must agree: the published collection records the two-tower's
+registry version, and the export step switches the alias only after it wrote the reload marker
+naming that version (publish unswitched, marker, switch). Serving follows the version behind the
+alias (``serving.recommender``): an alias switched without a marker, or a reload that failed, is
+caught by its periodic check and answered degraded (``index_version``), never by the old tower
+searching the new vectors.
 """
 
 from __future__ import annotations
@@ -402,8 +409,9 @@ def serving_choice(
 
 
 def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Publish the promoted two-tower's item embeddings as a new Milvus collection version and
-    switch the serving alias to it; nothing when the two-tower was not promoted. The lake
+    """Publish the promoted two-tower's item embeddings as a new Milvus collection version
+    recording its registry version, write the reload marker naming it (:func:`notify_serving`),
+    then switch the serving alias to it; nothing when the two-tower was not promoted. The lake
     catalog's items absent from the training data are embedded by the item tower and published
     with them (:func:`new_catalog_items`)."""
     import numpy as np
@@ -425,8 +433,11 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         ids += new.ids
         matrix = np.concatenate([matrix, new.embeddings])
         categories += [str(c) for c in new.category_index]
+    model_version = str(decision["version"])
     with VectorIndex.from_settings(_settings(settings)) as index:
-        version = index.publish(ids, matrix, categories, progress=False)
+        version = index.publish(
+            ids, matrix, categories, model_version=model_version, switch=False, progress=False
+        )
         out = {
             "published": True,
             "version": version,
@@ -435,8 +446,15 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
             "items": len(ids),
             "new_items": len(new) if new is not None else 0,
             "new_items_note": new_note,
-            "model_version": decision["version"],
+            "model_version": model_version,
+            "switched": False,
         }
+        # Marker first: the alias never serves a version no marker announced (serving watches
+        # the marker and checks the alias at every poll until it serves this version).
+        _write_json(run_dir / "export.json", out)
+        notify_serving(run_dir, settings=settings)
+        index.switch(version)
+        out["switched"] = True
     _write_json(run_dir / "export.json", out)
     return out
 
@@ -474,11 +492,16 @@ def reload_marker(settings: Settings) -> Path:
 
 def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[str, Any]:
     """Tell serving what to run: write the reload marker, which every serving process watches
-    (``Recommender.watch_reload``). It names the new champion (serving loads its query tower and
-    ranker) or, when no model beats the best pipeline without neural models, that pipeline's
-    sources (serving drops its models); when the champion keeps serving nothing is written."""
+    (``Recommender.watch_reload``). It names the new champion and the index version about to
+    serve (serving loads that version's query tower and ranker once the alias serves it) or, when
+    no model beats the best pipeline without neural models, that pipeline's sources (serving
+    drops its models); when the champion keeps serving and no index was published nothing is
+    written. :func:`export_embeddings` calls it before switching the alias; the ``notify`` step
+    after it then leaves that marker as it is (a second write would reload serving again)."""
     s = _settings(settings)
     export = _read_json(run_dir / "export.json")
+    if export.get("published") and export.get("switched"):
+        return _read_json(run_dir / "reload.json")
     decision = _read_json(run_dir / "decision.json")
     serve = decision["serve"]
     payload = {
@@ -490,7 +513,8 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
         "serve": serve,
         "index": export,
     }
-    payload["reload"] = serve["mode"] != "champion"
+    # A published index always comes with a marker: the alias must not switch unannounced.
+    payload["reload"] = serve["mode"] != "champion" or bool(export.get("published"))
     payload["reason"] = serve["reason"]
     if payload["reload"]:
         _write_json(reload_marker(s), payload)

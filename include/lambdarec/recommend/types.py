@@ -126,3 +126,6 @@ class Models:
 
     encoder: QueryEncoder | None = None
     ranker: Ranker | None = None
+    #: The two-tower's registry version: the index version the query tower may search (None:
+    #: unknown, e.g. a pinned folder outside a run folder).
+    version: str | None = None

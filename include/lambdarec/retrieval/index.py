@@ -10,6 +10,14 @@ ones are dropped. :meth:`VectorIndex.upsert` adds items to the serving version i
 items embedded by the same model's item tower after it was published,
 ``lambdarec.retrieval.cold_start``).
 
+Each collection records the registry version of the two-tower whose item vectors it holds (the
+collection property ``lambdarec.model_version``): a query tower must only search the vectors of
+its own model, so serving compares the version behind the alias (:meth:`VectorIndex.
+serving_model`) with its tower's and searches the collection of its tower by name
+(``search(collection=...)``), never whatever the alias points to at the moment. The retraining
+publishes without switching (``publish(switch=False)``), writes the reload marker naming the
+version, then switches (:meth:`VectorIndex.switch`).
+
 The same code runs on two backends, chosen by the URI alone:
 
 * Milvus Lite (a local path, e.g. ``.state/milvus/items.db``): zero setup, in-process; fine for
@@ -60,6 +68,7 @@ def _unloaded(error: Exception) -> bool:
 
 __all__ = [
     "IndexConfig",
+    "IndexVersion",
     "VectorIndexError",
     "VectorIndex",
     "category_filter",
@@ -85,8 +94,22 @@ LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0, "grpc.keepalive_t
 LITE_MAX_ITEMS = 20_000
 
 
+#: The collection property naming the model version whose vectors the collection holds.
+MODEL_VERSION_PROPERTY = "lambdarec.model_version"
+
+
 class VectorIndexError(RuntimeError):
     """The index cannot be written, switched or searched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    """One published collection and the model version whose item vectors it holds."""
+
+    version: int
+    collection: str
+    #: The two-tower's registry version (None: published before versions were recorded).
+    model_version: str | None
 
 
 @dataclass(frozen=True)
@@ -211,6 +234,27 @@ class VectorIndex:
                 return version
         return None
 
+    def model_version(self, version: int) -> str | None:
+        """The model version recorded with ``version`` (None when it recorded none)."""
+        info = self.client.describe_collection(self.collection_name(version))
+        value = (info.get("properties") or {}).get(MODEL_VERSION_PROPERTY)
+        return None if value in (None, "") else str(value)
+
+    def serving_model(self) -> IndexVersion | None:
+        """The collection behind the alias and its model version (None before the first
+        publish)."""
+        version = self.serving_version()
+        if version is None:
+            return None
+        return IndexVersion(version, self.collection_name(version), self.model_version(version))
+
+    def find_model(self, model_version: str) -> IndexVersion | None:
+        """The newest collection holding ``model_version``'s vectors, or None."""
+        for version in reversed(self.versions()):
+            if self.model_version(version) == str(model_version):
+                return IndexVersion(version, self.collection_name(version), str(model_version))
+        return None
+
     # -- writing ---------------------------------------------------------------------------
 
     def publish(
@@ -220,13 +264,18 @@ class VectorIndex:
         categories: Sequence[str] | None = None,
         *,
         version: int | None = None,
+        model_version: str | None = None,
+        switch: bool = True,
         progress: bool = True,
     ) -> int:
         """Write a new version, make it ready, point the alias at it, drop versions beyond ``keep``.
 
-        ``version`` defaults to the current time in milliseconds (pass the model's registry
-        version to tie the two together; it must be new). Returns the version. If anything fails
-        before the switch, the partial collection is dropped and the alias is untouched.
+        ``version`` defaults to the current time in milliseconds (it must be new).
+        ``model_version`` is recorded with the collection (the registry version of the model
+        whose item tower made the vectors: serving checks it against its query tower's).
+        ``switch=False`` leaves the alias where it is (:meth:`switch` moves it later). Returns the
+        version. If anything fails before the switch, the partial collection is dropped and the
+        alias is untouched.
         """
         matrix = _check_inputs(item_ids, embeddings, categories)
         if self.config.is_lite and len(item_ids) > LITE_MAX_ITEMS:
@@ -249,34 +298,52 @@ class VectorIndex:
         name = self.collection_name(version)
         began = time.monotonic()
         try:
-            self._create(name, matrix.shape[1])
+            self._create(name, matrix.shape[1], model_version)
             self._insert(name, item_ids, matrix, categories, progress=progress)
             self._build_and_load(name, len(item_ids))
         except BaseException:
             log.warning("%s: publishing failed, dropping the partial collection", name)
             self.client.drop_collection(name)
             raise
-        self._point_alias(name)
         log.info(
-            "%s: %d items, dim %d, serving as %s after %.1f s",
+            "%s: %d items, dim %d, model version %s, ready after %.1f s",
             name,
             len(item_ids),
             matrix.shape[1],
-            self.config.alias,
+            model_version,
             time.monotonic() - began,
         )
-        self.cleanup()
+        if switch:
+            self.switch(version)
         return version
 
-    def _create(self, name: str, dim: int) -> None:
+    def switch(self, version: int) -> None:
+        """Point the alias at a published ``version`` (loading it when it is not), then drop
+        versions beyond ``keep``."""
+        if version not in self.versions():
+            raise VectorIndexError(
+                f"{self.collection_name(version)} does not exist: publish it before switching"
+            )
+        name = self.collection_name(version)
+        if not str(self.client.get_load_state(name).get("state")).endswith("Loaded"):
+            self.client.load_collection(name, timeout=self.config.ready_timeout_s)
+        self._point_alias(name)
+        log.info("%s now serves %s", self.config.alias, name)
+        self.cleanup()
+
+    def _create(self, name: str, dim: int, model_version: str | None = None) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field("category", DataType.VARCHAR, max_length=MAX_ID_LENGTH)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+        properties = {} if model_version is None else {MODEL_VERSION_PROPERTY: str(model_version)}
         self.client.create_collection(
-            name, schema=schema, consistency_level=self.config.consistency
+            name,
+            schema=schema,
+            consistency_level=self.config.consistency,
+            **({"properties": properties} if properties else {}),
         )
 
     def _insert(
@@ -442,20 +509,24 @@ class VectorIndex:
         filter: str | None = None,  # noqa: A002 - Milvus's own name for it
         exclude_ids: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        collection: str | None = None,
     ) -> Hits:
         """Top-``k`` items by inner product for each query row, through the serving alias.
 
         ``filter`` is a Milvus boolean expression over ``category`` / ``item_id`` (see
         :func:`category_filter`); ``exclude_ids`` drops items (e.g. those just seen). Filtered
         HNSW may return fewer than ``k`` hits. ``timeout_s`` is each call's gRPC deadline: a
-        hung server fails the call instead of holding the caller's thread.
+        hung server fails the call instead of holding the caller's thread. ``collection``
+        searches that version by name instead of the alias (serving: the version of its query
+        tower, whatever the alias points to meanwhile).
         """
         queries = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
         clauses = [f"({filter})"] if filter else []
         excluded = list(exclude_ids or ())
         if excluded:
             clauses.append(f"item_id not in {_string_list(excluded)}")
-        return self._search(self.config.alias, queries, k, " and ".join(clauses), timeout_s)
+        target = collection or self.config.alias
+        return self._search(target, queries, k, " and ".join(clauses), timeout_s)
 
     @property
     def connected(self) -> bool:
@@ -463,7 +534,7 @@ class VectorIndex:
         server is down)."""
         return self._client is not None
 
-    def _load_in_background(self) -> None:
+    def _load_in_background(self, collection: str | None = None) -> None:
         """:meth:`ensure_loaded` in a thread of its own, at most one at a time."""
         with self._loading_lock:
             if self._loading is not None and self._loading.is_alive():
@@ -471,19 +542,24 @@ class VectorIndex:
 
             def load() -> None:
                 try:
-                    self.ensure_loaded()
+                    self.ensure_loaded(collection)
                 except Exception as exc:  # noqa: BLE001 - the next released search retries
-                    log.warning("%s: loading for search failed: %s", self.config.alias, exc)
+                    log.warning(
+                        "%s: loading for search failed: %s", collection or self.config.alias, exc
+                    )
 
             self._loading = threading.Thread(target=load, name="vector-index-load", daemon=True)
             self._loading.start()
 
-    def ensure_loaded(self) -> int | None:
-        """Load the serving version's collection when it is not (Milvus Lite does not keep load
-        states across processes, a restarted server neither); returns the serving version."""
+    def ensure_loaded(self, collection: str | None = None) -> int | None:
+        """Load the serving version's collection (or ``collection``) when it is not (Milvus Lite
+        does not keep load states across processes, a restarted server neither); returns the
+        serving version."""
         version = self.serving_version()
-        if version is not None:
-            name = self.collection_name(version)
+        names = [collection] if collection else []
+        if version is not None and not collection:
+            names.append(self.collection_name(version))
+        for name in names:
             if not str(self.client.get_load_state(name).get("state")).endswith("Loaded"):
                 log.info("%s: loading %s for search", self.config.alias, name)
                 self.client.load_collection(name, timeout=self.config.ready_timeout_s)
@@ -518,13 +594,14 @@ class VectorIndex:
         except Exception as error:  # noqa: BLE001 - only a released collection is retried
             if not _unloaded(error):
                 raise
+            named = None if name == self.config.alias else name
             if timeout_s is not None:
                 # A caller with a deadline (a shopper's request) must not wait for a load that
                 # takes seconds: it fails now, and the load runs in the background.
-                self._load_in_background()
+                self._load_in_background(named)
                 raise
             for attempt in range(RELOAD_ATTEMPTS):
-                self.ensure_loaded()
+                self.ensure_loaded(named)
                 try:
                     results = run()
                     break
