@@ -650,3 +650,105 @@ def soak_drill(
     if set(result.growth_pct) != {"serving", "feature-pusher"}:
         result.problems.append(f"processes not found: only {sorted(result.growth_pct)}")
     return result
+
+
+# -- Milvus down during a publish ----------------------------------------------------------------
+
+
+@dataclass
+class PublishResult:
+    """A publish interrupted by the Milvus server's death, and what serving finds afterwards."""
+
+    #: What the publish raised (its type and first line): a clean failure is one.
+    error: str = ""
+    #: Seconds from the kill until the publish returned or raised (None: it hung past the bound).
+    ended_after_s: float | None = None
+    serving_before: int | None = None
+    serving_after: int | None = None
+    #: Whether a search through the alias, once the server is back, finds the old version's items.
+    answers_after: bool = False
+    #: Versions left beside the serving one (a half-written collection the publish could not drop
+    #: while the server was down; the next publish's clean-up removes it).
+    leftovers: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.ended_after_s is not None
+            and self.serving_after is not None
+            and self.serving_after == self.serving_before
+            and self.answers_after
+            and not self.problems
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def milvus_publish_drill(items: int = 300_000, dim: int = 32) -> PublishResult:
+    """Publish ``items`` vectors to the Milvus server and SIGKILL the server half-way through the
+    insert; the publish must end (fail cleanly or finish) within a bound, and once the server is
+    back the alias must still name the old version, which answers searches."""
+    import os
+
+    import numpy as np
+
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.platform import manager, processes
+    from lambdarec.retrieval.index import IndexConfig, VectorIndex
+
+    began = time.monotonic()
+    result = PublishResult()
+    rng = np.random.default_rng(7)
+
+    def vectors(n: int) -> np.ndarray:
+        matrix = rng.standard_normal((n, dim)).astype(np.float32)
+        return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+    old = vectors(2000)
+    old_ids = [f"old{n}" for n in range(len(old))]
+    with private_platform(["milvus"]) as settings:
+        config = IndexConfig(uri=settings.milvus_uri, keep=2, prefix="drill_items")
+        with VectorIndex(config) as index:
+            result.serving_before = index.publish(old_ids, old, model_version="1", progress=False)
+        new = vectors(items)
+        ended: list[float] = []
+        killed = [0.0]
+
+        def publish() -> None:
+            try:
+                with VectorIndex(config) as writer:
+                    writer.publish(
+                        [f"new{n}" for n in range(items)], new, model_version="2", progress=False
+                    )
+            except Exception as error:  # the drill reports what a clean failure looks like
+                first = (str(error).strip().splitlines() or [""])[0]
+                result.error = f"{type(error).__name__}: {first}"[:300]
+            ended.append(time.monotonic())
+
+        thread = threading.Thread(target=publish, name="drill-publish")
+        thread.start()
+        with VectorIndex(config) as probe:
+            _wait(lambda: len(probe.versions()) > 1 or not thread.is_alive(), 120, 0.2)
+        time.sleep(1.0)  # into the insert
+        server = processes.running(settings, "milvus")
+        if server is None or not thread.is_alive():
+            result.problems.append("the publish finished before the server could be killed")
+        else:
+            os.killpg(server.pid, signal.SIGKILL)
+            killed[0] = time.monotonic()
+            _wait(lambda: processes.running(settings, "milvus") is None, 30, 0.2)
+        thread.join(timeout=300)
+        if ended and killed[0]:
+            result.ended_after_s = round(ended[0] - killed[0], 1)
+        manager.up(["milvus"], settings=settings, timeout_s=300)
+        with VectorIndex(config) as index:
+            result.serving_after = index.serving_version()
+            index.ensure_loaded()
+            hits = index.search(old[:5], k=1)
+            result.answers_after = [h[0][0] for h in hits if h] == old_ids[:5]
+            result.leftovers = [v for v in index.versions() if v != result.serving_after]
+    result.seconds = round(time.monotonic() - began, 1)
+    return result

@@ -290,6 +290,7 @@ class VectorIndex:
                 LITE_MAX_ITEMS,
             )
         version = int(time.time() * 1000) if version is None else int(version)
+        self._drop_unserved_newer()
         existing = self.versions()
         if version in existing:
             raise VectorIndexError(
@@ -301,9 +302,19 @@ class VectorIndex:
             self._create(name, matrix.shape[1], model_version)
             self._insert(name, item_ids, matrix, categories, progress=progress)
             self._build_and_load(name, len(item_ids))
-        except BaseException:
+        except BaseException as error:
             log.warning("%s: publishing failed, dropping the partial collection", name)
-            self.client.drop_collection(name)
+            try:
+                self.client.drop_collection(name)
+            except Exception as dropping:  # the server is gone: the next publish drops it
+                log.warning("%s: could not drop the partial collection (%s)", name, dropping)
+            if isinstance(error, Exception) and not isinstance(error, VectorIndexError):
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                raise VectorIndexError(
+                    f"publishing {name} to {self.config.uri} failed ({type(error).__name__}: "
+                    f"{first}); the alias {self.config.alias} still serves its version: run the "
+                    "publish again once the server answers"
+                ) from error
             raise
         log.info(
             "%s: %d items, dim %d, model version %s, ready after %.1f s",
@@ -316,6 +327,17 @@ class VectorIndex:
         if switch:
             self.switch(version)
         return version
+
+    def _drop_unserved_newer(self) -> list[int]:
+        """Drop the versions newer than the serving one (all, before the first switch): a publish
+        that failed half-way with the server down, or a version rolled back from. Neither is
+        served again, and a half-written one must never be what :meth:`rollback` picks."""
+        serving = self.serving_version()
+        stale = [v for v in self.versions() if serving is None or v > serving]
+        for version in stale:
+            self.client.drop_collection(self.collection_name(version))
+            log.info("dropped %s: newer than the serving version, never switched to", version)
+        return stale
 
     def switch(self, version: int) -> None:
         """Point the alias at a published ``version`` (loading it when it is not), then drop
