@@ -156,3 +156,25 @@ def test_the_test_pipeline_is_refit_on_the_interactions_before_the_test(
         ranker.w["deep_kernel_0"],  # type: ignore[attr-defined]
         trained.setup.models.ranker.w["deep_kernel_0"],  # type: ignore[union-attr]
     )
+
+
+def test_served_context_is_what_the_served_query_tower_reads(dataset: Dataset) -> None:
+    """The unknown user everywhere; a query without session context takes the user's recent
+    items exactly as the pipeline reads them from the batch layer's user_recent_items view (cut
+    to the history length), the newest one's category as the session category; a query with a
+    session keeps it."""
+    from lambdarec.models.served import item_views, served_context
+
+    valid = dataset.valid
+    got = served_context(dataset, valid)
+    assert (got.user == 0).all()
+    no_session = (valid.session_len == 0) & (valid.user > 0)
+    assert no_session.sum() > 10
+    np.testing.assert_array_equal(got.hist[~no_session], valid.hist[~no_session])
+    recent = item_views(dataset)["user_recent_items"]
+    ids = [str(i) for i in dataset.catalog.item_ids]
+    width = valid.hist.shape[1]
+    for r in np.flatnonzero(no_session):
+        want = recent[str(int(valid.user[r]))]["items"][:width]
+        assert [ids[i] for i in got.hist[r] if i >= 0] == want
+        assert got.session_category[r] == dataset.catalog.category[got.hist[r, 0]]
