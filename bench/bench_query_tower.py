@@ -3,7 +3,7 @@
 For each encoder (``TwoTowerConfig.query_encoder``), one two-tower trained as the evaluation
 trains it (the same configuration for every dataset, early stopping on validation) and ranked
 alone over the whole catalog for every validation query, as serving asks it
-(:func:`lambdarec.models.served.served_context`: the unknown user; a query without session
+(:func:`lambdarec.models.data.as_served`: the unknown user; a query without session
 context reads the user's recent training items). Prints one JSON line per encoder: the overall
 recall@100, HR@20, NDCG@10, the ``no_session_context`` segment (when the split has one), the
 same with the model's own inputs (``model_inputs``: the user's id, an empty history without
@@ -52,14 +52,13 @@ def main(
     seed: int = 42,
 ) -> None:
     from lambdarec.models import evaluate as E
-    from lambdarec.models.data import load_dataset
-    from lambdarec.models.served import served_context
+    from lambdarec.models.data import as_served, load_dataset
     from lambdarec.models.two_tower import TwoTowerConfig, train_two_tower
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = load_dataset(dataset, seed=seed)
     valid = data.valid.sample(valid_max or None, seed)
-    served = served_context(data, valid)
+    served = as_served(data, valid)
     fields = {f.name: f for f in dataclasses.fields(TwoTowerConfig)}
     overrides: dict[str, Any] = {}
     for item in option or []:

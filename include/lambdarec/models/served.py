@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -97,38 +97,6 @@ def online_context(ex: Examples, n: int, item_ids: Sequence[str]) -> dict[str, A
         "session_features__n_purchases": 0,
         "user_history_30d__n_events_30d": max(int(ex.user_events[n]) - session_len, 0),
     }
-
-
-def served_context(dataset: Dataset, ex: Examples) -> Examples:
-    """``ex`` as the served query tower sees it: the unknown user (0: the export keeps no user
-    vocabulary), and for a query without session context (a known user's first event of a
-    session) the user's most recent distinct training items instead of the empty session, newest
-    first, as the pipeline reads them from the batch layer's ``user_recent_items``
-    (:meth:`~lambdarec.recommend.pipeline.Pipeline._user_history`), with the newest one's
-    category as the session category. What the two-tower alone answers through serving."""
-    import pandas as pd
-
-    hist = ex.hist.copy()
-    category = ex.session_category.copy()
-    rows = np.flatnonzero((ex.session_len == 0) & (ex.user > 0))
-    if len(rows):
-        ev = dataset.train_events
-        frame = pd.DataFrame({"user": ev.user, "item": ev.item, "ts": ev.ts})
-        frame["order"] = np.arange(len(frame))  # breaks time ties as the batch layer does
-        frame = frame.sort_values(["user", "ts", "order"], kind="stable")
-        frame = frame.drop_duplicates(["user", "item"], keep="last")
-        frame = frame[frame["user"].isin(np.unique(ex.user[rows]))]
-        recent = frame.iloc[::-1].groupby("user", sort=False)["item"].apply(np.asarray)
-        width = hist.shape[1]
-        for r in rows:
-            items = recent.get(int(ex.user[r]))
-            if items is None:
-                continue
-            items = items[:width]
-            hist[r] = -1
-            hist[r, : len(items)] = items
-            category[r] = dataset.catalog.category[items[0]]
-    return replace(ex, user=np.zeros_like(ex.user), hist=hist, session_category=category)
 
 
 def cooccurrence_view(dataset: Dataset, top_n: int = TOP_N) -> dict[str, dict[str, Any]]:

@@ -27,8 +27,12 @@ pooling encoder (the loss it was measured with) and uses 1024 for the transforme
 
 During training a share of the item ids (candidates and history) is replaced by the OOV id
 (``id_dropout``), so the towers learn to place items unseen in training by their side features.
-Training is seeded and stops early on the validation split's Recall@20 (full ranking of a
-validation sample), keeping the best epoch's weights.
+With ``session_starts`` the training examples also hold a returning user's first interaction of
+a session, its history the user's recent items (:func:`data.session_starts`): what serving
+answers such a query from. Training is seeded and stops early on the validation split's
+Recall@20 (full ranking of a validation sample), keeping the best epoch's weights; the validation
+queries are asked as serving asks them (:func:`data.as_served`: the unknown user, the user's
+recent items without a session), so the epochs are chosen on what is served.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from lambdarec.models import metrics as M  # noqa: E402
+from lambdarec.models.data import as_served  # noqa: E402
 
 if TYPE_CHECKING:
     from lambdarec.models.data import Catalog, Dataset, Examples
@@ -99,6 +104,10 @@ class TwoTowerConfig:
     #: Learned positions of the transformer: the history length. ``train_two_tower`` sets it
     #: to its examples' (``data.MAX_LEN`` unless the dataset was built otherwise).
     positions: int = 10
+    #: Also train on a known user's first interaction of a session, with the user's recent
+    #: items as the history (:func:`data.session_starts`): what serving answers a returning
+    #: user without a session from. A no-op for ``loo`` and data without users.
+    session_starts: bool = False
 
     def __post_init__(self) -> None:
         if self.query_encoder not in ("pooling", "transformer"):
@@ -454,7 +463,14 @@ def train_two_tower(
     ``valid_queries`` 0: ``epochs`` epochs, the last one kept, as :func:`refit_two_tower`)."""
     c = config or TwoTowerConfig()
     tf_keras.utils.set_random_seed(c.seed)
-    ex = (train if train is not None else dataset.train).sample(c.max_train, c.seed)
+    ex = train if train is not None else dataset.train
+    if c.session_starts:
+        from lambdarec.models.data import Examples, session_starts
+
+        starts = session_starts(dataset)
+        log.info("two-tower: %d session starts of returning users added", len(starts))
+        ex = Examples.concat(replace(ex, seen=None), starts) if len(starts) else ex
+    ex = ex.sample(c.max_train, c.seed)
     if c.query_encoder == "transformer":
         c = replace(c, positions=int(ex.hist.shape[1]))  # saved with the model's config
     idx_map = item_index(dataset)
@@ -486,7 +502,11 @@ def train_two_tower(
     )
     trained = TrainedTwoTower(model, c, idx_map, dataset.catalog)
     # valid_queries 0: a refit with the epochs chosen before, nothing held out to stop on
-    valid = dataset.valid.sample(c.valid_queries, c.seed) if c.valid_queries else None
+    valid = (
+        as_served(dataset, dataset.valid.sample(c.valid_queries, c.seed))
+        if c.valid_queries
+        else None
+    )
     best, best_weights, bad = -1.0, None, 0
     for epoch in range(c.epochs):
         t0 = time.perf_counter()
