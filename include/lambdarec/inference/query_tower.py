@@ -6,7 +6,7 @@ in numpy on one row takes tens of microseconds. :class:`QueryTower` is that forw
 (:meth:`TwoTower.query <lambdarec.models.two_tower.TwoTower.query>`) for both history encoders:
 
 * ``pooling``: masked mean and first item of the history, the optional additive attention;
-* ``transformer``: item + position embeddings, pre-layer-norm blocks of multi-head
+* ``transformer``: item (times sqrt(d)) + position embeddings, pre-layer-norm blocks of multi-head
   self-attention over the non-padding positions and a ReLU feed-forward, the final layer norm,
   read at the newest position or averaged over the items;
 
@@ -220,6 +220,7 @@ class QueryTower:
             self._heads = t.heads
             self._epsilon = t.epsilon
             self._scale = np.float32(1.0 / math.sqrt(d // t.heads))
+            self._item_scale = np.float32(math.sqrt(d))  # the items scaled as SASRec does
         self._layers = [
             (w[f"kernel_{n}"], w[f"bias_{n}"], act) for n, act in enumerate(self.activations)
         ]
@@ -359,7 +360,7 @@ class QueryTower:
         attention as TensorFlow masks it (a -1e9 bias, exactly zero weight)."""
         assert self.transformer is not None
         mask = (hist > 0).astype(np.float32)  # (b, L)
-        x = self._item[hist] + self._position[: hist.shape[1]]
+        x = self._item[hist] * self._item_scale + self._position[: hist.shape[1]]
         key_bias = ((mask - np.float32(1.0)) * np.float32(1e9))[:, None, None, :]
         newest = self.transformer.readout == "newest"
         last = len(self._blocks) - 1
@@ -453,9 +454,9 @@ class QueryTower:
             return np.zeros(self._item_dim, np.float32)  # the readout position is padding
         at = np.flatnonzero(ids) if not ids.all() else None
         if at is None:
-            x = self._item[ids] + self._position[: ids.size]
+            x = self._item[ids] * self._item_scale + self._position[: ids.size]
         elif at.size:
-            x = self._item[ids[at]] + self._position[at]
+            x = self._item[ids[at]] * self._item_scale + self._position[at]
         else:
             return np.zeros(self._item_dim, np.float32)
         x = x[None]  # (1, k, d)

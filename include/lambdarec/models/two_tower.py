@@ -5,7 +5,8 @@ embedding) encoded by one of two encoders (``TwoTowerConfig.query_encoder``):
 
 * ``pooling``: the masked mean, the newest item and an attention-weighted sum keyed on the newest
   item (NARM/STAMP style);
-* ``transformer``: SASRec-style self-attention: the items plus learned position embeddings
+* ``transformer``: SASRec-style self-attention: the items (scaled by sqrt(d)) plus learned
+  position embeddings
   (position 0 = the newest item) through pre-layer-norm blocks of multi-head self-attention over
   the non-padding positions and a position-wise ReLU feed-forward, each with a residual; the
   query is the final layer norm's output at the newest position (``readout="newest"``) or the
@@ -315,7 +316,10 @@ class TwoTower(tfrs.Model):
         """The transformer's query vector (b, d) of a (b, L) history, 0 = padding: zeros when
         the readout position (or the whole history) is padding."""
         mask = tf.cast(hist > 0, tf.float32)  # (b, L)
-        x = self.item_emb(hist) + self.pos_emb(tf.range(tf.shape(hist)[1]))[None, :, :]
+        # items scaled by sqrt(d) as SASRec does: at the embeddings' initial scale the blocks'
+        # residual branches would drown the items and positions
+        scale = math.sqrt(self.item_emb.output_dim)
+        x = self.item_emb(hist) * scale + self.pos_emb(tf.range(tf.shape(hist)[1]))[None, :, :]
         x = self.seq_drop(x, training=training) * mask[..., None]
         # padding is never a key: a finite -1e9 (not -inf) keeps an all-padding row finite
         key_bias = ((mask - 1.0) * 1e9)[:, None, None, :]
