@@ -190,18 +190,30 @@ class SelfAttentionBlock(_Layer):
         self.att_drop = tf_keras.layers.Dropout(dropout, seed=seed + 4)
         self.res_drop = tf_keras.layers.Dropout(dropout, seed=seed + 5)
 
-    def call(self, x: tf.Tensor, key_bias: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """``x`` (b, L, d); ``key_bias`` (b, 1, 1, L): 0 for an item, -1e9 for padding."""
+    def call(
+        self,
+        x: tf.Tensor,
+        key_bias: tf.Tensor,
+        training: bool | None = None,
+        first_only: bool = False,
+    ) -> tf.Tensor:
+        """``x`` (b, L, d); ``key_bias`` (b, 1, 1, L): 0 for an item, -1e9 for padding.
+        ``first_only``: the output at position 0 alone (b, 1, d), all a newest readout reads of
+        the last block (every position is still a key and a value)."""
         b, n = tf.shape(x)[0], tf.shape(x)[1]
         dh = self.dim // self.heads
 
-        def split(t: tf.Tensor) -> tf.Tensor:  # (b, L, d) -> (b, heads, L, d / heads)
-            return tf.transpose(tf.reshape(t, [b, n, self.heads, dh]), [0, 2, 1, 3])
+        def split(t: tf.Tensor, rows: Any) -> tf.Tensor:  # (b, rows, d) -> (b, heads, rows, dh)
+            return tf.transpose(tf.reshape(t, [b, rows, self.heads, dh]), [0, 2, 1, 3])
 
         q, k, v = tf.split(self.qkv(self.ln_att(x)), 3, axis=-1)
-        s = tf.matmul(split(q), split(k), transpose_b=True) * (1.0 / math.sqrt(dh)) + key_bias
-        a = self.att_drop(tf.nn.softmax(s, axis=-1), training=training)
-        o = tf.reshape(tf.transpose(tf.matmul(a, split(v)), [0, 2, 1, 3]), [b, n, self.dim])
+        rows = n
+        if first_only:
+            q, x, rows = q[:, :1], x[:, :1], 1
+        s = tf.matmul(split(q, rows), split(k, n), transpose_b=True) * (1.0 / math.sqrt(dh))
+        a = self.att_drop(tf.nn.softmax(s + key_bias, axis=-1), training=training)
+        o = tf.matmul(a, split(v, n))
+        o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [b, rows, self.dim])
         x = x + self.res_drop(self.att_out(o), training=training)
         f = self.ff_out(self.ff_in(self.ln_ff(x)))
         return x + self.res_drop(f, training=training)
@@ -323,8 +335,10 @@ class TwoTower(tfrs.Model):
         x = self.seq_drop(x, training=training) * mask[..., None]
         # padding is never a key: a finite -1e9 (not -inf) keeps an all-padding row finite
         key_bias = ((mask - 1.0) * 1e9)[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, key_bias, training=training)
+        last = len(self.blocks) - 1
+        for n, block in enumerate(self.blocks):
+            first_only = self.readout == "newest" and n == last
+            x = block(x, key_bias, training=training, first_only=first_only)
         x = self.seq_norm(x)
         if self.readout == "newest":
             return x[:, 0, :] * mask[:, :1]
