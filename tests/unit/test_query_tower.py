@@ -43,6 +43,12 @@ TOWERS: dict[str, dict[str, Any]] = {
     "attention": {"attention": True},
     "no-attention": {"attention": False},
     "transformer": {"query_encoder": "transformer", "positions": HIST_LEN},
+    "transformer-with-pooling-no-user": {
+        "query_encoder": "transformer",
+        "positions": HIST_LEN,
+        "with_pooling": True,
+        "use_user_id": False,
+    },
     "transformer-mean-1-layer-no-user": {
         "query_encoder": "transformer",
         "positions": HIST_LEN,
@@ -210,6 +216,7 @@ def test_two_tower_export_writes_the_numpy_query_tower(
                 "positions": 10,
                 "ff_dim": 128,
                 "ff_activation": "relu",
+                "with_pooling": False,
             },
         }
 

@@ -106,6 +106,8 @@ class Transformer:
     heads: int
     readout: str = "newest"
     epsilon: float = 1e-6
+    #: The history's masked mean and newest item also go to the MLP, after the encoder's output.
+    with_pooling: bool = False
 
     def to_json(self, weights: dict[str, np.ndarray]) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class Transformer:
             "positions": int(weights["position"].shape[0]),
             "ff_dim": int(weights["block0_ff_in_kernel"].shape[1]),
             "ff_activation": "relu",
+            "with_pooling": self.with_pooling,
         }
 
     @classmethod
@@ -130,6 +133,7 @@ class Transformer:
             heads=int(meta["heads"]),
             readout=str(meta.get("readout", "newest")),
             epsilon=float(meta.get("layer_norm_epsilon", 1e-6)),
+            with_pooling=bool(meta.get("with_pooling", False)),
         )
 
 
@@ -179,6 +183,7 @@ class QueryTower:
             names += [f"block{n}_{k}" for n in range(transformer.layers) for k in BLOCK_WEIGHTS]
             missing += [k for k in names if k not in w]
             width = user_width + d + w["category"].shape[1] + COUNTS_DIM
+            width += 2 * d if transformer.with_pooling else 0
         else:
             width = user_width + 2 * d + w["category"].shape[1] + COUNTS_DIM
             width += d if self.attention else 0
@@ -329,12 +334,13 @@ class QueryTower:
         if self.transformer is not None:
             self._check_length(hist.shape[1])
             parts.append(self._encode_batch(hist))
+            if self.transformer.with_pooling:
+                parts += list(_mean_and_newest(w["item"], hist))
             parts += [w["category"][category], counts]
         else:
             mask = (hist > 0).astype(np.float32)[..., None]  # (b, L, 1)
             e = w["item"][hist] * mask
-            mean = e.sum(axis=1) / np.maximum(mask.sum(axis=1), np.float32(1.0))
-            last = e[:, 0, :]
+            mean, last = _mean_and_newest(w["item"], hist)
             parts += [mean, last, w["category"][category], counts]
             if self.attention:
                 q = last @ w["att_q"] + w["att_q_bias"]
@@ -426,6 +432,11 @@ class QueryTower:
         if self.transformer is not None:
             self._check_length(ids.size)
             x[at : at + d] = self._encode_sequence(ids)
+            valid = ids if ids.all() else ids[ids > 0]
+            if self.transformer.with_pooling and valid.size:
+                x[at + d : at + 2 * d] = items[valid].sum(axis=0) / np.float32(valid.size)
+                if ids[0] > 0:  # the newest position, zeros if padding
+                    x[at + 2 * d : at + 3 * d] = items[ids[0]]
         else:
             valid = ids if ids.all() else ids[ids > 0]  # padding is out of the mean and attention
             if valid.size:
@@ -465,6 +476,13 @@ class QueryTower:
             x = self._block(n, x, None, first_only=newest and n == last)
         x = layer_norm(x[0], *self._seq_norm, self._epsilon)
         return x[0] if newest else x.mean(axis=0)
+
+
+def _mean_and_newest(items: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A padded batch's masked mean item embedding (b, d) and newest item's (zeros if padding)."""
+    mask = (hist > 0).astype(np.float32)[..., None]  # (b, L, 1)
+    e = items[hist] * mask
+    return e.sum(axis=1) / np.maximum(mask.sum(axis=1), np.float32(1.0)), e[:, 0, :]
 
 
 class QueryEncoder:

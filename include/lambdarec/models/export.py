@@ -132,6 +132,7 @@ def numpy_query_tower(model: Any, *, all_users: bool = False) -> query_tower.Que
             heads=model.blocks[0].heads,
             readout=model.readout,
             epsilon=float(model.seq_norm.epsilon),
+            with_pooling=bool(model.with_pooling),
         )
     return query_tower.QueryTower(
         query_tower_weights(model, all_users=all_users),

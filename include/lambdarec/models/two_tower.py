@@ -10,7 +10,8 @@ embedding) encoded by one of two encoders (``TwoTowerConfig.query_encoder``):
   (position 0 = the newest item) through pre-layer-norm blocks of multi-head self-attention over
   the non-padding positions and a position-wise ReLU feed-forward, each with a residual; the
   query is the final layer norm's output at the newest position (``readout="newest"``) or the
-  masked mean over positions (``"mean"``).
+  masked mean over positions (``"mean"``); ``with_pooling`` also passes on the history's mean
+  and newest item, as the pooling encoder does.
 
 Beside the history: the user id embedding (``use_user_id``; 0 = unknown user, all serving knows),
 the session category and log counts (items so far in the session, the user's earlier
@@ -105,6 +106,9 @@ class TwoTowerConfig:
     #: Learned positions of the transformer: the history length. ``train_two_tower`` sets it
     #: to its examples' (``data.MAX_LEN`` unless the dataset was built otherwise).
     positions: int = 10
+    #: Transformer encoder: also feed the query MLP the history's masked mean and newest item
+    #: (the pooling encoder's first two features), beside the self-attention's output.
+    with_pooling: bool = False
     #: Also train on a known user's first interaction of a session, with the user's recent
     #: items as the history (:func:`data.session_starts`): what serving answers a returning
     #: user without a session from. A no-op for ``loo`` and data without users.
@@ -268,6 +272,7 @@ class TwoTower(tfrs.Model):
             self.att_v = tf_keras.layers.Dense(
                 1, use_bias=False, kernel_initializer=glorot(seed + 4)
             )
+        self.with_pooling = c.with_pooling and self.encoder == "transformer"
         if self.encoder == "transformer":
             self.readout = c.readout
             self.pos_emb = tf_keras.layers.Embedding(
@@ -309,12 +314,13 @@ class TwoTower(tfrs.Model):
         parts = [self.user_emb(f["user"])] if self.use_user_id else []
         if self.encoder == "transformer":
             parts.append(self._encode_sequence(hist, training))
+            if self.with_pooling:
+                parts += list(self._mean_and_newest(hist))
             parts += [self.cat_emb(f["session_category"]), f["counts"]]
         else:
             mask = tf.cast(hist > 0, tf.float32)[..., None]
             e = self.item_emb(hist) * mask
-            mean = tf.reduce_sum(e, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-            last = e[:, 0, :]
+            mean, last = self._mean_and_newest(hist)
             parts += [mean, last, self.cat_emb(f["session_category"]), f["counts"]]
             if self.attention:
                 s = self.att_v(tf.tanh(self.att_h(e) + self.att_q(last)[:, None, :]))  # (b, L, 1)
@@ -323,6 +329,13 @@ class TwoTower(tfrs.Model):
                 parts.append(tf.reduce_sum(weights * e, axis=1))
         x = tf.concat(parts, axis=1)
         return tf.math.l2_normalize(self.query_mlp(x), axis=1)
+
+    def _mean_and_newest(self, hist: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The history's masked mean item embedding and its newest item's (zeros if padding)."""
+        mask = tf.cast(hist > 0, tf.float32)[..., None]
+        e = self.item_emb(hist) * mask
+        mean = tf.reduce_sum(e, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return mean, e[:, 0, :]
 
     def _encode_sequence(self, hist: tf.Tensor, training: bool) -> tf.Tensor:
         """The transformer's query vector (b, d) of a (b, L) history, 0 = padding: zeros when
