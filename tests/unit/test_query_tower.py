@@ -158,13 +158,18 @@ def tiny() -> Dataset:
     return build_from_events(generate_events(cfg), name="tiny")
 
 
-@pytest.mark.parametrize("kind", ["pooling", "transformer"])
+@pytest.mark.parametrize(
+    ("kind", "user"),
+    [("pooling", True), ("pooling", False), ("transformer", True)],
+    ids=["pooling-user", "pooling", "transformer-user"],
+)
 def test_two_tower_export_writes_the_numpy_query_tower(
-    tiny: Dataset, tmp_path: Path, kind: str
+    tiny: Dataset, tmp_path: Path, kind: str, user: bool
 ) -> None:
     """Through ``export_two_tower`` (with a model whose layers are not built yet): the numpy
     tower equals the SavedModel's signature, serving's current path, and keeps user 0 only.
-    The pooling tower with the user keeps format 1 (older readers load it)."""
+    The pooling tower with the user keeps format 1 (older readers load it); without the user
+    it is format 2 with no user row."""
     import tensorflow as tf
 
     from lambdarec.models.export import export_two_tower as export
@@ -177,7 +182,12 @@ def test_two_tower_export_writes_the_numpy_query_tower(
 
     dataset = tiny
     catalog = dataset.catalog
-    config = TwoTowerConfig(dim=DIM, hidden=24, query_encoder=kind)  # type: ignore[arg-type]
+    config = TwoTowerConfig(
+        dim=DIM,
+        hidden=24,
+        query_encoder=kind,  # type: ignore[arg-type]
+        use_user_id=user,
+    )
     model = TwoTower(
         n_items=dataset.n_items,
         n_users=dataset.n_users,
@@ -199,8 +209,13 @@ def test_two_tower_export_writes_the_numpy_query_tower(
         "category_rows": max(catalog.n_categories, 1),
         "max_history": 10,
     }
-    if kind == "pooling":
+    if kind == "pooling" and user:
         assert meta == pooling
+    elif kind == "pooling":
+        assert meta == {**pooling, "format": EXPORT_FORMAT, "encoder": "pooling"} | {
+            "use_user_id": False,
+            "user_rows": 0,
+        }
     else:
         assert meta == {
             **pooling,
@@ -238,8 +253,14 @@ def test_two_tower_export_writes_the_numpy_query_tower(
             tower.encode_one(hist, cat, counts), want, atol=TOLERANCE, rtol=0
         )
 
-    with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
-        tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+    if user:
+        with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
+            tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+    else:  # no user table: the user is not read
+        rows = (np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+        np.testing.assert_array_equal(
+            tower.forward(np.array([3]), *rows), tower.forward(np.array([0]), *rows)
+        )
 
     # Serving's encoder (numpy) turns online features into the tower's inputs; the SavedModel
     # export given the same inputs gives the same query vector.

@@ -13,7 +13,8 @@ embedding) encoded by one of two encoders (``TwoTowerConfig.query_encoder``):
   masked mean over positions (``"mean"``); ``with_pooling`` also passes on the history's mean
   and newest item, as the pooling encoder does.
 
-Beside the history: the user id embedding (``use_user_id``; 0 = unknown user, all serving knows),
+Beside the history: the user id embedding (``use_user_id``, off by default: serving passes the
+unknown user 0, and on the validation queries asked as served the towers without it won by far),
 the session category and log counts (items so far in the session, the user's earlier
 interactions). Item tower: item id (items never seen in training share an OOV id, so they are
 embedded from their category and price bucket), category and price bucket. Both towers end in an
@@ -90,9 +91,9 @@ class TwoTowerConfig:
     #: ``transformer`` (self-attention blocks; the module docstring has both).
     query_encoder: Literal["pooling", "transformer"] = "pooling"
     #: Feed the user id embedding to the query tower. Serving knows no user vocabulary and
-    #: passes the unknown user (0), so a tower leaning on it is measured better offline than
-    #: it serves.
-    use_user_id: bool = True
+    #: passes the unknown user (0), whose row training never sees: a tower leaning on the id
+    #: is measured better offline than it serves (off: what validation chose, as served).
+    use_user_id: bool = False
     #: Uniform catalog negatives per batch on top of the in-batch ones. None: 0 for
     #: ``pooling`` (in-batch only, the loss it was measured with), 1024 for ``transformer``.
     negatives: int | None = None
@@ -112,7 +113,7 @@ class TwoTowerConfig:
     #: Also train on a known user's first interaction of a session, with the user's recent
     #: items as the history (:func:`data.session_starts`): what serving answers a returning
     #: user without a session from. A no-op for ``loo`` and data without users.
-    session_starts: bool = False
+    session_starts: bool = True
 
     def __post_init__(self) -> None:
         if self.query_encoder not in ("pooling", "transformer"):
