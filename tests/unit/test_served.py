@@ -211,3 +211,15 @@ def test_session_starts_are_returning_users_first_clicks_with_their_recent_items
     ]
     assert got == want
     assert (starts.user_events > 0).all()
+
+
+def test_without_session_features_no_history_comes_back_through_the_user(
+    dataset: Dataset,
+) -> None:
+    """The session ablation blanks every history: neither the served inputs nor the session
+    starts put the user's recent items back."""
+    from lambdarec.models.data import as_served, session_starts
+
+    blank = dataset.without_session_features()
+    assert (as_served(blank, blank.valid).hist == -1).all()
+    assert len(session_starts(blank)) == 0

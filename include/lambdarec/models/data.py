@@ -248,7 +248,12 @@ class Dataset:
             )
 
         return replace(
-            self, train=blank(self.train), valid=blank(self.valid), test=blank(self.test)
+            self,
+            train=blank(self.train),
+            valid=blank(self.valid),
+            test=blank(self.test),
+            # no history comes back through the user's (with_user_history, session_starts)
+            split={**self.split, "session_features": False},
         )
 
 
@@ -310,9 +315,10 @@ def with_user_history(dataset: Dataset, ex: Examples) -> Examples:
     """``ex`` where a query without session context (a known user's first event of a session)
     reads the user's recent training items (:func:`user_recent_items`, the history length) as
     its history, and their newest one's category as its session category: what the served
-    pipeline answers such a query from. Other queries are unchanged."""
+    pipeline answers such a query from. Other queries are unchanged, and every query of a
+    dataset without session features (:meth:`Dataset.without_session_features`)."""
     rows = np.flatnonzero((ex.session_len == 0) & (ex.user > 0))
-    if not len(rows):
+    if not len(rows) or not dataset.split.get("session_features", True):
         return ex
     hist, category = ex.hist.copy(), ex.session_category.copy()
     recent = user_recent_items(dataset.train_events, ex.user[rows], hist.shape[1])
@@ -342,7 +348,11 @@ def session_starts(dataset: Dataset) -> Examples:
     ev = dataset.train_events
     width = dataset.train.hist.shape[1]
     empty = dataset.train.subset(np.zeros(0, dtype=np.int64))
-    if not dataset.has_users or dataset.split.get("kind") not in ("temporal", "session"):
+    if (
+        not dataset.has_users
+        or dataset.split.get("kind") not in ("temporal", "session")
+        or not dataset.split.get("session_features", True)
+    ):
         return empty
     order = np.lexsort((np.arange(len(ev.ts)), ev.ts, ev.user))
     user, item, group = ev.user[order], ev.item[order], ev.group[order]

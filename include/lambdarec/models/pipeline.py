@@ -238,7 +238,8 @@ def _session_ablation(
     from lambdarec.models.two_tower import TwoTowerConfig, train_two_tower
 
     blank = dataset.without_session_features()
-    tt0 = train_two_tower(blank, replace(tt_config or TwoTowerConfig()))
+    config = tt_config or TwoTowerConfig()
+    tt0 = train_two_tower(blank, config)
     res = E.evaluate_ranker(tt0, blank, blank.test.sample(test_max, 0))
     keys = ("hr@20", "recall@20", "ndcg@10", "mrr@20")
     with_s, without = with_session.overall, res.overall
@@ -249,7 +250,11 @@ def _session_ablation(
         "relative_lift": {
             k: round(with_s[k] / without[k] - 1.0, 4) if without[k] else None for k in keys
         },
-        "query_inputs_left": "user id, user event count" if dataset.has_users else "none",
+        "query_inputs_left": (
+            ("user id, user event count" if config.use_user_id else "user event count")
+            if dataset.has_users
+            else "none"
+        ),
     }
 
 
