@@ -2,8 +2,7 @@
 
 Prints one JSON line per model: {"model", "device", "examples_per_s", "epoch_seconds", ...};
 the two-tower's lines are ``two_tower`` (the pooling encoder, in-batch negatives, whose
-candidates the DeepFM trains on) and ``two_tower_transformer`` (self-attention, with its uniform
-negatives).
+candidates the DeepFM trains on) and ``two_tower_transformer`` (self-attention).
 The device is whatever TensorFlow sees (a GPU when there is one, else the CPU); the script is
 the same on both. The first epoch includes graph tracing, so the figure is the best later epoch.
 

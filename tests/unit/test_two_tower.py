@@ -26,10 +26,9 @@ def test_config_names_what_it_cannot_build() -> None:
         TwoTowerConfig(query_encoder="transformer", readout="last")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="negatives must be >= 0"):
         TwoTowerConfig(negatives=-1)
-    # the pooling tower keeps its in-batch loss unless asked; the transformer samples
+    # both encoders keep the in-batch loss unless asked (what validation chose)
     assert TwoTowerConfig().uniform_negatives == 0
-    assert TwoTowerConfig(query_encoder="transformer").uniform_negatives == 1024
-    assert TwoTowerConfig(query_encoder="transformer", negatives=0).uniform_negatives == 0
+    assert TwoTowerConfig(query_encoder="transformer").uniform_negatives == 0
     assert TwoTowerConfig(negatives=256).uniform_negatives == 256
 
 
