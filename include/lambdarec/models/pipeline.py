@@ -95,6 +95,8 @@ def run_evaluation(
     the count-based ones (the baselines, the served pipeline's sources, the ranker's item
     statistics) and the two-tower (the epochs validation chose: :func:`refit_for_test`). The
     DeepFM keeps the weights it learnt on the validation queries (its training data)."""
+    from lambdarec.models.data import as_served
+
     test = dataset.test.sample(test_max, 0)
     refit = dataset.for_test() if dataset.before_test is not None else dataset
     results: list[E.Result] = []
@@ -130,7 +132,8 @@ def run_evaluation(
             )
             extra["train_seconds"]["refit"] = round(time.perf_counter() - t0, 1)
             extra["two_tower_refit_history"] = retriever.history
-        retrieval = E.evaluate_ranker(retriever, refit, test)
+        # asked as serving asks it (the unknown user; the user's recent items without a session)
+        retrieval = E.evaluate_ranker(retriever, refit, as_served(refit, test))
         results.append(retrieval)
         if served:
             rows, stats = _served_rows(refit, setup, test)
