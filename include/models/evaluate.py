@@ -20,7 +20,13 @@ that cannot be loaded or split) is one line on stderr and exit code 1 (2 for a b
 
 from __future__ import annotations
 
-from lambdarec.models.programs import import_tensorflow_quietly, prepare_tensorflow, run
+from lambdarec.models.programs import (
+    QueryEncoder,
+    encoder_options,
+    import_tensorflow_quietly,
+    prepare_tensorflow,
+    run,
+)
 
 prepare_tensorflow()  # before anything imports TensorFlow
 
@@ -150,6 +156,13 @@ def main(
     test_max: Annotated[
         int | None, typer.Option(min=1, help="Evaluate on at most this many test queries")
     ] = None,
+    query_encoder: Annotated[
+        QueryEncoder | None,
+        typer.Option(
+            help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the JSON payload instead of the table")
     ] = False,
@@ -184,7 +197,12 @@ def main(
         from lambdarec.models.deepfm import DeepFMConfig
         from lambdarec.models.two_tower import TwoTowerConfig
 
-        tt_config = TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed)
+        tt_config = TwoTowerConfig(
+            epochs=epochs,
+            max_train=max_train or None,
+            seed=seed,
+            **encoder_options(query_encoder),  # type: ignore[arg-type]
+        )
         fm_config = DeepFMConfig(max_queries=fm_queries, seed=seed)
     out_dir = out or default_report_dir(data.name)
     payload, _ = run_evaluation(

@@ -11,7 +11,13 @@ loaded or split) is one line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
-from lambdarec.models.programs import import_tensorflow_quietly, prepare_tensorflow, run
+from lambdarec.models.programs import (
+    QueryEncoder,
+    encoder_options,
+    import_tensorflow_quietly,
+    prepare_tensorflow,
+    run,
+)
 
 prepare_tensorflow()  # before anything imports TensorFlow
 
@@ -41,6 +47,13 @@ def main(
     fm_queries: Annotated[
         int, typer.Option(help="Validation queries whose candidates train DeepFM")
     ] = 40_000,
+    query_encoder: Annotated[
+        QueryEncoder | None,
+        typer.Option(
+            help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
+            show_default=False,
+        ),
+    ] = None,
     seed: int = 42,
 ) -> None:
     from lambdarec.models.data import load_dataset
@@ -55,7 +68,12 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     trained = train_models(
         data,
-        TwoTowerConfig(epochs=epochs, max_train=max_train or None, seed=seed),
+        TwoTowerConfig(
+            epochs=epochs,
+            max_train=max_train or None,
+            seed=seed,
+            **encoder_options(query_encoder),  # type: ignore[arg-type]
+        ),
         DeepFMConfig(max_queries=fm_queries, seed=seed),
         work_dir=out,
     )

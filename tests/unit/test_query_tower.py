@@ -1,9 +1,12 @@
 """The two-tower's query tower in numpy (serving's per-request encoder): equal to
-``TwoTower.query`` within 1e-5 with attention on and off, on batches with empty and full-length
-histories; ``encode_one`` equals ``forward`` on its row; the export round trip through
-``export_two_tower``; bad inputs and old or foreign exports are named.
+``TwoTower.query`` within 1e-5 for both history encoders (pooling with attention on and off;
+the transformer with either readout, with and without the user), on batches with empty and
+full-length histories, with random weights and after a short training; ``encode_one`` equals
+``forward`` on its row; the export round trip through ``export_two_tower``; bad inputs and old
+or foreign exports are named.
 
-The TF comparison builds an untrained TwoTower with random weights (no training: seconds).
+The random-weight comparisons build an untrained TwoTower (no training: seconds); the trained
+ones fit one epoch on a tiny generated clickstream.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import pytest  # noqa: E402
 from lambdarec.inference.query_tower import (  # noqa: E402
     EXPORT_DIR,
     EXPORT_FORMAT,
+    POOLING_FORMAT,
     QueryTower,
+    Transformer,
 )
 
 if TYPE_CHECKING:
@@ -33,14 +38,36 @@ TOLERANCE = 1e-5
 N_ITEMS, N_USERS, N_CATEGORIES, HIST_LEN, DIM = 60, 9, 7, 12, 16
 
 
-def _model(attention: bool) -> Any:
-    """A TwoTower with random weights large enough that the attention's softmax is far from
+#: The query towers compared with TensorFlow, as TwoTowerConfig options.
+TOWERS: dict[str, dict[str, Any]] = {
+    "attention": {"attention": True},
+    "no-attention": {"attention": False},
+    "transformer": {"query_encoder": "transformer", "positions": HIST_LEN},
+    "transformer-with-pooling-no-user": {
+        "query_encoder": "transformer",
+        "positions": HIST_LEN,
+        "with_pooling": True,
+        "use_user_id": False,
+    },
+    "transformer-mean-1-layer-no-user": {
+        "query_encoder": "transformer",
+        "positions": HIST_LEN,
+        "readout": "mean",
+        "layers": 1,
+        "heads": 4,
+        "use_user_id": False,
+    },
+}
+
+
+def _model(**options: Any) -> Any:
+    """A TwoTower with random weights large enough that the attentions' softmaxes are far from
     uniform (the initialiser's are tiny), built by one query call."""
     import tensorflow as tf
 
     from lambdarec.models.two_tower import TwoTower, TwoTowerConfig
 
-    config = TwoTowerConfig(dim=DIM, hidden=24, attention=attention)
+    config = TwoTowerConfig(dim=DIM, hidden=24, **options)
     model = TwoTower(
         n_items=N_ITEMS, n_users=N_USERS, n_categories=N_CATEGORIES, n_price=5, config=config
     )
@@ -71,14 +98,15 @@ def _batch(rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("attention", [True, False], ids=["attention", "no-attention"])
-def test_numpy_query_tower_equals_the_tf_query_tower(attention: bool) -> None:
+@pytest.mark.parametrize("options", TOWERS.values(), ids=TOWERS.keys())
+def test_numpy_query_tower_equals_the_tf_query_tower(options: dict[str, Any]) -> None:
     import tensorflow as tf
 
-    from lambdarec.models.export import query_tower_weights
+    from lambdarec.models.export import numpy_query_tower
 
-    model = _model(attention)
-    tower = QueryTower(query_tower_weights(model, all_users=True), attention=attention)
+    model = _model(**options)
+    tower = numpy_query_tower(model, all_users=True)
+    assert tower.encoder == options.get("query_encoder", "pooling")
     rng = np.random.default_rng(3)
     for b in (1, 7, 64):
         feats = _batch(rng, b)
@@ -120,13 +148,30 @@ def test_numpy_query_tower_equals_the_tf_query_tower(attention: bool) -> None:
     np.testing.assert_allclose(empty, tf_empty, atol=TOLERANCE, rtol=0)
 
 
-def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
-    """Through ``export_two_tower`` (with a model whose layers are not built yet): the numpy
-    tower equals the SavedModel's signature, serving's current path, and keeps user 0 only."""
-    import tensorflow as tf
-
+@pytest.fixture(scope="module")
+def tiny() -> Dataset:
+    """A tiny generated clickstream (80 items, 5 categories)."""
     from lambdarec.data.generator import GeneratorConfig, generate_events
     from lambdarec.models.data import build_from_events
+
+    cfg = GeneratorConfig(n_users=50, n_items=80, n_categories=5, days=4, n_events=1_500, seed=1)
+    return build_from_events(generate_events(cfg), name="tiny")
+
+
+@pytest.mark.parametrize(
+    ("kind", "user"),
+    [("pooling", True), ("pooling", False), ("transformer", True)],
+    ids=["pooling-user", "pooling", "transformer-user"],
+)
+def test_two_tower_export_writes_the_numpy_query_tower(
+    tiny: Dataset, tmp_path: Path, kind: str, user: bool
+) -> None:
+    """Through ``export_two_tower`` (with a model whose layers are not built yet): the numpy
+    tower equals the SavedModel's signature, serving's current path, and keeps user 0 only.
+    The pooling tower with the user keeps format 1 (older readers load it); without the user
+    it is format 2 with no user row."""
+    import tensorflow as tf
+
     from lambdarec.models.export import export_two_tower as export
     from lambdarec.models.two_tower import (
         TrainedTwoTower,
@@ -135,10 +180,14 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         item_index,
     )
 
-    cfg = GeneratorConfig(n_users=50, n_items=80, n_categories=5, days=4, n_events=1_500, seed=1)
-    dataset: Dataset = build_from_events(generate_events(cfg), name="tiny")
+    dataset = tiny
     catalog = dataset.catalog
-    config = TwoTowerConfig(dim=DIM, hidden=24)
+    config = TwoTowerConfig(
+        dim=DIM,
+        hidden=24,
+        query_encoder=kind,  # type: ignore[arg-type]
+        use_user_id=user,
+    )
     model = TwoTower(
         n_items=dataset.n_items,
         n_users=dataset.n_users,
@@ -150,8 +199,8 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
     paths = export(trained, tmp_path / "two_tower")
     assert paths["query_tower_numpy"] == tmp_path / "two_tower" / EXPORT_DIR
     meta = json.loads((paths["query_tower_numpy"] / "query_tower.json").read_text())
-    assert meta == {
-        "format": EXPORT_FORMAT,
+    pooling = {
+        "format": POOLING_FORMAT,
         "dim": DIM,
         "attention": True,
         "activations": ["relu", "linear"],
@@ -160,12 +209,37 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         "category_rows": max(catalog.n_categories, 1),
         "max_history": 10,
     }
+    if kind == "pooling" and user:
+        assert meta == pooling
+    elif kind == "pooling":
+        assert meta == {**pooling, "format": EXPORT_FORMAT, "encoder": "pooling"} | {
+            "use_user_id": False,
+            "user_rows": 0,
+        }
+    else:
+        assert meta == {
+            **pooling,
+            "format": EXPORT_FORMAT,
+            "encoder": "transformer",
+            "use_user_id": True,
+            "attention": False,
+            "transformer": {
+                "layers": 2,
+                "heads": 2,
+                "readout": "newest",
+                "layer_norm_epsilon": 1e-6,
+                "positions": 10,
+                "ff_dim": 128,
+                "ff_activation": "relu",
+                "with_pooling": False,
+            },
+        }
 
     for where in (tmp_path, tmp_path / "two_tower", paths["query_tower_numpy"]):
         tower = QueryTower.load(where)  # a run folder, the export, the folder itself
     serve = tf.saved_model.load(str(paths["query_tower"])).signatures["serving_default"]
     rng = np.random.default_rng(4)
-    for n in (0, 1, 5, 20):
+    for n in (0, 1, 5, 20 if kind == "pooling" else 10):  # the transformer: 10 positions
         hist = rng.integers(1, dataset.n_items + 2, size=n).tolist()
         counts = (float(rng.uniform(0, 3)), float(rng.uniform(0, 5)))
         cat = int(rng.integers(0, catalog.n_categories))
@@ -179,8 +253,14 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
             tower.encode_one(hist, cat, counts), want, atol=TOLERANCE, rtol=0
         )
 
-    with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
-        tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+    if user:
+        with pytest.raises(ValueError, match=r"^user index out of range 0\.\.0: 3 .*only user 0"):
+            tower.forward(np.array([3]), np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+    else:  # no user table: the user is not read
+        rows = (np.array([[1]]), np.array([0]), np.zeros((1, 2)))
+        np.testing.assert_array_equal(
+            tower.forward(np.array([3]), *rows), tower.forward(np.array([0]), *rows)
+        )
 
     # Serving's encoder (numpy) turns online features into the tower's inputs; the SavedModel
     # export given the same inputs gives the same query vector.
@@ -220,6 +300,45 @@ def test_two_tower_export_writes_the_numpy_query_tower(tmp_path: Path) -> None:
         got = encoder.encode(f)
         assert got.shape == (1, DIM)
         np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("encoder", ["pooling", "transformer"])
+def test_numpy_equals_tf_after_a_short_training(
+    tiny: Dataset, tmp_path: Path, encoder: str
+) -> None:
+    """Trained weights, not random ones: one epoch with uniform negatives (the transformer's
+    dropout on), exported and loaded, equals the TF tower on the validation queries, batched and
+    one by one as serving asks (user 0)."""
+    import tensorflow as tf
+
+    from lambdarec.models.export import export_query_tower
+    from lambdarec.models.two_tower import TwoTowerConfig, query_features, train_two_tower
+
+    config = TwoTowerConfig(
+        dim=DIM,
+        hidden=24,
+        epochs=1,
+        batch_size=128,
+        valid_queries=200,
+        query_encoder=encoder,  # type: ignore[arg-type]
+        negatives=64,
+    )
+    trained = train_two_tower(tiny, config)
+    assert np.isfinite(trained.history[0]["loss"])
+    tower = QueryTower.load(export_query_tower(trained, tmp_path / EXPORT_DIR))
+    assert tower.encoder == encoder
+    feats = query_features(tiny.valid, trained.idx_map)
+    feats["user"][:] = 0  # the export keeps the unknown user only
+    feats["hist"][0] = 0  # an empty history
+    feats["hist"][1, :3] = [5, 1, 7]  # an item unseen in training (the OOV row)
+    assert ((feats["hist"] > 0).sum(axis=1) == feats["hist"].shape[1]).any()  # a full one
+    want = trained.model.query({k: tf.constant(v) for k, v in feats.items()}).numpy()
+    np.testing.assert_allclose(tower.forward(**feats), want, atol=TOLERANCE, rtol=0)
+    for row in range(min(len(want), 60)):
+        hist = [int(i) for i in feats["hist"][row] if i]  # serving passes no padding
+        counts = (float(feats["counts"][row, 0]), float(feats["counts"][row, 1]))
+        one = tower.encode_one(hist, int(feats["session_category"][row]), counts)
+        np.testing.assert_allclose(one[0], want[row], atol=TOLERANCE, rtol=0)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -286,14 +405,15 @@ def test_load_names_a_missing_or_foreign_export(tmp_path: Path) -> None:
     folder = tmp_path / EXPORT_DIR
     folder.mkdir()
     np.savez(folder / "weights.npz", **tower.weights)  # type: ignore[arg-type]
-    meta = {
-        "format": EXPORT_FORMAT,
+    meta = {  # an export from before the transformer: format 1, no encoder
+        "format": POOLING_FORMAT,
         "dim": DIM,
         "attention": False,
         "activations": ["relu", "linear"],
     }
     (folder / "query_tower.json").write_text(json.dumps(meta))
     loaded = QueryTower.load(tmp_path)
+    assert loaded.encoder == "pooling" and loaded.use_user_id
     np.testing.assert_array_equal(
         loaded.encode_one([4, 5], 1, (0.5, 1.0)), tower.encode_one([4, 5], 1, (0.5, 1.0))
     )
@@ -303,3 +423,114 @@ def test_load_names_a_missing_or_foreign_export(tmp_path: Path) -> None:
     (folder / "query_tower.json").write_text(json.dumps({**meta, "attention": True}))
     with pytest.raises(ValueError, match="has attention but no weights"):
         QueryTower.load(tmp_path)
+    (folder / "query_tower.json").write_text(
+        json.dumps({**meta, "format": EXPORT_FORMAT, "encoder": "transformer"})
+    )
+    with pytest.raises(ValueError, match="a transformer export without its shape"):
+        QueryTower.load(tmp_path)
+
+
+def _numpy_transformer(layers: int = 2, positions: int = 10) -> QueryTower:
+    """A numpy transformer tower with random weights (no TensorFlow), without the user."""
+    rng = np.random.default_rng(0)
+    d, ff = DIM, 24
+    weights = {
+        "item": rng.normal(size=(N_ITEMS + 2, d)),
+        "category": rng.normal(size=(N_CATEGORIES, 16)),
+        "position": rng.normal(size=(positions, d)),
+        "seq_norm_gamma": rng.normal(size=d),
+        "seq_norm_beta": rng.normal(size=d),
+        "kernel_0": rng.normal(size=(d + 16 + 2, 24)),
+        "bias_0": rng.normal(size=24),
+        "kernel_1": rng.normal(size=(24, d)),
+        "bias_1": rng.normal(size=d),
+    }
+    shapes = {
+        "ln_att_gamma": (d,),
+        "ln_att_beta": (d,),
+        "qkv_kernel": (d, 3 * d),
+        "qkv_bias": (3 * d,),
+        "att_out_kernel": (d, d),
+        "att_out_bias": (d,),
+        "ln_ff_gamma": (d,),
+        "ln_ff_beta": (d,),
+        "ff_in_kernel": (d, ff),
+        "ff_in_bias": (ff,),
+        "ff_out_kernel": (ff, d),
+        "ff_out_bias": (d,),
+    }
+    for n in range(layers):
+        weights.update({f"block{n}_{k}": rng.normal(size=v) for k, v in shapes.items()})
+    return QueryTower(
+        weights,
+        encoder="transformer",
+        use_user_id=False,
+        transformer=Transformer(layers=layers, heads=2),
+    )
+
+
+def test_a_transformer_export_round_trips_and_names_what_it_cannot_read(tmp_path: Path) -> None:
+    tower = _numpy_transformer()
+    assert tower.max_history == tower.positions == 10
+    folder = tmp_path / EXPORT_DIR
+    folder.mkdir()
+    np.savez(folder / "weights.npz", **tower.weights)  # type: ignore[arg-type]
+    meta = {**tower.meta(), "max_history": 50}  # more than the positions: capped
+    assert meta["format"] == EXPORT_FORMAT and meta["user_rows"] == 0
+    (folder / "query_tower.json").write_text(json.dumps(meta))
+    loaded = QueryTower.load(tmp_path)
+    assert (loaded.encoder, loaded.use_user_id, loaded.max_history) == ("transformer", False, 10)
+    hist = [4, 9, 1, 30]
+    np.testing.assert_array_equal(
+        loaded.encode_one(hist, 1, (0.5, 1.0)), tower.encode_one(hist, 1, (0.5, 1.0))
+    )
+    # the user is not read: any user gives the same vector
+    rows = (np.array([hist * 2]), np.array([1]), np.array([[0.5, 1.0]], np.float32))
+    np.testing.assert_array_equal(
+        tower.forward(np.array([7]), *rows), tower.forward(np.array([0]), *rows)
+    )
+
+    with pytest.raises(ValueError, match=r"^hist: 11 positions, the transformer learned 10"):
+        tower.encode_one(list(range(1, 12)), 0, (0.0, 0.0))
+    with pytest.raises(ValueError, match=r"^hist: 11 positions, the transformer learned 10"):
+        tower.forward(np.array([0]), np.ones((1, 11), np.int64), np.array([0]), np.zeros((1, 2)))
+    for odd in ("gelu", "swish"):
+        bad = {**meta, "transformer": {**meta["transformer"], "ff_activation": odd}}
+        (folder / "query_tower.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"activation '{odd}' not supported in numpy"):
+            QueryTower.load(tmp_path)
+    weights = {k: v for k, v in tower.weights.items() if not k.startswith("block1_")}
+    with pytest.raises(ValueError, match=r"has transformer but no weights \['block1_ln_att_gamma'"):
+        QueryTower(
+            weights,
+            encoder="transformer",
+            use_user_id=False,
+            transformer=Transformer(layers=2, heads=2),
+        )
+    with pytest.raises(ValueError, match="not divisible into 3 heads"):
+        QueryTower(
+            tower.weights,
+            encoder="transformer",
+            use_user_id=False,
+            transformer=Transformer(layers=2, heads=3),
+        )
+    with pytest.raises(ValueError, match="encoder 'rnn'"):
+        QueryTower(tower.weights, encoder="rnn")
+
+
+def test_encode_one_of_a_transformer_skips_padding_and_reads_the_newest_position() -> None:
+    """Padding takes no part (as its zero attention weight in the batch); a history whose
+    newest position is padding reads zeros, as the TF tower's masked readout does."""
+    tower = _numpy_transformer(layers=1)
+    batch = tower.forward(
+        np.zeros(4, np.int64),
+        np.array([[4, 0, 9, 0], [4, 9, 0, 0], [0, 4, 9, 0], [0, 0, 0, 0]]),
+        np.ones(4, np.int64),
+        np.full((4, 2), 0.5, np.float32),
+    )
+    for row, hist in enumerate(([4, 0, 9], [4, 9], [0, 4, 9], [])):
+        one = tower.encode_one(hist, 1, (0.5, 0.5))
+        np.testing.assert_allclose(one[0], batch[row], atol=TOLERANCE, rtol=0)
+    # position matters: the same items one place apart give another vector
+    assert np.abs(batch[0] - batch[1]).max() > 1e-3
+    np.testing.assert_allclose(batch[2], batch[3], atol=TOLERANCE, rtol=0)  # both read zeros

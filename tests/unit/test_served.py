@@ -156,3 +156,70 @@ def test_the_test_pipeline_is_refit_on_the_interactions_before_the_test(
         ranker.w["deep_kernel_0"],  # type: ignore[attr-defined]
         trained.setup.models.ranker.w["deep_kernel_0"],  # type: ignore[union-attr]
     )
+
+
+def test_as_served_is_what_the_served_query_tower_reads(dataset: Dataset) -> None:
+    """The unknown user everywhere; a query without session context takes the user's recent
+    items exactly as the pipeline reads them from the batch layer's user_recent_items view (cut
+    to the history length), the newest one's category as the session category; a query with a
+    session keeps it."""
+    from lambdarec.models.data import as_served
+    from lambdarec.models.served import item_views
+
+    valid = dataset.valid
+    got = as_served(dataset, valid)
+    assert (got.user == 0).all()
+    no_session = (valid.session_len == 0) & (valid.user > 0)
+    assert no_session.sum() > 10
+    np.testing.assert_array_equal(got.hist[~no_session], valid.hist[~no_session])
+    recent = item_views(dataset)["user_recent_items"]
+    ids = [str(i) for i in dataset.catalog.item_ids]
+    width = valid.hist.shape[1]
+    for r in np.flatnonzero(no_session):
+        want = recent[str(int(valid.user[r]))]["items"][:width]
+        assert [ids[i] for i in got.hist[r] if i >= 0] == want
+        assert got.session_category[r] == dataset.catalog.category[got.hist[r, 0]]
+
+
+def test_session_starts_are_returning_users_first_clicks_with_their_recent_items(
+    dataset: Dataset,
+) -> None:
+    """Each training example: a known user's first interaction of a session after earlier ones,
+    the history their distinct items before it, newest first (recomputed naively here), as a
+    validation query without session context gets them (with_user_history)."""
+    from lambdarec.models.data import session_starts
+
+    starts = session_starts(dataset)
+    ev = dataset.train_events
+    assert len(starts) > 50 and (starts.session_len == 0).all() and (starts.user > 0).all()
+    order = np.lexsort((np.arange(len(ev.ts)), ev.ts, ev.user))
+    rows = [(int(ev.user[i]), int(ev.group[i]), int(ev.item[i]), int(ev.ts[i])) for i in order]
+    firsts: dict[int, int] = {}
+    for n, (_, group, _, _) in enumerate(rows):
+        firsts.setdefault(group, n)
+    width = dataset.train.hist.shape[1]
+    want = []
+    for n in sorted(firsts.values()):
+        user = rows[n][0]
+        before = [item for u, _, item, _ in rows[:n] if u == user]
+        if user > 0 and before:
+            recent = list(dict.fromkeys(reversed(before)))[:width]
+            want.append((user, rows[n][2], rows[n][3], recent))
+    got = [
+        (int(u), int(t), int(ts), [int(i) for i in h if i >= 0])
+        for u, t, ts, h in zip(starts.user, starts.target, starts.ts, starts.hist, strict=True)
+    ]
+    assert got == want
+    assert (starts.user_events > 0).all()
+
+
+def test_without_session_features_no_history_comes_back_through_the_user(
+    dataset: Dataset,
+) -> None:
+    """The session ablation blanks every history: neither the served inputs nor the session
+    starts put the user's recent items back."""
+    from lambdarec.models.data import as_served, session_starts
+
+    blank = dataset.without_session_features()
+    assert (as_served(blank, blank.valid).hist == -1).all()
+    assert len(session_starts(blank)) == 0

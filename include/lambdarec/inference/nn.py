@@ -1,4 +1,5 @@
-"""The numpy building blocks the exported models share: activations, index checks, L2 norm.
+"""The numpy building blocks the exported models share: activations, index checks, L2 norm,
+layer norm and softmax.
 
 Also the index conventions every model uses: embedding row 0 is "no item" (padding), row 1 the
 out-of-vocabulary item (an item the model never saw, placed by its side features); category 0 is
@@ -43,6 +44,21 @@ def l2_normalize(h: np.ndarray) -> np.ndarray:
     1e-12)), float32."""
     norm = np.sqrt(np.maximum((h * h).sum(axis=1, keepdims=True), np.float32(1e-12)))
     return (h / norm).astype(np.float32, copy=False)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    """Keras' ``LayerNormalization`` over the last axis: (x - mean) / sqrt(var + epsilon) *
+    gamma + beta, the population variance, float32."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(var + np.float32(epsilon)) * gamma + beta
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``tf.nn.softmax``: exp(x - max) normalised along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def check_activations(names: list[str] | tuple[str, ...], model: str) -> None:

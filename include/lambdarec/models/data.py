@@ -248,7 +248,12 @@ class Dataset:
             )
 
         return replace(
-            self, train=blank(self.train), valid=blank(self.valid), test=blank(self.test)
+            self,
+            train=blank(self.train),
+            valid=blank(self.valid),
+            test=blank(self.test),
+            # no history comes back through the user's (with_user_history, session_starts)
+            split={**self.split, "session_features": False},
         )
 
 
@@ -289,6 +294,94 @@ def seen_matrix(
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     source = np.repeat(rows - lengths, lengths) + within
     return item_sets(items[source], lengths, n_items)
+
+
+def user_recent_items(
+    interactions: Interactions, users: np.ndarray, n: int
+) -> dict[int, np.ndarray]:
+    """Each of ``users``' ``n`` most recent distinct items in ``interactions`` (by each item's
+    last occurrence, time ties by row order), newest first: the batch layer's
+    ``user_recent_items`` (:mod:`lambdarec.batch.neighbours`) cut to ``n``."""
+    frame = pd.DataFrame({"user": interactions.user, "item": interactions.item})
+    frame["ts"] = interactions.ts
+    frame["order"] = np.arange(len(frame))
+    frame = frame[frame["user"].isin(np.unique(users))]
+    frame = frame.sort_values(["user", "ts", "order"], kind="stable")
+    frame = frame.drop_duplicates(["user", "item"], keep="last").iloc[::-1]
+    return {int(u): items.to_numpy()[:n] for u, items in frame.groupby("user", sort=False)["item"]}
+
+
+def with_user_history(dataset: Dataset, ex: Examples) -> Examples:
+    """``ex`` where a query without session context (a known user's first event of a session)
+    reads the user's recent training items (:func:`user_recent_items`, the history length) as
+    its history, and their newest one's category as its session category: what the served
+    pipeline answers such a query from. Other queries are unchanged, and every query of a
+    dataset without session features (:meth:`Dataset.without_session_features`)."""
+    rows = np.flatnonzero((ex.session_len == 0) & (ex.user > 0))
+    if not len(rows) or not dataset.split.get("session_features", True):
+        return ex
+    hist, category = ex.hist.copy(), ex.session_category.copy()
+    recent = user_recent_items(dataset.train_events, ex.user[rows], hist.shape[1])
+    for r in rows:
+        items = recent.get(int(ex.user[r]))
+        if items is not None and len(items):
+            hist[r] = -1
+            hist[r, : len(items)] = items
+            category[r] = dataset.catalog.category[items[0]]
+    return replace(ex, hist=hist, session_category=category)
+
+
+def as_served(dataset: Dataset, ex: Examples) -> Examples:
+    """``ex`` as the served query tower reads it: the unknown user (0: the two-tower's export
+    keeps no user vocabulary), and a query without session context holds the user's recent items
+    (:func:`with_user_history`). What the two-tower alone answers through serving."""
+    ex = with_user_history(dataset, ex)
+    return replace(ex, user=np.zeros_like(ex.user))
+
+
+def session_starts(dataset: Dataset) -> Examples:
+    """Training examples of a known user's first interaction of a session after earlier ones
+    (the queries without session context, in training): the history is the user's most recent
+    distinct items before it (as :func:`with_user_history` gives a validation or test query),
+    no session length. Empty for ``loo`` (a user's sequence is the history already) and data
+    without users."""
+    ev = dataset.train_events
+    width = dataset.train.hist.shape[1]
+    empty = dataset.train.subset(np.zeros(0, dtype=np.int64))
+    if (
+        not dataset.has_users
+        or dataset.split.get("kind") not in ("temporal", "session")
+        or not dataset.split.get("session_features", True)
+    ):
+        return empty
+    order = np.lexsort((np.arange(len(ev.ts)), ev.ts, ev.user))
+    user, item, group = ev.user[order], ev.item[order], ev.group[order]
+    _, first = np.unique(group, return_index=True)  # each session's first row, in time order
+    _, user_start = np.unique(user, return_index=True)
+    user_first = np.repeat(user_start, np.diff(np.r_[user_start, len(user)]))
+    starts = first[(user[first] > 0) & (first > user_first[first])]
+    starts.sort()
+    hist = np.full((len(starts), width), -1, dtype=np.int64)
+    for row, s in enumerate(starts.tolist()):
+        seen: set[int] = set()
+        lo = int(user_first[s])
+        for j in range(s - 1, lo - 1, -1):
+            it = int(item[j])
+            if it not in seen:
+                hist[row, len(seen)] = it
+                seen.add(it)
+                if len(seen) == width:
+                    break
+    return Examples(
+        user=user[starts],
+        hist=hist,
+        session_len=np.zeros(len(starts), dtype=np.int64),
+        user_events=(starts - user_first[starts]).astype(np.int64),
+        session_category=dataset.catalog.category[hist[:, 0]].astype(np.int64),
+        target=item[starts],
+        ts=ev.ts[order][starts],
+        weight=ev.weight[order][starts],
+    )
 
 
 def _warn_small_test(name: str, n: int) -> None:

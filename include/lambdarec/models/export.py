@@ -61,19 +61,22 @@ def export_item_tower(
 
 
 def query_tower_weights(model: Any, *, all_users: bool = False) -> dict[str, np.ndarray]:
-    """The query tower's weights of a built :class:`~lambdarec.models.two_tower.TwoTower`, numpy.
+    """The query tower's weights of a built :class:`~lambdarec.models.two_tower.TwoTower`, numpy,
+    named as :class:`~lambdarec.inference.query_tower.QueryTower` reads them.
 
     ``all_users``: keep the whole user table instead of row 0 (the unknown user, all serving
-    uses); for tests that compare other users with TensorFlow."""
+    uses); for tests that compare other users with TensorFlow. A tower without the user
+    (``use_user_id=False``) has no user table."""
     dense = model.query_mlp.layers
-    users = model.user_emb.embeddings.numpy()
     weights = {
         "item": model.item_emb.embeddings.numpy(),
-        "user": users if all_users else users[: query_tower.UNKNOWN_USER + 1],
         "category": model.cat_emb.embeddings.numpy(),
         **{f"kernel_{n}": layer.kernel.numpy() for n, layer in enumerate(dense)},
         **{f"bias_{n}": layer.bias.numpy() for n, layer in enumerate(dense)},
     }
+    if model.use_user_id:
+        users = model.user_emb.embeddings.numpy()
+        weights["user"] = users if all_users else users[: query_tower.UNKNOWN_USER + 1]
     if model.attention:
         weights.update(
             {
@@ -83,7 +86,62 @@ def query_tower_weights(model: Any, *, all_users: bool = False) -> dict[str, np.
                 "att_v": model.att_v.kernel.numpy(),
             }
         )
+    if model.encoder == "transformer":
+        weights["position"] = model.pos_emb.embeddings.numpy()
+        weights["seq_norm_gamma"] = model.seq_norm.gamma.numpy()
+        weights["seq_norm_beta"] = model.seq_norm.beta.numpy()
+        for n, block in enumerate(model.blocks):
+            for name in ("ln_att", "ln_ff"):
+                weights[f"block{n}_{name}_gamma"] = getattr(block, name).gamma.numpy()
+                weights[f"block{n}_{name}_beta"] = getattr(block, name).beta.numpy()
+            for name in ("qkv", "att_out", "ff_in", "ff_out"):
+                weights[f"block{n}_{name}_kernel"] = getattr(block, name).kernel.numpy()
+                weights[f"block{n}_{name}_bias"] = getattr(block, name).bias.numpy()
     return weights
+
+
+def numpy_query_tower(model: Any, *, all_users: bool = False) -> query_tower.QueryTower:
+    """The numpy twin of a built :class:`~lambdarec.models.two_tower.TwoTower`'s query tower
+    (:func:`query_tower_weights`; the checks that its layers are the ones numpy implements)."""
+    odd: dict[str, str] = {}
+    if model.attention:
+        linear = {"att_h": model.att_h, "att_q": model.att_q, "att_v": model.att_v}
+        odd = {k: layer.activation.__name__ for k, layer in linear.items()}
+        odd = {k: a for k, a in odd.items() if a != "linear"}
+    if model.encoder == "transformer":
+        for n, block in enumerate(model.blocks):
+            acts = {
+                "qkv": (block.qkv, "linear"),
+                "att_out": (block.att_out, "linear"),
+                "ff_in": (block.ff_in, "relu"),
+                "ff_out": (block.ff_out, "linear"),
+            }
+            odd.update(
+                {
+                    f"block{n}_{k}": layer.activation.__name__
+                    for k, (layer, want) in acts.items()
+                    if layer.activation.__name__ != want
+                }
+            )
+    if odd:
+        raise ValueError(f"the numpy query tower does not implement these activations: {odd}")
+    transformer = None
+    if model.encoder == "transformer":
+        transformer = query_tower.Transformer(
+            layers=len(model.blocks),
+            heads=model.blocks[0].heads,
+            readout=model.readout,
+            epsilon=float(model.seq_norm.epsilon),
+            with_pooling=bool(model.with_pooling),
+        )
+    return query_tower.QueryTower(
+        query_tower_weights(model, all_users=all_users),
+        attention=bool(model.attention),
+        activations=[layer.activation.__name__ for layer in model.query_mlp.layers],
+        encoder=model.encoder,
+        use_user_id=bool(model.use_user_id),
+        transformer=transformer,
+    )
 
 
 def export_query_tower(
@@ -93,29 +151,12 @@ def export_query_tower(
     model = trained.model
     if not model.query_mlp.built:
         _build_query_tower(model)
-    if model.attention:
-        linear = {"att_h": model.att_h, "att_q": model.att_q, "att_v": model.att_v}
-        odd = {
-            k: layer.activation.__name__
-            for k, layer in linear.items()
-            if layer.activation.__name__ != "linear"
-        }
-        if odd:
-            raise ValueError(f"the numpy query tower expects linear attention layers, got {odd}")
+    tower = numpy_query_tower(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = query_tower_weights(model)
-    np.savez(out_dir / query_tower.WEIGHTS_FILE, **weights)  # type: ignore[arg-type]
-    last = len(model.query_mlp.layers) - 1
-    meta = {
-        "format": query_tower.EXPORT_FORMAT,
-        "dim": int(weights[f"kernel_{last}"].shape[1]),
-        "attention": bool(model.attention),
-        "activations": [layer.activation.__name__ for layer in model.query_mlp.layers],
-        "item_rows": int(weights["item"].shape[0]),
-        "user_rows": int(weights["user"].shape[0]),
-        "category_rows": int(weights["category"].shape[0]),
-        "max_history": int(max_history),
-    }
+    np.savez(out_dir / query_tower.WEIGHTS_FILE, **tower.weights)  # type: ignore[arg-type]
+    if tower.transformer is not None:
+        max_history = min(max_history, tower.positions)
+    meta = {**tower.meta(), "max_history": int(max_history)}
     (out_dir / query_tower.META_FILE).write_text(
         json.dumps(meta, indent=1) + "\n", encoding="utf-8"
     )

@@ -95,6 +95,8 @@ def run_evaluation(
     the count-based ones (the baselines, the served pipeline's sources, the ranker's item
     statistics) and the two-tower (the epochs validation chose: :func:`refit_for_test`). The
     DeepFM keeps the weights it learnt on the validation queries (its training data)."""
+    from lambdarec.models.data import as_served
+
     test = dataset.test.sample(test_max, 0)
     refit = dataset.for_test() if dataset.before_test is not None else dataset
     results: list[E.Result] = []
@@ -130,7 +132,8 @@ def run_evaluation(
             )
             extra["train_seconds"]["refit"] = round(time.perf_counter() - t0, 1)
             extra["two_tower_refit_history"] = retriever.history
-        retrieval = E.evaluate_ranker(retriever, refit, test)
+        # asked as serving asks it (the unknown user; the user's recent items without a session)
+        retrieval = E.evaluate_ranker(retriever, refit, as_served(refit, test))
         results.append(retrieval)
         if served:
             rows, stats = _served_rows(refit, setup, test)
@@ -238,7 +241,8 @@ def _session_ablation(
     from lambdarec.models.two_tower import TwoTowerConfig, train_two_tower
 
     blank = dataset.without_session_features()
-    tt0 = train_two_tower(blank, replace(tt_config or TwoTowerConfig()))
+    config = tt_config or TwoTowerConfig()
+    tt0 = train_two_tower(blank, config)
     res = E.evaluate_ranker(tt0, blank, blank.test.sample(test_max, 0))
     keys = ("hr@20", "recall@20", "ndcg@10", "mrr@20")
     with_s, without = with_session.overall, res.overall
@@ -249,7 +253,11 @@ def _session_ablation(
         "relative_lift": {
             k: round(with_s[k] / without[k] - 1.0, 4) if without[k] else None for k in keys
         },
-        "query_inputs_left": "user id, user event count" if dataset.has_users else "none",
+        "query_inputs_left": (
+            ("user id, user event count" if config.use_user_id else "user event count")
+            if dataset.has_users
+            else "none"
+        ),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +41,18 @@ def import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class QueryEncoder(StrEnum):
+    """The two-tower's query encoders (``TwoTowerConfig.query_encoder``), as a program option."""
+
+    pooling = "pooling"
+    transformer = "transformer"
+
+
+def encoder_options(encoder: QueryEncoder | None) -> dict[str, str]:
+    """``TwoTowerConfig`` keyword arguments of a ``--query-encoder`` option (none: the default)."""
+    return {} if encoder is None else {"query_encoder": encoder.value}
 
 
 def run(app: typer.Typer) -> None:

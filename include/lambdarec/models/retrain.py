@@ -205,6 +205,7 @@ def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
     folder = run_dir / "two_tower"
     raw = _read_json(folder / "two_tower_config.json")
     history = raw.pop("history", [])
+    raw.setdefault("use_user_id", True)  # a config written before the field: the tower had it
     config = TwoTowerConfig(**raw)
     model = TwoTower(
         n_items=data.n_items,
