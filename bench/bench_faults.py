@@ -1,7 +1,7 @@
 """Fault drills at full length (see :mod:`lambdarec.harness.drills`): each stream fault alone
 while 200k real events flow (the Kafka broker killed and restarted, the speed layer's processes
 killed and healed by its supervisor, the Redis online store stopped for 30 s), then a load into a
-lake whose disk fills up, and the daily DAG run twice for the same day (Taobao, real Spark, Feast
+lake whose disk fills up, the Milvus server killed half-way through a publish, and the daily DAG run twice for the same day (Taobao, real Spark, Feast
 and GX), and a 30-minute soak at 50 /recommend requests per second with events flowing (serving's
 and the pusher's resident memory may grow under 5% after the warm-up). Prints one JSON line: {"drills", "drills_passed", "events_lost", "updates_lost",
 "duplicates", "recovery_s" (per stream drill), "results" (each drill's counts)}; the exit code is 1
@@ -19,11 +19,12 @@ from lambdarec.harness.drills import (
     FAULTS,
     daily_rerun_drill,
     disk_full_drill,
+    milvus_publish_drill,
     soak_drill,
     stream_drill,
 )
 
-OTHER_DRILLS = ("disk_full", "daily_twice", "soak")
+OTHER_DRILLS = ("disk_full", "milvus_publish", "daily_twice", "soak")
 
 
 def _daily_twice() -> dict[str, object]:
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         if fault == "disk_full":
             others.append({"name": "disk_full", **disk_full_drill(args.events).as_dict()})
             logging.info("drill disk_full: %s", json.dumps(others[-1]))
+            continue
+        if fault == "milvus_publish":
+            others.append({"name": "milvus_publish", **milvus_publish_drill().as_dict()})
+            logging.info("drill milvus_publish: %s", json.dumps(others[-1]))
             continue
         if fault == "soak":
             others.append({"name": "soak", **soak_drill(args.soak_minutes * 60, 50.0).as_dict()})

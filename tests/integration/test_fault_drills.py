@@ -3,7 +3,8 @@ flow (60 s at 1,500/s), the Redis online store is stopped for 5 s, the Kafka bro
 restarted after 5 s, and the speed layer's processes are killed (its supervisor must restart it
 from its checkpoint); afterwards every event is in the archive exactly once and every session's
 online features are exact. A load into a lake on a 1 MB file system fails in one line and leaves
-the lake as it was. (The daily DAG run twice: tests/integration/test_daily_pipeline.py.)
+the lake as it was. The Milvus server killed half-way through a publish: the publish fails cleanly
+and the alias keeps answering with the old version. (The daily DAG run twice: tests/integration/test_daily_pipeline.py.)
 
 ``make bench-faults`` runs each fault alone at full length (200k events, 30 s outages).
 """
@@ -51,3 +52,14 @@ def test_a_soak_at_50_requests_per_second_with_events_flowing_does_not_grow_memo
     assert result.requests >= 0.8 * 120 * 50, f"the load fell behind: {result.achieved_rps} req/s"
     assert result.events_through >= result.events_posted, "the posted events did not flow"
     assert all(g < result.LIMIT_PCT for g in result.growth_pct.values()), result.growth_pct
+
+
+def test_milvus_killed_during_a_publish_leaves_the_old_version_serving() -> None:
+    from lambdarec.harness.drills import milvus_publish_drill
+
+    result = milvus_publish_drill()
+    print(json.dumps(result.as_dict()))
+    assert result.problems == []
+    assert result.ended_after_s is not None, "the publish hung after the server died"
+    assert result.error.startswith("VectorIndexError: publishing"), result.error
+    assert result.serving_after == result.serving_before and result.answers_after
