@@ -21,7 +21,7 @@ that cannot be loaded or split) is one line on stderr and exit code 1 (2 for a b
 from __future__ import annotations
 
 from lambdarec.models.programs import (
-    QueryEncoder,
+    QueryEncoderOption,
     encoder_options,
     import_tensorflow_quietly,
     prepare_tensorflow,
@@ -156,13 +156,7 @@ def main(
     test_max: Annotated[
         int | None, typer.Option(min=1, help="Evaluate on at most this many test queries")
     ] = None,
-    query_encoder: Annotated[
-        QueryEncoder | None,
-        typer.Option(
-            help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
-            show_default=False,
-        ),
-    ] = None,
+    query_encoder: QueryEncoderOption = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the JSON payload instead of the table")
     ] = False,

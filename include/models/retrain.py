@@ -12,7 +12,7 @@ Each step reads and writes DIR only (see lambdarec.models.retrain) and prints on
 
 from __future__ import annotations
 
-from lambdarec.models.programs import QueryEncoder, encoder_options, prepare_tensorflow, run
+from lambdarec.models.programs import QueryEncoderOption, encoder_options, prepare_tensorflow, run
 
 prepare_tensorflow()  # before anything imports TensorFlow
 
@@ -57,13 +57,7 @@ def train_two_tower(
     run_dir: RunDir,
     max_train: Annotated[int, typer.Option(help="Subsample training pairs (0: all)")] = 0,
     epochs: Annotated[int, typer.Option(help="Epochs (early stopping may stop sooner)")] = 8,
-    query_encoder: Annotated[
-        QueryEncoder | None,
-        typer.Option(
-            help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
-            show_default=False,
-        ),
-    ] = None,
+    query_encoder: QueryEncoderOption = None,
     seed: int = 42,
 ) -> None:
     """Train the two-tower retriever."""

@@ -12,7 +12,7 @@ loaded or split) is one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 from lambdarec.models.programs import (
-    QueryEncoder,
+    QueryEncoderOption,
     encoder_options,
     import_tensorflow_quietly,
     prepare_tensorflow,
@@ -47,13 +47,7 @@ def main(
     fm_queries: Annotated[
         int, typer.Option(help="Validation queries whose candidates train DeepFM")
     ] = 40_000,
-    query_encoder: Annotated[
-        QueryEncoder | None,
-        typer.Option(
-            help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
-            show_default=False,
-        ),
-    ] = None,
+    query_encoder: QueryEncoderOption = None,
     seed: int = 42,
 ) -> None:
     from lambdarec.models.data import load_dataset

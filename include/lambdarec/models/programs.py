@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Annotated
 
-if TYPE_CHECKING:
-    import typer
+import typer
 
 
 def prepare_tensorflow() -> None:
@@ -48,6 +47,16 @@ class QueryEncoder(StrEnum):
 
     pooling = "pooling"
     transformer = "transformer"
+
+
+#: The ``--query-encoder`` option of the programs that train a two-tower.
+QueryEncoderOption = Annotated[
+    QueryEncoder | None,
+    typer.Option(
+        help="The two-tower's query encoder: pooling | transformer (default: TwoTowerConfig's)",
+        show_default=False,
+    ),
+]
 
 
 def encoder_options(encoder: QueryEncoder | None) -> dict[str, str]:
