@@ -44,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 #: The share of the index (top results) a session's query must reach the new item of its
 #: category within: 410 items here, so the top 62.
-TOP_SHARE = 0.15
+TOP_SHARE = 0.20
 
 
 def _settings(root: Path, **overrides: object) -> Settings:
@@ -260,9 +260,12 @@ def test_new_items_are_embedded_indexed_and_retrieved_by_category(
                     above[category, other] = ranks[category] < order[f"new-{other}"]
     top = math.ceil(TOP_SHARE * n_indexed)
     summary = {"ranks": ranks, "indexed": n_indexed, "above": np.mean(list(above.values()))}
-    # Measured (3 epochs, seed 42): ranks 18-56 of 410 (mean 36), all ten in the top 62; the new
-    # item of C above that of another category in 90% of the pairs (the new items of the other
-    # categories at a mean rank of 65-181 per session; the weakest, fashion, above 4 of 9).
+    # Measured (3 epochs, seed 42), default tower (no user id, returning users' session starts
+    # among the training queries): ranks 20-92 of 410 (mean 52), nine of ten in the top 82; the
+    # new item of C above that of another category in 91% of the pairs. With the tower before
+    # (the user id, no session starts) ranks were 18-56 (mean 36): the session starts, chosen on
+    # Taobao's validation (recall@100 .2377 -> .2509, its no-session queries' HR@20 .039 -> .073),
+    # cost new items some rank on this synthetic catalog, hence the top 20% here (was 15%).
     assert sum(r < top for r in ranks.values()) >= 0.8 * len(ranks), summary
     assert np.mean(list(above.values())) >= 0.75, summary
 
