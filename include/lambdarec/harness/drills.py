@@ -48,8 +48,19 @@ FAULTS = ("store", "broker", "job")
 CHECKPOINT_INTERVAL_S = 2.0
 
 
+class _Verdict:
+    """A drill's result: its fields and whether it passed, as one JSON-ready dict."""
+
+    @property
+    def passed(self) -> bool:
+        raise NotImplementedError
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}  # type: ignore[call-overload]
+
+
 @dataclass
-class DrillResult:
+class DrillResult(_Verdict):
     name: str
     events: int
     produced: int = 0
@@ -72,9 +83,6 @@ class DrillResult:
             and self.updates_lost == 0
             and not self.problems
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 def taobao_stream(n: int) -> pd.DataFrame:
@@ -288,7 +296,7 @@ def stream_drill(
 
 
 @dataclass
-class RerunResult:
+class RerunResult(_Verdict):
     """What a second run of the daily DAG for the same day changed (nothing, when it passes)."""
 
     day: str
@@ -305,9 +313,6 @@ class RerunResult:
     @property
     def passed(self) -> bool:
         return self.succeeded and not self.tables_changed and not self.online_changed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 def _feature_tables(settings: Settings, day: str) -> dict[str, Any]:
@@ -442,7 +447,7 @@ def _disk_full_inside(lake_dir: str, events: int) -> dict[str, Any]:
 
 
 @dataclass
-class DiskFullResult:
+class DiskFullResult(_Verdict):
     error: str = ""
     dates_before: dict[str, int] = field(default_factory=dict)
     dates_after: dict[str, int] = field(default_factory=dict)
@@ -467,9 +472,6 @@ class DiskFullResult:
             and self.usable_after
             and not self.problems
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 def disk_full_drill(events: int = 200_000) -> DiskFullResult:
@@ -523,7 +525,7 @@ def disk_full_drill(events: int = 200_000) -> DiskFullResult:
 
 
 @dataclass
-class SoakResult:
+class SoakResult(_Verdict):
     seconds: float
     rps: float
     requests: int = 0
@@ -552,9 +554,6 @@ class SoakResult:
             and all(g < self.LIMIT_PCT for g in self.growth_pct.values())
             and not self.problems
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 def _rss_mib(settings: Settings) -> dict[str, float]:
@@ -656,7 +655,7 @@ def soak_drill(
 
 
 @dataclass
-class PublishResult:
+class PublishResult(_Verdict):
     """A publish interrupted by the Milvus server's death, and what serving finds afterwards."""
 
     #: What the publish raised (its type and first line): a clean failure is one.
@@ -682,9 +681,6 @@ class PublishResult:
             and self.answers_after
             and not self.problems
         )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 def milvus_publish_drill(items: int = 300_000, dim: int = 32) -> PublishResult:
