@@ -57,18 +57,9 @@ class SpeedJob:
     def crash(self) -> int:
         """SIGKILL the job's processes but not its supervisor (a supervised job's crash, which the
         supervisor must heal); returns how many processes were killed."""
-        import psutil
+        from lambdarec.platform.processes import kill_group_except
 
-        victims = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if process.pid != self.process.pid and os.getpgid(process.pid) == self.process.pid:
-                    victims.append(process)
-        for process in victims:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(victims, timeout=30)
-        return len(victims)
+        return kill_group_except(self.process.pid, keep=self.process.pid)
 
     def tail(self, lines: int = 40) -> str:
         try:

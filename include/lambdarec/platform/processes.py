@@ -160,13 +160,25 @@ def spawn(service: Service, settings: Settings) -> int:
 # -- stop --------------------------------------------------------------------------------------
 
 
-def _group(pgid: int) -> list[psutil.Process]:
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live processes of process group ``pgid``."""
     members = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError):
             if os.getpgid(process.pid) == pgid:
                 members.append(process)
     return members
+
+
+def kill_group_except(pgid: int, keep: int) -> int:
+    """SIGKILL every process of group ``pgid`` but ``keep`` (a supervisor, its leftovers' parent)
+    and wait for them; returns how many were killed."""
+    victims = [p for p in group_members(pgid) if p.pid != keep]
+    for process in victims:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(victims, timeout=30)
+    return len(victims)
 
 
 def _signal(processes: list[psutil.Process], pgid: int | None, sig: signal.Signals) -> None:
@@ -211,7 +223,7 @@ def stop(service: Service, settings: Settings) -> bool:
     members = {pid: process}
     with contextlib.suppress(psutil.Error):
         members.update({p.pid: p for p in process.children(recursive=True)})
-        members.update({p.pid: p for p in (_group(pgid) if pgid is not None else [])})
+        members.update({p.pid: p for p in (group_members(pgid) if pgid is not None else [])})
     targets = list(members.values())
     log.info("%s: stopping pid %d (%d processes)", service.name, pid, len(targets))
     _signal(targets, pgid, service.stop_signal)

@@ -31,8 +31,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import psutil
-
 if TYPE_CHECKING:
     from types import FrameType
 
@@ -103,24 +101,12 @@ class Supervisor:
 
     def _kill_leftovers(self) -> None:
         """SIGKILL the rest of our process group (what the dead child spawned), never ourselves."""
+        from lambdarec.platform.processes import kill_group_except
+
         me = os.getpid()
-        try:
-            group = os.getpgid(me)
-        except ProcessLookupError:  # pragma: no cover - we are running
-            return
-        leftovers = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if process.pid != me and os.getpgid(process.pid) == group:
-                    leftovers.append(process)
-        for process in leftovers:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(leftovers, timeout=10)
-        if leftovers:
-            log.info(
-                "%s: killed %d leftover process(es) of the old child", self.name, len(leftovers)
-            )
+        killed = kill_group_except(os.getpgid(me), keep=me)
+        if killed:
+            log.info("%s: killed %d leftover process(es) of the old child", self.name, killed)
 
 
 def main(argv: list[str] | None = None) -> int:
