@@ -27,6 +27,9 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 def test_a_dead_child_is_restarted_with_growing_delays_until_stopped(tmp_path: Path) -> None:
+    # This supervisor shares pytest's process group (with make and the CI shell): a restart must
+    # not take the group's other members for leftovers.
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # noqa: S603
     runs = tmp_path / "runs"
     command = [sys.executable, "-c", f"open({str(runs)!r}, 'a').write('x'); raise SystemExit(3)"]
     supervisor = Supervisor("t", command, first_delay_s=0.05, max_delay_s=0.2)
@@ -42,6 +45,11 @@ def test_a_dead_child_is_restarted_with_growing_delays_until_stopped(tmp_path: P
     count = len(runs.read_text())
     time.sleep(0.5)
     assert len(runs.read_text()) == count, "a stopped supervisor restarted its child"
+    try:
+        assert sibling.poll() is None, "a supervisor outside its own group killed a sibling"
+    finally:
+        sibling.kill()
+        sibling.wait(timeout=10)
 
 
 def test_killed_child_comes_back_and_a_group_sigterm_stops_everything(tmp_path: Path) -> None:

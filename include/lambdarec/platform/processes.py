@@ -172,7 +172,15 @@ def group_members(pgid: int) -> list[psutil.Process]:
 
 def kill_group_except(pgid: int, keep: int) -> int:
     """SIGKILL every process of group ``pgid`` but ``keep`` (a supervisor, its leftovers' parent)
-    and wait for them; returns how many were killed."""
+    and wait for them; returns how many were killed.
+
+    Refuses the caller's own group unless the caller leads it: that group holds the caller's
+    parents (a shell, make, a CI runner), never leftovers."""
+    if pgid == os.getpgid(0) and pgid != os.getpid():
+        raise ValueError(
+            f"refusing to kill process group {pgid}: it is the caller's own and the caller does "
+            "not lead it (start the service with setsid)"
+        )
     victims = [p for p in group_members(pgid) if p.pid != keep]
     for process in victims:
         with contextlib.suppress(psutil.Error):

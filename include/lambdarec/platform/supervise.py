@@ -100,11 +100,22 @@ class Supervisor:
         return 0
 
     def _kill_leftovers(self) -> None:
-        """SIGKILL the rest of our process group (what the dead child spawned), never ourselves."""
+        """SIGKILL the rest of our process group (what the dead child spawned), never ourselves.
+
+        Only when the supervisor leads its group (as the platform starts it): a supervisor run
+        inside another process's group (a test, a shell without job control) would otherwise kill
+        its parents and siblings."""
         from lambdarec.platform.processes import kill_group_except
 
         me = os.getpid()
-        killed = kill_group_except(os.getpgid(me), keep=me)
+        if os.getpgid(me) != me:
+            log.warning(
+                "%s: not a process-group leader, leftovers of the old child are not cleaned up "
+                "(start the supervisor with setsid, as the platform does)",
+                self.name,
+            )
+            return
+        killed = kill_group_except(me, keep=me)
         if killed:
             log.info("%s: killed %d leftover process(es) of the old child", self.name, killed)
 
