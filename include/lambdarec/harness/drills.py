@@ -540,6 +540,9 @@ class SoakResult(_Verdict):
     rss_warm_mib: dict[str, float] = field(default_factory=dict)
     rss_end_mib: dict[str, float] = field(default_factory=dict)
     growth_pct: dict[str, float] = field(default_factory=dict)
+    #: Resident MiB over the run, one sample a minute: [seconds, {process: MiB}] (the curve
+    #: behind the two figures above: a step at each burst, or a steady climb).
+    rss_series: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     #: The most resident memory may grow after the warm-up.
@@ -640,6 +643,11 @@ def soak_drill(
     if len(after_warmup) < 2:
         result.problems.append(f"too few samples after the {warmup:.0f} s warm-up")
         return result
+    result.rss_series = [
+        (round(t), {k: round(v, 1) for k, v in s.items()})
+        for i, (t, s) in enumerate(samples)
+        if i % 12 == 0 or i == len(samples) - 1
+    ]
     warm, end = after_warmup[0], after_warmup[-1]
     result.rss_warm_mib = {k: round(v, 1) for k, v in warm.items()}
     result.rss_end_mib = {k: round(v, 1) for k, v in end.items()}
