@@ -19,6 +19,9 @@ export GRPC_ENABLE_FORK_SUPPORT ?= false
 export SPARK_LOCAL_IP := 127.0.0.1
 
 PYTEST_ARGS ?=
+#: `make test` runs the demo and the daily pipeline's tests beside the rest (tests/conftest.py);
+#: 0 runs everything in this process, one test at a time.
+TEST_LANES ?= 2
 
 .PHONY: help
 help: ## Show this help
@@ -115,8 +118,8 @@ status: ## Show what runs and every URL
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test
-test: setup lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e)
-	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: setup lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e) in two lanes
+	@set +e; $(PY) -m pytest -n $(TEST_LANES) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 .PHONY: test-unit

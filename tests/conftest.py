@@ -20,6 +20,21 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 
+#: Modules that run in the second lane of ``make test`` (``pytest -n 2 --dist loadgroup``): the two
+#: longest, each on a private platform in its own temporary state folder (its own free ports, no
+#: Milvus server: that one's metrics port is fixed). Everything else stays in the first lane, in
+#: collection order, as before: tests that share the repository's state folder or a Milvus server
+#: never run at the same time.
+SECOND_LANE = ("tests/e2e/test_demo.py", "tests/integration/test_daily_pipeline.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every test in its lane (an ``xdist_group``; without ``-n`` the marks change nothing)."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("second" if path in SECOND_LANE else "first"))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Drop logging handlers that write to pytest's captured streams.
 
