@@ -31,6 +31,9 @@ app.add_typer(schema_app, name="schema")
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 
+api_key_app = typer.Typer(help="API keys of the serving API.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "event.schema.json"
 
 
@@ -76,6 +79,28 @@ def topics_list() -> None:
     for name in sorted(meta.topics):
         if not name.startswith("__"):
             typer.echo(f"{name}\t{len(meta.topics[name].partitions)} partitions")
+
+
+@api_key_app.command("new")
+def api_key_new(
+    name: Annotated[str, typer.Option(help="Who holds the key (letters, digits, _ . -).")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: events (POST /events), recommend (/recommend).")
+    ] = "recommend",
+) -> None:
+    """Mint a key: prints the secret (shown once, never stored) and its LAMBDAREC_API_KEYS entry."""
+    from lambdarec.apikeys import mint
+
+    try:
+        secret, entry = mint(name, [s.strip() for s in scopes.split(",") if s.strip()])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"secret={secret}")
+    typer.echo(f"entry={entry}")
+    typer.echo(
+        "# Give the secret to the client (Authorization: Bearer <secret>); it is not shown "
+        "again. Append the entry to LAMBDAREC_API_KEYS (comma-separated) and restart serving."
+    )
 
 
 @app.command("replay")

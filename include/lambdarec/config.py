@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdarec.apikeys import parse_entries
 from lambdarec.events import RETRY_HORIZON
 
 #: The repository root (include/lambdarec/config.py -> two levels up from include/).
@@ -193,6 +194,35 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
+    api_keys: str = Field(
+        "",
+        description="API keys of serving as name:scope[+scope]:sha256hex, comma-separated "
+        "(scopes: events, recommend; `lambdarec api-key new` mints one); empty means the API "
+        "is open (logged as a warning at startup).",
+    )
+    require_api_keys: bool = Field(
+        False,
+        description="Serving refuses to start when LAMBDAREC_API_KEYS is empty (set it in a "
+        "deployment; the local platform leaves it off).",
+    )
+    rate_limit_rps: Annotated[float, Field(ge=0)] = Field(
+        200.0,
+        description="Requests a second each API key (each client IP when keys are off) may make "
+        "to /events and /recommend, per serving worker process; 0 turns the limit off.",
+    )
+    rate_limit_burst: Annotated[int, Field(ge=1)] = Field(
+        400, description="Requests a key or client IP may make at once above the steady rate."
+    )
+    session_bind_max: Annotated[int, Field(ge=1)] = Field(
+        100_000,
+        description="Sessions each serving worker remembers the user of (least recently used "
+        "forgotten first); another user's request on a remembered session is refused (409).",
+    )
+    purchase_memory_bytes: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024 * 1024,
+        description="Bytes each serving worker may hold of users' recent purchases (kept out of "
+        "their lists); the least recently active users are forgotten first.",
+    )
     category_cap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.5,
         description="Diversity rule: one category fills at most this share of a list (relaxed "
@@ -272,6 +302,12 @@ class Settings(BaseSettings):
                     "set it like 'broker-1:9092,broker-2:9092'"
                 )
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str) -> str:
+        parse_entries(value)
+        return value.strip()
 
     @field_validator("online_store", "flink_state_backend", mode="before")
     @classmethod
