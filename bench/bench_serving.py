@@ -410,7 +410,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if args.milvus == "server":
             uri = args.milvus_uri or f"http://127.0.0.1:{settings.milvus_port}"
             settings = settings.model_copy(update={"milvus_uri": uri})
-        settings = settings.model_copy(update={"serving_model_dir": str(model_dir)})
+        # No rate limit: the load generator is one client IP asking at the measured rate.
+        settings = settings.model_copy(
+            update={"serving_model_dir": str(model_dir), "rate_limit_rps": 0.0}
+        )
         apply(settings)
         catalog = pa.table(
             {

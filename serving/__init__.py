@@ -1,7 +1,9 @@
 """The lambdarec serving app: ``create_app()`` builds it (``gunicorn 'serving:create_app()'``).
 
-Blueprints: ``api.recommend`` (GET /recommend), ``api.events`` (POST /events), ``api.health``
-(/health, /ready, /metrics, /openapi.json, /docs). Every error is JSON
+Blueprints: ``api.recommend`` (GET and POST /recommend), ``api.events`` (POST /events),
+``api.health`` (/health, /ready, /metrics, /openapi.json, /docs). /recommend and /events need an
+API key with their scope when ``LAMBDAREC_API_KEYS`` is set, and are rate limited per key (per
+client IP without keys) in each worker (:mod:`serving.access`). Every error is JSON
 ``{"error": {"field", "message"}}``; an unexpected one is logged with its traceback and answered
 500 with the request id only, never the traceback.
 """
@@ -19,6 +21,8 @@ from werkzeug.exceptions import HTTPException
 from serving.validation import MAX_BODY_BYTES, RequestError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flask.typing import ResponseReturnValue
 
     from lambdarec.config import Settings
@@ -39,29 +43,48 @@ def create_app(
     impressions: ImpressionSink | None = None,
     events: EventSink | None = None,
     load_model: bool = True,
+    clock: Callable[[], float] | None = None,
 ) -> Flask:
     """The app for ``settings`` (default: the process settings).
 
     ``recommender`` defaults to :meth:`Recommender.from_settings` (lake snapshot, Feast, the
     vector index, the champion query tower loading in the background). ``variants`` is an A/B
     spec such as ``"control:90,b:10"`` (default: ``settings.ab_variants`` when the settings have
-    it, else everyone in ``control``).
+    it, else everyone in ``control``). ``clock`` is the rate limiter's (default: monotonic time).
+
+    Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
     """
     from lambdarec.config import get_settings
     from serving.ab import DEFAULT_VARIANTS, Variants
+    from serving.access import EXTENSION as ACCESS
+    from serving.access import Access
     from serving.api import events as events_api
     from serving.api import health, recommend
     from serving.metrics import Metrics
     from serving.recommender import Recommender
+    from serving.sessions import SessionOwners
     from serving.sinks import EventSink, ImpressionSink
     from serving.state import EXTENSION, ServingState
 
     settings = settings or get_settings()
     metrics = recommender.metrics if recommender is not None and recommender.metrics else Metrics()
+    access = Access(settings, metrics, clock=clock or time.monotonic)
+    if access.open:
+        if settings.require_api_keys:
+            raise RuntimeError(
+                "LAMBDAREC_REQUIRE_API_KEYS is true but LAMBDAREC_API_KEYS is empty; mint a key "
+                "with `lambdarec api-key new --name NAME --scopes events,recommend` and set it"
+            )
+        log.warning(
+            "the API is open: LAMBDAREC_API_KEYS is empty, so /events and /recommend take no "
+            "key; in a deployment set it and LAMBDAREC_REQUIRE_API_KEYS=true"
+        )
     if recommender is None:
         recommender = Recommender.from_settings(settings, metrics, load_model=load_model)
     elif recommender.metrics is None:
         recommender.metrics = metrics
+    recommender.purchases.limit(settings.purchase_memory_bytes)
+    metrics.watch_purchases(recommender.purchases)
     if not isinstance(variants, Variants):
         variants = Variants.parse(
             variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS)
@@ -77,7 +100,9 @@ def create_app(
         variants=variants,
         impressions=impressions or ImpressionSink(settings, metrics),
         events=events or EventSink(settings, metrics),
+        sessions=SessionOwners(settings.session_bind_max),
     )
+    app.extensions[ACCESS] = access
     app.register_blueprint(recommend.bp)
     app.register_blueprint(events_api.bp)
     app.register_blueprint(health.bp)
@@ -93,7 +118,7 @@ def _error(field: str, message: str, status: int, **extra: Any) -> ResponseRetur
 def _install_errors(app: Flask, metrics: Any) -> None:
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> ResponseReturnValue:
-        return jsonify(exc.body()), exc.status
+        return jsonify(exc.body()), exc.status, getattr(exc, "headers", {})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

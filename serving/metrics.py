@@ -6,8 +6,17 @@ Under gunicorn each worker has its own registry: ``/metrics`` shows the worker t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.core import Metric
+
+    from serving.purchases import PurchaseMemory
 
 #: Seconds; dense below 20 ms, where the serving target lives.
 BUCKETS = (
@@ -80,4 +89,41 @@ class Metrics:
             "Impression records by outcome.",
             ["outcome"],
             registry=r,
+        )
+        self.rate_limited = Counter(
+            "lambdarec_serving_rate_limited_total",
+            "Requests refused with 429 (over a key's or client IP's rate, in this worker).",
+            registry=r,
+        )
+        self.session_conflicts = Counter(
+            "lambdarec_serving_session_conflicts_total",
+            "Requests refused with 409 (a session id already bound to another user).",
+            registry=r,
+        )
+        self._purchases: PurchaseMemory | None = None
+
+    def watch_purchases(self, memory: PurchaseMemory) -> None:
+        """Expose ``memory``'s size and evictions, read at each scrape (one memory per app)."""
+        if self._purchases is None:
+            self.registry.register(_PurchaseCollector(self))
+        self._purchases = memory
+
+
+class _PurchaseCollector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        memory = self.metrics._purchases  # noqa: SLF001 - the collector is part of Metrics
+        if memory is None:
+            return
+        yield GaugeMetricFamily(
+            "lambdarec_serving_purchase_memory_bytes",
+            "Estimated bytes of this worker's purchase memory (users' recent purchases).",
+            value=memory.bytes,
+        )
+        yield CounterMetricFamily(
+            "lambdarec_serving_purchase_memory_evictions",
+            "Users forgotten by this worker's purchase memory to stay within its byte budget.",
+            value=memory.evictions,
         )

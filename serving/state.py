@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from serving.ab import Variants
     from serving.metrics import Metrics
     from serving.recommender import Recommender
+    from serving.sessions import SessionOwners
     from serving.sinks import EventSink, ImpressionSink
 
 EXTENSION = "lambdarec"
@@ -25,6 +26,7 @@ class ServingState:
     variants: Variants
     impressions: ImpressionSink
     events: EventSink
+    sessions: SessionOwners
 
 
 def state() -> ServingState:

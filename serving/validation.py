@@ -69,30 +69,59 @@ def parse_recommend(args: Mapping[str, Sequence[str]]) -> Query:
         return values[0] if values else None
 
     user_id = one("user_id")
-    if user_id is None:
-        raise RequestError("user_id", "required")
-    check_id("user_id", user_id)
-    session_id = one("session_id")
-    if session_id is not None:
-        check_id("session_id", session_id)
     raw_k = one("k")
-    k = K_DEFAULT
+    k: int | None = None
     if raw_k is not None:
         if not raw_k.isascii() or not raw_k.isdigit() or len(raw_k) > 3:
             raise RequestError("k", f"must be an integer from 1 to {K_MAX}")
         k = int(raw_k)
-        if not 1 <= k <= K_MAX:
-            raise RequestError("k", f"must be an integer from 1 to {K_MAX}")
-    exclude: tuple[str, ...] = ()
     raw_exclude = one("exclude")
-    if raw_exclude:
-        parts = raw_exclude.split(",")
-        if len(parts) > EXCLUDE_MAX:
-            raise RequestError("exclude", f"{len(parts)} ids; at most {EXCLUDE_MAX} allowed")
-        for i, part in enumerate(parts):
-            check_id(f"exclude[{i}]", part)
-        exclude = tuple(dict.fromkeys(parts))
-    return Query(user_id, session_id, k, exclude)
+    return _query(user_id, one("session_id"), k, raw_exclude.split(",") if raw_exclude else [])
+
+
+def parse_recommend_body(payload: object) -> Query:
+    """Validate a decoded ``POST /recommend`` body: the GET form's fields as a JSON object, with
+    ``exclude`` a list of ids (the GET form's request line is cut near 62 of them)."""
+    if not isinstance(payload, dict):
+        raise RequestError("$", 'the body must be a JSON object like {"user_id": "u1"}')
+    unknown = sorted(set(payload) - set(RECOMMEND_PARAMS))
+    if unknown:
+        raise RequestError(
+            str(unknown[0])[:64], f"unknown field; allowed: {', '.join(RECOMMEND_PARAMS)}"
+        )
+    for name in ("user_id", "session_id"):
+        if name in payload and not isinstance(payload[name], str):
+            raise RequestError(name, "must be a string id")
+    k = payload.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise RequestError("k", f"must be an integer from 1 to {K_MAX}")
+    exclude = payload.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise RequestError("exclude", "must be a list of item ids")
+    for i, part in enumerate(exclude[: EXCLUDE_MAX + 1]):
+        if not isinstance(part, str):
+            raise RequestError(f"exclude[{i}]", "must be a string id")
+    return _query(payload.get("user_id"), payload.get("session_id"), k, exclude)
+
+
+def _query(
+    user_id: str | None, session_id: str | None, k: int | None, exclude: Sequence[str]
+) -> Query:
+    """The checks both forms of /recommend share."""
+    if user_id is None:
+        raise RequestError("user_id", "required")
+    check_id("user_id", user_id)
+    if session_id is not None:
+        check_id("session_id", session_id)
+    if k is None:
+        k = K_DEFAULT
+    elif not 1 <= k <= K_MAX:
+        raise RequestError("k", f"must be an integer from 1 to {K_MAX}")
+    if len(exclude) > EXCLUDE_MAX:
+        raise RequestError("exclude", f"{len(exclude)} ids; at most {EXCLUDE_MAX} allowed")
+    for i, part in enumerate(exclude):
+        check_id(f"exclude[{i}]", part)
+    return Query(user_id, session_id, k, tuple(dict.fromkeys(exclude)))
 
 
 def parse_events(payload: object) -> list[Event]:

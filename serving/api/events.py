@@ -2,7 +2,8 @@
 
 A batch is all or nothing: the first invalid event refuses the whole request (400 naming its
 index and field) and nothing is produced, so a client can fix and resend the batch as a whole;
-event ids make a resend idempotent downstream. Accepted means acknowledged by Kafka (acks=all);
+event ids make a resend idempotent downstream. A batch with an event on a session bound to
+another user (:mod:`serving.sessions`) is refused whole with 409. Accepted means acknowledged by Kafka (acks=all);
 with the broker down the answer is 503 with ``Retry-After``, never a silent drop.
 """
 
@@ -14,6 +15,7 @@ import orjson
 from flask import Blueprint, jsonify, request
 
 from lambdarec.events import EventType
+from serving.access import guarded
 from serving.sinks import KafkaUnavailable
 from serving.state import state
 from serving.validation import RequestError, parse_events
@@ -25,6 +27,7 @@ bp = Blueprint("events", __name__)
 
 
 @bp.post("/events")
+@guarded("events")
 def post_events() -> ResponseReturnValue:
     s = state()
     if request.mimetype != "application/json":
@@ -40,6 +43,14 @@ def post_events() -> ResponseReturnValue:
     except RequestError:
         s.metrics.events.labels("invalid").inc()
         raise
+    if s.sessions.claim((e.session_id, e.user_id) for e in events):
+        s.metrics.session_conflicts.inc()
+        s.metrics.events.labels("session_conflict").inc()
+        raise RequestError(
+            "session_id",
+            "belongs to another user; start a new session id for this user",
+            status=409,
+        )
     try:
         s.events.send(events)
     except KafkaUnavailable as exc:

@@ -1,4 +1,9 @@
-"""``GET /recommend``: validated query -> the two-stage pipeline -> JSON, plus an impression."""
+"""``/recommend``: validated query -> the two-stage pipeline -> JSON, plus an impression.
+
+``GET`` takes the query string; ``POST`` the same fields as a JSON object, for an ``exclude`` list
+longer than a request line holds. A session already bound to another user is refused (409)
+before any feature of it is read.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import orjson
 from flask import Blueprint, jsonify, request
 
 from lambdarec.events import format_ts
+from serving.access import guarded
 from serving.state import state
-from serving.validation import parse_recommend
+from serving.validation import RequestError, parse_recommend, parse_recommend_body
 
 if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
+
+    from lambdarec.recommend.types import Query
 
 bp = Blueprint("recommend", __name__)
 
@@ -23,9 +32,34 @@ TOP_REASONS = 3
 
 
 @bp.get("/recommend")
-def recommend() -> ResponseReturnValue:
+@guarded("recommend")
+def recommend_get() -> ResponseReturnValue:
+    return _answer(parse_recommend(request.args.to_dict(flat=False)))
+
+
+@bp.post("/recommend")
+@guarded("recommend")
+def recommend_post() -> ResponseReturnValue:
+    if request.mimetype != "application/json":
+        raise RequestError("$", "send the query as application/json", status=415)
+    if request.args:
+        raise RequestError("$", "send every field in the JSON body, none in the query string")
+    try:
+        payload = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise RequestError("$", f"malformed JSON: {exc}"[:300]) from None
+    return _answer(parse_recommend_body(payload))
+
+
+def _answer(query: Query) -> ResponseReturnValue:
     s = state()
-    query = parse_recommend(request.args.to_dict(flat=False))
+    if query.session_id is not None and s.sessions.claim([(query.session_id, query.user_id)]):
+        s.metrics.session_conflicts.inc()
+        raise RequestError(
+            "session_id",
+            "belongs to another user; start a new session id for this user",
+            status=409,
+        )
     request_id = uuid.uuid4().hex
     variant = s.variants.assign(query.user_id)
     result = s.recommender.recommend(query)

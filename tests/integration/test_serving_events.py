@@ -69,7 +69,9 @@ def test_events_reach_the_topic_and_invalid_batches_produce_nothing(
     assert resp.status_code == 202, resp.data
     assert resp.get_json() == {"accepted": 50}
     resp = client.post(
-        "/events", json=_event(50, event_type="purchase", item_id="i0", user_id="buyer")
+        "/events",
+        # Its own session: s1 belongs to u1 since the batch above (another user's would be 409).
+        json=_event(50, event_type="purchase", item_id="i0", user_id="buyer", session_id="s-b"),
     )
     assert resp.status_code == 202
     # acks=all before 202: the events are on the topic when the answer arrives.
@@ -95,7 +97,7 @@ def test_recommend_logs_an_impression(
     broker: Settings, app_parts: tuple[FlaskClient, ImpressionSink]
 ) -> None:
     client, sink = app_parts
-    body = client.get("/recommend?user_id=imp-user&session_id=s1&k=5").get_json()
+    body = client.get("/recommend?user_id=imp-user&session_id=s-imp&k=5").get_json()
     sink.close()
     size = eventually(
         lambda: topic_size(broker, broker.topic_impressions),

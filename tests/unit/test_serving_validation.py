@@ -36,7 +36,8 @@ N_ITEMS = 300
 def client(tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
     (closed_port,) = free_ports(1)
     state: Path = tmp_path_factory.mktemp("serving")
-    settings = private_settings(state, kafka_bootstrap=f"127.0.0.1:{closed_port}")
+    # No rate limit: the fuzzing below sends 10,000 requests from one client at once.
+    settings = private_settings(state, kafka_bootstrap=f"127.0.0.1:{closed_port}", rate_limit_rps=0)
     categories = {f"i{n}": f"c{n % 7}" for n in range(N_ITEMS)}
     popular = [(f"i{n}", float(N_ITEMS - n)) for n in range(N_ITEMS)]
     trending = [(f"i{n}", float(n)) for n in range(250, 260)]
@@ -140,7 +141,7 @@ def test_recommend_rejects_bad_queries(client: FlaskClient, query: str, field: s
 
 def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:
     _error(client.get("/nope"), 404)
-    _error(client.post("/recommend?user_id=u1"), 405)
+    _error(client.put("/recommend?user_id=u1"), 405)
 
 
 # -- /events ------------------------------------------------------------------------------------
