@@ -11,6 +11,22 @@ from lambdarec.recommend.sources import REGISTRY
 from serving.validation import EVENTS_MAX, EXCLUDE_MAX, K_MAX, MAX_BODY_BYTES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+#: Either header carries the key (when the server has LAMBDAREC_API_KEYS; otherwise none is asked).
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKeyHeader": []}]
+
+
+def _refusals(scope: str) -> dict[str, Any]:
+    """The answers every keyed, rate-limited endpoint may give before it looks at the request."""
+    return {
+        "401": _resp("No or unknown API key (WWW-Authenticate says how to send one).", _ERROR),
+        "403": _resp(f"The key lacks the `{scope}` scope.", _ERROR),
+        "409": _resp("The session id belongs to another user; start a new session.", _ERROR),
+        "429": _resp(
+            "Over the key's (or, without keys, the client IP's) rate in this worker; retry "
+            "after the Retry-After seconds.",
+            _ERROR,
+        ),
+    }
 
 
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -20,19 +36,12 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN, "pattern": ID_REGEX}
+_K = {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10}
+
+
 def _id_param(name: str, required: bool, doc: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": required,
-        "description": doc,
-        "schema": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_ID_LEN,
-            "pattern": ID_REGEX,
-        },
-    }
+    return {"name": name, "in": "query", "required": required, "description": doc, "schema": _ID}
 
 
 def spec() -> dict[str, Any]:
@@ -46,34 +55,38 @@ def spec() -> dict[str, Any]:
         "info": {
             "title": "lambdarec serving API",
             "version": "1",
-            "description": "Recommendations in milliseconds, click events in, health out.",
+            "description": "Recommendations in milliseconds, click events in, health out. "
+            "/recommend and /events need an API key with their scope when the server has keys "
+            "configured, and are rate limited per key (per client IP without keys) in each worker.",
         },
         "paths": {
             "/recommend": {
                 "get": {
                     "summary": "Top-k items for a user (and session), with why each was chosen.",
+                    "description": f"`exclude` in a query string is cut by the request line "
+                    f"near 62 ids; POST the query to send up to {EXCLUDE_MAX}.",
+                    "security": _SECURITY,
                     "parameters": [
                         _id_param("user_id", True, "Shopper id."),
                         _id_param(
-                            "session_id", False, "Current session; enables session features."
+                            "session_id",
+                            False,
+                            "Current session; enables session features. Bound to the first "
+                            "user seen on it.",
                         ),
                         {
                             "name": "k",
                             "in": "query",
                             "required": False,
                             "description": "List size.",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": K_MAX,
-                                "default": 10,
-                            },
+                            "schema": _K,
                         },
                         {
                             "name": "exclude",
                             "in": "query",
                             "required": False,
-                            "description": f"Comma-separated item ids to leave out (at most {EXCLUDE_MAX}).",
+                            "description": f"Comma-separated item ids to leave out (at most "
+                            f"{EXCLUDE_MAX}; the request line holds about 62).",
                             "schema": {"type": "string"},
                         },
                     ],
@@ -83,14 +96,39 @@ def spec() -> dict[str, Any]:
                             {"$ref": "#/components/schemas/Recommendation"},
                         ),
                         "400": _resp("Invalid or unknown query parameter.", _ERROR),
+                        **_refusals("recommend"),
                     },
-                }
+                },
+                "post": {
+                    "summary": "The same as GET, the query as a JSON object: for long exclusions.",
+                    "security": _SECURITY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RecommendQuery"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _resp(
+                            "The list, as GET answers it.",
+                            {"$ref": "#/components/schemas/Recommendation"},
+                        ),
+                        "400": _resp("Malformed JSON, an invalid or unknown field.", _ERROR),
+                        **_refusals("recommend"),
+                        "413": _resp(f"Body above {MAX_BODY_BYTES} bytes.", _ERROR),
+                        "415": _resp("Not application/json.", _ERROR),
+                    },
+                },
             },
             "/events": {
                 "post": {
                     "summary": f"One event or a list of 1-{EVENTS_MAX}, produced to Kafka.",
                     "description": "All or nothing: the first invalid event refuses the whole batch "
-                    "(the error gives its index and field) and nothing is produced.",
+                    "(the error gives its index and field) and nothing is produced; so does an "
+                    "event on a session bound to another user (409).",
+                    "security": _SECURITY,
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -115,6 +153,7 @@ def spec() -> dict[str, Any]:
                             {"type": "object", "properties": {"accepted": {"type": "integer"}}},
                         ),
                         "400": _resp("Malformed JSON or an invalid event.", _ERROR),
+                        **_refusals("events"),
                         "413": _resp(f"Body above {MAX_BODY_BYTES} bytes.", _ERROR),
                         "415": _resp("Not application/json.", _ERROR),
                         "503": _resp(
@@ -155,7 +194,31 @@ def spec() -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key minted by `lambdarec api-key new`.",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
             "schemas": {
+                "RecommendQuery": {
+                    "type": "object",
+                    "required": ["user_id"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "user_id": _ID,
+                        "session_id": _ID,
+                        "k": _K,
+                        "exclude": {
+                            "type": "array",
+                            "maxItems": EXCLUDE_MAX,
+                            "items": _ID,
+                            "description": "Item ids to leave out.",
+                        },
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -237,7 +300,7 @@ def spec() -> dict[str, Any]:
                     },
                 },
                 "Event": event,
-            }
+            },
         },
     }
 

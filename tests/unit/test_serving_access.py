@@ -438,3 +438,13 @@ def test_purchase_memory_is_bounded_in_bytes_and_exposed_in_metrics(tmp_path: Pa
     )
     assert float(line.split()[1]) == _purchases(app).bytes > 0
     assert "lambdarec_serving_purchase_memory_evictions_total 0.0" in text
+
+
+def test_openapi_describes_post_recommend_and_the_refusals(app: Flask) -> None:
+    spec = app.test_client().get("/openapi.json").get_json()
+    post = spec["paths"]["/recommend"]["post"]
+    assert {"401", "403", "409", "413", "429"} <= set(post["responses"])
+    query = spec["components"]["schemas"]["RecommendQuery"]
+    assert query["properties"]["exclude"]["maxItems"] == EXCLUDE_MAX
+    assert {"401", "403", "409", "429"} <= set(spec["paths"]["/events"]["post"]["responses"])
+    assert "POST /recommend" in app.test_client().get("/docs").get_data(as_text=True)
