@@ -31,6 +31,7 @@ from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
 from lambdarec.recommend.rules import CATEGORY_CAP
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models
+from lambdarec.tables import SESSION_FEATURES
 from serving.champion import load_champion
 from serving.guard import TRIP_AFTER, Guard
 from serving.purchases import PurchaseMemory
@@ -66,6 +67,8 @@ IN_PROCESS = frozenset({"model", "ranker"})
 OWN_DEADLINE = frozenset({"index", "online_store"})
 #: Each part's time budget per request (seconds).
 TIMEOUTS_S = {"online_store": 0.05, "index": 0.05, "model": 0.05, "ranker": 0.05}
+#: The online feature naming a session's user (the speed layer writes it from the events).
+SESSION_OWNER = f"{SESSION_FEATURES.name}:user_id"
 #: The degraded part while the query tower's model version differs from the index's.
 INDEX_VERSION = "index_version"
 #: After a reload marker announces an index version, the index is checked at every marker poll
@@ -336,6 +339,24 @@ class Recommender:
             for part in result.degraded_parts:
                 self.metrics.fallbacks.labels(part).inc()
         return result
+
+    def session_owners(self, session_ids: Sequence[str]) -> dict[str, str]:
+        """The user each session's online features name (sessions without a row are absent);
+        nothing when the online store is absent or fails (the caller keeps its own record)."""
+        if self.features is None or not session_ids:
+            return {}
+        try:
+            columns = self._call(
+                "online_store",
+                self.features.read,
+                [SESSION_OWNER],
+                [{"session_id": s} for s in session_ids],
+            )
+        except Exception as exc:  # noqa: BLE001 - a lookup that fails must not fail the request
+            log.debug("session owners not read: %s", exc)
+            return {}
+        users = columns.get(SESSION_OWNER.replace(":", "__")) or []
+        return {s: str(u) for s, u in zip(session_ids, users, strict=False) if u}
 
     # -- models ---------------------------------------------------------------------------------
 

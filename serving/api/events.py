@@ -43,7 +43,7 @@ def post_events() -> ResponseReturnValue:
     except RequestError:
         s.metrics.events.labels("invalid").inc()
         raise
-    if s.sessions.claim((e.session_id, e.user_id) for e in events):
+    if s.sessions.claim([(e.session_id, e.user_id) for e in events], s.recommender.session_owners):
         s.metrics.session_conflicts.inc()
         s.metrics.events.labels("session_conflict").inc()
         raise RequestError(

@@ -53,7 +53,9 @@ def recommend_post() -> ResponseReturnValue:
 
 def _answer(query: Query) -> ResponseReturnValue:
     s = state()
-    if query.session_id is not None and s.sessions.claim([(query.session_id, query.user_id)]):
+    if query.session_id is not None and s.sessions.claim(
+        [(query.session_id, query.user_id)], s.recommender.session_owners
+    ):
         s.metrics.session_conflicts.inc()
         raise RequestError(
             "session_id",

@@ -448,3 +448,63 @@ def test_openapi_describes_post_recommend_and_the_refusals(app: Flask) -> None:
     assert query["properties"]["exclude"]["maxItems"] == EXCLUDE_MAX
     assert {"401", "403", "409", "429"} <= set(spec["paths"]["/events"]["post"]["responses"])
     assert "POST /recommend" in app.test_client().get("/docs").get_data(as_text=True)
+
+
+class OnlineSessions:
+    """An online store whose session features say who each session belongs to (as the speed
+    layer writes them from any worker's events)."""
+
+    def __init__(self, owners: dict[str, str], fail: bool = False) -> None:
+        self.owners, self.fail = owners, fail
+        self.reads: list[list[str]] = []
+
+    def context(self, user_id: str, session_id: str | None) -> dict[str, Any]:
+        return {}
+
+    def read(self, refs: Any, rows: Any) -> dict[str, list[Any]]:
+        if self.fail:
+            raise ConnectionError("online store down")
+        assert list(refs) == ["session_features:user_id"]
+        sessions = [r["session_id"] for r in rows]
+        self.reads.append(sessions)
+        return {"session_features__user_id": [self.owners.get(s) for s in sessions]}
+
+
+def _app_with_store(tmp_path: Path, store: OnlineSessions) -> Flask:
+    settings = private_settings(tmp_path, api_keys="")
+    recommender = Recommender(
+        Snapshot.from_items({f"i{n}": "c" for n in range(50)}, [("i1", 1.0)]),
+        features=store,  # type: ignore[arg-type]
+    )
+    return create_app(
+        settings,
+        recommender,
+        events=RecordingSink(),  # type: ignore[arg-type]
+        impressions=RecordingImpressions(),  # type: ignore[arg-type]
+    )
+
+
+def test_a_session_another_worker_bound_is_refused_from_the_online_features(
+    tmp_path: Path,
+) -> None:
+    store = OnlineSessions({"s-elsewhere": "u1"})
+    app = _app_with_store(tmp_path, store)
+    client = app.test_client()
+    resp = client.post("/events", json=_event(session_id="s-elsewhere", user_id="u2"))
+    assert _error(resp, 409)["field"] == "session_id"
+    _error(client.get("/recommend?user_id=u2&session_id=s-elsewhere"), 409)
+    _unchanged(app)
+    assert client.get("/recommend?user_id=u1&session_id=s-elsewhere").status_code == 200
+    # Once this worker knows a session, it does not ask the store again.
+    reads = len(store.reads)
+    assert client.post("/events", json=_event(session_id="s-elsewhere")).status_code == 202
+    assert len(store.reads) == reads
+    # A new session (no online row) is taken by its first user.
+    assert client.post("/events", json=_event(event_id="n", session_id="s-new")).status_code == 202
+
+
+def test_an_online_store_down_leaves_the_workers_own_record(tmp_path: Path) -> None:
+    app = _app_with_store(tmp_path, OnlineSessions({}, fail=True))
+    client = app.test_client()
+    assert client.post("/events", json=_event()).status_code == 202
+    _error(client.post("/events", json=_event(event_id="e2", user_id="u2")), 409)
