@@ -56,7 +56,8 @@ def serving(settings: Settings) -> Service:
 
 
 def reports(settings: Settings) -> Service:
-    """A static web server (loopback) for Data Docs and the HTML reports."""
+    """A static web server (loopback) for Data Docs and the HTML reports: no directory listings,
+    no symlink followed out of the site's folders (:class:`lambdarec.reports.SiteHandler`)."""
     host, port = settings.bind_host, settings.reports_port
     url = f"http://{host}:{port}/"
     return Service(
@@ -65,16 +66,8 @@ def reports(settings: Settings) -> Service:
         ports={port: "reports_port"},
         url=url,
         health=lambda: http_ok(url),
-        command=[
-            sys.executable,
-            "-m",
-            "http.server",
-            str(port),
-            "--bind",
-            host,
-            "--directory",
-            str(settings.site_dir),
-        ],
+        # Host, port and folders come from the LAMBDAREC_* variables every service starts with.
+        command=[sys.executable, "-m", "lambdarec.reports"],
         prepare=lambda: prepare_site(settings),
         stop_timeout_s=5.0,
     )
