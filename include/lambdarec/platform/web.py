@@ -1,4 +1,5 @@
-"""The web front of the local platform: the Flask recommendation API under gunicorn (opt-in), the
+"""The web front of the local platform: the Flask recommendation API under gunicorn (opt-in, on
+loopback behind the nginx of :mod:`lambdarec.platform.proxy`, whose port is the public URL), the
 reports site (one static server for Data Docs, drift and evaluation reports, its folder written by
 :mod:`lambdarec.reports`) and the Data Docs row."""
 
@@ -32,7 +33,8 @@ def serving_workers(settings: Settings) -> list[str]:
 
 
 def serving(settings: Settings) -> Service:
-    """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``)."""
+    """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``, or
+    ``up proxy`` for it and the nginx in front of it, the public URL)."""
     host, port = settings.bind_host, settings.serving_port
     url = f"http://{host}:{port}"
     return Service(
@@ -50,7 +52,10 @@ def serving(settings: Settings) -> Service:
         ],
         cwd=settings.home,
         stop_timeout_s=10.0,
-        details=lambda: f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics",
+        details=lambda: (
+            f"public URL (through `proxy`) http://{host}:{settings.proxy_port}; "
+            f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics"
+        ),
         default=False,
     )
 
