@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from lambdarec.deploy import compose_settings, load_compose
 from lambdarec.harness.platform import private_settings
 from lambdarec.platform.proxy import (
+    COMPOSE_CONF,
+    compose_conf,
     local_conf,
     nginx_bin,
     prepare_proxy,
@@ -17,6 +20,12 @@ from lambdarec.platform.proxy import (
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+def test_the_compose_file_is_the_rendered_template() -> None:
+    assert COMPOSE_CONF.read_text() == compose_conf(compose_settings({})), (
+        "docker/nginx/nginx.conf is stale: run `python -m lambdarec.platform.proxy`"
+    )
 
 
 def test_the_local_rendering_stays_in_the_state_folder_and_on_loopback(tmp_path: Path) -> None:
@@ -60,3 +69,12 @@ def test_nginx_accepts_the_local_rendering(tmp_path: Path) -> None:
 def test_a_missing_value_is_an_error() -> None:
     with pytest.raises(ValueError, match="LISTEN"):
         render({"USER": "", "WORKERS": "1"})
+
+
+def test_compose_publishes_serving_only_through_the_proxy() -> None:
+    services = load_compose()["services"]
+    assert "ports" not in services["serving"], "gunicorn is reached through the proxy only"
+    proxy = services["proxy"]
+    assert proxy["ports"] == ["127.0.0.1:8000:8000"]  # .env.example's values
+    assert "./docker/nginx/nginx.conf:/etc/nginx/lambdarec/nginx.conf:ro" in proxy["volumes"]
+    assert proxy["depends_on"]["serving"] == {"condition": "service_healthy"}
