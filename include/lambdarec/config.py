@@ -36,6 +36,7 @@ LOCAL_PORTS = (
     "milvus_port",
     "milvus_etcd_port",
     "flink_rest_port",
+    "proxy_port",
 )
 
 
@@ -278,6 +279,30 @@ class Settings(BaseSettings):
     )
     drift_skew_sample: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
         500, description="Impressions whose features the skew check rebuilds from Feast (0: off)."
+    )
+
+    # -- reverse proxy (nginx) in front of serving --------------------------------------------
+    proxy_port: Port = Field(
+        8001,
+        description="The local platform's public serving URL: nginx in front of gunicorn "
+        "(which stays on serving_port, loopback, behind it).",
+    )
+    proxy_client_timeout_s: Annotated[int, Field(ge=1, le=300)] = Field(
+        10,
+        description="The proxy drops a client whose request header takes longer than this, or "
+        "whose body or reading of the answer stalls this long (client_header_timeout, "
+        "client_body_timeout, send_timeout).",
+    )
+    proxy_max_body_kb: Annotated[int, Field(ge=1, le=102_400)] = Field(
+        1024, description="Largest request body the proxy accepts (client_max_body_size), KiB."
+    )
+    proxy_read_timeout_s: Annotated[int, Field(ge=1, le=600)] = Field(
+        30, description="How long the proxy waits for serving's answer (proxy_read_timeout)."
+    )
+    proxy_conns_per_ip: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        64,
+        description="Requests one client address may have in flight at the proxy (limit_conn; "
+        "more are answered 429).",
     )
 
     # -- platform --------------------------------------------------------------------------

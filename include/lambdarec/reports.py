@@ -5,15 +5,27 @@ and ``reports -> <state_dir>/reports``; the ``reports`` service serves it. The i
 newest drift reports (``reports/drift/<day>/report.html``, with their alarms) and model
 evaluations (``reports/models/**/report.html``). It is rewritten when the service starts and
 after every drift run, so it stays current without a server-side script.
+
+:func:`main` (``python -m lambdarec.reports``) serves the folder: Python's static file server
+without its directory listings and without following a symlink out of the three folders the site
+is made of (a symlink dropped into a report folder pointing at ``/etc/passwd`` answers 404).
 """
 
 from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING
+import os
+from functools import partial
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    import io
+    from collections.abc import Sequence
+    from typing import BinaryIO
+
     from lambdarec.config import Settings
 
 #: Reports of each kind listed on the index (newest first); the folders hold them all.
@@ -27,7 +39,8 @@ _PAGE = """<!doctype html>
 <ul>
 <li><a href="data_docs/index.html">Data Docs</a>: every Great Expectations validation of the lake
 and the feature tables, with the values that failed</li>
-<li><a href="reports/">Reports</a>: model evaluations and drift reports, one folder per run</li>
+<li>Reports: the model evaluations and drift reports below, one folder per run under
+<code>reports/</code> (folders are not listed: follow the links)</li>
 <li><a href="http://{host}:{airflow_port}/">Airflow</a> and
 <a href="http://{host}:{mlflow_port}/">MLflow</a></li>
 </ul>
@@ -108,3 +121,58 @@ def prepare_site(settings: Settings) -> None:
         if not link.is_symlink():
             link.symlink_to(target, target_is_directory=True)
     write_index(settings)
+
+
+def site_roots(settings: Settings) -> tuple[str, ...]:
+    """The real folders the site may serve from: the site itself and the two it links to."""
+    folders = (settings.site_dir, settings.data_docs_dir, settings.reports_dir)
+    return tuple(os.path.realpath(folder) for folder in folders)
+
+
+class SiteHandler(SimpleHTTPRequestHandler):
+    """Static files of the site, 404 for a directory listing or a path that resolves elsewhere.
+
+    The stock handler lists any folder without an ``index.html`` and follows every symlink, so
+    whatever a link in the reports folders points to (``/etc/passwd``) is served. Here the
+    resolved path must lie in one of :attr:`roots` (the site's own two links lead to two of
+    them), and folders are never listed: a report links its pages, nobody browses the tree.
+    """
+
+    roots: ClassVar[tuple[str, ...]] = ()
+
+    def send_head(self) -> io.BytesIO | BinaryIO | None:
+        real = os.path.realpath(self.translate_path(self.path))
+        if not any(real == root or real.startswith(root + os.sep) for root in self.roots):
+            self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path: str | os.PathLike[str]) -> io.BytesIO | None:
+        self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+        return None
+
+
+def serve(settings: Settings) -> None:
+    """Serve ``site_dir`` on ``bind_host:reports_port`` until the process is stopped."""
+    handler = type("BoundSiteHandler", (SiteHandler,), {"roots": site_roots(settings)})
+    address = (settings.bind_host, settings.reports_port)
+    with ThreadingHTTPServer(address, partial(handler, directory=str(settings.site_dir))) as httpd:
+        httpd.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lambdarec.reports``: the reports service (settings from ``LAMBDAREC_*``)."""
+    import argparse
+
+    from lambdarec.config import get_settings
+
+    argparse.ArgumentParser(
+        prog="python -m lambdarec.reports",
+        description="Serve the reports site (LAMBDAREC_STATE_DIR/site) on LAMBDAREC_REPORTS_PORT.",
+    ).parse_args(argv)
+    serve(get_settings())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""The web front of the local platform: the Flask recommendation API under gunicorn (opt-in), the
+"""The web front of the local platform: the Flask recommendation API under gunicorn (opt-in, on
+loopback behind the nginx of :mod:`lambdarec.platform.proxy`, whose port is the public URL), the
 reports site (one static server for Data Docs, drift and evaluation reports, its folder written by
 :mod:`lambdarec.reports`) and the Data Docs row."""
 
@@ -32,7 +33,8 @@ def serving_workers(settings: Settings) -> list[str]:
 
 
 def serving(settings: Settings) -> Service:
-    """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``)."""
+    """The Flask recommendation API under gunicorn (opt-in: ``lambdarec platform up serving``, or
+    ``up proxy`` for it and the nginx in front of it, the public URL)."""
     host, port = settings.bind_host, settings.serving_port
     url = f"http://{host}:{port}"
     return Service(
@@ -50,13 +52,17 @@ def serving(settings: Settings) -> Service:
         ],
         cwd=settings.home,
         stop_timeout_s=10.0,
-        details=lambda: f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics",
+        details=lambda: (
+            f"public URL (through `proxy`) http://{host}:{settings.proxy_port}; "
+            f"docs {url}/docs; readiness {url}/ready; metrics {url}/metrics"
+        ),
         default=False,
     )
 
 
 def reports(settings: Settings) -> Service:
-    """A static web server (loopback) for Data Docs and the HTML reports."""
+    """A static web server (loopback) for Data Docs and the HTML reports: no directory listings,
+    no symlink followed out of the site's folders (:class:`lambdarec.reports.SiteHandler`)."""
     host, port = settings.bind_host, settings.reports_port
     url = f"http://{host}:{port}/"
     return Service(
@@ -65,16 +71,8 @@ def reports(settings: Settings) -> Service:
         ports={port: "reports_port"},
         url=url,
         health=lambda: http_ok(url),
-        command=[
-            sys.executable,
-            "-m",
-            "http.server",
-            str(port),
-            "--bind",
-            host,
-            "--directory",
-            str(settings.site_dir),
-        ],
+        # Host, port and folders come from the LAMBDAREC_* variables every service starts with.
+        command=[sys.executable, "-m", "lambdarec.reports"],
         prepare=lambda: prepare_site(settings),
         stop_timeout_s=5.0,
     )
