@@ -231,3 +231,26 @@ def test_flink_connector_logs_in_with_the_shaded_scram_module(
     printed = capsys.readouterr().out
     assert "sasl.jaas.config" in printed
     assert PASSWORD not in printed
+
+
+def test_child_processes_get_the_secrets_not_their_mask(tmp_path: Path) -> None:
+    """The local platform hands its settings to child processes as environment variables."""
+    from lambdarec.platform.base import settings_env
+
+    env = settings_env(
+        _settings(
+            tmp_path,
+            kafka_sasl_password=PASSWORD,
+            redis_password=PASSWORD,
+            mlflow_tracking_username="admin",
+            mlflow_tracking_password=PASSWORD,
+        )
+    )
+    assert env["LAMBDAREC_KAFKA_SASL_PASSWORD"] == PASSWORD
+    assert env["LAMBDAREC_REDIS_PASSWORD"] == PASSWORD
+    assert env["LAMBDAREC_MILVUS_TOKEN"] == ""
+    assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
+    assert "LAMBDAREC_MLFLOW_TRACKING_PASSWORD" not in env
+    assert settings_env(_settings(tmp_path))["LAMBDAREC_KAFKA_SASL_PASSWORD"] == ""
+    assert "MLFLOW_TRACKING_PASSWORD" not in settings_env(_settings(tmp_path))
