@@ -254,3 +254,18 @@ def test_child_processes_get_the_secrets_not_their_mask(tmp_path: Path) -> None:
     assert "LAMBDAREC_MLFLOW_TRACKING_PASSWORD" not in env
     assert settings_env(_settings(tmp_path))["LAMBDAREC_KAFKA_SASL_PASSWORD"] == ""
     assert "MLFLOW_TRACKING_PASSWORD" not in settings_env(_settings(tmp_path))
+
+
+def test_the_speed_layer_submission_carries_the_kafka_login_only_when_set(
+    tmp_path: Path, speed_layer: ModuleType
+) -> None:
+    """`flink run` (the speed_layer DAG, the local platform) starts the job program with this
+    environment only; the program builds its connector options from it."""
+    from lambdarec.speed.job import speed_layer_env
+
+    assert not any("SASL" in key for key in speed_layer_env(_settings(tmp_path)))
+    env = speed_layer_env(
+        _settings(tmp_path, kafka_sasl_username="lambdarec", kafka_sasl_password=PASSWORD)
+    )
+    assert env["LAMBDAREC_KAFKA_SASL_PASSWORD"] == PASSWORD
+    assert f'password="{PASSWORD}"' in speed_layer.kafka_security_options(env)
