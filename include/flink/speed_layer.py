@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 log = logging.getLogger("lambdarec.speed_layer")
 
@@ -205,10 +205,41 @@ def _uri(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else Path(path_or_uri).resolve().as_uri()
 
 
+#: The SQL connector jar relocates the Kafka client: its login modules live under this prefix.
+_SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
+_LOGIN_MODULES = {
+    "PLAIN": "common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "common.security.scram.ScramLoginModule",
+}
+
+
+def kafka_security_options(env: Mapping[str, str] | None = None) -> str:
+    """The connector's SASL options from the LAMBDAREC_KAFKA_SASL_* variables (the project's
+    Settings names), or nothing when no user is set. Read from the environment, never from
+    arguments: a password on the command line shows in the process list."""
+    env = os.environ if env is None else env
+    user = env.get("LAMBDAREC_KAFKA_SASL_USERNAME", "")
+    if not user:
+        return ""
+    mechanism = env.get("LAMBDAREC_KAFKA_SASL_MECHANISM", "") or "SCRAM-SHA-512"
+    password = env.get("LAMBDAREC_KAFKA_SASL_PASSWORD", "")
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in (user, password))
+    jaas = '{}.{} required username="{}" password="{}";'.format(
+        _SHADED_KAFKA, _LOGIN_MODULES[mechanism], *quoted
+    )
+    protocol = env.get("LAMBDAREC_KAFKA_SECURITY_PROTOCOL", "") or "SASL_PLAINTEXT"
+    return (
+        f", 'properties.security.protocol' = {_q(protocol)}, "
+        f"'properties.sasl.mechanism' = {_q(mechanism)}, "
+        f"'properties.sasl.jaas.config' = {_q(jaas)}"
+    )
+
+
 def _kafka_common(args: argparse.Namespace, topic: str) -> str:
     return (
         f"'connector' = 'kafka', 'topic' = {_q(topic)}, "
-        f"'properties.bootstrap.servers' = {_q(args.bootstrap_servers)}"
+        f"'properties.bootstrap.servers' = {_q(args.bootstrap_servers)}" + kafka_security_options()
     )
 
 
@@ -512,7 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_sql:
         ddl, inserts = statements(args)
-        print(";\n\n".join([*ddl, *inserts]) + ";")
+        text = ";\n\n".join([*ddl, *inserts]) + ";"
+        password = os.environ.get("LAMBDAREC_KAFKA_SASL_PASSWORD", "")
+        print(text.replace(password, "******") if password else text)
         return 0
     result = run(args)
     client = result.get_job_client()

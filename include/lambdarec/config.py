@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdarec.apikeys import parse_entries
@@ -303,6 +310,44 @@ class Settings(BaseSettings):
         64,
         description="Requests one client address may have in flight at the proxy (limit_conn; "
         "more are answered 429).",
+    )
+    # -- credentials of the deployment's backends (docs/deployment.md, "Credentials") ----------
+    # Empty by default: the local platform's services run without authentication on loopback.
+    # Secrets are SecretStr, so neither a repr of the settings nor a log line shows them.
+    kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "SASL_PLAINTEXT",
+        description="Kafka security protocol used when KAFKA_SASL_USERNAME is set (SASL_SSL "
+        "when the brokers also speak TLS).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="Kafka SASL mechanism used when KAFKA_SASL_USERNAME is set."
+    )
+    kafka_sasl_username: str = Field(
+        "", description="Kafka SASL user of every project client; empty means no SASL."
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="Kafka SASL password of KAFKA_SASL_USERNAME."
+    )
+    redis_password: SecretStr = Field(
+        SecretStr(""),
+        description="Redis password (requirepass) of the Feast online store; empty means none. "
+        "Feast reads it from this environment variable when it opens the store.",
+    )
+    milvus_token: SecretStr = Field(
+        SecretStr(""),
+        description="Milvus credentials as user:password (or an API key); empty means none.",
+    )
+    #: MLflow's own variables, read under their own names: every MLflow client in the process
+    #: (the registry, model loading, Airflow tasks) authenticates with them without project code.
+    mlflow_tracking_username: str = Field(
+        "",
+        validation_alias=AliasChoices("mlflow_tracking_username"),
+        description="MLflow basic-auth user (MLflow's own MLFLOW_TRACKING_USERNAME, no prefix).",
+    )
+    mlflow_tracking_password: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("mlflow_tracking_password"),
+        description="MLflow basic-auth password (MLflow's own MLFLOW_TRACKING_PASSWORD, no prefix).",
     )
 
     # -- platform --------------------------------------------------------------------------

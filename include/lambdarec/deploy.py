@@ -12,10 +12,13 @@ to prove that no project service falls back to a loopback default; docs use
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import AliasChoices, SecretStr
 
 from lambdarec.config import REPO_ROOT, Settings
 
@@ -33,6 +36,30 @@ _VARIABLE = re.compile(
     r"|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
     r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
 )
+
+
+#: Every secret of the deployment (.env names) with its shortest acceptable length; the
+#: ``secrets-check`` service refuses to let the stack start while one is empty, still the
+#: ``change-me`` placeholder of .env.example, or shorter. Generators: docs/deployment.md.
+SECRETS: dict[str, int] = {
+    "KAFKA_CLUSTER_ID": 22,
+    "KAFKA_SASL_PASSWORD": 16,
+    "REDIS_PASSWORD": 16,
+    "POSTGRES_PASSWORD": 16,
+    "AIRFLOW_DB_PASSWORD": 16,
+    "MLFLOW_DB_PASSWORD": 16,
+    "MLFLOW_ADMIN_PASSWORD": 16,
+    "MLFLOW_FLASK_SECRET_KEY": 32,
+    "MINIO_ROOT_USER": 3,
+    "MINIO_ROOT_PASSWORD": 16,
+    "MILVUS_ROOT_PASSWORD": 16,
+    "AIRFLOW_ADMIN_PASSWORD": 16,
+    "AIRFLOW_FERNET_KEY": 44,
+    "AIRFLOW_API_SECRET_KEY": 32,
+    "AIRFLOW_JWT_SECRET": 32,
+}
+PLACEHOLDER = "change-me"
+_UNQUOTABLE = "\"'\\"
 
 
 class ComposeError(ValueError):
@@ -149,11 +176,31 @@ def compose_settings(env: Mapping[str, str]) -> Settings:
         for key, value in env.items()
         if key.startswith(PREFIX)
     }
+    # Fields read under another program's own name (MLflow's MLFLOW_TRACKING_*).
+    fields.update({name: env[key] for key, name in _aliased().items() if key in env})
     unknown = sorted(set(fields) - set(Settings.model_fields))
     if unknown:
         names = ", ".join(PREFIX + name.upper() for name in unknown)
         raise ComposeError(f"the compose file sets variables Settings does not know: {names}")
     return _ContainerSettings(**fields)
+
+
+def _aliased() -> dict[str, str]:
+    """Variable name -> field, for the fields read without the LAMBDAREC_ prefix."""
+    names = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update({str(choice).upper(): name for choice in alias.choices})
+        elif isinstance(alias, str):
+            names[alias.upper()] = name
+    return names
+
+
+def env_name(field: str) -> str:
+    """The environment variable a Settings field is read from."""
+    aliases = {name: key for key, name in _aliased().items()}
+    return aliases.get(field, PREFIX + field.upper())
 
 
 def service_settings(
@@ -209,11 +256,42 @@ def settings_table() -> str:
             shown = "<repo>/" + str(default.relative_to(REPO_ROOT))
         elif isinstance(default, Path) and default.is_relative_to(REPO_ROOT.parent):
             shown = "<repo>/../" + str(default.relative_to(REPO_ROOT.parent))
+        elif isinstance(default, SecretStr):
+            shown = "(empty)" if not default.get_secret_value() else "(secret)"
         else:
             shown = "(empty)" if default == "" else str(default)
         description = field.description or _SWITCHES.get(name, "")
-        rows.append(f"| `{PREFIX}{name.upper()}` | `{shown}` | {description.replace('|', '/')} |")
+        rows.append(f"| `{env_name(name)}` | `{shown}` | {description.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
+
+
+def secret_problems(env: Mapping[str, str], secrets: Mapping[str, int] = SECRETS) -> list[str]:
+    """What is wrong with each secret in ``env``, one line per variable (empty: all fine).
+
+    The lines name variables and lengths, never a value."""
+    problems = []
+    for name, shortest in secrets.items():
+        value = env.get(name, "")
+        if not value:
+            problems.append(f"{name} is empty")
+        elif PLACEHOLDER in value.lower():
+            problems.append(f"{name} is still the {PLACEHOLDER} placeholder")
+        elif len(value) < shortest:
+            problems.append(f"{name} is {len(value)} characters, shorter than {shortest}")
+        elif any(char in value for char in _UNQUOTABLE) or any(c.isspace() for c in value):
+            # Kafka's JAAS line and Redis's config file quote the value: these would break it.
+            problems.append(f"{name} holds a quote, a backslash or a space")
+    return problems
+
+
+def check_secrets(env: Mapping[str, str], secrets: Mapping[str, int] = SECRETS) -> None:
+    """Raise one :class:`ComposeError` naming every secret that is empty, a placeholder or short."""
+    problems = secret_problems(env, secrets)
+    if problems:
+        raise ComposeError(
+            "refusing to start: replace these secrets in .env (docs/deployment.md, "
+            "'Credentials', gives a generator for each):\n  " + "\n  ".join(problems)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,9 +303,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("table", help="Print the Markdown table of LAMBDAREC_* variables.")
     show = sub.add_parser("settings", help="Print each project service's endpoints.")
     show.add_argument("--env-file", type=Path, default=ENV_EXAMPLE)
+    check = sub.add_parser(
+        "check-secrets",
+        help="Refuse empty, placeholder (change-me) or short secrets; the deployment's "
+        "secrets-check service runs it before any backend starts.",
+    )
+    check.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="Check this env file instead of the process environment (e.g. .env before `up`).",
+    )
     args = parser.parse_args(argv)
     if args.command == "table":
         sys.stdout.write(settings_table())
+        return 0
+    if args.command == "check-secrets":
+        try:
+            check_secrets(read_env_file(args.env_file) if args.env_file else os.environ)
+        except ComposeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"secrets-check: all {len(SECRETS)} secrets are set")
         return 0
     try:
         rendered = service_settings(env_file=args.env_file)

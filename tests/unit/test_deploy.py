@@ -13,11 +13,16 @@ import pytest
 
 from lambdarec.config import REPO_ROOT
 from lambdarec.deploy import (
+    SECRETS,
     ComposeError,
+    check_secrets,
     compose_settings,
     interpolate,
     load_compose,
+    main,
     read_env_file,
+    secret_problems,
+    service_environment,
     service_settings,
     settings_table,
 )
@@ -240,3 +245,159 @@ def test_deployment_doc_lists_every_setting() -> None:
     for line in settings_table().splitlines()[2:]:
         variable = line.split("`")[1]
         assert variable in doc, variable
+
+
+# -- credentials (#21) ---------------------------------------------------------------------------
+
+
+def _real_secrets() -> dict[str, str]:
+    """What an operator generates for .env (docs/deployment.md, "Credentials")."""
+    import base64
+    import secrets
+    import uuid
+
+    from cryptography.fernet import Fernet
+
+    values = {name: secrets.token_hex(32) for name in SECRETS}
+    values["KAFKA_CLUSTER_ID"] = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    values["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    values["MINIO_ROOT_USER"] = "lambdarec"
+    return values
+
+
+def _env_file(tmp_path: Path, values: dict[str, str]) -> Path:
+    merged = {**read_env_file(ENV_EXAMPLE), **values}
+    path = tmp_path / "real.env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in merged.items()))
+    return path
+
+
+def test_the_check_refuses_every_placeholder_of_env_example() -> None:
+    """`docker compose config` accepts .env.example (compose cannot compare values); the
+    secrets-check service, run before every backend with a credential, refuses it."""
+    env = service_environment(load_compose(), "secrets-check")
+    assert set(env) == set(SECRETS)
+    problems = secret_problems(env)
+    assert [line.split()[0] for line in problems] == list(SECRETS)
+    with pytest.raises(ComposeError) as error:
+        check_secrets(env)
+    for name in SECRETS:
+        assert name in str(error.value)
+    assert "change-me" in str(error.value)
+
+
+def test_the_check_refuses_empty_and_short_secrets_naming_each() -> None:
+    env = {**_real_secrets(), "REDIS_PASSWORD": "", "MILVUS_ROOT_PASSWORD": "short"}
+    assert secret_problems(env) == [
+        "REDIS_PASSWORD is empty",
+        "MILVUS_ROOT_PASSWORD is 5 characters, shorter than 16",
+    ]
+
+
+def test_generated_secrets_pass_compose_and_the_check(tmp_path: Path) -> None:
+    real = _env_file(tmp_path, _real_secrets())
+    done = _compose("-f", "docker-compose.yml", "--env-file", str(real), "config", "-q")
+    assert done.returncode == 0, done.stderr
+    env = service_environment(load_compose(env_file=real), "secrets-check")
+    check_secrets(env)
+    assert main(["check-secrets", "--env-file", str(real)]) == 0
+    assert main(["check-secrets", "--env-file", str(ENV_EXAMPLE)]) == 1
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "KAFKA_SASL_PASSWORD",
+        "REDIS_PASSWORD",
+        "MILVUS_ROOT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+    ],
+)
+def test_compose_stops_on_an_empty_credential(tmp_path: Path, secret: str) -> None:
+    env = _env_file(tmp_path, {**_real_secrets(), secret: ""})
+    done = _compose("-f", "docker-compose.yml", "--env-file", str(env), "config", "-q")
+    assert done.returncode != 0
+    assert secret in done.stderr
+
+
+def _depends(compose: dict[str, object], service: str) -> set[str]:
+    """Every service ``service`` waits for, directly or through others."""
+    services = compose["services"]
+    assert isinstance(services, dict)
+    seen: set[str] = set()
+    todo = [service]
+    while todo:
+        spec = services[todo.pop()]
+        for name in spec.get("depends_on") or {}:
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def test_every_backend_asks_for_a_credential() -> None:
+    compose = load_compose()
+    services = compose["services"]
+
+    redis = services["redis"]
+    assert "requirepass" in " ".join(redis["command"])
+    assert service_environment(compose, "redis")["REDISCLI_AUTH"] == "change-me"
+
+    for name in ("kafka", "kafka-2", "kafka-3"):
+        kafka = service_environment(compose, name)
+        assert kafka["SCRAM_PASSWORD"] == "change-me", name
+        assert kafka["KAFKA_ADVERTISED_LISTENERS"].startswith("SASL_PLAINTEXT://"), name
+        assert "PLAINTEXT:PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace(
+            "CONTROLLER:PLAINTEXT", ""
+        ), name
+        assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512", name
+        assert "--command-config" in services[name]["healthcheck"]["test"][1], name
+
+    mlflow = service_environment(compose, "mlflow")
+    assert "--app-name basic-auth" in " ".join(services["mlflow"]["command"])
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == "change-me"
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "change-me"
+
+    milvus = service_environment(compose, "milvus")
+    assert milvus["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
+    assert milvus["COMMON_SECURITY_DEFAULTROOTPASSWORD"] == "change-me"
+
+    for name in ("airflow-api-server", "airflow-scheduler"):
+        airflow = service_environment(compose, name)
+        assert airflow["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False", name
+        assert airflow["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"], name
+    assert "AIRFLOW_ADMIN_PASSWORD" in " ".join(services["volume-init"]["command"])
+    assert service_environment(compose, "volume-init")["AIRFLOW_ADMIN_PASSWORD"] == "change-me"
+
+
+def test_every_service_with_a_credential_waits_for_the_check() -> None:
+    compose = load_compose()
+    for name in compose["services"]:
+        if name == "secrets-check" or name in ("etcd", "spark-master"):
+            continue  # etcd and the Spark master hold no credential
+        assert "secrets-check" in _depends(compose, name), name
+
+
+def test_flink_and_spark_publish_no_port() -> None:
+    """They have no authentication in open source: internal network only."""
+    compose = load_compose()
+    for name in ("flink-jobmanager", "flink-taskmanager", "spark-master", "spark-worker"):
+        assert not compose["services"][name].get("ports"), name
+
+
+def test_every_project_service_gets_the_credentials() -> None:
+    real = _real_secrets()
+    for name, settings in service_settings(real).items():
+        assert settings.kafka_sasl_username == "lambdarec", name
+        assert settings.kafka_sasl_password.get_secret_value() == real["KAFKA_SASL_PASSWORD"]
+        assert settings.redis_password.get_secret_value() == real["REDIS_PASSWORD"], name
+        assert settings.milvus_token.get_secret_value() == f"root:{real['MILVUS_ROOT_PASSWORD']}"
+        assert settings.mlflow_tracking_username == "admin", name
+        assert settings.mlflow_tracking_password.get_secret_value() == real["MLFLOW_ADMIN_PASSWORD"]
+
+
+def test_the_check_refuses_what_the_config_files_cannot_quote() -> None:
+    env = {**_real_secrets(), "KAFKA_SASL_PASSWORD": 'abc"def0123456789abc'}
+    assert secret_problems(env) == ["KAFKA_SASL_PASSWORD holds a quote, a backslash or a space"]

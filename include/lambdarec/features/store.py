@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -57,6 +58,8 @@ SERVICES = ("retrieval_v1", "ranking_v1")
 #: rule, per key the newest event time wins), by their class paths (Feast's ``type:``).
 ONLINE_SQLITE = "lambdarec.features.online.NewestWinsSqliteOnlineStore"
 ONLINE_REDIS = "lambdarec.features.online.NewestWinsRedisOnlineStore"
+#: The variable the rendered ``feature_store.yaml`` names for the Redis password (Settings' own).
+REDIS_PASSWORD_ENV = "LAMBDAREC_REDIS_PASSWORD"
 
 
 def _settings(settings: Settings | None) -> Settings:
@@ -69,10 +72,12 @@ def render_feature_store_yaml(settings: Settings | None = None) -> str:
     paths = feast_paths(settings)
     # Both under the one rule of lambdarec.features.online: per key, the newest event time wins.
     if settings.online_store == "redis":
-        online = (
-            f"  type: {ONLINE_REDIS}\n"
-            f'  connection_string: "{settings.redis_host}:{settings.redis_port},db={settings.redis_db}"'
-        )
+        connection = f"{settings.redis_host}:{settings.redis_port},db={settings.redis_db}"
+        if settings.redis_password.get_secret_value():
+            # A reference Feast expands from the environment when it loads the file: the
+            # password never lands in the rendered file on the state volume.
+            connection += f",password=${{{REDIS_PASSWORD_ENV}}}"
+        online = f'  type: {ONLINE_REDIS}\n  connection_string: "{connection}"'
     else:
         online = f"  type: {ONLINE_SQLITE}\n  path: {paths.online_db.resolve()}"
     return Template(_template()).substitute(
@@ -115,6 +120,11 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
     logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
     with _STORES_LOCK:
         if key not in _STORES:
+            password = settings.redis_password.get_secret_value()
+            if settings.online_store == "redis" and password:
+                # Feast expands the file's ${...} from this process's environment; settings read
+                # from a .env file (or built in code) are not there yet.
+                os.environ[REDIS_PASSWORD_ENV] = password
             yaml_path = write_feature_store_yaml(settings)
             _STORES[key] = FeatureStore(repo_path=str(yaml_path.parent), fs_yaml_file=yaml_path)
             enable_wal(settings)

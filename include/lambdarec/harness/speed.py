@@ -141,11 +141,14 @@ def committed(settings: Settings) -> int:
     """Events the job's consumer group has committed on the events topic (on checkpoints)."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from lambdarec.streaming.kafka import security_config
+
     probe = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": JOB_GROUP_ID,
             "enable.auto.commit": False,
+            **security_config(settings),
         }
     )
     try:

@@ -88,7 +88,7 @@ def read_impressions(
     import orjson
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from lambdarec.streaming.kafka import client_log
+    from lambdarec.streaming.kafka import client_log, security_config
 
     topic = settings.topic_impressions
     consumer = Consumer(
@@ -99,6 +99,7 @@ def read_impressions(
             "auto.offset.reset": "earliest",
             "logger": client_log,
             "client.id": "lambdarec-drift-monitoring",
+            **security_config(settings),
         }
     )
     records: list[dict[str, Any]] = []

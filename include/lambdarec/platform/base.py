@@ -107,12 +107,25 @@ def base_env() -> dict[str, str]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the ``LAMBDAREC_*`` environment variables that reproduce them."""
+    """The settings as the ``LAMBDAREC_*`` environment variables that reproduce them.
+
+    Secrets are exported as their values (a dump shows them masked), and a field read under
+    another program's own name (MLflow's ``MLFLOW_TRACKING_*``) under that name."""
+    from pydantic import AliasChoices, SecretStr
+
     exported = {}
     for name, value in settings.model_dump(mode="json").items():
+        raw = getattr(settings, name)
+        if isinstance(raw, SecretStr):
+            value = raw.get_secret_value()
         if value is not None:
             # pydantic-settings parses complex fields (lists, dicts) from JSON
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            alias = type(settings).model_fields[name].validation_alias
+            if isinstance(alias, AliasChoices):
+                if text:  # an empty one would hide MLflow's own credentials file
+                    exported[str(alias.choices[0]).upper()] = text
+                continue
             exported[f"LAMBDAREC_{name.upper()}"] = text
     return exported
 

@@ -38,7 +38,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,6 +137,9 @@ class IndexConfig:
     consistency: Literal["Bounded", "Eventually", "Session", "Strong"] = "Bounded"
     #: Longest wait for index building and loading.
     ready_timeout_s: float = 1_800.0
+    #: A Milvus server's credentials, ``user:password`` or an API key (empty: none); kept out of
+    #: the repr so a logged config shows no secret.
+    token: str = field(default="", repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> IndexConfig:
@@ -147,6 +150,9 @@ class IndexConfig:
             settings.state_dir / "milvus" / "items.db"
         )
         values: dict[str, Any] = {"uri": uri}
+        token = getattr(settings, "milvus_token", None)
+        if token is not None and token.get_secret_value():
+            values["token"] = token.get_secret_value()
         for name in ("alias", "index_type", "m", "ef_construction", "ef", "keep"):
             value = getattr(settings, f"milvus_{name}", None)
             if value is not None:
@@ -200,7 +206,10 @@ class VectorIndex:
                 Path(self.config.uri).parent.mkdir(parents=True, exist_ok=True)
                 self._client = MilvusClient(self.config.uri, grpc_options=LITE_GRPC_OPTIONS)
             else:
-                self._client = MilvusClient(self.config.uri, grpc_options=SERVER_GRPC_OPTIONS)
+                auth = {"token": self.config.token} if self.config.token else {}
+                self._client = MilvusClient(
+                    self.config.uri, grpc_options=SERVER_GRPC_OPTIONS, **auth
+                )
         return self._client
 
     def close(self) -> None:

@@ -182,11 +182,14 @@ def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
     """Events the job has not yet committed, per partition and in total."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from lambdarec.streaming.kafka import security_config
+
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": group,
             "enable.auto.commit": False,
+            **security_config(settings),
         }
     )
     try:

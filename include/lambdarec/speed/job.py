@@ -54,14 +54,24 @@ def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
 
 
 def speed_layer_env(settings: Settings) -> dict[str, str]:
-    """JAVA_HOME (Java 17), a bounded heap, logs under the state folder (not inside the venv)."""
+    """JAVA_HOME (Java 17), a bounded heap, logs under the state folder (not inside the venv),
+    and the Kafka login when there is one (the job reads it from the environment, never from
+    its arguments, which the process list shows)."""
     heap = settings.flink_heap
-    return {
+    env = {
         "JAVA_HOME": str(settings.java_home),
         "JVM_ARGS": f"-Xms{heap} -Xmx{heap}",
         "FLINK_LOG_DIR": str(settings.log_dir / "flink"),
         "PYTHONUNBUFFERED": "1",
     }
+    if settings.kafka_sasl_username:
+        env.update(
+            LAMBDAREC_KAFKA_SECURITY_PROTOCOL=settings.kafka_security_protocol,
+            LAMBDAREC_KAFKA_SASL_MECHANISM=settings.kafka_sasl_mechanism,
+            LAMBDAREC_KAFKA_SASL_USERNAME=settings.kafka_sasl_username,
+            LAMBDAREC_KAFKA_SASL_PASSWORD=settings.kafka_sasl_password.get_secret_value(),
+        )
+    return env
 
 
 def alive_jobs(rest_url: str, name: str = JOB_NAME, timeout_s: float = 3.0) -> list[dict[str, Any]]:

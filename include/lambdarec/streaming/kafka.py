@@ -56,11 +56,30 @@ def topic_specs(settings: Settings | None = None) -> list[TopicSpec]:
     ]
 
 
+def security_config(settings: Settings | None = None) -> dict[str, Any]:
+    """librdkafka's authentication settings: SASL when ``kafka_sasl_username`` is set (the
+    deployment's SCRAM user), nothing otherwise (the local broker is plaintext on loopback).
+    Every client of the project merges this into its configuration."""
+    s = settings or get_settings()
+    if not s.kafka_sasl_username:
+        return {}
+    return {
+        "security.protocol": s.kafka_security_protocol,
+        "sasl.mechanisms": s.kafka_sasl_mechanism,
+        "sasl.username": s.kafka_sasl_username,
+        "sasl.password": s.kafka_sasl_password.get_secret_value(),
+    }
+
+
 def admin_client(settings: Settings | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
     s = settings or get_settings()
-    conf: dict[str, Any] = {"bootstrap.servers": s.bootstrap_servers, "logger": client_log}
+    conf: dict[str, Any] = {
+        "bootstrap.servers": s.bootstrap_servers,
+        "logger": client_log,
+        **security_config(s),
+    }
     return AdminClient(conf)
 
 
@@ -124,6 +143,7 @@ def make_producer(settings: Settings | None = None, **overrides: Any) -> Produce
         "queue.buffering.max.kbytes": 512 * 1024,
         "client.id": "lambdarec-producer",
         "logger": client_log,
+        **security_config(s),
     }
     conf.update(overrides)
     return Producer(conf)
@@ -145,6 +165,7 @@ def make_consumer(
         "fetch.min.bytes": 1,
         "client.id": f"lambdarec-{group_id}",
         "logger": client_log,
+        **security_config(s),
     }
     conf.update(overrides)
     consumer = Consumer(conf)
@@ -297,6 +318,7 @@ def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -
             "group.id": "lambdarec-size-probe",
             "enable.auto.commit": False,
             "logger": client_log,
+            **security_config(s),
         }
     )
     try:
