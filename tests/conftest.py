@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 
-#: Modules that run in the second lane of ``make test`` (``pytest -n 2 --dist loadgroup``): the two
-#: longest, each on a private platform in its own temporary state folder (its own free ports, no
-#: Milvus server: that one's metrics port is fixed). Everything else stays in the first lane, in
-#: collection order, as before: tests that share the repository's state folder or a Milvus server
-#: never run at the same time.
-SECOND_LANE = ("tests/e2e/test_demo.py", "tests/integration/test_daily_pipeline.py")
+#: Modules that run in the second lane of ``make test`` (``pytest -n 2 --dist loadgroup``): the
+#: two longest and the perimeter test, each on a private platform in its own temporary state
+#: folder (its own free ports, no Milvus server: that one's health port is fixed). Everything else
+#: stays in the first lane, in collection order, as before: tests that share the repository's
+#: state folder or a Milvus server never run at the same time.
+SECOND_LANE = (
+    "tests/e2e/test_demo.py",
+    "tests/integration/test_daily_pipeline.py",
+    "tests/integration/test_perimeter.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,86 @@
+"""The local platform's perimeter: with every service up at once, no process of it listens
+anywhere but on loopback (read from the OS's socket table, not from the services' settings).
+
+Every default service (Kafka, Redis, MLflow, the four Airflow components, the supervised speed
+layer with its Flink mini-cluster, the feature pusher, the reports site) and the opt-in serving
+behind its nginx proxy. The Milvus server is the one service left out: its health port is fixed
+(9091), so it runs in the first test lane only (tests/integration/test_vector_index.py and the
+serving fault test start it); this module runs in the second lane, beside them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lambdarec.harness.platform import link_kafka_jars, private_settings
+from lambdarec.platform import manager
+from lambdarec.platform.services import build_services
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _descendants(pids: list[int]) -> dict[int, str]:
+    """Every live process of the services' trees: pid -> name."""
+    found: dict[int, str] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                found[process.pid] = process.name()
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_the_whole_platform_listens_on_loopback_only() -> None:
+    state = Path(tempfile.mkdtemp(prefix="lambdarec-perimeter-"))
+    settings = private_settings(state, start_timeout_s=400)
+    link_kafka_jars(settings)
+    services = build_services(settings)
+    wanted = [
+        name
+        for name, service in services.items()
+        if service.managed
+        and name != "milvus"
+        and (service.default or name in ("serving", "proxy"))
+    ]
+    try:
+        rows = manager.up(wanted, settings=settings)
+        assert all(row.state == "up" and row.pid for row in rows), rows
+        ours = _descendants([row.pid for row in rows if row.pid])
+        listening = [
+            (conn.laddr.ip, conn.laddr.port, ours[conn.pid])
+            for conn in psutil.net_connections(kind="tcp")
+            if conn.status == psutil.CONN_LISTEN and conn.pid in ours
+        ]
+        # Each service that serves a port was seen listening (the scan found the processes).
+        ports = {port for _, port, _ in listening}
+        expected = {
+            settings.kafka_port,
+            settings.redis_port,
+            settings.mlflow_port,
+            settings.airflow_port,
+            settings.serving_port,
+            settings.proxy_port,
+            settings.reports_port,
+        }
+        assert expected <= ports, (sorted(expected - ports), listening)
+        assert any(name == "java" for _, _, name in listening), "the speed layer's JVM was seen"
+        wide = [entry for entry in listening if entry[0] not in LOOPBACK]
+        assert wide == [], f"listening beyond loopback: {wide}"
+        udp = [
+            (conn.laddr.ip, conn.laddr.port, ours[conn.pid])
+            for conn in psutil.net_connections(kind="udp")
+            if conn.pid in ours and conn.laddr and conn.laddr.ip not in LOOPBACK
+        ]
+        assert udp == [], f"UDP sockets beyond loopback: {udp}"
+    finally:
+        manager.down(settings=settings)
+        shutil.rmtree(state, ignore_errors=True)
