@@ -7,6 +7,7 @@ platform manager (the way the platform runs it: --serve-artifacts, SQLite backen
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -258,7 +259,9 @@ def test_a_tampered_ranker_leaves_the_tower_without_it(tmp_path: Path) -> None:
     assert dirs is not None and dirs.deepfm is None
 
 
-def test_serving_keeps_its_model_when_the_new_one_is_refused(tmp_path: Path) -> None:
+def test_serving_keeps_its_model_when_the_new_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from lambdarec.recommend.snapshot import Snapshot
     from lambdarec.recommend.types import Models
     from serving.champion import load_champion
@@ -269,5 +272,8 @@ def test_serving_keeps_its_model_when_the_new_one_is_refused(tmp_path: Path) -> 
     rec = Recommender(Snapshot.from_items({}, []))
     serving = Models(object(), None, "0")  # type: ignore[arg-type]
     rec._swap_in(serving)
-    assert rec._load(settings, load_champion, None) is False
+    with caplog.at_level(logging.ERROR, logger="serving.recommender"):
+        assert rec._load(settings, load_champion, None) is False
     assert rec.models is serving
+    refusal = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusal) == 1 and "two_tower v1: item_index.npy changed" in refusal[0]
