@@ -13,7 +13,7 @@ and no degraded flag. Checked here:
 * a serving process watching the marker follows a retraining to the new version, and no request
   meanwhile searches one version's vectors with another version's tower.
 
-The run folders are the files the export step reads (``decision.json``, ``dataset.pkl``'s
+The run folders are the files the export step reads (``decision.json``, ``dataset.npz``'s
 catalog, ``two_tower/item_embeddings.npz``): no training, so the models are matrices whose rows
 say which item a tower's query vector must find.
 """
@@ -21,9 +21,7 @@ say which item a tower's query vector must find.
 from __future__ import annotations
 
 import json
-import pickle
 import threading
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +30,8 @@ import pytest
 from lambdarec.harness.platform import private_settings
 from lambdarec.harness.waiting import eventually
 from lambdarec.models import retrain
+from lambdarec.models.data import Catalog, Dataset, Examples, Interactions
+from lambdarec.models.dataset_file import DATASET_FILE, write_dataset
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models, Query
 from lambdarec.registry import DEEPFM, TWO_TOWER
@@ -82,6 +82,29 @@ def _loader(fail: set[str]) -> Any:
     return load
 
 
+def _catalog_only() -> Dataset:
+    """A dataset with the catalog the export step reads and no examples."""
+    none = np.zeros(0, dtype=np.int64)
+    examples = Examples(
+        none,
+        np.zeros((0, 1), dtype=np.int64),
+        none,
+        none,
+        none,
+        none,
+        none,
+        np.zeros(0, dtype=np.float32),
+    )
+    events = Interactions(none, none, none, none, np.zeros(0, dtype=np.float32))
+    catalog = Catalog(
+        item_ids=np.array(IDS, dtype=object),
+        category=np.array([f"c{n % 3}" for n in range(N_ITEMS)]),
+        price_bucket=np.zeros(N_ITEMS, dtype=np.int64),
+        n_categories=4,
+    )
+    return Dataset("index-test", catalog, examples, examples, examples, events, events, n_users=1)
+
+
 def _run(root: Path, model_version: str) -> Path:
     """A run folder as the evaluate step leaves it, with this version's item vectors promoted."""
     run = root / f"run{model_version}"
@@ -91,9 +114,7 @@ def _run(root: Path, model_version: str) -> Path:
         ids=np.array(IDS),
         embeddings=_vectors(model_version),
     )
-    catalog = SimpleNamespace(category=np.array([f"c{n % 3}" for n in range(N_ITEMS)]))
-    with (run / "dataset.pkl").open("wb") as fh:
-        pickle.dump(SimpleNamespace(catalog=catalog), fh)
+    write_dataset(_catalog_only(), run / DATASET_FILE)
     promoted = {"promoted": True, "version": model_version, "reason": "test"}
     decision = {
         "serve": {"mode": "models", "reason": f"v{model_version} and its ranker were promoted"},
