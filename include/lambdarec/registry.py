@@ -304,16 +304,26 @@ class ModelRegistry:
         :class:`~lambdarec.integrity.IntegrityError` naming the file on any difference (a changed,
         missing or extra file, a replaced manifest). Every load of a registered model uses it."""
         import mlflow
-        from mlflow.exceptions import MlflowException
 
-        what = f"{self.model_name} v{version.version}"
-        expected = (self.client.get_model_version(self.model_name, version.version).tags or {}).get(
-            TAG_MANIFEST
-        )
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=version.artifact_uri, tracking_uri=self.tracking_uri
             )
+        )
+        self._verify(version, local)
+        return local
+
+    def verify_local(self, version: str, folder: Path) -> None:
+        """Check a local copy of registered ``version``'s model folder (e.g. the run folder it
+        was logged from, before its vectors are published) as :meth:`download_verified` does."""
+        self._verify(self.get_version(version), folder)
+
+    def _verify(self, version: Champion, folder: Path) -> None:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        expected = (self.client.get_model_version(self.model_name, version.version).tags or {}).get(
+            TAG_MANIFEST
         )
         try:
             manifest_path = mlflow.artifacts.download_artifacts(
@@ -322,8 +332,7 @@ class ModelRegistry:
             manifest: bytes | None = Path(manifest_path).read_bytes()
         except (MlflowException, OSError):  # absent or unreadable: refused below, by name
             manifest = None
-        verify_folder(local, manifest, expected, what=what)
-        return local
+        verify_folder(folder, manifest, expected, what=f"{self.model_name} v{version.version}")
 
     def get_challenger(self) -> Champion | None:
         version = self._by_alias(CHALLENGER)

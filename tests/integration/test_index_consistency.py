@@ -14,7 +14,7 @@ and no degraded flag. Checked here:
   meanwhile searches one version's vectors with another version's tower.
 
 The run folders are the files the export step reads (``decision.json``, ``dataset.npz``'s
-catalog, ``two_tower/item_embeddings.npz``): no training, so the models are matrices whose rows
+catalog, ``two_tower/item_embeddings.npz``, registered on a SQLite MLflow): no training, so the models are matrices whose rows
 say which item a tower's query vector must find.
 """
 
@@ -121,11 +121,21 @@ def _run(root: Path, model_version: str) -> Path:
         "decisions": {TWO_TOWER: promoted, DEEPFM: promoted},
     }
     (run / "decision.json").write_text(json.dumps(decision))
+    # Registered as the evaluate step does: the export publishes only registered files.
+    registry = retrain.registry_for(TWO_TOWER, _settings(root))
+    run_id = registry.log_run(
+        params={"run_dir": str(run)}, metrics={}, evaluation_id="e", model_dir=run / "two_tower"
+    )
+    assert registry.register(run_id) == model_version
     return run
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return private_settings(tmp_path / "state", milvus_index_type="FLAT")
+    return private_settings(
+        tmp_path / "state",
+        milvus_index_type="FLAT",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
 
 
 def _served(settings: Settings) -> str | None:
@@ -251,11 +261,12 @@ def test_serving_follows_a_retraining_without_mixing_versions(tmp_path: Path) ->
                 except BaseException as exc:  # noqa: BLE001 - any failure is what it looks for
                     errors.append(exc)
 
+        run2 = _run(tmp_path, "2")  # trained and registered before the traffic starts
         rec.watch_reload(settings, every_s=0.05, loader=_loader(fail=set()))
         worker = threading.Thread(target=traffic)
         worker.start()
         try:
-            retrain.export_embeddings(_run(tmp_path, "2"), settings=settings)
+            retrain.export_embeddings(run2, settings=settings)
             eventually(lambda: rec.models.version == "2", 30, interval_s=0.05, message="v2 tower")
             result = rec.recommend(Query("u1", None, 5))
             assert INDEX_VERSION not in result.degraded_parts
@@ -266,3 +277,22 @@ def test_serving_follows_a_retraining_without_mixing_versions(tmp_path: Path) ->
             rec.close()
     assert not errors, errors[:3]
     assert not mixed, mixed[:3]
+
+
+def test_vectors_changed_after_registration_are_not_published(tmp_path: Path) -> None:
+    """The run folder is on a shared volume: the export checks it against the manifest the
+    version was registered with, and publishes nothing (no marker, no switch) when it differs."""
+    from lambdarec.integrity import IntegrityError
+
+    settings = _settings(tmp_path)
+    retrain.export_embeddings(_run(tmp_path, "1"), settings=settings)
+    run2 = _run(tmp_path, "2")
+    np.savez(
+        run2 / "two_tower" / "item_embeddings.npz", ids=np.array(IDS), embeddings=_vectors("1")
+    )
+    marker = settings.reload_marker.read_bytes()
+    with pytest.raises(IntegrityError, match=r"two_tower v2: item_embeddings\.npz changed"):
+        retrain.export_embeddings(run2, settings=settings)
+    assert _served(settings) == "1" and settings.reload_marker.read_bytes() == marker
+    with VectorIndex.from_settings(settings) as index:
+        assert index.find_model("2") is None

@@ -416,7 +416,9 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
     recording its registry version, write the reload marker naming it (:func:`notify_serving`),
     then switch the serving alias to it; nothing when the two-tower was not promoted. The lake
     catalog's items absent from the training data are embedded by the item tower and published
-    with them (:func:`new_catalog_items`)."""
+    with them (:func:`new_catalog_items`). The run's ``two_tower/`` is first checked against the
+    manifest registered with its version (:class:`~lambdarec.integrity.IntegrityError`: nothing
+    is published)."""
     import numpy as np
 
     from lambdarec.retrieval.index import VectorIndex
@@ -426,6 +428,9 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         out = {"published": False, "reason": f"two_tower not promoted: {decision['reason']}"}
         _write_json(run_dir / "export.json", out)
         return out
+    model_version = str(decision["version"])
+    # The run folder sits on a shared volume: publish only the files that were registered.
+    registry_for(TWO_TOWER, _settings(settings)).verify_local(model_version, run_dir / "two_tower")
     data = load_built(run_dir)
     emb = np.load(run_dir / "two_tower" / "item_embeddings.npz")
     ids = [str(i) for i in emb["ids"]]
@@ -436,7 +441,6 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         ids += new.ids
         matrix = np.concatenate([matrix, new.embeddings])
         categories += [str(c) for c in new.category_index]
-    model_version = str(decision["version"])
     with VectorIndex.from_settings(_settings(settings)) as index:
         version = index.publish(
             ids, matrix, categories, model_version=model_version, switch=False, progress=False
