@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from lambdarec.integrity import IntegrityError
 from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
 from lambdarec.recommend.rules import CATEGORY_CAP
 from lambdarec.recommend.snapshot import Snapshot
@@ -439,6 +440,10 @@ class Recommender:
         failed or found none (the current models keep serving)."""
         try:
             loaded = load(settings) if version is None else load(settings, version)
+        except IntegrityError as error:  # its own line says which file and what to do
+            log.error("reload: refused, keeping the old: %s", error)
+            self._failed_load = (version, time.monotonic())
+            return False
         except Exception:  # noqa: BLE001 - keep serving with the current tower
             log.exception(
                 "reload: the %s could not be loaded; keeping the old",

@@ -5,7 +5,10 @@ DeepFM of the same training run, the only ranker it pairs with (``retrain.train_
 it on that retriever's candidates and scores). The daily cold-start step embeds new items with
 the same export's item tower. Both find the folders here: the one ``LAMBDAREC_SERVING_MODEL_DIR``
 pins (and its sibling ``deepfm/``, the run folder's layout), else the MLflow champion's
-artifacts, downloaded, and the ``deepfm`` model logged from the same run folder. A registry
+artifacts, downloaded, and the ``deepfm`` model logged from the same run folder. Registry folders
+are checked against their registered manifest first (:meth:`ModelRegistry.download_verified`): a
+changed, missing or extra file refuses the two-tower's load (:class:`IntegrityError`), or leaves
+the pair without its ranker. A pinned folder is the operator's own and is not checked. A registry
 version can be asked for by number too (serving loads the tower whose vectors the index holds).
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lambdarec.inference.query_tower import EXPORT_DIR as QUERY_TOWER_DIR
+from lambdarec.integrity import FIX, IntegrityError
 
 if TYPE_CHECKING:
     from lambdarec.config import Settings
@@ -81,33 +85,31 @@ def champion_dirs(
     pinned = pinned_dirs(settings)
     if pinned is not None:
         return pinned
-    import mlflow
-
     from lambdarec.registry import DEEPFM, TWO_TOWER, ModelRegistry
 
     registry = ModelRegistry.from_settings(settings, TWO_TOWER)
     champion = registry.get_champion() if version is None else registry.get_version(version)
     if champion is None:
         return None
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=champion.artifact_uri, tracking_uri=settings.mlflow_uri
-    )
+    # A folder that differs from its manifest raises here: the caller keeps what it had.
+    local = registry.download_verified(champion)
     deepfm = None
     if with_ranker:
         try:
             deepfm = same_run_deepfm(ModelRegistry.from_settings(settings, DEEPFM), champion.run_id)
+        except IntegrityError as error:  # a refused ranker degrades the ranking, as a missing one
+            log.error(
+                "the DeepFM of the champion's run is refused; ranking by the blend: %s", error
+            )
         except Exception:  # noqa: BLE001 - no ranker is a degraded part, not a failed load
             log.exception("cannot fetch the DeepFM of the champion's run; ranking by the blend")
-    return ChampionDirs(Path(local), deepfm, champion.version)
+    return ChampionDirs(local, deepfm, champion.version)
 
 
 def same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | None:
     """The model folder of the newest ``deepfm`` run logged with the same ``run_dir`` as the
-    two-tower's run (``retrain.evaluate`` logs both from one run folder), downloaded."""
-    import mlflow
-
-    from lambdarec.registry import MODEL_ARTIFACT_PATH
-
+    two-tower's run (``retrain.evaluate`` logs and registers both from one run folder),
+    downloaded and checked against the manifest of the version registered from it."""
     client = registry.client
     run_dir = client.get_run(two_tower_run_id).data.params.get("run_dir")
     experiment = client.get_experiment_by_name(registry.experiment)
@@ -122,10 +124,10 @@ def same_run_deepfm(registry: ModelRegistry, two_tower_run_id: str) -> Path | No
     )
     if not runs:
         return None
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=runs[0].info.run_id,
-            artifact_path=MODEL_ARTIFACT_PATH,
-            tracking_uri=registry.tracking_uri,
+    version = registry.version_of_run(runs[0].info.run_id)
+    if version is None:
+        raise IntegrityError(
+            f"{registry.model_name} run {runs[0].info.run_id} was never registered: its files "
+            f"have no registered manifest to be checked against; {FIX}"
         )
-    )
+    return registry.download_verified(version)

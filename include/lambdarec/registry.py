@@ -18,6 +18,11 @@ Typical use (the training program, not a DAG file)::
     version = registry.register(run_id)
     decision = registry.promote(version, {"ndcg@10": 0.21}, metric="ndcg@10")
 
+Integrity: :meth:`ModelRegistry.log_run` logs ``manifest.json`` (every file of the model folder
+with its sha256 and size, :mod:`lambdarec.integrity`) beside ``model/`` and keeps the manifest's own
+sha256 as a run tag, which :meth:`ModelRegistry.register` copies onto the model version; every load
+goes through :meth:`ModelRegistry.download_verified`, which refuses a folder that differs.
+
 MLflow metric names may not hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10`` (see
 :func:`metric_key`); the dictionaries passed in and returned use the project's names.
 """
@@ -30,6 +35,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from lambdarec.integrity import (
+    MANIFEST_FILE,
+    IntegrityError,
+    build_manifest,
+    manifest_bytes,
+    sha256_bytes,
+    verify_folder,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -46,6 +60,7 @@ __all__ = [
     "CHAMPION",
     "Champion",
     "Decision",
+    "IntegrityError",
     "ModelRegistry",
     "RegistryError",
     "metric_key",
@@ -64,6 +79,8 @@ TAG_PROMOTION = "lambdarec.promotion"
 TAG_REASON = "lambdarec.promotion_reason"
 TAG_PREVIOUS = "lambdarec.previous_champion"
 TAG_ROLLED_BACK = "lambdarec.rolled_back_from"
+#: The sha256 of the run's ``manifest.json`` (on the run, and on the versions registered from it).
+TAG_MANIFEST = "lambdarec.manifest_sha256"
 #: MLflow shows this run tag as the run's description.
 TAG_NOTE = "mlflow.note.content"
 #: Where the model folder goes inside a run's artifacts.
@@ -174,7 +191,8 @@ class ModelRegistry:
         only runs with the same one). ``feature_services`` maps each Feast feature service to the
         version used; ``data_range`` is the (start, end) of the training data. ``plots`` are
         files logged under ``plots/``; ``model_dir`` is logged under ``model/`` (what
-        :meth:`register` registers). ``reference_profile`` (lambdarec.monitoring.profile) is
+        :meth:`register` registers), with ``manifest.json`` listing its files' sha256 and the
+        manifest's own sha256 as the run tag ``lambdarec.manifest_sha256``. ``reference_profile`` (lambdarec.monitoring.profile) is
         saved as the run's ``monitoring/reference_profile.json`` for drift monitoring.
         """
         from mlflow.entities import Metric, Param, RunTag
@@ -202,7 +220,11 @@ class ModelRegistry:
             if model_dir is not None:
                 if not Path(model_dir).is_dir():
                     raise RegistryError(f"model folder {model_dir} does not exist")
+                # Hashed before the upload: the manifest describes the folder as exported.
+                manifest = manifest_bytes(build_manifest(Path(model_dir)))
                 self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+                self.client.log_text(run_id, manifest.decode("utf-8"), MANIFEST_FILE)
+                self.client.set_tag(run_id, TAG_MANIFEST, sha256_bytes(manifest))
             # Drift monitoring compares live traffic with the training distributions saved here.
             if reference_profile is not None:
                 reference_profile.log_to(self.client, run_id)
@@ -213,7 +235,9 @@ class ModelRegistry:
         return run_id
 
     def register(self, run_id: str, artifact_path: str = MODEL_ARTIFACT_PATH) -> str:
-        """Register the run's model folder as a new version of the model; returns the version."""
+        """Register the run's model folder as a new version of the model; returns the version.
+        The version carries the sha256 of the run's ``manifest.json`` (tag
+        ``lambdarec.manifest_sha256``), what :meth:`download_verified` checks the files with."""
         from mlflow.exceptions import MlflowException
 
         run = self.client.get_run(run_id)
@@ -222,6 +246,10 @@ class ModelRegistry:
         except MlflowException:
             self.client.create_registered_model(self.model_name)
         tags = {TAG_EVALUATION: run.data.tags.get(TAG_EVALUATION, "")}
+        # The manifest describes ``model/``: a version of another folder gets no tag (and every
+        # load of it is refused until it is registered from a run that logged one).
+        if artifact_path == MODEL_ARTIFACT_PATH and run.data.tags.get(TAG_MANIFEST):
+            tags[TAG_MANIFEST] = run.data.tags[TAG_MANIFEST]
         version = self.client.create_model_version(
             self.model_name,
             source=f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}",
@@ -259,6 +287,52 @@ class ModelRegistry:
                 "of a registered version"
             ) from error
         return Champion(str(found.version), str(found.run_id), str(found.source))
+
+    def version_of_run(self, run_id: str) -> Champion | None:
+        """The newest version registered from ``run_id``, or None."""
+        found = self.client.search_model_versions(
+            f"name = '{self.model_name}' and run_id = '{run_id}'"
+        )
+        if not found:
+            return None
+        newest = max(found, key=lambda v: int(v.version))
+        return Champion(str(newest.version), str(newest.run_id), str(newest.source))
+
+    def download_verified(self, version: Champion) -> Path:
+        """The registered ``version``'s model folder on local disk, checked file by file against
+        its run's ``manifest.json``, and the manifest against the version's tag; raises a one-line
+        :class:`~lambdarec.integrity.IntegrityError` naming the file on any difference (a changed,
+        missing or extra file, a replaced manifest). Every load of a registered model uses it."""
+        import mlflow
+
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.artifact_uri, tracking_uri=self.tracking_uri
+            )
+        )
+        self._verify(version, local)
+        return local
+
+    def verify_local(self, version: str, folder: Path) -> None:
+        """Check a local copy of registered ``version``'s model folder (e.g. the run folder it
+        was logged from, before its vectors are published) as :meth:`download_verified` does."""
+        self._verify(self.get_version(version), folder)
+
+    def _verify(self, version: Champion, folder: Path) -> None:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        expected = (self.client.get_model_version(self.model_name, version.version).tags or {}).get(
+            TAG_MANIFEST
+        )
+        try:
+            manifest_path = mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=MANIFEST_FILE, tracking_uri=self.tracking_uri
+            )
+            manifest: bytes | None = Path(manifest_path).read_bytes()
+        except (MlflowException, OSError):  # absent or unreadable: refused below, by name
+            manifest = None
+        verify_folder(folder, manifest, expected, what=f"{self.model_name} v{version.version}")
 
     def get_challenger(self) -> Champion | None:
         version = self._by_alias(CHALLENGER)

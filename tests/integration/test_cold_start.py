@@ -135,8 +135,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     lake.write_catalog(ClickstreamGenerator(config).catalog_table(), settings.lake_dir)
     retrain.build("lake", run, settings=settings)
     retrain.train_retriever(run, TwoTowerConfig(epochs=3, batch_size=256, valid_queries=200))
-    # evaluate_and_promote's verdict, without MLflow: the two-tower is the champion (the export
-    # step writes the reload marker from it before switching the alias)
+    # Registered as the evaluate step does (the export publishes only registered files), and its
+    # verdict without the evaluation: the two-tower is the champion (the export step writes the
+    # reload marker from it before switching the alias)
+    registry = retrain.registry_for(TWO_TOWER, settings)
+    run_id = registry.log_run(
+        params={"run_dir": str(run)}, metrics={}, evaluation_id="e", model_dir=run / "two_tower"
+    )
+    assert registry.register(run_id) == "1"
     promoted = {"promoted": True, "version": "1", "reason": "test"}
     (run / "decision.json").write_text(
         json.dumps(

@@ -13,17 +13,15 @@ and no degraded flag. Checked here:
 * a serving process watching the marker follows a retraining to the new version, and no request
   meanwhile searches one version's vectors with another version's tower.
 
-The run folders are the files the export step reads (``decision.json``, ``dataset.pkl``'s
-catalog, ``two_tower/item_embeddings.npz``): no training, so the models are matrices whose rows
+The run folders are the files the export step reads (``decision.json``, ``dataset.npz``'s
+catalog, ``two_tower/item_embeddings.npz``, registered on a SQLite MLflow): no training, so the models are matrices whose rows
 say which item a tower's query vector must find.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import threading
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +30,8 @@ import pytest
 from lambdarec.harness.platform import private_settings
 from lambdarec.harness.waiting import eventually
 from lambdarec.models import retrain
+from lambdarec.models.data import Catalog, Dataset, Examples, Interactions
+from lambdarec.models.dataset_file import DATASET_FILE, write_dataset
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models, Query
 from lambdarec.registry import DEEPFM, TWO_TOWER
@@ -82,6 +82,29 @@ def _loader(fail: set[str]) -> Any:
     return load
 
 
+def _catalog_only() -> Dataset:
+    """A dataset with the catalog the export step reads and no examples."""
+    none = np.zeros(0, dtype=np.int64)
+    examples = Examples(
+        none,
+        np.zeros((0, 1), dtype=np.int64),
+        none,
+        none,
+        none,
+        none,
+        none,
+        np.zeros(0, dtype=np.float32),
+    )
+    events = Interactions(none, none, none, none, np.zeros(0, dtype=np.float32))
+    catalog = Catalog(
+        item_ids=np.array(IDS, dtype=object),
+        category=np.array([f"c{n % 3}" for n in range(N_ITEMS)]),
+        price_bucket=np.zeros(N_ITEMS, dtype=np.int64),
+        n_categories=4,
+    )
+    return Dataset("index-test", catalog, examples, examples, examples, events, events, n_users=1)
+
+
 def _run(root: Path, model_version: str) -> Path:
     """A run folder as the evaluate step leaves it, with this version's item vectors promoted."""
     run = root / f"run{model_version}"
@@ -91,20 +114,28 @@ def _run(root: Path, model_version: str) -> Path:
         ids=np.array(IDS),
         embeddings=_vectors(model_version),
     )
-    catalog = SimpleNamespace(category=np.array([f"c{n % 3}" for n in range(N_ITEMS)]))
-    with (run / "dataset.pkl").open("wb") as fh:
-        pickle.dump(SimpleNamespace(catalog=catalog), fh)
+    write_dataset(_catalog_only(), run / DATASET_FILE)
     promoted = {"promoted": True, "version": model_version, "reason": "test"}
     decision = {
         "serve": {"mode": "models", "reason": f"v{model_version} and its ranker were promoted"},
         "decisions": {TWO_TOWER: promoted, DEEPFM: promoted},
     }
     (run / "decision.json").write_text(json.dumps(decision))
+    # Registered as the evaluate step does: the export publishes only registered files.
+    registry = retrain.registry_for(TWO_TOWER, _settings(root))
+    run_id = registry.log_run(
+        params={"run_dir": str(run)}, metrics={}, evaluation_id="e", model_dir=run / "two_tower"
+    )
+    assert registry.register(run_id) == model_version
     return run
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return private_settings(tmp_path / "state", milvus_index_type="FLAT")
+    return private_settings(
+        tmp_path / "state",
+        milvus_index_type="FLAT",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
 
 
 def _served(settings: Settings) -> str | None:
@@ -230,11 +261,12 @@ def test_serving_follows_a_retraining_without_mixing_versions(tmp_path: Path) ->
                 except BaseException as exc:  # noqa: BLE001 - any failure is what it looks for
                     errors.append(exc)
 
+        run2 = _run(tmp_path, "2")  # trained and registered before the traffic starts
         rec.watch_reload(settings, every_s=0.05, loader=_loader(fail=set()))
         worker = threading.Thread(target=traffic)
         worker.start()
         try:
-            retrain.export_embeddings(_run(tmp_path, "2"), settings=settings)
+            retrain.export_embeddings(run2, settings=settings)
             eventually(lambda: rec.models.version == "2", 30, interval_s=0.05, message="v2 tower")
             result = rec.recommend(Query("u1", None, 5))
             assert INDEX_VERSION not in result.degraded_parts
@@ -245,3 +277,22 @@ def test_serving_follows_a_retraining_without_mixing_versions(tmp_path: Path) ->
             rec.close()
     assert not errors, errors[:3]
     assert not mixed, mixed[:3]
+
+
+def test_vectors_changed_after_registration_are_not_published(tmp_path: Path) -> None:
+    """The run folder is on a shared volume: the export checks it against the manifest the
+    version was registered with, and publishes nothing (no marker, no switch) when it differs."""
+    from lambdarec.integrity import IntegrityError
+
+    settings = _settings(tmp_path)
+    retrain.export_embeddings(_run(tmp_path, "1"), settings=settings)
+    run2 = _run(tmp_path, "2")
+    np.savez(
+        run2 / "two_tower" / "item_embeddings.npz", ids=np.array(IDS), embeddings=_vectors("1")
+    )
+    marker = settings.reload_marker.read_bytes()
+    with pytest.raises(IntegrityError, match=r"two_tower v2: item_embeddings\.npz changed"):
+        retrain.export_embeddings(run2, settings=settings)
+    assert _served(settings) == "1" and settings.reload_marker.read_bytes() == marker
+    with VectorIndex.from_settings(settings) as index:
+        assert index.find_model("2") is None

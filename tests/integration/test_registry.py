@@ -7,13 +7,16 @@ platform manager (the way the platform runs it: --serve-artifacts, SQLite backen
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
+
+    from lambdarec.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +155,125 @@ def test_a_candidate_must_also_beat_the_floor(tmp_path: Path) -> None:
     assert registry.get_champion() is None
     high = registry.promote(candidate("high", 0.35), {"ndcg@10": 0.35}, floor=floor)
     assert high.promoted and high.alias == CHAMPION
+
+
+def _registered_pair(tmp_path: Path) -> tuple[Settings, Path, Path]:
+    """A champion two-tower and the DeepFM of its run, registered as the retraining does, on a
+    SQLite registry; returns (settings, the two-tower's stored model/ folder, the DeepFM's)."""
+    from lambdarec.harness.platform import private_settings
+    from lambdarec.models.retrain import registry_for
+    from lambdarec.registry import DEEPFM, TWO_TOWER
+
+    settings = private_settings(
+        tmp_path / "state", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    run = tmp_path / "run"
+    (run / "two_tower" / "query_tower_numpy").mkdir(parents=True)
+    (run / "two_tower" / "query_tower_numpy" / "weights.npz").write_bytes(b"tower" * 50)
+    (run / "two_tower" / "item_index.npy").write_bytes(b"index")
+    (run / "deepfm" / "serving").mkdir(parents=True)
+    (run / "deepfm" / "serving" / "ranker.npz").write_bytes(b"ranker" * 50)
+    stored = []
+    for name in (TWO_TOWER, DEEPFM):
+        registry = registry_for(name, settings)
+        run_id = registry.log_run(
+            params={"run_dir": str(run)},
+            metrics={"ndcg@10": 0.2},
+            evaluation_id=EVAL,
+            model_dir=run / name,
+        )
+        version = registry.register(run_id)
+        registry.promote(version, {"ndcg@10": 0.2})
+        stored.append(Path(registry.get_version(version).artifact_uri.removeprefix("file://")))
+    return settings, stored[0], stored[1]
+
+
+def test_registration_records_a_manifest_and_its_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    from lambdarec.registry import TAG_MANIFEST, TWO_TOWER, ModelRegistry
+
+    settings, tower, _ = _registered_pair(tmp_path)
+    registry = ModelRegistry.from_settings(settings, TWO_TOWER)
+    champion = registry.get_champion()
+    assert champion is not None
+    raw = (tower.parent / "manifest.json").read_bytes()
+    manifest = json.loads(raw)
+    weights = manifest["query_tower_numpy/weights.npz"]
+    assert weights == {"sha256": hashlib.sha256(b"tower" * 50).hexdigest(), "size": 250}
+    assert sorted(manifest) == ["item_index.npy", "query_tower_numpy/weights.npz"]
+    tags = registry.client.get_model_version(TWO_TOWER, champion.version).tags
+    assert tags[TAG_MANIFEST] == hashlib.sha256(raw).hexdigest()
+    assert registry.client.get_run(champion.run_id).data.tags[TAG_MANIFEST] == tags[TAG_MANIFEST]
+
+
+def test_a_model_that_differs_from_its_manifest_is_refused(tmp_path: Path) -> None:
+    """Every way the stored files can differ refuses the champion's load (one line, naming the
+    file and the fix); the intact folder loads, with the ranker of its run."""
+    from lambdarec.champion import champion_dirs
+    from lambdarec.integrity import IntegrityError, build_manifest, manifest_bytes
+
+    settings, tower, _ = _registered_pair(tmp_path)
+    dirs = champion_dirs(settings)
+    assert dirs is not None and dirs.deepfm is not None and dirs.version == "1"
+
+    weights = tower / "query_tower_numpy" / "weights.npz"
+    original = weights.read_bytes()
+    manifest_file = tower.parent / "manifest.json"
+    registered_manifest = manifest_file.read_bytes()
+
+    def refused(match: str) -> None:
+        with pytest.raises(IntegrityError, match=match) as error:
+            champion_dirs(settings)
+        assert "\n" not in str(error.value) and "re-export" in str(error.value)
+
+    weights.write_bytes(original[:7] + b"X" + original[8:])  # one byte changed
+    refused(r"two_tower v1: query_tower_numpy/weights\.npz changed")
+    # The manifest rewritten to match the changed file: its sha256 is no longer the tag's.
+    manifest_file.write_bytes(manifest_bytes(build_manifest(tower)))
+    refused(r"manifest\.json does not match")
+    manifest_file.write_bytes(registered_manifest)
+    weights.write_bytes(original)
+
+    weights.unlink()
+    refused(r"query_tower_numpy/weights\.npz is missing")
+    weights.write_bytes(original)
+
+    (tower / "planted.npy").write_bytes(b"extra")
+    refused(r"planted\.npy is not in manifest\.json")
+    (tower / "planted.npy").unlink()
+
+    manifest_file.unlink()
+    refused(r"no manifest\.json")
+    manifest_file.write_bytes(registered_manifest)
+    assert champion_dirs(settings) is not None  # intact again
+
+
+def test_a_tampered_ranker_leaves_the_tower_without_it(tmp_path: Path) -> None:
+    """A refused DeepFM degrades the ranking (as a missing one does); the tower still loads."""
+    from lambdarec.champion import champion_dirs
+
+    settings, _, ranker = _registered_pair(tmp_path)
+    (ranker / "serving" / "ranker.npz").write_bytes(b"ranker" * 49 + b"rankex")
+    dirs = champion_dirs(settings)
+    assert dirs is not None and dirs.deepfm is None
+
+
+def test_serving_keeps_its_model_when_the_new_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lambdarec.recommend.snapshot import Snapshot
+    from lambdarec.recommend.types import Models
+    from serving.champion import load_champion
+    from serving.recommender import Recommender
+
+    settings, tower, _ = _registered_pair(tmp_path)
+    (tower / "item_index.npy").write_bytes(b"indeX")
+    rec = Recommender(Snapshot.from_items({}, []))
+    serving = Models(object(), None, "0")  # type: ignore[arg-type]
+    rec._swap_in(serving)
+    with caplog.at_level(logging.ERROR, logger="serving.recommender"):
+        assert rec._load(settings, load_champion, None) is False
+    assert rec.models is serving
+    refusal = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusal) == 1 and "two_tower v1: item_index.npy changed" in refusal[0]

@@ -6,7 +6,9 @@ TensorFlow never runs inside an Airflow worker process and any step can be re-ru
 
 Run folder::
 
-    dataset.pkl, dataset.json    the built examples; name, split, data range, feature services
+    dataset.npz, dataset.json    the built examples (plain arrays, no pickle:
+                                 :mod:`lambdarec.models.dataset_file`); name, split, data range,
+                                 feature services
     item_vocabulary.json         raw category / price -> the item tower's inputs (data built from events)
     two_tower/                   export_two_tower's folder (what serving loads, item_tower/ for new
                                  items) + checkpoint + config
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -86,12 +87,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_built(run_dir: Path) -> Dataset:
-    path = run_dir / "dataset.pkl"
+    """The dataset the ``build`` step saved in ``run_dir`` (read without unpickling anything)."""
+    from lambdarec.models.dataset_file import DATASET_FILE, read_dataset
+
+    path = run_dir / DATASET_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run the 'build' step first")
-    with path.open("rb") as fh:
-        data: Dataset = pickle.load(fh)  # our own file, written by build()
-    return data
+    return read_dataset(path)
 
 
 def evaluation_id(dataset: Dataset) -> str:
@@ -129,6 +131,7 @@ def build(
     user features from Feast when ``feast`` (temporal data only)."""
     from lambdarec.inference.vocabulary import VOCABULARY_FILE, write_vocabulary
     from lambdarec.models.data import build_from_events, load_dataset
+    from lambdarec.models.dataset_file import DATASET_FILE, write_dataset
 
     vocabulary = None
     if dataset == "lake":  # the settings' lake (load_dataset would read the process settings)
@@ -149,8 +152,7 @@ def build(
         data = attach_batch_features(data, _settings(settings))
         services = feature_service_versions(_settings(settings))
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "dataset.pkl").open("wb") as fh:
-        pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    write_dataset(data, run_dir / DATASET_FILE)
     (run_dir / VOCABULARY_FILE).unlink(missing_ok=True)
     if vocabulary is not None:
         write_vocabulary(vocabulary, run_dir / VOCABULARY_FILE)
@@ -240,7 +242,7 @@ def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str,
     _write_json(
         out / "deepfm_config.json", {**asdict(c), "sources": fm.sources, "history": fm.history}
     )
-    # What serving scores with (numpy, no TensorFlow, no dataset.pkl): lambdarec.inference.ranker.
+    # What serving scores with (numpy, no TensorFlow, no dataset.npz): lambdarec.inference.ranker.
     deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT)
     return {"history": fm.history, "sources": fm.sources, "out": str(out)}
 
@@ -414,7 +416,9 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
     recording its registry version, write the reload marker naming it (:func:`notify_serving`),
     then switch the serving alias to it; nothing when the two-tower was not promoted. The lake
     catalog's items absent from the training data are embedded by the item tower and published
-    with them (:func:`new_catalog_items`)."""
+    with them (:func:`new_catalog_items`). The run's ``two_tower/`` is first checked against the
+    manifest registered with its version (:class:`~lambdarec.integrity.IntegrityError`: nothing
+    is published)."""
     import numpy as np
 
     from lambdarec.retrieval.index import VectorIndex
@@ -424,6 +428,9 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         out = {"published": False, "reason": f"two_tower not promoted: {decision['reason']}"}
         _write_json(run_dir / "export.json", out)
         return out
+    model_version = str(decision["version"])
+    # The run folder sits on a shared volume: publish only the files that were registered.
+    registry_for(TWO_TOWER, _settings(settings)).verify_local(model_version, run_dir / "two_tower")
     data = load_built(run_dir)
     emb = np.load(run_dir / "two_tower" / "item_embeddings.npz")
     ids = [str(i) for i in emb["ids"]]
@@ -434,7 +441,6 @@ def export_embeddings(run_dir: Path, *, settings: Settings | None = None) -> dic
         ids += new.ids
         matrix = np.concatenate([matrix, new.embeddings])
         categories += [str(c) for c in new.category_index]
-    model_version = str(decision["version"])
     with VectorIndex.from_settings(_settings(settings)) as index:
         version = index.publish(
             ids, matrix, categories, model_version=model_version, switch=False, progress=False
