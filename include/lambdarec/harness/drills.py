@@ -25,6 +25,8 @@ Then the drill waits (bounded) until the stream is through and counts, never jus
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import signal
 import threading
@@ -543,6 +545,8 @@ class SoakResult(_Verdict):
     #: Resident MiB over the run, one sample a minute: [seconds, {process: MiB}] (the curve
     #: behind the two figures above: a step at each burst, or a steady climb).
     rss_series: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    #: The session pusher's last heartbeat: batches, rows, retries, seconds the store refused.
+    pusher_stats: dict[str, object] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     #: The most resident memory may grow after the warm-up.
@@ -587,6 +591,7 @@ def soak_drill(
 
     from lambdarec.harness.platform import private_platform
     from lambdarec.harness.speed import committed
+    from lambdarec.speed.pusher import heartbeat_path
     from lambdarec.streaming.replay import _row_dict
 
     result = SoakResult(seconds, rps)
@@ -639,6 +644,8 @@ def soak_drill(
 
         _wait(flowed, 60, 2.0)
         result.events_through = through[0]
+        with contextlib.suppress(OSError, ValueError):
+            result.pusher_stats = json.loads(heartbeat_path(settings).read_text())
     after_warmup = [s for t, s in samples if t >= warmup]
     if len(after_warmup) < 2:
         result.problems.append(f"too few samples after the {warmup:.0f} s warm-up")
