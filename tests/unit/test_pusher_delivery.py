@@ -168,3 +168,23 @@ def test_a_bad_row_goes_alone_to_the_dead_letter_topic(
     assert reasons[1].endswith("lacks column(s) n_views") and "many" in reasons[2]
     assert sent[0][1]["raw"] == "{not json" and sent[0][1]["source"] == P.DEAD_LETTER_SOURCE
     assert pusher.stats.dead_letters == 3 and pusher._consumer.commits == 1  # noqa: SLF001
+
+
+def test_a_pusher_on_an_unapplied_registry_refuses_to_start_and_prepare_applies_it(
+    tmp_path: Path,
+) -> None:
+    # Reading the registry (any service listing its views) leaves an empty registry file: the
+    # platform applied only when the file was missing, so a pusher started after such a read had
+    # every push refused and retried for ever, its consumer prefetching the backlog meanwhile.
+    from lambdarec.features.paths import feast_paths
+    from lambdarec.features.store import apply, missing_views
+
+    settings = private_settings(tmp_path)
+    views = ["session_features", "trending_items"]
+    assert missing_views(views, settings) == views
+    assert feast_paths(settings).registry.is_file(), "the read left a registry file"
+    pusher = P.FeaturePusher(settings, views=("session_features",))
+    with pytest.raises(RuntimeError, match="no session_features view: apply the feature repo"):
+        pusher.open()
+    apply(settings)
+    assert missing_views(views, settings) == []

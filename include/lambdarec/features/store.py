@@ -250,6 +250,15 @@ def plan(settings: Settings | None = None) -> str:
     return f"{registry_diff.to_string()}\n{infra_diff.to_string()}".strip()
 
 
+def missing_views(names: Sequence[str], settings: Settings | None = None) -> list[str]:
+    """Which of the feature views ``names`` the registry does not hold (all of them when it has
+    never been applied: an empty registry file is no proof of an apply)."""
+    fs = get_store(settings)
+    fs.refresh_registry()
+    held = {view.name for view in fs.list_feature_views()}
+    return [name for name in names if name not in held]
+
+
 def apply(settings: Settings | None = None) -> str:
     """``feast apply`` for these settings: register the repo, drop what it no longer defines,
     create the online tables. Idempotent. Returns the plan that was applied."""

@@ -559,6 +559,8 @@ class SoakResult(_Verdict):
             and self.events_through >= self.events_posted
             and bool(self.growth_pct)
             and all(g < self.LIMIT_PCT for g in self.growth_pct.values())
+            and int(self.pusher_stats.get("session_rows", 0)) > 0  # type: ignore[call-overload]
+            and self.pusher_stats.get("retries") == 0
             and not self.problems
         )
 

@@ -67,13 +67,15 @@ def speed_layer(settings: Settings) -> Service:
 
 
 def _pusher_prepare(settings: Settings) -> None:
-    from lambdarec.features.paths import feast_paths
+    """The topics, and the push views in the registry: applied unless both are there (the
+    registry file alone proves nothing: opening the store creates it empty, and a pusher
+    started on an empty registry had every push refused, retried for ever)."""
+    from lambdarec.features.store import apply, missing_views
     from lambdarec.streaming.kafka import ensure_topics
+    from lambdarec.tables import SPEED_TABLES
 
     ensure_topics(settings, extra=speed_topics(settings))
-    if not feast_paths(settings).registry.is_file():
-        from lambdarec.features.store import apply
-
+    if missing_views([table.name for table in SPEED_TABLES], settings):
         apply(settings)
 
 

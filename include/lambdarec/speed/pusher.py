@@ -55,6 +55,9 @@ RETRY_MAX_S = 10.0
 #: counts it gone: a store outage up to this long keeps the partitions assigned.
 MAX_POLL_INTERVAL_MS = 3_600_000
 SLOW_PUSH_MS = 250.0
+#: The consumer's prefetch bound, KiB: several of the largest batches (2,000 session rows of
+#: ~0.5 KiB), so a backlog still arrives in full batches.
+PREFETCH_KB = 8192
 #: The ``source`` of the pusher's dead letters.
 DEAD_LETTER_SOURCE = "feature-pusher"
 CHUNK_PAUSE_S = 0.002
@@ -141,11 +144,18 @@ class FeaturePusher:
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         """Create the topics, load the registry and subscribe (``run`` does it if needed)."""
-        from lambdarec.features.store import get_store
+        from lambdarec.features.store import missing_views
         from lambdarec.streaming.kafka import ensure_topics, make_consumer
 
+        # Load the registry before the first batch, not during it; a view it lacks is a
+        # configuration error, not an outage to retry through: every push would be refused.
+        absent = missing_views(list(self.topics.values()), self.settings)
+        if absent:
+            raise RuntimeError(
+                f"the Feast registry has no {', '.join(absent)} view: apply the feature repo "
+                "first (`lambdarec features apply`; `lambdarec platform up feature-pusher` does it)"
+            )
         ensure_topics(self.settings, extra=speed_topics(self.settings))
-        get_store(self.settings)  # load the registry before the first batch, not during it
         self._consumer = make_consumer(
             self.group_id,
             list(self.topics),
@@ -156,6 +166,9 @@ class FeaturePusher:
                 "fetch.wait.max.ms": 10,
                 "isolation.level": "read_uncommitted",  # the job writes at-least-once, no txns
                 "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+                # What librdkafka prefetches while a push is retried (nothing is polled then):
+                # its default, 64 MiB per consumer, grew the process by that much in an outage.
+                "queued.max.messages.kbytes": PREFETCH_KB,
             },
         )
 
