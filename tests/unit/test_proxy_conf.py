@@ -14,6 +14,7 @@ from lambdarec.platform.proxy import (
     compose_conf,
     local_conf,
     nginx_bin,
+    nginx_command,
     prepare_proxy,
     render,
 )
@@ -45,18 +46,8 @@ def test_nginx_accepts_the_local_rendering(tmp_path: Path) -> None:
         pytest.fail("nginx is not installed: run `make system-deps` (apt-get install nginx-light)")
     settings = private_settings(tmp_path / "state")
     prepare_proxy(settings)
-    folder = settings.state_dir / "proxy"
-    checked = subprocess.run(
-        [
-            str(nginx_bin()),
-            "-t",
-            "-c",
-            str(folder / "nginx.conf"),
-            "-p",
-            str(folder),
-            "-e",
-            "stderr",
-        ],
+    checked = subprocess.run(  # noqa: S603 - our own command line
+        nginx_command(settings, "-t"),
         capture_output=True,
         text=True,
         timeout=30,

@@ -9,7 +9,6 @@ service: the sinks are recorders and the recommender serves from a small in-memo
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +22,7 @@ from serving.purchases import PurchaseMemory
 from serving.recommender import Recommender
 from serving.state import EXTENSION
 from serving.validation import EXCLUDE_MAX
+from tests.unit import payloads
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -114,15 +114,7 @@ def _purchases(app: Flask) -> PurchaseMemory:
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
-    base = {
-        "event_id": "e1",
-        "user_id": "u1",
-        "session_id": "s1",
-        "item_id": "i1",
-        "event_type": "purchase",
-        "ts": datetime.now(UTC).isoformat(),
-    }
-    return {**base, **overrides}
+    return payloads.event("purchase", **overrides)
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import json
 import math
 import random
 import string
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +22,7 @@ from serving import create_app
 from serving.ab import Variants
 from serving.recommender import Recommender
 from serving.sinks import EventSink
+from tests.unit import payloads
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,15 +61,7 @@ def _error(resp: Any, status: int = 400) -> dict[str, Any]:
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
-    base = {
-        "event_id": "e1",
-        "user_id": "u1",
-        "session_id": "s1",
-        "item_id": "i1",
-        "event_type": "view",
-        "ts": datetime.now(UTC).isoformat(),
-    }
-    return {**base, **overrides}
+    return payloads.event("view", **overrides)
 
 
 # -- /recommend ---------------------------------------------------------------------------------

@@ -108,6 +108,14 @@ def compose_conf(settings: Settings) -> str:
     )
 
 
+def nginx_command(settings: Settings, *extra: str) -> list[str]:
+    """nginx on the rendered config in the state folder (``extra``: e.g. ``-t`` to check it).
+    ``-e stderr``: errors go to the service log from the first line, before the config is read."""
+    folder = proxy_dir(settings)
+    conf = str(folder / "nginx.conf")
+    return [str(nginx_bin()), *extra, "-c", conf, "-p", str(folder), "-e", "stderr"]
+
+
 def nginx_bin() -> Path:
     """The nginx binary: on PATH, else Debian's ``/usr/sbin/nginx`` (``make system-deps``)."""
     found = shutil.which("nginx")
@@ -134,23 +142,13 @@ def proxy(settings: Settings) -> Service:
     proxy`` starts serving, then the proxy)."""
     host, port = settings.bind_host, settings.proxy_port
     url = f"http://{host}:{port}"
-    folder = proxy_dir(settings)
     return Service(
         name="proxy",
         title="nginx in front of serving: the public serving URL (opt-in)",
         ports={port: "proxy_port"},
         url=url,
         health=lambda: http_ok(f"{url}/health"),
-        # -e: errors go to the service log from the first line, before the config is read.
-        command=[
-            str(nginx_bin()),
-            "-c",
-            str(folder / "nginx.conf"),
-            "-p",
-            str(folder),
-            "-e",
-            "stderr",
-        ],
+        command=nginx_command(settings),
         requires=("serving",),
         prepare=lambda: prepare_proxy(settings),
         stop_timeout_s=10.0,
