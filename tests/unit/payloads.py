@@ -6,14 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-def event(event_type: str = "view", **overrides: Any) -> dict[str, Any]:
-    """One valid event for ``POST /events``, stamped now; ``overrides`` replace its fields."""
+def event(default_type: str = "view", **overrides: Any) -> dict[str, Any]:
+    """One valid event for ``POST /events`` of ``default_type``, stamped now; ``overrides``
+    replace its fields (``event_type`` included)."""
     base = {
         "event_id": "e1",
         "user_id": "u1",
         "session_id": "s1",
         "item_id": "i1",
-        "event_type": event_type,
+        "event_type": default_type,
         "ts": datetime.now(UTC).isoformat(),
     }
     return {**base, **overrides}
