@@ -8,6 +8,7 @@ jars are shared with the default state folder through a symlink, so Maven runs a
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import tempfile
@@ -23,13 +24,26 @@ if TYPE_CHECKING:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago.
+
+    Drawn below Linux's ephemeral range (32768-60999): a port the kernel hands out could be
+    taken by any outgoing connection (another test lane's clients) before the service binds it.
+    """
+    ports: list[int] = []
     sockets = []
-    for _ in range(count):
+    while len(ports) < count:
+        port = random.randint(20_000, 32_000)  # noqa: S311 - not a secret
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        if port in ports:
+            sock.close()
+            continue
         sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
+        ports.append(port)
     for sock in sockets:
         sock.close()
     return ports
