@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
+#: The operator's env file: .env.example with every secret filled (git-ignored).
+ENV_FILE = REPO_ROOT / ".env"
 PREFIX = "LAMBDAREC_"
 
 _VARIABLE = re.compile(
@@ -284,6 +286,43 @@ def secret_problems(env: Mapping[str, str], secrets: Mapping[str, int] = SECRETS
     return problems
 
 
+def generate_secrets() -> dict[str, str]:
+    """A fresh value for every secret, each of the form its consumer expects (the generators
+    .env.example names): what ``init-env`` writes into a new .env."""
+    import base64
+    import secrets
+    import uuid
+
+    values = {name: secrets.token_hex(32) for name in SECRETS}
+    values["KAFKA_CLUSTER_ID"] = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # A Fernet key is 32 random bytes in urlsafe base64 (cryptography's Fernet.generate_key()).
+    values["AIRFLOW_FERNET_KEY"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    values["MINIO_ROOT_USER"] = "lambdarec"
+    return values
+
+
+def init_env(target: Path = ENV_FILE, template: Path = ENV_EXAMPLE) -> list[str]:
+    """Write ``target`` from ``template`` with every empty secret generated; the other lines
+    (comments, endpoints, sizes) stay as they are. Refuses to overwrite an existing file.
+    Returns the names it generated."""
+    if target.exists():
+        raise ComposeError(f"{target} exists: remove it first, or edit its secrets by hand")
+    fresh = generate_secrets()
+    lines, generated = [], []
+    for line in template.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in fresh and not value.strip():
+            line = f"{key}={fresh[key]}"
+            generated.append(key)
+        lines.append(line)
+    old = os.umask(0o077)
+    try:
+        target.write_text("\n".join(lines) + "\n")
+    finally:
+        os.umask(old)
+    return generated
+
+
 def check_secrets(env: Mapping[str, str], secrets: Mapping[str, int] = SECRETS) -> None:
     """Raise one :class:`ComposeError` naming every secret that is empty, a placeholder or short."""
     problems = secret_problems(env, secrets)
@@ -294,6 +333,37 @@ def check_secrets(env: Mapping[str, str], secrets: Mapping[str, int] = SECRETS) 
         )
 
 
+#: The Airflow UI/API administrator the deployment creates (FabAuthManager, users in PostgreSQL).
+AIRFLOW_ADMIN = "admin"
+
+
+def airflow_admin(password: str, username: str = AIRFLOW_ADMIN) -> str:
+    """Create the Airflow admin with ``password``, or reset its password: what ``airflow-init``
+    runs after ``airflow db migrate`` with the FAB auth manager, so that changing
+    ``AIRFLOW_ADMIN_PASSWORD`` in .env and restarting rotates it. The password is read from the
+    environment by the caller, never from a command line (``ps`` would show it)."""
+    problems = secret_problems({"AIRFLOW_ADMIN_PASSWORD": password}, {"AIRFLOW_ADMIN_PASSWORD": 16})
+    if problems:
+        raise ComposeError(problems[0])
+    from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+
+    with get_application_builder() as appbuilder:
+        security = appbuilder.sm
+        user = security.find_user(username=username)
+        if user is None:
+            role = security.find_role("Admin")
+            if role is None:
+                raise ComposeError("Airflow has no Admin role: run `airflow db migrate` first")
+            if not security.add_user(
+                username, "Airflow", "Admin", f"{username}@localhost", role, password
+            ):
+                raise ComposeError(f"Airflow refused to create the user {username}")
+            return f"created the Airflow user {username} (role Admin)"
+        if not security.reset_password(user.id, password):
+            raise ComposeError(f"Airflow refused to set the password of {username}")
+        return f"set the password of the Airflow user {username}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lambdarec.deploy",
@@ -302,7 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("table", help="Print the Markdown table of LAMBDAREC_* variables.")
     show = sub.add_parser("settings", help="Print each project service's endpoints.")
-    show.add_argument("--env-file", type=Path, default=ENV_EXAMPLE)
+    show.add_argument(
+        "--env-file",
+        type=Path,
+        default=ENV_FILE,
+        help="The env file compose reads (default: .env; .env.example leaves the secrets empty).",
+    )
     check = sub.add_parser(
         "check-secrets",
         help="Refuse empty, placeholder (change-me) or short secrets; the deployment's "
@@ -314,7 +389,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="Check this env file instead of the process environment (e.g. .env before `up`).",
     )
+    init = sub.add_parser(
+        "init-env",
+        help="Write .env from .env.example with a fresh value for every empty secret "
+        "(mode 600; refuses to overwrite).",
+    )
+    init.add_argument("--output", type=Path, default=ENV_FILE)
+    sub.add_parser(
+        "airflow-admin",
+        help="Create the Airflow admin user, or reset its password, from AIRFLOW_ADMIN_PASSWORD "
+        "(FAB auth manager; the deployment's airflow-init runs it after `airflow db migrate`).",
+    )
     args = parser.parse_args(argv)
+    if args.command == "init-env":
+        try:
+            generated = init_env(args.output)
+        except ComposeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.output}: {len(generated)} secrets generated (keep it out of git)")
+        return 0
+    if args.command == "airflow-admin":
+        try:
+            print(airflow_admin(os.environ.get("AIRFLOW_ADMIN_PASSWORD", "")))
+        except ComposeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "table":
         sys.stdout.write(settings_table())
         return 0
@@ -326,6 +427,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"secrets-check: all {len(SECRETS)} secrets are set")
         return 0
+    if not args.env_file.is_file():
+        print(
+            f"error: no env file {args.env_file}: `cp .env.example .env` and fill its secrets "
+            "(docs/deployment.md, 'Credentials')",
+            file=sys.stderr,
+        )
+        return 1
     try:
         rendered = service_settings(env_file=args.env_file)
     except ComposeError as error:

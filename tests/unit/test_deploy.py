@@ -17,6 +17,8 @@ from lambdarec.deploy import (
     ComposeError,
     check_secrets,
     compose_settings,
+    generate_secrets,
+    init_env,
     interpolate,
     load_compose,
     main,
@@ -36,6 +38,8 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 OVERRIDE = REPO_ROOT / "docker-compose.override.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+#: What an operator's .env holds beyond .env.example: every secret filled.
+REAL = generate_secrets()
 #: Services that must run project code with the project's endpoints.
 EXPECTED = {
     "lambdarec-init",
@@ -81,19 +85,27 @@ def _compose(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def test_compose_config_is_valid() -> None:
+def test_compose_config_refuses_the_example_env_file() -> None:
+    """.env.example leaves every secret empty: compose stops before anything starts."""
     done = _compose("-f", "docker-compose.yml", "--env-file", ".env.example", "config", "-q")
+    assert done.returncode != 0
+    assert re.search(r"required variable (\w+) is missing a value: set \1 in \.env", done.stderr)
+
+
+def test_compose_config_is_valid(tmp_path: Path) -> None:
+    real = _env_file(tmp_path, REAL)
+    done = _compose("-f", "docker-compose.yml", "--env-file", str(real), "config", "-q")
     assert done.returncode == 0, done.stderr
 
 
-def test_compose_config_with_override_and_cluster_profile_is_valid() -> None:
+def test_compose_config_with_override_and_cluster_profile_is_valid(tmp_path: Path) -> None:
     done = _compose(
         "-f",
         "docker-compose.yml",
         "-f",
         "docker-compose.override.yml",
         "--env-file",
-        ".env.example",
+        str(_env_file(tmp_path, REAL)),
         "--profile",
         "kafka-cluster",
         "config",
@@ -103,8 +115,8 @@ def test_compose_config_with_override_and_cluster_profile_is_valid() -> None:
 
 
 def test_compose_stops_on_a_missing_secret(tmp_path: Path) -> None:
-    env = REPO_ROOT / ".env.example"
-    lines = [ln for ln in env.read_text().splitlines() if not ln.startswith("POSTGRES_PASSWORD=")]
+    real = _env_file(tmp_path, REAL)
+    lines = [ln for ln in real.read_text().splitlines() if not ln.startswith("POSTGRES_PASSWORD=")]
     no_secret = tmp_path / "no-secret.env"
     no_secret.write_text("\n".join(lines) + "\n")
     done = _compose("-f", "docker-compose.yml", "--env-file", str(no_secret), "config", "-q")
@@ -125,7 +137,7 @@ def _assert_cluster(name: str, s: Settings) -> None:
 
 
 def test_every_project_service_points_at_service_names() -> None:
-    rendered = service_settings()
+    rendered = service_settings(REAL)
     assert set(rendered) >= EXPECTED, EXPECTED - set(rendered)
     for name, settings in rendered.items():
         _assert_cluster(name, settings)
@@ -145,7 +157,7 @@ def test_the_override_keeps_the_endpoints() -> None:
 
 
 def test_a_managed_service_is_one_variable() -> None:
-    rendered = service_settings({"STACK_KAFKA_BOOTSTRAP": "b-1.msk:9092,b-2.msk:9092"})
+    rendered = service_settings({**REAL, "STACK_KAFKA_BOOTSTRAP": "b-1.msk:9092,b-2.msk:9092"})
     assert {s.bootstrap_servers for s in rendered.values()} == {"b-1.msk:9092,b-2.msk:9092"}
 
 
@@ -188,12 +200,13 @@ def test_env_example_covers_every_variable_and_holds_no_real_secret() -> None:
     example = read_env_file(ENV_EXAMPLE)
     assert used <= set(example), sorted(used - set(example))
     for key, value in example.items():
-        if any(word in key for word in ("PASSWORD", "SECRET", "FERNET", "ROOT_USER")):
-            assert value.startswith("change-me"), key
+        if any(word in key for word in ("PASSWORD", "SECRET", "FERNET", "ROOT_USER", "CLUSTER")):
+            assert value == "", key
+    assert {key for key, value in example.items() if value == ""} == set(SECRETS)
 
 
 def test_no_secret_literal_in_the_compose_file() -> None:
-    compose = load_compose()
+    compose = load_compose(REAL)
     for name, spec in compose["services"].items():
         env = spec.get("environment") or {}
         for key in env:
@@ -250,21 +263,6 @@ def test_deployment_doc_lists_every_setting() -> None:
 # -- credentials (#21) ---------------------------------------------------------------------------
 
 
-def _real_secrets() -> dict[str, str]:
-    """What an operator generates for .env (docs/deployment.md, "Credentials")."""
-    import base64
-    import secrets
-    import uuid
-
-    from cryptography.fernet import Fernet
-
-    values = {name: secrets.token_hex(32) for name in SECRETS}
-    values["KAFKA_CLUSTER_ID"] = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    values["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
-    values["MINIO_ROOT_USER"] = "lambdarec"
-    return values
-
-
 def _env_file(tmp_path: Path, values: dict[str, str]) -> Path:
     merged = {**read_env_file(ENV_EXAMPLE), **values}
     path = tmp_path / "real.env"
@@ -272,10 +270,11 @@ def _env_file(tmp_path: Path, values: dict[str, str]) -> Path:
     return path
 
 
-def test_the_check_refuses_every_placeholder_of_env_example() -> None:
-    """`docker compose config` accepts .env.example (compose cannot compare values); the
-    secrets-check service, run before every backend with a credential, refuses it."""
-    env = service_environment(load_compose(), "secrets-check")
+def test_the_check_refuses_placeholders_naming_each() -> None:
+    """Compose catches empty secrets only; the secrets-check service, run before every backend
+    with a credential, refuses a change-me placeholder typed by hand as well."""
+    placeholders = {name: "change-me" for name in SECRETS}
+    env = service_environment(load_compose(placeholders), "secrets-check")
     assert set(env) == set(SECRETS)
     problems = secret_problems(env)
     assert [line.split()[0] for line in problems] == list(SECRETS)
@@ -287,7 +286,7 @@ def test_the_check_refuses_every_placeholder_of_env_example() -> None:
 
 
 def test_the_check_refuses_empty_and_short_secrets_naming_each() -> None:
-    env = {**_real_secrets(), "REDIS_PASSWORD": "", "MILVUS_ROOT_PASSWORD": "short"}
+    env = {**generate_secrets(), "REDIS_PASSWORD": "", "MILVUS_ROOT_PASSWORD": "short"}
     assert secret_problems(env) == [
         "REDIS_PASSWORD is empty",
         "MILVUS_ROOT_PASSWORD is 5 characters, shorter than 16",
@@ -295,13 +294,43 @@ def test_the_check_refuses_empty_and_short_secrets_naming_each() -> None:
 
 
 def test_generated_secrets_pass_compose_and_the_check(tmp_path: Path) -> None:
-    real = _env_file(tmp_path, _real_secrets())
+    real = _env_file(tmp_path, generate_secrets())
     done = _compose("-f", "docker-compose.yml", "--env-file", str(real), "config", "-q")
     assert done.returncode == 0, done.stderr
     env = service_environment(load_compose(env_file=real), "secrets-check")
     check_secrets(env)
     assert main(["check-secrets", "--env-file", str(real)]) == 0
     assert main(["check-secrets", "--env-file", str(ENV_EXAMPLE)]) == 1
+
+
+def test_init_env_fills_every_secret_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / ".env"
+    assert main(["init-env", "--output", str(target)]) == 0
+    assert "15 secrets generated" in capsys.readouterr().out
+    assert target.stat().st_mode & 0o777 == 0o600
+    written, example = read_env_file(target), read_env_file(ENV_EXAMPLE)
+    assert set(written) == set(example)
+    assert secret_problems(written) == []
+    for key, value in example.items():
+        if key not in SECRETS:
+            assert written[key] == value, key
+    done = _compose("-f", "docker-compose.yml", "--env-file", str(target), "config", "-q")
+    assert done.returncode == 0, done.stderr
+    assert main(["init-env", "--output", str(target)]) == 1  # never overwrites
+    assert "exists" in capsys.readouterr().err
+    with pytest.raises(ComposeError, match="exists"):
+        init_env(target)
+
+
+def test_settings_command_needs_an_env_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["settings", "--env-file", str(tmp_path / "missing.env")]) == 1
+    assert "cp .env.example .env" in capsys.readouterr().err
+    assert main(["settings", "--env-file", str(_env_file(tmp_path, REAL))]) == 0
+    assert "kafka=kafka:9092" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -316,7 +345,7 @@ def test_generated_secrets_pass_compose_and_the_check(tmp_path: Path) -> None:
     ],
 )
 def test_compose_stops_on_an_empty_credential(tmp_path: Path, secret: str) -> None:
-    env = _env_file(tmp_path, {**_real_secrets(), secret: ""})
+    env = _env_file(tmp_path, {**generate_secrets(), secret: ""})
     done = _compose("-f", "docker-compose.yml", "--env-file", str(env), "config", "-q")
     assert done.returncode != 0
     assert secret in done.stderr
@@ -338,16 +367,16 @@ def _depends(compose: dict[str, object], service: str) -> set[str]:
 
 
 def test_every_backend_asks_for_a_credential() -> None:
-    compose = load_compose()
+    compose = load_compose(REAL)
     services = compose["services"]
 
     redis = services["redis"]
     assert "requirepass" in " ".join(redis["command"])
-    assert service_environment(compose, "redis")["REDISCLI_AUTH"] == "change-me"
+    assert service_environment(compose, "redis")["REDISCLI_AUTH"] == REAL["REDIS_PASSWORD"]
 
     for name in ("kafka", "kafka-2", "kafka-3"):
         kafka = service_environment(compose, name)
-        assert kafka["SCRAM_PASSWORD"] == "change-me", name
+        assert kafka["SCRAM_PASSWORD"] == REAL["KAFKA_SASL_PASSWORD"], name
         assert kafka["KAFKA_ADVERTISED_LISTENERS"].startswith("SASL_PLAINTEXT://"), name
         assert "PLAINTEXT:PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace(
             "CONTROLLER:PLAINTEXT", ""
@@ -357,23 +386,26 @@ def test_every_backend_asks_for_a_credential() -> None:
 
     mlflow = service_environment(compose, "mlflow")
     assert "--app-name basic-auth" in " ".join(services["mlflow"]["command"])
-    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == "change-me"
-    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "change-me"
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == REAL["MLFLOW_ADMIN_PASSWORD"]
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == REAL["MLFLOW_FLASK_SECRET_KEY"]
 
     milvus = service_environment(compose, "milvus")
     assert milvus["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
-    assert milvus["COMMON_SECURITY_DEFAULTROOTPASSWORD"] == "change-me"
+    assert milvus["COMMON_SECURITY_DEFAULTROOTPASSWORD"] == REAL["MILVUS_ROOT_PASSWORD"]
 
-    for name in ("airflow-api-server", "airflow-scheduler"):
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-init"):
         airflow = service_environment(compose, name)
-        assert airflow["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False", name
-        assert airflow["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"], name
-    assert "AIRFLOW_ADMIN_PASSWORD" in " ".join(services["volume-init"]["command"])
-    assert service_environment(compose, "volume-init")["AIRFLOW_ADMIN_PASSWORD"] == "change-me"
+        assert airflow["AIRFLOW__CORE__AUTH_MANAGER"].endswith(".FabAuthManager"), name
+        assert not any("SIMPLE_AUTH_MANAGER" in key for key in airflow), name
+    # the admin's password reaches airflow-init through its environment, not its command line
+    assert "lambdarec.deploy airflow-admin" in " ".join(services["airflow-init"]["command"])
+    admin = service_environment(compose, "airflow-init")["AIRFLOW_ADMIN_PASSWORD"]
+    assert admin == REAL["AIRFLOW_ADMIN_PASSWORD"]
+    assert admin not in " ".join(services["airflow-init"]["command"])
 
 
 def test_every_service_with_a_credential_waits_for_the_check() -> None:
-    compose = load_compose()
+    compose = load_compose(REAL)
     for name in compose["services"]:
         if name == "secrets-check" or name in ("etcd", "spark-master"):
             continue  # etcd and the Spark master hold no credential
@@ -382,13 +414,13 @@ def test_every_service_with_a_credential_waits_for_the_check() -> None:
 
 def test_flink_and_spark_publish_no_port() -> None:
     """They have no authentication in open source: internal network only."""
-    compose = load_compose()
+    compose = load_compose(REAL)
     for name in ("flink-jobmanager", "flink-taskmanager", "spark-master", "spark-worker"):
         assert not compose["services"][name].get("ports"), name
 
 
 def test_every_project_service_gets_the_credentials() -> None:
-    real = _real_secrets()
+    real = REAL
     for name, settings in service_settings(real).items():
         assert settings.kafka_sasl_username == "lambdarec", name
         assert settings.kafka_sasl_password.get_secret_value() == real["KAFKA_SASL_PASSWORD"]
@@ -399,5 +431,5 @@ def test_every_project_service_gets_the_credentials() -> None:
 
 
 def test_the_check_refuses_what_the_config_files_cannot_quote() -> None:
-    env = {**_real_secrets(), "KAFKA_SASL_PASSWORD": 'abc"def0123456789abc'}
+    env = {**generate_secrets(), "KAFKA_SASL_PASSWORD": 'abc"def0123456789abc'}
     assert secret_problems(env) == ["KAFKA_SASL_PASSWORD holds a quote, a backslash or a space"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lambdarec.deploy import compose_settings, load_compose
+from lambdarec.deploy import compose_settings, generate_secrets, load_compose
 from lambdarec.harness.platform import private_settings
 from lambdarec.platform.proxy import (
     COMPOSE_CONF,
@@ -63,7 +63,7 @@ def test_a_missing_value_is_an_error() -> None:
 
 
 def test_compose_publishes_serving_only_through_the_proxy() -> None:
-    services = load_compose()["services"]
+    services = load_compose(generate_secrets())["services"]
     assert "ports" not in services["serving"], "gunicorn is reached through the proxy only"
     proxy = services["proxy"]
     assert proxy["ports"] == ["127.0.0.1:8000:8000"]  # .env.example's values
