@@ -229,11 +229,19 @@ def kafka_security_options(env: Mapping[str, str] | None = None) -> str:
         _SHADED_KAFKA, _LOGIN_MODULES[mechanism], *quoted
     )
     protocol = env.get("LAMBDAREC_KAFKA_SECURITY_PROTOCOL", "") or "SASL_PLAINTEXT"
-    return (
+    options = (
         f", 'properties.security.protocol' = {_q(protocol)}, "
         f"'properties.sasl.mechanism' = {_q(mechanism)}, "
         f"'properties.sasl.jaas.config' = {_q(jaas)}"
     )
+    ca = env.get("LAMBDAREC_KAFKA_SSL_CA_LOCATION", "")
+    if protocol == "SASL_SSL" and ca:
+        # Kafka's Java client reads a PEM trust store directly (no JKS conversion).
+        options += (
+            ", 'properties.ssl.truststore.type' = 'PEM', "
+            f"'properties.ssl.truststore.location' = {_q(ca)}"
+        )
+    return options
 
 
 def _kafka_common(args: argparse.Namespace, topic: str) -> str:

@@ -319,6 +319,11 @@ class Settings(BaseSettings):
         description="Kafka security protocol used when KAFKA_SASL_USERNAME is set (SASL_SSL "
         "when the brokers also speak TLS).",
     )
+    kafka_ssl_ca_location: str = Field(
+        "",
+        description="With SASL_SSL: the PEM file of the CA that signed the brokers' certificates "
+        "(the deployment's certs-init writes one); empty means the system's trust store.",
+    )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
         "SCRAM-SHA-512", description="Kafka SASL mechanism used when KAFKA_SASL_USERNAME is set."
     )

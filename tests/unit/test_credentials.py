@@ -28,6 +28,8 @@ def no_credentials_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "LAMBDAREC_KAFKA_SASL_USERNAME",
         "LAMBDAREC_KAFKA_SASL_PASSWORD",
+        "LAMBDAREC_KAFKA_SECURITY_PROTOCOL",
+        "LAMBDAREC_KAFKA_SSL_CA_LOCATION",
         "LAMBDAREC_REDIS_PASSWORD",
         "LAMBDAREC_MILVUS_TOKEN",
         "MLFLOW_TRACKING_USERNAME",
@@ -107,6 +109,40 @@ def test_kafka_clients_log_in_with_scram(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert len(made) == 3
     for conf in made:
         assert expected.items() <= conf.items(), conf
+
+
+def test_kafka_clients_trust_the_brokers_ca_over_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from lambdarec.streaming import kafka
+
+    made = _capture_kafka(monkeypatch)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    login = {"kafka_sasl_username": "lambdarec", "kafka_sasl_password": PASSWORD}
+    settings = _settings(
+        tmp_path, kafka_security_protocol="SASL_SSL", kafka_ssl_ca_location=str(ca), **login
+    )
+    kafka.make_producer(settings)
+    kafka.admin_client(settings)
+    for conf in made:
+        assert conf["security.protocol"] == "SASL_SSL"
+        assert conf["ssl.ca.location"] == str(ca)
+    # without a CA file: the system's trust store (a public CA); over plaintext no ssl.* at all
+    assert "ssl.ca.location" not in kafka.security_config(
+        _settings(tmp_path, kafka_security_protocol="SASL_SSL", **login)
+    )
+    assert "ssl.ca.location" not in kafka.security_config(
+        _settings(tmp_path, kafka_ssl_ca_location=str(ca), **login)
+    )
+    missing = _settings(
+        tmp_path,
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_ca_location=str(tmp_path / "missing.pem"),
+        **login,
+    )
+    with pytest.raises(ValueError, match=r"missing\.pem is not a file: point it at"):
+        kafka.security_config(missing)
 
 
 def _capture_kafka(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
@@ -209,6 +245,21 @@ def test_flink_connector_without_a_user(speed_layer: ModuleType) -> None:
     assert speed_layer.kafka_security_options({}) == ""
     ddl, _ = speed_layer.statements(speed_layer.parse_args([]))
     assert not any("sasl" in statement for statement in ddl)
+
+
+def test_flink_connector_trusts_the_pem_ca_over_tls(speed_layer: ModuleType) -> None:
+    env = {
+        "LAMBDAREC_KAFKA_SASL_USERNAME": "lambdarec",
+        "LAMBDAREC_KAFKA_SASL_PASSWORD": PASSWORD,
+        "LAMBDAREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "LAMBDAREC_KAFKA_SSL_CA_LOCATION": "/data/state/certs/kafka-ca.pem",
+    }
+    options = speed_layer.kafka_security_options(env)
+    assert "'properties.security.protocol' = 'SASL_SSL'" in options
+    assert "'properties.ssl.truststore.type' = 'PEM'" in options
+    assert "'properties.ssl.truststore.location' = '/data/state/certs/kafka-ca.pem'" in options
+    plain = {**env, "LAMBDAREC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    assert "truststore" not in speed_layer.kafka_security_options(plain)
 
 
 def test_flink_connector_logs_in_with_the_shaded_scram_module(

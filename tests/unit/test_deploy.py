@@ -377,10 +377,16 @@ def test_every_backend_asks_for_a_credential() -> None:
     for name in ("kafka", "kafka-2", "kafka-3"):
         kafka = service_environment(compose, name)
         assert kafka["SCRAM_PASSWORD"] == REAL["KAFKA_SASL_PASSWORD"], name
-        assert kafka["KAFKA_ADVERTISED_LISTENERS"].startswith("SASL_PLAINTEXT://"), name
-        assert "PLAINTEXT:PLAINTEXT" not in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace(
-            "CONTROLLER:PLAINTEXT", ""
+        assert kafka["KAFKA_ADVERTISED_LISTENERS"] == f"BROKER://{name}:9092", name
+        # every listener but the controller's (unpublished) is SASL over TLS; the image's
+        # configure script demands JKS stores when an advertised listener's name holds "SSL"
+        assert kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] == (
+            "CONTROLLER:PLAINTEXT,BROKER:SASL_SSL"
         ), name
+        assert "SSL" not in kafka["KAFKA_ADVERTISED_LISTENERS"], name
+        assert kafka["KAFKA_SSL_KEYSTORE_LOCATION"] == "/etc/kafka/certs/broker.pem", name
+        assert "kafka-certs:/etc/kafka/certs:ro" in services[name]["volumes"], name
+        assert "certs-init" in _depends(compose, name), name
         assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512", name
         assert "--command-config" in services[name]["healthcheck"]["test"][1], name
 
@@ -417,6 +423,19 @@ def test_flink_and_spark_publish_no_port() -> None:
     compose = load_compose(REAL)
     for name in ("flink-jobmanager", "flink-taskmanager", "spark-master", "spark-worker"):
         assert not compose["services"][name].get("ports"), name
+
+
+def test_the_brokers_certificate_names_every_broker() -> None:
+    compose = load_compose(REAL)
+    command = compose["services"]["certs-init"]["command"]
+    hosts = next(arg for arg in command if arg.startswith("--hosts=")).split("=", 1)[1]
+    brokers = [name for name in compose["services"] if re.fullmatch(r"kafka(-\d)?", name)]
+    assert set(brokers) <= set(hosts.split(",")), (brokers, hosts)
+    copy = next(arg for arg in command if arg.startswith("--ca-copy=")).split("=", 1)[1]
+    for name, settings in service_settings(REAL).items():
+        assert settings.kafka_security_protocol == "SASL_SSL", name
+        assert settings.kafka_ssl_ca_location == copy, name
+        assert copy.startswith(str(settings.state_dir) + "/"), name  # in the volume they mount
 
 
 def test_every_project_service_gets_the_credentials() -> None:

@@ -70,6 +70,7 @@ def speed_layer_env(settings: Settings) -> dict[str, str]:
             LAMBDAREC_KAFKA_SASL_MECHANISM=settings.kafka_sasl_mechanism,
             LAMBDAREC_KAFKA_SASL_USERNAME=settings.kafka_sasl_username,
             LAMBDAREC_KAFKA_SASL_PASSWORD=settings.kafka_sasl_password.get_secret_value(),
+            LAMBDAREC_KAFKA_SSL_CA_LOCATION=settings.kafka_ssl_ca_location,
         )
     return env
 

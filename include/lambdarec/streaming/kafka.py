@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -63,12 +64,21 @@ def security_config(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or get_settings()
     if not s.kafka_sasl_username:
         return {}
-    return {
+    config = {
         "security.protocol": s.kafka_security_protocol,
         "sasl.mechanisms": s.kafka_sasl_mechanism,
         "sasl.username": s.kafka_sasl_username,
         "sasl.password": s.kafka_sasl_password.get_secret_value(),
     }
+    if s.kafka_security_protocol == "SASL_SSL" and s.kafka_ssl_ca_location:
+        ca = Path(s.kafka_ssl_ca_location)
+        if not ca.is_file():
+            raise ValueError(
+                f"LAMBDAREC_KAFKA_SSL_CA_LOCATION={ca} is not a file: point it at the brokers' "
+                "CA certificate (PEM), or leave it empty to use the system's trust store"
+            )
+        config["ssl.ca.location"] = str(ca)
+    return config
 
 
 def admin_client(settings: Settings | None = None) -> Any:
