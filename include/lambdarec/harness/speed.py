@@ -137,40 +137,13 @@ def speed_job(
         job.kill(signal.SIGTERM)
 
 
-#: Error codes of a group coordinator that moves or loads (a broker restarted, a new group).
-_COORDINATOR_MOVES = (14, 15, 16)  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
-
-
 def committed(settings: Settings) -> int:
     """Events the job's consumer group has committed on the events topic (on checkpoints)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from lambdarec.streaming.kafka import committed_offsets, probe_consumer
 
-    from lambdarec.streaming.kafka import security_config
-
-    probe = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": JOB_GROUP_ID,
-            "enable.auto.commit": False,
-            **security_config(settings),
-        }
-    )
-    try:
-        parts = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
-        for attempt in range(10):
-            try:
-                return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=10))
-            except KafkaException as error:
-                # The group coordinator moves or loads (a broker restarted, a new group):
-                # NOT_COORDINATOR and its kin are retriable, and say nothing of the offsets.
-                kafka_error = error.args[0]
-                transient = kafka_error.retriable() or kafka_error.code() in _COORDINATOR_MOVES
-                if attempt == 9 or not transient:
-                    raise
-                time.sleep(1.0)
-        raise AssertionError("unreachable")
-    finally:
-        probe.close()
+    with probe_consumer(settings, JOB_GROUP_ID) as probe:
+        offsets = committed_offsets(probe, settings.topic_events, range(settings.topic_partitions))
+    return sum(max(offset, 0) for offset in offsets.values())
 
 
 @contextlib.contextmanager

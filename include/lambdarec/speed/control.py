@@ -180,34 +180,22 @@ def cancel(settings: Settings, target: Target, job_id: str | None = None) -> boo
 
 def consumer_lag(settings: Settings, group: str = GROUP_ID) -> dict[str, Any]:
     """Events the job has not yet committed, per partition and in total."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    from lambdarec.streaming.kafka import security_config
+    from lambdarec.streaming.kafka import committed_offsets, probe_consumer
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-            **security_config(settings),
-        }
-    )
-    try:
-        topic = settings.topic_events
+    topic = settings.topic_events
+    with probe_consumer(settings, group) as consumer:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             raise SpeedLayerError(f"topic {topic} not found at {settings.bootstrap_servers}")
-        parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-        committed = consumer.committed(parts, timeout=10)
         per: dict[str, int] = {}
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=10
-            )
-            done = tp.offset if tp.offset >= 0 else low
-            per[str(tp.partition)] = max(0, high - done)
-    finally:
-        consumer.close()
+        for partition, offset in committed_offsets(
+            consumer, topic, sorted(meta.partitions)
+        ).items():
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            done = offset if offset >= 0 else low
+            per[str(partition)] = max(0, high - done)
     from lambdarec.streaming.kafka import topic_size
 
     return {

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -317,29 +318,70 @@ def consume(
                 return
 
 
-def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -> int:
-    """Messages currently in ``topic``: the sum over partitions of (high - low) watermarks."""
-    from confluent_kafka import Consumer, TopicPartition
+@contextlib.contextmanager
+def probe_consumer(
+    settings: Settings | None = None, group_id: str = "lambdarec-probe"
+) -> Iterator[Consumer]:
+    """A consumer that never subscribes nor commits, for metadata, watermarks and a group's
+    committed offsets (``group_id``: the group to read them of), closed on exit."""
+    from confluent_kafka import Consumer
 
     s = settings or get_settings()
     probe = Consumer(
         {
             "bootstrap.servers": s.bootstrap_servers,
-            "group.id": "lambdarec-size-probe",
+            "group.id": group_id,
             "enable.auto.commit": False,
             "logger": client_log,
             **security_config(s),
         }
     )
     try:
+        yield probe
+    finally:
+        probe.close()
+
+
+#: Error codes of a group coordinator that moves or loads (a broker restarted, a new group).
+COORDINATOR_MOVES = (14, 15, 16)  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
+
+
+def committed_offsets(
+    probe: Consumer,
+    topic: str,
+    partitions: Iterable[int],
+    timeout_s: float = 10.0,
+    attempts: int = 10,
+) -> dict[int, int]:
+    """The probe's group's committed offset per partition of ``topic`` (negative: none yet),
+    retrying while the group coordinator moves or loads (right after a broker start): those
+    errors say nothing of the offsets."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    parts = [TopicPartition(topic, p) for p in partitions]
+    for attempt in range(attempts):
+        try:
+            return {tp.partition: tp.offset for tp in probe.committed(parts, timeout=timeout_s)}
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            transient = kafka_error.retriable() or kafka_error.code() in COORDINATOR_MOVES
+            if attempt == attempts - 1 or not transient:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def topic_size(settings: Settings | None, topic: str, timeout_s: float = 10.0) -> int:
+    """Messages currently in ``topic``: the sum over partitions of (high - low) watermarks."""
+    from confluent_kafka import TopicPartition
+
+    with probe_consumer(settings, "lambdarec-size-probe") as probe:
         partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         total = 0
         for p in partitions:
             low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
             total += high - low
         return total
-    finally:
-        probe.close()
 
 
 def wait_for_broker(settings: Settings | None = None, timeout_s: float = 30.0) -> bool:
