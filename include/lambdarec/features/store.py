@@ -26,6 +26,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from lambdarec.config import get_settings
+from lambdarec.features.feastlib import import_feast
 from lambdarec.features.paths import FEATURE_REPO_DIR, feast_paths, pinned_lake_dir
 from lambdarec.tables import FEATURE_TABLES, SESSION_FEATURES, TRENDING_ITEMS, newest_partition
 
@@ -114,6 +115,7 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
     cached = _STORES.get(key)
     if cached is not None:
         return cached
+    import_feast()
     from feast import FeatureStore
 
     # A registry refresh logs at INFO on every read once the cache expires: noise in task logs.
@@ -185,6 +187,7 @@ def load_definitions(settings: Settings | None = None) -> RepoContents:
     imported fresh each time and taken out of ``sys.modules`` afterwards, so generic names
     like ``features`` never shadow anything else in the process.
     """
+    import_feast()
     from feast import Entity, FeatureService, FeatureView, PushSource
     from feast.data_source import DataSource
     from feast.feature_view import DUMMY_ENTITY
@@ -262,6 +265,7 @@ def missing_views(names: Sequence[str], settings: Settings | None = None) -> lis
 def apply(settings: Settings | None = None) -> str:
     """``feast apply`` for these settings: register the repo, drop what it no longer defines,
     create the online tables. Idempotent. Returns the plan that was applied."""
+    import_feast()
     from feast.project import Project
     from feast.repo_operations import extract_objects_for_apply_delete
 
@@ -376,6 +380,7 @@ def read_online(
     ``store``: the settings' :func:`get_store`, when the caller keeps it (finding it renders the
     config, ~50 us per call).
     """
+    import_feast()
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
@@ -485,6 +490,8 @@ def push(
     the lake itself, which is the history training reads.
     """
     import pandas as pd
+
+    import_feast()
     from feast.data_source import PushMode
 
     if view not in PUSH_SOURCES:

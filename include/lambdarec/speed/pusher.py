@@ -396,6 +396,9 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
     """(entity key, feature values, event time, None) of one JSON row, as Feast stores them."""
     from datetime import datetime
 
+    from lambdarec.features.feastlib import import_feast
+
+    import_feast()
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import StringList, Value
 
