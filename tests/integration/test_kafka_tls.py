@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from lambdarec.certs import issue
 from lambdarec.config import get_settings
 from lambdarec.deploy import generate_secrets, load_compose, service_environment
-from lambdarec.harness.platform import free_ports, private_settings
-from lambdarec.platform.kafka import kafka_cluster_id, resolve_kafka_jars
+from lambdarec.harness.platform import private_settings
+from lambdarec.platform.kafka import broker_properties, kafka_cluster_id, resolve_kafka_jars
 from lambdarec.streaming.kafka import admin_client, make_consumer, make_producer, security_config
 
 if TYPE_CHECKING:
@@ -34,35 +34,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 USER = "lambdarec"
 
 
-def _broker_properties(home: Path, port: int, controller: int, certs: Path) -> str:
-    """The single-node broker of docker-compose.yml's `kafka` service, on loopback."""
+def _broker_properties(settings: Settings, certs: Path) -> str:
+    """The local platform's broker with the security of docker-compose.yml's `kafka` service."""
     compose = service_environment(load_compose(generate_secrets()), "kafka")
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller}",
-        "listeners": f"BROKER://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"BROKER://127.0.0.1:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": compose["KAFKA_INTER_BROKER_LISTENER_NAME"],
-        "listener.security.protocol.map": compose["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"],
-        "sasl.enabled.mechanisms": compose["KAFKA_SASL_ENABLED_MECHANISMS"],
-        "sasl.mechanism.inter.broker.protocol": compose[
-            "KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"
-        ],
-        "ssl.keystore.type": compose["KAFKA_SSL_KEYSTORE_TYPE"],
-        "ssl.keystore.location": str(certs / "broker.pem"),
-        "ssl.truststore.type": compose["KAFKA_SSL_TRUSTSTORE_TYPE"],
-        "ssl.truststore.location": str(certs / "ca.pem"),
-        "log.dirs": str(home / "data"),
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "false",
-    }
+    host, port, controller = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
+    props = broker_properties(settings)
+    props.update(
+        {
+            "listeners": f"BROKER://{host}:{port},CONTROLLER://{host}:{controller}",
+            "advertised.listeners": f"BROKER://{host}:{port}",
+            "inter.broker.listener.name": compose["KAFKA_INTER_BROKER_LISTENER_NAME"],
+            "listener.security.protocol.map": compose["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"],
+            "sasl.enabled.mechanisms": compose["KAFKA_SASL_ENABLED_MECHANISMS"],
+            "sasl.mechanism.inter.broker.protocol": compose[
+                "KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"
+            ],
+            "ssl.keystore.type": compose["KAFKA_SSL_KEYSTORE_TYPE"],
+            "ssl.keystore.location": str(certs / "broker.pem"),
+            "ssl.truststore.type": compose["KAFKA_SSL_TRUSTSTORE_TYPE"],
+            "ssl.truststore.location": str(certs / "ca.pem"),
+        }
+    )
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
@@ -71,9 +63,9 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("kafka-tls")
     certs = home / "certs"
     issue(certs, ["kafka", "127.0.0.1", "localhost"])
-    port, controller = free_ports(2)
+    local = private_settings(home)  # free ports, state (the log dir) under home
     config = home / "server.properties"
-    config.write_text(_broker_properties(home, port, controller, certs))
+    config.write_text(_broker_properties(local, certs))
     password = generate_secrets()["KAFKA_SASL_PASSWORD"]
     login = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
@@ -97,13 +89,14 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
          "kafka.Kafka", str(config)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    settings = private_settings(
-        home,
-        kafka_bootstrap=f"127.0.0.1:{port}",
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_username=USER,
-        kafka_sasl_password=SecretStr(password),
-        kafka_ssl_ca_location=str(certs / "ca.pem"),
+    settings = local.model_copy(
+        update=dict(
+            kafka_bootstrap=f"{local.bind_host}:{local.kafka_port}",
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_username=USER,
+            kafka_sasl_password=SecretStr(password),
+            kafka_ssl_ca_location=str(certs / "ca.pem"),
+        )
     )
     try:
         deadline = time.monotonic() + 90

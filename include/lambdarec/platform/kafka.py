@@ -69,7 +69,9 @@ def resolve_kafka_jars(settings: Settings) -> Path:
     return libs
 
 
-def _kafka_properties(settings: Settings) -> str:
+def broker_properties(settings: Settings) -> dict[str, str]:
+    """The local broker's ``server.properties`` (a combined broker and controller, plaintext on
+    ``bind_host``), as a dict a caller may override (the TLS test adds the deployment's)."""
     host, kport, cport = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
     props = {
         "process.roles": "broker,controller",
@@ -94,6 +96,11 @@ def _kafka_properties(settings: Settings) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "log.retention.hours": "168",
     }
+    return props
+
+
+def _kafka_properties(settings: Settings) -> str:
+    props = broker_properties(settings)
     lines = [
         "# Written by `lambdarec platform up` from the settings on each start; edits are lost."
     ]
