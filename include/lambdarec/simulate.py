@@ -15,15 +15,15 @@ The choice model, written down once:
   at with probability ``1 / (1 + p) ** 0.7``, independently of the others; the shopper scans top
   down and takes the first examined item it finds attractive (one click per list: the list is
   asked again after each action).
-* **Attractiveness**: ``(0.02 + 0.6 * affinity) * price_factor * quality``, capped at 0.95;
+* **Attractiveness**: ``(0.01 + 0.3 * affinity) * price_factor * quality``, capped at 0.95;
   ``affinity`` is the share of the shopper's preferred categories that are the item's (0, 1/3,
   2/3 or 1 with three), ``price_factor = (price / category median) ** -sensitivity`` (clipped to
   0.3..2; the generator has no price sensitivity, so each shopper draws one, log-normal around 1,
   from the simulator's seed) and ``quality`` grows from 0.7 to 1.3 with the item's popularity
   percentile. So a list of the shopper's categories is clicked far more than a popularity list.
 * **Funnel**: a click is carted with ``min(0.9, 3 * cart_rate * (0.5 + affinity) *
-  price_factor)`` and a cart bought with ``min(0.95, purchase_rate * (0.5 + affinity) * 2 *
-  price_factor)`` (the generator's rates, scaled by the same preferences).
+  price_factor)`` and a cart bought with ``min(0.95, purchase_rate * (0.5 + affinity) *
+  1.5 * price_factor)`` (the generator's rates, scaled by the same preferences).
 * **Browsing**: when nothing on a list appeals, the shopper views an item of a preferred
   category (by popularity) with probability 0.5, without ``request_id`` (the user+item
   attribution path), else leaves.
@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Exponent of the position-based examination probability ``1 / (1 + p) ** EXAMINATION_EXPONENT``.
 EXAMINATION_EXPONENT = 0.7
-ATTRACT_OTHER = 0.02
-ATTRACT_PREFERRED = 0.6
+ATTRACT_OTHER = 0.01
+ATTRACT_PREFERRED = 0.3
 ATTRACT_MAX = 0.95
 #: When nothing on a list appeals: the chance the shopper browses an item of its own.
 BROWSE_SHARE = 0.5
@@ -173,7 +173,7 @@ class Population:
     def purchase_probability(self, shopper: Shopper, item_id: str, category: str | None) -> float:
         category = self.category_of(item_id, category)
         lift = (0.5 + shopper.affinity(category)) * self._price_factor(shopper, item_id, category)
-        return min(0.95, 2 * self.model.purchase_rate * lift)
+        return min(0.95, 1.5 * self.model.purchase_rate * lift)
 
     def price_of(self, item_id: str) -> float | None:
         n = self.index.get(item_id)
@@ -355,12 +355,22 @@ class _Tally:
         self.summary = Summary()
         self.lock = threading.Lock()
 
-    def variant(self, name: str) -> VariantStats:
-        return self.summary.variants.setdefault(name, VariantStats())
-
-    def add(self, fn: Callable[[Summary], object]) -> None:
+    def incr(self, name: str) -> None:
         with self.lock:
-            fn(self.summary)
+            setattr(self.summary, name, getattr(self.summary, name) + 1)
+
+    def error(self, key: str) -> None:
+        with self.lock:
+            self.summary.errors[key] += 1
+
+    def event(self, kind: str) -> None:
+        with self.lock:
+            self.summary.events[kind] += 1
+
+    def count(self, variant: str, what: str) -> None:
+        with self.lock:
+            stats = self.summary.variants.setdefault(variant, VariantStats())
+            setattr(stats, what, getattr(stats, what) + 1)
 
 
 class ServingClient:
@@ -401,16 +411,16 @@ class ServingClient:
                 )
             except (ConnectionError, OSError) as exc:
                 log.debug("%s %s: %s", method, path, exc)
-                self.tally.add(lambda s: s.errors.update(["connection"]))
+                self.tally.error("connection")
                 return None
             if answer.status in (429, 503) and attempt < self.max_retries:
-                self.tally.add(lambda s: setattr(s, "retries", s.retries + 1))
+                self.tally.incr("retries")
                 self.sleep(retry_after_s(answer.headers))
                 continue
             if 200 <= answer.status < 300:
                 return answer
             status = answer.status
-            self.tally.add(lambda s, key=str(status): s.errors.update([key]))
+            self.tally.error(str(status))
             if status in (401, 403):
                 message = _error_message(answer.body)
                 raise AccessRefused(
@@ -426,14 +436,14 @@ class ServingClient:
         )
         if answer is None or not isinstance(answer.body, dict):
             return None
-        self.tally.add(lambda s: setattr(s, "lists", s.lists + 1))
+        self.tally.incr("lists")
         return answer.body
 
     def post_event(self, event: dict[str, Any]) -> bool:
         answer = self.call("POST", "/events", body=event)
         if answer is None:
             return False
-        self.tally.add(lambda s: s.events.update([str(event["event_type"])]))
+        self.tally.event(str(event["event_type"]))
         return True
 
 
@@ -510,13 +520,13 @@ def run_session(
             return
         items = [i for i in answer.get("items", []) if isinstance(i, dict) and "item_id" in i]
         variant = str(answer.get("variant") or "unknown")
-        _count(tally, variant, "lists")
+        tally.count(variant, "lists")
         picked = choose(population, shopper, items, rng)
         if picked is None:
             if rng.random() >= BROWSE_SHARE:
                 return  # nothing appealed: the shopper leaves
             if post(population.browse(shopper, rng), "view", None):
-                tally.add(lambda s: setattr(s, "browsed", s.browsed + 1))
+                tally.incr("browsed")
             continue
         item = items[picked]
         item_id, category = str(item["item_id"]), item.get("category")
@@ -526,24 +536,16 @@ def run_session(
         }
         if not post(item_id, "view", category, **ctx):
             continue
-        _count(tally, variant, "clicks")
+        tally.count(variant, "clicks")
         if rng.random() >= population.cart_probability(shopper, item_id, category):
             continue
         if not post(item_id, "add_to_cart", category, **ctx):
             continue
-        _count(tally, variant, "carts")
+        tally.count(variant, "carts")
         if rng.random() < population.purchase_probability(shopper, item_id, category) and post(
             item_id, "purchase", category, **ctx
         ):
-            _count(tally, variant, "purchases")
-
-
-def _count(tally: _Tally, variant: str, what: str) -> None:
-    def bump(_: Summary) -> None:
-        stats = tally.variant(variant)
-        setattr(stats, what, getattr(stats, what) + 1)
-
-    tally.add(bump)
+            tally.count(variant, "purchases")
 
 
 # -- a run -------------------------------------------------------------------------------------
@@ -682,7 +684,7 @@ def run(
             finally:
                 with lock:
                     busy.discard(who)
-                tally.add(lambda s: setattr(s, "sessions", s.sessions + 1))
+                tally.incr("sessions")
 
     total_s = max(1, round(minutes * 60))
     bar = tqdm(total=total_s, unit="s", desc="simulate", disable=not progress, mininterval=0.5)
