@@ -274,6 +274,8 @@ def requests_transport() -> Callable[..., Answer]:
             resp = session.request(
                 method, url, headers=headers, params=params, json=body, timeout=timeout_s
             )
+        except requests.Timeout as exc:
+            raise TimeoutError(str(exc)) from None
         except requests.RequestException as exc:
             raise ConnectionError(str(exc)) from None
         try:
@@ -409,9 +411,9 @@ class ServingClient:
                 answer = self.transport(
                     method, self.base + path, self.headers, params, body, self.timeout_s
                 )
-            except (ConnectionError, OSError) as exc:
+            except OSError as exc:  # ConnectionError, TimeoutError
                 log.debug("%s %s: %s", method, path, exc)
-                self.tally.error("connection")
+                self.tally.error("timeout" if isinstance(exc, TimeoutError) else "connection")
                 return None
             if answer.status in (429, 503) and attempt < self.max_retries:
                 self.tally.incr("retries")
