@@ -327,6 +327,7 @@ class Summary:
     variants: dict[str, VariantStats] = field(default_factory=dict)
     browsed: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -337,6 +338,7 @@ class Summary:
             "retries": self.retries,
             "browsed_off_list": self.browsed,
             "seconds": round(self.seconds, 2),
+            "interrupted": self.interrupted,
             "variants": {
                 name: {
                     "lists": v.lists,
@@ -497,8 +499,10 @@ def run_session(
     *,
     k: int = LIST_SIZE,
     max_steps: int = MAX_STEPS,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> None:
-    """One shopper's session: a list, a reaction, the list again, ... for 2..max_steps lists."""
+    """One shopper's session: a list, a reaction, the list again, ... for 2..max_steps lists
+    (fewer when the shopper leaves, or ``keep_going()`` turns false: the run's end)."""
     tally = client.tally
     counter = itertools.count()
 
@@ -517,6 +521,8 @@ def run_session(
 
     steps = int(rng.integers(2, max(2, max_steps) + 1))
     for _ in range(steps):
+        if not keep_going():
+            return
         answer = client.recommend(shopper.user_id, session_id, k)
         if answer is None:
             return
@@ -638,6 +644,8 @@ def run(
                 f"serving at {base_url} is not reachable ({why}); start it with "
                 "`lambdarec platform up serving` or pass --base-url of a running app"
             )
+    # A shopper is in one session at a time: more threads than shoppers would idle.
+    threads = min(threads, len(population.shoppers))
     tally = _Tally()
     bucket = TokenBucket(rps, clock=clock, sleep=sleep)
     client = ServingClient(
@@ -679,6 +687,7 @@ def run(
                     f"sim-{run_tag}-{number}",
                     rng,
                     k=k,
+                    keep_going=lambda: not stop.is_set() and clock() < deadline,
                 )
             except BaseException:
                 stop.set()
@@ -704,6 +713,12 @@ def run(
             bar.update(min(total_s, round(clock() - started)) - bar.n)
             if any(f.done() and f.exception() for f in futures):
                 stop.set()
+    except KeyboardInterrupt:  # Ctrl-C: finish the requests in flight, report what was done
+        log.warning("interrupted: stopping the shoppers after their current request")
+        stop.set()
+        interrupted = True
+    else:
+        interrupted = False
         for future in futures:
             future.result()  # raises the first worker's error (AccessRefused, ...)
     finally:
@@ -712,6 +727,7 @@ def run(
         bar.close()
     summary = tally.summary
     summary.seconds = clock() - started
+    summary.interrupted = interrupted
     return summary
 
 
@@ -719,7 +735,8 @@ def render(summary: Summary) -> str:
     """The summary as a few readable lines."""
     lines = [
         f"{summary.sessions} sessions, {summary.lists} lists fetched in {summary.seconds:.1f} s; "
-        f"{summary.browsed} off-list views; {summary.retries} retries",
+        f"{summary.browsed} off-list views; {summary.retries} retries"
+        + (" (interrupted)" if summary.interrupted else ""),
         "events posted: "
         + (", ".join(f"{k} {v}" for k, v in sorted(summary.events.items())) or "none"),
         "errors by status: "

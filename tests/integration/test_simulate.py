@@ -78,7 +78,7 @@ def _read(settings: Settings, topic: str, count: int) -> list[dict[str, Any]]:
     consumer = make_consumer(f"simulate-check-{topic}", [topic], settings)
     try:  # the idle timeout covers the consumer group's join
         return [
-            orjson.loads(m.value())
+            orjson.loads(m.value() or b"null")
             for m in consume(consumer, max_messages=count, idle_timeout_s=15)
         ]
     finally:

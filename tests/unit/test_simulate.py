@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lambdarec.data.generator import GeneratorConfig
+from lambdarec.data.generator import GeneratorConfig, generate_events
 from lambdarec.events import Invalid, parse_event
 from lambdarec.simulate import (
     EXAMINATION_EXPONENT,
@@ -26,6 +26,7 @@ from lambdarec.simulate import (
     choose,
     event_payload,
     examination,
+    render,
     retry_after_s,
     run,
 )
@@ -405,3 +406,67 @@ def test_a_run_posts_attributable_events_and_the_better_list_wins(
     assert matched.lists > 100 and popular.lists > 100
     assert matched.ctr > 1.2 * popular.ctr, summary.as_dict()
     assert matched.purchases / matched.lists > popular.purchases / popular.lists
+
+
+def test_the_run_ends_at_its_deadline_within_the_rate(population: Population) -> None:
+    shop = Shop(population)
+    clock = FakeClock()
+    summary = run(
+        population,
+        base_url="http://shop.test",
+        minutes=0.5,
+        rps=10,
+        threads=3,
+        check_url=False,
+        progress=False,
+        clock=clock,
+        sleep=clock.sleep,
+        transport=shop,
+    )
+    requests_made = summary.lists + sum(summary.events.values())
+    # Every request took a token: at most the burst plus 10/s over 30 s, plus one reservation
+    # per thread that was already waiting when the deadline passed.
+    assert 0 < requests_made <= 1 + 10 * 30 + 3
+    assert clock.now >= 30.0 and summary.seconds == clock.now
+    assert not summary.interrupted
+    text = render(summary)
+    assert f"{summary.lists} lists fetched" in text and "variant matched" in text
+
+
+def test_the_hidden_model_is_what_the_generator_draws_from() -> None:
+    """The shoppers' preferences are the generator's truth: its users' views fall mostly in
+    their preferred categories (focus + affinity shares, plus chance)."""
+    config = GeneratorConfig(n_users=300, n_items=1_000, n_categories=40, days=3, seed=8)
+    population = Population.from_config(config, 300)
+    preferred = dict(zip(population.model.user_ids, population.model.preferred, strict=True))
+    events = generate_events(config)
+    views = events[events["event_type"] == "view"]
+    inside = [c in preferred[u] for u, c in zip(views["user_id"], views["category"], strict=True)]
+    share = sum(inside) / len(inside)
+    assert share >= config.focus_share + config.affinity_share - 0.02, share
+    catalog = dict(zip(events["item_id"], events["price"], strict=True))
+    for item, price in list(catalog.items())[:50]:
+        assert population.price_of(item) == pytest.approx(price)
+
+
+def test_the_cli_refuses_bad_arguments_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from lambdarec.cli import app
+
+    runner = CliRunner()
+    for args, words in (
+        (["--users", "0", "--minutes", "1", "--rps", "5"], "--users"),
+        (["--users", "2", "--minutes", "1", "--rps", "0"], "--rps"),
+        (["--users", "2", "--minutes", "1", "--rps", "5", "--base-url", "localhost"], "http"),
+        (
+            ["--users", "2", "--minutes", "1", "--rps", "5", "--base-url", "http://127.0.0.1:1"],
+            "not reachable",
+        ),
+        (["--users", "5000", "--minutes", "1", "--rps", "5"], "--data-users"),
+    ):
+        result = runner.invoke(app, ["simulate", *args])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and words in errors[0], result.output
+        assert "Traceback" not in result.output
