@@ -538,10 +538,14 @@ def run_session(
             continue
         item = items[picked]
         item_id, category = str(item["item_id"]), item.get("category")
-        ctx = {
-            "request_id": str(answer.get("request_id")),
-            "position": int(item.get("position", picked)),
-        }
+        request_id = answer.get("request_id")
+        # A list without a request id (an older serving) cannot be attributed: clicks go as
+        # plain views, never with a made-up id.
+        ctx: dict[str, Any] = (
+            {"request_id": request_id, "position": int(item.get("position", picked))}
+            if isinstance(request_id, str) and request_id
+            else {}
+        )
         if not post(item_id, "view", category, **ctx):
             continue
         tally.count(variant, "clicks")

@@ -153,3 +153,43 @@ def test_an_unknown_key_stops_the_run_naming_the_option(serving: tuple[Settings,
         run(population, base_url=base, minutes=0.1, rps=10, api_key="wrong", progress=False)
     assert "401" in str(err.value) and "--api-key" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_command_line_runs_shoppers_and_prints_the_summary(
+    serving: tuple[Settings, str],
+) -> None:
+    """``lambdarec simulate`` as a shopper would run it; the data options name CONFIG (the
+    demo's category rule gives its 24 categories from 600 items)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _, base = serving
+    assert max(1, CONFIG.n_items // 25) == CONFIG.n_categories
+    command = [
+        sys.executable,
+        "-m",
+        "lambdarec.cli",
+        "simulate",
+        "--users",
+        "5",
+        "--minutes",
+        "0.05",
+        "--rps",
+        "20",
+        "--base-url",
+        base,
+        "--data-users",
+        str(CONFIG.n_users),
+        "--data-items",
+        str(CONFIG.n_items),
+        "--data-seed",
+        str(CONFIG.seed),
+    ]
+    env = {**os.environ, "LAMBDAREC_SIMULATE_API_KEY": SECRET}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["lists"] > 0 and summary["errors"] == {}, summary
+    assert "lists fetched" in done.stdout and "variant " in done.stdout
