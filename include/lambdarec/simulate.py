@@ -702,7 +702,13 @@ def run(
                 tally.incr("sessions")
 
     total_s = max(1, round(minutes * 60))
-    bar = tqdm(total=total_s, unit="s", desc="simulate", disable=not progress, mininterval=0.5)
+    bar = tqdm(
+        total=total_s,
+        desc="simulate",
+        disable=not progress,
+        mininterval=0.5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
+    )
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shopper")
     try:
         futures = [pool.submit(worker) for _ in range(threads)]
