@@ -164,6 +164,78 @@ def demo_cmd(
     )
 
 
+@app.command("simulate")
+def simulate_cmd(
+    users: Annotated[int, typer.Option(help="Shoppers to simulate (users of the generated data).")],
+    minutes: Annotated[float, typer.Option(help="How long to run (fractions allowed).")],
+    rps: Annotated[float, typer.Option(help="Requests a second, all shoppers together.")],
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="Serving's URL (default: the proxy's, else serving's, on loopback)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="LAMBDAREC_SIMULATE_API_KEY", help="Key with recommend+events."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the shoppers' choices.")] = 0,
+    threads: Annotated[int, typer.Option(help="Concurrent shoppers.")] = 4,
+    data_users: Annotated[
+        int, typer.Option(help="Users the served data was generated with (demo: --users).")
+    ] = 2000,
+    data_items: Annotated[
+        int, typer.Option(help="Items the served data was generated with (demo: --items).")
+    ] = 5000,
+    data_seed: Annotated[
+        int, typer.Option(help="Seed the served data was generated with (demo: --seed).")
+    ] = 42,
+) -> None:
+    """Simulated shoppers browse the running serving app: lists, clicks, carts and purchases
+    by the generator's hidden preferences, with position bias; prints the run's summary."""
+    from lambdarec.data.generator import GeneratorConfig
+    from lambdarec.simulate import (
+        Population,
+        SimulateError,
+        check_args,
+        default_base_url,
+        render,
+        run,
+    )
+
+    try:
+        check_args(
+            users=users,
+            minutes=minutes,
+            rps=rps,
+            threads=threads,
+            base_url=base_url or "http://127.0.0.1",
+        )
+        if data_users < 1 or data_items < 1:
+            raise SimulateError("--data-users and --data-items must be positive; give the demo's")
+        config = GeneratorConfig(
+            n_users=data_users,
+            n_items=data_items,
+            n_categories=min(200, max(1, data_items // 25)),  # the demo's rule
+            seed=data_seed,
+        )
+        population = Population.from_config(config, users, seed=seed)
+        url = base_url or default_base_url(get_settings())
+        typer.echo(f"{users} shoppers on {url} for {minutes:g} min at {rps:g} requests/s")
+        summary = run(
+            population,
+            base_url=url,
+            minutes=minutes,
+            rps=rps,
+            api_key=api_key,
+            seed=seed,
+            threads=threads,
+        )
+    except SimulateError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(render(summary))
+    typer.echo(json.dumps(summary.as_dict()))
+
+
 def main() -> None:
     app()
 

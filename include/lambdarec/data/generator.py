@@ -281,6 +281,29 @@ class _Catalog:
     item_ids: pa.Array  # slot -> item_id
 
 
+@dataclass(frozen=True)
+class HiddenModel:
+    """What :meth:`ClickstreamGenerator.hidden_model` exposes: the generator's users and items.
+
+    Users are ``u0 .. u{n_users-1}``; ``preferred[u]`` holds their ``affinity_categories``
+    category names (drawn with replacement, so a repeat weighs double). Items are in the
+    generator's slot order (by category, then popularity rank).
+    """
+
+    user_ids: list[str]
+    activity: np.ndarray  # user -> share of the sessions
+    preferred: list[tuple[str, ...]]  # user -> preferred category names
+    category_share: dict[str, float]  # category name -> share of the traffic
+    item_ids: list[str]
+    item_category: list[str]
+    item_price: np.ndarray
+    item_popularity: np.ndarray  # item -> share of the traffic (sums to 1)
+    focus_share: float
+    affinity_share: float
+    cart_rate: float
+    purchase_rate: float
+
+
 class ClickstreamGenerator:
     """The generator for one config: the catalog, and events as time-ordered Arrow batches."""
 
@@ -375,6 +398,31 @@ class ClickstreamGenerator:
         hi = cat.cum_weight[last]
         slots = _searchsorted(cat.cum_weight, lo + rng.random(len(cats)) * (hi - lo))
         return np.clip(slots, first, last)
+
+    def hidden_model(self) -> HiddenModel:
+        """The truth the clickstream is drawn from, for a simulator that plays these shoppers
+        (:mod:`lambdarec.simulate`): users' activity and preferred categories, and every item's
+        category, price and popularity. The same config always gives the same model."""
+        cfg = self.config
+        cat = self._catalog
+        activity_cum, prefs = self._users
+        names = np.array(cat.cat_names.to_pylist(), dtype=object)
+        return HiddenModel(
+            user_ids=[f"u{n}" for n in range(cfg.n_users)],
+            activity=np.diff(activity_cum, prepend=0.0),
+            preferred=[tuple(str(c) for c in row) for row in names[prefs]],
+            category_share=dict(
+                zip(names.tolist(), np.diff(cat.cat_cum, prepend=0.0).tolist(), strict=True)
+            ),
+            item_ids=cat.item_ids.to_pylist(),
+            item_category=names[cat.category].tolist(),
+            item_price=cat.price,
+            item_popularity=np.diff(cat.cum_weight, prepend=0.0),
+            focus_share=cfg.focus_share,
+            affinity_share=cfg.affinity_share,
+            cart_rate=cfg.cart_rate,
+            purchase_rate=cfg.purchase_rate,
+        )
 
     # -- windows -------------------------------------------------------------------------
     @cached_property
