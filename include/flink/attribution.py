@@ -56,6 +56,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ REQUEST_ID_REGEX = "^[0-9a-f]{32}$"
 #: Serving's impression ``ts`` (lambdarec.events.format_ts), as a Flink date format.
 TS_FORMAT = "yyyy-MM-dd''T''HH:mm:ss.SSS''Z''"
 DEFAULT_WINDOW_S = 1800
+_VIEW = re.compile(r"CREATE TEMPORARY VIEW (\w+) AS\s")
 
 
 def _speed_layer() -> ModuleType:
@@ -398,7 +400,15 @@ def run(args: argparse.Namespace):  # noqa: ANN201 - pyflink's TableResult (unty
     t_env = TableEnvironment.create(env_settings)
     ddl, inserts = statements(args)
     for statement in ddl:
-        t_env.execute_sql(statement)
+        view = _VIEW.match(statement)
+        if view:
+            # A view registered as a planned query is one node wherever it is used. A SQL view is
+            # re-planned at each use, and each UNNEST gets its own correlation id, so no two plans
+            # of the impressions are alike and none is shared: five copies of the unnest and its
+            # deduplication, two of each join (the job graph, before this).
+            t_env.create_temporary_view(view.group(1), t_env.sql_query(statement[view.end() :]))
+        else:
+            t_env.execute_sql(statement)
     statement_set = t_env.create_statement_set()
     for statement in inserts:
         statement_set.add_insert_sql(statement)

@@ -19,6 +19,7 @@ flushed to the topic, which is then read to its end.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -464,3 +465,25 @@ def test_events_are_attributed_to_the_impression_that_showed_them(
     assert format_ts(row["ts"]) == scenario.r3["ts"] and row["source"] == "vector"
     for path in (settings.lake_dir / "impressions", settings.lake_dir / "attributed"):
         assert all(p.suffix == ".parquet" for p in path.glob("date=*/*")), list(path.rglob("*"))
+
+
+def test_each_join_and_the_unnest_run_once(attribution: tuple[Settings, SpeedJob]) -> None:
+    """The three sinks share one plan of the impressions and of each join (see ``run`` in
+    include/flink/attribution.py): the job's operators, from its REST API."""
+    import requests
+
+    from lambdarec.attribution import JOB_NAME
+    from lambdarec.speed.job import find_job
+
+    settings, job = attribution
+    rest = f"http://{settings.bind_host}:{job.rest_port}"
+    found = find_job(rest, JOB_NAME)
+    assert found is not None, f"no {JOB_NAME} job at {rest}"
+    plan = requests.get(f"{rest}/jobs/{found['jid']}/plan", timeout=10).json()["plan"]
+    text = " ".join(node["description"] for node in plan["nodes"])
+    print(text)
+    counts = {
+        op: len(re.findall(rf"\b{op}\(", text))
+        for op in ("IntervalJoin", "TemporalJoin", "Correlate")
+    }
+    assert counts == {"IntervalJoin": 1, "TemporalJoin": 1, "Correlate": 1}, counts
