@@ -169,12 +169,29 @@ def prepare(settings: Settings) -> None:
 
 
 def run_job(settings: Settings, extra: Sequence[str] = ()) -> int:
-    """Run the job in the foreground (until it ends or is interrupted); returns its exit code."""
-    if "--print-sql" not in extra and "--help" not in extra:
-        prepare(settings)
+    """Run the job in the foreground (until it ends or is interrupted); returns its exit code.
+
+    The program checks its options first (``--print-sql``: argparse, no JVM), so a bad one is its
+    one-line error before anything is created; then the broker must answer.
+    """
+    from lambdarec.streaming.kafka import wait_for_broker
+
     env = {**os.environ, **attribution_env(settings)}
     command = attribution_command(settings, *extra)
-    log.info("attribution job: %s", " ".join(command[1:3]))
+    if {"--print-sql", "--help", "-h"} & set(extra):
+        return subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - ours
+    checked = subprocess.run(  # noqa: S603 - our own program
+        [*command, "--print-sql"], env=env, stdout=subprocess.DEVNULL, check=False
+    )
+    if checked.returncode:
+        return checked.returncode
+    if not wait_for_broker(settings, timeout_s=10):
+        raise AttributionError(
+            f"Kafka at {settings.bootstrap_servers} does not answer; start it with "
+            "`lambdarec platform up kafka` or point LAMBDAREC_KAFKA_BOOTSTRAP at a broker"
+        )
+    prepare(settings)
+    log.info("attribution job: %s (Ctrl-C stops it)", " ".join(command[1:3]))
     return subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - our own program
 
 

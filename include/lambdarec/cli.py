@@ -113,15 +113,17 @@ def api_key_new(
 )
 def attribution_run(ctx: typer.Context) -> None:
     """Run the attribution job in the foreground (Ctrl-C stops it; a restart resumes from its
-    checkpoint). Extra options go to include/flink/attribution.py: --help, --print-sql, ..."""
-    from lambdarec.attribution import run_job
+    checkpoint). Options after -- go to include/flink/attribution.py (`-- --help` lists them)."""
+    from lambdarec.attribution import AttributionError, run_job
     from lambdarec.speed.jars import JarError
 
     try:
         code = run_job(get_settings(), list(ctx.args))
-    except JarError as error:
+    except (JarError, AttributionError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        code = 130
     raise typer.Exit(code)
 
 

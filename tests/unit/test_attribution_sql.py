@@ -302,3 +302,15 @@ def test_compact_refuses_foreign_files_and_tables(tmp_path: Path) -> None:
         attribution.compact(tmp_path / "archive", tmp_path / "lake", "impressions", "2024-05-01")
     with pytest.raises(attribution.AttributionError, match="unknown table 'clicks'; use one of"):
         attribution.compact(tmp_path / "archive", tmp_path / "lake", "clicks", "2024-05-01")
+
+
+def test_run_checks_the_jobs_options_before_creating_anything(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``lambdarec attribution run -- --window-s 0``: the program's own one-line error (it runs
+    on the Flink venv's python without a JVM), and no folder, topic or jar is made."""
+    settings = Settings(state_dir=tmp_path / "state")
+    assert attribution.run_job(settings, ["--window-s", "0"]) == 2
+    error = capfd.readouterr().err.strip().splitlines()[-1]
+    assert error == "attribution.py: error: argument --window-s: 0 must be > 0 (seconds), e.g. 1800"
+    assert not (tmp_path / "state").exists()
