@@ -45,6 +45,10 @@ Outputs (``--outputs``), one STATEMENT SET:
   ``<lake>/impressions/date=.../`` and ``<lake>/attributed/date=.../``.
 
 ``revenue`` is the event's price for a purchase (0 when the purchase has no price), else 0.
+Delivery is at least once (as the speed layer's topics): after a restart from a checkpoint a row
+may come again, so readers count each ``event_id`` once (:func:`lambdarec.attribution.compact`
+does). A record that arrives behind its source's watermark (more than ``--out-of-orderness-s``
+out of order) may miss its match: raise the delay when clients send late.
 State: the deduplications, the versioned view and the join buffers are kept ``--state-ttl-s``
 (default twice the window) after their last use; the interval join also drops what its watermark
 passed.
