@@ -8,12 +8,15 @@ later one), an event outside the window, an item never shown, a request_id whose
 hold the item (no fall back), a malformed request_id (treated as absent) and a duplicated
 impression record. The expected rows are derived from the scenario's own records.
 
-Ordering: the job's watermarks lag the newest record by an hour, so no record of the burst is
-late whatever partition is read first; once the job's consumer group has committed every record
-(a checkpoint), one "tick" impression and event two hours later move both watermarks past the
+Ordering: the job's watermarks lag the newest record by 20 minutes (more than a scenario spans),
+so no record of a burst is late whatever partition is read first; once the job's consumer group has committed every record
+(a checkpoint), one "tick" impression and event 40 minutes on move both watermarks past the
 scenario and the user+item joins emit. The last attributed event of the scenario (the sentinel)
 reaching the committed Parquet archive proves a checkpoint after it: everything before it was
 flushed to the topic, which is then read to its end.
+
+A second scenario is split by a SIGKILL of the job: its impressions before, its events after the
+restart from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW_S = 600
-#: Watermark delay of the job in this test (see the module doc).
-DELAY_S = 3600
+#: Watermark delay of the job in this test (see the module doc): more than a scenario's span.
+DELAY_S = 1200
+#: When the tick comes, after a scenario's start: its watermarks then pass the whole scenario.
+TICK_S = 2400
 
 
 # -- the scenario ------------------------------------------------------------------------------
@@ -52,10 +57,10 @@ DELAY_S = 3600
 class Scenario:
     """Impressions and events of one run (ids tagged so a rerun on a kept broker never mixes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hours_ago: float) -> None:
         tag = uuid.uuid4().hex[:6]
         self.tag = tag
-        self.t0 = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
+        self.t0 = (datetime.now(UTC) - timedelta(hours=hours_ago)).replace(microsecond=0)
         self.impressions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.raw_events: list[tuple[str, dict[str, Any]]] = []  # (user, record) past validation
@@ -221,35 +226,39 @@ def _start_job(settings: Settings, extra: list[str]) -> SpeedJob:
     return SpeedJob(process, rest_port, log)
 
 
+EXTRA = [
+    "--starting-offsets",
+    "earliest",
+    "--checkpoint-interval-s",
+    "2",
+    "--out-of-orderness-s",
+    str(DELAY_S),
+    "--idle-timeout-s",
+    "2",
+]
+
+
+def _wait_running(settings: Settings, job: SpeedJob) -> None:
+    from lambdarec.attribution import attribution_running
+
+    def running() -> bool:
+        if job.process.poll() is not None:
+            raise RuntimeError(f"the job exited ({job.process.returncode}):\n{job.tail()}")
+        return attribution_running(settings, job.rest_port)
+
+    eventually(running, 180, message=lambda: f"every task of the job to run; log:\n{job.tail()}")
+
+
 @pytest.fixture(scope="module")
 def attribution() -> Iterator[tuple[Settings, SpeedJob]]:
-    from lambdarec.attribution import attribution_running
     from lambdarec.harness.platform import private_platform
     from lambdarec.streaming.kafka import ensure_topics
 
     with private_platform(["kafka"], attribution_window_s=WINDOW_S) as settings:
         ensure_topics(settings)
-        extra = [
-            "--starting-offsets",
-            "earliest",
-            "--checkpoint-interval-s",
-            "2",
-            "--out-of-orderness-s",
-            str(DELAY_S),
-            "--idle-timeout-s",
-            "2",
-        ]
-        job = _start_job(settings, extra)
+        job = _start_job(settings, EXTRA)
         try:
-
-            def running() -> bool:
-                if job.process.poll() is not None:
-                    raise RuntimeError(f"the job exited ({job.process.returncode}):\n{job.tail()}")
-                return attribution_running(settings, job.rest_port)
-
-            eventually(
-                running, 180, message=lambda: f"every task of the job to run; log:\n{job.tail()}"
-            )
+            _wait_running(settings, job)
             yield settings, job
         finally:
             job.kill(signal.SIGTERM)
@@ -383,7 +392,36 @@ def _archived(settings: Settings, table: str) -> list[dict[str, Any]]:
     ]
 
 
-# -- the test ----------------------------------------------------------------------------------
+def _wait_committed(settings: Settings, job: SpeedJob) -> None:
+    ends = _ends(settings, [settings.topic_events, settings.topic_impressions])
+    eventually(
+        lambda: _committed_all(settings, ends),
+        120,
+        message=lambda: f"the job to commit every record so far {ends}; log:\n{job.tail()}",
+    )
+
+
+def _tick_and_wait(settings: Settings, job: SpeedJob, scenario: Scenario) -> Scenario:
+    """Once the job has read the scenario, an impression and a view of an item not shown (not
+    attributed), TICK_S after its start, move both watermarks past it; returns when the
+    scenario's sentinel is in the committed archive (every earlier row is on the topic)."""
+    _wait_committed(settings, job)
+    tick = Scenario.__new__(Scenario)
+    tick.t0, tick.impressions, tick.events, tick.raw_events = scenario.t0, [], [], []
+    tick.tag = f"tick-{scenario.tag}"
+    tick.show(f"u-{tick.tag}", "control", TICK_S, [f"i-{tick.tag}"])
+    tick.event("view", f"u-{tick.tag}", f"other-{tick.tag}", "view", None, TICK_S, None)
+    _produce(settings, tick)
+    sentinel = scenario.e_sentinel["event_id"]
+    eventually(
+        lambda: any(r["event_id"] == sentinel for r in _archived(settings, "attributed")),
+        120,
+        message=lambda: f"the sentinel {sentinel} in the committed archive; log:\n{job.tail()}",
+    )
+    return tick
+
+
+# -- the tests ---------------------------------------------------------------------------------
 
 
 def test_events_are_attributed_to_the_impression_that_showed_them(
@@ -392,29 +430,9 @@ def test_events_are_attributed_to_the_impression_that_showed_them(
     from lambdarec.attribution import archive_root, archived_dates, compact, read
 
     settings, job = attribution
-    scenario = Scenario()
+    scenario = Scenario(hours_ago=3)
     _produce(settings, scenario)
-    ends = _ends(settings, [settings.topic_events, settings.topic_impressions])
-    eventually(
-        lambda: _committed_all(settings, ends),
-        120,
-        message=lambda: f"the job to commit every scenario record {ends}; log:\n{job.tail()}",
-    )
-    # Two hours on, an impression and a view of an item not shown move both watermarks past the
-    # scenario (the view is not attributed).
-    tick = Scenario.__new__(Scenario)
-    tick.t0, tick.impressions, tick.events, tick.raw_events = scenario.t0, [], [], []
-    tick.tag = f"tick-{scenario.tag}"
-    tick.show(f"u-{tick.tag}", "control", DELAY_S + 3600, [f"i-{tick.tag}"])
-    tick.event("view", f"u-{tick.tag}", f"other-{tick.tag}", "view", None, DELAY_S + 3600, None)
-    _produce(settings, tick)
-
-    sentinel = scenario.e_sentinel["event_id"]
-    eventually(
-        lambda: any(r["event_id"] == sentinel for r in _archived(settings, "attributed")),
-        120,
-        message=lambda: f"the sentinel {sentinel} in the committed archive; log:\n{job.tail()}",
-    )
+    tick = _tick_and_wait(settings, job, scenario)
     want_shown = scenario.shown_rows() | tick.shown_rows()
     eventually(
         lambda: (
@@ -487,3 +505,34 @@ def test_each_join_and_the_unnest_run_once(attribution: tuple[Settings, SpeedJob
         for op in ("IntervalJoin", "TemporalJoin", "Correlate")
     }
     assert counts == {"IntervalJoin": 1, "TemporalJoin": 1, "Correlate": 1}, counts
+
+
+def test_a_restarted_job_still_knows_the_impressions_it_read(
+    attribution: tuple[Settings, SpeedJob],
+) -> None:
+    """Impressions read, the job killed (SIGKILL) and started again: it resumes from its newest
+    checkpoint (Kafka offsets and state together), so the events that come afterwards are
+    attributed to impressions it will not read again."""
+    settings, job = attribution
+    scenario = Scenario(hours_ago=2)
+    events, raw_events = scenario.events, scenario.raw_events
+    scenario.events, scenario.raw_events = [], []
+    _produce(settings, scenario)  # the impressions alone
+    _wait_committed(settings, job)
+    job.kill(signal.SIGKILL)
+    restarted = _start_job(settings, EXTRA)
+    try:
+        _wait_running(settings, restarted)
+        assert "resuming from" in restarted.tail(400), restarted.tail()
+        scenario.events, scenario.raw_events, scenario.impressions = events, raw_events, []
+        _produce(settings, scenario)
+        _tick_and_wait(settings, restarted, scenario)
+        rows = [
+            r
+            for r in _read_topic(settings, settings.topic_attributed)
+            if r["event_id"].endswith(scenario.tag)
+        ]
+        assert len(rows) == len({r["event_id"] for r in rows}), rows
+        assert {r["event_id"]: r for r in rows} == scenario.expected
+    finally:
+        restarted.kill(signal.SIGTERM)
