@@ -127,7 +127,11 @@ def spec() -> dict[str, Any]:
                     "summary": f"One event or a list of 1-{EVENTS_MAX}, produced to Kafka.",
                     "description": "All or nothing: the first invalid event refuses the whole batch "
                     "(the error gives its index and field) and nothing is produced; so does an "
-                    "event on a session bound to another user (409).",
+                    "event on a session bound to another user (409). A click on a recommended "
+                    "item should echo its list in `context`: `request_id` (the /recommend "
+                    "answer's, 32 lowercase hex characters) and `position` (the item's 0-based "
+                    "position, an integer >= 0), so the click is attributed to that list and its "
+                    "A/B variant; either, when present and malformed, is a 400 naming it.",
                     "security": _SECURITY,
                     "requestBody": {
                         "required": True,

@@ -33,6 +33,11 @@ app.add_typer(topics_app, name="topics")
 
 api_key_app = typer.Typer(help="API keys of the serving API.", no_args_is_help=True)
 app.add_typer(api_key_app, name="api-key")
+attribution_app = typer.Typer(
+    help="Online attribution: clicks joined to the impressions that showed them (Flink).",
+    no_args_is_help=True,
+)
+app.add_typer(attribution_app, name="attribution")
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "event.schema.json"
 
@@ -101,6 +106,43 @@ def api_key_new(
         "# Give the secret to the client (Authorization: Bearer <secret>); it is not shown "
         "again. Append the entry to LAMBDAREC_API_KEYS (comma-separated) and restart serving."
     )
+
+
+@attribution_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def attribution_run(ctx: typer.Context) -> None:
+    """Run the attribution job in the foreground (Ctrl-C stops it; a restart resumes from its
+    checkpoint). Options after -- go to include/flink/attribution.py (`-- --help` lists them)."""
+    from lambdarec.attribution import AttributionError, run_job
+    from lambdarec.speed.jars import JarError
+
+    try:
+        code = run_job(get_settings(), list(ctx.args))
+    except (JarError, AttributionError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@attribution_app.command("compact")
+def attribution_compact(
+    day: Annotated[str, typer.Argument(help="The UTC day to fold, YYYY-MM-DD.")],
+) -> None:
+    """Fold one day of the job's archive into the lake tables impressions/ and attributed/."""
+    from lambdarec.attribution import SCHEMAS, AttributionError, archive_root, compact
+    from lambdarec.tables import as_day
+
+    settings = get_settings()
+    try:
+        when = as_day(day)
+        for table in SCHEMAS:
+            result = compact(archive_root(settings), settings.lake_dir, table, when)
+            typer.echo(json.dumps(result.as_dict()))
+    except (ValueError, AttributionError) as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("replay")

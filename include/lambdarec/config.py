@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     topic_session_features: str = "lambdarec.session-features"
     topic_impressions: str = "lambdarec.impressions"
     topic_trending_items: str = "lambdarec.trending-items"
+    topic_attributed: str = Field(
+        "lambdarec.attributed",
+        description="Events attributed to the impression that showed their item (written by the "
+        "attribution job, include/flink/attribution.py).",
+    )
     topic_partitions: Annotated[int, Field(ge=1, le=1024)] = 3
     topic_replication: Annotated[int, Field(ge=1, le=16)] = 1
 
@@ -113,6 +118,11 @@ class Settings(BaseSettings):
         description="How long the speed layer remembers an event_id after its first copy (a "
         "copy within it is dropped); at least the event contract's retry horizon. The state "
         "holds one entry per event of that long (an estimated ~200 bytes each on the heap).",
+    )
+    attribution_window_s: Annotated[int, Field(gt=0)] = Field(
+        1800,
+        description="Attribution window (seconds): an event counts for an impression of its "
+        "item at most this long after it (the attribution job's --window-s).",
     )
     flink_checkpoint_dir: str = Field(
         "",

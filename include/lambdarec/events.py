@@ -50,6 +50,10 @@ MAX_PRICE = 10_000_000
 MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_KEY_LEN = 64
 MAX_CONTEXT_VALUE_LEN = 512
+#: ``context.request_id``: the ``request_id`` of the /recommend answer whose list was clicked (a
+#: uuid4 hex); with ``context.position``, the item's 0-based place in it. Attribution reads both.
+REQUEST_ID_REGEX = r"^[0-9a-f]{32}$"
+REQUEST_ID_PATTERN = re.compile(REQUEST_ID_REGEX)
 #: Events stamped further than this in the future are rejected (clock skew allowance).
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 #: Events stamped before this are rejected: no clickstream is older; a zero, a default date or
@@ -93,7 +97,10 @@ class Event(BaseModel):
     ts: datetime = Field(description="Event time, ISO-8601 with time zone (UTC on the wire).")
     context: dict[str, ContextValue] | None = Field(
         None,
-        description="Optional free context (device, page, referrer...).",
+        description="Optional free context (device, page, referrer...). A click on a "
+        "recommended item echoes the list it came from: `request_id` (the /recommend answer's "
+        "request_id, 32 lowercase hex characters) and `position` (the item's 0-based position "
+        "in it, an integer >= 0); both are checked when present.",
         max_length=MAX_CONTEXT_KEYS,
     )
     schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
@@ -124,6 +131,22 @@ class Event(BaseModel):
                 raise ValueError(
                     f"context[{key!r}] is longer than {MAX_CONTEXT_VALUE_LEN} characters"
                 )
+        request_id = value.get("request_id")
+        if request_id is not None and not (
+            isinstance(request_id, str) and REQUEST_ID_PATTERN.fullmatch(request_id)
+        ):
+            raise ValueError(
+                "context.request_id: must be 32 lowercase hex characters; echo the request_id "
+                "of the /recommend answer unchanged"
+            )
+        position = value.get("position")
+        if position is not None and (
+            isinstance(position, bool) or not isinstance(position, int) or position < 0
+        ):
+            raise ValueError(
+                "context.position: must be an integer >= 0; echo the item's position from the "
+                "/recommend answer (0 is the first)"
+            )
         return value
 
     @field_serializer("ts")
@@ -171,6 +194,9 @@ def _first_error(exc: ValidationError) -> Invalid:
         return Invalid(field=loc, reason=f"unknown event type; use one of {allowed}")
     msg = err.get("msg", "invalid value")
     msg = msg.removeprefix("Value error, ")
+    inner, sep, reason = msg.partition(": ")
+    if sep and inner.startswith(f"{loc}."):  # a validator naming a part of its field
+        return Invalid(field=inner, reason=reason)
     return Invalid(field=loc, reason=msg)
 
 

@@ -55,6 +55,7 @@ def topic_specs(settings: Settings | None = None) -> list[TopicSpec]:
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         ),
         TopicSpec(s.topic_impressions, s.topic_partitions, {"retention.ms": week_ms}),
+        TopicSpec(s.topic_attributed, s.topic_partitions, {"retention.ms": week_ms}),
     ]
 
 
