@@ -227,6 +227,9 @@ def test_run_guardrail_writes_its_file_and_shows_it_in_the_report(tmp_path: Path
     page = (folder / "readout.html").read_text()
     assert "set to weight 0" in page and "Switched off now" in page
     assert json.loads((folder / "guardrail.json").read_text())["changed"] == ["b"]
+    index = (settings.site_dir / "index.html").read_text()
+    assert 'href="reports/ab/2024-05-01/readout.html"' in index
+    assert "guardrail switched off b" in index
 
 
 def test_run_guardrail_without_a_readout_says_what_to_run(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def apply(
 def run_guardrail(ds: str, settings: Settings | None = None) -> dict[str, Any]:
     """What the ``online_metrics`` DAG's guardrail task runs for day ``ds``: reads
     ``<ab_reports_dir>/<ds>/readout.json``, applies the rule, writes ``guardrail.json`` beside
-    it and re-renders ``readout.html`` with the decision."""
+    it, re-renders ``readout.html`` with the decision and refreshes the reports site's index."""
     from lambdarec.config import get_settings
     from lambdarec.monitoring import ab_report
     from lambdarec.tables import as_day
@@ -202,6 +202,9 @@ def run_guardrail(ds: str, settings: Settings | None = None) -> dict[str, Any]:
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(folder / ab_report.GUARDRAIL_JSON)
     ab_report.write_html(folder, readout, guardrail=result)
+    from lambdarec.reports import write_index
+
+    write_index(settings)
     return {
         "day": day,
         "changed": result["changed"],
