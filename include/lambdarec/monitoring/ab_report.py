@@ -34,12 +34,12 @@ _VERDICT_COLOURS = {
     "not enough data": "#e6e6e6",
 }
 NOT_AVAILABLE_LATENCY = (
-    "not available: the impressions table has no latency column (serving's /metrics "
-    "histogram lambdarec_request_seconds has it per worker)"
+    "not available: the lake's impressions table has no latency column (serving's /metrics "
+    "histogram lambdarec_serving_request_seconds has it, per worker)"
 )
 NOT_AVAILABLE_DEGRADED = (
-    "not available: the impressions table has no degraded flag (the impressions topic's "
-    "degraded_parts field has it; it is not in the lake contract)"
+    "not available: the lake's impressions table has no degraded flag (the impressions "
+    "topic's degraded_parts field and serving's lambdarec_serving_fallbacks_total have it)"
 )
 
 
@@ -73,9 +73,9 @@ def write_html(
 def _num(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "–"
-    if abs(value) >= 100:
-        return f"{value:,.1f}"
-    return f"{value:.{digits}f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
 
 
 def _pct(value: float | None) -> str:
@@ -83,7 +83,7 @@ def _pct(value: float | None) -> str:
 
 
 def _p(value: float | None) -> str:
-    return "–" if value is None else (f"{value:.2g}" if value >= 1e-4 else "<0.0001")
+    return "–" if value is None else (f"{value:.2g}" if value >= 1e-4 else "&lt;0.0001")
 
 
 def _png(fig: Figure) -> str:
