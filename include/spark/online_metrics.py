@@ -333,6 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     started = time.perf_counter()
+    if not any((args.lake_dir / IMPRESSIONS).glob(f"{PARTITION_KEY}=*/*.parquet")):
+        # Before starting a JVM: the commonest mistake answers in a second.
+        log.error(
+            "no impressions under %s; the attribution job writes them from the impressions "
+            "topic (check --lake-dir)",
+            args.lake_dir / IMPRESSIONS,
+        )
+        return 2
     spark = build_session(args.master, args.shuffle_partitions)
     spark.sparkContext.setLogLevel("WARN")
     log.info("session ready in %.1f s", time.perf_counter() - started)

@@ -219,7 +219,8 @@ def lake(tmp_path_factory) -> tuple[Settings, pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def readout(lake) -> dict:
     settings, _, _ = lake
-    job = spark_job(DAYS[-1], settings, master="local[2]", driver_memory="1g")
+    job = spark_job(DAYS[-1], settings, driver_memory="1g")
+    assert job.master == "local[*]"  # the spark_default connection's default, as in the DAG
     env = {**os.environ, **job.env_vars}
     # The driver imports this checkout's lambdarec (the venv's editable install may be another).
     env["PYTHONPATH"] = os.pathsep.join(

@@ -199,6 +199,7 @@ def test_readout_per_day_and_period_with_totals() -> None:
         (lambda f: f.assign(lists=-1), "negative"),
         (lambda f: f.assign(revenue=np.nan), "nulls"),
         (lambda f: pd.concat([f, f.head(1)]), "repeat"),
+        (lambda f: f.assign(variant=None), "null day, variant or user_id"),
     ],
 )
 def test_bad_rows_are_refused_with_one_line(change, message: str) -> None:

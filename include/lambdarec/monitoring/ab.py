@@ -199,6 +199,11 @@ def check_user_rows(rows: pd.DataFrame) -> None:
             f"per-user rows lack column(s) {missing}; build them with online_metrics.py "
             f"(columns: {', '.join((*KEY_COLUMNS, *USER_COLUMNS))})"
         )
+    if rows[list(KEY_COLUMNS)].isna().any().any():
+        raise ValueError(
+            "per-user rows hold a null day, variant or user_id; every impression and attributed "
+            "row needs all three (drop or repair those rows upstream)"
+        )
     counts = rows[list(USER_COLUMNS)]
     if counts.isna().any().any():
         raise ValueError("per-user rows hold nulls in their counts; fill missing counts with 0")
