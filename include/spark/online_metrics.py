@@ -195,20 +195,21 @@ def run(
     alpha: float = ab.DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """Compute the readout for ``day`` and write its files; returns the readout (JSON-ready)."""
-    lake_dir, reports_dir, day = Path(lake_dir), Path(reports_dir), as_day(day)
+    lake_dir, reports_dir = Path(lake_dir), Path(reports_dir)
+    on = as_day(day)
     control = ab.control_variant(variants)
     configured = [p.partition(":")[0].strip() for p in variants.split(",") if p.strip()]
-    first = day - timedelta(days=window_days - 1)
+    first = on - timedelta(days=window_days - 1)
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     started = time.perf_counter()
 
-    impressions = _read_table(spark, lake_dir / IMPRESSIONS, first, day, IMPRESSION_COLUMNS)
+    impressions = _read_table(spark, lake_dir / IMPRESSIONS, first, on, IMPRESSION_COLUMNS)
     if impressions is None:
         raise FileNotFoundError(
             f"no impressions under {lake_dir / IMPRESSIONS}; the attribution job writes them "
             "from the impressions topic (serving must have answered /recommend)"
         )
-    attributed = _read_table(spark, lake_dir / ATTRIBUTED, first, day, ATTRIBUTED_COLUMNS)
+    attributed = _read_table(spark, lake_dir / ATTRIBUTED, first, on, ATTRIBUTED_COLUMNS)
     if attributed is None:
         log.warning("no attributed events under %s: counting none", lake_dir / ATTRIBUTED)
     impressions = impressions.cache()
@@ -232,10 +233,10 @@ def run(
         rows, control=control, variants=configured, min_lists=min_lists, alpha=alpha, k=k
     )
     result = {
-        "day": day.isoformat(),
+        "day": on.isoformat(),
         "window": {
             "first_day": first.isoformat(),
-            "last_day": day.isoformat(),
+            "last_day": on.isoformat(),
             "days": window_days,
         },
         "ab_variants": variants,
@@ -243,8 +244,8 @@ def run(
         "guardrails": guards,
         "inputs": inputs,
     }
-    json_path, html_path = ab_report.write(reports_dir / day.isoformat(), result)
-    log.info("readout for %s written in %.1f s: %s", day, time.perf_counter() - started, html_path)
+    json_path, html_path = ab_report.write(reports_dir / on.isoformat(), result)
+    log.info("readout for %s written in %.1f s: %s", on, time.perf_counter() - started, html_path)
     return result
 
 
