@@ -309,3 +309,29 @@ def test_guardrail_switches_off_b_from_the_jobs_readout(lake, readout) -> None:
     assert read_override(settings.ab_override_path)["weights"] == {"b": 0}
     page = (readout_dir(lake) / "readout.html").read_text()
     assert "set to weight 0" in page
+
+
+def test_the_dag_runs_both_tasks_for_the_day(lake, readout, tmp_path: Path) -> None:
+    """The real DAG file under ``dag.test()``: the operator's spark-submit, then the guardrail,
+    in a fresh state folder holding the same lake; the readout is the same as the direct run's."""
+    import shutil
+
+    from lambdarec.harness.platform import private_settings
+    from lambdarec.platform.dag_run import run_dag_test
+
+    source, _, _ = lake
+    settings = private_settings(
+        tmp_path,
+        ab_variants=VARIANTS,
+        ab_min_lists=source.ab_min_lists,
+        ab_window_days=source.ab_window_days,
+    )
+    shutil.copytree(source.lake_dir, settings.lake_dir)
+    run = run_dag_test("online_metrics", DAYS[-1], settings, timeout_s=900)
+    assert run.success, run.log[-4000:]
+    assert run.tasks == {"spark_online_metrics": "success", "apply_guardrail": "success"}
+    folder = settings.ab_reports_dir / DAYS[-1].isoformat()
+    again = json.loads((folder / "readout.json").read_text())
+    assert again["period"] == readout["period"] and again["days"] == readout["days"]
+    assert read_override(settings.ab_override_path)["weights"] == {"b": 0}
+    assert "set to weight 0" in (folder / "readout.html").read_text()
