@@ -1,6 +1,7 @@
 """The A/B readout's Spark job through spark-submit on local[*], as the online_metrics DAG runs
 it, on small lake tables written with the shared contract's exact schemas, checked against a
-pandas computation of the same metrics; then the guardrail on the job's output.
+pandas computation of the same metrics; then the guardrail on the job's output; then the real DAG
+file under ``dag.test()`` (the operator's spark-submit and the guardrail task) on a copy.
 
 The data plants a difference: variant ``b``'s users buy at a quarter of control's rate, so the
 readout calls b worse on conversion and the guardrail switches it off. Duplicate rows (an
