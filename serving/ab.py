@@ -75,7 +75,7 @@ class LiveVariants:
 
     ``assign`` returns the configured variant, or the control when the override sets that
     variant's weight to 0. The file is stat'ed at most once per ``check_s`` (default 1 s, on
-    the ``clock``); when its mtime or size changed it is re-read, the change logged. A malformed
+    the ``clock``); when its mtime, size or inode changed it is re-read, the change logged. A malformed
     file is logged once and the last good override kept; a deleted file clears the override.
     """
 
@@ -93,7 +93,7 @@ class LiveVariants:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_check = -float("inf")
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._disabled: frozenset[str] = frozenset()
         self._refresh()
 
@@ -128,7 +128,9 @@ class LiveVariants:
     def _refresh(self) -> None:
         try:
             st = self.path.stat()
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            # The inode too: the guardrail replaces the file, so even a same-size rewrite
+            # within the filesystem's mtime granularity is seen.
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stamp = None
         if stamp == self._stamp:
