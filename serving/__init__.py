@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from lambdarec.config import Settings
-    from serving.ab import Variants
+    from serving.ab import LiveVariants, Variants
     from serving.recommender import Recommender
     from serving.sinks import EventSink, ImpressionSink
 
@@ -39,7 +39,7 @@ def create_app(
     settings: Settings | None = None,
     recommender: Recommender | None = None,
     *,
-    variants: Variants | str | None = None,
+    variants: Variants | LiveVariants | str | None = None,
     impressions: ImpressionSink | None = None,
     events: EventSink | None = None,
     load_model: bool = True,
@@ -55,7 +55,7 @@ def create_app(
     Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
     """
     from lambdarec.config import get_settings
-    from serving.ab import DEFAULT_VARIANTS, Variants
+    from serving.ab import DEFAULT_VARIANTS, LiveVariants, Variants
     from serving.access import EXTENSION as ACCESS
     from serving.access import Access
     from serving.api import events as events_api
@@ -85,10 +85,14 @@ def create_app(
         recommender.metrics = metrics
     recommender.purchases.limit(settings.purchase_memory_bytes)
     metrics.watch_purchases(recommender.purchases)
-    if not isinstance(variants, Variants):
+    if not isinstance(variants, Variants | LiveVariants):
         variants = Variants.parse(
             variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS)
         )
+    override = getattr(settings, "ab_override_path", None)
+    if isinstance(variants, Variants) and override is not None:
+        # The guardrail's switch: re-read when the file changes, no restart.
+        variants = LiveVariants(variants, override)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

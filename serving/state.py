@@ -9,7 +9,7 @@ from flask import current_app
 
 if TYPE_CHECKING:
     from lambdarec.config import Settings
-    from serving.ab import Variants
+    from serving.ab import LiveVariants, Variants
     from serving.metrics import Metrics
     from serving.recommender import Recommender
     from serving.sessions import SessionOwners
@@ -23,7 +23,7 @@ class ServingState:
     settings: Settings
     recommender: Recommender
     metrics: Metrics
-    variants: Variants
+    variants: Variants | LiveVariants
     impressions: ImpressionSink
     events: EventSink
     sessions: SessionOwners

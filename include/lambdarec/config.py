@@ -298,6 +298,23 @@ class Settings(BaseSettings):
         500, description="Impressions whose features the skew check rebuilds from Feast (0: off)."
     )
 
+    # -- A/B readout and guardrail (lambdarec.monitoring.ab, the online_metrics DAG) ----------
+    ab_min_lists: Annotated[int, Field(ge=1)] = Field(
+        1000,
+        description="A/B tests need this many lists served in the variant and in control; below "
+        "it the readout says 'not enough data' instead of a verdict (and the guardrail waits).",
+    )
+    ab_guardrail_p: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.01,
+        description="The guardrail sets a variant's weight to 0 when its conversion is below "
+        "control's with a p-value under this (and the minimum sample is met).",
+    )
+    ab_window_days: Annotated[int, Field(ge=1, le=90)] = Field(
+        14,
+        description="Days the A/B readout covers, ending with the run's day (its whole-period "
+        "figures and the daily plots).",
+    )
+
     # -- reverse proxy (nginx) in front of serving --------------------------------------------
     proxy_port: Port = Field(
         8001,
@@ -504,6 +521,16 @@ class Settings(BaseSettings):
     def drift_reports_dir(self) -> Path:
         """Drift monitoring results: ``<day>/result.json`` and ``report.html`` per run."""
         return self.reports_dir / "drift"
+
+    @property
+    def ab_reports_dir(self) -> Path:
+        """A/B readouts: ``<day>/readout.json`` and ``readout.html`` per run."""
+        return self.reports_dir / "ab"
+
+    @property
+    def ab_override_path(self) -> Path:
+        """The guardrail's variant-weight override, which serving re-reads when it changes."""
+        return self.state_dir / "ab" / "variants.json"
 
     @property
     def feast_dir(self) -> Path:

@@ -2,9 +2,10 @@
 
 ``<state_dir>/site/`` holds ``index.html`` and two links, ``data_docs -> <state_dir>/data_docs``
 and ``reports -> <state_dir>/reports``; the ``reports`` service serves it. The index lists the
-newest drift reports (``reports/drift/<day>/report.html``, with their alarms) and model
-evaluations (``reports/models/**/report.html``). It is rewritten when the service starts and
-after every drift run, so it stays current without a server-side script.
+newest drift reports (``reports/drift/<day>/report.html``, with their alarms), A/B readouts
+(``reports/ab/<day>/readout.html``, with the guardrail's action) and model evaluations
+(``reports/models/**/report.html``). It is rewritten when the service starts and after every
+drift run and A/B guardrail run, so it stays current without a server-side script.
 
 :func:`main` (``python -m lambdarec.reports``) serves the folder: Python's static file server
 without its directory listings and without following a symlink out of the three folders the site
@@ -46,6 +47,8 @@ and the feature tables, with the values that failed</li>
 </ul>
 <h2>Drift reports</h2>
 {drift}
+<h2>A/B readouts</h2>
+{ab}
 <h2>Model evaluations</h2>
 {evaluations}
 </body></html>
@@ -78,6 +81,32 @@ def _drift_items(settings: Settings) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def _ab_items(settings: Settings) -> str:
+    root = settings.reports_dir / "ab"
+    pages = (
+        sorted((p for p in root.glob("*/readout.html")), reverse=True)[:LISTED]
+        if root.is_dir()
+        else []
+    )
+    if not pages:
+        return "<p>None yet (the <code>online_metrics</code> DAG writes one per day).</p>"
+    items = []
+    for page in pages:
+        day = page.parent.name
+        summary = ""
+        try:
+            guard = json.loads((page.parent / "guardrail.json").read_text())
+            off = guard.get("changed") or []
+            summary = f": guardrail switched off {', '.join(off)}" if off else ""
+        except (OSError, ValueError):
+            pass
+        items.append(
+            f'<li><a href="reports/ab/{html.escape(day)}/readout.html">{html.escape(day)}</a>'
+            f"{html.escape(summary)}</li>"
+        )
+    return "<ul>" + "".join(items) + "</ul>"
+
+
 def _evaluation_items(settings: Settings) -> str:
     root = settings.reports_dir / "models"
     pages = (
@@ -102,6 +131,7 @@ def write_index(settings: Settings) -> None:
         airflow_port=settings.airflow_port,
         mlflow_port=settings.mlflow_port,
         drift=_drift_items(settings),
+        ab=_ab_items(settings),
         evaluations=_evaluation_items(settings),
     )
     site = settings.site_dir

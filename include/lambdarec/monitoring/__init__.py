@@ -12,4 +12,9 @@ reference, training/serving skew, and the daily drift report.
 * :mod:`lambdarec.monitoring.report` — the JSON result and the HTML report with plots and trend.
 * :mod:`lambdarec.monitoring.run` — what the ``drift_monitoring`` DAG calls, and the retraining
   guard.
+* :mod:`lambdarec.monitoring.ab` — the A/B readout's statistics: ratio metrics per variant with
+  user-clustered intervals and tests against control; pure numpy/pandas.
+* :mod:`lambdarec.monitoring.ab_report` — the readout's ``readout.json`` and ``readout.html``.
+* :mod:`lambdarec.monitoring.guardrail` — switches off a variant significantly worse than control
+  on conversion (the override file serving re-reads).
 """

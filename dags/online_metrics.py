@@ -1,0 +1,57 @@
+"""
+### online_metrics
+
+Once a day, for the run's data interval `[D, D+1)` (UTC), reads out the A/B test and guards it
+(logic in `include/lambdarec/monitoring/`):
+
+1. **spark_online_metrics** — `include/spark/online_metrics.py` via spark-submit on the
+   `spark_default` connection: the lake's `impressions` and `attributed` tables over the window
+   ending with D (`LAMBDAREC_AB_WINDOW_DAYS`, 14) aggregated per (day, variant, user); CTR@10,
+   add-to-cart rate, conversion and revenue per 1,000 impressions per variant with 95%
+   intervals clustered by user, each variant tested against control (the first variant of
+   `LAMBDAREC_AB_VARIANTS`), coverage of the catalog. Writes `reports/ab/D/readout.json` and
+   `readout.html` (linked from the reports site's index).
+2. **apply_guardrail** — a variant whose conversion is below control's with p <
+   `LAMBDAREC_AB_GUARDRAIL_P` (0.01), with at least `LAMBDAREC_AB_MIN_LISTS` lists in both, is set
+   to weight 0 in `<state_dir>/ab/variants.json`; serving re-reads that file within a second and
+   serves control to the variant's users, no restart. The decision is shown in the report.
+   The guardrail never switches a variant back on: delete or edit the file to do that.
+
+Re-running a day rewrites its readout and leaves an already switched-off variant as it is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+from lambdarec_airflow.online_metrics import OnlineMetricsSparkOperator
+
+DAY = "{{ data_interval_start | ds }}"
+
+
+@dag(
+    dag_id="online_metrics",
+    schedule="@daily",
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "lambdarec", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    tags=["lambdarec", "monitoring", "ab"],
+    doc_md=__doc__,
+)
+def online_metrics() -> None:
+    @task
+    def apply_guardrail(day: str) -> dict:
+        from lambdarec.monitoring.guardrail import run_guardrail
+
+        return run_guardrail(day)
+
+    # Both tasks read the same day: the template is rendered in the task's arguments too.
+    spark = OnlineMetricsSparkOperator(task_id="spark_online_metrics", day=DAY)
+    spark >> apply_guardrail(DAY)
+
+
+online_metrics()
