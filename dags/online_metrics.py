@@ -4,14 +4,18 @@
 Once a day, for the run's data interval `[D, D+1)` (UTC), reads out the A/B test and guards it
 (logic in `include/lambdarec/monitoring/`):
 
-1. **spark_online_metrics** — `include/spark/online_metrics.py` via spark-submit on the
+1. **compact_attribution** — folds day D of the attribution job's archive
+   (`<lake>/attribution-archive/`, written by `lambdarec attribution run`) into the lake's
+   `impressions` and `attributed` tables, one row per key (a redelivered row counted once); a day
+   with nothing archived leaves the tables as they are (the readout then says what is missing).
+2. **spark_online_metrics** — `include/spark/online_metrics.py` via spark-submit on the
    `spark_default` connection: the lake's `impressions` and `attributed` tables over the window
    ending with D (`LAMBDAREC_AB_WINDOW_DAYS`, 14) aggregated per (day, variant, user); CTR@10,
    add-to-cart rate, conversion and revenue per 1,000 impressions per variant with 95%
    intervals clustered by user, each variant tested against control (the first variant of
    `LAMBDAREC_AB_VARIANTS`), coverage of the catalog. Writes `reports/ab/D/readout.json` and
    `readout.html` (linked from the reports site's index).
-2. **apply_guardrail** — a variant whose conversion is below control's with p <
+3. **apply_guardrail** — a variant whose conversion is below control's with p <
    `LAMBDAREC_AB_GUARDRAIL_P` (0.01), with at least `LAMBDAREC_AB_MIN_LISTS` lists in both, is set
    to weight 0 in `<state_dir>/ab/variants.json`; serving re-reads that file within a second and
    serves control to the variant's users, no restart. The decision is shown in the report.
@@ -44,6 +48,17 @@ DAY = "{{ data_interval_start | ds }}"
 )
 def online_metrics() -> None:
     @task
+    def compact_attribution(day: str) -> list[dict]:
+        from lambdarec.attribution import archive_root, compact
+        from lambdarec.config import get_settings
+
+        settings = get_settings()
+        return [
+            compact(archive_root(settings), settings.lake_dir, table, day).as_dict()
+            for table in ("impressions", "attributed")
+        ]
+
+    @task
     def apply_guardrail(day: str) -> dict:
         from lambdarec.monitoring.guardrail import run_guardrail
 
@@ -51,7 +66,7 @@ def online_metrics() -> None:
 
     # Both tasks read the same day: the template is rendered in the task's arguments too.
     spark = OnlineMetricsSparkOperator(task_id="spark_online_metrics", day=DAY)
-    spark >> apply_guardrail(DAY)
+    compact_attribution(DAY) >> spark >> apply_guardrail(DAY)
 
 
 online_metrics()

@@ -63,9 +63,10 @@ def test_dag_imports_and_runs_daily(parsed: dict) -> None:
     assert {"monitoring", "ab"} <= set(parsed["tags"])
 
 
-def test_the_spark_job_runs_first_then_the_guardrail(parsed: dict) -> None:
+def test_compaction_then_the_spark_job_then_the_guardrail(parsed: dict) -> None:
     tasks = parsed["tasks"]
-    assert set(tasks) == {"spark_online_metrics", "apply_guardrail"}
+    assert set(tasks) == {"compact_attribution", "spark_online_metrics", "apply_guardrail"}
+    assert tasks["compact_attribution"]["downstream"] == ["spark_online_metrics"]
     assert tasks["spark_online_metrics"]["type"] == "OnlineMetricsSparkOperator"
     assert tasks["spark_online_metrics"]["downstream"] == ["apply_guardrail"]
     assert tasks["apply_guardrail"]["downstream"] == []
@@ -77,3 +78,4 @@ def test_both_tasks_read_the_same_day_of_the_data_interval(parsed: dict) -> None
     day = tasks["spark_online_metrics"]["day"]
     assert day == "{{ data_interval_start | ds }}"
     assert tasks["apply_guardrail"]["op_args"] == [day]
+    assert tasks["compact_attribution"]["op_args"] == [day]

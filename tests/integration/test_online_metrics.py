@@ -330,7 +330,11 @@ def test_the_dag_runs_both_tasks_for_the_day(lake, readout, tmp_path: Path) -> N
     shutil.copytree(source.lake_dir, settings.lake_dir)
     run = run_dag_test("online_metrics", DAYS[-1], settings, timeout_s=900)
     assert run.success, run.log[-4000:]
-    assert run.tasks == {"spark_online_metrics": "success", "apply_guardrail": "success"}
+    assert run.tasks == {
+        "compact_attribution": "success",
+        "spark_online_metrics": "success",
+        "apply_guardrail": "success",
+    }
     folder = settings.ab_reports_dir / DAYS[-1].isoformat()
     again = json.loads((folder / "readout.json").read_text())
     assert again["period"] == readout["period"] and again["days"] == readout["days"]
