@@ -3,15 +3,18 @@
 One :class:`Pipeline` object is built per process (serving) or per evaluation; it holds the
 sources and the snapshot, and nothing per request: :meth:`Pipeline.recommend` takes the request's
 models (a reload swaps them between requests, never during one) and the :data:`~lambdarec.
-recommend.types.Call` its dependencies are called through.
+recommend.types.Call` its dependencies are called through, and the name of the
+:mod:`~lambdarec.recommend.policies` policy to run (default: every source, ranked by the ranker).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from lambdarec.recommend.policies import PIPELINE, POLICIES, policy as get_policy
 from lambdarec.recommend.ranking import blend, rank
 from lambdarec.recommend.rules import CATEGORY_CAP, diversify
 from lambdarec.recommend.sources import build_sources
@@ -66,6 +69,17 @@ class Pipeline:
         )
         self.weights = {s.name: s.weight for s in self.sources}
         self.category_cap = category_cap
+        #: Each policy's sources and their blend weights, built once: the pipeline's own
+        #: instances where a policy names one of its sources.
+        own = {s.name: s for s in self.sources}
+        stores = Stores(snapshot, features, index)
+        self._runs: dict[str, tuple[list[CandidateSource], dict[str, float]]] = {}
+        for name, p in POLICIES.items():
+            if p.sources is None:
+                self._runs[name] = (self.sources, self.weights)
+                continue
+            chosen = [own.get(n) or build_sources([n], stores)[0] for n in p.sources]
+            self._runs[name] = (chosen, {s.name: s.weight for s in chosen})
 
     def recommend(
         self,
@@ -74,13 +88,22 @@ class Pipeline:
         call: Call = direct_call,
         *,
         blocked: Iterable[str] = (),
+        policy: str = PIPELINE,
     ) -> Recommendation:
         """The top ``query.k`` items; ``blocked`` adds items the caller knows are out (e.g. this
-        process's record of the user's purchases) to the query's own exclusions."""
+        process's record of the user's purchases) to the query's own exclusions. ``policy``
+        (:mod:`lambdarec.recommend.policies`) picks the sources and whether the ranker ranks; an
+        unknown one is a ValueError listing them."""
+        chosen = get_policy(policy)
+        sources, weights = self._runs[chosen.name]
+        if not chosen.ranked:
+            models = replace(models, ranker=None)
         timings: dict[str, float] = {}
-        request, survivors = self._candidates(query, models, call, blocked, timings)
+        request, survivors = self._candidates(
+            query, models, call, blocked, timings, sources, weights
+        )
         with _stage("rank", timings):
-            rank(request, survivors, self.weights, expected=self.ranker_expected)
+            rank(request, survivors, weights, expected=self.ranker_expected and chosen.ranked)
         with _stage("rules", timings):
             items = diversify(survivors, query.k, self.category_cap)
         return Recommendation(
@@ -97,7 +120,7 @@ class Pipeline:
     ) -> tuple[Request, list[Candidate]]:
         """The request and its filtered candidates before ranking (each with every source's score
         and rank, and the blend): what a ranker is trained on."""
-        return self._candidates(query, models, call, (), {})
+        return self._candidates(query, models, call, (), {}, self.sources, self.weights)
 
     def _candidates(
         self,
@@ -106,6 +129,8 @@ class Pipeline:
         call: Call,
         blocked: Iterable[str],
         timings: dict[str, float],
+        sources: Sequence[CandidateSource],
+        weights: dict[str, float],
     ) -> tuple[Request, list[Candidate]]:
         request = Request(query, {}, models, call, [])
         with _stage("features", timings):
@@ -134,7 +159,7 @@ class Pipeline:
             with _stage("candidates", timings):
                 merged: dict[str, Candidate] = {}
                 more = False
-                for source in self.sources:
+                for source in sources:
                     pool = source.candidates(request, fetch)
                     more = more or pool.more
                     name = source.name
@@ -160,7 +185,7 @@ class Pipeline:
                 break
             fetch = min(fetch * 4, OVERFETCH_MAX)
         with _stage("rank", timings):
-            blend(survivors, self.weights)
+            blend(survivors, weights)
         return request, survivors
 
     def _user_history(self, request: Request) -> None:
