@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lambdarec.recommend.policies import PIPELINE, POLICIES, policy as get_policy
+from lambdarec.recommend.policies import PIPELINE, POLICIES
+from lambdarec.recommend.policies import policy as get_policy
 from lambdarec.recommend.ranking import blend, rank
 from lambdarec.recommend.rules import CATEGORY_CAP, diversify
 from lambdarec.recommend.sources import build_sources
