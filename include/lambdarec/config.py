@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     AliasChoices,
@@ -24,6 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdarec.apikeys import parse_entries
 from lambdarec.events import RETRY_HORIZON
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: The repository root (include/lambdarec/config.py -> two levels up from include/).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +55,39 @@ _CHOICES: dict[str, dict[str, str]] = {
     "online_store": {"sqlite": " (default)", "redis": ""},
     "flink_state_backend": {"hashmap": " (default: the JVM heap)", "rocksdb": " (local disk)"},
 }
+
+
+#: The policies an A/B variant may run (lambdarec.recommend.policies defines what each does; the
+#: config cannot import the pipeline, a unit test keeps the two lists equal).
+AB_POLICIES = ("pipeline", "no_ranker", "popular")
+
+
+def parse_ab_policies(spec: str, variants: Sequence[str] | None = None) -> dict[str, str]:
+    """``variant:policy[,variant:policy...]`` as a dict; a malformed entry, an unknown policy or
+    (when ``variants`` is given) a variant not among them is a one-line ValueError."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        variant, sep, name = (x.strip() for x in part.partition(":"))
+        if not sep or not variant or not name:
+            raise ValueError(
+                f"LAMBDAREC_AB_POLICIES entry {part!r} is not variant:policy; "
+                "set it like 'baseline:popular,b:no_ranker'"
+            )
+        if name not in AB_POLICIES:
+            raise ValueError(
+                f"LAMBDAREC_AB_POLICIES gives variant {variant!r} the unknown policy {name!r}; "
+                f"choose from {', '.join(AB_POLICIES)}"
+            )
+        if variant in out:
+            raise ValueError(f"LAMBDAREC_AB_POLICIES names variant {variant!r} twice; keep one")
+        out[variant] = name
+    unknown = sorted(set(out) - set(variants)) if variants is not None else []
+    if unknown:
+        raise ValueError(
+            f"LAMBDAREC_AB_POLICIES names variant(s) {unknown} that are not in the A/B variants "
+            f"({', '.join(variants or ())}); add them to LAMBDAREC_AB_VARIANTS or drop them"
+        )
+    return out
 
 
 class Settings(BaseSettings):
@@ -210,6 +246,13 @@ class Settings(BaseSettings):
         "control:100",
         description="A/B variants as name:weight,... (users are assigned by a hash of user_id).",
         pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
+    )
+    ab_policies: str = Field(
+        "",
+        description="What each A/B variant serves, as variant:policy,... (policies: pipeline, "
+        "the full served pipeline; no_ranker, every source by the blend of their scores; "
+        "popular, the popularity baseline with the same exclusions and rules); a variant not "
+        "listed runs pipeline; users of a variant the guardrail switched off get control's.",
     )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
     api_keys: str = Field(
@@ -405,6 +448,17 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("ab_policies")
+    @classmethod
+    def _check_ab_policies(cls, value: str) -> str:
+        parse_ab_policies(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _ab_policies_of_variants(self) -> Settings:
+        parse_ab_policies(self.ab_policies, self.ab_variant_names)
+        return self
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: str) -> str:
@@ -456,6 +510,10 @@ class Settings(BaseSettings):
         return self
 
     # -- derived ---------------------------------------------------------------------------
+    @property
+    def ab_variant_names(self) -> list[str]:
+        return [part.partition(":")[0] for part in self.ab_variants.split(",")]
+
     @property
     def candidate_sources_list(self) -> list[str]:
         return [name.strip() for name in self.candidate_sources.split(",") if name.strip()]
