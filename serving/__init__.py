@@ -50,7 +50,7 @@ def create_app(
     ``recommender`` defaults to :meth:`Recommender.from_settings` (lake snapshot, Feast, the
     vector index, the champion query tower loading in the background). ``variants`` is an A/B
     spec such as ``"control:90,b:10"`` (default: ``settings.ab_variants`` when the settings have
-    it, else everyone in ``control``). ``clock`` is the rate limiter's (default: monotonic time).
+    it, else everyone in ``control``); a spec runs ``settings.ab_policies``. ``clock`` is the rate limiter's (default: monotonic time).
 
     Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
     """
@@ -87,7 +87,8 @@ def create_app(
     metrics.watch_purchases(recommender.purchases)
     if not isinstance(variants, Variants | LiveVariants):
         variants = Variants.parse(
-            variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS)
+            variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS),
+            policies=str(getattr(settings, "ab_policies", "") or ""),
         )
     override = getattr(settings, "ab_override_path", None)
     if isinstance(variants, Variants) and override is not None:

@@ -9,6 +9,11 @@ impression record (:class:`serving.sinks.ImpressionSink`).
 by :mod:`lambdarec.monitoring.guardrail`): a variant set to weight 0 there is switched off, its
 users are served the control (the first variant) while everyone else keeps their variant. The
 file's mtime is checked at most once a second, so a change takes effect without a restart.
+
+Each variant runs a policy of the pipeline (:mod:`lambdarec.recommend.policies`, from
+``settings.ab_policies``, e.g. ``baseline:popular``): a variant not listed runs ``pipeline``, the
+full served pipeline. The policy goes with the variant the user is served under, so a switched-off
+variant's users get the control's policy too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lambdarec.config import parse_ab_policies
 from lambdarec.monitoring.guardrail import disabled_variants, read_override
+from lambdarec.recommend.policies import PIPELINE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,10 +45,14 @@ class Variants:
     #: Cumulative upper bounds in [0, BUCKETS), one per name.
     bounds: tuple[int, ...]
     salt: str = "lambdarec-ab-1"
+    #: (variant, policy) of the variants that do not run the full pipeline.
+    policies: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def parse(cls, spec: str, salt: str = "lambdarec-ab-1") -> Variants:
-        """``name:weight[,name:weight...]`` with positive weights (relative, any total)."""
+    def parse(cls, spec: str, salt: str = "lambdarec-ab-1", policies: str = "") -> Variants:
+        """``name:weight[,name:weight...]`` with positive weights (relative, any total);
+        ``policies`` is ``variant:policy,...`` naming only those variants (a ValueError names an
+        unknown policy or variant)."""
         pairs: list[tuple[str, float]] = []
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, weight = part.partition(":")
@@ -59,7 +70,13 @@ class Variants:
         for _, w in pairs:
             acc += w
             bounds.append(round(acc / total * BUCKETS))
-        return cls(tuple(n for n, _ in pairs), tuple(bounds), salt)
+        names = tuple(n for n, _ in pairs)
+        chosen = parse_ab_policies(policies, names)
+        return cls(names, tuple(bounds), salt, tuple(chosen.items()))
+
+    def policy(self, variant: str) -> str:
+        """The policy ``variant`` runs (``pipeline`` unless configured)."""
+        return dict(self.policies).get(variant, PIPELINE)
 
     def assign(self, user_id: str) -> str:
         digest = hashlib.sha256(f"{self.salt}\x00{user_id}".encode()).digest()
@@ -114,6 +131,9 @@ class LiveVariants:
     def assign(self, user_id: str) -> str:
         name = self.base.assign(user_id)
         return self.control if name in self.disabled else name
+
+    def policy(self, variant: str) -> str:
+        return self.base.policy(variant)
 
     def _maybe_refresh(self) -> None:
         now = self._clock()

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from lambdarec.events import ID_REGEX, MAX_ID_LEN
+from lambdarec.recommend.policies import POLICIES
 from lambdarec.recommend.sources import REGISTRY
 from serving.validation import EVENTS_MAX, EXCLUDE_MAX, K_MAX, MAX_BODY_BYTES
 
@@ -251,6 +252,14 @@ def spec() -> dict[str, Any]:
                         "user_id": {"type": "string"},
                         "session_id": {"type": ["string", "null"]},
                         "variant": {"type": "string"},
+                        "policy": {
+                            "type": "string",
+                            "enum": list(POLICIES),
+                            "description": "What the variant serves (LAMBDAREC_AB_POLICIES): "
+                            "pipeline (every source, the ranker, the rules), no_ranker (every "
+                            "source by the blend of their scores) or popular (the popularity "
+                            "baseline); the same exclusions and rules apply to each.",
+                        },
                         "degraded": {"type": "boolean"},
                         "degraded_parts": {
                             "type": "array",

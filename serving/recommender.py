@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambdarec.integrity import IntegrityError
 from lambdarec.recommend.pipeline import DEFAULT_SOURCES, Pipeline
+from lambdarec.recommend.policies import PIPELINE, POLICIES
 from lambdarec.recommend.rules import CATEGORY_CAP
 from lambdarec.recommend.snapshot import Snapshot
 from lambdarec.recommend.types import Models
@@ -324,14 +325,16 @@ class Recommender:
     def _call(self, part: str, fn: Callable[..., T], /, *args: Any) -> T:
         return self.guards[part].call(fn, *args)
 
-    def recommend(self, query: Query) -> Recommendation:
+    def recommend(self, query: Query, policy: str = PIPELINE) -> Recommendation:
+        """The pipeline's list for ``query`` run with ``policy`` (an A/B variant's)."""
         # One read of the reference: a reload swaps the triple, never mutates it, so the request
         # uses the pipeline, the tower and the ranker of one decision throughout.
         pipeline, models, standing = self._serving
         result = pipeline.recommend(
-            query, models, self._call, blocked=self.purchases.get(query.user_id)
+            query, models, self._call, blocked=self.purchases.get(query.user_id), policy=policy
         )
-        for part in standing:
+        # The standing parts concern the pipeline's own sources, which a baseline policy skips.
+        for part in standing if POLICIES[policy].sources is None else ():
             if part not in result.degraded_parts:
                 result.degraded_parts.append(part)
         if self.metrics is not None:

@@ -1,5 +1,8 @@
 """``/recommend``: validated query -> the two-stage pipeline -> JSON, plus an impression.
 
+The user's A/B variant picks the pipeline's policy (:mod:`serving.ab`); both are named in the
+response and the impression.
+
 ``GET`` takes the query string; ``POST`` the same fields as a JSON object, for an ``exclude`` list
 longer than a request line holds. A session already bound to another user is refused (409)
 before any feature of it is read.
@@ -64,7 +67,8 @@ def _answer(query: Query) -> ResponseReturnValue:
         )
     request_id = uuid.uuid4().hex
     variant = s.variants.assign(query.user_id)
-    result = s.recommender.recommend(query)
+    policy = s.variants.policy(variant)
+    result = s.recommender.recommend(query, policy)
     items = []
     for position, c in enumerate(result.items):
         reasons = sorted(c.contributions.items(), key=lambda kv: -abs(kv[1]))[:TOP_REASONS]
@@ -84,6 +88,7 @@ def _answer(query: Query) -> ResponseReturnValue:
         "user_id": query.user_id,
         "session_id": query.session_id,
         "variant": variant,
+        "policy": policy,
         "items": items,
         "degraded": result.degraded,
         "degraded_parts": result.degraded_parts,
@@ -98,6 +103,7 @@ def _answer(query: Query) -> ResponseReturnValue:
             "user_id": query.user_id,
             "session_id": query.session_id,
             "variant": variant,
+            "policy": policy,
             "items": [{k: i[k] for k in ("item_id", "position", "score", "source")} for i in items],
             "degraded_parts": result.degraded_parts,
             "features": result.features,
