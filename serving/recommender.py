@@ -479,6 +479,12 @@ class Recommender:
         except Exception as exc:  # noqa: BLE001 - the searches degrade on their own
             log.warning("index version check: cannot read the index alias: %s", exc)
             return self.index_served
+        if served is None and self.index_served is not None:
+            # Once set, the alias is only ever moved, never removed; reading "no alias" means
+            # it moved between the per-collection reads of a switch. Without a version the
+            # pipeline searches the alias itself, so the old tower would query the new vectors:
+            # keep the version read last; the next check reads the new one.
+            return self.index_served
         return served
 
     def _swap_in(self, models: Models) -> None:

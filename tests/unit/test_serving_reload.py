@@ -188,6 +188,25 @@ def test_an_old_tower_never_queries_a_new_index(tmp_path: Path) -> None:
     assert not _mixed(index), _mixed(index)
 
 
+def test_an_alias_read_mid_switch_keeps_the_tower_on_its_own_collection(tmp_path: Path) -> None:
+    """The rehearsal's mixed answers: a version check that ran while the retraining moved the
+    alias read it on neither collection (no version), and the pipeline then searched the alias
+    itself, now v2's vectors, with the v1 tower until the next check. A read of no alias after
+    one was read keeps the version read last."""
+    settings = private_settings(tmp_path, index_check_s=1)
+    index = Index()
+    rec = _recommender(index)
+    rec.models = Models(Tower(1), None, "1")
+    assert rec.check_index(settings, _versioned_loader(fail=set()))
+    index.served = None  # type: ignore[assignment]  # the alias between two collections
+    rec.check_index(settings, _versioned_loader(fail=set()))
+    index.switch(2)  # the alias now serves v2; the tower is still v1 until the next check
+    query = Query("u1", "s1", 10)
+    rec.recommend(query)
+    assert index.searches[-1] == (1.0, "items_v1")
+    assert not _mixed(index), _mixed(index)
+
+
 def test_a_marker_announcing_a_version_is_followed_once_the_alias_serves_it(
     tmp_path: Path,
 ) -> None:

@@ -237,10 +237,14 @@ class VectorIndex:
     def serving_version(self) -> int | None:
         """The version the alias points to (None before the first publish)."""
         # Asked per collection: describe_alias of a missing alias logs an error in pymilvus.
-        for version in reversed(self.versions()):
-            info = self.client.list_aliases(self.collection_name(version))
-            if self.config.alias in info.get("aliases", []):
-                return version
+        # A switch between two of these reads (the alias left a collection already passed for
+        # the one just read) finds it nowhere: one more pass sees where it went.
+        versions = self.versions()
+        for _ in range(2):
+            for version in reversed(versions):
+                info = self.client.list_aliases(self.collection_name(version))
+                if self.config.alias in info.get("aliases", []):
+                    return version
         return None
 
     def model_version(self, version: int) -> str | None:
