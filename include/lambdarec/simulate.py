@@ -69,6 +69,11 @@ BROWSE_SHARE = 0.5
 MAX_STEPS = 8
 LIST_SIZE = 10
 MAX_RETRIES = 5
+#: The demo's A/B budget (``make demo``'s online-loop step): shoppers, minutes and requests a
+#: second. ``make bench-ab`` measures the readout's power and its A/A false alarms at it.
+DEMO_SHOPPERS = 500
+DEMO_MINUTES = 3.0
+DEMO_RPS = 20.0
 TIMEOUT_S = 10.0
 
 
