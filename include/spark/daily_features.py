@@ -52,11 +52,11 @@ from lambdarec.batch.spec import (
     DEFAULT_SKNN_SAMPLE,
     DEFAULT_SR_WINDOW,
     DEFAULT_TOP_N,
-    SPARK_CONF,
     TABLES,
     first_day,
     parse_tables,
     rule_units,
+    spark_session,
     window_bounds,
 )
 from lambdarec.tables import (
@@ -593,22 +593,8 @@ def build_session(
     app_name: str = "lambdarec-daily-features",
     driver_memory: str | None = None,
 ) -> SparkSession:
-    """A session with the job's settings (under spark-submit, master comes from the launcher).
-
-    ``driver_memory`` only takes effect when this call starts the JVM (in-process use); under
-    spark-submit pass ``--driver-memory`` to the launcher instead.
-    """
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName(app_name)
-    if master:
-        builder = builder.master(master)
-    for key, value in SPARK_CONF.items():
-        builder = builder.config(key, value)
-    builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-    if driver_memory:
-        builder = builder.config("spark.driver.memory", driver_memory)
-    return builder.getOrCreate()
+    """A session with the job's settings (:func:`lambdarec.batch.spec.spark_session`)."""
+    return spark_session(app_name, master, shuffle_partitions, driver_memory)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

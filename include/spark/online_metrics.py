@@ -255,17 +255,10 @@ def build_session(
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     app_name: str = "lambdarec-online-metrics",
 ) -> SparkSession:
-    from pyspark.sql import SparkSession
+    """A session with the job's settings (:func:`lambdarec.batch.spec.spark_session`)."""
+    from lambdarec.batch.spec import spark_session
 
-    from lambdarec.batch.spec import SPARK_CONF
-
-    builder = SparkSession.builder.appName(app_name)
-    if master:
-        builder = builder.master(master)
-    for key, value in SPARK_CONF.items():
-        builder = builder.config(key, value)
-    builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-    return builder.getOrCreate()
+    return spark_session(app_name, master, shuffle_partitions)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -17,6 +17,8 @@ from lambdarec.tables import FEATURE_TABLES, FeatureTable, as_day
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pyspark.sql import SparkSession
+
 #: The tables the daily batch job writes (the speed layer's tables are not its business).
 TABLES: dict[str, FeatureTable] = {t.name: t for t in FEATURE_TABLES}
 
@@ -98,3 +100,29 @@ SPARK_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
 }
+
+
+def spark_session(
+    app_name: str,
+    master: str | None = None,
+    shuffle_partitions: int | None = None,
+    driver_memory: str | None = None,
+) -> SparkSession:
+    """The session every Spark job of the project starts: :data:`SPARK_CONF`, the job's shuffle
+    partitions and, when given, a master (under spark-submit the launcher sets it).
+
+    ``driver_memory`` only takes effect when this call starts the JVM (in-process use); under
+    spark-submit pass ``--driver-memory`` to the launcher instead.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    if shuffle_partitions is not None:
+        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    if driver_memory:
+        builder = builder.config("spark.driver.memory", driver_memory)
+    return builder.getOrCreate()
