@@ -55,7 +55,7 @@ def create_app(
     Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
     """
     from lambdarec.config import get_settings
-    from serving.ab import DEFAULT_VARIANTS, LiveVariants, Variants
+    from serving.ab import DEFAULT_SALT, DEFAULT_VARIANTS, LiveVariants, Variants
     from serving.access import EXTENSION as ACCESS
     from serving.access import Access
     from serving.api import events as events_api
@@ -88,6 +88,7 @@ def create_app(
     if not isinstance(variants, Variants | LiveVariants):
         variants = Variants.parse(
             variants or str(getattr(settings, "ab_variants", "") or DEFAULT_VARIANTS),
+            salt=str(getattr(settings, "ab_salt", "") or DEFAULT_SALT),
             policies=str(getattr(settings, "ab_policies", "") or ""),
         )
     override = getattr(settings, "ab_override_path", None)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = "control:100"
+#: The assignment salt when none is set (``LAMBDAREC_AB_SALT``).
+DEFAULT_SALT = "lambdarec-ab-1"
 BUCKETS = 10_000
 
 
@@ -44,12 +46,12 @@ class Variants:
     names: tuple[str, ...]
     #: Cumulative upper bounds in [0, BUCKETS), one per name.
     bounds: tuple[int, ...]
-    salt: str = "lambdarec-ab-1"
+    salt: str = DEFAULT_SALT
     #: (variant, policy) of the variants that do not run the full pipeline.
     policies: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def parse(cls, spec: str, salt: str = "lambdarec-ab-1", policies: str = "") -> Variants:
+    def parse(cls, spec: str, salt: str = DEFAULT_SALT, policies: str = "") -> Variants:
         """``name:weight[,name:weight...]`` with positive weights (relative, any total);
         ``policies`` is ``variant:policy,...`` naming only those variants (a ValueError names an
         unknown policy or variant)."""

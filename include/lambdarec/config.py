@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         description="A/B variants as name:weight,... (users are assigned by a hash of user_id).",
         pattern=r"^[A-Za-z0-9_\-]+:\d+(,[A-Za-z0-9_\-]+:\d+)*$",
     )
+    ab_salt: str = Field(
+        "lambdarec-ab-1",
+        description="The experiment's assignment salt: a user's variant is a hash of the salt "
+        "and user_id; give each new experiment a new salt, so its split is independent of the "
+        "last one's.",
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+    )
     ab_policies: str = Field(
         "",
         description="What each A/B variant serves, as variant:policy,... (policies: pipeline, "

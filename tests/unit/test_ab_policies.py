@@ -268,3 +268,25 @@ def test_openapi_describes_the_policy_field(tmp_path: Path) -> None:
     spec = _app(tmp_path).test_client().get("/openapi.json").get_json()
     policy = spec["components"]["schemas"]["Recommendation"]["properties"]["policy"]
     assert policy["enum"] == list(POLICIES)
+
+
+def test_the_salt_setting_reshuffles_the_split_and_is_validated(tmp_path: Path) -> None:
+    users = [f"user-{i}" for i in range(2_000)]
+    first = Variants.parse("control:50,base:50")
+    second = Variants.parse("control:50,base:50", salt="experiment-2")
+    moved = sum(first.assign(u) != second.assign(u) for u in users)
+    # An independent split moves about half of the users; the same salt moves none.
+    assert 800 < moved < 1200
+    assert [Variants.parse("control:50,base:50", salt="experiment-2").assign(u) for u in users] == [
+        second.assign(u) for u in users
+    ]
+
+    # Serving takes it from LAMBDAREC_AB_SALT.
+    settings = private_settings(tmp_path, api_keys="", ab_variants="control:50,base:50")
+    salted = settings.model_copy(update={"ab_salt": "experiment-2"})
+    app = create_app(salted, _recommender(users), impressions=_Impressions(), load_model=False)  # type: ignore[arg-type]
+    served = app.extensions[EXTENSION].variants
+    assert [served.assign(u) for u in users] == [second.assign(u) for u in users]
+
+    with pytest.raises(ValidationError, match="ab_salt"):
+        Settings(ab_salt="two words")
