@@ -183,6 +183,10 @@ bench-train: setup ## Training throughput of the two-tower and DeepFM models (JS
 bench-vector: setup ## Vector index build time, p50/p99 and recall@100 (JSON line)
 	@$(PY) bench/bench_vector.py
 
+.PHONY: bench-ab
+bench-ab: setup ## A/B readout on simulated shoppers: popular vs the champion detected, A/A false alarms over 20 seeds (JSON line)
+	@$(PY) bench/bench_ab.py
+
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------

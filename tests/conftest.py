@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 #: Modules that run in the second lane of ``make test`` (``pytest -n 2 --dist loadgroup``): the
 #: two longest and the perimeter test, each on a private platform in its own temporary state
 #: folder (its own free ports, no Milvus server: that one's health port is fixed), and the
-#: self-contained tests of the deployment's logins, the simulator, the attribution job and the A/B
-#: readout (their own broker, Airflow home, lake or private platform; the Flink jars only read).
+#: self-contained tests of the deployment's logins, the simulator, the attribution job, the A/B
+#: readout and its quick benchmark (their own broker, Airflow home, lake or private platform; the
+#: Flink jars only read).
 #: A clean rehearsal with the readout in the first lane: that lane ~31.7 min, the second ~27. Everything else
 #: stays in the first lane, in collection order, as before: tests that share the repository's
 #: state folder or a Milvus server never run at the same time.
@@ -37,6 +38,7 @@ SECOND_LANE = (
     "tests/integration/test_simulate.py",
     "tests/integration/test_attribution.py",
     "tests/integration/test_online_metrics.py",
+    "tests/integration/test_bench_ab.py",
 )
 
 

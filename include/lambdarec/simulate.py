@@ -7,7 +7,9 @@ click, may add it to the cart and buy it, asks again (the list follows the sessi
 after a few steps; sometimes it browses an item of its own, not from any list. Every click names
 the list it came from in ``context`` (``request_id``, ``position``), the way a client echoes it,
 so the online attribution and the A/B readout can be tested end to end. The simulator keeps its
-own tally (lists per variant, clicks, purchases), so a readout can be checked against it.
+own tally (lists per variant, clicks, purchases) and, per variant and shopper, the counts the A/B
+readout takes (:meth:`Summary.user_rows`), so a readout can be checked against it or computed
+from it.
 
 The choice model, written down once:
 
@@ -41,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -49,6 +51,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from lambdarec.events import format_ts
+from lambdarec.monitoring.ab import DEFAULT_K as READOUT_K
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -321,6 +324,23 @@ class VariantStats:
 
 
 @dataclass
+class UserStats:
+    """One shopper's record under one variant, in the A/B readout's per-user counts
+    (:data:`lambdarec.monitoring.ab.USER_COLUMNS`): the items serving showed it and what it did
+    with them, as the online metrics job counts them from the lake (``revenue`` is the price of
+    each purchase from a list; ``*_top_k`` count positions below :data:`READOUT_K`)."""
+
+    impressions: int = 0
+    lists: int = 0
+    shown_top_k: int = 0
+    clicks: int = 0
+    clicks_top_k: int = 0
+    carts: int = 0
+    purchases: int = 0
+    revenue: float = 0.0
+
+
+@dataclass
 class Summary:
     """What a run did, from the simulator's side."""
 
@@ -330,6 +350,8 @@ class Summary:
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     variants: dict[str, VariantStats] = field(default_factory=dict)
+    #: Per (variant, user_id): what the A/B readout needs of each shopper (:meth:`user_rows`).
+    users: dict[tuple[str, str], UserStats] = field(default_factory=dict)
     browsed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -356,6 +378,14 @@ class Summary:
             },
         }
 
+    def user_rows(self) -> list[dict[str, Any]]:
+        """One row per (variant, user) with the readout's counts, the rows
+        :func:`lambdarec.monitoring.ab.readout` takes once given a ``day``."""
+        return [
+            {"variant": variant, "user_id": user, **asdict(stats)}
+            for (variant, user), stats in sorted(self.users.items())
+        ]
+
 
 class _Tally:
     """The run's :class:`Summary`, updated by every thread."""
@@ -376,10 +406,31 @@ class _Tally:
         with self.lock:
             self.summary.events[kind] += 1
 
-    def count(self, variant: str, what: str) -> None:
+    def _count(self, variant: str, what: str, user_id: str) -> UserStats:
+        """One more list, click, cart or purchase of ``variant`` and of its user's record
+        (the caller holds the lock)."""
+        stats = self.summary.variants.setdefault(variant, VariantStats())
+        setattr(stats, what, getattr(stats, what) + 1)
+        user = self.summary.users.setdefault((variant, user_id), UserStats())
+        setattr(user, what, getattr(user, what) + 1)
+        return user
+
+    def shown(self, variant: str, user_id: str, positions: Sequence[int]) -> None:
+        """A list served to ``user_id`` under ``variant`` with items at ``positions``."""
         with self.lock:
-            stats = self.summary.variants.setdefault(variant, VariantStats())
-            setattr(stats, what, getattr(stats, what) + 1)
+            user = self._count(variant, "lists", user_id)
+            user.impressions += len(positions)
+            user.shown_top_k += sum(p < READOUT_K for p in positions)
+
+    def acted(
+        self, variant: str, user_id: str, what: str, position: int, revenue: float = 0.0
+    ) -> None:
+        """A click, cart or purchase (``what``) on the item at ``position`` of a list."""
+        with self.lock:
+            user = self._count(variant, what, user_id)
+            if what == "clicks" and position < READOUT_K:
+                user.clicks_top_k += 1
+            user.revenue += revenue
 
 
 class ServingClient:
@@ -533,7 +584,9 @@ def run_session(
             return
         items = [i for i in answer.get("items", []) if isinstance(i, dict) and "item_id" in i]
         variant = str(answer.get("variant") or "unknown")
-        tally.count(variant, "lists")
+        tally.shown(
+            variant, shopper.user_id, [int(i.get("position", n)) for n, i in enumerate(items)]
+        )
         picked = choose(population, shopper, items, rng)
         if picked is None:
             if rng.random() >= BROWSE_SHARE:
@@ -543,26 +596,28 @@ def run_session(
             continue
         item = items[picked]
         item_id, category = str(item["item_id"]), item.get("category")
+        position = int(item.get("position", picked))
         request_id = answer.get("request_id")
         # A list without a request id (an older serving) cannot be attributed: clicks go as
         # plain views, never with a made-up id.
         ctx: dict[str, Any] = (
-            {"request_id": request_id, "position": int(item.get("position", picked))}
+            {"request_id": request_id, "position": position}
             if isinstance(request_id, str) and request_id
             else {}
         )
         if not post(item_id, "view", category, **ctx):
             continue
-        tally.count(variant, "clicks")
+        tally.acted(variant, shopper.user_id, "clicks", position)
         if rng.random() >= population.cart_probability(shopper, item_id, category):
             continue
         if not post(item_id, "add_to_cart", category, **ctx):
             continue
-        tally.count(variant, "carts")
+        tally.acted(variant, shopper.user_id, "carts", position)
         if rng.random() < population.purchase_probability(shopper, item_id, category) and post(
             item_id, "purchase", category, **ctx
         ):
-            tally.count(variant, "purchases")
+            price = population.price_of(item_id)
+            tally.acted(variant, shopper.user_id, "purchases", position, price or 0.0)
 
 
 # -- a run -------------------------------------------------------------------------------------

@@ -408,6 +408,65 @@ def test_a_run_posts_attributable_events_and_the_better_list_wins(
     assert matched.purchases / matched.lists > popular.purchases / popular.lists
 
 
+def test_per_user_rows_add_up_and_the_readout_finds_the_better_list(
+    population: Population,
+) -> None:
+    """The per-(variant, user) rows hold exactly what the shop showed and what came back from
+    its lists, and the A/B readout's own statistics on them see the matched list win."""
+    import pandas as pd
+
+    from lambdarec.monitoring.ab import USER_COLUMNS, readout
+
+    shop = Shop(population)
+    clock = FakeClock()
+    summary = run(
+        population,
+        base_url="http://shop.test",
+        minutes=60,
+        rps=20,
+        seed=4,
+        threads=2,
+        max_sessions=400,
+        check_url=False,
+        progress=False,
+        clock=clock,
+        sleep=clock.sleep,
+        transport=shop,
+    )
+    rows = pd.DataFrame(summary.user_rows())
+    assert set(rows.columns) == {"variant", "user_id", *USER_COLUMNS}
+    assert not rows.duplicated(["variant", "user_id"]).any()
+    assert all(shop.variant(u) == v for v, u in zip(rows["variant"], rows["user_id"], strict=True))
+    for name, stats in summary.variants.items():
+        mine = rows[rows["variant"] == name]
+        assert mine["lists"].sum() == stats.lists
+        assert mine["clicks"].sum() == stats.clicks
+        assert mine["carts"].sum() == stats.carts
+        assert mine["purchases"].sum() == stats.purchases
+    # Every list of the shop holds 10 items at positions 0..9: all shown within the top 10.
+    assert (rows["impressions"] == 10 * rows["lists"]).all()
+    assert (rows["shown_top_k"] == rows["impressions"]).all()
+    assert (rows["clicks_top_k"] == rows["clicks"]).all()
+    # Per user, the clicks and the revenue are those of the events that name a list.
+    from_lists = [e for e in shop.events if "context" in e]
+    clicks = pd.Series([e["user_id"] for e in from_lists if e["event_type"] == "view"])
+    by_user = rows.groupby("user_id")
+    clicked = by_user["clicks"].sum()
+    assert clicked[clicked > 0].to_dict() == clicks.value_counts().to_dict()
+    revenue = pd.DataFrame(
+        [(e["user_id"], e["price"]) for e in from_lists if e["event_type"] == "purchase"],
+        columns=["user_id", "price"],
+    )
+    assert len(revenue) > 0
+    expected = revenue.groupby("user_id")["price"].sum()
+    got = by_user["revenue"].sum()
+    assert got[got > 0].to_dict() == pytest.approx(expected.to_dict())
+
+    result = readout(rows.assign(day="2024-01-01"), control="popular", min_lists=1)
+    test = result["period"]["tests"]["matched"]["metrics"]["ctr_at_k"]
+    assert test["verdict"] == "better" and test["p_value"] < 0.05, test
+
+
 def test_the_run_ends_at_its_deadline_within_the_rate(population: Population) -> None:
     shop = Shop(population)
     clock = FakeClock()

@@ -1,0 +1,555 @@
+"""A/B benchmark: does the readout detect a better policy, and does it keep quiet on an A/A?
+
+Issue #22's acceptance, measured: simulated shoppers (:mod:`lambdarec.simulate`: the synthetic
+generator's users with its hidden preferences and position bias) browse the real serving app
+through its HTTP API, and the A/B readout's own statistics (:func:`lambdarec.monitoring.ab.readout`,
+the delta-method tests the ``online_metrics`` job runs) are computed from what the simulator saw.
+
+What it builds, on a throwaway platform (a private Kafka broker for ``/events`` and the
+impressions; the Feast online store on SQLite; the index a Milvus Lite file):
+
+* the demo's data: the seeded synthetic clickstream (``--users``, ``--items``, ``--days``,
+  ``--data-seed``: the demo's 2,000 / 5,000 / 5 / 42) and its catalog in the lake;
+* the batch layer's tables for every day (the DuckDB reference of the daily Spark job, the same
+  rows) materialised into the online store, so a returning shopper's recent items are online;
+* the champion: the two-tower and the DeepFM trained by the retraining's own steps
+  (``lambdarec.models.retrain``: build, train_retriever, train_ranker) on that lake, the
+  two-tower's item embeddings published to the index and its export pinned with
+  ``LAMBDAREC_SERVING_MODEL_DIR`` (no MLflow registry: its evaluation gate is not what is
+  measured here, and the pinned pair is what it would promote);
+* ``gunicorn 'serving:create_app()'`` as the platform runs it, restarted per phase with that
+  phase's ``LAMBDAREC_AB_VARIANTS`` and ``LAMBDAREC_AB_POLICIES``. No speed layer: a shopper's
+  clicks do not reach its session features, so the pipeline personalises from the user's recent
+  items (the batch layer's ``user_recent_items``), the returning-user path.
+
+Two phases, each variant 50% of the users by serving's hash:
+
+* **detection**: ``control`` runs ``popular`` (the popularity baseline), ``treatment`` the
+  champion (``pipeline``), ``--shoppers`` shoppers for ``--minutes`` at ``--rps`` requests a
+  second (all requests: lists and events; default: the demo's budget,
+  ``lambdarec.simulate.DEMO_*``). ``detected``: CTR@10's two-sided p-value below ``--alpha``
+  with the treatment above control.
+* **A/A**: ``a`` and ``b`` both run ``pipeline``; ``--aa-seeds`` runs, each with its own seed:
+  the seed draws the shoppers (which of the data's users, by activity), and every choice they
+  make. Serving's assignment salt is fixed (not a setting), so the seed changes the split only
+  through the users it draws. Each run lasts ``--aa-minutes`` at ``--aa-rps`` (default 1.5 min
+  at 40/s: the demo's 3,600 requests in half its time, since 20 runs of the demo's 3 minutes
+  would take an hour; the requests achieved are reported, and fewer lists per run would be the
+  harder case for the test's calibration, whose normal approximation improves with more users).
+  ``aa_flags_ctr`` and ``aa_flags_conversion`` count the runs whose p-value is below ``--alpha``,
+  whatever the readout's minimum sample says.
+
+Per-user rows: for each (variant, user) the simulator's record (``Summary.user_rows``): lists,
+items shown, clicks from a list, carts and purchases of a clicked item, revenue (the purchases'
+prices); the variant is the one each answer named. Metrics reported: ``ctr_at_k`` (clicks at
+positions < 10 per item shown there) and ``conversion`` (purchases per list), each variant's
+value, the lift with its interval and the p-value; the simulator's own CTR per list beside them.
+
+Prints one JSON line: {"budget", "detection": {"detected", "ctr", "conversion", ...},
+"aa": {"seeds", "aa_flags_ctr", "aa_flags_conversion", "p_ctr", "p_conversion", ...},
+"setup_s", "elapsed_s"}; progress bars and timed steps on stderr, serving's log tail on failure.
+``--quick`` runs a small version for the tests (the demo's data, one epoch; 200 shoppers for
+one minute at 40/s; 3 A/A seeds of 20 s; about 6 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lambdarec.simulate import DEMO_MINUTES, DEMO_RPS, DEMO_SHOPPERS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lambdarec.config import Settings
+    from lambdarec.data.generator import GeneratorConfig
+    from lambdarec.simulate import Answer, Summary
+
+#: Parts that, listed as degraded on a ``pipeline`` answer, mean the champion is not serving.
+MODEL_PARTS = ("model", "ranker")
+#: The metrics the benchmark reports (names of lambdarec.monitoring.ab.METRICS).
+REPORTED = ("ctr_at_k", "conversion")
+#: Seeds of the A/A runs start here (the detection run uses --seed).
+AA_SEED_BASE = 1000
+
+START = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[bench-ab {time.monotonic() - START:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def step(title: str, fn: Callable[[], Any]) -> Any:
+    say(f"{title} ...")
+    t0 = time.monotonic()
+    out = fn()
+    say(f"{title}: done in {time.monotonic() - t0:.0f} s")
+    return out
+
+
+# -- the platform's data, features and champion ------------------------------------------------
+def write_data(settings: Settings, config: GeneratorConfig) -> list[str]:
+    """The generated clickstream and catalog in the lake; the days written."""
+    from lambdarec.data import lake
+    from lambdarec.data.generator import ClickstreamGenerator
+
+    gen = ClickstreamGenerator(config)
+    lake.write_catalog(gen.catalog_table(), settings.lake_dir)
+    days = lake.write_events(gen.iter_tables(), settings.lake_dir)
+    say(f"{sum(lake.date_counts(settings.lake_dir).values()):,} events, {days[0]} .. {days[-1]}")
+    return [d.isoformat() for d in days]
+
+
+def online_features(settings: Settings, days: list[str]) -> None:
+    """Every day's batch tables (the DuckDB reference of the daily Spark job), materialised."""
+    from lambdarec.batch import duckdb_reference
+    from lambdarec.features import store
+
+    con = duckdb_reference.connect(threads=2)
+    for day in days:
+        duckdb_reference.write(settings.lake_dir, day, settings.lake_dir / "features", con=con)
+    store.apply(settings)
+    # Each day's rows are stamped the next midnight (when they became knowable).
+    first = datetime.fromisoformat(days[0]).replace(tzinfo=UTC)
+    last = datetime.fromisoformat(days[-1]).replace(tzinfo=UTC) + timedelta(days=1, minutes=1)
+    store.materialize(first, last, settings)
+
+
+def train(settings: Settings, run_dir: Path, epochs: int) -> None:
+    """The retraining's own steps on the lake: dataset, two-tower, DeepFM on its candidates."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from lambdarec.models import retrain
+    from lambdarec.models.deepfm import SERVING_EXPORT, DeepFMConfig
+    from lambdarec.models.two_tower import TwoTowerConfig
+
+    retrain.build("lake", run_dir, settings=settings)
+    retrain.train_retriever(run_dir, TwoTowerConfig(epochs=epochs))
+    retrain.train_ranker(run_dir, DeepFMConfig(epochs=epochs))
+    if not (run_dir / "deepfm" / SERVING_EXPORT / "ranker.json").is_file():
+        raise SystemExit(f"{run_dir}/deepfm holds no serving export: serving would not rank")
+
+
+def publish(settings: Settings, run_dir: Path) -> None:
+    """The two-tower's item embeddings behind the index alias, with the export step's category
+    codes. Run in a child process: Milvus Lite keeps its file locked until the process that
+    opened it exits, and serving must open it next."""
+    from lambdarec.models import retrain
+    from lambdarec.retrieval.index import VectorIndex
+
+    data = retrain.load_built(run_dir)
+    saved = np.load(run_dir / "two_tower" / "item_embeddings.npz")
+    ids = [str(i) for i in saved["ids"]]
+    categories = [str(c) for c in data.catalog.category]
+    with VectorIndex.from_settings(settings) as index:
+        index.publish(ids, saved["embeddings"], categories, progress=False)
+
+
+def publish_in_child(settings: Settings, run_dir: Path) -> None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=publish, args=(settings, run_dir))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"publishing the index failed (exit {child.exitcode})")
+
+
+# -- serving per phase -----------------------------------------------------------------------
+def _get(url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    import requests
+
+    resp = requests.get(url, params=params, timeout=30)
+    body = resp.json()
+    return body if isinstance(body, dict) else {}
+
+
+def start_serving(settings: Settings, variants: str, policies: str) -> str:
+    """gunicorn with these A/B settings, answering with the champion loaded; its URL."""
+    from lambdarec.harness.waiting import eventually
+    from lambdarec.platform import manager
+
+    phase = settings.model_copy(update={"ab_variants": variants, "ab_policies": policies})
+    manager.up(["serving"], settings=phase, timeout_s=300)
+    base = f"http://{phase.bind_host}:{phase.serving_port}"
+    last: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal last
+        try:
+            last = _get(f"{base}/ready").get("checks") or {}
+        except (OSError, ValueError) as exc:
+            last = {"error": str(exc)[:200]}
+            return False
+        return all(last.get(name) == "ok" for name in ("warm_up", "online_store", "index"))
+
+    eventually(ready, 600, interval_s=1, message=lambda: f"serving ready (last: {last})")
+    # The champion loads in the background: until then pipeline answers name it as degraded.
+    # Probe users outside the data (they never meet a shopper) until one lands in each variant.
+    missing: dict[str, int] = {}
+
+    def champion_serves() -> bool:
+        nonlocal missing
+        missing, policies_seen = {}, set()
+        for n in range(16):
+            body = _get(f"{base}/recommend", {"user_id": f"bench-probe-{n}", "k": 10})
+            policies_seen.add(body.get("policy"))
+            if body.get("policy") == "pipeline":
+                for part in set(body.get("degraded_parts") or ()) & set(MODEL_PARTS):
+                    missing[part] = missing.get(part, 0) + 1
+        return "pipeline" in policies_seen and not missing
+
+    eventually(
+        champion_serves,
+        300,
+        interval_s=2,
+        message=lambda: f"the champion serving pipeline answers (still degraded: {missing})",
+    )
+    return base
+
+
+def stop_serving(settings: Settings) -> None:
+    from lambdarec.platform import manager
+
+    manager.down(["serving"], settings=settings)
+
+
+def serving_log_tail(settings: Settings, lines: int = 40) -> None:
+    log_file = settings.log_dir / "serving.log"
+    if log_file.is_file():
+        tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+        print("--- serving.log\n" + "\n".join(line[:300] for line in tail), file=sys.stderr)
+
+
+class Watch:
+    """The simulator's HTTP transport, counting what ``/recommend`` answered per policy: lists,
+    degraded answers and the parts they named (the simulator itself does not keep those)."""
+
+    def __init__(self) -> None:
+        from lambdarec.simulate import requests_transport
+
+        self.send = requests_transport()
+        self.lock = threading.Lock()
+        self.lists: Counter[str] = Counter()
+        self.degraded: Counter[str] = Counter()
+        self.parts: dict[str, Counter[str]] = {}
+
+    def __call__(self, method: str, url: str, *args: Any) -> Answer:
+        answer = self.send(method, url, *args)
+        body = answer.body
+        if url.endswith("/recommend") and answer.status == 200 and isinstance(body, dict):
+            policy = str(body.get("policy"))
+            with self.lock:
+                self.lists[policy] += 1
+                if body.get("degraded"):
+                    self.degraded[policy] += 1
+                    self.parts.setdefault(policy, Counter()).update(
+                        body.get("degraded_parts") or ()
+                    )
+        return answer
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            policy: {
+                "lists": n,
+                "degraded": self.degraded[policy],
+                "degraded_parts": dict(self.parts.get(policy, {})),
+            }
+            for policy, n in sorted(self.lists.items())
+        }
+
+
+# -- the readout -----------------------------------------------------------------------------
+def simulate(
+    base: str,
+    config: GeneratorConfig,
+    shoppers: int,
+    minutes: float,
+    rps: float,
+    seed: int,
+    threads: int,
+) -> tuple[Summary, Watch]:
+    from lambdarec.simulate import Population, run
+
+    population = Population.from_config(config, shoppers, seed=seed)
+    watch = Watch()
+    summary = run(
+        population,
+        base_url=base,
+        minutes=minutes,
+        rps=rps,
+        seed=seed,
+        threads=threads,
+        transport=watch,
+    )
+    if summary.errors:
+        say(f"errors by status: {dict(summary.errors)}")
+    return summary, watch
+
+
+def read_out(summary: Summary, control: str, treatment: str, min_lists: int) -> dict[str, Any]:
+    """The readout's period section for ``treatment`` vs ``control`` from the simulator's rows:
+    per reported metric, each variant's value, the lift and its interval, the p-value."""
+    import pandas as pd
+
+    from lambdarec.monitoring.ab import readout
+
+    rows = pd.DataFrame(summary.user_rows())
+    if rows.empty or set(rows["variant"]) != {control, treatment}:
+        seen = sorted(set(rows["variant"])) if not rows.empty else []
+        raise SystemExit(f"the run served variants {seen}, expected {control} and {treatment}")
+    rows["day"] = datetime.now(UTC).date().isoformat()
+    result = readout(rows, control=control, variants=[control, treatment], min_lists=min_lists)
+    period = result["period"]
+    test = period["tests"][treatment]
+    out: dict[str, Any] = {"enough_data": test["enough_data"], "min_lists": min_lists}
+    for name in REPORTED:
+        t = test["metrics"][name]
+        out[name] = {
+            control: period["variants"][control]["metrics"][name]["value"],
+            treatment: period["variants"][treatment]["metrics"][name]["value"],
+            "lift": t["lift"],
+            "lift_ci": t["lift_ci"],
+            "p_value": t["p_value"],
+            "verdict": t["verdict"],
+        }
+    out["variants"] = {
+        v: {
+            key: period["variants"][v][key]
+            for key in ("users", "lists", "impressions", "clicks", "carts", "purchases", "revenue")
+        }
+        | {"ctr_per_list": round(summary.variants[v].ctr, 4)}
+        for v in (control, treatment)
+    }
+    return out
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def detection(
+    settings: Settings, config: GeneratorConfig, args: argparse.Namespace
+) -> dict[str, Any]:
+    base = start_serving(settings, "control:50,treatment:50", "control:popular,treatment:pipeline")
+    try:
+        summary, watch = simulate(
+            base, config, args.shoppers, args.minutes, args.rps, args.seed, args.threads
+        )
+    finally:
+        stop_serving(settings)
+    out = read_out(summary, "control", "treatment", settings.ab_min_lists)
+    ctr = out["ctr_at_k"]
+    out["detected"] = bool(
+        ctr["p_value"] is not None and ctr["p_value"] < args.alpha and (ctr["lift"] or 0) > 0
+    )
+    out["sessions"], out["lists"] = summary.sessions, summary.lists
+    out["requests"] = summary.lists + sum(summary.events.values())
+    out["seconds"] = round(summary.seconds, 1)
+    out["errors"] = dict(summary.errors)
+    out["answers"] = watch.as_dict()
+    say(
+        f"detection: CTR@10 control {ctr['control']:.4f} vs treatment {ctr['treatment']:.4f} "
+        f"(lift {ctr['lift']:+.1%}, p={ctr['p_value']:.2g}); detected={out['detected']}"
+    )
+    return out
+
+
+def aa(settings: Settings, config: GeneratorConfig, args: argparse.Namespace) -> dict[str, Any]:
+    base = start_serving(settings, "a:50,b:50", "a:pipeline,b:pipeline")
+    runs: list[dict[str, Any]] = []
+    answers: dict[str, Any] = {}
+    try:
+        for n in range(args.aa_seeds):
+            seed = AA_SEED_BASE + n
+            summary, watch = simulate(
+                base, config, args.shoppers, args.aa_minutes, args.aa_rps, seed, args.threads
+            )
+            out = read_out(summary, "a", "b", settings.ab_min_lists)
+            p_ctr, p_conv = out["ctr_at_k"]["p_value"], out["conversion"]["p_value"]
+            runs.append(
+                {
+                    "seed": seed,
+                    "lists": summary.lists,
+                    "users": {v: out["variants"][v]["users"] for v in ("a", "b")},
+                    "p_ctr": p_ctr,
+                    "p_conversion": p_conv,
+                    "lift_ctr": out["ctr_at_k"]["lift"],
+                    "errors": sum(summary.errors.values()),
+                }
+            )
+            for policy, counts in watch.as_dict().items():
+                mine = answers.setdefault(policy, {"lists": 0, "degraded": 0})
+                mine["lists"] += counts["lists"]
+                mine["degraded"] += counts["degraded"]
+            say(
+                f"A/A seed {n + 1}/{args.aa_seeds}: {summary.lists} lists, "
+                f"p(CTR@10)={p_ctr:.3f}, p(conversion)={p_conv:.3f}"
+            )
+    finally:
+        stop_serving(settings)
+
+    def flags(key: str) -> int:
+        return sum(r[key] is not None and r[key] < args.alpha for r in runs)
+
+    return {
+        "seeds": len(runs),
+        "minutes_per_seed": args.aa_minutes,
+        "rps": args.aa_rps,
+        "aa_flags_ctr": flags("p_ctr"),
+        "aa_flags_conversion": flags("p_conversion"),
+        "target_max_flags": 2,
+        "p_ctr": [_round(r["p_ctr"], 4) for r in runs],
+        "p_conversion": [_round(r["p_conversion"], 4) for r in runs],
+        "lists_per_seed_median": float(np.median([r["lists"] for r in runs])) if runs else None,
+        "errors": sum(r["errors"] for r in runs),
+        "answers": answers,
+        "runs": runs,
+    }
+
+
+# -- the command line ------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="A small run for the tests.")
+    parser.add_argument("--users", type=int, default=2000, help="Users of the generated data.")
+    parser.add_argument("--items", type=int, default=5000, help="Items of the generated data.")
+    parser.add_argument("--days", type=int, default=5, help="Days of the generated data.")
+    parser.add_argument("--data-seed", type=int, default=42, help="Seed of the generated data.")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs of both models.")
+    parser.add_argument("--shoppers", type=int, default=DEMO_SHOPPERS)
+    parser.add_argument("--minutes", type=_positive_float, default=DEMO_MINUTES)
+    parser.add_argument("--rps", type=_positive_float, default=DEMO_RPS)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the detection run.")
+    parser.add_argument("--aa-seeds", type=int, default=20)
+    parser.add_argument("--aa-minutes", type=_positive_float, default=1.5)
+    parser.add_argument("--aa-rps", type=_positive_float, default=2 * DEMO_RPS)
+    parser.add_argument("--threads", type=int, default=8, help="Concurrent shoppers.")
+    parser.add_argument("--alpha", type=_positive_float, default=0.05)
+    parser.add_argument(
+        "--skip", choices=("detection", "aa"), help="Leave out one phase (for a partial rerun)."
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        # The demo's data (a smaller catalog has fewer categories: a popular list then matches
+        # more shoppers, and the champion's lead shrinks to noise at a short budget), one epoch.
+        args.epochs, args.shoppers, args.minutes, args.rps = 1, 200, 1.0, 2 * DEMO_RPS
+        args.aa_seeds, args.aa_minutes, args.aa_rps = 3, 20 / 60, 2 * DEMO_RPS
+    if min(args.users, args.items, args.days, args.epochs, args.shoppers, args.threads) < 1:
+        parser.error("--users, --items, --days, --epochs, --shoppers and --threads must be >= 1")
+    if args.aa_seeds < 0 or args.shoppers > args.users:
+        parser.error("--aa-seeds must be >= 0 and --shoppers at most --users")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="lambdarec-bench-ab-"))
+    # stdout carries the JSON line alone: Feast's materialisation and TensorFlow print there, so
+    # file descriptor 1 points at stderr until the result is ready.
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        result = run(args, work)
+    finally:
+        sys.stdout.flush()
+        os.dup2(stdout, 1)
+        os.close(stdout)
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from lambdarec.data.generator import GeneratorConfig
+    from lambdarec.harness.platform import private_platform
+    from lambdarec.streaming.kafka import ensure_topics
+
+    config = GeneratorConfig(
+        n_users=args.users,
+        n_items=args.items,
+        n_categories=min(200, max(1, args.items // 25)),  # the demo's rule
+        days=args.days,
+        seed=args.data_seed,
+    )
+    run_dir = work / "run"
+    result: dict[str, Any] = {
+        "budget": {
+            "shoppers": args.shoppers,
+            "minutes": args.minutes,
+            "rps": args.rps,
+            "demo": [DEMO_SHOPPERS, DEMO_MINUTES, DEMO_RPS],
+        },
+        "data": {"users": args.users, "items": args.items, "days": args.days},
+        "epochs": args.epochs,
+        "alpha": args.alpha,
+        "quick": args.quick,
+    }
+    # No rate limit: every shopper is one client IP (loopback) asking at the measured rate.
+    with private_platform(
+        ["kafka"], serving_model_dir=str(run_dir / "two_tower"), rate_limit_rps=0.0
+    ) as settings:
+        try:
+            step("Kafka topics", lambda: ensure_topics(settings))
+            days = step(
+                "data: the generated clickstream and catalog", lambda: write_data(settings, config)
+            )
+            step(
+                "batch layer: daily tables, Feast apply and materialize",
+                lambda: online_features(settings, days),
+            )
+            step(
+                "models: two-tower and DeepFM by the retraining's steps",
+                lambda: train(settings, run_dir, args.epochs),
+            )
+            step(
+                "index: the item embeddings to Milvus Lite",
+                lambda: publish_in_child(settings, run_dir),
+            )
+            result["setup_s"] = round(time.monotonic() - START, 1)
+            if args.skip != "detection":
+                result["detection"] = step(
+                    "detection: popular (control) vs the champion (treatment)",
+                    lambda: detection(settings, config, args),
+                )
+            if args.skip != "aa" and args.aa_seeds:
+                result["aa"] = step(
+                    f"A/A: pipeline vs pipeline, {args.aa_seeds} seeds",
+                    lambda: aa(settings, config, args),
+                )
+        except BaseException:
+            serving_log_tail(settings)
+            raise
+    result["elapsed_s"] = round(time.monotonic() - START, 1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
