@@ -31,10 +31,10 @@ Two phases, each variant 50% of the users by serving's hash:
   with the treatment above control.
 * **A/A**: ``a`` and ``b`` both run ``pipeline``; ``--aa-seeds`` runs, each with its own seed:
   the seed draws the shoppers (which of the data's users, by activity), and every choice they
-  make. Serving's assignment salt is fixed (not a setting), so the seed changes the split only
-  through the users it draws. Each run lasts ``--aa-minutes`` at ``--aa-rps`` (default 1.5 min
-  at 40/s: the demo's 3,600 requests in half its time, since 20 runs of the demo's 3 minutes
-  would take an hour; the requests achieved are reported, and fewer lists per run would be the
+  make, and serving's assignment salt (``LAMBDAREC_AB_SALT``, serving restarted per seed), so
+  every seed is a new experiment with its own split of the users. Each run lasts
+  ``--aa-minutes`` at ``--aa-rps`` (default 1.5 min at 40/s: the demo's 3,600 requests in half
+  its time, since 20 runs of the demo's 3 minutes would take an hour; the requests achieved are reported, and fewer lists per run would be the
   harder case for the test's calibration, whose normal approximation improves with more users).
   ``aa_flags_ctr`` and ``aa_flags_conversion`` count the runs whose p-value is below ``--alpha``,
   whatever the readout's minimum sample says.
@@ -49,7 +49,7 @@ Prints one JSON line: {"budget", "detection": {"detected", "ctr", "conversion", 
 "aa": {"seeds", "aa_flags_ctr", "aa_flags_conversion", "p_ctr", "p_conversion", ...},
 "setup_s", "elapsed_s"}; progress bars and timed steps on stderr, serving's log tail on failure.
 ``--quick`` runs a small version for the tests (the demo's data, one epoch; 200 shoppers for
-one minute at 40/s; 3 A/A seeds of 20 s; about 6 minutes).
+one minute at 40/s; 2 A/A seeds of 20 s, each with its own salt; about 5 minutes).
 """
 
 from __future__ import annotations
@@ -175,12 +175,13 @@ def _get(url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def start_serving(settings: Settings, variants: str, policies: str) -> str:
+def start_serving(settings: Settings, variants: str, policies: str, salt: str | None = None) -> str:
     """gunicorn with these A/B settings, answering with the champion loaded; its URL."""
     from lambdarec.harness.waiting import eventually
     from lambdarec.platform import manager
 
-    phase = settings.model_copy(update={"ab_variants": variants, "ab_policies": policies})
+    update = {"ab_variants": variants, "ab_policies": policies}
+    phase = settings.model_copy(update=update | ({"ab_salt": salt} if salt else {}))
     manager.up(["serving"], settings=phase, timeout_s=300)
     base = f"http://{phase.bind_host}:{phase.serving_port}"
     last: dict[str, Any] = {}
@@ -367,38 +368,39 @@ def detection(
 
 
 def aa(settings: Settings, config: GeneratorConfig, args: argparse.Namespace) -> dict[str, Any]:
-    base = start_serving(settings, "a:50,b:50", "a:pipeline,b:pipeline")
     runs: list[dict[str, Any]] = []
     answers: dict[str, Any] = {}
-    try:
-        for n in range(args.aa_seeds):
-            seed = AA_SEED_BASE + n
+    for n in range(args.aa_seeds):
+        seed = AA_SEED_BASE + n
+        # Each seed is a new experiment: its own assignment salt re-randomises the split.
+        base = start_serving(settings, "a:50,b:50", "a:pipeline,b:pipeline", salt=f"aa-{seed}")
+        try:
             summary, watch = simulate(
                 base, config, args.shoppers, args.aa_minutes, args.aa_rps, seed, args.threads
             )
-            out = read_out(summary, "a", "b", settings.ab_min_lists)
-            p_ctr, p_conv = out["ctr_at_k"]["p_value"], out["conversion"]["p_value"]
-            runs.append(
-                {
-                    "seed": seed,
-                    "lists": summary.lists,
-                    "users": {v: out["variants"][v]["users"] for v in ("a", "b")},
-                    "p_ctr": p_ctr,
-                    "p_conversion": p_conv,
-                    "lift_ctr": out["ctr_at_k"]["lift"],
-                    "errors": sum(summary.errors.values()),
-                }
-            )
-            for policy, counts in watch.as_dict().items():
-                mine = answers.setdefault(policy, {"lists": 0, "degraded": 0})
-                mine["lists"] += counts["lists"]
-                mine["degraded"] += counts["degraded"]
-            say(
-                f"A/A seed {n + 1}/{args.aa_seeds}: {summary.lists} lists, "
-                f"p(CTR@10)={p_ctr:.3f}, p(conversion)={p_conv:.3f}"
-            )
-    finally:
-        stop_serving(settings)
+        finally:
+            stop_serving(settings)
+        out = read_out(summary, "a", "b", settings.ab_min_lists)
+        p_ctr, p_conv = out["ctr_at_k"]["p_value"], out["conversion"]["p_value"]
+        runs.append(
+            {
+                "seed": seed,
+                "lists": summary.lists,
+                "users": {v: out["variants"][v]["users"] for v in ("a", "b")},
+                "p_ctr": p_ctr,
+                "p_conversion": p_conv,
+                "lift_ctr": out["ctr_at_k"]["lift"],
+                "errors": sum(summary.errors.values()),
+            }
+        )
+        for policy, counts in watch.as_dict().items():
+            mine = answers.setdefault(policy, {"lists": 0, "degraded": 0})
+            mine["lists"] += counts["lists"]
+            mine["degraded"] += counts["degraded"]
+        say(
+            f"A/A seed {n + 1}/{args.aa_seeds}: {summary.lists} lists, "
+            f"p(CTR@10)={p_ctr:.3f}, p(conversion)={p_conv:.3f}"
+        )
 
     def flags(key: str) -> int:
         return sum(r[key] is not None and r[key] < args.alpha for r in runs)
@@ -457,7 +459,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # The demo's data (a smaller catalog has fewer categories: a popular list then matches
         # more shoppers, and the champion's lead shrinks to noise at a short budget), one epoch.
         args.epochs, args.shoppers, args.minutes, args.rps = 1, 200, 1.0, 2 * DEMO_RPS
-        args.aa_seeds, args.aa_minutes, args.aa_rps = 3, 20 / 60, 2 * DEMO_RPS
+        args.aa_seeds, args.aa_minutes, args.aa_rps = 2, 20 / 60, 2 * DEMO_RPS
     if min(args.users, args.items, args.days, args.epochs, args.shoppers, args.threads) < 1:
         parser.error("--users, --items, --days, --epochs, --shoppers and --threads must be >= 1")
     if args.aa_seeds < 0 or args.shoppers > args.users:
