@@ -310,6 +310,8 @@ class AccessRefused(SimulateError):
 @dataclass
 class VariantStats:
     lists: int = 0
+    #: Items on those lists (the impressions serving logged for them, one per shown item).
+    shown: int = 0
     clicks: int = 0
     carts: int = 0
     purchases: int = 0
@@ -333,9 +335,17 @@ class Summary:
     browsed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    #: The run's tag: every session id of the run is ``sim-<tag>-<n>`` (and every event id
+    #: ``sim-<tag>-<n>-<m>``), so the run's impressions and events can be told from others'.
+    tag: str = ""
+
+    @property
+    def session_prefix(self) -> str:
+        return f"sim-{self.tag}-"
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "tag": self.tag,
             "sessions": self.sessions,
             "lists": self.lists,
             "events": dict(self.events),
@@ -347,6 +357,7 @@ class Summary:
             "variants": {
                 name: {
                     "lists": v.lists,
+                    "shown": v.shown,
                     "clicks": v.clicks,
                     "carts": v.carts,
                     "purchases": v.purchases,
@@ -376,10 +387,10 @@ class _Tally:
         with self.lock:
             self.summary.events[kind] += 1
 
-    def count(self, variant: str, what: str) -> None:
+    def count(self, variant: str, what: str, n: int = 1) -> None:
         with self.lock:
             stats = self.summary.variants.setdefault(variant, VariantStats())
-            setattr(stats, what, getattr(stats, what) + 1)
+            setattr(stats, what, getattr(stats, what) + n)
 
 
 class ServingClient:
@@ -534,6 +545,7 @@ def run_session(
         items = [i for i in answer.get("items", []) if isinstance(i, dict) and "item_id" in i]
         variant = str(answer.get("variant") or "unknown")
         tally.count(variant, "lists")
+        tally.count(variant, "shown", len(items))
         picked = choose(population, shopper, items, rng)
         if picked is None:
             if rng.random() >= BROWSE_SHARE:
@@ -656,11 +668,11 @@ def run(
     # A shopper is in one session at a time: more threads than shoppers would idle.
     threads = min(threads, len(population.shoppers))
     tally = _Tally()
+    tally.summary.tag = run_tag = uuid.uuid4().hex[:10]
     bucket = TokenBucket(rps, clock=clock, sleep=sleep)
     client = ServingClient(
         base_url, bucket=bucket, api_key=api_key, transport=transport, sleep=sleep, tally=tally
     )
-    run_tag = uuid.uuid4().hex[:10]
     started = clock()
     deadline = started + minutes * 60.0
     numbers = itertools.count()
@@ -759,7 +771,8 @@ def render(summary: Summary) -> str:
     ]
     for name, v in sorted(summary.variants.items()):
         lines.append(
-            f"variant {name}: {v.lists} lists, {v.clicks} clicks (CTR {v.ctr:.1%}), "
+            f"variant {name}: {v.lists} lists ({v.shown} items shown), {v.clicks} clicks "
+            f"(CTR {v.ctr:.1%}), "
             f"{v.carts} carts, {v.purchases} purchases"
         )
     return "\n".join(lines)
