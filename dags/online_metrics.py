@@ -5,7 +5,7 @@ Once a day, for the run's data interval `[D, D+1)` (UTC), reads out the A/B test
 (logic in `include/lambdarec/monitoring/`):
 
 1. **compact_attribution** — folds day D of the attribution job's archive
-   (`<lake>/attribution-archive/`, written by `lambdarec attribution run`) into the lake's
+   (`<lake>/attribution-archive/`, written by the platform's `attribution` service) into the lake's
    `impressions` and `attributed` tables, one row per key (a redelivered row counted once); a day
    with nothing archived leaves the tables as they are (the readout then says what is missing).
 2. **spark_online_metrics** — `include/spark/online_metrics.py` via spark-submit on the

@@ -3,7 +3,8 @@
 Runs beside the speed layer on its own mini-cluster (``.venv-flink/bin/python
 include/flink/attribution.py ...``, or ``lambdarec attribution run``) and, unchanged, on a cluster
 (``flink run -py include/flink/attribution.py``: the driver loads ``speed_layer.py`` from this
-folder for the Kafka options, the interval literal and the job configuration it shares).
+folder for the command-line options, the Kafka source, the interval literal and the job
+configuration it shares).
 
 Two Kafka sources, read in event time:
 
@@ -120,11 +121,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "and the Parquet archives of the impressions and attributed tables (Flink SQL).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--bootstrap-servers", default=sl._default_bootstrap())
-    p.add_argument("--events-topic", default=env("TOPIC_EVENTS", "lambdarec.events"))
+    sl.add_job_options(
+        p,
+        group_id="lambdarec-attribution",
+        checkpoint_dir=str(state / "flink" / "attribution-checkpoints"),
+        watermark_help="Watermark delay of both sources: a user_item attribution is emitted "
+        "this long after the newest event/impression passed it.",
+        latency_ms=100,
+    )
     p.add_argument("--impressions-topic", default=env("TOPIC_IMPRESSIONS", "lambdarec.impressions"))
     p.add_argument("--attributed-topic", default=env("TOPIC_ATTRIBUTED", "lambdarec.attributed"))
-    p.add_argument("--group-id", default="lambdarec-attribution")
     p.add_argument(
         "--window-s",
         type=_positive,
@@ -139,35 +145,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"{', '.join(TABLES)}.",
     )
     p.add_argument(
-        "--checkpoint-dir",
-        default=str(state / "flink" / "attribution-checkpoints"),
-        help="Checkpoint storage: a local path or a URI (s3://..., hdfs://...).",
-    )
-    p.add_argument("--checkpoint-interval-s", type=float, default=10.0)
-    p.add_argument(
-        "--restore",
-        default="auto",
-        help="'auto': resume from the newest completed checkpoint under --checkpoint-dir if any; "
-        "'none': start fresh; or a checkpoint/savepoint path.",
-    )
-    p.add_argument("--parallelism", type=int, default=1)
-    p.add_argument(
-        "--starting-offsets",
-        choices=("earliest", "latest", "group"),
-        default="group",
-        help="Where a fresh start reads both topics from ('group': committed offsets, else "
-        "earliest). A restore always continues from the checkpoint.",
-    )
-    p.add_argument(
-        "--out-of-orderness-s",
-        type=float,
-        default=5.0,
-        help="Watermark delay of both sources: a user_item attribution is emitted this long "
-        "after the newest event/impression passed it.",
-    )
-    p.add_argument("--idle-timeout-s", type=float, default=5.0, help="Source idleness timeout.")
-    p.add_argument("--max-future-skew-s", type=float, default=300.0)
-    p.add_argument(
         "--state-ttl-s",
         type=float,
         default=None,
@@ -175,28 +152,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "after its last use; default twice --window-s.",
     )
     p.add_argument(
-        "--state-backend",
-        choices=("hashmap", "rocksdb"),
-        default=env("FLINK_STATE_BACKEND", "hashmap"),
-    )
-    p.add_argument(
-        "--jars",
-        default=str(state / "flink" / "lib"),
-        help="Connector jars: a folder or comma-separated paths; '' when the cluster has them.",
-    )
-    p.add_argument("--latency-ms", type=int, default=100, help="Network buffer timeout (ms).")
-    p.add_argument("--rest-port", type=int, default=0, help="Mini-cluster REST port (0: none).")
-    p.add_argument(
-        "--detached",
-        action="store_true",
-        help="Submit and return (cluster mode) instead of waiting.",
-    )
-    p.add_argument(
         "--outputs",
         default=",".join(OUTPUTS),
         help="Comma-separated INSERTs to run.",
     )
-    p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
     args = p.parse_args(argv)
     if args.state_ttl_s is None:
         args.state_ttl_s = 2.0 * args.window_s
@@ -211,20 +170,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- SQL ---------------------------------------------------------------------------------------
-
-
-def _kafka_source(args: argparse.Namespace, topic: str) -> str:
-    startup = {
-        "earliest": "'scan.startup.mode' = 'earliest-offset'",
-        "latest": "'scan.startup.mode' = 'latest-offset'",
-        "group": "'scan.startup.mode' = 'group-offsets', "
-        "'properties.auto.offset.reset' = 'earliest'",
-    }[args.starting_offsets]
-    return (
-        f"{sl._kafka_common(args, topic)},\n  'properties.group.id' = {sl._q(args.group_id)},\n"
-        "  'properties.commit.offsets.on.checkpoint' = 'true',\n"
-        f"  'properties.isolation.level' = 'read_committed',\n  {startup}"
-    )
 
 
 def _lake_sink(args: argparse.Namespace, table: str) -> str:
@@ -256,7 +201,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   `ts` AS COALESCE(event_time(`raw`, {skew_ms}), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `ts` AS `ts` - {delay}
-) WITH ({_kafka_source(args, args.events_topic)},
+) WITH ({sl.kafka_source(args, args.events_topic)},
   'format' = 'raw'
 )""",
         # serving's impression record (serving/api/recommend.py); other fields are ignored, and a
@@ -273,7 +218,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     CAST(TO_TIMESTAMP(`ts`, '{TS_FORMAT}') AS TIMESTAMP_LTZ(3)), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `shown_ts` AS `shown_ts` - {delay}
-) WITH ({_kafka_source(args, args.impressions_topic)},
+) WITH ({sl.kafka_source(args, args.impressions_topic)},
   'format' = 'json',
   'json.ignore-parse-errors' = 'true',
   'json.fail-on-missing-field' = 'false'

@@ -90,32 +90,25 @@ def _default_bootstrap() -> str:
     return _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('KAFKA_PORT', '9092')}")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def add_job_options(
+    p: argparse.ArgumentParser,
+    *,
+    group_id: str,
+    checkpoint_dir: str,
+    watermark_help: str,
+    latency_ms: int,
+) -> None:
+    """The options every lambdarec Flink job takes (this one and ``attribution.py``): the broker
+    and the events topic, the consumer group, checkpoints and restore, parallelism, where a
+    fresh start reads from, the watermark, the state backend, the jars, the mini-cluster's REST
+    port, and ``--detached``/``--print-sql``. Each job adds its own topics, outputs and state."""
     state = _state_dir()
-    p = argparse.ArgumentParser(
-        prog="speed_layer.py",
-        description="lambdarec speed layer: Kafka events -> session features, trending items, "
-        "dead letters and the Parquet raw archive (Flink SQL).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
     p.add_argument("--bootstrap-servers", default=_default_bootstrap())
     p.add_argument("--events-topic", default=_env("TOPIC_EVENTS", "lambdarec.events"))
-    p.add_argument("--dead-letter-topic", default=_env("TOPIC_DEAD_LETTER", "lambdarec.events.dlq"))
-    p.add_argument(
-        "--features-topic", default=_env("TOPIC_SESSION_FEATURES", "lambdarec.session-features")
-    )
-    p.add_argument(
-        "--trending-topic", default=_env("TOPIC_TRENDING_ITEMS", "lambdarec.trending-items")
-    )
-    p.add_argument("--group-id", default="lambdarec-speed-layer")
-    p.add_argument(
-        "--archive-dir",
-        default=str(state / "lake" / "archive"),
-        help="Raw archive root (path or URI): Parquet files under date=YYYY-MM-DD/.",
-    )
+    p.add_argument("--group-id", default=group_id)
     p.add_argument(
         "--checkpoint-dir",
-        default=_env("FLINK_CHECKPOINT_DIR", str(state / "flink" / "checkpoints")),
+        default=checkpoint_dir,
         help="Checkpoint storage: a local path or a URI (s3://..., hdfs://...).",
     )
     p.add_argument("--checkpoint-interval-s", type=float, default=10.0)
@@ -130,17 +123,72 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--starting-offsets",
         choices=("earliest", "latest", "group"),
         default="group",
-        help="Where a fresh start reads from ('group': committed offsets, else earliest). "
-        "A restore always continues from the checkpoint.",
+        help="Where a fresh start reads its topics from ('group': committed offsets, else "
+        "earliest). A restore always continues from the checkpoint.",
     )
-    p.add_argument(
-        "--out-of-orderness-s",
-        type=float,
-        default=5.0,
-        help="Watermark delay: trending windows close this long after their end.",
-    )
+    p.add_argument("--out-of-orderness-s", type=float, default=5.0, help=watermark_help)
     p.add_argument("--idle-timeout-s", type=float, default=5.0, help="Source idleness timeout.")
     p.add_argument("--max-future-skew-s", type=float, default=300.0)
+    p.add_argument(
+        "--state-backend",
+        choices=("hashmap", "rocksdb"),
+        default=_env("FLINK_STATE_BACKEND", "hashmap"),
+        help="Where keyed state lives: 'hashmap' on the JVM heap (fastest; the heap must hold "
+        "it all: bench-speed's 750k sessions needed more than 1g) or 'rocksdb' on local disk "
+        "(state larger than memory; incremental checkpoints).",
+    )
+    p.add_argument(
+        "--jars",
+        default=str(state / "flink" / "lib"),
+        help="Connector jars: a folder or comma-separated paths; '' when the cluster has them.",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=int,
+        default=latency_ms,
+        help="Network buffer timeout (ms): lower is fresher, higher is more throughput.",
+    )
+    p.add_argument(
+        "--rest-port",
+        type=int,
+        default=0,
+        help="Mini-cluster REST port on 127.0.0.1 (0: a free one).",
+    )
+    p.add_argument(
+        "--detached",
+        action="store_true",
+        help="Submit and return (cluster mode) instead of waiting.",
+    )
+    p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    state = _state_dir()
+    p = argparse.ArgumentParser(
+        prog="speed_layer.py",
+        description="lambdarec speed layer: Kafka events -> session features, trending items, "
+        "dead letters and the Parquet raw archive (Flink SQL).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_job_options(
+        p,
+        group_id="lambdarec-speed-layer",
+        checkpoint_dir=_env("FLINK_CHECKPOINT_DIR", str(state / "flink" / "checkpoints")),
+        watermark_help="Watermark delay: trending windows close this long after their end.",
+        latency_ms=10,
+    )
+    p.add_argument("--dead-letter-topic", default=_env("TOPIC_DEAD_LETTER", "lambdarec.events.dlq"))
+    p.add_argument(
+        "--features-topic", default=_env("TOPIC_SESSION_FEATURES", "lambdarec.session-features")
+    )
+    p.add_argument(
+        "--trending-topic", default=_env("TOPIC_TRENDING_ITEMS", "lambdarec.trending-items")
+    )
+    p.add_argument(
+        "--archive-dir",
+        default=str(state / "lake" / "archive"),
+        help="Raw archive root (path or URI): Parquet files under date=YYYY-MM-DD/.",
+    )
     p.add_argument(
         "--state-ttl-h", type=float, default=6.0, help="Idle session/item state is dropped after."
     )
@@ -153,37 +201,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "holds one entry per event of that long (an estimated ~200 bytes each on the heap).",
     )
     p.add_argument(
-        "--state-backend",
-        choices=("hashmap", "rocksdb"),
-        default=_env("FLINK_STATE_BACKEND", "hashmap"),
-        help="Where session and item state lives: 'hashmap' on the JVM heap (fastest; the heap "
-        "must hold every session of the last --state-ttl-h: bench-speed's 750k sessions needed "
-        "more than 1g) or 'rocksdb' on local disk (state larger than memory; incremental "
-        "checkpoints).",
-    )
-    p.add_argument(
-        "--jars",
-        default=str(state / "flink" / "lib"),
-        help="Connector jars: a folder or comma-separated paths; '' when the cluster has them.",
-    )
-    p.add_argument(
-        "--latency-ms",
-        type=int,
-        default=10,
-        help="Network buffer timeout (ms): lower is fresher, higher is more throughput.",
-    )
-    p.add_argument("--rest-port", type=int, default=0, help="Mini-cluster REST port (0: none).")
-    p.add_argument(
-        "--detached",
-        action="store_true",
-        help="Submit and return (cluster mode) instead of waiting.",
-    )
-    p.add_argument(
         "--outputs",
         default=",".join(OUTPUTS),
         help="Comma-separated INSERTs to run (e.g. the archive alone in a sibling job).",
     )
-    p.add_argument("--print-sql", action="store_true", help="Print the statements and exit.")
     args = p.parse_args(argv)
     if not args.dedup_ttl_s >= RETRY_HORIZON_S:
         p.error(
@@ -251,6 +272,22 @@ def _kafka_common(args: argparse.Namespace, topic: str) -> str:
     )
 
 
+def kafka_source(args: argparse.Namespace, topic: str) -> str:
+    """A Kafka source's options (without its format): the consumer group, offsets committed on
+    checkpoints, read committed, and where a fresh start reads from (``--starting-offsets``)."""
+    startup = {
+        "earliest": "'scan.startup.mode' = 'earliest-offset'",
+        "latest": "'scan.startup.mode' = 'latest-offset'",
+        "group": "'scan.startup.mode' = 'group-offsets', "
+        "'properties.auto.offset.reset' = 'earliest'",
+    }[args.starting_offsets]
+    return (
+        f"{_kafka_common(args, topic)},\n  'properties.group.id' = {_q(args.group_id)},\n"
+        "  'properties.commit.offsets.on.checkpoint' = 'true',\n"
+        f"  'properties.isolation.level' = 'read_committed',\n  {startup}"
+    )
+
+
 def _interval_s(seconds: float) -> str:
     """A DAY-TIME interval literal (SECOND alone only takes 2 digits)."""
     ms = round(seconds * 1000)
@@ -261,12 +298,6 @@ def _interval_s(seconds: float) -> str:
 
 def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """(DDL, INSERTs) of the job; the INSERTs run together as one STATEMENT SET."""
-    startup = {
-        "earliest": "'scan.startup.mode' = 'earliest-offset'",
-        "latest": "'scan.startup.mode' = 'latest-offset'",
-        "group": "'scan.startup.mode' = 'group-offsets', "
-        "'properties.auto.offset.reset' = 'earliest'",
-    }[args.starting_offsets]
     # The allowed clock skew: beyond it an event is dead-lettered and kept out of the watermark.
     skew_ms = f"CAST({round(args.max_future_skew_s * 1000)} AS BIGINT)"
     ddl = [
@@ -280,11 +311,7 @@ def statements(args: argparse.Namespace) -> tuple[list[str], list[str]]:
   `ts` AS COALESCE(event_time(`raw`, {skew_ms}), `kafka_ts`),
   `pt` AS PROCTIME(),
   WATERMARK FOR `ts` AS `ts` - {_interval_s(args.out_of_orderness_s)}
-) WITH ({_kafka_common(args, args.events_topic)},
-  'properties.group.id' = {_q(args.group_id)},
-  'properties.commit.offsets.on.checkpoint' = 'true',
-  'properties.isolation.level' = 'read_committed',
-  {startup},
+) WITH ({kafka_source(args, args.events_topic)},
   'format' = 'raw'
 )""",
         # One parse and check per event, in Java (include/flink/java: ParseEvent); the rules and
@@ -484,9 +511,10 @@ def flink_config(args: argparse.Namespace) -> dict[str, str]:
     # The mini-cluster's blob server listens on jobmanager.bind-host, every interface by default.
     # (A cluster's daemons read their own configuration: this key does not reach them.)
     conf["jobmanager.bind-host"] = "127.0.0.1"
+    # Its REST endpoint too: without --rest-port the mini-cluster still starts one, on a free port.
+    conf["rest.bind-address"] = "127.0.0.1"
+    conf["rest.address"] = "127.0.0.1"
     if args.rest_port:
-        conf["rest.bind-address"] = "127.0.0.1"
-        conf["rest.address"] = "127.0.0.1"
         conf["rest.port"] = str(args.rest_port)
     restore = latest_checkpoint(args.checkpoint_dir) if args.restore == "auto" else args.restore
     if restore and restore != "none":

@@ -1,9 +1,11 @@
 """Online attribution's Python side: the job's command line, and its archive folded into the lake.
 
 The job is ``include/flink/attribution.py`` (its docstring says how events meet impressions) on
-the PyFlink venv's python, a local mini-cluster of its own beside the speed layer's. It is not part
-of ``lambdarec platform up``: start it with ``lambdarec attribution run`` (foreground; Ctrl-C
-stops it, a restart resumes from its newest checkpoint).
+the PyFlink venv's python, a local mini-cluster of its own beside the speed layer's (REST API and
+web UI on ``settings.attribution_rest_port``, loopback). The local platform runs it as its
+``attribution`` service, supervised like the speed layer (:mod:`lambdarec.platform.speed`);
+``lambdarec attribution run`` runs it in the foreground instead, with options of one's own
+(Ctrl-C stops it). Either way a start resumes from its newest checkpoint.
 
 It writes two lake tables through an archive, like the speed layer's events: Flink's filesystem
 sink commits Parquet part files (no ``.parquet`` suffix, naive UTC milliseconds) under
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 from lambdarec.data import archive
 from lambdarec.data.lake import atomic_write_parquet
 from lambdarec.speed.jars import flink_lib_dir, flink_python
-from lambdarec.speed.job import alive_jobs, all_running, speed_layer_env
+from lambdarec.speed.job import alive_jobs, all_running, prepare_job, speed_layer_env
 from lambdarec.tables import as_day, partition_dir, partitions
 
 if TYPE_CHECKING:
@@ -146,6 +148,8 @@ def attribution_command(settings: Settings, *extra: str) -> list[str]:
         settings.flink_state_backend,
         "--jars",
         str(flink_lib_dir(settings)),
+        "--rest-port",
+        str(settings.attribution_rest_port),
         *extra,
     ]
 
@@ -157,15 +161,9 @@ def attribution_env(settings: Settings) -> dict[str, str]:
 
 def prepare(settings: Settings) -> None:
     """What the job needs before it starts: the connector jars, its folders and the topics."""
-    from lambdarec.speed.jars import ensure_jars
-    from lambdarec.streaming.kafka import ensure_topics
-
-    ensure_jars(settings)
-    (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
-    if "://" not in checkpoint_dir(settings):
-        Path(checkpoint_dir(settings)).mkdir(parents=True, exist_ok=True)
-    archive_root(settings).mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings)
+    prepare_job(
+        settings, checkpoint_dir=checkpoint_dir(settings), archive_dir=archive_root(settings)
+    )
 
 
 def run_job(settings: Settings, extra: Sequence[str] = ()) -> int:
@@ -185,6 +183,12 @@ def run_job(settings: Settings, extra: Sequence[str] = ()) -> int:
     )
     if checked.returncode:
         return checked.returncode
+    if attribution_running(settings):
+        raise AttributionError(
+            f"the attribution job already runs on {settings.bind_host}:"
+            f"{settings.attribution_rest_port} (the platform's `attribution` service); stop it "
+            "with `lambdarec platform down attribution` to run it here"
+        )
     if not wait_for_broker(settings, timeout_s=10):
         raise AttributionError(
             f"Kafka at {settings.bootstrap_servers} does not answer; start it with "
@@ -195,9 +199,12 @@ def run_job(settings: Settings, extra: Sequence[str] = ()) -> int:
     return subprocess.run(command, env=env, check=False).returncode  # noqa: S603 - our own program
 
 
-def attribution_running(settings: Settings, port: int, timeout_s: float = 2.0) -> bool:
-    """Whether the mini-cluster's REST API on ``port`` reports the job with every task running."""
-    rest_url = f"http://{settings.bind_host}:{port}"
+def attribution_running(
+    settings: Settings, port: int | None = None, timeout_s: float = 2.0
+) -> bool:
+    """Whether the mini-cluster's REST API on ``port`` (default the platform's) reports the job
+    with every task running: the ``attribution`` service's health check."""
+    rest_url = f"http://{settings.bind_host}:{port or settings.attribution_rest_port}"
     return any(all_running(j) for j in alive_jobs(rest_url, JOB_NAME, timeout_s=timeout_s))
 
 

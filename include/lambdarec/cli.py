@@ -15,6 +15,7 @@ from lambdarec.data.cli import app as data_app
 from lambdarec.features.cli import app as features_app
 from lambdarec.platform.cli import app as platform_app
 from lambdarec.quality.cli import app as quality_app
+from lambdarec.simulate import DEMO_MINUTES, DEMO_RPS, DEMO_SHOPPERS
 
 app = typer.Typer(
     help="lambdarec: a Lambda-architecture real-time e-commerce recommender.",
@@ -192,9 +193,21 @@ def demo_cmd(
     services: Annotated[
         str, typer.Option(help="Comma-separated services to bring up (default: all).")
     ] = "",
+    ab_minutes: Annotated[
+        float,
+        typer.Option(min=0, help="Minutes the shoppers browse the A/B test (0: skip the step)."),
+    ] = DEMO_MINUTES,
+    ab_shoppers: Annotated[
+        int, typer.Option(min=1, help="Simulated shoppers of the A/B test (at most --users).")
+    ] = DEMO_SHOPPERS,
+    ab_rps: Annotated[
+        float, typer.Option(min=0.1, help="Their requests a second, all together.")
+    ] = DEMO_RPS,
 ) -> None:
     """Bring the stack up, replay a generated clickstream through Kafka and Flink, run the batch
-    layer and the retraining DAG, then serve recommendations that change with posted clicks."""
+    layer and the retraining DAG, serve recommendations that change with posted clicks, then
+    let simulated shoppers browse an A/B test of the champion against a popularity baseline and
+    read it out."""
     from lambdarec.demo import run_demo
 
     run_demo(
@@ -203,6 +216,9 @@ def demo_cmd(
         days=days,
         seed=seed,
         services=[s for s in services.split(",") if s] or None,
+        ab_minutes=ab_minutes,
+        ab_shoppers=ab_shoppers,
+        ab_rps=ab_rps,
     )
 
 

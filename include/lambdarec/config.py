@@ -46,6 +46,7 @@ LOCAL_PORTS = (
     "milvus_port",
     "milvus_etcd_port",
     "flink_rest_port",
+    "attribution_rest_port",
     "proxy_port",
 )
 
@@ -154,6 +155,11 @@ class Settings(BaseSettings):
         description="How long the speed layer remembers an event_id after its first copy (a "
         "copy within it is dropped); at least the event contract's retry horizon. The state "
         "holds one entry per event of that long (an estimated ~200 bytes each on the heap).",
+    )
+    attribution_rest_port: Port = Field(
+        8082,
+        description="REST/web UI port of the attribution job's local mini-cluster (the "
+        "platform's attribution service).",
     )
     attribution_window_s: Annotated[int, Field(gt=0)] = Field(
         1800,

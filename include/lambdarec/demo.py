@@ -2,10 +2,16 @@
 
 Each step prints what it does; re-running is safe (running services are left alone, the lake's
 dates are rewritten in place, replayed events carry the same event ids so consumers deduplicate).
+
+The online loop (step 8) closes the circle: serving runs an A/B test of the champion against a
+popularity baseline, simulated shoppers (:mod:`lambdarec.simulate`) browse it through the HTTP
+API, the attribution service joins their clicks to the lists that showed them, and the
+``online_metrics`` DAG reads the test out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -14,14 +20,34 @@ from typing import TYPE_CHECKING, Any, cast
 from rich.console import Console
 
 from lambdarec.config import Settings, get_settings
+from lambdarec.simulate import DEMO_MINUTES, DEMO_RPS, DEMO_SHOPPERS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import date
     from pathlib import Path
+
+    from rich.console import JustifyMethod
+
+    from lambdarec.data.generator import GeneratorConfig
+    from lambdarec.simulate import Summary
 
 log = logging.getLogger(__name__)
 # Wide enough for the status table when output is not a terminal (make, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 120)
+
+#: The demo's A/B test: the champion (the full served pipeline) as control against the popularity
+#: baseline, half of the users each (serving assigns a user by a hash of its id).
+AB_VARIANTS = "champion:50,popular:50"
+AB_POLICIES = "champion:pipeline,popular:popular"
+#: Users the serving walkthrough may show: the most active ones, the first in the control.
+WALKTHROUGH_CANDIDATES = 20
+STEPS = 9
+
+
+def ab_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo's A/B test: what its serving app and its readout run with."""
+    return settings.model_copy(update={"ab_variants": AB_VARIANTS, "ab_policies": AB_POLICIES})
 
 
 def _step(title: str, fn: Callable[[], object]) -> None:
@@ -101,8 +127,15 @@ def run_demo(
     services: Sequence[str] | None = None,
     settings: Settings | None = None,
     model_epochs: int = 8,
+    ab_minutes: float = DEMO_MINUTES,
+    ab_shoppers: int = DEMO_SHOPPERS,
+    ab_rps: float = DEMO_RPS,
 ) -> dict[str, object]:
-    """Run the demo; returns the figures it printed (for tests)."""
+    """Run the demo; returns the figures it printed (for tests).
+
+    The online loop's simulated shoppers browse for ``ab_minutes`` (0 skips the step; serving
+    then runs the champion alone), ``ab_shoppers`` of them (at most ``users``) at ``ab_rps``
+    requests a second."""
     from lambdarec.data import lake
     from lambdarec.data.generator import ClickstreamGenerator, GeneratorConfig
     from lambdarec.platform import manager
@@ -112,11 +145,13 @@ def run_demo(
     from lambdarec.streaming.sources import frames_from_lake
 
     s = settings or get_settings()
+    # Serving and the readout run the A/B test; everything else is indifferent to it.
+    served_by = ab_settings(s) if ab_minutes > 0 else s
     figures: dict[str, object] = {}
 
     started: list[manager.ServiceStatus] = []
     _step(
-        "1/8 platform: starting the local services",
+        f"1/{STEPS} platform: starting the local services",
         lambda: started.extend(manager.up(list(services) if services else None, settings=s)),
     )
     streaming = any(row.name == "speed-layer" and row.is_up for row in started)
@@ -146,7 +181,7 @@ def run_demo(
             f"{dates[0]} .. {dates[-1]}, written to {target}"
         )
 
-    _step("2/8 data: generating the seeded synthetic clickstream", generate)
+    _step(f"2/{STEPS} data: generating the seeded synthetic clickstream", generate)
 
     def replay_all() -> None:
         first, last = figures["days"][0], figures["days"][-1]  # type: ignore[index]
@@ -166,7 +201,7 @@ def run_demo(
                 f"the events topic grew by {after - before} but {result.produced} were produced"
             )
 
-    _step("3/8 ingest: replaying the clickstream into Kafka in event-time order", replay_all)
+    _step(f"3/{STEPS} ingest: replaying the clickstream into Kafka in event-time order", replay_all)
 
     def archived() -> None:
         if not streaming:
@@ -183,7 +218,10 @@ def run_demo(
             s,
         )
 
-    _step("4/8 speed layer: Flink archives every event and keeps session features fresh", archived)
+    _step(
+        f"4/{STEPS} speed layer: Flink archives every event and keeps session features fresh",
+        archived,
+    )
 
     def batch_layer() -> None:
         from lambdarec.platform.dag_run import run_dag_test
@@ -210,9 +248,9 @@ def run_demo(
                     + "\n".join(run.log.splitlines()[-30:])
                 )
         figures["daily_feature_pipeline"] = runs
-        sample = str(
-            lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts().index[0]
-        )
+        active = lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts()
+        figures["active_users"] = [str(u) for u in active.index[:WALKTHROUGH_CANDIDATES]]
+        sample = str(active.index[0])
         figures["sample_user"] = sample
         figures["online_sample"] = _show_online(
             "user_history_30d",
@@ -224,7 +262,7 @@ def run_demo(
         console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
 
     _step(
-        "5/8 batch layer: the daily feature pipeline DAG for each day -> Feast online store",
+        f"5/{STEPS} batch layer: the daily feature pipeline DAG for each day -> Feast online store",
         batch_layer,
     )
 
@@ -255,14 +293,38 @@ def run_demo(
                 + "\n".join(run.log.splitlines()[-30:])
             )
 
-    _step("6/8 models: the retraining DAG trains, evaluates and publishes the champion", models)
+    _step(
+        f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion", models
+    )
 
     def serve() -> None:
-        manager.up(["serving"], settings=s)
-        figures["serving"] = serving_walkthrough(s, cast("str", figures["sample_user"]))
+        manager.up(["serving"], settings=served_by)
+        figures["serving"] = serving_walkthrough(
+            served_by, cast("list[str]", figures["active_users"])
+        )
 
-    _step("7/8 serving: /recommend before and after a few clicks", serve)
-    _step("8/8 summary", summary)
+    _step(f"7/{STEPS} serving: /recommend before and after a few clicks", serve)
+
+    def ab_test() -> None:
+        if ab_minutes <= 0:
+            console.print("skipped (no A/B minutes: `lambdarec demo --ab-minutes 3` runs it)")
+            return
+        # Started with the platform unless the services were chosen without it; a no-op if up.
+        manager.up(["attribution"], settings=s)
+        figures["ab"] = online_loop(
+            served_by,
+            config,
+            shoppers=min(ab_shoppers, users),
+            minutes=ab_minutes,
+            rps=ab_rps,
+            seed=seed,
+        )
+
+    _step(
+        f"8/{STEPS} online loop: shoppers browse an A/B test, attribution, the online_metrics DAG",
+        ab_test,
+    )
+    _step(f"{STEPS}/{STEPS} summary", summary)
     return figures
 
 
@@ -283,13 +345,22 @@ def _http(method: str, url: str, body: object = None, timeout_s: float = 10.0) -
 
 
 def serving_walkthrough(
-    settings: Settings, user: str, *, wait_s: float = 120.0, change_within_s: float = 10.0
+    settings: Settings,
+    users: Sequence[str],
+    *,
+    wait_s: float = 120.0,
+    change_within_s: float = 10.0,
 ) -> dict[str, object]:
     """Ask the running app for recommendations, post a few clicks of a new session through
     ``POST /events``, and ask again until the list reflects them; print both and the curl
-    commands that do the same."""
+    commands that do the same.
+
+    The user is the first of ``users`` that serving puts in the control variant (the champion,
+    when an A/B test runs), asked in turn; every list it answered is counted per variant
+    (``shown``: lists and items), since each is an impression the A/B readout will count."""
     import json
     import uuid
+    from collections import Counter
     from datetime import UTC, datetime
 
     from rich.table import Table
@@ -304,11 +375,29 @@ def serving_walkthrough(
             break
         time.sleep(1)
     console.print(f"/ready: {ready}")
+    lists: Counter[str] = Counter()
+    items_shown: Counter[str] = Counter()
+
+    def recommend(url: str) -> dict[str, Any]:
+        status, answer = _http("GET", url)
+        if status != 200:
+            raise RuntimeError(f"GET /recommend answered {status}: {answer}")
+        variant = str(answer.get("variant", ""))
+        lists[variant] += 1
+        items_shown[variant] += len(answer["items"])
+        return cast("dict[str, Any]", answer)
+
+    control = settings.ab_variant_names[0]
     session = f"demo-{uuid.uuid4().hex[:8]}"
-    url = f"{base}/recommend?user_id={user}&session_id={session}&k=10"
-    status, before = _http("GET", url)
-    if status != 200:
-        raise RuntimeError(f"GET /recommend answered {status}: {before}")
+    for user in users:
+        url = f"{base}/recommend?user_id={user}&session_id={session}&k=10"
+        before = recommend(url)
+        if before.get("variant", control) == control:
+            break
+        session = f"demo-{uuid.uuid4().hex[:8]}"  # a session belongs to its first user
+    console.print(
+        f"user {user}: variant {before.get('variant')!r}, policy {before.get('policy')!r}"
+    )
     # Clicks: views of three items of one category the list did not show, then a purchase of
     # the first recommended item (which must never come back).
     shown = [i["item_id"] for i in before["items"]]
@@ -335,7 +424,7 @@ def serving_walkthrough(
     after = before
     while time.monotonic() - posted < change_within_s:
         time.sleep(0.2)
-        _, after = _http("GET", url)
+        after = recommend(url)
         if [i["item_id"] for i in after["items"]] != shown:
             break
     changed_after_s = round(time.monotonic() - posted, 2)
@@ -390,6 +479,8 @@ def serving_walkthrough(
         "changed_after_s": changed_after_s,
         "degraded_before": before["degraded_parts"],
         "degraded_after": after["degraded_parts"],
+        "variant": before.get("variant"),
+        "shown": {v: {"lists": lists[v], "items": items_shown[v]} for v in sorted(lists)},
     }
 
 
@@ -401,3 +492,210 @@ def _catalog_by_category(settings: Settings) -> dict[str, list[str]]:
     counts = events.groupby(["category", "item_id"]).size().reset_index(name="n")
     counts = counts.sort_values(["category", "n"], ascending=[True, False])
     return {str(c): [str(i) for i in g["item_id"]] for c, g in counts.groupby("category")}
+
+
+# -- the online loop ---------------------------------------------------------------------------
+
+
+def online_loop(
+    settings: Settings,
+    config: GeneratorConfig,
+    *,
+    shoppers: int,
+    minutes: float,
+    rps: float,
+    seed: int,
+    wait_s: float = 600.0,
+) -> dict[str, object]:
+    """Simulated shoppers browse the running app's A/B test; once the attribution job has
+    archived their lists and clicks, the ``online_metrics`` DAG reads the test out for each day
+    they browsed, and the readout is printed. ``settings`` carry the test's variants."""
+    from datetime import UTC, datetime, timedelta
+
+    from lambdarec.monitoring.ab_report import READOUT_HTML, READOUT_JSON
+    from lambdarec.platform.dag_run import run_dag_test
+    from lambdarec.simulate import Population, default_base_url, render
+    from lambdarec.simulate import run as simulate
+
+    base_url = default_base_url(settings)
+    population = Population.from_config(config, shoppers, seed=seed)
+    console.print(
+        f"A/B test {settings.ab_variants} (policies {settings.ab_policies}): {shoppers:,} "
+        f"shoppers of the generated data browse {base_url} for {minutes:g} min at {rps:g} "
+        "requests/s ..."
+    )
+    first = datetime.now(UTC).date()
+    summary = simulate(population, base_url=base_url, minutes=minutes, rps=rps, seed=seed)
+    days = [first + timedelta(days=n) for n in range((datetime.now(UTC).date() - first).days + 1)]
+    console.print(render(summary), markup=False, highlight=False)
+    if not summary.lists:
+        raise RuntimeError(f"the shoppers got no list from {base_url}: {summary.errors}")
+
+    archived = wait_attributed(settings, summary, days, timeout_s=wait_s)
+    console.print(
+        f"attribution archived the run's {archived['impressions']:,} shown items and "
+        f"{archived['attributed']:,} events that name their list"
+    )
+    runs = {}
+    for day in days:
+        console.print(
+            f"online_metrics for {day} (compact_attribution, spark_online_metrics, "
+            "apply_guardrail) ..."
+        )
+        t0 = time.monotonic()
+        run = run_dag_test("online_metrics", day, settings)
+        runs[day.isoformat()] = run.tasks
+        console.print(f"      {run.state} in {time.monotonic() - t0:.0f} s: {run.tasks}")
+        if not run.success:
+            raise RuntimeError(
+                f"online_metrics failed for {day}: {run.tasks}\n"
+                + "\n".join(run.log.splitlines()[-30:])
+            )
+    folder = settings.ab_reports_dir / days[-1].isoformat()
+    readout = json.loads((folder / READOUT_JSON).read_text())
+    console.print(readout_table(readout))
+    url = (
+        f"http://{settings.bind_host}:{settings.reports_port}/reports/ab/{days[-1]}/{READOUT_HTML}"
+    )
+    console.print(f"report: {url}", markup=False, highlight=False)
+    return {
+        "simulated": summary.as_dict(),
+        "archived": archived,
+        "online_metrics": runs,
+        "readout": readout,
+        "report": str(folder / READOUT_HTML),
+        "report_url": url,
+    }
+
+
+def archived_outcomes(settings: Settings, prefix: str, days: Sequence[date]) -> dict[str, int]:
+    """What the attribution job committed to its archive for the sessions whose id starts with
+    ``prefix`` on ``days``: distinct shown items (``impressions``) and distinct events attributed
+    through the list they name (``attributed``, the ``request_id`` path)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from lambdarec.attribution import archive_root
+    from lambdarec.data import archive
+
+    root = archive_root(settings)
+    shown: set[tuple[str, str]] = set()
+    acted: set[str] = set()
+    for day in days:
+        for f in archive.files(root / "impressions", day):
+            t = pq.read_table(f, columns=["request_id", "item_id", "session_id"])
+            t = t.filter(pc.starts_with(t["session_id"], prefix))
+            shown.update(zip(t["request_id"].to_pylist(), t["item_id"].to_pylist(), strict=True))
+        for f in archive.files(root / "attributed", day):
+            t = pq.read_table(f, columns=["event_id", "match"])
+            t = t.filter(
+                pc.and_(pc.starts_with(t["event_id"], prefix), pc.equal(t["match"], "request_id"))
+            )
+            acted.update(t["event_id"].to_pylist())
+    return {"impressions": len(shown), "attributed": len(acted)}
+
+
+def wait_attributed(
+    settings: Settings,
+    summary: Summary,
+    days: Sequence[date],
+    *,
+    timeout_s: float = 600.0,
+    stall_s: float = 120.0,
+) -> dict[str, int]:
+    """Wait until the attribution job's archive holds every item the simulated run was shown and
+    every event it posted from a list (clicks, carts, purchases: each names its list), with a
+    progress bar. Files are committed on the job's checkpoints, so the counts move in steps.
+    Raises with the service's log when they stall."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    variants = summary.variants.values()
+    expected = {
+        "impressions": sum(v.shown for v in variants),
+        "attributed": sum(v.clicks + v.carts + v.purchases for v in variants),
+    }
+    total = sum(expected.values())
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    with Progress(
+        "attributed",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("attribution", total=total)
+        while True:
+            got = archived_outcomes(settings, summary.session_prefix, days)
+            done = sum(min(got[k], expected[k]) for k in expected)
+            bar.update(task, completed=done)
+            if done >= total:
+                return got
+            if done != last:
+                last, last_change = done, time.monotonic()
+            if time.monotonic() > deadline or time.monotonic() - last_change > stall_s:
+                raise RuntimeError(
+                    f"the attribution job archived {got} of the run's {expected} and stalled; "
+                    f"see {settings.log_dir / 'attribution.log'} and `lambdarec platform status`"
+                )
+            time.sleep(2)
+
+
+def _ci(metric: dict[str, Any], fmt: str) -> str:
+    value, low, high = metric.get("value"), metric.get("ci_low"), metric.get("ci_high")
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return format(value, fmt)
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _p_values(test: dict[str, Any] | None) -> str:
+    if test is None:
+        return "control"
+    values = (test["metrics"][m]["p_value"] for m in ("ctr_at_k", "conversion", "revenue_per_1000"))
+    return ", ".join("-" if p is None else f"{p:.3g}" for p in values)
+
+
+def readout_table(readout: dict[str, Any]) -> object:
+    """The readout's whole period as a table: per variant its users, lists and impressions, CTR,
+    conversion and revenue per 1,000 impressions with their 95% intervals, the p-values of the
+    three against control, and the conversion's verdict."""
+    from rich.table import Table
+
+    period = readout["period"]
+    k = readout.get("k", 10)
+    table = Table(
+        title=f"A/B readout {period['first_day']} .. {period['last_day']} "
+        f"(control: {readout['control']}; 95% intervals clustered by user)"
+    )
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("variant", "left"),
+        ("users", "right"),
+        ("lists", "right"),
+        ("impressions", "right"),
+        (f"CTR@{k}", "right"),
+        ("conversion per list", "right"),
+        ("revenue per 1,000 impressions", "right"),
+        ("p vs control: CTR, conversion, revenue", "right"),
+        ("verdict (conversion)", "left"),
+    ]
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
+    for name in readout["variants"]:
+        row = period["variants"][name]
+        test = period["tests"].get(name)
+        metrics = row["metrics"]
+        table.add_row(
+            name,
+            f"{row['users']:,}",
+            f"{row['lists']:,}",
+            f"{row['impressions']:,}",
+            _ci(metrics["ctr_at_k"], ".2%"),
+            _ci(metrics["conversion"], ".3f"),
+            _ci(metrics["revenue_per_1000"], ",.0f"),
+            _p_values(test),
+            "control" if test is None else test["metrics"]["conversion"]["verdict"],
+        )
+    return table

@@ -313,6 +313,8 @@ class AccessRefused(SimulateError):
 @dataclass
 class VariantStats:
     lists: int = 0
+    #: Items on those lists (the impressions serving logged for them, one per shown item).
+    shown: int = 0
     clicks: int = 0
     carts: int = 0
     purchases: int = 0
@@ -355,9 +357,17 @@ class Summary:
     browsed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    #: The run's tag: every session id of the run is ``sim-<tag>-<n>`` (and every event id
+    #: ``sim-<tag>-<n>-<m>``), so the run's impressions and events can be told from others'.
+    tag: str = ""
+
+    @property
+    def session_prefix(self) -> str:
+        return f"sim-{self.tag}-"
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "tag": self.tag,
             "sessions": self.sessions,
             "lists": self.lists,
             "events": dict(self.events),
@@ -369,6 +379,7 @@ class Summary:
             "variants": {
                 name: {
                     "lists": v.lists,
+                    "shown": v.shown,
                     "clicks": v.clicks,
                     "carts": v.carts,
                     "purchases": v.purchases,
@@ -419,6 +430,7 @@ class _Tally:
         """A list served to ``user_id`` under ``variant`` with items at ``positions``."""
         with self.lock:
             user = self._count(variant, "lists", user_id)
+            self.summary.variants[variant].shown += len(positions)
             user.impressions += len(positions)
             user.shown_top_k += sum(p < READOUT_K for p in positions)
 
@@ -711,11 +723,11 @@ def run(
     # A shopper is in one session at a time: more threads than shoppers would idle.
     threads = min(threads, len(population.shoppers))
     tally = _Tally()
+    tally.summary.tag = run_tag = uuid.uuid4().hex[:10]
     bucket = TokenBucket(rps, clock=clock, sleep=sleep)
     client = ServingClient(
         base_url, bucket=bucket, api_key=api_key, transport=transport, sleep=sleep, tally=tally
     )
-    run_tag = uuid.uuid4().hex[:10]
     started = clock()
     deadline = started + minutes * 60.0
     numbers = itertools.count()
@@ -814,7 +826,8 @@ def render(summary: Summary) -> str:
     ]
     for name, v in sorted(summary.variants.items()):
         lines.append(
-            f"variant {name}: {v.lists} lists, {v.clicks} clicks (CTR {v.ctr:.1%}), "
+            f"variant {name}: {v.lists} lists ({v.shown} items shown), {v.clicks} clicks "
+            f"(CTR {v.ctr:.1%}), "
             f"{v.carts} carts, {v.purchases} purchases"
         )
     return "\n".join(lines)

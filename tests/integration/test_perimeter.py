@@ -2,7 +2,8 @@
 anywhere but on loopback (read from the OS's socket table, not from the services' settings).
 
 Every default service (Kafka, Redis, MLflow, the four Airflow components, the supervised speed
-layer with its Flink mini-cluster, the feature pusher, the reports site) and the opt-in serving
+layer with its Flink mini-cluster, the feature pusher, the supervised attribution job on a
+mini-cluster of its own, the reports site) and the opt-in serving
 behind its nginx proxy. The Milvus server is the one service left out: its health port is fixed
 (9091), so it runs in the first test lane only (tests/integration/test_vector_index.py and the
 serving fault test start it); this module runs in the second lane, beside them.
@@ -70,6 +71,8 @@ def test_the_whole_platform_listens_on_loopback_only() -> None:
             settings.serving_port,
             settings.proxy_port,
             settings.reports_port,
+            settings.flink_rest_port,
+            settings.attribution_rest_port,
         }
         assert expected <= ports, (sorted(expected - ports), listening)
         assert any(name == "java" for _, _, name in listening), "the speed layer's JVM was seen"

@@ -314,3 +314,33 @@ def test_run_checks_the_jobs_options_before_creating_anything(
     error = capfd.readouterr().err.strip().splitlines()[-1]
     assert error == "attribution.py: error: argument --window-s: 0 must be > 0 (seconds), e.g. 1800"
     assert not (tmp_path / "state").exists()
+
+
+def test_both_jobs_take_the_shared_options_and_keep_rest_on_loopback(job: ModuleType) -> None:
+    """The options both Flink jobs take come from one function of speed_layer.py; each job's
+    mini-cluster serves REST on 127.0.0.1 only, with a port or without."""
+    shared = ["--jars", "", "--checkpoint-interval-s", "3", "--starting-offsets", "latest"]
+    for program in (job.sl, job):
+        args = program.parse_args([*shared, "--restore", "none"])
+        assert (args.checkpoint_interval_s, args.parallelism, args.restore) == (3.0, 1, "none")
+        conf = program.flink_config(args)
+        assert conf["execution.checkpointing.interval"] == "3000 ms"
+        assert conf["rest.bind-address"] == conf["jobmanager.bind-host"] == "127.0.0.1"
+        assert "rest.port" not in conf
+        assert (
+            program.flink_config(program.parse_args([*shared, "--rest-port", "18082"]))["rest.port"]
+            == "18082"
+        )
+    assert job.parse_args([]).group_id == "lambdarec-attribution"
+    assert job.sl.parse_args([]).group_id == "lambdarec-speed-layer"
+    assert job.parse_args([]).latency_ms == 100 and job.sl.parse_args([]).latency_ms == 10
+
+
+def test_both_sources_start_where_the_option_says(
+    job: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sql = _print_sql(job, capsys, "--starting-offsets", "latest")
+    for table in ("CREATE TABLE events_raw", "CREATE TABLE impressions_raw"):
+        statement = _statement(sql, table)
+        assert "'scan.startup.mode' = 'latest-offset'" in statement
+        assert "'properties.group.id' = 'lambdarec-attribution'" in statement

@@ -401,6 +401,13 @@ def test_a_run_posts_attributable_events_and_the_better_list_wins(
     views = sum(e["event_type"] == "view" for e in from_lists)
     assert views == sum(v.clicks for v in summary.variants.values())
     assert summary.events["purchase"] == sum(v.purchases for v in summary.variants.values())
+    # Items shown per variant: what the lists held; every session is tagged with the run's tag.
+    assert sum(v.shown for v in summary.variants.values()) == sum(
+        len(items) for _, items in shop.lists.values()
+    )
+    assert summary.tag and all(
+        e["session_id"].startswith(summary.session_prefix) for e in shop.events
+    )
 
     matched, popular = summary.variants["matched"], summary.variants["popular"]
     assert matched.lists > 100 and popular.lists > 100

@@ -123,3 +123,22 @@ def test_the_platform_runs_the_speed_layer_under_the_supervisor(tmp_path: Path) 
     command = list(speed_layer(settings).command)
     assert command[1:6] == ["-m", "lambdarec.platform.supervise", "--name", "speed-layer", "--"]
     assert command[6:] == speed_layer_command(settings)
+
+
+def test_the_platform_runs_the_attribution_job_under_the_supervisor_on_loopback(
+    tmp_path: Path,
+) -> None:
+    from lambdarec.attribution import attribution_command
+    from lambdarec.harness.platform import private_settings
+    from lambdarec.platform.services import build_services
+
+    settings = private_settings(tmp_path)
+    service = build_services(settings)["attribution"]
+    assert service.default and service.requires == ("kafka",)
+    assert dict(service.ports) == {settings.attribution_rest_port: "attribution_rest_port"}
+    assert service.url == f"http://127.0.0.1:{settings.attribution_rest_port}"
+    command = list(service.command)
+    assert command[1:6] == ["-m", "lambdarec.platform.supervise", "--name", "attribution", "--"]
+    assert command[6:] == attribution_command(settings)
+    rest_port = command[command.index("--rest-port") + 1]
+    assert rest_port == str(settings.attribution_rest_port) != str(settings.flink_rest_port)

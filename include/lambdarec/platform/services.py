@@ -2,9 +2,10 @@
 
 Each service family builds its :class:`~lambdarec.platform.base.Service` values from the settings
 (:mod:`~lambdarec.platform.kafka`, :mod:`~lambdarec.platform.stores`,
-:mod:`~lambdarec.platform.airflow`, :mod:`~lambdarec.platform.speed`,
-:mod:`~lambdarec.platform.web`, :mod:`~lambdarec.platform.proxy`); :func:`build_services` lists them in start order for the manager,
-which knows nothing service-specific, so a later layer is one more factory here. A service without
+:mod:`~lambdarec.platform.airflow`, :mod:`~lambdarec.platform.speed` (the speed layer and the
+attribution job), :mod:`~lambdarec.platform.web`, :mod:`~lambdarec.platform.proxy`);
+:func:`build_services` lists them in start order for the manager, which knows nothing
+service-specific, so a later layer is one more factory here. A service without
 a command is a reserved row: ``status`` shows whether something answers there, ``up`` skips it. A
 service with ``parts`` is a group: its name stands for those services (``airflow`` for the API
 server, scheduler, DAG processor and triggerer).
@@ -25,7 +26,7 @@ from lambdarec.platform.airflow import (
 from lambdarec.platform.base import Service, settings_env
 from lambdarec.platform.kafka import kafka
 from lambdarec.platform.proxy import proxy
-from lambdarec.platform.speed import feature_pusher, speed_layer
+from lambdarec.platform.speed import attribution, feature_pusher, speed_layer
 from lambdarec.platform.stores import milvus, mlflow, redis
 from lambdarec.platform.web import data_docs, reports, serving
 
@@ -46,6 +47,7 @@ FACTORIES: tuple[Callable[[Settings], Service], ...] = (
     airflow,
     speed_layer,
     feature_pusher,
+    attribution,
     milvus,
     serving,
     proxy,

@@ -1,68 +1,122 @@
-"""The speed layer on the local platform: the Flink job on a mini-cluster (``speed-layer``) and the
-feature pusher that writes its topics into Feast's online store (``feature-pusher``).
+"""The speed layer on the local platform: the Flink job on a mini-cluster (``speed-layer``), the
+feature pusher that writes its topics into Feast's online store (``feature-pusher``), and the
+online attribution job on a mini-cluster of its own (``attribution``).
 
-The job runs on a local mini-cluster inside its own process (the PyFlink venv's python, which
-starts the JVM): ``include/flink/speed_layer.py``, with the command line of
-:mod:`lambdarec.speed.job`. It resumes from its newest checkpoint under
-``<state_dir>/flink/checkpoints``, so ``down`` + ``up`` continues where it stopped. The job runs
-under :mod:`lambdarec.platform.supervise`, which restarts it (from that checkpoint) with
-exponential back-off whenever its process dies, so the local stream heals without anyone watching.
-:mod:`lambdarec.platform.speed_control` starts and stops the pair for the Airflow operator.
+Each Flink job runs on a local mini-cluster inside its own process (the PyFlink venv's python,
+which starts the JVM): ``include/flink/speed_layer.py`` with the command line of
+:mod:`lambdarec.speed.job`, ``include/flink/attribution.py`` with that of
+:mod:`lambdarec.attribution`. Each resumes from its newest checkpoint (``<state_dir>/flink/
+checkpoints`` and ``<state_dir>/flink/attribution-checkpoints``), so ``down`` + ``up`` continues
+where it stopped, and runs under :mod:`lambdarec.platform.supervise`, which restarts it (from that
+checkpoint) with exponential back-off whenever its process dies, so the local stream heals without
+anyone watching. Their REST APIs (the Flink web UI) listen on loopback only.
+:mod:`lambdarec.platform.speed_control` starts and stops the speed layer for the Airflow operator.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lambdarec.attribution import attribution_command, attribution_running
+from lambdarec.attribution import prepare as prepare_attribution
 from lambdarec.platform.base import PlatformError, Service, venv_bin
-from lambdarec.speed.job import speed_layer_command, speed_layer_env, speed_layer_running
+from lambdarec.speed.job import (
+    prepare_job,
+    speed_layer_command,
+    speed_layer_env,
+    speed_layer_running,
+)
 from lambdarec.speed.pusher import is_healthy, speed_topics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from lambdarec.config import Settings
 
 #: The services that make the local speed layer: the job and what pushes its output to Feast.
 SPEED_LAYER = ("speed-layer", "feature-pusher")
 
 
-def _speed_layer_prepare(settings: Settings) -> None:
-    from lambdarec.speed.jars import JarError, ensure_jars
-    from lambdarec.streaming.kafka import ensure_topics
+def _prepared(prepare: Callable[[], None]) -> Callable[[], None]:
+    """``prepare`` with a connector-jar problem turned into the platform's error."""
 
-    try:
-        ensure_jars(settings)
-    except JarError as error:
-        raise PlatformError(str(error)) from None
-    (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
-    if "://" not in settings.checkpoint_dir:
-        Path(settings.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings, extra=speed_topics(settings))
+    def run() -> None:
+        from lambdarec.speed.jars import JarError
+
+        try:
+            prepare()
+        except JarError as error:
+            raise PlatformError(str(error)) from None
+
+    return run
 
 
-def speed_layer(settings: Settings) -> Service:
-    port = settings.flink_rest_port
+def flink_job_service(
+    settings: Settings,
+    *,
+    name: str,
+    title: str,
+    port: int,
+    port_field: str,
+    command: Sequence[str],
+    health: Callable[[], bool],
+    prepare: Callable[[], None],
+) -> Service:
+    """A Flink job on its own local mini-cluster, run by the supervisor (restarted from its newest
+    checkpoint when its process dies), its REST API and web UI on ``port`` (loopback)."""
     return Service(
-        name="speed-layer",
-        title="Flink speed layer (mini-cluster)",
-        ports={port: "flink_rest_port"},
+        name=name,
+        title=title,
+        ports={port: port_field},
         url=f"http://{settings.bind_host}:{port}",
-        health=lambda: speed_layer_running(settings),
+        health=health,
         command=[
             str(venv_bin() / "python"),
             "-m",
             "lambdarec.platform.supervise",
             "--name",
-            "speed-layer",
+            name,
             "--",
-            *speed_layer_command(settings),
+            *command,
         ],
         env=speed_layer_env(settings),
         cwd=settings.state_dir / "flink",
         requires=("kafka",),
-        prepare=lambda: _speed_layer_prepare(settings),
+        prepare=_prepared(prepare),
         stop_timeout_s=30.0,
+    )
+
+
+def speed_layer(settings: Settings) -> Service:
+    return flink_job_service(
+        settings,
+        name="speed-layer",
+        title="Flink speed layer (mini-cluster)",
+        port=settings.flink_rest_port,
+        port_field="flink_rest_port",
+        command=speed_layer_command(settings),
+        health=lambda: speed_layer_running(settings),
+        prepare=lambda: prepare_job(
+            settings,
+            checkpoint_dir=settings.checkpoint_dir,
+            archive_dir=settings.archive_dir,
+            topics=speed_topics(settings),
+        ),
+    )
+
+
+def attribution(settings: Settings) -> Service:
+    """The online attribution job (:mod:`lambdarec.attribution`): clicks joined to the
+    impressions that showed them, into the attributed topic and the lake's archive."""
+    return flink_job_service(
+        settings,
+        name="attribution",
+        title="Flink attribution (events x impressions; mini-cluster)",
+        port=settings.attribution_rest_port,
+        port_field="attribution_rest_port",
+        command=attribution_command(settings),
+        health=lambda: attribution_running(settings),
+        prepare=lambda: prepare_attribution(settings),
     )
 
 

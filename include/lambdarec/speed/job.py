@@ -9,6 +9,7 @@ builds the command line here, and whoever waits for it asks the Flink REST API t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -16,7 +17,10 @@ import requests
 from lambdarec.speed.jars import flink_lib_dir, flink_python
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from lambdarec.config import Settings
+    from lambdarec.streaming.kafka import TopicSpec
 
 #: The job's ``pipeline.name`` (set by include/flink/speed_layer.py), how the REST API lists it.
 JOB_NAME = "lambdarec-speed-layer"
@@ -73,6 +77,28 @@ def speed_layer_env(settings: Settings) -> dict[str, str]:
             LAMBDAREC_KAFKA_SSL_CA_LOCATION=settings.kafka_ssl_ca_location,
         )
     return env
+
+
+def prepare_job(
+    settings: Settings,
+    *,
+    checkpoint_dir: str,
+    archive_dir: Path,
+    topics: Iterable[TopicSpec] = (),
+) -> None:
+    """What a Flink job of the project needs before it starts (the speed layer's and the
+    attribution's): the connector jars (:class:`~lambdarec.speed.jars.JarError` when they cannot
+    be resolved), the Flink log folder, its checkpoint folder (when local), its archive folder,
+    and the project's topics with ``topics`` besides."""
+    from lambdarec.speed.jars import ensure_jars
+    from lambdarec.streaming.kafka import ensure_topics
+
+    ensure_jars(settings)
+    (settings.log_dir / "flink").mkdir(parents=True, exist_ok=True)
+    if "://" not in checkpoint_dir:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    ensure_topics(settings, extra=topics)
 
 
 def alive_jobs(rest_url: str, name: str = JOB_NAME, timeout_s: float = 3.0) -> list[dict[str, Any]]:
