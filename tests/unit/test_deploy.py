@@ -45,6 +45,7 @@ EXPECTED = {
     "lambdarec-init",
     "feature-pusher",
     "speed-layer",
+    "attribution",
     "flink-jobmanager",
     "flink-taskmanager",
     "spark-master",
