@@ -20,6 +20,11 @@ Once a day, for the run's data interval `[D, D+1)` (UTC), reads out the A/B test
    to weight 0 in `<state_dir>/ab/variants.json`; serving re-reads that file within a second and
    serves control to the variant's users, no restart. The decision is shown in the report.
    The guardrail never switches a variant back on: delete or edit the file to do that.
+4. **log_to_mlflow** — the online metrics of each variant that serves the champion (policy
+   `pipeline` or `no_ranker`) logged on the champion's MLflow run as
+   `online.<variant>.<metric>`, one point per day; the champion's offline metrics (its
+   evaluation) written beside the readout (`offline.json`) and shown in the report. Skipped, with
+   the reason, when no champion is registered.
 
 Re-running a day rewrites its readout and leaves an already switched-off variant as it is.
 """
@@ -64,9 +69,15 @@ def online_metrics() -> None:
 
         return run_guardrail(day)
 
+    @task
+    def log_to_mlflow(day: str) -> dict:
+        from lambdarec.monitoring.ab_mlflow import log_readout
+
+        return log_readout(day)
+
     # Both tasks read the same day: the template is rendered in the task's arguments too.
     spark = OnlineMetricsSparkOperator(task_id="spark_online_metrics", day=DAY)
-    compact_attribution(DAY) >> spark >> apply_guardrail(DAY)
+    compact_attribution(DAY) >> spark >> apply_guardrail(DAY) >> log_to_mlflow(DAY)
 
 
 online_metrics()

@@ -540,7 +540,7 @@ def online_loop(
     for day in days:
         console.print(
             f"online_metrics for {day} (compact_attribution, spark_online_metrics, "
-            "apply_guardrail) ..."
+            "apply_guardrail, log_to_mlflow) ..."
         )
         t0 = time.monotonic()
         run = run_dag_test("online_metrics", day, settings)

@@ -63,13 +63,19 @@ def test_dag_imports_and_runs_daily(parsed: dict) -> None:
     assert {"monitoring", "ab"} <= set(parsed["tags"])
 
 
-def test_compaction_then_the_spark_job_then_the_guardrail(parsed: dict) -> None:
+def test_compaction_then_the_spark_job_then_the_guardrail_then_mlflow(parsed: dict) -> None:
     tasks = parsed["tasks"]
-    assert set(tasks) == {"compact_attribution", "spark_online_metrics", "apply_guardrail"}
+    assert set(tasks) == {
+        "compact_attribution",
+        "spark_online_metrics",
+        "apply_guardrail",
+        "log_to_mlflow",
+    }
     assert tasks["compact_attribution"]["downstream"] == ["spark_online_metrics"]
     assert tasks["spark_online_metrics"]["type"] == "OnlineMetricsSparkOperator"
     assert tasks["spark_online_metrics"]["downstream"] == ["apply_guardrail"]
-    assert tasks["apply_guardrail"]["downstream"] == []
+    assert tasks["apply_guardrail"]["downstream"] == ["log_to_mlflow"]
+    assert tasks["log_to_mlflow"]["downstream"] == []
     assert all(t["retries"] >= 1 for t in tasks.values())
 
 
@@ -79,3 +85,4 @@ def test_both_tasks_read_the_same_day_of_the_data_interval(parsed: dict) -> None
     assert day == "{{ data_interval_start | ds }}"
     assert tasks["apply_guardrail"]["op_args"] == [day]
     assert tasks["compact_attribution"]["op_args"] == [day]
+    assert tasks["log_to_mlflow"]["op_args"] == [day]

@@ -334,8 +334,12 @@ def test_the_dag_runs_both_tasks_for_the_day(lake, readout, tmp_path: Path) -> N
         "compact_attribution": "success",
         "spark_online_metrics": "success",
         "apply_guardrail": "success",
+        "log_to_mlflow": "success",
     }
     folder = settings.ab_reports_dir / DAYS[-1].isoformat()
+    # No champion in this state's registry: nothing logged, the report says so.
+    assert not (folder / "offline.json").exists()
+    assert "Not logged yet" in (folder / "readout.html").read_text()
     again = json.loads((folder / "readout.json").read_text())
     assert again["period"] == readout["period"] and again["days"] == readout["days"]
     assert read_override(settings.ab_override_path)["weights"] == {"b": 0}

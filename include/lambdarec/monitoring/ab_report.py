@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 READOUT_JSON = "readout.json"
 READOUT_HTML = "readout.html"
 GUARDRAIL_JSON = "guardrail.json"
+#: The served model's offline metrics (written by the DAG's ``log_to_mlflow`` task).
+OFFLINE_JSON = "offline.json"
 _VERDICT_COLOURS = {
     "better": "#d5efd5",
     "worse": "#f4b6b6",
@@ -62,10 +64,24 @@ def write(folder: Path, readout: dict[str, Any]) -> tuple[Path, Path]:
     return folder / READOUT_JSON, write_html(folder, readout, guardrail=guardrail)
 
 
+def read_offline(folder: Path) -> dict[str, Any] | None:
+    """``offline.json`` of a readout folder, if the DAG wrote one."""
+    path = folder / OFFLINE_JSON
+    if not path.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data
+
+
 def write_html(
     folder: Path, readout: dict[str, Any], *, guardrail: dict[str, Any] | None = None
 ) -> Path:
-    _atomic_text(folder / READOUT_HTML, render_html(readout, guardrail))
+    """Render ``readout.html``, with the served model's offline metrics if ``offline.json`` (the
+    DAG's ``log_to_mlflow`` task) is beside it."""
+    _atomic_text(folder / READOUT_HTML, render_html(readout, guardrail, read_offline(folder)))
     return folder / READOUT_HTML
 
 
@@ -142,6 +158,8 @@ and in control, else it says “not enough data”.</p>
 {variants}
 <h2>Tests against control over the window</h2>
 {tests}
+<h2>Offline metrics of the served model</h2>
+{offline}
 <h2>Daily metrics</h2>
 {plot}
 <h2>Guardrail metrics</h2>
@@ -252,7 +270,33 @@ def _guards_html(readout: dict[str, Any]) -> str:
     )
 
 
-def render_html(readout: dict[str, Any], guardrail: dict[str, Any] | None = None) -> str:
+def _offline_html(offline: dict[str, Any] | None) -> str:
+    if not offline:
+        return (
+            '<p class="note">Not logged yet (the DAG\'s <code>log_to_mlflow</code> task writes '
+            "them when a champion is registered).</p>"
+        )
+    rows = "".join(
+        f'<tr><td class="l">{html.escape(k)}</td><td>{_num(v)}</td></tr>'
+        for k, v in offline.get("metrics", {}).items()
+    )
+    return (
+        f"<p>Model <b>{html.escape(str(offline.get('model')))}</b> version "
+        f"<b>{html.escape(str(offline.get('version')))}</b> (MLflow run "
+        f"<code>{html.escape(str(offline.get('run_id')))}</code>), served to "
+        f"{html.escape(', '.join(offline.get('variants') or []) or 'no variant')}; its "
+        "evaluation's metrics, logged by the retraining, beside the online ones above (the "
+        "online ones are on the same run as <code>online.&lt;variant&gt;.&lt;metric&gt;</code>, "
+        "one point per day).</p>"
+        f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+    )
+
+
+def render_html(
+    readout: dict[str, Any],
+    guardrail: dict[str, Any] | None = None,
+    offline: dict[str, Any] | None = None,
+) -> str:
     period = readout["period"]
     fig = _daily_plot(readout)
     plot = (
@@ -272,6 +316,7 @@ def render_html(readout: dict[str, Any], guardrail: dict[str, Any] | None = None
         guardrail=_guardrail_html(guardrail),
         variants=_variants_table(period, readout),
         tests=_tests_table(period, readout),
+        offline=_offline_html(offline),
         plot=plot,
         guards=_guards_html(readout),
         inputs="<ul>"

@@ -1,0 +1,149 @@
+"""The A/B readout on the model's MLflow run, and the model's offline metrics beside the online ones.
+
+The ``online_metrics`` DAG's last task (``log_to_mlflow``) runs :func:`log_readout` for day D:
+
+* every variant whose policy serves the champion (``pipeline`` or ``no_ranker``, from
+  ``LAMBDAREC_AB_POLICIES``; a variant not listed runs ``pipeline``) gets its online metrics over
+  the readout's window logged on the champion's training run in MLflow, one point per day:
+  ``online.<variant>.<metric>`` (e.g. ``online.champion.ctr_at_k``), ``step`` = the day as
+  ``YYYYMMDD``, so the run's page plots them over time and a re-run of a day overwrites nothing
+  but adds the same point again;
+* the champion's offline metrics (what the retraining's evaluation logged on that run) are
+  written to ``offline.json`` beside the readout, and the report shows them beside the online
+  numbers.
+
+No champion (nothing trained yet) or no tracking server answering is not an error for the DAG:
+the readout stands on its own; the result says what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from lambdarec.registry import TWO_TOWER
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: The policies that serve the champion model (``popular`` serves no model).
+MODEL_POLICIES = ("pipeline", "no_ranker")
+#: The registered model whose champion the variants serve (its run holds the evaluation).
+MODEL = TWO_TOWER
+
+
+def model_variants(variants: list[str], policies_spec: str) -> dict[str, str]:
+    """``{variant: policy}`` of the variants that serve the champion."""
+    from lambdarec.config import parse_ab_policies
+
+    chosen = parse_ab_policies(policies_spec, variants)
+    out = {v: chosen.get(v, "pipeline") for v in variants}
+    return {v: p for v, p in out.items() if p in MODEL_POLICIES}
+
+
+def online_metrics(readout: dict[str, Any], variant: str) -> dict[str, float]:
+    """The variant's metric values over the readout's window (None values left out)."""
+    section = readout["period"]["variants"].get(variant) or {}
+    return {
+        name: float(m["value"])
+        for name, m in (section.get("metrics") or {}).items()
+        if m.get("value") is not None
+    }
+
+
+def server_down(uri: str, timeout_s: float = 2.0) -> str | None:
+    """Why an ``http(s)://`` tracking URI's server does not accept connections (None if it does,
+    or for a local store): checked first, so a stopped server costs no client retries."""
+    import socket
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"the MLflow tracking server at {uri} is not answering ({exc.strerror or exc})"
+
+
+def day_step(day: str) -> int:
+    """``2026-12-06`` -> ``20261206``: the MLflow step of a day's point."""
+    return int(day.replace("-", ""))
+
+
+def log_readout(ds: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Log day ``ds``'s readout on the champion's run, write ``offline.json`` and re-render the
+    report with it; returns what was logged (or skipped, and why)."""
+    from lambdarec.config import get_settings
+    from lambdarec.monitoring import ab_report
+    from lambdarec.registry import ModelRegistry, metric_key
+    from lambdarec.tables import as_day
+
+    settings = settings or get_settings()
+    day = as_day(ds).isoformat()
+    folder = settings.ab_reports_dir / day
+    source = folder / ab_report.READOUT_JSON
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"no A/B readout at {source}; run the online_metrics Spark job for {day} first"
+        )
+    readout = json.loads(source.read_text())
+    served = model_variants(list(readout["period"]["variants"]), settings.ab_policies)
+    result: dict[str, Any] = {"day": day, "variants": served, "logged": {}, "skipped": None}
+    down = server_down(settings.mlflow_uri)
+    if down is not None:
+        result["skipped"] = down
+        log.warning("log_to_mlflow: %s; the readout stands without it", down)
+        return result
+    registry = ModelRegistry.from_settings(settings, MODEL)
+    try:
+        champion = registry.get_champion()
+    except Exception as exc:  # noqa: BLE001 - any tracking failure leaves the readout as it is
+        result["skipped"] = f"the MLflow registry at {settings.mlflow_uri} did not answer: {exc}"
+        log.warning("log_to_mlflow: %s", result["skipped"])
+        return result
+    if champion is None:
+        result["skipped"] = f"no champion of {MODEL!r} in the registry yet"
+        log.info("log_to_mlflow: %s", result["skipped"])
+        return result
+    client = registry.client
+    stamp = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+    for variant in served:
+        values = online_metrics(readout, variant)
+        for name, value in values.items():
+            client.log_metric(
+                champion.run_id,
+                metric_key(f"online.{variant}.{name}"),
+                value,
+                timestamp=stamp,
+                step=day_step(day),
+            )
+        result["logged"][variant] = values
+    offline = {
+        "model": MODEL,
+        "version": champion.version,
+        "run_id": champion.run_id,
+        "variants": sorted(served),
+        "metrics": {
+            k: v
+            for k, v in sorted(client.get_run(champion.run_id).data.metrics.items())
+            if not k.startswith("online.")
+        },
+    }
+    (folder / ab_report.OFFLINE_JSON).write_text(json.dumps(offline, indent=2))
+    ab_report.write(folder, readout)
+    result.update(version=champion.version, run_id=champion.run_id, offline=offline["metrics"])
+    log.info(
+        "log_to_mlflow: %s on run %s (version %s); offline metrics beside them in %s",
+        ", ".join(served) or "no variant",
+        champion.run_id,
+        champion.version,
+        folder / ab_report.OFFLINE_JSON,
+    )
+    return result
