@@ -7,6 +7,7 @@ were shown."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -84,6 +85,9 @@ def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake() 
         assert set(period["tests"]) == {"popular"}
         assert period["tests"]["popular"]["metrics"]["conversion"]["p_value"] is not None
         assert Path(ab["report"]).is_file()
+        # log_to_mlflow put the champion's offline metrics beside the readout.
+        offline = json.loads((Path(ab["report"]).parent / "offline.json").read_text())
+        assert offline["variants"] == ["champion"] and offline["metrics"]
         assert str(settings.reports_port) in ab["report_url"]
         assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {
             "kafka",
