@@ -57,6 +57,38 @@ def _step(title: str, fn: Callable[[], object]) -> None:
     console.print(f"[green]done[/] in {time.monotonic() - t0:.1f} s")
 
 
+def _wait_with_bar(
+    label: str,
+    total: int,
+    done: Callable[[], int],
+    *,
+    timeout_s: float,
+    stall_s: float,
+    stalled: Callable[[int], str],
+) -> None:
+    """Poll ``done()`` every 2 s under a progress bar until it reaches ``total``; raise
+    ``RuntimeError(stalled(count))`` past ``timeout_s``, or when the count stops moving for
+    ``stall_s`` (files committed on checkpoints move it in steps)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    with Progress(
+        label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        while True:
+            got = done()
+            bar.update(task, completed=min(got, total))
+            if got >= total:
+                return
+            if got != last:
+                last, last_change = got, time.monotonic()
+            if time.monotonic() > deadline or time.monotonic() - last_change > stall_s:
+                raise RuntimeError(stalled(got))
+            time.sleep(2)
+
+
 def wait_archived(
     settings: Settings, days: list[str], expected: int, *, timeout_s: float = 900.0
 ) -> int:
@@ -67,35 +99,27 @@ def wait_archived(
     """
     from datetime import date
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from lambdarec.data import archive
 
     wanted = [date.fromisoformat(d) for d in days]
-    deadline = time.monotonic() + timeout_s
-    last, last_change = -1, time.monotonic()
-    with Progress(
+    found = {"n": 0}
+
+    def count() -> int:
+        found["n"] = archive.distinct_ids(settings.archive_dir, wanted)
+        return found["n"]
+
+    _wait_with_bar(
         "archived",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("archive", total=expected)
-        while True:
-            got = archive.distinct_ids(settings.archive_dir, wanted)
-            bar.update(task, completed=min(got, expected))
-            if got >= expected:
-                return got
-            if got != last:
-                last, last_change = got, time.monotonic()
-            if time.monotonic() > deadline or time.monotonic() - last_change > 180:
-                raise RuntimeError(
-                    f"the speed layer archived {got:,} of {expected:,} events and stalled; see "
-                    f"{settings.log_dir / 'speed-layer.log'} and `lambdarec platform status`"
-                )
-            time.sleep(2)
+        expected,
+        count,
+        timeout_s=timeout_s,
+        stall_s=180.0,
+        stalled=lambda got: (
+            f"the speed layer archived {got:,} of {expected:,} events and stalled; see "
+            f"{settings.log_dir / 'speed-layer.log'} and `lambdarec platform status`"
+        ),
+    )
+    return found["n"]
 
 
 def _show_online(
@@ -607,39 +631,29 @@ def wait_attributed(
     every event it posted from a list (clicks, carts, purchases: each names its list), with a
     progress bar. Files are committed on the job's checkpoints, so the counts move in steps.
     Raises with the service's log when they stall."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     variants = summary.variants.values()
     expected = {
         "impressions": sum(v.shown for v in variants),
         "attributed": sum(v.clicks + v.carts + v.purchases for v in variants),
     }
-    total = sum(expected.values())
-    deadline = time.monotonic() + timeout_s
-    last, last_change = -1, time.monotonic()
-    with Progress(
+    got: dict[str, int] = dict.fromkeys(expected, 0)
+
+    def count() -> int:
+        got.update(archived_outcomes(settings, summary.session_prefix, days))
+        return sum(min(got[k], expected[k]) for k in expected)
+
+    _wait_with_bar(
         "attributed",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("attribution", total=total)
-        while True:
-            got = archived_outcomes(settings, summary.session_prefix, days)
-            done = sum(min(got[k], expected[k]) for k in expected)
-            bar.update(task, completed=done)
-            if done >= total:
-                return got
-            if done != last:
-                last, last_change = done, time.monotonic()
-            if time.monotonic() > deadline or time.monotonic() - last_change > stall_s:
-                raise RuntimeError(
-                    f"the attribution job archived {got} of the run's {expected} and stalled; "
-                    f"see {settings.log_dir / 'attribution.log'} and `lambdarec platform status`"
-                )
-            time.sleep(2)
+        sum(expected.values()),
+        count,
+        timeout_s=timeout_s,
+        stall_s=stall_s,
+        stalled=lambda _: (
+            f"the attribution job archived {got} of the run's {expected} and stalled; "
+            f"see {settings.log_dir / 'attribution.log'} and `lambdarec platform status`"
+        ),
+    )
+    return got
 
 
 def _ci(metric: dict[str, Any], fmt: str) -> str:

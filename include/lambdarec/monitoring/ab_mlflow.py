@@ -83,17 +83,10 @@ def log_readout(ds: str, settings: Settings | None = None) -> dict[str, Any]:
     from lambdarec.config import get_settings
     from lambdarec.monitoring import ab_report
     from lambdarec.registry import ModelRegistry, metric_key
-    from lambdarec.tables import as_day
 
     settings = settings or get_settings()
-    day = as_day(ds).isoformat()
-    folder = settings.ab_reports_dir / day
-    source = folder / ab_report.READOUT_JSON
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"no A/B readout at {source}; run the online_metrics Spark job for {day} first"
-        )
-    readout = json.loads(source.read_text())
+    folder, readout = ab_report.load_readout(settings.ab_reports_dir, ds)
+    day = folder.name
     served = model_variants(list(readout["period"]["variants"]), settings.ab_policies)
     result: dict[str, Any] = {"day": day, "variants": served, "logged": {}, "skipped": None}
     down = server_down(settings.mlflow_uri)

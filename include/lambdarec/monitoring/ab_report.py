@@ -64,6 +64,22 @@ def write(folder: Path, readout: dict[str, Any]) -> tuple[Path, Path]:
     return folder / READOUT_JSON, write_html(folder, readout, guardrail=guardrail)
 
 
+def load_readout(reports_dir: Path, ds: str) -> tuple[Path, dict[str, Any]]:
+    """Day ``ds``'s report folder and its ``readout.json`` (what the DAG's tasks after the Spark
+    job start from); a missing readout names the job to run."""
+    from lambdarec.tables import as_day
+
+    day = as_day(ds).isoformat()
+    folder = reports_dir / day
+    source = folder / READOUT_JSON
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"no A/B readout at {source}; run the online_metrics Spark job for {day} first"
+        )
+    readout: dict[str, Any] = json.loads(source.read_text())
+    return folder, readout
+
+
 def read_offline(folder: Path) -> dict[str, Any] | None:
     """``offline.json`` of a readout folder, if the DAG wrote one."""
     path = folder / OFFLINE_JSON

@@ -186,17 +186,10 @@ def run_guardrail(ds: str, settings: Settings | None = None) -> dict[str, Any]:
     it, re-renders ``readout.html`` with the decision and refreshes the reports site's index."""
     from lambdarec.config import get_settings
     from lambdarec.monitoring import ab_report
-    from lambdarec.tables import as_day
 
     settings = settings or get_settings()
-    day = as_day(ds).isoformat()
-    folder = settings.ab_reports_dir / day
-    source = folder / ab_report.READOUT_JSON
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"no A/B readout at {source}; run the online_metrics Spark job for {day} first"
-        )
-    readout = json.loads(source.read_text())
+    folder, readout = ab_report.load_readout(settings.ab_reports_dir, ds)
+    day = folder.name
     result = apply(readout, settings.ab_override_path, p_threshold=settings.ab_guardrail_p, day=day)
     tmp = folder / (ab_report.GUARDRAIL_JSON + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
