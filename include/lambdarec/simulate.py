@@ -351,8 +351,8 @@ class Summary:
     events: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0
-    variants: dict[str, VariantStats] = field(default_factory=dict)
-    #: Per (variant, user_id): what the A/B readout needs of each shopper (:meth:`user_rows`).
+    #: Per (variant, user_id): what the A/B readout needs of each shopper (:meth:`user_rows`);
+    #: :attr:`variants` sums them.
     users: dict[tuple[str, str], UserStats] = field(default_factory=dict)
     browsed: int = 0
     seconds: float = 0.0
@@ -360,6 +360,19 @@ class Summary:
     #: The run's tag: every session id of the run is ``sim-<tag>-<n>`` (and every event id
     #: ``sim-<tag>-<n>-<m>``), so the run's impressions and events can be told from others'.
     tag: str = ""
+
+    @property
+    def variants(self) -> dict[str, VariantStats]:
+        """Per variant, the sums of its shoppers' records (lists, items shown, actions)."""
+        out: dict[str, VariantStats] = {}
+        for (variant, _), user in self.users.items():
+            stats = out.setdefault(variant, VariantStats())
+            stats.lists += user.lists
+            stats.shown += user.impressions
+            stats.clicks += user.clicks
+            stats.carts += user.carts
+            stats.purchases += user.purchases
+        return out
 
     @property
     def session_prefix(self) -> str:
@@ -418,10 +431,8 @@ class _Tally:
             self.summary.events[kind] += 1
 
     def _count(self, variant: str, what: str, user_id: str) -> UserStats:
-        """One more list, click, cart or purchase of ``variant`` and of its user's record
-        (the caller holds the lock)."""
-        stats = self.summary.variants.setdefault(variant, VariantStats())
-        setattr(stats, what, getattr(stats, what) + 1)
+        """One more list, click, cart or purchase in the user's record under ``variant`` (the
+        caller holds the lock)."""
         user = self.summary.users.setdefault((variant, user_id), UserStats())
         setattr(user, what, getattr(user, what) + 1)
         return user
@@ -430,7 +441,6 @@ class _Tally:
         """A list served to ``user_id`` under ``variant`` with items at ``positions``."""
         with self.lock:
             user = self._count(variant, "lists", user_id)
-            self.summary.variants[variant].shown += len(positions)
             user.impressions += len(positions)
             user.shown_top_k += sum(p < READOUT_K for p in positions)
 
