@@ -65,8 +65,9 @@ def _wait_with_bar(
     timeout_s: float,
     stall_s: float,
     stalled: Callable[[int], str],
-) -> None:
-    """Poll ``done()`` every 2 s under a progress bar until it reaches ``total``; raise
+) -> int:
+    """Poll ``done()`` every 2 s under a progress bar until it reaches ``total`` (returns that
+    last count); raise
     ``RuntimeError(stalled(count))`` past ``timeout_s``, or when the count stops moving for
     ``stall_s`` (files committed on checkpoints move it in steps)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -81,7 +82,7 @@ def _wait_with_bar(
             got = done()
             bar.update(task, completed=min(got, total))
             if got >= total:
-                return
+                return got
             if got != last:
                 last, last_change = got, time.monotonic()
             if time.monotonic() > deadline or time.monotonic() - last_change > stall_s:
@@ -102,16 +103,10 @@ def wait_archived(
     from lambdarec.data import archive
 
     wanted = [date.fromisoformat(d) for d in days]
-    found = {"n": 0}
-
-    def count() -> int:
-        found["n"] = archive.distinct_ids(settings.archive_dir, wanted)
-        return found["n"]
-
-    _wait_with_bar(
+    return _wait_with_bar(
         "archived",
         expected,
-        count,
+        lambda: archive.distinct_ids(settings.archive_dir, wanted),
         timeout_s=timeout_s,
         stall_s=180.0,
         stalled=lambda got: (
@@ -119,7 +114,6 @@ def wait_archived(
             f"{settings.log_dir / 'speed-layer.log'} and `lambdarec platform status`"
         ),
     )
-    return found["n"]
 
 
 def _show_online(
