@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from lambdarec.recommend.policies import PIPELINE, policy
 from lambdarec.registry import TWO_TOWER
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The policies that serve the champion model (``popular`` serves no model).
-MODEL_POLICIES = ("pipeline", "no_ranker")
 #: The registered model whose champion the variants serve (its run holds the evaluation).
 MODEL = TWO_TOWER
 
@@ -42,8 +41,8 @@ def model_variants(variants: list[str], policies_spec: str) -> dict[str, str]:
     from lambdarec.config import parse_ab_policies
 
     chosen = parse_ab_policies(policies_spec, variants)
-    out = {v: chosen.get(v, "pipeline") for v in variants}
-    return {v: p for v, p in out.items() if p in MODEL_POLICIES}
+    out = {v: chosen.get(v, PIPELINE) for v in variants}
+    return {v: p for v, p in out.items() if policy(p).serves_model}
 
 
 def online_metrics(readout: dict[str, Any], variant: str) -> dict[str, float]:
@@ -105,19 +104,19 @@ def log_readout(ds: str, settings: Settings | None = None) -> dict[str, Any]:
         result["skipped"] = f"no champion of {MODEL!r} in the registry yet"
         log.info("log_to_mlflow: %s", result["skipped"])
         return result
+    from mlflow.entities import Metric
+
     client = registry.client
     stamp = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
-    for variant in served:
-        values = online_metrics(readout, variant)
-        for name, value in values.items():
-            client.log_metric(
-                champion.run_id,
-                metric_key(f"online.{variant}.{name}"),
-                value,
-                timestamp=stamp,
-                step=day_step(day),
-            )
-        result["logged"][variant] = values
+    result["logged"] = {variant: online_metrics(readout, variant) for variant in served}
+    client.log_batch(
+        champion.run_id,
+        metrics=[
+            Metric(metric_key(f"online.{variant}.{name}"), value, stamp, day_step(day))
+            for variant, values in result["logged"].items()
+            for name, value in values.items()
+        ],
+    )
     offline = {
         "model": MODEL,
         "version": champion.version,

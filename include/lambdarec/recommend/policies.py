@@ -21,6 +21,12 @@ class Policy:
     #: missing ranker is not a degradation.
     ranked: bool = True
 
+    @property
+    def serves_model(self) -> bool:
+        """Whether its lists come from the trained models (the two-tower's retrieval among the
+        pipeline's sources, or the ranker): an A/B variant running it serves the champion."""
+        return self.sources is None or self.ranked
+
 
 #: What ``/recommend`` serves unless a variant's policy says otherwise.
 PIPELINE = "pipeline"
