@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,11 +41,20 @@ SECOND_LANE = (
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put every test in its lane (an ``xdist_group``; without ``-n`` the marks change nothing)."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group("second" if path in SECOND_LANE else "first"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Schedule by lane: every test of a lane on one worker, in collection order.
+
+    pytest-xdist's ``--dist loadgroup`` groups by the ``xdist_group`` mark through a rename of the
+    node id, which recent pytest no longer honours (each test was then scheduled alone: a module's
+    fixtures set up on both workers, and two tests sharing the state folder ran at once). The lane
+    is the scope of xdist's own scope scheduler instead: one unit of work per lane."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "second" if nodeid.split("::", 1)[0] in SECOND_LANE else "first"
+
+    return Lanes(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
