@@ -31,7 +31,7 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps compose-plugin $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry)
+setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages the platform needs (redis-server, nginx) and check Java 17 and Maven
@@ -69,6 +69,13 @@ $(MILVUS_VENV)/.installed: env/requirements-milvus.txt | $(UV)
 	@test -x $(MILVUS_VENV)/bin/python || $(UV) venv -q -p $(PYTHON_BOOT) $(MILVUS_VENV)
 	$(UV) pip sync -q -p $(MILVUS_VENV)/bin/python env/requirements-milvus.txt
 	@touch $@
+
+# The browser tests drive the distribution's headless Chromium through its chromedriver.
+.PHONY: browser-deps
+browser-deps: ## Install chromium and chromium-driver (apt; only the browser tests need them)
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+	  echo "Installing chromium and chromium-driver (apt; the browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 # `docker compose config` validates the deployment files in the tests; where the docker CLI lacks
 # the compose plugin, build it from its Go module (minutes once, seconds after).
@@ -123,8 +130,8 @@ status: ## Show what runs and every URL
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test
-test: setup lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e) in two lanes
-	@set +e; $(PY) -m pytest -n $(TEST_LANES) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+test: setup compose-plugin browser-deps lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e) in two lanes
+	@set +e; $(PY) -m pytest -n $(TEST_LANES) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 .PHONY: test-unit

@@ -1,0 +1,66 @@
+"""The browser tests' headless Chromium: the distribution's ``chromium`` driven by its
+``chromium-driver`` through Selenium (``make test`` installs both), with no network beyond loopback.
+
+``browser`` is one Chromium for the whole session; ``screenshot(driver, name)`` saves a PNG under
+``test-artifacts/screenshots/`` (or ``$LAMBDAREC_TEST_ARTIFACTS/screenshots``), kept after the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Where screenshots go: kept after the run, as the test artifacts of the browser tests.
+ARTIFACTS = Path(os.environ.get("LAMBDAREC_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = os.environ.get("LAMBDAREC_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("LAMBDAREC_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium at 1280x900 that reaches loopback only (every other host is refused)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if not (Path(binary).exists() or shutil.which(binary)):
+            pytest.fail(f"{binary} not found: `make test` installs chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        # Pages must work offline: any request that leaves the machine fails fast.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    """Save the page as ``<artifacts>/screenshots/<name>.png`` and return the path."""
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
