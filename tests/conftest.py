@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 
-#: Modules that run in the second lane of ``make test`` (``pytest -n 2 --dist loadgroup``): the
+#: Modules that run in the second lane of ``make test`` (``pytest -n 2``, by the scheduler below): the
 #: two longest and the perimeter test, each on a private platform in its own temporary state
 #: folder (its own free ports, no Milvus server: that one's health port is fixed), and the
 #: self-contained tests of the deployment's logins, the simulator, the attribution job and the A/B
@@ -39,6 +39,13 @@ SECOND_LANE = (
     "tests/integration/test_attribution.py",
     "tests/integration/test_online_metrics.py",
 )
+#: The browser tests of the demo's pages share its private platform (tests/e2e/conftest.py).
+SECOND_LANE_PREFIX = "tests/e2e/test_pages_"
+
+
+def _lane(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "second" if path in SECOND_LANE or path.startswith(SECOND_LANE_PREFIX) else "first"
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -52,7 +59,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class Lanes(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "second" if nodeid.split("::", 1)[0] in SECOND_LANE else "first"
+            return _lane(nodeid)
 
     return Lanes(config, log)
 

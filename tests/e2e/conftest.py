@@ -1,6 +1,10 @@
 """The browser tests' headless Chromium: the distribution's ``chromium`` driven by its
 ``chromium-driver`` through Selenium (``make test`` installs both), with no network beyond loopback.
 
+``demo`` runs the demo once on a private platform for the package's tests (``test_demo`` checks
+its figures; the ``test_pages_*`` modules open its pages in the browser) and stops it after the
+last of them: all of them run in the second lane (tests/conftest.py).
+
 ``browser`` is one Chromium for the whole session; ``screenshot(driver, name)`` saves a PNG under
 ``test-artifacts/screenshots/`` (or ``$LAMBDAREC_TEST_ARTIFACTS/screenshots``), kept after the run.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +24,43 @@ if TYPE_CHECKING:
 
     from selenium.webdriver.remote.webdriver import WebDriver
 
+    from lambdarec.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Where screenshots go: kept after the run, as the test artifacts of the browser tests.
 ARTIFACTS = Path(os.environ.get("LAMBDAREC_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = os.environ.get("LAMBDAREC_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LAMBDAREC_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="package")
+def demo() -> Iterator[tuple[Settings, dict[str, object]]]:
+    """The demo, end to end on a private platform (its own state folder and free ports): the
+    settings and the figures it printed; the platform keeps running until the package's last test.
+    """
+    from lambdarec.demo import run_demo
+    from lambdarec.harness.platform import link_kafka_jars, private_settings
+    from lambdarec.platform import manager
+
+    state = Path(tempfile.mkdtemp(prefix="lambdarec-demo-"))
+    # MLflow in a SQLite file (make demo starts the MLflow server; its tracking is the same).
+    settings = private_settings(state, mlflow_tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
+    link_kafka_jars(settings)
+    try:
+        figures = run_demo(
+            users=300,
+            items=800,
+            days=3,
+            seed=5,
+            services=["kafka", "redis", "speed-layer", "feature-pusher", "attribution"],
+            settings=settings,
+            model_epochs=2,
+            ab_minutes=0.5,
+        )
+        yield settings, figures
+    finally:
+        manager.down(settings=settings)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,94 +8,80 @@ were shown."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from lambdarec.data import lake
-from lambdarec.demo import run_demo
-from lambdarec.harness.platform import link_kafka_jars, private_settings
 from lambdarec.platform import manager
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-# The longest test: ~10 minutes alone with the online loop, beyond pyproject's 900 s per test
-# when the 2 cores are shared (its batch layer alone took 750 s beside another platform's load).
+# The longest test: ~10 minutes alone with the online loop (the ``demo`` fixture), beyond
+# pyproject's 900 s per test when the 2 cores are shared (its batch layer alone took 750 s beside
+# another platform's load); the timeout covers the fixture's setup.
 @pytest.mark.timeout(1800)
-def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake() -> None:
-    state = Path(tempfile.mkdtemp(prefix="lambdarec-demo-"))
-    # MLflow in a SQLite file (make demo starts the MLflow server; its tracking is the same).
-    settings = private_settings(state, mlflow_tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
-    link_kafka_jars(settings)
-    try:
-        figures = run_demo(
-            users=300,
-            items=800,
-            days=3,
-            seed=5,
-            services=["kafka", "redis", "speed-layer", "feature-pusher", "attribution"],
-            settings=settings,
-            model_epochs=2,
-            ab_minutes=0.5,
-        )
-        counts = lake.date_counts(settings.lake_dir)
-        assert [d.isoformat() for d in sorted(counts)] == figures["days"]
-        assert figures["events"] == sum(counts.values()) > 1000
-        replayed = figures["replay"]
-        assert isinstance(replayed, dict)
-        assert replayed["produced"] == figures["events"]
-        assert replayed["dead_lettered"] == 0
-        assert figures["topic_events_added"] == figures["events"]
-        # Every event went through Flink into the archive, then compaction into the lake.
-        assert figures["archived"] == figures["events"]
-        assert set(figures["daily_feature_pipeline"].values()) == {"success"}  # type: ignore[union-attr]
-        session = figures["session_sample"]
-        assert isinstance(session, dict) and session["session_features__n_views"][0] > 0
-        # The retraining DAG promoted a first champion (there was none), published it, and the
-        # app serves it: the list changes after the posted clicks and the purchase is gone.
-        assert set(figures["weekly_model_retraining"].values()) == {"success"}  # type: ignore[union-attr]
-        served = figures["serving"]
-        assert isinstance(served, dict)
-        assert served["after"] != served["before"]
-        assert served["bought"] not in served["after"]
-        assert len(served["after"]) == 10
-        assert not {"model", "index", "online_store"} & set(served["degraded_after"])
-        assert served["variant"] == "champion"  # the walkthrough shows the control's pipeline
+def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake(
+    demo: tuple[Settings, dict[str, object]],
+) -> None:
+    settings, figures = demo
+    counts = lake.date_counts(settings.lake_dir)
+    assert [d.isoformat() for d in sorted(counts)] == figures["days"]
+    assert figures["events"] == sum(counts.values()) > 1000
+    replayed = figures["replay"]
+    assert isinstance(replayed, dict)
+    assert replayed["produced"] == figures["events"]
+    assert replayed["dead_lettered"] == 0
+    assert figures["topic_events_added"] == figures["events"]
+    # Every event went through Flink into the archive, then compaction into the lake.
+    assert figures["archived"] == figures["events"]
+    assert set(figures["daily_feature_pipeline"].values()) == {"success"}  # type: ignore[union-attr]
+    session = figures["session_sample"]
+    assert isinstance(session, dict) and session["session_features__n_views"][0] > 0
+    # The retraining DAG promoted a first champion (there was none), published it, and the
+    # app serves it: the list changes after the posted clicks and the purchase is gone.
+    assert set(figures["weekly_model_retraining"].values()) == {"success"}  # type: ignore[union-attr]
+    served = figures["serving"]
+    assert isinstance(served, dict)
+    assert served["after"] != served["before"]
+    assert served["bought"] not in served["after"]
+    assert len(served["after"]) == 10
+    assert not {"model", "index", "online_store"} & set(served["degraded_after"])
+    assert served["variant"] == "champion"  # the walkthrough shows the control's pipeline
 
-        # The online loop: every list the shoppers and the walkthrough were shown is in the
-        # readout, per variant, and every click, cart and purchase made from a list counts.
-        ab = figures["ab"]
-        assert isinstance(ab, dict)
-        simulated, readout = ab["simulated"], ab["readout"]
-        assert readout["control"] == "champion" and readout["variants"] == ["champion", "popular"]
-        assert all(set(tasks.values()) == {"success"} for tasks in ab["online_metrics"].values())
-        period = readout["period"]
-        for variant in ("champion", "popular"):
-            tally = simulated["variants"][variant]
-            walked = served["shown"].get(variant, {"lists": 0, "items": 0})
-            row = period["variants"][variant]
-            assert tally["lists"] > 0 and row["impressions"] > 0
-            assert row["lists"] == tally["lists"] + walked["lists"], (variant, row, tally, walked)
-            assert row["impressions"] == tally["shown"] + walked["items"], (variant, row, tally)
-            assert row["clicks"] >= tally["clicks"] and row["purchases"] >= tally["purchases"]
-            assert row["metrics"]["ctr_at_k"]["value"] is not None
-        assert set(period["tests"]) == {"popular"}
-        assert period["tests"]["popular"]["metrics"]["conversion"]["p_value"] is not None
-        assert Path(ab["report"]).is_file()
-        # log_to_mlflow put the champion's offline metrics beside the readout.
-        offline = json.loads((Path(ab["report"]).parent / "offline.json").read_text())
-        assert offline["variants"] == ["champion"] and offline["metrics"]
-        assert str(settings.reports_port) in ab["report_url"]
-        assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {
-            "kafka",
-            "redis",
-            "speed-layer",
-            "attribution",
-            "serving",
-        }
-    finally:
-        manager.down(settings=settings)
-        shutil.rmtree(state, ignore_errors=True)
+    # The online loop: every list the shoppers and the walkthrough were shown is in the
+    # readout, per variant, and every click, cart and purchase made from a list counts.
+    ab = figures["ab"]
+    assert isinstance(ab, dict)
+    simulated, readout = ab["simulated"], ab["readout"]
+    assert readout["control"] == "champion" and readout["variants"] == ["champion", "popular"]
+    assert all(set(tasks.values()) == {"success"} for tasks in ab["online_metrics"].values())
+    period = readout["period"]
+    for variant in ("champion", "popular"):
+        tally = simulated["variants"][variant]
+        walked = served["shown"].get(variant, {"lists": 0, "items": 0})
+        row = period["variants"][variant]
+        assert tally["lists"] > 0 and row["impressions"] > 0
+        assert row["lists"] == tally["lists"] + walked["lists"], (variant, row, tally, walked)
+        assert row["impressions"] == tally["shown"] + walked["items"], (variant, row, tally)
+        assert row["clicks"] >= tally["clicks"] and row["purchases"] >= tally["purchases"]
+        assert row["metrics"]["ctr_at_k"]["value"] is not None
+    assert set(period["tests"]) == {"popular"}
+    assert period["tests"]["popular"]["metrics"]["conversion"]["p_value"] is not None
+    assert Path(ab["report"]).is_file()
+    # log_to_mlflow put the champion's offline metrics beside the readout.
+    offline = json.loads((Path(ab["report"]).parent / "offline.json").read_text())
+    assert offline["variants"] == ["champion"] and offline["metrics"]
+    assert str(settings.reports_port) in ab["report_url"]
+    assert {s.name for s in manager.status(settings=settings) if s.is_up} >= {
+        "kafka",
+        "redis",
+        "speed-layer",
+        "attribution",
+        "serving",
+    }
