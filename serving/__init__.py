@@ -55,6 +55,7 @@ def create_app(
     Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
     """
     from lambdarec.config import get_settings
+    from serving import pages
     from serving.ab import DEFAULT_SALT, DEFAULT_VARIANTS, LiveVariants, Variants
     from serving.access import EXTENSION as ACCESS
     from serving.access import Access
@@ -112,6 +113,7 @@ def create_app(
     app.register_blueprint(recommend.bp)
     app.register_blueprint(events_api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(pages.bp)
     _install_errors(app, metrics)
     _install_timing(app, metrics)
     return app

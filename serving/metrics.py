@@ -72,6 +72,11 @@ class Metrics:
             ["part"],
             registry=r,
         )
+        self.degraded = Counter(
+            "lambdarec_serving_degraded_total",
+            "/recommend answers served degraded (one or more parts fell back).",
+            registry=r,
+        )
         self.errors = Counter(
             "lambdarec_serving_errors_total",
             "Unexpected errors (answered 500).",

@@ -342,6 +342,8 @@ class Recommender:
                 self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
             for part in result.degraded_parts:
                 self.metrics.fallbacks.labels(part).inc()
+            if result.degraded:
+                self.metrics.degraded.inc()
         return result
 
     def session_owners(self, session_ids: Sequence[str]) -> dict[str, str]:

@@ -13,8 +13,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
-#: What a key may be allowed to do: ``events`` is POST /events, ``recommend`` is /recommend.
-SCOPES = ("events", "recommend")
+#: What a key may be allowed to do: ``events`` is POST /events, ``recommend`` is /recommend,
+#: ``dashboard`` the operator dashboard's figures (/dashboard/data).
+SCOPES = ("events", "recommend", "dashboard")
 #: Minted secrets start with this, so a leaked one is recognisable in logs and secret scanners.
 SECRET_PREFIX = "lrk_"
 

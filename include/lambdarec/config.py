@@ -211,6 +211,20 @@ class Settings(BaseSettings):
     # -- Airflow ---------------------------------------------------------------------------
     airflow_port: Port = 8080
     airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
+    airflow_url: str = Field(
+        "",
+        pattern=r"^(https?://[A-Za-z0-9_.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.\-/]*)?)?$",
+        description="Airflow's API server, for the operator dashboard's DAG runs (REST API v2); "
+        "empty means the local one on airflow_port.",
+    )
+    airflow_username: str = Field(
+        "admin", description="The Airflow user the operator dashboard reads DAG runs as."
+    )
+    airflow_password: SecretStr = Field(
+        SecretStr(""),
+        description="That user's password; empty means the one the local platform's Airflow "
+        "generated (under its home), which the dashboard reads at each login.",
+    )
 
     # -- Milvus (item embeddings) --------------------------------------------------------------
     milvus_uri: str = Field(
@@ -538,6 +552,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def airflow_api_url(self) -> str:
+        return (self.airflow_url or f"http://{self.bind_host}:{self.airflow_port}").rstrip("/")
 
     @property
     def run_dir(self) -> Path:

@@ -26,7 +26,9 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -61,6 +63,11 @@ PREFETCH_KB = 8192
 #: The ``source`` of the pusher's dead letters.
 DEAD_LETTER_SOURCE = "feature-pusher"
 CHUNK_PAUSE_S = 0.002
+#: Freshness counts a session row whose event is at most this old when it is written: older rows
+#: are a backlog or a replay (the demo's history), whose age says nothing of the speed layer's.
+LIVE_S = 300.0
+#: The newest freshness samples the heartbeat's p50/p99 are taken over.
+FRESH_SAMPLES = 2000
 #: Feast's SQLite online store shares one connection per store: one push at a time per process.
 _PUSH_LOCK = threading.Lock()
 
@@ -101,13 +108,27 @@ class PushStats:
     #: Messages behind the newest of the assigned partitions (at the last heartbeat).
     lag: int = 0
     push_ms: list[float] = field(default_factory=list, repr=False)
+    #: Feature freshness, ms: a live session row's event time to its write into the store.
+    fresh_ms: deque[float] = field(default_factory=lambda: deque(maxlen=FRESH_SAMPLES), repr=False)
+
+    def observe_freshness(self, event_times: Sequence[datetime]) -> None:
+        now = datetime.now(UTC)
+        for ts in event_times:
+            age_ms = (now - ts).total_seconds() * 1000
+            if 0 <= age_ms <= LIVE_S * 1000:
+                self.fresh_ms.append(age_ms)
 
     def summary(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "push_ms"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("push_ms", "fresh_ms")}
         if self.push_ms:
             ordered = sorted(self.push_ms)
             out["push_ms_p50"] = round(ordered[len(ordered) // 2], 2)
             out["push_ms_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
+        if self.fresh_ms:
+            ordered = sorted(self.fresh_ms)
+            out["fresh_ms_n"] = len(ordered)
+            out["fresh_ms_p50"] = round(ordered[len(ordered) // 2], 1)
+            out["fresh_ms_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
         return out
 
 
@@ -311,6 +332,8 @@ class FeaturePusher:
                 down = time.monotonic() - down_since
                 self.stats.store_down_s += down
                 log.warning("the online store took the %s rows after %.1f s", view, down)
+            if view == SESSION_FEATURES.name:
+                self.stats.observe_freshness([row[2] for row in rows])
             return written
 
     def lag(self) -> int:
