@@ -291,6 +291,15 @@ def run_demo(
             "\nNext: open the URLs above; `make status` shows them again, "
             "`make platform-down` stops everything."
         )
+        base = f"http://{s.bind_host}:{s.serving_port}"
+        figures["pages"] = {"shop": f"{base}/shop", "dashboard": f"{base}/dashboard"}
+        console.print(
+            f"\nStorefront (click an item, watch the list change): {base}/shop\n"
+            f"Operator dashboard (events, lag, freshness, latency, model, DAG runs): "
+            f"{base}/dashboard",
+            markup=False,
+            highlight=False,
+        )
 
     def models() -> None:
         from datetime import date, timedelta

@@ -133,6 +133,13 @@ def dag_runs(
     one list of runs per DAG."""
     import requests
 
+    try:
+        requests.get(f"{base_url}/api/v2/monitor/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise Unavailable(
+            f"Airflow's API at {base_url} is not reachable ({type(exc).__name__}); "
+            "`lambdarec platform up airflow` starts it"
+        ) from None
     if not password:
         raise Unavailable(
             f"no Airflow password for {username!r}: set LAMBDAREC_AIRFLOW_PASSWORD (the local "

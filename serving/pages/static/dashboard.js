@@ -86,7 +86,8 @@
     const c = d.champion, s = d.serving;
     if (!c) return;
     const variants = s.variants.map((v) => `${v.name} (${v.policy})`).join(", ");
-    const served = el("p", {}, `Serving answers with two_tower v${s.model_version == null ? "none" : s.model_version}; A/B variants ${variants}.`);
+    const model = s.model_version == null ? "no model yet (popular and count-based sources only)" : `two_tower v${s.model_version}`;
+    const served = el("p", {}, "Serving answers with ", el("b", { id: "serving-model" }, model), `; A/B variants ${variants}.`);
     if (!c.ok) { $("champion").replaceChildren(served, el("div", { class: "note" }, c.note)); return; }
     if (c.version == null) { $("champion").replaceChildren(served, el("p", { class: "muted" }, "No champion registered yet (the retraining DAG promotes the first).")); return; }
     const rows = Object.entries(c.metrics).slice(0, 24).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, num(v, 4))));
