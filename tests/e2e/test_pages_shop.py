@@ -88,8 +88,13 @@ def test_storefront_click_changes_the_list(
     assert len(shoppers) > 1, shoppers
     for user in shoppers:
         picker.select_by_value(str(user))
+        session = _text(browser, "session")
+        # The list of this shopper's new session (not the previous one's, still on the page).
         eventually(
-            lambda: _settled(browser) and _text(browser, "status-request") != "-",
+            lambda session=session: (
+                _settled(browser)
+                and browser.find_element("id", "recs").get_attribute("data-session") == session
+            ),
             30,
             message="the shopper's list",
         )
@@ -101,7 +106,6 @@ def test_storefront_click_changes_the_list(
     assert re.fullmatch(r"two_tower v\d+", _text(browser, "status-model")), _text(
         browser, "status-model"
     )
-    session = _text(browser, "session")
     before = _list(browser)
     assert len(before) == 10
     # Each item names its sources; the ranker gives its reasons.

@@ -102,6 +102,7 @@
     shop.list = answer;
     const before = new Set(previous || []);
     $("recs").replaceChildren(...answer.items.map((i) => card(i, true, previous && !before.has(i.item_id))));
+    $("recs").dataset.session = answer.session_id;
     $("status-variant").textContent = answer.variant;
     $("status-policy").textContent = answer.policy;
     $("status-degraded").textContent = answer.degraded ? answer.degraded_parts.join(", ") : "no";
@@ -110,7 +111,9 @@
 
   async function loadList() {
     try {
-      render(await recommend(), null);
+      const answer = await recommend();
+      if (answer.session_id !== shop.session) return; // a newer session's list is on its way
+      render(answer, null);
       show("");
     } catch (e) {
       show(`GET /recommend: ${e.message}`, true);
