@@ -41,7 +41,7 @@ def kafka_figures(settings: Settings, timeout_s: float = TIMEOUT_S) -> dict[str,
     from confluent_kafka import KafkaException, TopicPartition
 
     from lambdarec.speed.control import GROUP_ID
-    from lambdarec.streaming.kafka import probe_consumer
+    from lambdarec.streaming.kafka import committed_offsets, probe_consumer
 
     topic, dlq = settings.topic_events, settings.topic_dead_letter
     try:
@@ -51,15 +51,17 @@ def kafka_figures(settings: Settings, timeout_s: float = TIMEOUT_S) -> dict[str,
                 raise Unavailable(
                     f"the topic {topic} does not exist at {settings.bootstrap_servers}"
                 )
-            parts = [TopicPartition(topic, p) for p in sorted(meta[topic].partitions)]
             offset = lag = 0
-            committed = probe.committed(parts, timeout=timeout_s)
-            for tp in committed:
+            # Retried while the group's coordinator moves or loads (a broker just started).
+            committed = committed_offsets(
+                probe, topic, sorted(meta[topic].partitions), timeout_s=timeout_s, attempts=3
+            )
+            for partition, done in committed.items():
                 low, high = probe.get_watermark_offsets(
-                    TopicPartition(topic, tp.partition), timeout=timeout_s
+                    TopicPartition(topic, partition), timeout=timeout_s
                 )
                 offset += high
-                lag += max(0, high - (tp.offset if tp.offset >= 0 else low))
+                lag += max(0, high - (done if done >= 0 else low))
             dead = 0
             for p in sorted(meta[dlq].partitions) if dlq in meta else ():
                 low, high = probe.get_watermark_offsets(TopicPartition(dlq, p), timeout=timeout_s)
