@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         REPO_ROOT.parent / "shared" / "data",
         description="Folder holding the real datasets (Taobao, Diginetica).",
     )
+    web_assets_dir: Path = Field(
+        REPO_ROOT / ".state" / "web-assets",
+        description="CSS/JS the Data Docs load, vendored from npm packages by `make setup` "
+        "(`lambdarec quality fetch-assets`) with their licences; served by the reports site "
+        "under /vendor/. Outside state_dir, so private state folders share one copy.",
+    )
 
     # -- Kafka ---------------------------------------------------------------------------
     kafka_bootstrap: str = Field(
