@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     # -- Airflow ---------------------------------------------------------------------------
     airflow_port: Port = 8080
     airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
+    dags_paused: bool = Field(
+        False,
+        description="Keep the scheduled DAGs (daily_feature_pipeline, drift_monitoring, "
+        "online_metrics, weekly_model_retraining) paused: `lambdarec platform up` and the end "
+        "of `make demo` pause them instead of unpausing them.",
+    )
 
     # -- Milvus (item embeddings) --------------------------------------------------------------
     milvus_uri: str = Field(

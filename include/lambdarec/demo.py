@@ -310,9 +310,26 @@ def run_demo(
                 f"weekly_model_retraining failed: {run.tasks}\n"
                 + "\n".join(run.log.splitlines()[-30:])
             )
+        last = cast("list[str]", figures["days"])[-1]
+        console.print(f"drift_monitoring for {last}: the champion's reference against that day ...")
+        drift = run_dag_test("drift_monitoring", last, s)
+        figures["drift_monitoring"] = drift.tasks
+        console.print(f"      {drift.state}: {drift.tasks}")
+        if not drift.success:
+            raise RuntimeError(
+                f"drift_monitoring failed for {last}: {drift.tasks}\n"
+                + "\n".join(drift.log.splitlines()[-30:])
+            )
+        console.print(
+            f"reports: http://{s.bind_host}:{s.reports_port}/ (the evaluation, drift/{last})",
+            markup=False,
+            highlight=False,
+        )
 
     _step(
-        f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion", models
+        f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion; "
+        "drift_monitoring for the last day",
+        models,
     )
 
     def serve() -> None:
