@@ -107,8 +107,8 @@ lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirem
 # Running
 # ---------------------------------------------------------------------------------------------
 .PHONY: demo
-demo: setup ## Bring the stack up on this machine and run the recommender end to end
-	$(VENV)/bin/lambdarec demo
+demo: setup ## Bring the stack up on this machine and run the recommender end to end (PAUSED=1: scheduled DAGs stay paused after it)
+	$(if $(PAUSED),LAMBDAREC_DAGS_PAUSED=$(PAUSED) )$(VENV)/bin/lambdarec demo
 
 PORT ?= 8000
 # One worker with Milvus Lite (its file admits one process); with a Milvus server
@@ -120,8 +120,8 @@ serve: setup ## Serve the Flask app with gunicorn on 127.0.0.1:PORT (/recommend,
 	$(VENV)/bin/gunicorn 'serving:create_app()' -b 127.0.0.1:$(PORT) -w $(SERVE_WORKERS) --threads $(SERVE_THREADS)
 
 .PHONY: platform-up
-platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow)
-	$(VENV)/bin/lambdarec platform up
+platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow) and unpause the scheduled DAGs (PAUSED=1: keep them paused)
+	$(if $(PAUSED),LAMBDAREC_DAGS_PAUSED=$(PAUSED) )$(VENV)/bin/lambdarec platform up
 
 .PHONY: platform-down
 platform-down: ## Stop every local service of the project

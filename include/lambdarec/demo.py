@@ -285,7 +285,18 @@ def run_demo(
     )
 
     def summary() -> None:
+        from lambdarec.platform.airflow import schedule_dags
+
         rows = manager.status(settings=s)
+        if any(row.name == "airflow-scheduler" and row.is_up for row in rows):
+            # Paused while the demo ran its own runs of them; live from now on, on their schedules.
+            states = schedule_dags(s)
+            live = [d for d, paused in states.items() if not paused]
+            console.print(
+                f"scheduled DAGs: {', '.join(live)} run on their schedules"
+                if live
+                else "scheduled DAGs stay paused (LAMBDAREC_DAGS_PAUSED)"
+            )
         console.print(status_table(rows))
         console.print(
             "\nNext: open the URLs above; `make status` shows them again, "
