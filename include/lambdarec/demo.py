@@ -338,6 +338,12 @@ def run_demo(
                 f"drift_monitoring failed for {last}: {drift.tasks}\n"
                 + "\n".join(drift.log.splitlines()[-30:])
             )
+        if drift.tasks.get("trigger_retraining") == "success":
+            # The monitor's real decision: the queued run starts once the DAGs are unpaused.
+            console.print(
+                f"drift on {last} reached the act threshold: a weekly_model_retraining run "
+                f"(drift__{last}) is queued and starts when the scheduled DAGs are unpaused"
+            )
         console.print(
             f"reports: http://{s.bind_host}:{s.reports_port}/ (the evaluation, drift/{last})",
             markup=False,
