@@ -7,6 +7,7 @@ folder (the demo fixture's teardown stops it with the rest)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, cast
 
 import pytest
@@ -93,8 +94,15 @@ def data_docs_render_offline(browser: WebDriver, base: str, figures: dict[str, o
     # bootstrap-table draws the rows from the page's data: they exist only if its JS ran.
     listed = eventually(lambda: rows() or None, 20, message="the validation table's rows")
     days = cast("list[str]", figures["days"])
-    for day in days:
-        assert any(f"raw_events-{day}" in row for row in listed), (day, listed[:5])
+    # Newest first, a page at a time: the last day's gates are on the first page, the raw
+    # events' among them; the pagination counts every validation of every day.
+    assert any(f"raw_events-{days[-1]}" in row for row in listed), listed
+    assert len(listed) >= 5, listed
+    info = browser.execute_script(
+        "const p = document.querySelector('.pagination-info'); return p ? p.innerText : ''"
+    )
+    total = re.search(r"of (\d+) rows", str(info))
+    assert total and int(total.group(1)) >= 2 * len(days), info
     # Bootstrap's stylesheet is applied (its reboot sets the body's font stack and margin).
     font = browser.execute_script("return getComputedStyle(document.body).fontFamily")
     assert "-apple-system" in font, font
