@@ -31,12 +31,13 @@ help: ## Show this help
 # Setup: everything a fresh machine needs, idempotent (a ready machine re-runs in seconds)
 # ---------------------------------------------------------------------------------------------
 .PHONY: setup
-setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry)
+setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied $(STATE)/web-assets/manifest.json ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry, Data Docs' CSS/JS)
 
 .PHONY: system-deps
-system-deps: ## Install Debian packages the platform needs (redis-server, nginx) and check Java 17 and Maven
+system-deps: ## Install Debian packages the platform needs (redis-server, nginx, npm) and check Java 17 and Maven
 	@test -x "$(JAVA_HOME)/bin/java" || { echo "Java 17 not found at JAVA_HOME=$(JAVA_HOME); install openjdk-17-jdk-headless or set JAVA_HOME"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Installing maven (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; }
+	@command -v npm >/dev/null || { echo "Installing npm (apt; fetches the Data Docs' CSS/JS)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	@command -v redis-server >/dev/null || { \
 	  echo "Installing redis-server (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
@@ -92,6 +93,10 @@ $(STATE)/feast/.applied: $(VENV)/.installed $(wildcard feature_repo/*.py) includ
 	@out=$$($(VENV)/bin/lambdarec features apply 2>&1) || { echo "$$out"; exit 1; }; echo "Feast: feature_repo/ applied (registry and online store under $(STATE)/feast)"
 	@touch $@
 
+# The Data Docs' CSS/JS from their npm packages (with licences), so the pages work offline.
+$(STATE)/web-assets/manifest.json: $(VENV)/.installed include/lambdarec/quality/offline.py
+	@$(VENV)/bin/lambdarec quality fetch-assets
+
 .PHONY: lock
 lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirements-flink.txt)
 	$(UV) pip compile -q -p 3.11 env/requirements.in -o requirements.txt
@@ -102,8 +107,8 @@ lock: | $(UV) ## Re-resolve the dependency locks (requirements.txt, env/requirem
 # Running
 # ---------------------------------------------------------------------------------------------
 .PHONY: demo
-demo: setup ## Bring the stack up on this machine and run the recommender end to end
-	$(VENV)/bin/lambdarec demo
+demo: setup ## Bring the stack up on this machine and run the recommender end to end (PAUSED=1: scheduled DAGs stay paused after it)
+	$(if $(PAUSED),LAMBDAREC_DAGS_PAUSED=$(PAUSED) )$(VENV)/bin/lambdarec demo
 
 PORT ?= 8000
 # One worker with Milvus Lite (its file admits one process); with a Milvus server
@@ -115,8 +120,8 @@ serve: setup ## Serve the Flask app with gunicorn on 127.0.0.1:PORT (/recommend,
 	$(VENV)/bin/gunicorn 'serving:create_app()' -b 127.0.0.1:$(PORT) -w $(SERVE_WORKERS) --threads $(SERVE_THREADS)
 
 .PHONY: platform-up
-platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow)
-	$(VENV)/bin/lambdarec platform up
+platform-up: setup ## Start the local services (Kafka, Redis, MLflow, Airflow) and unpause the scheduled DAGs (PAUSED=1: keep them paused)
+	$(if $(PAUSED),LAMBDAREC_DAGS_PAUSED=$(PAUSED) )$(VENV)/bin/lambdarec platform up
 
 .PHONY: platform-down
 platform-down: ## Stop every local service of the project

@@ -1,12 +1,13 @@
 """
 ### daily_feature_pipeline
 
-The batch layer, once a day, for the run's data interval `[D, D+1)` (UTC):
+The batch layer, once a day: day D (UTC) at D+1 00:15 UTC (the run's logical date is D):
 
 0. **compact_archive** — folds day D of the speed layer's raw archive (`lake/archive/date=D/`,
    the Parquet files Flink commits on checkpoints) into the lake's `events/date=D/`: typed,
    deduplicated by event id, sorted, the partition replaced atomically. A day with no archive
-   (a backfill written straight to the lake) is left as it is.
+   (a backfill written straight to the lake) is left as it is; a day with no events at all is
+   skipped, with the reason (the platform idle that day), instead of failing its first gate.
 1. **validate_raw_events** — Great Expectations gate on the lake's events of day D (keys not null,
    unique event ids, known event types, sane prices, timestamps inside the day, row count close
    to the previous day's).
@@ -28,8 +29,10 @@ The batch layer, once a day, for the run's data interval `[D, D+1)` (UTC):
    status`), where each failed expectation is shown with the values that failed it.
 
 Backfill: `airflow backfill create --dag-id daily_feature_pipeline --from-date 2024-01-01
---to-date 2024-01-07`, or `dag.test()` per day as `make demo` does. The DAG is paused on creation
-and does not catch up by itself: days without events would only fail their first gate.
+--to-date 2024-01-07`, or `dag.test()` per day as `make demo` does. The DAG is created paused;
+the local platform unpauses it (`lambdarec platform up`, the end of `make demo`;
+`LAMBDAREC_DAGS_PAUSED=1` keeps it paused). It does not catch up: once unpaused, the scheduler
+runs the last complete day, then each new day.
 """
 
 from __future__ import annotations
@@ -37,17 +40,22 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from lambdarec.tables import FEATURE_TABLES
 from lambdarec_airflow.operators import DailyFeaturesSparkOperator
 
-DAY = "{{ data_interval_start | ds }}"
+# The run's logical date: day D for the scheduled run at D+1 00:15 (a data-interval timetable)
+# and for `dag.test(logical_date=D)` alike (its inferred interval would be the day before).
+DAY = "{{ ds }}"
 
 
 @dag(
     dag_id="daily_feature_pipeline",
-    schedule="@daily",
+    # Day D at D+1 00:15 UTC: the speed layer has committed D's last events to the archive by
+    # then (files land on checkpoints, seconds apart). A cron string alone would make Airflow 3 run
+    # D at D 00:00 with D as its day: a day that has just begun.
+    schedule=CronDataIntervalTimetable("15 0 * * *", timezone="UTC"),
     # Early, so any historical dataset can be backfilled (tasks are not created for days before
     # start_date); catchup is off, so the scheduler does not walk these years by itself.
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
@@ -60,9 +68,16 @@ DAY = "{{ data_interval_start | ds }}"
 def daily_feature_pipeline() -> None:
     @task
     def compact_archive(ds: str | None = None) -> dict:
-        from lambdarec.pipelines.daily import compact_archive as compact
+        from airflow.exceptions import AirflowSkipException
 
-        return compact(ds or "")
+        from lambdarec.pipelines.daily import compact_archive as compact
+        from lambdarec.pipelines.daily import no_events
+
+        compacted = compact(ds or "")
+        empty = no_events(ds or "")
+        if empty:
+            raise AirflowSkipException(empty)
+        return compacted
 
     @task
     def validate_raw_events(ds: str | None = None) -> dict:

@@ -1,8 +1,9 @@
 """
 ### drift_monitoring
 
-Once a day, for the run's data interval `[D, D+1)` (UTC), compares live traffic with what the
-champion model was trained on (logic in `include/lambdarec/monitoring/`):
+Once a day, day D (UTC) at D+1 01:00 UTC (after `daily_feature_pipeline` put D's events in the
+lake), compares live traffic with what the champion model was trained on (logic in
+`include/lambdarec/monitoring/`). A day with no events in the lake is skipped, with the reason.
 
 1. **measure_drift** — loads the champion's reference profile (an MLflow artifact of its training
    run), reads day D's events from the lake and impressions from the impressions topic, and
@@ -29,14 +30,16 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from lambdarec.config import get_settings
 
 
 @dag(
     dag_id="drift_monitoring",
-    schedule="@daily",
+    # Day D at D+1 01:00 UTC, after daily_feature_pipeline (D+1 00:15, minutes long) wrote D's
+    # events to the lake; `ds` is D for this run and for `dag.test(logical_date=D)` alike.
+    schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -47,8 +50,14 @@ from lambdarec.config import get_settings
 def drift_monitoring() -> None:
     @task
     def measure_drift(ds: str | None = None) -> dict:
-        from lambdarec.monitoring.run import run_drift
+        from airflow.exceptions import AirflowSkipException
 
+        from lambdarec.monitoring.run import run_drift
+        from lambdarec.pipelines.daily import no_events
+
+        empty = no_events(ds or "")
+        if empty:
+            raise AirflowSkipException(empty)
         return run_drift(ds or "")
 
     @task.short_circuit

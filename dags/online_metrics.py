@@ -1,8 +1,8 @@
 """
 ### online_metrics
 
-Once a day, for the run's data interval `[D, D+1)` (UTC), reads out the A/B test and guards it
-(logic in `include/lambdarec/monitoring/`):
+Once a day, day D (UTC) at D+1 00:30 UTC (the run's logical date is D), reads out the A/B test and
+guards it (logic in `include/lambdarec/monitoring/`):
 
 1. **compact_attribution** — folds day D of the attribution job's archive
    (`<lake>/attribution-archive/`, written by the platform's `attribution` service) into the lake's
@@ -34,16 +34,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from lambdarec_airflow.online_metrics import OnlineMetricsSparkOperator
 
-DAY = "{{ data_interval_start | ds }}"
+# Day D for the scheduled run at D+1 00:30 and for `dag.test(logical_date=D)` alike.
+DAY = "{{ ds }}"
 
 
 @dag(
     dag_id="online_metrics",
-    schedule="@daily",
+    # Day D at D+1 00:30 UTC, once the attribution job has committed D's last rows.
+    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -1,7 +1,7 @@
 """
 ### weekly_model_retraining
 
-Retrains the two-stage recommender once a week (and whenever `drift_monitoring` triggers it, by
+Retrains the two-stage recommender once a week, Sundays at 02:00 UTC (and whenever `drift_monitoring` triggers it, by
 this dag id). Every step is a program, `include/models/retrain.py <step> --run-dir DIR`, launched by
 `ModelStepOperator`; the logic lives in `lambdarec.models.retrain`, and only the run folder
 (`<state_dir>/models/runs/<run id>/`) passes between tasks.
@@ -38,7 +38,9 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
 
 @dag(
     dag_id="weekly_model_retraining",
-    schedule="@weekly",
+    # Sundays 02:00 UTC, after Saturday's daily_feature_pipeline (00:15) and drift_monitoring
+    # (01:00): the week's last day is in the lake and Feast. The run does not depend on its date.
+    schedule="0 2 * * 0",
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         REPO_ROOT.parent / "shared" / "data",
         description="Folder holding the real datasets (Taobao, Diginetica).",
     )
+    web_assets_dir: Path = Field(
+        REPO_ROOT / ".state" / "web-assets",
+        description="CSS/JS the Data Docs load, vendored from npm packages by `make setup` "
+        "(`lambdarec quality fetch-assets`) with their licences; served by the reports site "
+        "under /vendor/. Outside state_dir, so private state folders share one copy.",
+    )
 
     # -- Kafka ---------------------------------------------------------------------------
     kafka_bootstrap: str = Field(
@@ -224,6 +230,12 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="That user's password; empty means the one the local platform's Airflow "
         "generated (under its home), which the dashboard reads at each login.",
+    )
+    dags_paused: bool = Field(
+        False,
+        description="Keep the scheduled DAGs (daily_feature_pipeline, drift_monitoring, "
+        "online_metrics, weekly_model_retraining) paused: `lambdarec platform up` and the end "
+        "of `make demo` pause them instead of unpausing them.",
     )
 
     # -- Milvus (item embeddings) --------------------------------------------------------------

@@ -285,7 +285,25 @@ def run_demo(
     )
 
     def summary() -> None:
+        from lambdarec.platform.airflow import schedule_dags
+        from lambdarec.platform.base import PlatformError
+
         rows = manager.status(settings=s)
+        if any(row.name == "airflow-scheduler" and row.is_up for row in rows):
+            # Paused while the demo ran its own runs of them; live from now on, on their schedules.
+            try:
+                states = schedule_dags(s)
+            except PlatformError as error:  # the demo's work is done: say it, do not fail it
+                console.print(
+                    f"[yellow]scheduled DAGs left paused[/]: {error}; `make platform-up` retries"
+                )
+            else:
+                live = [d for d, paused in states.items() if not paused]
+                console.print(
+                    f"scheduled DAGs: {', '.join(live)} run on their schedules"
+                    if live
+                    else "scheduled DAGs stay paused (LAMBDAREC_DAGS_PAUSED)"
+                )
         console.print(status_table(rows))
         console.print(
             "\nNext: open the URLs above; `make status` shows them again, "
@@ -319,9 +337,32 @@ def run_demo(
                 f"weekly_model_retraining failed: {run.tasks}\n"
                 + "\n".join(run.log.splitlines()[-30:])
             )
+        last = cast("list[str]", figures["days"])[-1]
+        console.print(f"drift_monitoring for {last}: the champion's reference against that day ...")
+        drift = run_dag_test("drift_monitoring", last, s)
+        figures["drift_monitoring"] = drift.tasks
+        console.print(f"      {drift.state}: {drift.tasks}")
+        if not drift.success:
+            raise RuntimeError(
+                f"drift_monitoring failed for {last}: {drift.tasks}\n"
+                + "\n".join(drift.log.splitlines()[-30:])
+            )
+        if drift.tasks.get("trigger_retraining") == "success":
+            # The monitor's real decision: the queued run starts once the DAGs are unpaused.
+            console.print(
+                f"drift on {last} reached the act threshold: a weekly_model_retraining run "
+                f"(drift__{last}) is queued and starts when the scheduled DAGs are unpaused"
+            )
+        console.print(
+            f"reports: http://{s.bind_host}:{s.reports_port}/ (the evaluation, drift/{last})",
+            markup=False,
+            highlight=False,
+        )
 
     _step(
-        f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion", models
+        f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion; "
+        "drift_monitoring for the last day",
+        models,
     )
 
     def serve() -> None:

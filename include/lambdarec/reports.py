@@ -1,11 +1,15 @@
 """The reports site's folder: one index page linking Data Docs, drift and evaluation reports.
 
-``<state_dir>/site/`` holds ``index.html`` and two links, ``data_docs -> <state_dir>/data_docs``
-and ``reports -> <state_dir>/reports``; the ``reports`` service serves it. The index lists the
-newest drift reports (``reports/drift/<day>/report.html``, with their alarms), A/B readouts
-(``reports/ab/<day>/readout.html``, with the guardrail's action) and model evaluations
-(``reports/models/**/report.html``). It is rewritten when the service starts and after every
-drift run and A/B guardrail run, so it stays current without a server-side script.
+``<state_dir>/site/`` holds ``index.html`` and three links, ``data_docs -> <state_dir>/data_docs``,
+``reports -> <state_dir>/reports`` and ``vendor -> <web_assets_dir>`` (the Data Docs' CSS/JS,
+:mod:`lambdarec.quality.offline`); the ``reports`` service serves it. The index lists Data Docs
+(when last built, validations passed and failed), the newest drift reports
+(``reports/drift/<day>/report.html``, with their alarms), A/B readouts
+(``reports/ab/<day>/readout.html``, lists per variant and the guardrail's action) and model
+evaluations (``reports/models/**/report.html``: the weekly retraining's under ``retraining/<run>/``
+with what was promoted, ``make evaluate``'s under ``<dataset>/<stamp>/``), each with its date and
+a one-line summary. It is rewritten when the service starts and after every drift run, A/B
+guardrail run and retraining evaluation, so it stays current without a server-side script.
 
 :func:`main` (``python -m lambdarec.reports``) serves the folder: Python's static file server
 without its directory listings and without following a symlink out of the three folders the site
@@ -17,20 +21,28 @@ from __future__ import annotations
 import html
 import json
 import os
+from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lambdarec.quality.offline import VENDOR
 
 if TYPE_CHECKING:
     import io
     from collections.abc import Sequence
+    from pathlib import Path
     from typing import BinaryIO
 
     from lambdarec.config import Settings
 
 #: Reports of each kind listed on the index (newest first); the folders hold them all.
 LISTED = 20
+#: Where the weekly retraining's evaluations go under ``reports/models/`` (one folder per run).
+RETRAINING_DIR = "retraining"
+#: Validation results read for the Data Docs line (the newest; the docs show them all).
+VALIDATIONS_READ = 500
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>lambdarec reports</title>
@@ -39,7 +51,7 @@ _PAGE = """<!doctype html>
 <h1>lambdarec reports</h1>
 <ul>
 <li><a href="data_docs/index.html">Data Docs</a>: every Great Expectations validation of the lake
-and the feature tables, with the values that failed</li>
+and the feature tables, with the values that failed; {data_docs}</li>
 <li>Reports: the model evaluations and drift reports below, one folder per run under
 <code>reports/</code> (folders are not listed: follow the links)</li>
 <li><a href="http://{host}:{airflow_port}/">Airflow</a> and
@@ -67,13 +79,15 @@ def _drift_items(settings: Settings) -> str:
     items = []
     for page in days:
         day = page.parent.name
+        result = _read_json(page.parent / "result.json")
         summary = ""
-        try:
-            result = json.loads((page.parent / "result.json").read_text())
+        if result:
             alarms = result.get("alarms") or []
-            summary = f": {len(alarms)} alarm(s){' — ' + ', '.join(alarms) if alarms else ''}"
-        except (OSError, ValueError):
-            pass
+            summary = (
+                f": {result.get('n_events', 0):,} events, {len(result.get('watch') or [])} "
+                f"to watch, {len(alarms)} alarm(s){' — ' + ', '.join(alarms) if alarms else ''}; "
+                f"retraining: {(result.get('retraining') or {}).get('decision', '?')}"
+            )
         items.append(
             f'<li><a href="reports/drift/{html.escape(day)}/report.html">{html.escape(day)}</a>'
             f"{html.escape(summary)}</li>"
@@ -93,18 +107,75 @@ def _ab_items(settings: Settings) -> str:
     items = []
     for page in pages:
         day = page.parent.name
-        summary = ""
-        try:
-            guard = json.loads((page.parent / "guardrail.json").read_text())
-            off = guard.get("changed") or []
-            summary = f": guardrail switched off {', '.join(off)}" if off else ""
-        except (OSError, ValueError):
-            pass
+        period = _read_json(page.parent / "readout.json").get("period") or {}
+        lists = [
+            f"{name} {row.get('lists', 0):,} lists"
+            for name, row in (period.get("variants") or {}).items()
+            if isinstance(row, dict)
+        ]
+        off = _read_json(page.parent / "guardrail.json").get("changed") or []
+        guard = f"guardrail switched off {', '.join(off)}" if off else "guardrail: no change"
+        summary = f": {'; '.join([*lists, guard])}"
         items.append(
             f'<li><a href="reports/ab/{html.escape(day)}/readout.html">{html.escape(day)}</a>'
             f"{html.escape(summary)}</li>"
         )
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def _modified(path: Path) -> str:
+    """A file's modification time, UTC, to the minute."""
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _data_docs_summary(settings: Settings) -> str:
+    """When Data Docs were last built and what the newest validations found."""
+    index = settings.data_docs_dir / "index.html"
+    if not index.is_file():
+        return "not built yet (every gate of <code>daily_feature_pipeline</code> builds them)"
+    root = settings.gx_dir / "validations"
+    results = (
+        sorted(root.rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[
+            :VALIDATIONS_READ
+        ]
+        if root.is_dir()
+        else []
+    )
+    failed = sum(_read_json(p).get("success") is False for p in results)
+    more = "+" if len(results) == VALIDATIONS_READ else ""
+    return (
+        f"built {_modified(index)}: {len(results)}{more} validation(s), "
+        f"{len(results) - failed} passed, {failed} failed"
+    )
+
+
+def _evaluation_summary(folder: Path) -> str:
+    """What a model evaluation found: the retraining's decision, or the best model's NDCG@10."""
+    decision = _read_json(folder / "decision.json")
+    if decision:
+        promoted = [
+            f"{name} v{d.get('version')} {d.get('alias')}"
+            for name, d in (decision.get("decisions") or {}).items()
+        ]
+        served = (decision.get("models") or {}).get("served", {}).get("ndcg@10")
+        score = f"served NDCG@10 {served:.4f}; " if isinstance(served, float) else ""
+        return f"{score}{', '.join(promoted) or 'nothing registered'}"
+    models = _read_json(folder / "metrics.json").get("models") or {}
+    scored: dict[str, float] = {
+        name: value
+        for name, row in models.items()
+        if isinstance(row, dict) and isinstance(value := row.get("ndcg@10"), float)
+    }
+    best = max(scored, key=scored.__getitem__)
+    return f"best NDCG@10 {best} {scored[best]:.4f} of {len(scored)} models"
 
 
 def _evaluation_items(settings: Settings) -> str:
@@ -115,12 +186,19 @@ def _evaluation_items(settings: Settings) -> str:
         else []
     )
     if not pages:
-        return "<p>None yet (<code>make evaluate</code> writes them).</p>"
-    items = [
-        f'<li><a href="reports/{html.escape(p.relative_to(settings.reports_dir).as_posix())}">'
-        f"{html.escape(p.parent.relative_to(root).as_posix())}</a></li>"
-        for p in pages
-    ]
+        return (
+            "<p>None yet (the <code>weekly_model_retraining</code> DAG and "
+            "<code>make evaluate</code> write them).</p>"
+        )
+    items = []
+    for p in pages:
+        name = p.parent.relative_to(root).as_posix()
+        summary = _evaluation_summary(p.parent)
+        items.append(
+            f'<li><a href="reports/{html.escape(p.relative_to(settings.reports_dir).as_posix())}">'
+            f"{html.escape(name)}</a> ({_modified(p)})"
+            f"{html.escape(': ' + summary if summary else '')}</li>"
+        )
     return "<ul>" + "".join(items) + "</ul>"
 
 
@@ -130,6 +208,7 @@ def write_index(settings: Settings) -> None:
         host=settings.bind_host,
         airflow_port=settings.airflow_port,
         mlflow_port=settings.mlflow_port,
+        data_docs=_data_docs_summary(settings),
         drift=_drift_items(settings),
         ab=_ab_items(settings),
         evaluations=_evaluation_items(settings),
@@ -145,7 +224,11 @@ def prepare_site(settings: Settings) -> None:
     """The served folder: links to the generated report folders and the index page."""
     site = settings.site_dir
     site.mkdir(parents=True, exist_ok=True)
-    for name, target in (("data_docs", settings.data_docs_dir), ("reports", settings.reports_dir)):
+    for name, target in (
+        ("data_docs", settings.data_docs_dir),
+        ("reports", settings.reports_dir),
+        (VENDOR, settings.web_assets_dir),
+    ):
         target.mkdir(parents=True, exist_ok=True)
         link = site / name
         if not link.is_symlink():
@@ -154,8 +237,13 @@ def prepare_site(settings: Settings) -> None:
 
 
 def site_roots(settings: Settings) -> tuple[str, ...]:
-    """The real folders the site may serve from: the site itself and the two it links to."""
-    folders = (settings.site_dir, settings.data_docs_dir, settings.reports_dir)
+    """The real folders the site may serve from: the site itself and the three it links to."""
+    folders = (
+        settings.site_dir,
+        settings.data_docs_dir,
+        settings.reports_dir,
+        settings.web_assets_dir,
+    )
     return tuple(os.path.realpath(folder) for folder in folders)
 
 

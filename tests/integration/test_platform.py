@@ -27,7 +27,7 @@ from lambdarec.config import LOCAL_PORTS, Settings
 from lambdarec.harness.platform import free_ports
 from lambdarec.harness.waiting import eventually
 from lambdarec.platform import manager
-from lambdarec.platform.airflow import airflow_password
+from lambdarec.platform.airflow import airflow_password, schedule_dags
 from lambdarec.platform.base import PlatformError
 from lambdarec.platform.kafka import kafka_libs_dir, resolve_kafka_jars
 
@@ -296,10 +296,14 @@ def test_airflow_components_run_a_dag_on_loopback(settings: Settings, tmp_path: 
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
     dag_url = f"{api.url}/api/v2/dags/lambdarec_smoke"
-    eventually(
-        lambda: http.get(dag_url).ok, 120, message="the DAG processor to parse the smoke DAG"
-    )
-    assert http.patch(dag_url, json={"is_paused": False}).ok
+    # What `lambdarec platform up` does with the scheduled DAGs, here with the smoke DAG: it
+    # waits for the DAG processor to list it, then applies LAMBDAREC_DAGS_PAUSED.
+    smoke = ["lambdarec_smoke"]
+    paused = settings.model_copy(update={"dags_paused": True})
+    assert schedule_dags(paused, dag_ids=smoke, wait_s=120) == {"lambdarec_smoke": True}
+    assert http.get(dag_url).json()["is_paused"] is True
+    assert schedule_dags(settings, dag_ids=smoke) == {"lambdarec_smoke": False}
+    assert http.get(dag_url).json()["is_paused"] is False
     run = http.post(f"{dag_url}/dagRuns", json={"logical_date": None})
     assert run.ok, run.text
     run_url = f"{dag_url}/dagRuns/{run.json()['dag_run_id']}"

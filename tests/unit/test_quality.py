@@ -14,6 +14,7 @@ import pytest
 
 from lambdarec.config import Settings
 from lambdarec.events import CANONICAL_COLUMNS
+from lambdarec.quality.offline import external_loads
 from lambdarec.quality.paths import GX_DIR
 from lambdarec.quality.report import Failure, ValidationReport
 from lambdarec.tables import ITEM_COOCCURRENCE, ITEM_STATS
@@ -136,6 +137,11 @@ def test_good_day_passes_and_builds_data_docs(settings: Settings) -> None:
     assert report.data_docs_page is not None and report.data_docs_page.is_file()
     assert report.data_docs_page.is_relative_to(settings.data_docs_dir)
     assert (settings.data_docs_dir / "index.html").is_file()
+    # Rewritten after the build: every stylesheet and script comes from the reports site.
+    for page in (report.data_docs_page, settings.data_docs_dir / "index.html"):
+        text = page.read_text()
+        assert external_loads(text) == [], page
+        assert "vendor/bootstrap-table/dist/bootstrap-table.min.js" in text
 
 
 def test_corrupt_day_names_every_problem(settings: Settings) -> None:

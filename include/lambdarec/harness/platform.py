@@ -52,9 +52,16 @@ def free_ports(count: int) -> list[int]:
 def private_settings(state_dir: Path, **overrides: object) -> Settings:
     """Settings for a private platform in ``state_dir`` with a free port for every local service
     (:data:`~lambdarec.config.LOCAL_PORTS`), so it never meets the developer's running platform
-    (``make demo`` leaves one up); other values are the defaults."""
+    (``make demo`` leaves one up); the scheduled DAGs stay paused (a test's runs are its own);
+    other values are the defaults."""
     values: dict[str, object] = dict(zip(LOCAL_PORTS, free_ports(len(LOCAL_PORTS)), strict=True))
-    values.update(state_dir=state_dir, kafka_bootstrap="", mlflow_tracking_uri="", milvus_uri="")
+    values.update(
+        state_dir=state_dir,
+        kafka_bootstrap="",
+        mlflow_tracking_uri="",
+        milvus_uri="",
+        dags_paused=True,
+    )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

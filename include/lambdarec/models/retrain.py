@@ -13,7 +13,9 @@ Run folder::
     two_tower/                   export_two_tower's folder (what serving loads, item_tower/ for new
                                  items) + checkpoint + config
     deepfm/                      checkpoint + config; serving/ (the numpy export serving loads)
-    evaluation/                  metrics.json + report.html (models vs baselines, full ranking)
+    evaluation/                  metrics.json + report.html (models vs baselines, full ranking),
+                                 also copied with decision.json to the reports site
+                                 (``<reports_dir>/models/retraining/<run>/``)
     decision.json                what the registry did for each model, and why
     export.json                  the Milvus collection version now serving (or why none)
     reload.json                  the marker serving was told to reload from
@@ -380,7 +382,29 @@ def evaluate(
     }
     log.info("serving: %s", out["serve"]["reason"])
     _write_json(run_dir / "decision.json", out)
+    publish_evaluation(run_dir, s)
     return out
+
+
+def publish_evaluation(run_dir: Path, settings: Settings) -> Path:
+    """Copy the run's evaluation (``report.html``, ``metrics.json``) and ``decision.json`` to
+    ``<reports_dir>/models/retraining/<run>/``, where the reports site lists it, and refresh the
+    site's index. The run folder keeps its own copy (MLflow logged it from there)."""
+    import shutil
+
+    from lambdarec.reports import RETRAINING_DIR, write_index
+
+    target = settings.reports_dir / "models" / RETRAINING_DIR / run_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for source in (
+        run_dir / "evaluation" / "report.html",
+        run_dir / "evaluation" / "metrics.json",
+        run_dir / "decision.json",
+    ):
+        shutil.copyfile(source, target / source.name)
+    write_index(settings)
+    log.info("evaluation report: %s", target / "report.html")
+    return target
 
 
 def serving_choice(

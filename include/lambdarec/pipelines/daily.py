@@ -30,6 +30,23 @@ def compact_archive(day: str | date, settings: Settings | None = None) -> dict[s
     return compact(s.archive_dir, s.lake_dir, as_day(day)).as_dict()
 
 
+def no_events(day: str | date, settings: Settings | None = None) -> str | None:
+    """Why day D has nothing to process (no event partition in the lake), or None.
+
+    A scheduled run of a day nobody shopped on (the platform idle overnight) is skipped with
+    this reason instead of failing its first gate."""
+    from lambdarec.tables import events_path, partition_dir
+
+    s = settings or get_settings()
+    part = partition_dir(events_path(s.lake_dir), day)
+    if any(part.glob("*.parquet")):
+        return None
+    return (
+        f"no events for {as_day(day)}: neither the speed layer's archive nor a backfill wrote "
+        f"{part}"
+    )
+
+
 def validate(table: str, day: str | date, settings: Settings | None = None) -> dict[str, Any]:
     """Run the Great Expectations gate of ``table`` for ``day``; raise if it fails.
 

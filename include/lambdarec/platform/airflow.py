@@ -298,3 +298,72 @@ def airflow(settings: Settings) -> Service:
         parts=("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"),
         stop_timeout_s=45.0,
     )
+
+
+#: The DAGs that run on a schedule once unpaused (``speed_layer`` is active from its creation).
+SCHEDULED_DAGS = (
+    "daily_feature_pipeline",
+    "drift_monitoring",
+    "online_metrics",
+    "weekly_model_retraining",
+)
+
+
+def schedule_dags(
+    settings: Settings,
+    *,
+    paused: bool | None = None,
+    wait_s: float = 180.0,
+    dag_ids: Sequence[str] = SCHEDULED_DAGS,
+) -> dict[str, bool]:
+    """Pause or unpause the scheduled DAGs through Airflow's REST API (``settings.dags_paused``
+    unless ``paused`` says); returns each DAG's ``is_paused`` afterwards.
+
+    Waits up to ``wait_s`` for the DAG processor to have parsed them (a fresh Airflow lists a
+    DAG some seconds after it starts). The DAGs are created paused (Airflow's default), so the
+    platform's own ``dag.test()`` runs (``make demo``) and a test's private Airflow never start
+    scheduled runs unless this is called. Raises :class:`PlatformError` naming what is missing.
+    """
+    import requests
+
+    want = settings.dags_paused if paused is None else paused
+    base = f"http://{settings.bind_host}:{settings.airflow_port}"
+    password = airflow_password(settings)
+    if password is None:
+        raise PlatformError(
+            "Airflow has no generated admin password yet: start it first (`lambdarec platform up "
+            "airflow`)"
+        )
+    http = requests.Session()
+    try:
+        token = http.post(
+            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=10
+        )
+        token.raise_for_status()
+        http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        deadline = time.monotonic() + wait_s
+        missing = list(dag_ids)
+        while missing:
+            missing = [d for d in missing if not http.get(f"{base}/api/v2/dags/{d}", timeout=10).ok]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        if missing:
+            raise PlatformError(
+                f"Airflow at {base} has not parsed {', '.join(missing)} after {wait_s:.0f} s: see "
+                f"{settings.log_dir / 'airflow-dag-processor.log'} (import errors are listed in "
+                "the UI)"
+            )
+        states = {}
+        for dag_id in dag_ids:
+            answer = http.patch(
+                f"{base}/api/v2/dags/{dag_id}", json={"is_paused": want}, timeout=10
+            )
+            answer.raise_for_status()
+            states[dag_id] = bool(answer.json()["is_paused"])
+    except (requests.RequestException, KeyError, ValueError) as error:
+        raise PlatformError(f"Airflow's REST API at {base} failed: {error}") from None
+    finally:
+        http.close()
+    log.info("airflow: %s %s", "paused" if want else "unpaused", ", ".join(dag_ids))
+    return states

@@ -73,9 +73,21 @@ def _table(rows: list[manager.ServiceStatus]) -> Table:
 
 @app.command()
 def up(services: Services = None) -> None:
-    """Start services in dependency order and wait until each is healthy."""
+    """Start services in dependency order and wait until each is healthy. With Airflow up, the
+    scheduled DAGs are unpaused (LAMBDAREC_DAGS_PAUSED=1 pauses them instead)."""
+    from lambdarec.config import get_settings
+    from lambdarec.platform.airflow import schedule_dags
+
     try:
-        manager.up(services)
+        rows = manager.up(services)
+        if any(row.name == "airflow-scheduler" and row.is_up for row in rows):
+            states = schedule_dags(get_settings())
+            paused = sorted(d for d, is_paused in states.items() if is_paused)
+            running = sorted(d for d, is_paused in states.items() if not is_paused)
+            if running:
+                console.print(f"scheduled DAGs running: {', '.join(running)}")
+            if paused:
+                console.print(f"DAGs paused (LAMBDAREC_DAGS_PAUSED): {', '.join(paused)}")
     except PlatformError as error:
         raise _fail(error) from None
     console.print(_table(manager.status()))

@@ -37,3 +37,21 @@ def docs() -> None:
     from lambdarec.config import get_settings
 
     typer.echo(str(get_settings().data_docs_dir / "index.html"))
+
+
+@app.command("fetch-assets")
+def fetch_assets(
+    force: Annotated[bool, typer.Option(help="Fetch again even when the folder is ready.")] = False,
+) -> None:
+    """Vendor the Data Docs' CSS/JS from npm into LAMBDAREC_WEB_ASSETS_DIR (with licences)."""
+    from lambdarec.config import get_settings
+    from lambdarec.quality.offline import AssetsError
+    from lambdarec.quality.offline import fetch_assets as fetch
+
+    folder = get_settings().web_assets_dir
+    try:
+        fetched = fetch(folder, force=force)
+    except AssetsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Data Docs assets {'fetched into' if fetched else 'already in'} {folder}")

@@ -1,5 +1,8 @@
 """Validate one day of a lake table against its suite, build Data Docs, report readably.
 
+Every Data Docs build is followed by :func:`lambdarec.quality.offline.offline_docs`, so the pages
+load their CSS/JS from the reports site instead of public CDNs.
+
 The previous partition's row count and the day's bounds are computed here and handed to the
 suite as parameters, so the suites stay static files in great_expectations/.
 """
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from lambdarec.config import get_settings
+from lambdarec.quality.offline import offline_docs
 from lambdarec.quality.project import DATA_DOCS_SITE, get_context, quiet_gx
 from lambdarec.quality.report import Failure, ValidationReport
 from lambdarec.quality.suites import (
@@ -132,6 +136,8 @@ def validate(
     result = checkpoint.run(
         batch_parameters={"dataframe": frame}, expectation_parameters=params, run_id=run_id
     )
+    # GX rebuilt the index and this run's page with CDN links: point them at the vendored copies.
+    offline_docs(settings)
     ((key, suite_result),) = result.run_results.items()
     failures = [_failure(r) for r in suite_result.results if not r.success]
     page = None
