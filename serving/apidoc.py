@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import re
+import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
@@ -42,6 +43,7 @@ _DESCRIPTION = (
     "an API key with their scope when the server has keys configured, and are rate limited per "
     "key (per client IP without keys) in each worker. Every error is the `Error` model."
 )
+_BUILDING = threading.Lock()
 _RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
@@ -140,9 +142,10 @@ def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s routes (built once per app)."""
     cached = app.extensions.get(EXTENSION)
     if cached is None:
-        with app.app_context():
-            cached = _finish(API.spec, app)
-        app.extensions[EXTENSION] = cached
+        # One build at a time: a build swaps the shared instance's models (see _Spec.spec).
+        with _BUILDING, app.app_context():
+            cached = app.extensions.get(EXTENSION) or _finish(API.spec, app)
+            app.extensions[EXTENSION] = cached
     return cached
 
 

@@ -7,6 +7,7 @@ the edge's validator accepts. /docs is Swagger UI whose files all come from this
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -141,6 +142,16 @@ def test_a_route_added_to_the_app_is_described_without_a_list_to_edit(tmp_path: 
     ]
     assert {"200", "500"} <= set(op["responses"])
     validate(doc)
+
+
+def test_apps_built_at_once_each_get_the_whole_document(tmp_path: Path) -> None:
+    # gthread workers may ask for their first document at once; nested models must survive.
+    apps = [_app(tmp_path / str(n)) for n in range(4)]
+    with ThreadPoolExecutor(len(apps)) as pool:
+        docs = list(pool.map(document, apps))
+    for doc in docs:
+        assert {"Event", "RecommendedItem", "ErrorDetail"} <= set(doc["components"]["schemas"])
+        validate(doc)
 
 
 def test_parameters_bodies_refusals_and_security(doc: dict[str, Any]) -> None:
