@@ -216,6 +216,10 @@ def test_mlflow_ui_shows_the_promoted_models(
     # MLflow may greet with a "new model registry UI" dialog over the list: close it.
     for dialog in browser.find_elements(By.CSS_SELECTOR, "[role=dialog]"):
         dialog.send_keys(Keys.ESCAPE)
+    with contextlib.suppress(TimeoutException):  # the picture only: the list was read above
+        WebDriverWait(browser, 5).until(
+            lambda b: not b.find_elements(By.CSS_SELECTOR, "[role=dialog], .ant-modal-mask")
+        )
     screenshot(browser, "mlflow-models")
     for name in promoted:
         # A fresh load: moved to by its hash alone, the page kept the last model's version list.
