@@ -1,7 +1,8 @@
 """The lambdarec serving app: ``create_app()`` builds it (``gunicorn 'serving:create_app()'``).
 
 Blueprints: ``api.recommend`` (GET and POST /recommend), ``api.events`` (POST /events),
-``api.health`` (/health, /ready, /metrics, /openapi.json, /docs). /recommend and /events need an
+``api.health`` (/health, /ready, /metrics), ``api.docs`` (/openapi.json built from the views,
+Swagger UI at /docs). /recommend and /events need an
 API key with their scope when ``LAMBDAREC_API_KEYS`` is set, and are rate limited per key (per
 client IP without keys) in each worker (:mod:`serving.access`). Every error is JSON
 ``{"error": {"field", "message"}}``; an unexpected one is logged with its traceback and answered
@@ -59,8 +60,8 @@ def create_app(
     from serving.ab import DEFAULT_SALT, DEFAULT_VARIANTS, LiveVariants, Variants
     from serving.access import EXTENSION as ACCESS
     from serving.access import Access
+    from serving.api import docs, health, recommend
     from serving.api import events as events_api
-    from serving.api import health, recommend
     from serving.metrics import Metrics
     from serving.recommender import Recommender
     from serving.sessions import SessionOwners
@@ -114,6 +115,7 @@ def create_app(
     app.register_blueprint(events_api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(docs.bp)
     _install_errors(app, metrics)
     _install_timing(app, metrics)
     return app

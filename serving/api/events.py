@@ -16,9 +16,12 @@ from flask import Blueprint, jsonify, request
 
 from lambdarec.events import EventType
 from serving.access import guarded
+from serving.apidoc import KEYED, documented, refusals
+from serving.apidoc import Response as Described
+from serving.schemas import Accepted, Error, EventBatch
 from serving.sinks import KafkaUnavailable
 from serving.state import state
-from serving.validation import RequestError, parse_events
+from serving.validation import MAX_BODY_BYTES, RequestError, parse_events
 
 if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
@@ -27,8 +30,29 @@ bp = Blueprint("events", __name__)
 
 
 @bp.post("/events")
+@documented(
+    json=EventBatch,
+    security=KEYED,
+    resp=Described(
+        HTTP_202=(Accepted, "Acknowledged by Kafka."),
+        HTTP_400=(Error, "Malformed JSON or an invalid event (its index and field)."),
+        **refusals("events"),
+        HTTP_413=(Error, f"Body above {MAX_BODY_BYTES} bytes."),
+        HTTP_415=(Error, "Not application/json."),
+        HTTP_503=(Error, "Kafka unavailable; retry after the Retry-After seconds."),
+    ),
+)
 @guarded("events")
 def post_events() -> ResponseReturnValue:
+    """One event or a batch of them (the body's schema gives the batch size), to Kafka.
+
+    All or nothing: the first invalid event refuses the whole batch (the error gives its index
+    and field) and nothing is produced; so does an event on a session bound to another user
+    (409). A click on a recommended item should echo its list in `context`: `request_id` (the
+    /recommend answer's, 32 lowercase hex characters) and `position` (the item's 0-based
+    position, an integer >= 0), so the click is attributed to that list and its A/B variant;
+    either, when present and malformed, is a 400 naming it.
+    """
     s = state()
     if request.mimetype != "application/json":
         raise RequestError("$", "send the events as application/json", status=415)

@@ -1,4 +1,4 @@
-"""Liveness, readiness, metrics and the API description."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.openapi import docs_page, spec
+from serving.apidoc import Response as Described
+from serving.apidoc import documented
+from serving.schemas import Health, Readiness
 from serving.state import state
 
 if TYPE_CHECKING:
@@ -24,7 +26,9 @@ _ready_cache: dict[int, tuple[float, dict[str, str]]] = {}
 
 
 @bp.get("/health")
+@documented(resp=Described(HTTP_200=(Health, "Alive.")))
 def health() -> ResponseReturnValue:
+    """Liveness: the process answers."""
     return jsonify({"status": "ok"})
 
 
@@ -40,7 +44,14 @@ def _probe_all() -> dict[str, str]:
 
 
 @bp.get("/ready")
+@documented(
+    resp=Described(
+        HTTP_200=(Readiness, "Every dependency answers."),
+        HTTP_503=(Readiness, "Which dependency is down and why."),
+    )
+)
 def ready() -> ResponseReturnValue:
+    """Readiness: Kafka, the online store and the vector index (probed at most every 2 s)."""
     key = id(state())
     now = time.monotonic()
     with _ready_lock:
@@ -56,15 +67,7 @@ def ready() -> ResponseReturnValue:
 
 
 @bp.get("/metrics")
+@documented(resp=Described(HTTP_200=(None, "Prometheus text exposition format.")))
 def metrics() -> ResponseReturnValue:
+    """Prometheus metrics of this worker."""
     return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-@bp.get("/openapi.json")
-def openapi_json() -> ResponseReturnValue:
-    return jsonify(spec())
-
-
-@bp.get("/docs")
-def docs() -> ResponseReturnValue:
-    return Response(docs_page(spec()), mimetype="text/html")

@@ -20,8 +20,16 @@ from flask import Blueprint, jsonify, request
 
 from lambdarec.events import format_ts
 from serving.access import guarded
+from serving.apidoc import KEYED, documented, refusals
+from serving.apidoc import Response as Described
+from serving.schemas import Error, Recommendation, RecommendBody, RecommendQuery
 from serving.state import state
-from serving.validation import RequestError, parse_recommend, parse_recommend_body
+from serving.validation import (
+    MAX_BODY_BYTES,
+    RequestError,
+    parse_recommend,
+    parse_recommend_body,
+)
 
 if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
@@ -35,14 +43,40 @@ TOP_REASONS = 3
 
 
 @bp.get("/recommend")
+@documented(
+    query=RecommendQuery,
+    security=KEYED,
+    resp=Described(
+        HTTP_200=(Recommendation, "The list; `degraded` says whether a dependency was skipped."),
+        HTTP_400=(Error, "An invalid, repeated or unknown query parameter."),
+        **refusals("recommend"),
+    ),
+)
 @guarded("recommend")
 def recommend_get() -> ResponseReturnValue:
+    """Top-k items for a user (and session), with why each was chosen.
+
+    `exclude` in a query string is cut by the request line near 62 ids; POST the query to send
+    more.
+    """
     return _answer(parse_recommend(request.args.to_dict(flat=False)))
 
 
 @bp.post("/recommend")
+@documented(
+    json=RecommendBody,
+    security=KEYED,
+    resp=Described(
+        HTTP_200=(Recommendation, "The list, as GET answers it."),
+        HTTP_400=(Error, "Malformed JSON, an invalid or unknown field, or a query string."),
+        **refusals("recommend"),
+        HTTP_413=(Error, f"Body above {MAX_BODY_BYTES} bytes."),
+        HTTP_415=(Error, "Not application/json."),
+    ),
+)
 @guarded("recommend")
 def recommend_post() -> ResponseReturnValue:
+    """The same as GET, the query as a JSON object: for long exclusions."""
     if request.mimetype != "application/json":
         raise RequestError("$", "send the query as application/json", status=415)
     if request.args:

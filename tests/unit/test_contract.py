@@ -2,7 +2,7 @@
 
 The rules live once in Python (:mod:`lambdarec.events`); the Flink job checks events in the JVM
 with its own copy (ParseEvent.java, read here as text: no JVM needed), the Flink program has a
-skew default, and serving's OpenAPI page describes the ids. Each test names both places to change.
+skew default, and serving's OpenAPI document describes the ids. Each test names both places to change.
 The Python consumers import the rules, so they are checked on behaviour instead: every checker
 accepts exactly the ids the model accepts.
 """
@@ -119,11 +119,17 @@ def test_flink_program_skew_default_is_the_contracts() -> None:
     )
 
 
-def test_openapi_ids_are_the_contracts() -> None:
+def test_openapi_ids_are_the_contracts(tmp_path: Path) -> None:
     from lambdarec.events import ID_REGEX
-    from serving.openapi import spec
+    from lambdarec.harness.platform import private_settings
+    from lambdarec.recommend.snapshot import Snapshot
+    from serving import create_app
+    from serving.apidoc import document
+    from serving.recommender import Recommender
 
-    params = spec()["paths"]["/recommend"]["get"]["parameters"]
+    settings = private_settings(tmp_path, api_keys="")
+    app = create_app(settings, Recommender(Snapshot.from_items({"i1": "c1"}, [])), load_model=False)
+    params = document(app)["paths"]["/recommend"]["get"]["parameters"]
     ids = [p for p in params if p["name"] in ("user_id", "session_id")]
     assert len(ids) == 2
     for param in ids:
@@ -132,7 +138,7 @@ def test_openapi_ids_are_the_contracts() -> None:
             ID_REGEX,
             1,
             MAX_ID_LEN,
-        ), f"serving/openapi.py describes {param['name']} as {schema}; {EVENTS_PY} says otherwise"
+        ), f"serving/schemas.py describes {param['name']} as {schema}; {EVENTS_PY} says otherwise"
 
 
 IDS = [

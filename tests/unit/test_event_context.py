@@ -89,13 +89,6 @@ def test_the_json_schema_documents_both_fields() -> None:
     assert "32 lowercase hex" in description and ">= 0" in description
 
 
-def test_the_api_page_documents_both_fields() -> None:
-    from serving.openapi import spec
-
-    text = spec()["paths"]["/events"]["post"]["description"]
-    assert "`request_id`" in text and "`position`" in text
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
     from lambdarec.harness.platform import free_ports, private_settings
@@ -112,6 +105,14 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
         settings, recommender, events=EventSink(settings, flush_timeout_s=0.3, backoff_s=30.0)
     )
     return app.test_client()
+
+
+def test_the_api_page_documents_both_fields(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").get_json()
+    text = doc["paths"]["/events"]["post"]["description"]
+    assert "`request_id`" in text and "`position`" in text
+    context = doc["components"]["schemas"]["Event"]["properties"]["context"]
+    assert "32 lowercase hex" in context["description"]
 
 
 @pytest.mark.parametrize(
