@@ -15,6 +15,8 @@ from lambdarec.models.deepfm import CandidateLists
 from lambdarec.models.exposure import ExposureError, attach_exposure, exposure_table
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lambdarec.models.data import Dataset
 
 ITEMS = ["a", "b", "c", "d", "e", "f"]
@@ -99,6 +101,8 @@ def _queries() -> tuple[Dataset, Examples, CandidateLists]:
     data = SimpleNamespace(
         catalog=SimpleNamespace(item_ids=np.array(ITEMS, dtype=object)),
         user_ids=np.array(["u1", "u2"], dtype=object),
+        split={"kind": "temporal"},
+        has_users=True,
     )
     return cast("Dataset", data), ex, lists
 
@@ -154,3 +158,49 @@ def test_a_click_that_was_not_the_next_item_becomes_the_positive() -> None:
     assert got.stats["lists_clicked"] == 1
     with pytest.raises(ExposureError, match="window_ms 0 must be positive"):
         attach_exposure(data, ex, lists, exposure_table(imp, att), window_ms=0)
+
+
+def _write_lake(lake: Path) -> None:
+    """The scripted tables as the attribution job's lake tables (one day: 1970-01-01)."""
+    import pyarrow as pa
+
+    from lambdarec.attribution import PART_FILE, SCHEMAS, table_path
+    from lambdarec.data.lake import atomic_write_parquet
+    from lambdarec.tables import partition_dir
+
+    imp = _impressions().assign(session_id=None, variant="control", score=None, source=None)
+    att = _attributed().assign(
+        event_id=[f"e{n}" for n in range(4)],
+        user_id="u",
+        session_id=None,
+        price=None,
+        revenue=0.0,
+        impression_ts=pd.Timestamp(0, tz="UTC"),
+        variant="control",
+        position=0,
+        match="request",
+    )
+    for name, frame in (("impressions", imp), ("attributed", att)):
+        schema = SCHEMAS[name]
+        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+        atomic_write_parquet(table, partition_dir(table_path(lake, name), "1970-01-01") / PART_FILE)
+
+
+def test_training_reads_the_lake_and_the_setting_turns_it_off(tmp_path: Path) -> None:
+    from lambdarec.config import Settings
+    from lambdarec.models.exposure import training_exposure
+
+    data, ex, lists = _queries()
+    on = Settings(state_dir=tmp_path)
+    assert on.exposure_negatives  # the default
+    assert training_exposure(data, ex, lists, on) is None  # an empty lake: trained as before
+    _write_lake(on.lake_dir)
+    got = training_exposure(data, ex, lists, on)
+    assert got is not None and got.lists.shown is not None
+    assert got.stats["queries_matched"] == 2 and got.stats["lists_clicked"] == 1
+    want = attach_exposure(
+        data, ex, lists, exposure_table(_impressions(), _attributed()), window_ms=WINDOW_MS
+    )
+    np.testing.assert_array_equal(got.lists.shown, want.lists.shown)
+    off = Settings(state_dir=tmp_path, exposure_negatives=False)
+    assert training_exposure(data, ex, lists, off) is None
