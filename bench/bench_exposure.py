@@ -176,7 +176,10 @@ def main(
 
     if quick:
         events, tt_epochs, fm_epochs, queries, test_queries = 20_000, 1, 2, 2_000, 500
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # each DeepFM epoch and the exposure join's counts on stderr: a long run shows where it is
+    for name in ("lambdarec.models.deepfm", "lambdarec.models.exposure"):
+        logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
     data = load_dataset("synthetic", synthetic_events=events, seed=seed)
     # load_dataset's synthetic configuration, whose hidden model the shoppers are
