@@ -213,6 +213,13 @@ class Settings(BaseSettings):
         "", description="MLflow tracking URI; empty means the local server on mlflow_port."
     )
     mlflow_port: Port = 5000
+    exposure_negatives: bool = Field(
+        True,
+        description="Retraining adds the lake's impressions to the ranker's training queries: "
+        "items shown and not clicked are negatives, the clicked one the positive, the shown "
+        "position a training-only feature (serving ranks at a neutral position); off: the ranker "
+        "trains on the candidate sources' lists alone.",
+    )
 
     # -- Airflow ---------------------------------------------------------------------------
     airflow_port: Port = 8080

@@ -95,11 +95,19 @@ def _lists(data: Dataset, queries: Examples) -> CandidateLists:
     return CandidateLists(["vector", "popular"], cand, scores, ranks)
 
 
-def _train(data: Dataset, out: Path, *, item_ids: bool) -> Trained:
+def _train(data: Dataset, out: Path, *, item_ids: bool, shown: bool = False) -> Trained:
+    """``shown``: every other query's first ten candidates were shown at places 0..9 (the
+    ranker gets the ``position`` field)."""
+    from dataclasses import replace
+
     from lambdarec.models import deepfm
 
     queries = data.valid.sample(600, 0)
     lists = _lists(data, queries)
+    if shown:
+        places = np.full(lists.cand.shape, -1, dtype=np.int64)
+        places[::2, :10] = np.arange(10)
+        lists = replace(lists, shown=places)
     idx_map = np.where(data.seen_in_train(), np.arange(data.n_items) + 2, 1).astype(np.int64)
     config = deepfm.DeepFMConfig(epochs=1, max_queries=600, item_ids=item_ids)
     fm = deepfm.train_deepfm(data, queries, lists, idx_map, B.CoOccurrence().fit(data), config)
@@ -117,6 +125,13 @@ def trained(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Train
 @pytest.fixture(scope="module")
 def trained_ids(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return _train(dataset, tmp_path_factory.mktemp("run_ids") / "deepfm", item_ids=True)
+
+
+@pytest.fixture(scope="module")
+def trained_position(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return _train(
+        dataset, tmp_path_factory.mktemp("run_pos") / "deepfm", item_ids=False, shown=True
+    )
 
 
 def _tf_logits(t: Trained, rows: dict[str, np.ndarray]) -> np.ndarray:
@@ -159,7 +174,7 @@ def _check_forward(t: Trained, ranker: DeepFMRanker) -> None:
     assert contributions.shape == (len(logits), len(ranker.fields) + 1)
 
 
-@pytest.mark.parametrize("which", ["trained", "trained_ids"])
+@pytest.mark.parametrize("which", ["trained", "trained_ids", "trained_position"])
 def test_numpy_forward_pass_equals_the_tf_model(
     which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -167,6 +182,8 @@ def test_numpy_forward_pass_equals_the_tf_model(
 
     t: Trained = request.getfixturevalue(which)
     assert t.ranker.use_ids == (which == "trained_ids")
+    assert t.ranker.use_position == (which == "trained_position")
+    assert ("position" in t.ranker.fields) == (which == "trained_position")
     _check_forward(t, t.ranker)
 
     # One epoch leaves the batch norm near identity and first-order weights near zero; the same
@@ -186,6 +203,46 @@ def test_numpy_forward_pass_equals_the_tf_model(
         randomised = DeepFMRanker.from_model_dir(tmp_path)
         assert randomised is not None
         _check_forward(t, randomised)
+    finally:
+        t.fm.model.set_weights(saved)
+
+
+def test_serving_ranks_at_the_neutral_position(trained_position: Trained, tmp_path: Path) -> None:
+    """A ranker trained with shown positions scores serving's candidates with every row at the
+    neutral position: the scores are the model's on the training rows with nothing shown, and
+    differ from the ones the same rows get at their shown places (the field is live)."""
+    from dataclasses import replace
+
+    from lambdarec.inference.ranker_rows import NEUTRAL_POSITION
+    from lambdarec.models.deepfm import SERVING_EXPORT, export_for_serving
+
+    t = trained_position
+    meta = json.loads((t.ranker.folder / "ranker.json").read_text(encoding="utf-8"))
+    assert meta["format"] == 4 and "position" in meta["fields"]
+    saved = t.fm.model.get_weights()
+    rng = np.random.default_rng(5)
+    try:  # weights at a real scale, so a position's embedding moves the logit visibly
+        for var in t.fm.model.variables:
+            value = rng.uniform(0.5, 2.0, var.shape) if "moving_variance" in var.name else None
+            value = rng.normal(0.0, 0.3, var.shape) if value is None else value
+            var.assign(value.astype(np.float32))
+        export_for_serving(t.fm, t.data, tmp_path / SERVING_EXPORT)
+        ranker = DeepFMRanker.from_model_dir(tmp_path)
+        assert ranker is not None and ranker.use_position
+        ex = t.queries  # a shown query whose counts map onto online features (see below)
+        q = next(q for q in range(0, len(ex), 2) if ex.user_events[q] >= ex.session_len[q] >= 1)
+        features, candidates = _serving_inputs(t, q)
+        rows = _rows(ranker, features, candidates)
+        assert (rows["position"] == NEUTRAL_POSITION).all()
+        served = np.array([s for s, _ in _scored(ranker, features, candidates)])
+        width = len(candidates)
+        one = np.array([q])
+        unshown = replace(t.lists, shown=np.full(t.lists.cand.shape, -1, dtype=np.int64))
+        neutral = t.fm.predict(t.data, t.queries.subset(one), unshown.subset(one))[0][:width]
+        np.testing.assert_allclose(served, neutral, atol=1e-4, rtol=0)
+        at_places = t.fm.predict(t.data, t.queries.subset(one), t.lists.subset(one))[0][:width]
+        assert np.abs(at_places[:10] - neutral[:10]).max() > 1e-3
+        np.testing.assert_allclose(at_places[10:], neutral[10:], atol=1e-4, rtol=0)
     finally:
         t.fm.model.set_weights(saved)
 

@@ -73,17 +73,22 @@ def export_dir(model_dir: Path) -> Path:
 
 
 def read_export(
-    folder: Path, meta_file: str, weights_file: str, expected_format: int, what: str, missing: str
+    folder: Path,
+    meta_file: str,
+    weights_file: str,
+    expected_format: int | tuple[int, ...],
+    what: str,
+    missing: str,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """An export's metadata and weights; a missing export is a FileNotFoundError ending in
     ``missing`` (what to do), a format this code does not read a ValueError naming both."""
     if not (folder / meta_file).is_file():
         raise FileNotFoundError(f"{folder} holds no {what} export ({meta_file}): {missing}")
     meta: dict[str, Any] = json.loads((folder / meta_file).read_text(encoding="utf-8"))
-    if meta.get("format") != expected_format:
-        raise ValueError(
-            f"{folder}: {what} format {meta.get('format')}, expected {expected_format}"
-        )
+    formats = expected_format if isinstance(expected_format, tuple) else (expected_format,)
+    if meta.get("format") not in formats:
+        expected = " or ".join(str(f) for f in formats)
+        raise ValueError(f"{folder}: {what} format {meta.get('format')}, expected {expected}")
     with np.load(folder / weights_file) as data:
         weights = {k: data[k] for k in data.files}
     return meta, weights

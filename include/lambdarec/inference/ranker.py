@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 #: The serving export's folder inside a run's ``deepfm/`` folder, and its format version.
 EXPORT_DIR = "serving"
 EXPORT_FORMAT = 3  # 3: per-source rel and gap, in_history, n_sources
+#: The format of a ranker trained with impressions: format 3 plus the ``position`` field (code that
+#: reads only format 3 refuses it instead of scoring without the field's weights).
+EXPORT_FORMAT_POSITION = 4
+FORMATS = (EXPORT_FORMAT, EXPORT_FORMAT_POSITION)
 META_FILE = "ranker.json"
 WEIGHTS_FILE = "weights.npz"
 ITEMS_FILE = "items.npz"
@@ -106,7 +110,7 @@ class DeepFMRanker:
         #: Raw catalog values -> the model's category index, for items the export lacks.
         self.vocabulary = vocabulary
         meta, weights = read_export(
-            folder, META_FILE, WEIGHTS_FILE, EXPORT_FORMAT, "DeepFM ranker", "retrain"
+            folder, META_FILE, WEIGHTS_FILE, FORMATS, "DeepFM ranker", "retrain"
         )
         #: The candidate sources whose scores and places the model reads, in its order.
         self.sources: list[str] = list(meta["sources"])
@@ -117,6 +121,8 @@ class DeepFMRanker:
             )
         self.fields: list[str] = list(meta["fields"])
         self.use_ids = bool(meta["item_ids"])
+        #: Trained with impressions: the ``position`` field, always neutral here (see ``rows``).
+        self.use_position = meta["format"] == EXPORT_FORMAT_POSITION
         self.max_history = int(meta["max_history"])
         self.w = {k: v.astype(np.float32) for k, v in weights.items()}
         ids, self.table = read_table(folder, float(meta["cooc_decay"]))
@@ -158,7 +164,8 @@ class DeepFMRanker:
     ) -> dict[str, np.ndarray]:
         """The training feature rows of one request's candidates: ``item_ids`` with their raw
         catalog ``categories``, and (candidates x :attr:`sources`) scores and places from the
-        pipeline's sources (see the module doc)."""
+        pipeline's sources (see the module doc). Every row has the neutral ``position``: a ranker
+        trained with impressions learnt the shown place's bias there, and ranks without it."""
         n = len(item_ids)
         pos = self._position
         cand = np.fromiter((pos.get(i, UNKNOWN) for i in item_ids), np.int64, n)
@@ -194,6 +201,8 @@ class DeepFMRanker:
         sparse = [("cat", "cand_category"), ("price", "cand_price"), ("cat", "session_category")]
         if self.use_ids:
             sparse += [("item", "cand_item"), ("item", "last_item")]
+        if self.use_position:
+            sparse += [("position", "position")]
         v = np.concatenate(
             [
                 np.stack([w[f"{table}_emb"][rows[name]] for table, name in sparse], axis=1),

@@ -9,6 +9,9 @@ loads the copy the export holds), so the two cannot drift apart.
 Fields (``SPARSE`` then ``DENSE``; the model's field order is ``lambdarec.models.deepfm.
 field_names``):
 
+* ``position``: where the candidate was shown in a logged impression, as an embedding index:
+  :data:`NEUTRAL_POSITION` for a row that is not from an impression (every row serving builds: the
+  position is a training-only feature, :func:`position_index`);
 * ``cand_item`` / ``last_item``: embedding indices of the candidate and of the session's last item
   (0 no item, 1 an item unknown to the table);
 * ``cand_category``, ``cand_price``: the candidate's category index and price bucket;
@@ -43,7 +46,19 @@ from lambdarec.inference.nn import NO_ITEM, OOV_ITEM
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-SPARSE = ("cand_item", "last_item", "cand_category", "cand_price", "session_category")
+SPARSE = (
+    "cand_item",
+    "last_item",
+    "cand_category",
+    "cand_price",
+    "session_category",
+    "position",
+)
+#: The ``position`` of a row not from an impression, and of every row serving scores: the ranker
+#: learns the click bias of a shown place from impressions and is asked without it.
+NEUTRAL_POSITION = 0
+#: Shown places with an embedding of their own (0-based places 0..N-2); later ones share the last.
+N_POSITIONS = 21
 #: The dense features every row has after the per-source ones.
 BASE_DENSE = (
     "cooc",
@@ -66,6 +81,12 @@ PAD = -1
 UNKNOWN = -2
 #: The session's event counts serving reads (the session's length so far).
 SESSION_COUNTS = ("n_views", "n_carts", "n_removes", "n_purchases")
+
+
+def position_index(position: np.ndarray) -> np.ndarray:
+    """The ``position`` field of shown places (0-based; negative: not shown, neutral)."""
+    position = np.asarray(position, dtype=np.int64)
+    return np.where(position < 0, NEUTRAL_POSITION, 1 + np.minimum(position, N_POSITIONS - 2))
 
 
 def dense_names(sources: Sequence[str]) -> list[str]:
@@ -155,6 +176,7 @@ def ranker_rows(
     source_scores: np.ndarray,
     source_ranks: np.ndarray,
     cand_category: np.ndarray | None = None,
+    shown_position: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The feature rows of ``n`` queries x ``c`` candidates, flattened query-major.
 
@@ -164,7 +186,8 @@ def ranker_rows(
     ``source_ranks`` (n, c, S): each source's score of each candidate and its place in the
     source's list, NaN where the source did not propose it; ``cand_category`` (n, c): the
     category index of candidates the table does not know (ignored for known ones; unknown
-    without it).
+    without it); ``shown_position`` (n, c): where an impression showed the candidate (0-based,
+    -1 not shown), for training rows only: None (serving) gives every row the neutral position.
     """
     hist = np.asarray(hist, dtype=np.int64)
     cand = np.asarray(cand, dtype=np.int64)
@@ -217,6 +240,11 @@ def ranker_rows(
         "cand_category": category.ravel(),
         "cand_price": np.where(known, table.price_bucket[safe], 0).ravel(),
         "session_category": np.repeat(session_category, c),
+        "position": (
+            np.full(n * c, NEUTRAL_POSITION, dtype=np.int64)
+            if shown_position is None
+            else position_index(np.asarray(shown_position).reshape(n, c)).ravel()
+        ),
         "dense": dense.reshape(n * c, dense.shape[-1]),
     }
 

@@ -20,6 +20,14 @@ length, log user history length, same-category flag). Each sparse field has an e
 first-order weight; each dense feature scales a learned vector, so it takes part in the FM's
 pairwise interactions; the deep part is an MLP over all field vectors. Output: a logit.
 
+Exposure (:mod:`lambdarec.models.exposure`): when the training queries come with the impressions
+serving logged for them, the lists carry where each candidate was shown (``CandidateLists.shown``)
+and the model gets one more sparse field, ``position`` (an embedding per shown place, one neutral
+index for rows not shown). A shown item that was not clicked is a negative of its list, one that
+was clicked its positive. Serving scores every candidate at the neutral position, so what the
+model learnt of a place's click bias is left out of its ranking. Without impressions there is no
+such field and the model is the one it always was.
+
 Serving scores with :func:`export_for_serving`'s numpy export (:mod:`lambdarec.inference.ranker`),
 not with TensorFlow: the weights, the per-item side arrays and the co-occurrence matrix.
 """
@@ -39,7 +47,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lambdarec.inference import ranker as numpy_ranker  # noqa: E402
-from lambdarec.inference.ranker_rows import ItemTable, dense_names, ranker_rows  # noqa: E402
+from lambdarec.inference.ranker_rows import (  # noqa: E402
+    N_POSITIONS,
+    ItemTable,
+    dense_names,
+    ranker_rows,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -82,11 +95,20 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
         n_price: int,
         n_dense: int,
         config: DeepFMConfig,
+        position: bool = False,
     ) -> None:
         super().__init__()
         c = config
         self.use_ids = c.item_ids
+        self.use_position = position
         init = tf_keras.initializers.RandomNormal(stddev=0.01, seed=c.seed)
+        if position:
+            self.position_emb = tf_keras.layers.Embedding(
+                N_POSITIONS, c.k, embeddings_initializer=init
+            )
+            self.position_w = tf_keras.layers.Embedding(
+                N_POSITIONS, 1, embeddings_initializer="zeros"
+            )
         if self.use_ids:
             self.item_emb = tf_keras.layers.Embedding(n_items + 2, c.k, embeddings_initializer=init)
             self.item_w = tf_keras.layers.Embedding(n_items + 2, 1, embeddings_initializer="zeros")
@@ -135,6 +157,9 @@ class DeepFM(tf_keras.Model):  # type: ignore[name-defined,misc]
         if self.use_ids:
             fields += [self.item_emb(f["cand_item"]), self.item_emb(f["last_item"])]
             first += self.item_w(f["cand_item"]) + self.item_w(f["last_item"])
+        if self.use_position:
+            fields.append(self.position_emb(f["position"]))
+            first += self.position_w(f["position"])
         v = tf.concat([tf.stack(fields, axis=1), dense[..., None] * self.dense_v[None]], axis=1)
         square_of_sum = tf.square(tf.reduce_sum(v, axis=1))
         sum_of_square = tf.reduce_sum(tf.square(v), axis=1)
@@ -162,18 +187,27 @@ def item_table(dataset: Dataset, idx_map: np.ndarray, cooc: CoOccurrence) -> Ite
 @dataclass
 class CandidateLists:
     """The pipeline's candidates of ``n`` queries, padded to ``c``: catalog positions (-1 pads),
-    and what each of ``sources`` said of each (n, c, S; NaN where it did not propose it)."""
+    and what each of ``sources`` said of each (n, c, S; NaN where it did not propose it);
+    ``shown`` (n, c): where a logged impression showed each candidate (0-based, -1 not shown), None
+    for lists without impressions (:mod:`lambdarec.models.exposure`)."""
 
     sources: list[str]
     cand: np.ndarray
     scores: np.ndarray
     ranks: np.ndarray
+    shown: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.cand)
 
     def subset(self, idx: np.ndarray) -> CandidateLists:
-        return CandidateLists(self.sources, self.cand[idx], self.scores[idx], self.ranks[idx])
+        return CandidateLists(
+            self.sources,
+            self.cand[idx],
+            self.scores[idx],
+            self.ranks[idx],
+            None if self.shown is None else self.shown[idx],
+        )
 
 
 def candidate_features(
@@ -182,7 +216,14 @@ def candidate_features(
     """Flattened (query x candidate) feature rows, query-major
     (:func:`lambdarec.inference.ranker_rows.ranker_rows`, serving's function too)."""
     return ranker_rows(
-        table, ex.hist, ex.session_len, ex.user_events, lists.cand, lists.scores, lists.ranks
+        table,
+        ex.hist,
+        ex.session_len,
+        ex.user_events,
+        lists.cand,
+        lists.scores,
+        lists.ranks,
+        shown_position=lists.shown,
     )
 
 
@@ -198,6 +239,8 @@ class TrainedDeepFM:
     name: str = "deepfm"
     #: The item table its rows read (built from the dataset on first use).
     table: ItemTable | None = None
+    #: Trained on impressions: it has the ``position`` field (see the module doc).
+    position: bool = False
 
     def item_table(self, dataset: Dataset) -> ItemTable:
         if self.table is None:
@@ -224,11 +267,13 @@ class TrainedDeepFM:
 SERVING_EXPORT = numpy_ranker.EXPORT_DIR
 
 
-def field_names(config: DeepFMConfig, sources: list[str]) -> list[str]:
+def field_names(config: DeepFMConfig, sources: list[str], position: bool = False) -> list[str]:
     """The model's fields in the order of its ``v`` tensor (sparse, then dense)."""
     sparse = ["cand_category", "cand_price", "session_category"]
     if config.item_ids:
         sparse += ["cand_item", "last_item"]
+    if position:
+        sparse += ["position"]
     return [*sparse, *dense_names(sources)]
 
 
@@ -250,6 +295,11 @@ def serving_weights(model: DeepFM) -> dict[str, np.ndarray]:
     }
     if model.use_ids:
         layers |= {"item_emb": model.item_emb.embeddings, "item_w": model.item_w.embeddings}
+    if model.use_position:
+        layers |= {
+            "position_emb": model.position_emb.embeddings,
+            "position_w": model.position_w.embeddings,
+        }
     for i, layer in enumerate(model.deep.layers):
         layers |= {f"deep_kernel_{i}": layer.kernel, f"deep_bias_{i}": layer.bias}
     return {name: np.asarray(v.numpy(), dtype=np.float32) for name, v in layers.items()}
@@ -263,7 +313,8 @@ def export_for_serving(trained: TrainedDeepFM, dataset: Dataset, out_dir: Path) 
     catalog item (raw id, embedding index ``idx_map``: 0 no item, 1 out of vocabulary; category,
     price bucket, training popularity) and the training co-occurrence matrix as CSR arrays.
     ``ranker.json``: the sources it reads, the field order, the batch-norm epsilon, the MLP
-    activations, the co-occurrence decay and the history length.
+    activations, the co-occurrence decay and the history length; format 4 instead of 3 for a model
+    with the ``position`` field (trained on impressions).
     """
     import json
 
@@ -285,9 +336,11 @@ def export_for_serving(trained: TrainedDeepFM, dataset: Dataset, out_dir: Path) 
         cooc_data=cooc.data.astype(np.float32),
     )
     meta = {
-        "format": numpy_ranker.EXPORT_FORMAT,
+        "format": (
+            numpy_ranker.EXPORT_FORMAT_POSITION if trained.position else numpy_ranker.EXPORT_FORMAT
+        ),
         "sources": list(trained.sources),
-        "fields": field_names(c, trained.sources),
+        "fields": field_names(c, trained.sources, trained.position),
         "dense": dense_names(trained.sources),
         "item_ids": c.item_ids,
         "k": c.k,
@@ -347,7 +400,9 @@ def train_deepfm(
     config: DeepFMConfig | None = None,
 ) -> TrainedDeepFM:
     """Fit on the pipeline's candidates ``lists`` of the queries ``ex`` (see the module doc):
-    a softmax over each query's whole candidate list, cross-entropy on its next item."""
+    a softmax over each query's whole candidate list, cross-entropy on its next item. Lists with
+    impressions (``lists.shown``, :func:`lambdarec.models.exposure.attach_exposure`) add the
+    ``position`` field."""
     c = config or DeepFMConfig()
     tf_keras.utils.set_random_seed(c.seed)
     if len(ex) > c.max_queries:
@@ -382,6 +437,7 @@ def train_deepfm(
         n_price=dataset.catalog.n_price_buckets,
         n_dense=len(dense_names(lists.sources)),
         config=c,
+        position=lists.shown is not None,
     )
     opt = tf_keras.optimizers.Adam(c.learning_rate)
 
@@ -416,7 +472,9 @@ def train_deepfm(
 
     train_ds, val_ds = ds(~is_val, True), ds(is_val, False)
     val_w = float(weight[is_val].sum()) or 1.0
-    trained = TrainedDeepFM(model, c, idx_map, cooc, list(lists.sources), table=table)
+    trained = TrainedDeepFM(
+        model, c, idx_map, cooc, list(lists.sources), table=table, position=model.use_position
+    )
     stopper = _EarlyStop(model, trained.history, c.patience)
     n_train = int(valid[~is_val].sum())
     for epoch in range(c.epochs):

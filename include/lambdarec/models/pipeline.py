@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
+    import pandas as pd
+
     from lambdarec.models.data import Dataset, Examples
     from lambdarec.models.deepfm import DeepFMConfig, TrainedDeepFM
     from lambdarec.models.served import CandidateStats, ServedSetup
@@ -47,8 +49,12 @@ def train_models(
     *,
     work_dir: Path,
     cooc: B.CoOccurrence | None = None,
+    exposure: pd.DataFrame | None = None,
+    exposure_window_ms: int = 1_800_000,
 ) -> Trained:
-    """Both models, the served pipeline around them, their numpy exports under ``work_dir``."""
+    """Both models, the served pipeline around them, their numpy exports under ``work_dir``.
+    ``exposure`` (:func:`lambdarec.models.exposure.exposure_table`): impressions the ranker
+    trains on too, matched to its queries within ``exposure_window_ms``."""
     from lambdarec.models import deepfm, two_tower
     from lambdarec.models.served import candidate_lists, served_setup, with_ranker
 
@@ -60,6 +66,11 @@ def train_models(
     queries = dataset.valid.sample(fm_cfg.max_queries, fm_cfg.seed)
     setup = served_setup(dataset, tt, work_dir, splits={"valid": queries})
     lists = candidate_lists(setup, queries, "valid")
+    if exposure is not None:
+        from lambdarec.models.exposure import attach_exposure
+
+        attached = attach_exposure(dataset, queries, lists, exposure, window_ms=exposure_window_ms)
+        queries, lists = attached.ex, attached.lists
     fm = deepfm.train_deepfm(dataset, queries, lists, tt.idx_map, cooc, fm_cfg)
     with_ranker(setup, fm, dataset, work_dir)
     t2 = time.perf_counter()

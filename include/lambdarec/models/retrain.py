@@ -223,12 +223,16 @@ def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
     return TrainedTwoTower(model, config, idx_map, data.catalog, history=history)
 
 
-def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str, Any]:
+def train_ranker(
+    run_dir: Path, config: DeepFMConfig | None = None, *, settings: Settings | None = None
+) -> dict[str, Any]:
     """The DeepFM on the served pipeline's candidates for validation queries (the run's
-    two-tower export and the sources' statistics of the training interactions), exported for
-    serving."""
+    two-tower export and the sources' statistics of the training interactions), with the lake's
+    impressions of those queries when ``LAMBDAREC_EXPOSURE_NEGATIVES`` is on
+    (:mod:`lambdarec.models.exposure`), exported for serving."""
     from lambdarec.models import baselines as B
     from lambdarec.models import deepfm
+    from lambdarec.models.exposure import training_exposure
     from lambdarec.models.served import candidate_lists, served_setup
 
     data = load_built(run_dir)
@@ -238,15 +242,29 @@ def train_ranker(run_dir: Path, config: DeepFMConfig | None = None) -> dict[str,
     queries = data.valid.sample(c.max_queries, c.seed)
     setup = served_setup(data, tt, run_dir, splits={"valid": queries})
     lists = candidate_lists(setup, queries, "valid")
+    exposure = training_exposure(data, queries, lists, _settings(settings))
+    if exposure is not None:
+        queries, lists = exposure.ex, exposure.lists
     fm = deepfm.train_deepfm(data, queries, lists, tt.idx_map, cooc, c)
     out = run_dir / "deepfm"
     _checkpoint(fm.model, out / "checkpoint" / "model", save=True)
     _write_json(
-        out / "deepfm_config.json", {**asdict(c), "sources": fm.sources, "history": fm.history}
+        out / "deepfm_config.json",
+        {
+            **asdict(c),
+            "sources": fm.sources,
+            "history": fm.history,
+            "exposure": None if exposure is None else exposure.stats,
+        },
     )
     # What serving scores with (numpy, no TensorFlow, no dataset.npz): lambdarec.inference.ranker.
     deepfm.export_for_serving(fm, data, out / deepfm.SERVING_EXPORT)
-    return {"history": fm.history, "sources": fm.sources, "out": str(out)}
+    return {
+        "history": fm.history,
+        "sources": fm.sources,
+        "exposure": None if exposure is None else exposure.stats,
+        "out": str(out),
+    }
 
 
 def registry_for(name: str, settings: Settings) -> ModelRegistry:
