@@ -8,7 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const K = 10;
   const CHANGE_POLL_MS = 300;
-  const CHANGE_WAIT_MS = 8000;
+  const CHANGE_WAIT_MS = 15000;
   const shop = { user: null, session: null, list: null, category: null, busy: false };
 
   function hex(bytes) {
