@@ -329,25 +329,24 @@ def run_demo(
             "weekly_model_retraining: datasets from the lake and Feast, two-tower + DeepFM, "
             "evaluation against the champion, Milvus publish, reload marker ..."
         )
-        run = run_dag_test("weekly_model_retraining", day, s, conf={"epochs": model_epochs})
-        figures["weekly_model_retraining"] = run.tasks
-        console.print(f"      {run.state}: {run.tasks}")
-        if not run.success:
-            raise RuntimeError(
-                f"weekly_model_retraining failed: {run.tasks}\n"
-                + "\n".join(run.log.splitlines()[-30:])
-            )
+
+        def dag(dag_id: str, on: date | str, **conf: object) -> dict[str, str]:
+            """Run ``dag_id`` for ``on``; its task states, printed; a failure raises with the log."""
+            run = run_dag_test(dag_id, on, s, conf=conf or None)
+            figures[dag_id] = run.tasks
+            console.print(f"      {run.state}: {run.tasks}")
+            if not run.success:
+                raise RuntimeError(
+                    f"{dag_id} failed for {on}: {run.tasks}\n"
+                    + "\n".join(run.log.splitlines()[-30:])
+                )
+            return run.tasks
+
+        dag("weekly_model_retraining", day, epochs=model_epochs)
         last = cast("list[str]", figures["days"])[-1]
         console.print(f"drift_monitoring for {last}: the champion's reference against that day ...")
-        drift = run_dag_test("drift_monitoring", last, s)
-        figures["drift_monitoring"] = drift.tasks
-        console.print(f"      {drift.state}: {drift.tasks}")
-        if not drift.success:
-            raise RuntimeError(
-                f"drift_monitoring failed for {last}: {drift.tasks}\n"
-                + "\n".join(drift.log.splitlines()[-30:])
-            )
-        if drift.tasks.get("trigger_retraining") == "success":
+        drift_tasks = dag("drift_monitoring", last)
+        if drift_tasks.get("trigger_retraining") == "success":
             # The monitor's real decision: the queued run starts once the DAGs are unpaused.
             console.print(
                 f"drift on {last} reached the act threshold: a weekly_model_retraining run "
