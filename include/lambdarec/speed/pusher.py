@@ -37,7 +37,7 @@ from lambdarec.config import get_settings
 from lambdarec.tables import SESSION_FEATURES, TRENDING_ITEMS, FeatureTable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
     from confluent_kafka import Message
@@ -121,15 +121,20 @@ class PushStats:
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("push_ms", "fresh_ms")}
         if self.push_ms:
-            ordered = sorted(self.push_ms)
-            out["push_ms_p50"] = round(ordered[len(ordered) // 2], 2)
-            out["push_ms_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
+            out.update(_p50_p99("push_ms", self.push_ms, 2))
         if self.fresh_ms:
-            ordered = sorted(self.fresh_ms)
-            out["fresh_ms_n"] = len(ordered)
-            out["fresh_ms_p50"] = round(ordered[len(ordered) // 2], 1)
-            out["fresh_ms_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
+            out["fresh_ms_n"] = len(self.fresh_ms)
+            out.update(_p50_p99("fresh_ms", self.fresh_ms, 1))
         return out
+
+
+def _p50_p99(name: str, values: Iterable[float], digits: int) -> dict[str, float]:
+    """``<name>_p50`` and ``<name>_p99`` of ``values`` (nearest rank), rounded to ``digits``."""
+    ordered = sorted(values)
+    return {
+        f"{name}_p50": round(ordered[len(ordered) // 2], digits),
+        f"{name}_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], digits),
+    }
 
 
 class FeaturePusher:
