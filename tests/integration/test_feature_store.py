@@ -311,6 +311,52 @@ def test_historical_features_are_point_in_time_correct(tmp_path: Path) -> None:
     assert pd.isna(out.loc[0, "trending_items__trend_score"])
 
 
+def _online_rows(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    import sqlite3
+
+    with sqlite3.connect(settings.state_dir / "feast" / "online_store.db") as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {
+            name: db.execute(
+                f"SELECT entity_key, feature_name, value, event_ts FROM {name} "  # noqa: S608
+                "ORDER BY entity_key, feature_name"
+            ).fetchall()
+            for name in names
+        }
+
+
+def test_materialize_writes_what_feasts_own_materialize_writes(tmp_path: Path) -> None:
+    """The pyarrow read of the Parquet sources (``store._materialize_parquet``) writes the same
+    online rows as Feast's file offline store: the interval's ends included, the newest row per
+    key by event time, a row outside the interval left out."""
+    lakes = []
+    for name in ("ours", "feast"):
+        settings = Settings(state_dir=tmp_path / name, online_store="sqlite")
+        write_partitions(settings.lake_dir)
+        # A second row for u1 stamped a minute before day 2's end (older: day 2's row wins),
+        # and a day-3 row outside the interval.
+        part = USER_HISTORY.partition(settings.lake_dir, DAY2)
+        extra = feature_frame(USER_HISTORY, DAY2, 3).iloc[:1]
+        extra.assign(event_timestamp=day_end(DAY2) - timedelta(minutes=1)).to_parquet(
+            part / "part-00001.parquet", index=False
+        )
+        later = USER_HISTORY.partition(settings.lake_dir, "2024-05-03")
+        later.mkdir(parents=True)
+        feature_frame(USER_HISTORY, "2024-05-03", 4).to_parquet(later / "p.parquet", index=False)
+        fstore.apply(settings)
+        lakes.append(settings)
+    start = datetime.fromisoformat(DAY1).replace(tzinfo=UTC)
+    end = start + timedelta(days=1, hours=23, minutes=59, seconds=59, microseconds=999999)
+    fstore.materialize(start, end, lakes[0])
+    fs = fstore.get_store(lakes[1])
+    fs.materialize(start_date=start, end_date=end, feature_views=list(fstore.BATCH_VIEWS))
+    ours, feasts = _online_rows(lakes[0]), _online_rows(lakes[1])
+    assert ours["lambdarec_user_history_30d"], "nothing was materialised"
+    assert ours == feasts
+    got = fstore.read_online(["user_history_30d:n_events_30d"], [{"user_id": "u1"}], lakes[0])
+    assert got["user_history_30d__n_events_30d"] == [20]
+
+
 def test_sqlite_online_store(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "state", online_store="sqlite")
     assert f"type: {fstore.ONLINE_SQLITE}" in fstore.render_feature_store_yaml(settings)
