@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -31,8 +31,10 @@ if bag.import_errors:
     sys.exit(2)
 dag = bag.get_dag(sys.argv[2])
 run = dag.test(logical_date=pendulum.parse(sys.argv[3]), run_conf=json.loads(sys.argv[4]) or None)
-states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("LAMBDAREC_DAG_RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
+tis = run.get_task_instances()
+states = {ti.task_id: str(ti.state) for ti in tis}
+seconds = {ti.task_id: round(ti.duration, 1) for ti in tis if ti.duration is not None}
+print("LAMBDAREC_DAG_RESULT " + json.dumps({"state": str(run.state), "tasks": states, "seconds": seconds}))
 """
 
 
@@ -43,6 +45,8 @@ class DagTestResult:
     state: str
     tasks: dict[str, str]
     log: str
+    #: Each task's run time (seconds), for the tasks that ran.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -88,6 +92,13 @@ def run_dag_test(
                     f"dag.test() of {dag_id} for {day_text} ran no task: is the day before the "
                     "DAG's start_date?"
                 )
-            return DagTestResult(dag_id, day_text, result["state"], result["tasks"], output)
+            return DagTestResult(
+                dag_id,
+                day_text,
+                result["state"],
+                result["tasks"],
+                output,
+                result.get("seconds", {}),
+            )
     tail = "\n".join(output.strip().splitlines()[-40:])
     raise RuntimeError(f"dag.test() of {dag_id} for {day_text} did not finish:\n{tail}")
