@@ -23,7 +23,7 @@ from lambdarec.config import Settings, get_settings
 from lambdarec.simulate import DEMO_MINUTES, DEMO_RPS, DEMO_SHOPPERS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from datetime import date
     from pathlib import Path
 
@@ -55,6 +55,12 @@ def _step(title: str, fn: Callable[[], object]) -> None:
     t0 = time.monotonic()
     fn()
     console.print(f"[green]done[/] in {time.monotonic() - t0:.1f} s")
+
+
+def _slowest(seconds: Mapping[str, float], n: int = 3) -> str:
+    """The ``n`` longest tasks of a DAG run, as "task 12 s, ..."."""
+    top = sorted(seconds.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{task} {secs:.0f} s" for task, secs in top) or "(no task times)"
 
 
 def _wait_with_bar(
@@ -257,7 +263,7 @@ def run_demo(
             console.print(
                 f"      {run.state} in {time.monotonic() - t0:.0f} s: "
                 f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
-                "tasks succeeded"
+                f"tasks succeeded; slowest: {_slowest(run.seconds)}"
             )
             if not run.success:
                 failed = {t: st for t, st in run.tasks.items() if st != "success"}
@@ -335,6 +341,7 @@ def run_demo(
             run = run_dag_test(dag_id, on, s, conf=conf or None)
             figures[dag_id] = run.tasks
             console.print(f"      {run.state}: {run.tasks}")
+            console.print(f"      slowest: {_slowest(run.seconds)}")
             if not run.success:
                 raise RuntimeError(
                     f"{dag_id} failed for {on}: {run.tasks}\n"
