@@ -20,6 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import requests
+
     from lambdarec.config import Settings
 
 #: Seconds any one source may take to answer before the dashboard shows it as unavailable.
@@ -122,6 +124,31 @@ def champion_figures(settings: Settings) -> dict[str, Any]:
     }
 
 
+def airflow_login(
+    base_url: str, username: str, password: str, *, timeout_s: float = TIMEOUT_S
+) -> requests.Session:
+    """A session of Airflow's REST API at ``base_url`` with the bearer token ``/auth/token``
+    gave ``username``; :class:`Unavailable` when the login is refused (other failures raise
+    ``requests``' own errors for the caller to word)."""
+    import requests
+
+    http = requests.Session()
+    token = http.post(
+        f"{base_url}/auth/token",
+        json={"username": username, "password": password},
+        timeout=timeout_s,
+    )
+    if token.status_code in (401, 403):
+        http.close()
+        raise Unavailable(
+            f"Airflow at {base_url} refused {username!r}'s login (HTTP {token.status_code}); "
+            "check LAMBDAREC_AIRFLOW_USERNAME and LAMBDAREC_AIRFLOW_PASSWORD"
+        )
+    token.raise_for_status()
+    http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return http
+
+
 def dag_runs(
     base_url: str,
     username: str,
@@ -148,38 +175,26 @@ def dag_runs(
             "platform's is generated at Airflow's first start)"
         )
     try:
-        token = requests.post(
-            f"{base_url}/auth/token",
-            json={"username": username, "password": password},
-            timeout=timeout_s,
-        )
-        if token.status_code in (401, 403):
-            raise Unavailable(
-                f"Airflow at {base_url} refused {username!r}'s login (HTTP {token.status_code}); "
-                "check LAMBDAREC_AIRFLOW_USERNAME and LAMBDAREC_AIRFLOW_PASSWORD"
-            )
-        token.raise_for_status()
-        auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        listed = requests.get(
-            f"{base_url}/api/v2/dags", params={"limit": 100}, headers=auth, timeout=timeout_s
-        )
-        listed.raise_for_status()
-        out = []
-        for dag in sorted(listed.json()["dags"], key=lambda d: d["dag_id"]):
-            answer = requests.get(
-                f"{base_url}/api/v2/dags/{dag['dag_id']}/dagRuns",
-                params={"limit": str(runs), "order_by": "-run_after"},
-                headers=auth,
-                timeout=timeout_s,
-            )
-            answer.raise_for_status()
-            out.append(
-                {
-                    "dag_id": dag["dag_id"],
-                    "paused": bool(dag.get("is_paused")),
-                    "runs": [{k: r.get(k) for k in RUN_FIELDS} for r in answer.json()["dag_runs"]],
-                }
-            )
+        with airflow_login(base_url, username, password, timeout_s=timeout_s) as http:
+            listed = http.get(f"{base_url}/api/v2/dags", params={"limit": 100}, timeout=timeout_s)
+            listed.raise_for_status()
+            out = []
+            for dag in sorted(listed.json()["dags"], key=lambda d: d["dag_id"]):
+                answer = http.get(
+                    f"{base_url}/api/v2/dags/{dag['dag_id']}/dagRuns",
+                    params={"limit": str(runs), "order_by": "-run_after"},
+                    timeout=timeout_s,
+                )
+                answer.raise_for_status()
+                out.append(
+                    {
+                        "dag_id": dag["dag_id"],
+                        "paused": bool(dag.get("is_paused")),
+                        "runs": [
+                            {k: r.get(k) for k in RUN_FIELDS} for r in answer.json()["dag_runs"]
+                        ],
+                    }
+                )
     except requests.RequestException as exc:
         raise Unavailable(
             f"Airflow's API at {base_url} is not reachable ({type(exc).__name__}); "

@@ -326,6 +326,8 @@ def schedule_dags(
     """
     import requests
 
+    from lambdarec.monitoring.operations import Unavailable, airflow_login
+
     want = settings.dags_paused if paused is None else paused
     base = f"http://{settings.bind_host}:{settings.airflow_port}"
     password = airflow_password(settings)
@@ -334,13 +336,11 @@ def schedule_dags(
             "Airflow has no generated admin password yet: start it first (`lambdarec platform up "
             "airflow`)"
         )
-    http = requests.Session()
     try:
-        token = http.post(
-            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=10
-        )
-        token.raise_for_status()
-        http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        http = airflow_login(base, "admin", password, timeout_s=10)
+    except (Unavailable, requests.RequestException, KeyError, ValueError) as error:
+        raise PlatformError(f"Airflow's REST API at {base} failed: {error}") from None
+    try:
         deadline = time.monotonic() + wait_s
         missing = list(dag_ids)
         while missing:
