@@ -243,7 +243,7 @@ class FeaturePusher:
         push the store refuses is retried until it succeeds (:meth:`_push_chunk`); raises
         :class:`Stopped` when the pusher is stopped meanwhile (the batch is then not committed).
         """
-        newest: dict[str, dict[bytes | None, tuple[Any, ...]]] = {}
+        newest: dict[str, dict[bytes | None, Checked]] = {}
         for msg in messages:
             if msg.error() is not None:
                 continue
@@ -256,15 +256,17 @@ class FeaturePusher:
                 row = orjson.loads(value)
                 if not isinstance(row, dict):
                     raise ValueError("not a JSON object")
-                item = _row_protos(_table(view), row)
+                item = _row_values(_table(view), row)
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 self._dead_letter(msg, view, exc)
                 continue
             newest.setdefault(view, {})[msg.key()] = item
         pushed = 0
         for view, rows in newest.items():
+            table = _table(view)
+            protos = [_protos(table, row) for row in rows.values()]
             began = time.perf_counter()
-            pushed += self._push(view, list(rows.values()))
+            pushed += self._push(view, protos)
             took_ms = (time.perf_counter() - began) * 1000
             self.stats.push_ms.append(took_ms)
             if took_ms > SLOW_PUSH_MS:
@@ -422,14 +424,16 @@ def _table(view: str) -> FeatureTable:
 
 def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str, Any], Any, None]:
     """(entity key, feature values, event time, None) of one JSON row, as Feast stores them."""
-    from datetime import datetime
+    return _protos(table, _row_values(table, row))
 
-    from lambdarec.features.feastlib import import_feast
 
-    import_feast()
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import StringList, Value
+#: One row checked and converted to Python values: (key, {feature: value}, event time).
+Checked = tuple[str, dict[str, Any], datetime]
 
+
+def _row_values(table: FeatureTable, row: dict[str, Any]) -> Checked:
+    """The row's key, values converted to their column types, and event time; raises
+    ``ValueError``/``TypeError`` for a row the store cannot take (the dead letter's reason)."""
     missing = [c for c in table.columns if c not in row]
     if missing:
         raise ValueError(f"lacks column(s) {', '.join(missing)}")
@@ -440,21 +444,48 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
             continue
         value = row[name]
         if value is None:
-            values[name] = Value()
+            values[name] = None
         elif kind == "string":
-            values[name] = Value(string_val=str(value))
+            values[name] = str(value)
         elif kind == "int64":
-            values[name] = Value(int64_val=int(value))
+            values[name] = int(value)
         elif kind == "double":
-            values[name] = Value(double_val=float(value))
+            values[name] = float(value)
         elif kind == "array<string>":
-            values[name] = Value(string_list_val=StringList(val=[str(v) for v in value]))
-        else:  # a new column type: add its proto field here
+            values[name] = [str(v) for v in value]
+        else:  # a new column type: add its conversion here and its proto field in _protos
             raise TypeError(f"{table.name}.{name}: no proto mapping for {kind}")
-    entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=str(row[key]))])
     # Flink writes ISO-8601 UTC ("...T12:00:00.123Z", the millisecond part dropped when zero).
     ts = datetime.fromisoformat(str(row["event_timestamp"]))
-    return entity, values, ts, None
+    return str(row[key]), values, ts
+
+
+def _protos(table: FeatureTable, checked: Checked) -> tuple[Any, dict[str, Any], Any, None]:
+    """The Feast write row of a checked row (built for the rows written only: the newest per
+    key of a batch; the protos cost more than the checks)."""
+    from lambdarec.features.feastlib import import_feast
+
+    import_feast()
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import StringList, Value
+
+    key_value, values, ts = checked
+    protos: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = table.columns[name]
+        if value is None:
+            protos[name] = Value()
+        elif kind == "string":
+            protos[name] = Value(string_val=value)
+        elif kind == "int64":
+            protos[name] = Value(int64_val=value)
+        elif kind == "double":
+            protos[name] = Value(double_val=value)
+        else:
+            protos[name] = Value(string_list_val=StringList(val=value))
+    (key,) = table.keys
+    entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=key_value)])
+    return entity, protos, ts, None
 
 
 #: Session rows are what freshness is about: small batches, pushed at once. Trending rows come
