@@ -3,8 +3,8 @@ process of the path spent per event meanwhile.
 
 :func:`highest_rate` doubles a rate from ``start`` while the trial holds, then bisects between the
 last held and the first failed rate; :class:`ProcessCpu` reads each named process's CPU seconds
-(user + system, its descendants included: the Flink job is a Python driver and its JVM) before
-and after a step.
+(user + system, its descendants included: the Flink job is a Python driver and its JVM; a named
+process started by another one counts in its own name only) before and after a step.
 """
 
 from __future__ import annotations
@@ -57,21 +57,35 @@ def highest_rate(
     return held
 
 
-def _tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants (0 when it is gone)."""
-    try:
-        proc = psutil.Process(root)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
+def _owners(roots: Mapping[str, int]) -> dict[int, tuple[str, psutil.Process]]:
+    """Each live process of the roots' trees, with the name of its nearest named ancestor (or
+    itself): a root started by another root (the bench starts the job and the broker) counts
+    only in its own name."""
+    trees: list[tuple[str, list[psutil.Process]]] = []
+    for name, pid in roots.items():
         try:
-            t = p.cpu_times()
+            proc = psutil.Process(pid)
+            trees.append((name, [proc, *proc.children(recursive=True)]))
         except psutil.NoSuchProcess:
             continue
-        total += t.user + t.system
-    return total
+    owners: dict[int, tuple[str, psutil.Process]] = {}
+    # The largest tree first: a smaller tree inside it takes its processes back.
+    for name, procs in sorted(trees, key=lambda tree: -len(tree[1])):
+        for proc in procs:
+            owners[proc.pid] = (name, proc)
+    return owners
+
+
+def _cpu_s(roots: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each named process tree (0 for one that is gone)."""
+    used = dict.fromkeys(roots, 0.0)
+    for name, proc in _owners(roots).values():
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        used[name] += t.user + t.system
+    return used
 
 
 @dataclass
@@ -89,11 +103,12 @@ class ProcessCpu:
         return float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
 
     def start(self) -> None:
-        self._began = {name: _tree_cpu_s(pid) for name, pid in self.roots.items()}
+        self._began = _cpu_s(self.roots)
         self._machine = self._machine_busy_s()
 
     def stop(self) -> dict[str, float]:
         """CPU seconds of each process since :meth:`start`; ``machine`` is every process's."""
-        used = {name: _tree_cpu_s(pid) - self._began[name] for name, pid in self.roots.items()}
+        now = _cpu_s(self.roots)
+        used = {name: now[name] - self._began[name] for name in self.roots}
         used["machine"] = self._machine_busy_s() - self._machine
         return used
