@@ -23,31 +23,36 @@ def highest_rate(
     start: float,
     ceiling: float,
     *,
+    floor: float | None = None,
     bisect_steps: int = 3,
     resolution: float = 0.05,
 ) -> float | None:
     """The highest rate ``trial`` held: doubling from ``start`` (never past ``ceiling``) while it
-    holds, then up to ``bisect_steps`` halvings of the gap between the last held rate and the
-    first failed one (stopping once the gap is within ``resolution`` of the held rate). None when
-    ``start`` itself fails. Rates are rounded to 100 (events/s)."""
+    holds, or halving while it fails (never below ``floor``, default ``start``), then up to
+    ``bisect_steps`` halvings of the gap between the highest held rate and the lowest failed one
+    (stopping once the gap is within ``resolution`` of the held rate). None when no rate held.
+    Rates are rounded to 100 (events/s) but never below ``floor``."""
+    floor = start if floor is None else floor
     held: float | None = None
     failed: float | None = None
     rate = start
     while True:
         if trial(rate):
             held = rate
-            if rate >= ceiling:
-                return held
+            if failed is not None or rate >= ceiling:
+                break
             rate = min(rate * 2, ceiling)
         else:
             failed = rate
-            break
-    if held is None:
-        return None
+            if held is not None or rate / 2 < floor:
+                break
+            rate = rate / 2
+    if held is None or failed is None:
+        return held
     for _ in range(bisect_steps):
         if failed - held <= resolution * held:
             break
-        rate = round((held + failed) / 2, -2)
+        rate = max(round((held + failed) / 2, -2), floor)
         if rate in (held, failed):
             break
         if trial(rate):
