@@ -151,6 +151,7 @@ class FeaturePusher:
         group_id: str = GROUP_ID,
         max_rows: int = 500,
         max_wait_ms: float = 0.0,
+        fetch_wait_ms: int = 10,
         chunk_rows: int = 0,
         from_beginning: bool = True,
     ) -> None:
@@ -158,6 +159,7 @@ class FeaturePusher:
         self.group_id = group_id
         self.max_rows = max_rows
         self.max_wait_s = max_wait_ms / 1000.0
+        self.fetch_wait_ms = fetch_wait_ms
         self.chunk_rows = chunk_rows
         self.from_beginning = from_beginning
         self.stats = PushStats()
@@ -192,10 +194,11 @@ class FeaturePusher:
             **{
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest" if self.from_beginning else "latest",
-                # The broker answers a fetch once it holds FETCH_MIN_BYTES or after 10 ms: with
+                # The broker answers a fetch once it holds FETCH_MIN_BYTES or after
+                # fetch_wait_ms (10 ms; trending rows, batched for a second, 100 ms): with
                 # the default (1 byte) a steady stream was fetched a few rows per request, as
                 # fast as round trips allow, the broker's CPU per event.
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": self.fetch_wait_ms,
                 "fetch.min.bytes": FETCH_MIN_BYTES,
                 "isolation.level": "read_uncommitted",  # the job writes at-least-once, no txns
                 "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
@@ -240,7 +243,9 @@ class FeaturePusher:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            time.sleep(min(left, 0.002))
+            # A fiftieth of the wait between looks (2 ms at least): a trending batch waits a
+            # second, and looking every 2 ms of it kept a core's few percent busy for nothing.
+            time.sleep(min(left, max(0.002, self.max_wait_s / 50)))
         return batch
 
     def push_batch(self, messages: list[Message]) -> int:
@@ -499,7 +504,12 @@ def _protos(table: FeatureTable, checked: Checked) -> tuple[Any, dict[str, Any],
 #: in bursts (one per active item when a minute's windows close) and change slowly: big batches,
 #: newest per item, written 200 rows (~20 ms) at a time so they never hold a session batch back.
 SESSION_BATCH: dict[str, Any] = {"max_rows": 2000, "max_wait_ms": 0.0}
-TRENDING_BATCH: dict[str, Any] = {"max_rows": 20_000, "max_wait_ms": 1000.0, "chunk_rows": 200}
+TRENDING_BATCH: dict[str, Any] = {
+    "max_rows": 20_000,
+    "max_wait_ms": 1000.0,
+    "chunk_rows": 200,
+    "fetch_wait_ms": 100,
+}
 
 
 def default_pushers(
