@@ -17,7 +17,8 @@ with no probe lost and the offered rate achieved: from ``--start-rate`` doubling
 ``--bisect-steps`` bisections, each step ``--step-warmup-s`` plus
 ``--seconds`` on the same broker, job and pusher (the first step also warms the JVM for
 ``--warmup-s``), each with fresh sessions. The JSON line: {"online_store",
-"max_eps_p99_500ms", "steps": [...], "cpu_ms_per_1k_events" (at the max step), ...}.
+"max_eps_p99_500ms", "steps": [...], "cpu_ms_per_1k_events" (at the max step),
+"idle_cpu_ms_per_s" (each process's CPU with no events: the fixed part), ...}.
 ``--online-store redis`` starts a private redis-server beside the broker.
 """
 
@@ -227,6 +228,12 @@ def main() -> None:
     )
     parser.add_argument("--max-rate", type=float, default=64000.0, help="--find-max's ceiling.")
     parser.add_argument("--bisect-steps", type=int, default=3)
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=10.0,
+        help="--find-max first reads each process's CPU this long with no events (0: skip).",
+    )
     parser.add_argument("--step-warmup-s", type=float, default=5.0)
     parser.add_argument("--p99-ms", type=float, default=P99_BOUND_MS)
     args = parser.parse_args()
@@ -278,6 +285,8 @@ def main() -> None:
 
 def _find_max(args: argparse.Namespace, bench: Bench) -> dict[str, object]:
     steps: list[dict[str, object]] = []
+    idle = bench.idle(args.idle_s) if args.idle_s > 0 else {}
+    print(f"idle: CPU ms per second {json.dumps(idle)}", file=sys.stderr)
 
     def trial(rate: float) -> bool:
         warmup = args.warmup_s if not steps else args.step_warmup_s
@@ -310,6 +319,7 @@ def _find_max(args: argparse.Namespace, bench: Bench) -> dict[str, object]:
         "p50_ms": at_best.get("p50_ms"),
         "p99_ms": at_best.get("p99_ms"),
         "steps": steps,
+        "idle_cpu_ms_per_s": idle,
         "sessions": args.sessions,
         "step_s": args.seconds,
         "step_warmup_s": args.step_warmup_s,
@@ -328,6 +338,13 @@ class Bench:
         # make_producer's linger (5 ms): at 1 ms the broker took a request per millisecond.
         self.producer = make_producer(settings)  # type: ignore[arg-type]
         self.steps = 0
+
+    def idle(self, seconds: float) -> dict[str, float]:
+        """CPU ms per second of each process with no events offered: the path's fixed cost,
+        which the per-event figures of a low rate include."""
+        self.cpu.start()
+        time.sleep(seconds)
+        return {name: round(used * 1000 / seconds, 1) for name, used in self.cpu.stop().items()}
 
     def settle(self, timeout_s: float = 180.0) -> None:
         """Wait until an event produced now is readable online (the path has no backlog)."""
