@@ -285,7 +285,13 @@ def main() -> None:
 
 def _find_max(args: argparse.Namespace, bench: Bench) -> dict[str, object]:
     steps: list[dict[str, object]] = []
-    idle = bench.idle(args.idle_s) if args.idle_s > 0 else {}
+    idle: dict[str, float] = {}
+    if args.idle_s > 0:
+        # After the pusher's start-up (Feast's import and registry: ~1 core for seconds).
+        beat = bench.settings.run_dir / "feature-pusher.heartbeat"  # type: ignore[attr-defined]
+        with contextlib.suppress(TimeoutError):
+            eventually(beat.is_file, 120, interval_s=0.2)
+        idle = bench.idle(args.idle_s)
     print(f"idle: CPU ms per second {json.dumps(idle)}", file=sys.stderr)
 
     def trial(rate: float) -> bool:
