@@ -201,7 +201,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="Events per second.")
-    parser.add_argument("--seconds", type=float, default=60.0, help="Measured duration (a step's).")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="Measured duration (default 60 s; with --find-max, each step's: 20 s).",
+    )
     parser.add_argument("--warmup-s", type=float, default=30.0)
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument(
@@ -242,6 +247,8 @@ def main() -> None:
             f"--min-rate {args.min_rate:g}, --start-rate {args.start_rate:g}, --max-rate "
             f"{args.max_rate:g}: give 0 < min <= start <= max"
         )
+    if args.seconds is None:
+        args.seconds = 20.0 if args.find_max else 60.0
     if args.rate <= 0 or args.seconds <= 0 or args.probes_per_s <= 0:
         parser.error("--rate, --seconds and --probes-per-s must be positive")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
