@@ -3,7 +3,7 @@
 Starts a throwaway broker, the speed-layer job on the mini-cluster and the feature pusher (its own
 process, as on the platform), with Feast's online store in a tmp state folder. Produces view
 events stamped "now" at a steady ``--rate`` over ``--sessions`` sessions; after ``--warmup-s``,
-every ``--probe-every``-th event is a probe: the time from handing it to the producer until the
+``--probes-per-s`` events a second are probes: each the time from handing it to the producer until the
 online store shows its session's view count including it (polled every few ms). Prints one JSON
 line: {"rate_eps", "events", "p50_ms", "p99_ms", "lost", "cpu_ms_per_1k_events", ...}; ``lost``
 counts probes never seen within ``--timeout-s``. ``cpu_ms_per_1k_events`` is the CPU (user +
