@@ -82,9 +82,13 @@ class _NewestWins:
     ) -> None:
         kept = newest_rows(data, self._stored_times(config, table))
         if kept:
-            super().online_write_batch(config, table, kept, None)  # type: ignore[misc]
+            self._write(config, table, kept)
         if progress:
             progress(len(data))
+
+    def _write(self, config: RepoConfig, table: FeatureView, data: list[Row]) -> None:
+        """The store's own write of rows the rule kept."""
+        super().online_write_batch(config, table, data, None)  # type: ignore[misc]
 
 
 class NewestWinsSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -139,6 +143,48 @@ class NewestWinsSqliteOnlineStore(_NewestWins, SqliteOnlineStore):
 
         return read
 
+    def _write(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[Row],
+    ) -> None:
+        """Feast's SQLite upsert, the same rows, sent as one ``executemany`` per write.
+
+        Feast executes the upsert once per feature of every row (12 statements per session row):
+        at thousands of rows a second that was most of the pusher's CPU. With the
+        OpenAI-compatible or vector columns on, Feast's own write runs.
+        """
+        online = config.online_store
+        if getattr(online, "enable_openai_compatible_store", False) or online.vector_enabled:
+            SqliteOnlineStore.online_write_batch(self, config, table, data, None)
+            return
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import extract_text_and_num
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+        from feast.utils import to_naive_utc
+
+        versioning = config.registry.enable_online_feature_view_versioning
+        name = _quote_id(_table_id(config.project, table, versioning))
+        upsert = (
+            f"INSERT INTO {name} (entity_key, feature_name, value, value_text, event_ts, "
+            "created_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO "
+            "UPDATE SET value = excluded.value, value_text = excluded.value_text, "
+            "event_ts = excluded.event_ts, created_ts = excluded.created_ts;"
+        )
+        version = config.entity_key_serialization_version
+        rows = []
+        for entity_key, values, timestamp, created in data:
+            key = serialize_entity_key(entity_key, entity_key_serialization_version=version)
+            ts = to_naive_utc(timestamp)
+            created_ts = to_naive_utc(created) if created is not None else None
+            for feature, val in values.items():
+                text, _ = extract_text_and_num(val, False)
+                rows.append((key, feature, val.SerializeToString(), text, ts, created_ts))
+        conn = self._get_conn(config)
+        with conn:
+            conn.executemany(upsert, rows)
+
 
 class NewestWinsRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["lambdarec.features.online.NewestWinsRedisOnlineStore"] = (
@@ -150,3 +196,39 @@ class NewestWinsRedisOnlineStoreConfig(RedisOnlineStoreConfig):
 
 class NewestWinsRedisOnlineStore(_NewestWins, RedisOnlineStore):
     """Feast's Redis online store under the newest-event-time rule."""
+
+    def _write(self, config: RepoConfig, table: FeatureView, data: list[Row]) -> None:
+        """Feast's ``skip_dedup`` write (one pipeline, one HSET per row), the same commands,
+        with each feature's hash field computed once per write instead of once per row (a
+        murmur3 and two hex conversions per feature of every row)."""
+        online = config.online_store
+        if not online.skip_dedup:
+            RedisOnlineStore.online_write_batch(self, config, table, data, None)
+            return
+        from feast import utils
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key
+        from feast.infra.online_stores.redis import _versioned_fv_name
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        client = self._get_client(online)
+        view = _versioned_fv_name(table, config)
+        ts_field = f"_ts:{view}"
+        fields: dict[str, bytes] = {}
+        version = config.entity_key_serialization_version
+        with client.pipeline(transaction=False) as pipe:
+            for entity_key, values, timestamp, _ in data:
+                key = _redis_key(
+                    config.project, entity_key, entity_key_serialization_version=version
+                )
+                ts = Timestamp()
+                ts.FromDatetime(utils.make_tzaware(timestamp))
+                mapping: dict[str | bytes, bytes] = {ts_field: ts.SerializeToString()}
+                for name, val in values.items():
+                    field = fields.get(name)
+                    if field is None:
+                        field = fields[name] = _mmh3(f"{view}:{name}")
+                    mapping[field] = val.SerializeToString()
+                pipe.hset(key, mapping=mapping)
+                if online.key_ttl_seconds:
+                    pipe.expire(name=key, time=online.key_ttl_seconds)
+            pipe.execute()

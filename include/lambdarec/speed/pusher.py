@@ -60,6 +60,9 @@ SLOW_PUSH_MS = 250.0
 #: The consumer's prefetch bound, KiB: several of the largest batches (2,000 session rows of
 #: ~0.5 KiB), so a backlog still arrives in full batches.
 PREFETCH_KB = 8192
+#: The smallest fetch the broker answers before ``fetch.wait.max.ms`` (10 ms) passes, bytes: about
+#: 128 session rows.
+FETCH_MIN_BYTES = 65536
 #: The ``source`` of the pusher's dead letters.
 DEAD_LETTER_SOURCE = "feature-pusher"
 CHUNK_PAUSE_S = 0.002
@@ -148,6 +151,7 @@ class FeaturePusher:
         group_id: str = GROUP_ID,
         max_rows: int = 500,
         max_wait_ms: float = 0.0,
+        fetch_wait_ms: int = 10,
         chunk_rows: int = 0,
         from_beginning: bool = True,
     ) -> None:
@@ -155,6 +159,7 @@ class FeaturePusher:
         self.group_id = group_id
         self.max_rows = max_rows
         self.max_wait_s = max_wait_ms / 1000.0
+        self.fetch_wait_ms = fetch_wait_ms
         self.chunk_rows = chunk_rows
         self.from_beginning = from_beginning
         self.stats = PushStats()
@@ -189,7 +194,12 @@ class FeaturePusher:
             **{
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest" if self.from_beginning else "latest",
-                "fetch.wait.max.ms": 10,
+                # The broker answers a fetch once it holds FETCH_MIN_BYTES or after
+                # fetch_wait_ms (10 ms; trending rows, batched for a second, 100 ms): with
+                # the default (1 byte) a steady stream was fetched a few rows per request, as
+                # fast as round trips allow, the broker's CPU per event.
+                "fetch.wait.max.ms": self.fetch_wait_ms,
+                "fetch.min.bytes": FETCH_MIN_BYTES,
                 "isolation.level": "read_uncommitted",  # the job writes at-least-once, no txns
                 "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
                 # What librdkafka prefetches while a push is retried (nothing is polled then):
@@ -233,7 +243,9 @@ class FeaturePusher:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            time.sleep(min(left, 0.002))
+            # A fiftieth of the wait between looks (2 ms at least): a trending batch waits a
+            # second, and looking every 2 ms of it kept a core's few percent busy for nothing.
+            time.sleep(min(left, max(0.002, self.max_wait_s / 50)))
         return batch
 
     def push_batch(self, messages: list[Message]) -> int:
@@ -243,7 +255,7 @@ class FeaturePusher:
         push the store refuses is retried until it succeeds (:meth:`_push_chunk`); raises
         :class:`Stopped` when the pusher is stopped meanwhile (the batch is then not committed).
         """
-        newest: dict[str, dict[bytes | None, tuple[Any, ...]]] = {}
+        newest: dict[str, dict[bytes | None, Checked]] = {}
         for msg in messages:
             if msg.error() is not None:
                 continue
@@ -256,15 +268,17 @@ class FeaturePusher:
                 row = orjson.loads(value)
                 if not isinstance(row, dict):
                     raise ValueError("not a JSON object")
-                item = _row_protos(_table(view), row)
+                item = _row_values(_table(view), row)
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 self._dead_letter(msg, view, exc)
                 continue
             newest.setdefault(view, {})[msg.key()] = item
         pushed = 0
         for view, rows in newest.items():
+            table = _table(view)
+            protos = [_protos(table, row) for row in rows.values()]
             began = time.perf_counter()
-            pushed += self._push(view, list(rows.values()))
+            pushed += self._push(view, protos)
             took_ms = (time.perf_counter() - began) * 1000
             self.stats.push_ms.append(took_ms)
             if took_ms > SLOW_PUSH_MS:
@@ -422,14 +436,16 @@ def _table(view: str) -> FeatureTable:
 
 def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str, Any], Any, None]:
     """(entity key, feature values, event time, None) of one JSON row, as Feast stores them."""
-    from datetime import datetime
+    return _protos(table, _row_values(table, row))
 
-    from lambdarec.features.feastlib import import_feast
 
-    import_feast()
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import StringList, Value
+#: One row checked and converted to Python values: (key, {feature: value}, event time).
+Checked = tuple[str, dict[str, Any], datetime]
 
+
+def _row_values(table: FeatureTable, row: dict[str, Any]) -> Checked:
+    """The row's key, values converted to their column types, and event time; raises
+    ``ValueError``/``TypeError`` for a row the store cannot take (the dead letter's reason)."""
     missing = [c for c in table.columns if c not in row]
     if missing:
         raise ValueError(f"lacks column(s) {', '.join(missing)}")
@@ -440,28 +456,60 @@ def _row_protos(table: FeatureTable, row: dict[str, Any]) -> tuple[Any, dict[str
             continue
         value = row[name]
         if value is None:
-            values[name] = Value()
+            values[name] = None
         elif kind == "string":
-            values[name] = Value(string_val=str(value))
+            values[name] = str(value)
         elif kind == "int64":
-            values[name] = Value(int64_val=int(value))
+            values[name] = int(value)
         elif kind == "double":
-            values[name] = Value(double_val=float(value))
+            values[name] = float(value)
         elif kind == "array<string>":
-            values[name] = Value(string_list_val=StringList(val=[str(v) for v in value]))
-        else:  # a new column type: add its proto field here
+            values[name] = [str(v) for v in value]
+        else:  # a new column type: add its conversion here and its proto field in _protos
             raise TypeError(f"{table.name}.{name}: no proto mapping for {kind}")
-    entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=str(row[key]))])
     # Flink writes ISO-8601 UTC ("...T12:00:00.123Z", the millisecond part dropped when zero).
     ts = datetime.fromisoformat(str(row["event_timestamp"]))
-    return entity, values, ts, None
+    return str(row[key]), values, ts
+
+
+def _protos(table: FeatureTable, checked: Checked) -> tuple[Any, dict[str, Any], Any, None]:
+    """The Feast write row of a checked row (built for the rows written only: the newest per
+    key of a batch; the protos cost more than the checks)."""
+    from lambdarec.features.feastlib import import_feast
+
+    import_feast()
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import StringList, Value
+
+    key_value, values, ts = checked
+    protos: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = table.columns[name]
+        if value is None:
+            protos[name] = Value()
+        elif kind == "string":
+            protos[name] = Value(string_val=value)
+        elif kind == "int64":
+            protos[name] = Value(int64_val=value)
+        elif kind == "double":
+            protos[name] = Value(double_val=value)
+        else:
+            protos[name] = Value(string_list_val=StringList(val=value))
+    (key,) = table.keys
+    entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=key_value)])
+    return entity, protos, ts, None
 
 
 #: Session rows are what freshness is about: small batches, pushed at once. Trending rows come
 #: in bursts (one per active item when a minute's windows close) and change slowly: big batches,
 #: newest per item, written 200 rows (~20 ms) at a time so they never hold a session batch back.
 SESSION_BATCH: dict[str, Any] = {"max_rows": 2000, "max_wait_ms": 0.0}
-TRENDING_BATCH: dict[str, Any] = {"max_rows": 20_000, "max_wait_ms": 1000.0, "chunk_rows": 200}
+TRENDING_BATCH: dict[str, Any] = {
+    "max_rows": 20_000,
+    "max_wait_ms": 1000.0,
+    "chunk_rows": 200,
+    "fetch_wait_ms": 100,
+}
 
 
 def default_pushers(
