@@ -179,6 +179,11 @@ bench-serving: setup ## /recommend at 200 requests/s against gunicorn, 1M items 
 bench-freshness: setup flink-jars ## Event -> online-feature freshness at a steady 1,000 events/s (JSON line)
 	@$(PY) bench/bench_freshness.py --rate 1000
 
+.PHONY: bench-freshness-max
+bench-freshness-max: setup flink-jars ## Highest steady rate with freshness p99 <= 500 ms, SQLite then Redis (JSON lines)
+	@$(PY) bench/bench_freshness.py --find-max --online-store sqlite
+	@$(PY) bench/bench_freshness.py --find-max --online-store redis
+
 .PHONY: bench-speed
 bench-speed: setup flink-jars ## Highest rate the speed layer holds for 2 minutes without growing lag (JSON line)
 	@$(PY) bench/bench_speed.py
