@@ -274,6 +274,8 @@ class Watch:
         self.parts: dict[str, Counter[str]] = {}
         #: Lists per ``(variant, ranker)`` the answers named.
         self.rankers: Counter[tuple[str, str]] = Counter()
+        #: The parts degraded answers named, per variant (a slow ranker degrades its own).
+        self.variant_parts: dict[str, Counter[str]] = {}
         #: With ``record``: each list shown, ``(request_id, user_id, [(item_id, position)])``,
         #: in the order answered, and each event posted from a list, ``(request_id, item_id,
         #: event_type)``: the impressions serving logged and what came of them, as the
@@ -295,7 +297,12 @@ class Watch:
             policy = str(body.get("policy"))
             with self.lock:
                 self.lists[policy] += 1
-                self.rankers[(str(body.get("variant")), str(body.get("ranker")))] += 1
+                variant = str(body.get("variant"))
+                self.rankers[(variant, str(body.get("ranker")))] += 1
+                if body.get("degraded"):
+                    self.variant_parts.setdefault(variant, Counter()).update(
+                        body.get("degraded_parts") or ()
+                    )
                 if self.record:
                     items = [(str(i["item_id"]), int(i["position"])) for i in body["items"]]
                     self.shown.append((str(body["request_id"]), str(body["user_id"]), items))
@@ -625,6 +632,9 @@ def exposure(
     out["errors"] = dict(summary.errors)
     out["answers"] = ab_watch.as_dict()
     out["rankers"] = {f"{v}:{r}": n for (v, r), n in sorted(ab_watch.rankers.items())}
+    out["degraded_parts_by_variant"] = {
+        v: dict(parts) for v, parts in sorted(ab_watch.variant_parts.items())
+    }
     ctr, conv = out["ctr_at_k"], out["conversion"]
     say(
         f"exposure A/B: CTR@10 champion {ctr['control']:.4f} vs exposure {ctr['treatment']:.4f} "
