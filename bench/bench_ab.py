@@ -39,6 +39,24 @@ Two phases, each variant 50% of the users by serving's hash:
   ``aa_flags_ctr`` and ``aa_flags_conversion`` count the runs whose p-value is below ``--alpha``,
   whatever the readout's minimum sample says.
 
+And, with ``--exposure``, a third (issue #22 item 5: impressions without clicks as the ranker's
+negatives, measured live):
+
+* **exposure**: serving runs the champion alone (``control:100``) for ``--shoppers`` shoppers,
+  ``--minutes`` at ``--rps``; the lists it answered and the events the shoppers posted from them
+  (what serving logged as impressions and attribution would join, as the simulated client saw
+  them) become an exposure table (:func:`lambdarec.models.exposure.exposure_table`). The lake's
+  data ends before the live run, so each user's lists are placed, in the order served, a
+  millisecond before that user's training queries in time order (:func:`live_exposure`). The
+  retraining's ``train_ranker`` on a copy of the champion's run, with the champion's DeepFM
+  configuration and seed, attaches them (:func:`lambdarec.models.exposure.attach_exposure`: the
+  position a training-only field) and exports the exposure DeepFM. Then an A/B with its own
+  salt, the same shoppers (the logged run's population seed) and new choices: ``control`` the
+  champion, ``treatment`` the same pipeline ranked by the exposure DeepFM
+  (``LAMBDAREC_AB_RANKERS=treatment:<its deepfm/>``), read out as the detection phase is; per
+  metric ``exposure_ranker`` says ``wins``/``loses`` when the lift's 95% interval excludes 0,
+  else ``ties``.
+
 Per-user rows: for each (variant, user) the simulator's record (``Summary.user_rows``): lists,
 items shown, clicks from a list, carts and purchases of a clicked item, revenue (the purchases'
 prices); the variant is the one each answer named. Metrics reported: ``ctr_at_k`` (clicks at
@@ -47,9 +65,12 @@ value, the lift with its interval and the p-value; the simulator's own CTR per l
 
 Prints one JSON line: {"budget", "detection": {"detected", "ctr", "conversion", ...},
 "aa": {"seeds", "aa_flags_ctr", "aa_flags_conversion", "p_ctr", "p_conversion", ...},
+"exposure": {"ctr", "conversion", "training", "logging", "rankers", ...} with --exposure,
 "setup_s", "elapsed_s"}; progress bars and timed steps on stderr, serving's log tail on failure.
 ``--quick`` runs a small version for the tests (the demo's data, one epoch; 200 shoppers for
-one minute at 40/s; 2 A/A seeds of 20 s, each with its own salt; about 5 minutes).
+one minute at 40/s; 2 A/A seeds of 20 s, each with its own salt; about 5 minutes; the exposure
+phase, two more runs of that minute and a DeepFM epoch, about 3 more). ``--skip detection --skip
+aa --exposure`` runs the exposure phase alone.
 """
 
 from __future__ import annotations
@@ -73,8 +94,11 @@ from lambdarec.simulate import DEMO_MINUTES, DEMO_RPS, DEMO_SHOPPERS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import pandas as pd
+
     from lambdarec.config import Settings
     from lambdarec.data.generator import GeneratorConfig
+    from lambdarec.models.data import Dataset, Examples
     from lambdarec.simulate import Answer, Summary
 
 #: Parts that, listed as degraded on a ``pipeline`` answer, mean the champion is not serving.
@@ -175,12 +199,15 @@ def _get(url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def start_serving(settings: Settings, variants: str, policies: str, salt: str | None = None) -> str:
-    """gunicorn with these A/B settings, answering with the champion loaded; its URL."""
+def start_serving(
+    settings: Settings, variants: str, policies: str, salt: str | None = None, rankers: str = ""
+) -> str:
+    """gunicorn with these A/B settings (``rankers``: ``LAMBDAREC_AB_RANKERS``), answering with
+    the champion loaded; its URL."""
     from lambdarec.harness.waiting import eventually
     from lambdarec.platform import manager
 
-    update = {"ab_variants": variants, "ab_policies": policies}
+    update = {"ab_variants": variants, "ab_policies": policies, "ab_rankers": rankers}
     phase = settings.model_copy(update=update | ({"ab_salt": salt} if salt else {}))
     manager.up(["serving"], settings=phase, timeout_s=300)
     base = f"http://{phase.bind_host}:{phase.serving_port}"
@@ -237,7 +264,7 @@ class Watch:
     """The simulator's HTTP transport, counting what ``/recommend`` answered per policy: lists,
     degraded answers and the parts they named (the simulator itself does not keep those)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, record: bool = False) -> None:
         from lambdarec.simulate import requests_transport
 
         self.send = requests_transport()
@@ -245,14 +272,40 @@ class Watch:
         self.lists: Counter[str] = Counter()
         self.degraded: Counter[str] = Counter()
         self.parts: dict[str, Counter[str]] = {}
+        #: Lists per ``(variant, ranker)`` the answers named.
+        self.rankers: Counter[tuple[str, str]] = Counter()
+        #: The parts degraded answers named, per variant (a slow ranker degrades its own).
+        self.variant_parts: dict[str, Counter[str]] = {}
+        #: With ``record``: each list shown, ``(request_id, user_id, [(item_id, position)])``,
+        #: in the order answered, and each event posted from a list, ``(request_id, item_id,
+        #: event_type)``: the impressions serving logged and what came of them, as the
+        #: simulated client saw them.
+        self.record = record
+        self.shown: list[tuple[str, str, list[tuple[str, int]]]] = []
+        self.acted: list[tuple[str, str, str]] = []
 
     def __call__(self, method: str, url: str, *args: Any) -> Answer:
         answer = self.send(method, url, *args)
         body = answer.body
+        if self.record and url.endswith("/events") and 200 <= answer.status < 300:
+            event = args[2] if len(args) > 2 and isinstance(args[2], dict) else {}
+            rid = (event.get("context") or {}).get("request_id")
+            if rid:
+                with self.lock:
+                    self.acted.append((str(rid), str(event["item_id"]), str(event["event_type"])))
         if url.endswith("/recommend") and answer.status == 200 and isinstance(body, dict):
             policy = str(body.get("policy"))
             with self.lock:
                 self.lists[policy] += 1
+                variant = str(body.get("variant"))
+                self.rankers[(variant, str(body.get("ranker")))] += 1
+                if body.get("degraded"):
+                    self.variant_parts.setdefault(variant, Counter()).update(
+                        body.get("degraded_parts") or ()
+                    )
+                if self.record:
+                    items = [(str(i["item_id"]), int(i["position"])) for i in body["items"]]
+                    self.shown.append((str(body["request_id"]), str(body["user_id"]), items))
                 if body.get("degraded"):
                     self.degraded[policy] += 1
                     self.parts.setdefault(policy, Counter()).update(
@@ -280,11 +333,18 @@ def simulate(
     rps: float,
     seed: int,
     threads: int,
+    *,
+    population_seed: int | None = None,
+    record: bool = False,
 ) -> tuple[Summary, Watch]:
+    """A run of ``shoppers`` (drawn with ``population_seed``, default ``seed``) against
+    ``base``; ``record`` keeps the lists shown and the events from them (:class:`Watch`)."""
     from lambdarec.simulate import Population, run
 
-    population = Population.from_config(config, shoppers, seed=seed)
-    watch = Watch()
+    population = Population.from_config(
+        config, shoppers, seed=seed if population_seed is None else population_seed
+    )
+    watch = Watch(record=record)
     summary = run(
         population,
         base_url=base,
@@ -421,6 +481,169 @@ def aa(settings: Settings, config: GeneratorConfig, args: argparse.Namespace) ->
     }
 
 
+# -- exposure: the ranker trained on the champion's impressions, live against the champion -----
+def live_exposure(
+    watch: Watch, data: Dataset, queries: Examples
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The exposure table (:func:`lambdarec.models.exposure.exposure_table`) of the lists
+    ``watch`` recorded and the events posted from them, placed on the ranker's training queries.
+
+    The lake's data ends before the live run, so no training query follows a live list in time:
+    each user's lists, in the order served, are stamped a millisecond before that user's
+    training queries in time order (the first list before the first query, ...), the rest of a
+    user's lists left out. What is kept is what the exposure signal is: which items the champion
+    showed the shopper, where, and which one the shopper clicked (their preferences do not
+    change with time); the list is attached to a query whose history is the user's past, not
+    the live session's."""
+    import pandas as pd
+
+    from lambdarec.models.exposure import exposure_table
+
+    by_user: dict[str, list[int]] = {}
+    for q in np.argsort(queries.ts, kind="stable").tolist():
+        if int(queries.user[q]) > 0:
+            by_user.setdefault(str(data.user_ids[int(queries.user[q]) - 1]), []).append(q)
+    used: Counter[str] = Counter()
+    stamped: dict[str, int] = {}
+    shown: list[tuple[str, int, str, str, int]] = []
+    for rid, user, items in watch.shown:
+        slots = by_user.get(user, [])
+        if not items or used[user] >= len(slots):
+            continue
+        ts = int(queries.ts[slots[used[user]]]) - 1
+        used[user] += 1
+        stamped[rid] = ts
+        shown += [(rid, ts, user, item, position) for item, position in items]
+    # An event keeps its order after its list (the first click is the positive).
+    outcomes = [
+        (rid, item, stamped[rid] + 1 + n, kind)
+        for n, (rid, item, kind) in enumerate(watch.acted)
+        if rid in stamped
+    ]
+    impressions = pd.DataFrame(
+        shown, columns=["request_id", "ts", "user_id", "item_id", "position"]
+    )
+    attributed = pd.DataFrame(outcomes, columns=["request_id", "item_id", "event_ts", "event_type"])
+    placed = {
+        "lists_logged": len(watch.shown),
+        "events_logged": len(watch.acted),
+        "lists_placed": len(stamped),
+        "users_placed": len(used),
+        "events_placed": len(outcomes),
+    }
+    return exposure_table(impressions, attributed), placed
+
+
+def train_exposure(
+    settings: Settings, run_dir: Path, exposure_dir: Path, watch: Watch, epochs: int
+) -> dict[str, Any]:
+    """The exposure DeepFM: the champion's run copied to ``exposure_dir`` (its dataset and
+    two-tower), the retraining's ``train_ranker`` with the champion's configuration and seed on
+    the same queries, the live impressions attached; exported to ``exposure_dir/deepfm``."""
+    import shutil
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from lambdarec.inference.ranker import EXPORT_FORMAT_POSITION, META_FILE
+    from lambdarec.models import retrain
+    from lambdarec.models.deepfm import SERVING_EXPORT, DeepFMConfig
+
+    shutil.copytree(run_dir, exposure_dir, ignore=shutil.ignore_patterns("deepfm"))
+    config = DeepFMConfig(epochs=epochs)  # the champion's (train() above)
+    data = retrain.load_built(exposure_dir)
+    queries = data.valid.sample(config.max_queries, config.seed)
+    table, placed = live_exposure(watch, data, queries)
+    say(f"exposure: {placed}")
+    if table.empty:
+        raise SystemExit(f"no live list could be placed on a training query: {placed}")
+    trained = retrain.train_ranker(exposure_dir, config, settings=settings, exposure_table=table)
+    meta = json.loads((exposure_dir / "deepfm" / SERVING_EXPORT / META_FILE).read_text())
+    if meta["format"] != EXPORT_FORMAT_POSITION:
+        raise SystemExit(f"the exposure ranker's export has format {meta['format']}, not 4")
+    return placed | {"attached": trained["exposure"], "epochs": len(trained["history"])}
+
+
+def verdict(test: dict[str, Any]) -> str:
+    """``wins``/``loses`` when the lift's 95% interval excludes 0, else ``ties``."""
+    low, high = test["lift_ci"] or (None, None)
+    if low is None or high is None:
+        return "ties"
+    return "wins" if low > 0 else "loses" if high < 0 else "ties"
+
+
+def exposure(
+    settings: Settings, config: GeneratorConfig, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """Log the champion's lists, train the exposure ranker on them, then A/B it live:
+    ``control`` the champion, ``treatment`` the same pipeline ranked by the exposure DeepFM."""
+    run_dir, exposure_dir = work / "run", work / "run-exposure"
+    base = start_serving(settings, "control:100", "", salt=f"exposure-log-{args.seed}")
+    try:
+        logged, watch = simulate(
+            base,
+            config,
+            args.shoppers,
+            args.minutes,
+            args.rps,
+            args.seed,
+            args.threads,
+            record=True,
+        )
+    finally:
+        stop_serving(settings)
+    say(f"exposure: logged {len(watch.shown)} lists, {len(watch.acted)} events from them")
+    training = step(
+        "exposure: the DeepFM on the champion's impressions",
+        lambda: train_exposure(settings, run_dir, exposure_dir, watch, args.epochs),
+    )
+    # A new experiment (its own salt), the same shoppers as the logged run (returning users),
+    # new choices (another seed).
+    base = start_serving(
+        settings,
+        "control:50,treatment:50",
+        "",
+        salt=f"exposure-ab-{args.seed}",
+        rankers=f"treatment:{exposure_dir / 'deepfm'}",
+    )
+    try:
+        summary, ab_watch = simulate(
+            base,
+            config,
+            args.shoppers,
+            args.minutes,
+            args.rps,
+            args.seed + 1,
+            args.threads,
+            population_seed=args.seed,
+        )
+    finally:
+        stop_serving(settings)
+    out = read_out(summary, "control", "treatment", settings.ab_min_lists)
+    for name in REPORTED:
+        out[name]["exposure_ranker"] = verdict(out[name])
+    out["training"] = training
+    out["logging"] = {
+        "lists": logged.lists,
+        "events": dict(logged.events),
+        "errors": dict(logged.errors),
+    }
+    out["lists"] = summary.lists
+    out["requests"] = summary.lists + sum(summary.events.values())
+    out["seconds"] = round(summary.seconds, 1)
+    out["errors"] = dict(summary.errors)
+    out["answers"] = ab_watch.as_dict()
+    out["rankers"] = {f"{v}:{r}": n for (v, r), n in sorted(ab_watch.rankers.items())}
+    out["degraded_parts_by_variant"] = {
+        v: dict(parts) for v, parts in sorted(ab_watch.variant_parts.items())
+    }
+    ctr, conv = out["ctr_at_k"], out["conversion"]
+    say(
+        f"exposure A/B: CTR@10 champion {ctr['control']:.4f} vs exposure {ctr['treatment']:.4f} "
+        f"(lift {ctr['lift']:+.1%}, CI {ctr['lift_ci']}, p={ctr['p_value']:.2g}); conversion "
+        f"lift {conv['lift']:+.1%} (CI {conv['lift_ci']}, p={conv['p_value']:.2g})"
+    )
+    return out
+
+
 # -- the command line ------------------------------------------------------------------------
 def _positive_float(text: str) -> float:
     try:
@@ -452,7 +675,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=8, help="Concurrent shoppers.")
     parser.add_argument("--alpha", type=_positive_float, default=0.05)
     parser.add_argument(
-        "--skip", choices=("detection", "aa"), help="Leave out one phase (for a partial rerun)."
+        "--skip",
+        choices=("detection", "aa"),
+        action="append",
+        default=[],
+        help="Leave out a phase (for a partial rerun); repeat it to leave out both.",
+    )
+    parser.add_argument(
+        "--exposure",
+        action="store_true",
+        help="Add the exposure phase: the champion's impressions train a DeepFM, A/B'd live "
+        "against the champion (--shoppers, --minutes, --rps for each of its two runs).",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -536,15 +769,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 lambda: publish_in_child(settings, run_dir),
             )
             result["setup_s"] = round(time.monotonic() - START, 1)
-            if args.skip != "detection":
+            if "detection" not in args.skip:
                 result["detection"] = step(
                     "detection: popular (control) vs the champion (treatment)",
                     lambda: detection(settings, config, args),
                 )
-            if args.skip != "aa" and args.aa_seeds:
+            if "aa" not in args.skip and args.aa_seeds:
                 result["aa"] = step(
                     f"A/A: pipeline vs pipeline, {args.aa_seeds} seeds",
                     lambda: aa(settings, config, args),
+                )
+            if args.exposure:
+                result["exposure"] = step(
+                    "exposure: the champion vs the DeepFM trained on its impressions",
+                    lambda: exposure(settings, config, args, work),
                 )
         except BaseException:
             serving_log_tail(settings)

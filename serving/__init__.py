@@ -23,6 +23,7 @@ from serving.validation import MAX_BODY_BYTES, RequestError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from flask.typing import ResponseReturnValue
 
@@ -51,11 +52,15 @@ def create_app(
     ``recommender`` defaults to :meth:`Recommender.from_settings` (lake snapshot, Feast, the
     vector index, the champion query tower loading in the background). ``variants`` is an A/B
     spec such as ``"control:90,b:10"`` (default: ``settings.ab_variants`` when the settings have
-    it, else everyone in ``control``); a spec runs ``settings.ab_policies``. ``clock`` is the rate limiter's (default: monotonic time).
+    it, else everyone in ``control``); a spec runs ``settings.ab_policies``, and the variants
+    ``settings.ab_rankers`` lists are ranked by their own DeepFM, loaded here. ``clock`` is the
+    rate limiter's (default: monotonic time).
 
-    Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured.
+    Raises RuntimeError when ``settings.require_api_keys`` is set and no key is configured, and
+    a one-line ValueError when a variant's ranker cannot be loaded.
     """
     from lambdarec.config import get_settings
+    from lambdarec.recommend.policies import POLICIES
     from serving import pages
     from serving.ab import DEFAULT_SALT, DEFAULT_VARIANTS, LiveVariants, Variants
     from serving.access import EXTENSION as ACCESS
@@ -93,6 +98,14 @@ def create_app(
             salt=str(getattr(settings, "ab_salt", "") or DEFAULT_SALT),
             policies=str(getattr(settings, "ab_policies", "") or ""),
         )
+    from serving.champion import load_variant_rankers
+
+    rankers = load_variant_rankers(
+        str(getattr(settings, "ab_rankers", "") or ""),
+        variants.names,
+        _champion_two_tower(settings),
+        ranked=[n for n in variants.names if POLICIES[variants.policy(n)].ranked],
+    )
     override = getattr(settings, "ab_override_path", None)
     if isinstance(variants, Variants) and override is not None:
         # The guardrail's switch: re-read when the file changes, no restart.
@@ -109,6 +122,7 @@ def create_app(
         impressions=impressions or ImpressionSink(settings, metrics),
         events=events or EventSink(settings, metrics),
         sessions=SessionOwners(settings.session_bind_max),
+        rankers=rankers,
     )
     app.extensions[ACCESS] = access
     app.register_blueprint(recommend.bp)
@@ -119,6 +133,15 @@ def create_app(
     _install_errors(app, metrics)
     _install_timing(app, metrics)
     return app
+
+
+def _champion_two_tower(settings: Settings) -> Path | None:
+    """The pinned two-tower export, whose category vocabulary the variants' rankers use (no
+    registry call at startup: without a pinned folder they place new items as unknown)."""
+    from pathlib import Path
+
+    pinned = str(getattr(settings, "serving_model_dir", "") or "")
+    return Path(pinned) if pinned else None
 
 
 def _error(field: str, message: str, status: int, **extra: Any) -> ResponseReturnValue:

@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lambdarec.integrity import IntegrityError
@@ -325,11 +326,17 @@ class Recommender:
     def _call(self, part: str, fn: Callable[..., T], /, *args: Any) -> T:
         return self.guards[part].call(fn, *args)
 
-    def recommend(self, query: Query, policy: str = PIPELINE) -> Recommendation:
-        """The pipeline's list for ``query`` run with ``policy`` (an A/B variant's)."""
+    def recommend(
+        self, query: Query, policy: str = PIPELINE, ranker: Ranker | None = None
+    ) -> Recommendation:
+        """The pipeline's list for ``query`` run with ``policy`` (an A/B variant's); ``ranker``
+        (an A/B variant's own, ``LAMBDAREC_AB_RANKERS``) ranks in place of the champion's while
+        the champion's models serve, with the champion's retrieval."""
         # One read of the reference: a reload swaps the triple, never mutates it, so the request
         # uses the pipeline, the tower and the ranker of one decision throughout.
         pipeline, models, standing = self._serving
+        if ranker is not None and (models.encoder is not None or models.ranker is not None):
+            models = replace(models, ranker=ranker)
         result = pipeline.recommend(
             query, models, self._call, blocked=self.purchases.get(query.user_id), policy=policy
         )

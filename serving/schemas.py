@@ -104,6 +104,10 @@ class Recommendation(BaseModel):
         "popular (the popularity baseline); the same exclusions and rules apply to each.",
         json_schema_extra={"enum": _POLICIES},
     )
+    ranker: str | None = Field(
+        description="The model that ranked the list: `champion`, or the run folder of the "
+        "variant's own DeepFM (LAMBDAREC_AB_RANKERS); null when the policy does not rank."
+    )
     items: list[RecommendedItem]
     degraded: bool = Field(description="Whether a dependency was skipped.")
     degraded_parts: list[DegradedPart]

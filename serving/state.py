@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import current_app
@@ -10,6 +10,7 @@ from flask import current_app
 if TYPE_CHECKING:
     from lambdarec.config import Settings
     from serving.ab import LiveVariants, Variants
+    from serving.champion import VariantRanker
     from serving.metrics import Metrics
     from serving.recommender import Recommender
     from serving.sessions import SessionOwners
@@ -27,6 +28,8 @@ class ServingState:
     impressions: ImpressionSink
     events: EventSink
     sessions: SessionOwners
+    #: The A/B variants ranked by their own model (``LAMBDAREC_AB_RANKERS``), by variant.
+    rankers: dict[str, VariantRanker] = field(default_factory=dict)
 
 
 def state() -> ServingState:

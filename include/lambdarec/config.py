@@ -91,6 +91,40 @@ def parse_ab_policies(spec: str, variants: Sequence[str] | None = None) -> dict[
     return out
 
 
+def parse_ab_rankers(
+    spec: str, variants: Sequence[str] | None = None, *, must_exist: bool = True
+) -> dict[str, Path]:
+    """``variant:/path/to/deepfm[,variant:/path...]`` as a dict; a malformed entry, a variant
+    named twice, a folder that does not exist (unless ``must_exist`` is off: a reader of past
+    readouts) or (when ``variants`` is given) a variant not among them is a one-line ValueError.
+    Whether the folder holds a readable export is checked where serving loads it
+    (:func:`serving.champion.load_variant_rankers`)."""
+    out: dict[str, Path] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        variant, sep, folder = (x.strip() for x in part.partition(":"))
+        if not sep or not variant or not folder:
+            raise ValueError(
+                f"LAMBDAREC_AB_RANKERS entry {part!r} is not variant:folder; "
+                "set it like 'treatment:/runs/2026-12-07/deepfm'"
+            )
+        if variant in out:
+            raise ValueError(f"LAMBDAREC_AB_RANKERS names variant {variant!r} twice; keep one")
+        path = Path(folder).expanduser()
+        if must_exist and not path.is_dir():
+            raise ValueError(
+                f"LAMBDAREC_AB_RANKERS gives variant {variant!r} the folder {folder}, which does "
+                "not exist; point it at a DeepFM export (a run's deepfm/ folder)"
+            )
+        out[variant] = path
+    unknown = sorted(set(out) - set(variants)) if variants is not None else []
+    if unknown:
+        raise ValueError(
+            f"LAMBDAREC_AB_RANKERS names variant(s) {unknown} that are not in the A/B variants "
+            f"({', '.join(variants or ())}); add them to LAMBDAREC_AB_VARIANTS or drop them"
+        )
+    return out
+
+
 class Settings(BaseSettings):
     """Project settings; each field maps to ``LAMBDAREC_<FIELD>`` in the environment."""
 
@@ -300,6 +334,15 @@ class Settings(BaseSettings):
         "popular, the popularity baseline with the same exclusions and rules); a variant not "
         "listed runs pipeline; users of a variant the guardrail switched off get control's.",
     )
+    ab_rankers: str = Field(
+        "",
+        description="Which DeepFM ranks each A/B variant, as variant:folder,... (a run's deepfm/ "
+        "folder or its serving/ export), e.g. treatment:/runs/new/deepfm beside "
+        "LAMBDAREC_AB_VARIANTS=control:50,treatment:50: the listed variant's lists are ranked by "
+        "that model, loaded once at startup; retrieval and everything else stay the champion's. "
+        "A variant not listed is ranked by the champion's ranker; a listed variant must run a "
+        "ranked policy (pipeline).",
+    )
     reports_port: Port = Field(8088, description="Static site of Data Docs and reports.")
     api_keys: str = Field(
         "",
@@ -500,9 +543,16 @@ class Settings(BaseSettings):
         parse_ab_policies(value)
         return value.strip()
 
+    @field_validator("ab_rankers")
+    @classmethod
+    def _check_ab_rankers(cls, value: str) -> str:
+        parse_ab_rankers(value)
+        return value.strip()
+
     @model_validator(mode="after")
     def _ab_policies_of_variants(self) -> Settings:
         parse_ab_policies(self.ab_policies, self.ab_variant_names)
+        parse_ab_rankers(self.ab_rankers, self.ab_variant_names)
         return self
 
     @field_validator("api_keys")

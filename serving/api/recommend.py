@@ -1,7 +1,8 @@
 """``/recommend``: validated query -> the two-stage pipeline -> JSON, plus an impression.
 
-The user's A/B variant picks the pipeline's policy (:mod:`serving.ab`); both are named in the
-response and the impression.
+The user's A/B variant picks the pipeline's policy (:mod:`serving.ab`) and, when
+``LAMBDAREC_AB_RANKERS`` lists it, its own ranker; the variant, the policy and the ranker are
+named in the response and the impression.
 
 ``GET`` takes the query string; ``POST`` the same fields as a JSON object, for an ``exclude`` list
 longer than a request line holds. A session already bound to another user is refused (409)
@@ -19,6 +20,7 @@ import orjson
 from flask import Blueprint, jsonify, request
 
 from lambdarec.events import format_ts
+from lambdarec.recommend.policies import POLICIES
 from serving.access import guarded
 from serving.apidoc import KEYED, documented, refusals
 from serving.apidoc import Response as Described
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 bp = Blueprint("recommend", __name__)
 
+#: What the response names the champion's ranker (a variant's own is named by its run folder).
+CHAMPION = "champion"
 #: Reasons listed per item: the features that contributed most to its score.
 TOP_REASONS = 3
 
@@ -102,7 +106,9 @@ def _answer(query: Query) -> ResponseReturnValue:
     request_id = uuid.uuid4().hex
     variant = s.variants.assign(query.user_id)
     policy = s.variants.policy(variant)
-    result = s.recommender.recommend(query, policy)
+    own = s.rankers.get(variant)
+    result = s.recommender.recommend(query, policy, own.ranker if own is not None else None)
+    ranker = None if not POLICIES[policy].ranked else own.name if own is not None else CHAMPION
     items = []
     for position, c in enumerate(result.items):
         reasons = sorted(c.contributions.items(), key=lambda kv: -abs(kv[1]))[:TOP_REASONS]
@@ -123,6 +129,7 @@ def _answer(query: Query) -> ResponseReturnValue:
         "session_id": query.session_id,
         "variant": variant,
         "policy": policy,
+        "ranker": ranker,
         "items": items,
         "degraded": result.degraded,
         "degraded_parts": result.degraded_parts,
@@ -138,6 +145,7 @@ def _answer(query: Query) -> ResponseReturnValue:
             "session_id": query.session_id,
             "variant": variant,
             "policy": policy,
+            "ranker": ranker,
             "items": [{k: i[k] for k in ("item_id", "position", "score", "source")} for i in items],
             "degraded_parts": result.degraded_parts,
             "features": result.features,

@@ -65,6 +65,10 @@ def test_only_the_variants_serving_a_model_are_logged() -> None:
         "champion": "pipeline",
         "lean": "no_ranker",
     }
+    # A variant ranked by its own model is not the champion, whether its folder still exists.
+    assert model_variants(["champion", "new"], "", "new:/runs/gone/deepfm") == {
+        "champion": "pipeline"
+    }
     assert day_step(DAY) == 20261205
 
 

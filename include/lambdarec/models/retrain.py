@@ -52,10 +52,13 @@ from lambdarec.registry import DEEPFM, TWO_TOWER
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pandas as pd
+
     from lambdarec.config import Settings
     from lambdarec.inference.item_tower import NewItems
     from lambdarec.models.data import Dataset
     from lambdarec.models.deepfm import DeepFMConfig
+    from lambdarec.models.exposure import Attached
     from lambdarec.models.two_tower import TrainedTwoTower, TwoTowerConfig
     from lambdarec.registry import ModelRegistry
 
@@ -224,15 +227,21 @@ def load_retriever(run_dir: Path, data: Dataset) -> TrainedTwoTower:
 
 
 def train_ranker(
-    run_dir: Path, config: DeepFMConfig | None = None, *, settings: Settings | None = None
+    run_dir: Path,
+    config: DeepFMConfig | None = None,
+    *,
+    settings: Settings | None = None,
+    exposure_table: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The DeepFM on the served pipeline's candidates for validation queries (the run's
     two-tower export and the sources' statistics of the training interactions), with the lake's
     impressions of those queries when ``LAMBDAREC_EXPOSURE_NEGATIVES`` is on
-    (:mod:`lambdarec.models.exposure`), exported for serving."""
+    (:mod:`lambdarec.models.exposure`), exported for serving. ``exposure_table`` (an
+    :func:`~lambdarec.models.exposure.exposure_table`) is attached instead of the lake's
+    impressions, whatever the setting says (a benchmark's impressions)."""
     from lambdarec.models import baselines as B
     from lambdarec.models import deepfm
-    from lambdarec.models.exposure import training_exposure
+    from lambdarec.models.exposure import attach_exposure, training_exposure
     from lambdarec.models.served import candidate_lists, served_setup
 
     data = load_built(run_dir)
@@ -242,7 +251,12 @@ def train_ranker(
     queries = data.valid.sample(c.max_queries, c.seed)
     setup = served_setup(data, tt, run_dir, splits={"valid": queries})
     lists = candidate_lists(setup, queries, "valid")
-    exposure = training_exposure(data, queries, lists, _settings(settings))
+    exposure: Attached | None
+    if exposure_table is not None:
+        window_ms = _settings(settings).attribution_window_s * 1000
+        exposure = attach_exposure(data, queries, lists, exposure_table, window_ms=window_ms)
+    else:
+        exposure = training_exposure(data, queries, lists, _settings(settings))
     if exposure is not None:
         queries, lists = exposure.ex, exposure.lists
     fm = deepfm.train_deepfm(data, queries, lists, tt.idx_map, cooc, c)

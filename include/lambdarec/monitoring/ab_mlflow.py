@@ -3,7 +3,8 @@
 The ``online_metrics`` DAG's last task (``log_to_mlflow``) runs :func:`log_readout` for day D:
 
 * every variant whose policy serves the champion (``pipeline`` or ``no_ranker``, from
-  ``LAMBDAREC_AB_POLICIES``; a variant not listed runs ``pipeline``) gets its online metrics over
+  ``LAMBDAREC_AB_POLICIES``; a variant not listed runs ``pipeline``; a variant ranked by its own
+  model, ``LAMBDAREC_AB_RANKERS``, does not serve the champion) gets its online metrics over
   the readout's window logged on the champion's training run in MLflow, one point per day:
   ``online.<variant>.<metric>`` (e.g. ``online.champion.ctr_at_k``), ``step`` = the day as
   ``YYYYMMDD``, so the run's page plots them over time and a re-run of a day overwrites nothing
@@ -36,12 +37,16 @@ log = logging.getLogger(__name__)
 MODEL = TWO_TOWER
 
 
-def model_variants(variants: list[str], policies_spec: str) -> dict[str, str]:
-    """``{variant: policy}`` of the variants that serve the champion."""
-    from lambdarec.config import parse_ab_policies
+def model_variants(
+    variants: list[str], policies_spec: str, rankers_spec: str = ""
+) -> dict[str, str]:
+    """``{variant: policy}`` of the variants that serve the champion (not those ranked by their
+    own model, ``LAMBDAREC_AB_RANKERS``)."""
+    from lambdarec.config import parse_ab_policies, parse_ab_rankers
 
     chosen = parse_ab_policies(policies_spec, variants)
-    out = {v: chosen.get(v, PIPELINE) for v in variants}
+    own = parse_ab_rankers(rankers_spec, must_exist=False)
+    out = {v: chosen.get(v, PIPELINE) for v in variants if v not in own}
     return {v: p for v, p in out.items() if policy(p).serves_model}
 
 
@@ -86,7 +91,9 @@ def log_readout(ds: str, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     folder, readout = ab_report.load_readout(settings.ab_reports_dir, ds)
     day = folder.name
-    served = model_variants(list(readout["period"]["variants"]), settings.ab_policies)
+    served = model_variants(
+        list(readout["period"]["variants"]), settings.ab_policies, settings.ab_rankers
+    )
     result: dict[str, Any] = {"day": day, "variants": served, "logged": {}, "skipped": None}
     down = server_down(settings.mlflow_uri)
     if down is not None:
