@@ -184,6 +184,14 @@ bench-freshness-max: setup flink-jars ## Highest steady rate with freshness p99 
 	@$(PY) bench/bench_freshness.py --find-max --online-store sqlite
 	@$(PY) bench/bench_freshness.py --find-max --online-store redis
 
+.PHONY: bench-exposure
+bench-exposure: setup ## Exposure as training signal offline: the DeepFM with and without impressions (JSON line)
+	@$(PY) bench/bench_exposure.py --tt-epochs 2 --queries 4000 --test-queries 2000 --fm-epochs 8
+
+.PHONY: bench-exposure-ab
+bench-exposure-ab: setup ## Live A/B through serving: the champion vs the DeepFM trained on its impressions (JSON line)
+	@$(PY) bench/bench_ab.py --skip detection --skip aa --exposure --shoppers 2000 --minutes 8 --rps 40
+
 .PHONY: bench-speed
 bench-speed: setup flink-jars ## Highest rate the speed layer holds for 2 minutes without growing lag (JSON line)
 	@$(PY) bench/bench_speed.py
