@@ -191,8 +191,8 @@ def test_training_reads_the_lake_and_the_setting_turns_it_off(tmp_path: Path) ->
     from lambdarec.models.exposure import training_exposure
 
     data, ex, lists = _queries()
-    on = Settings(state_dir=tmp_path)
-    assert on.exposure_negatives  # the default
+    assert not Settings(state_dir=tmp_path).exposure_negatives  # off by default (measured)
+    on = Settings(state_dir=tmp_path, exposure_negatives=True)
     assert training_exposure(data, ex, lists, on) is None  # an empty lake: trained as before
     _write_lake(on.lake_dir)
     got = training_exposure(data, ex, lists, on)
