@@ -26,7 +26,7 @@ from lambdarec.apikeys import parse_entries
 from lambdarec.events import RETRY_HORIZON
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 #: The repository root (include/lambdarec/config.py -> two levels up from include/).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,31 +63,45 @@ _CHOICES: dict[str, dict[str, str]] = {
 AB_POLICIES = ("pipeline", "no_ranker", "popular")
 
 
+def _variant_entries(setting: str, spec: str, example: str) -> list[tuple[str, str]]:
+    """The ``variant:value`` entries of a per-variant setting's ``spec`` as (variant, value)
+    pairs; a malformed entry or a variant named twice is a one-line ValueError naming
+    ``setting`` (``example`` shows the form)."""
+    out: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        variant, sep, value = (x.strip() for x in part.partition(":"))
+        if not sep or not variant or not value:
+            raise ValueError(f"{setting} entry {part!r} is not {example}")
+        if any(variant == seen for seen, _ in out):
+            raise ValueError(f"{setting} names variant {variant!r} twice; keep one")
+        out.append((variant, value))
+    return out
+
+
+def _known_variants(setting: str, named: Iterable[str], variants: Sequence[str] | None) -> None:
+    """A one-line ValueError when ``setting`` names variants not among ``variants`` (if given)."""
+    unknown = sorted(set(named) - set(variants)) if variants is not None else []
+    if unknown:
+        raise ValueError(
+            f"{setting} names variant(s) {unknown} that are not in the A/B variants "
+            f"({', '.join(variants or ())}); add them to LAMBDAREC_AB_VARIANTS or drop them"
+        )
+
+
 def parse_ab_policies(spec: str, variants: Sequence[str] | None = None) -> dict[str, str]:
     """``variant:policy[,variant:policy...]`` as a dict; a malformed entry, an unknown policy or
     (when ``variants`` is given) a variant not among them is a one-line ValueError."""
+    setting = "LAMBDAREC_AB_POLICIES"
     out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        variant, sep, name = (x.strip() for x in part.partition(":"))
-        if not sep or not variant or not name:
-            raise ValueError(
-                f"LAMBDAREC_AB_POLICIES entry {part!r} is not variant:policy; "
-                "set it like 'baseline:popular,b:no_ranker'"
-            )
+    example = "variant:policy; set it like 'baseline:popular,b:no_ranker'"
+    for variant, name in _variant_entries(setting, spec, example):
         if name not in AB_POLICIES:
             raise ValueError(
-                f"LAMBDAREC_AB_POLICIES gives variant {variant!r} the unknown policy {name!r}; "
+                f"{setting} gives variant {variant!r} the unknown policy {name!r}; "
                 f"choose from {', '.join(AB_POLICIES)}"
             )
-        if variant in out:
-            raise ValueError(f"LAMBDAREC_AB_POLICIES names variant {variant!r} twice; keep one")
         out[variant] = name
-    unknown = sorted(set(out) - set(variants)) if variants is not None else []
-    if unknown:
-        raise ValueError(
-            f"LAMBDAREC_AB_POLICIES names variant(s) {unknown} that are not in the A/B variants "
-            f"({', '.join(variants or ())}); add them to LAMBDAREC_AB_VARIANTS or drop them"
-        )
+    _known_variants(setting, out, variants)
     return out
 
 
@@ -99,29 +113,18 @@ def parse_ab_rankers(
     readouts) or (when ``variants`` is given) a variant not among them is a one-line ValueError.
     Whether the folder holds a readable export is checked where serving loads it
     (:func:`serving.champion.load_variant_rankers`)."""
+    setting = "LAMBDAREC_AB_RANKERS"
     out: dict[str, Path] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        variant, sep, folder = (x.strip() for x in part.partition(":"))
-        if not sep or not variant or not folder:
-            raise ValueError(
-                f"LAMBDAREC_AB_RANKERS entry {part!r} is not variant:folder; "
-                "set it like 'treatment:/runs/2026-12-07/deepfm'"
-            )
-        if variant in out:
-            raise ValueError(f"LAMBDAREC_AB_RANKERS names variant {variant!r} twice; keep one")
+    example = "variant:folder; set it like 'treatment:/runs/2026-12-07/deepfm'"
+    for variant, folder in _variant_entries(setting, spec, example):
         path = Path(folder).expanduser()
         if must_exist and not path.is_dir():
             raise ValueError(
-                f"LAMBDAREC_AB_RANKERS gives variant {variant!r} the folder {folder}, which does "
+                f"{setting} gives variant {variant!r} the folder {folder}, which does "
                 "not exist; point it at a DeepFM export (a run's deepfm/ folder)"
             )
         out[variant] = path
-    unknown = sorted(set(out) - set(variants)) if variants is not None else []
-    if unknown:
-        raise ValueError(
-            f"LAMBDAREC_AB_RANKERS names variant(s) {unknown} that are not in the A/B variants "
-            f"({', '.join(variants or ())}); add them to LAMBDAREC_AB_VARIANTS or drop them"
-        )
+    _known_variants(setting, out, variants)
     return out
 
 
