@@ -26,8 +26,26 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lambdarec.config import Settings
+    from lambdarec.inference.vocabulary import ItemVocabulary
 
 log = logging.getLogger(__name__)
+
+
+def _vocabulary(two_tower_dir: Path | None, who: str) -> ItemVocabulary | None:
+    """The category vocabulary of a two-tower export's item tower; None, logged (``who`` sees
+    new items' category as unknown), when there is no export or it cannot be read."""
+    if two_tower_dir is None:
+        return None
+    try:
+        return ItemTower.load(two_tower_dir).vocabulary
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "no category vocabulary in %s (%s): %s new items' category as unknown",
+            two_tower_dir,
+            exc,
+            who,
+        )
+        return None
 
 
 def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> DeepFMRanker | None:
@@ -38,16 +56,7 @@ def load_ranker(deepfm_dir: Path | None, two_tower_dir: Path | None = None) -> D
     if deepfm_dir is None:
         log.warning("the champion's run logged no DeepFM; ranking by the score blend")
         return None
-    vocabulary = None
-    if two_tower_dir is not None:
-        try:
-            vocabulary = ItemTower.load(two_tower_dir).vocabulary
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "no category vocabulary in %s (%s): the ranker sees new items' category as unknown",
-                two_tower_dir,
-                exc,
-            )
+    vocabulary = _vocabulary(two_tower_dir, "the ranker sees")
     try:
         ranker = DeepFMRanker.from_model_dir(deepfm_dir, vocabulary)
     except Exception:  # noqa: BLE001 - a broken ranker must not take the query tower with it
@@ -113,17 +122,7 @@ def load_variant_rankers(
             f"LAMBDAREC_AB_RANKERS gives variant(s) {unranked} a ranker, but their "
             "LAMBDAREC_AB_POLICIES policy does not rank; give them pipeline or drop the ranker"
         )
-    vocabulary = None
-    if chosen and two_tower_dir is not None:
-        try:
-            vocabulary = ItemTower.load(two_tower_dir).vocabulary
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "no category vocabulary in %s (%s): the variants' rankers see new items' "
-                "category as unknown",
-                two_tower_dir,
-                exc,
-            )
+    vocabulary = _vocabulary(two_tower_dir, "the variants' rankers see") if chosen else None
     out: dict[str, VariantRanker] = {}
     for variant, folder in chosen.items():
         deepfm_dir = folder.parent if (folder / META_FILE).is_file() else folder
