@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(platform_app, name="platform", help="Start, stop and inspect the local services.")
 app.add_typer(data_app, name="data", help="Generate and load datasets; manage the lake.")
-app.add_typer(features_app, name="features", help="The Feast feature store: apply, materialize.")
+app.add_typer(features_app, name="features", help="The Feast feature store: apply, materialize, backfill.")
 app.add_typer(quality_app, name="quality", help="Great Expectations gates and Data Docs.")
 
 schema_app = typer.Typer(help="The event contract.", no_args_is_help=True)
@@ -144,6 +144,32 @@ def attribution_compact(
             typer.echo(json.dumps(result.as_dict()))
     except (ValueError, AttributionError) as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+@features_app.command("backfill")
+def backfill(
+    start: Annotated[str, typer.Option(help="First day to backfill, YYYY-MM-DD (UTC).")],
+    end: Annotated[str, typer.Option(help="Last day to backfill (inclusive), YYYY-MM-DD.")],
+    materialize: Annotated[
+        bool, typer.Option(help="Load the last day's features into the online store.")
+    ] = True,
+) -> None:
+    """The daily pipeline for every day start..end, with one spark-submit for all of them: per
+    day the archive compaction and the gates, then the last day materialized. For history loaded
+    at once; the daily DAG runs the days after it."""
+    from lambdarec.pipelines.daily import backfill as backfill_
+    from lambdarec.quality.report import DataQualityError
+    from lambdarec.tables import as_day
+
+    try:
+        first, last = as_day(start), as_day(end)
+        done = backfill_(first, last, materialize=materialize, report=typer.echo)
+    except (ValueError, DataQualityError, RuntimeError) as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    steps = ", ".join(f"{step} {secs:.0f} s" for step, secs in done["seconds"].items())
+    typer.echo(f"backfilled {done['days'][0]} .. {done['days'][-1]}: {steps}")
 
 
 @app.command("replay")

@@ -43,6 +43,7 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,6 @@ from lambdarec.tables import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from datetime import date
 
     from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec
 
@@ -611,6 +611,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the run's data interval end day, YYYY-MM-DD (UTC)",
     )
     parser.add_argument(
+        "--through",
+        type=_day_arg,
+        help="a backfill's last day: every day from --date through this one, in one session "
+        "(one JVM start), each written as its own run would write it",
+    )
+    parser.add_argument(
         "--tables", default="all", help="'all' or a comma-separated subset of: " + ", ".join(TABLES)
     )
     parser.add_argument("--out-dir", type=Path, help="feature root (default: <lake-dir>/features)")
@@ -655,7 +661,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.tables = parse_tables(args.tables)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.through is not None and args.through < args.date:
+        parser.error(f"--through {args.through} is before --date {args.date}: give the later day")
     return args
+
+
+def days_of(args: argparse.Namespace) -> list[date]:
+    """The run's days: ``--date``, or ``--date`` through ``--through`` (a backfill)."""
+    last = args.through or args.date
+    return [args.date + timedelta(days=n) for n in range((last - args.date).days + 1)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -670,25 +684,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = build_session(args.master, args.shuffle_partitions)
     spark.sparkContext.setLogLevel("WARN")
     log.info("session ready in %.1f s", time.perf_counter() - started)
+    written: dict[str, str] = {}
     try:
-        written = run(
-            spark,
-            args.lake_dir,
-            args.date,
-            tables=args.tables,
-            out_dir=args.out_dir,
-            top_n=args.top_n,
-            max_items=args.max_items,
-            window=args.sr_window,
-            sample=args.sknn_sample,
-            files_per_table=args.files_per_table,
-            cache=args.cache,
-            parallel=args.parallel,
-        )
+        for day in days_of(args):
+            day_started = time.perf_counter()
+            written = run(
+                spark,
+                args.lake_dir,
+                day,
+                tables=args.tables,
+                out_dir=args.out_dir,
+                top_n=args.top_n,
+                max_items=args.max_items,
+                window=args.sr_window,
+                sample=args.sknn_sample,
+                files_per_table=args.files_per_table,
+                cache=args.cache,
+                parallel=args.parallel,
+            )
+            log.info("%s done in %.1f s", day, time.perf_counter() - day_started)
+            for name, path in written.items():
+                print(f"{name}\t{path}", flush=True)
     finally:
         spark.stop()
-    for name, path in written.items():
-        print(f"{name}\t{path}")
     log.info("done in %.1f s", time.perf_counter() - started)
     return 0
 

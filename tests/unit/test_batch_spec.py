@@ -102,3 +102,63 @@ def test_program_has_help_and_validates_arguments_without_spark(capsys) -> None:
     for bad in (["--date", "30/01/2024"], ["--date", "2024-01-30", "--tables", "nope"]):
         with pytest.raises(SystemExit):
             module.parse_args(["--lake-dir", "/x", *bad])
+
+
+def test_a_backfill_is_one_submit_over_its_days(tmp_path: Path, capsys) -> None:
+    settings = Settings(state_dir=tmp_path)
+    job = spark_job("2024-03-29", settings, through="2024-03-31")
+    args = job.application_args
+    assert args[args.index("--date") + 1] == "2024-03-29"
+    assert args[args.index("--through") + 1] == "2024-03-31"
+    assert job.name == "lambdarec-daily-features-2024-03-29..2024-03-31-all"
+    assert "--through" not in spark_job("2024-03-29", settings).application_args
+    with pytest.raises(ValueError, match="must not end before"):
+        spark_job("2024-03-29", settings, through="2024-03-28")
+
+    spec = importlib.util.spec_from_file_location("daily_features", DAILY_FEATURES)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args(
+        ["--lake-dir", "/x", "--date", "2024-02-28", "--through", "2024-03-01"]
+    )
+    assert module.days_of(args) == [date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1)]
+    assert module.days_of(module.parse_args(["--lake-dir", "/x", "--date", "2024-02-28"])) == [
+        date(2024, 2, 28)
+    ]
+    with pytest.raises(SystemExit):
+        module.parse_args(["--lake-dir", "/x", "--date", "2024-03-01", "--through", "2024-02-28"])
+    assert "is before --date" in capsys.readouterr().err
+
+
+def test_a_backfill_refuses_a_reversed_range_or_a_day_without_events(tmp_path: Path) -> None:
+    from lambdarec.pipelines.daily import backfill
+
+    settings = Settings(state_dir=tmp_path)
+    with pytest.raises(ValueError, match="the last day is before the first"):
+        backfill("2024-03-02", "2024-03-01", settings)
+    with pytest.raises(ValueError, match=r"cannot backfill 2024-03-01\.\.2024-03-02: no events"):
+        backfill("2024-03-01", "2024-03-02", settings)
+
+
+def test_the_backfill_command_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from lambdarec.cli import app
+    from lambdarec.config import get_settings
+
+    monkeypatch.setenv("LAMBDAREC_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        for args, words in (
+            (["--start", "2024-3-x", "--end", "2024-03-01"], "YYYY-MM-DD"),
+            (["--start", "2024-03-02", "--end", "2024-03-01"], "before the first"),
+            (["--start", "2024-03-01", "--end", "2024-03-01"], "no events for 2024-03-01"),
+        ):
+            result = CliRunner().invoke(app, ["features", "backfill", *args])
+            assert result.exit_code == 1, result.output
+            errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and words in errors[0], result.output
+            assert "Traceback" not in result.output
+    finally:
+        get_settings.cache_clear()

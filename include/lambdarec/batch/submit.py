@@ -78,8 +78,10 @@ def spark_job(
     max_items: int = DEFAULT_MAX_ITEMS,
     window: int | None = None,
     sample: int | None = None,
+    through: date | str | None = None,
 ) -> SparkJob:
-    """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake.
+    """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake;
+    with ``through``, a backfill: every day from ``day`` through that one in one submit.
 
     ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER), ``window`` to
     ``settings.sr_window`` (LAMBDAREC_SR_WINDOW), ``sample`` to ``settings.sknn_sample``
@@ -108,6 +110,13 @@ def spark_job(
     ]
     if out_dir is not None:
         args += ["--out-dir", str(out_dir)]
+    days = day.isoformat()
+    if through is not None:
+        last = as_day(through)
+        if last < day:
+            raise ValueError(f"a backfill through {last} must not end before its first day {day}")
+        args += ["--through", last.isoformat()]
+        days = f"{day.isoformat()}..{last.isoformat()}"
     conf = {**SPARK_CONF, "spark.sql.shuffle.partitions": str(shuffle_partitions)}
     python = sys.executable
     env = {
@@ -121,7 +130,7 @@ def spark_job(
     return SparkJob(
         application=str(DAILY_FEATURES),
         application_args=args,
-        name=f"lambdarec-daily-features-{day.isoformat()}-{suffix}",
+        name=f"lambdarec-daily-features-{days}-{suffix}",
         master=master or settings.spark_master,
         driver_memory=driver_memory,
         conf=conf,
