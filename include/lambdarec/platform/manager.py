@@ -4,9 +4,10 @@ Each service runs in its own process group with a PID file and a log
 (:mod:`lambdarec.platform.processes`); ``down`` signals the whole group (TERM, then KILL after the
 service's grace period).
 
-``up`` starts services in waves: every service whose requirements are up is spawned at once, then
-each wave is awaited (health, then ``ready``) before the next. A group name (``airflow``) stands
-for its parts; ``down`` of a service also stops the services that require it.
+``up`` starts each service as soon as its requirements are up (healthy, then ``ready``): the
+speed layer starts when Kafka answers, not when the slowest service started beside Kafka does. A
+group name (``airflow``) stands for its parts; ``down`` of a service also stops the services that
+require it.
 
 Python API::
 
@@ -80,8 +81,7 @@ def up(
     selected = _select(services, names, with_requirements=True)
     timeout = settings.start_timeout_s if timeout_s is None else timeout_s
     with _locked(settings):
-        for wave in _waves(selected):
-            _start_wave(wave, settings, timeout)
+        _start(selected, settings, timeout)
     return status([s.name for s in selected], settings=settings)
 
 
@@ -239,26 +239,71 @@ def _locked(settings: Settings) -> Iterator[None]:
 # -- start -------------------------------------------------------------------------------------
 
 
-def _start_wave(wave: list[Service], settings: Settings, timeout_s: float) -> None:
-    """Launch every service of ``wave``, then await each; raises the first failure at the end.
+def _start(selected: list[Service], settings: Settings, timeout_s: float) -> None:
+    """Launch each service of ``selected`` once its requirements are up, await them all; raises
+    the first failure at the end.
 
-    Services that came up stay up when another one of the wave fails (as with one at a time).
-    """
-    launched: list[tuple[Service, int | None, float]] = []
+    After a failure nothing more is launched; what was launched is still awaited, and services
+    that came up stay up (as with one at a time)."""
+    _waves(selected)  # a requirement cycle fails here, before anything starts
+    names = {s.name for s in selected}
+    pending = list(selected)
+    waiting: list[tuple[Service, int, float]] = []
+    done: set[str] = set()
     failures: list[PlatformError] = []
-    for service in wave:
-        try:
-            launched.append((service, _launch(service, settings), time.monotonic()))
-        except PlatformError as error:
-            failures.append(error)
-            break  # the rest of the wave is not launched; what was launched is awaited
-    for service, pid, began in launched:
-        try:
-            _await(service, settings, pid, timeout_s, began)
-        except PlatformError as error:
-            failures.append(error)
+    while pending or waiting:
+        startable = [s for s in pending if all(r in done or r not in names for r in s.requires)]
+        for service in startable if not failures else []:
+            pending.remove(service)
+            try:
+                pid = _launch(service, settings)
+                if pid is None:  # running already: await it (and its ready step) right away
+                    _await(service, settings, None, timeout_s, time.monotonic())
+                    done.add(service.name)
+                else:
+                    waiting.append((service, pid, time.monotonic()))
+            except PlatformError as error:
+                failures.append(error)
+                break
+        if failures:
+            pending = []
+        progressed = False
+        for item in list(waiting):
+            service, pid, began = item
+            try:
+                if not _healthy_yet(service, settings, pid, timeout_s, began):
+                    continue
+                log.info(
+                    "%s: up in %.1f s at %s", service.name, time.monotonic() - began, service.url
+                )
+                if service.ready:
+                    service.ready()
+                done.add(service.name)
+            except PlatformError as error:
+                failures.append(error)
+            waiting.remove(item)
+            progressed = True
+        if waiting and not progressed:
+            time.sleep(0.5)
     if failures:
         raise failures[0]
+
+
+def _healthy_yet(
+    service: Service, settings: Settings, pid: int, timeout_s: float, began: float
+) -> bool:
+    """Whether the just-spawned ``service`` is healthy; raises (and stops it) if it exited or
+    ran out of time."""
+    if service.health():
+        return True
+    if processes.is_gone(pid):
+        code = processes.exit_code(pid)
+        problem = "exited" + (f" with code {code}" if code is not None else "")
+    elif time.monotonic() > began + timeout_s:
+        problem = f"was not healthy within {timeout_s:.0f} s"
+    else:
+        return False
+    raise _failed(service, settings, problem, stop=True)
 
 
 def _launch(service: Service, settings: Settings) -> int | None:
@@ -324,11 +369,17 @@ def _wait_healthy(
             problem = f"was not healthy within {timeout_s:.0f} s"
         else:
             time.sleep(0.5)
-    if stop_on_failure:
+    raise _failed(service, settings, problem, stop=stop_on_failure)
+
+
+def _failed(service: Service, settings: Settings, problem: str, *, stop: bool) -> PlatformError:
+    """The error of a service that did not come up (stopped first with ``stop``): the problem and
+    the tail of its log."""
+    if stop:
         processes.stop(service, settings)
     path = processes.log_file(settings, service.name)
     lines = tail(path, FAILURE_TAIL_LINES)
-    raise PlatformError(
+    return PlatformError(
         f"{service.name} {problem}; last {len(lines)} lines of {path}:\n" + "\n".join(lines)
     )
 
