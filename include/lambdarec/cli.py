@@ -24,7 +24,9 @@ app = typer.Typer(
 )
 app.add_typer(platform_app, name="platform", help="Start, stop and inspect the local services.")
 app.add_typer(data_app, name="data", help="Generate and load datasets; manage the lake.")
-app.add_typer(features_app, name="features", help="The Feast feature store: apply, materialize, backfill.")
+app.add_typer(
+    features_app, name="features", help="The Feast feature store: apply, materialize, backfill."
+)
 app.add_typer(quality_app, name="quality", help="Great Expectations gates and Data Docs.")
 
 schema_app = typer.Typer(help="The event contract.", no_args_is_help=True)
