@@ -10,7 +10,8 @@ this dag id). Every step is a program, `include/models/retrain.py <step> --run-d
    the user features come from Feast (`get_historical_features`, point in time) when
    `params.feast`.
 2. **train_two_tower** — the retriever (TFRS, in-batch softmax with logQ, early stopping).
-3. **train_deepfm** — the ranker, on the retriever's candidates for validation queries.
+3. **train_deepfm** — the ranker, on the retriever's candidates for validation queries (at most
+   `params.ranker_epochs` epochs; early stopping on validation decides).
 4. **evaluate_and_promote** — full ranking on the test split against popular / co-occurrence /
    ALS; both models are logged to MLflow and registered; each becomes `champion` only if it beats
    the current champion on the same evaluation, otherwise `challenger`, and the log, the MLflow
@@ -51,7 +52,10 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
             True, type="boolean", description="User features from Feast (temporal data)"
         ),
         "max_train": Param(0, type="integer", minimum=0, description="Two-tower pairs (0: all)"),
-        "epochs": Param(8, type="integer", minimum=1),
+        "epochs": Param(8, type="integer", minimum=1, description="Two-tower epochs"),
+        "ranker_epochs": Param(
+            20, type="integer", minimum=1, description="DeepFM epochs at most (early stopping)"
+        ),
         "min_delta": Param(0.0, type="number", description="Margin over the champion to promote"),
     },
     tags=["lambdarec", "models", "retraining"],
@@ -75,6 +79,7 @@ def weekly_model_retraining() -> None:
         task_id="train_deepfm",
         step="train-deepfm",
         run_dir=RUN_DIR,
+        options={"epochs": "{{ params.ranker_epochs }}"},
         execution_timeout=timedelta(hours=2),
     )
     evaluate = ModelStepOperator(

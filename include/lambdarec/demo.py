@@ -371,7 +371,7 @@ def run_demo(
                 )
             return run.tasks
 
-        dag("weekly_model_retraining", day, epochs=model_epochs)
+        dag("weekly_model_retraining", day, epochs=model_epochs, ranker_epochs=model_epochs)
         last = cast("list[str]", figures["days"])[-1]
         console.print(f"drift_monitoring for {last}: the champion's reference against that day ...")
         drift_tasks = dag("drift_monitoring", last)

@@ -83,13 +83,22 @@ def train_deepfm(
     queries: Annotated[
         int, typer.Option(help="Validation queries whose candidates train it")
     ] = 40_000,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs at most (early stopping decides; default: DeepFMConfig's)", min=1
+        ),
+    ] = None,
     seed: int = 42,
 ) -> None:
     """Train the DeepFM ranker on the two-tower's candidates."""
+    from dataclasses import replace
+
     from lambdarec.models.deepfm import DeepFMConfig
     from lambdarec.models.retrain import train_ranker
 
-    _done(train_ranker(run_dir, DeepFMConfig(max_queries=queries, seed=seed)))
+    config = DeepFMConfig(max_queries=queries, seed=seed)
+    _done(train_ranker(run_dir, replace(config, epochs=epochs) if epochs else config))
 
 
 @app.command()

@@ -237,7 +237,7 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
         "2026-01-05",
         settings,
         timeout_s=600,
-        conf={"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2},
+        conf={"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2, "ranker_epochs": 2},
     )
     tasks = run.tasks
     assert run.success, (tasks, run.log[-3000:])
@@ -246,6 +246,8 @@ def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     assert tasks["export_embeddings"] in ("success", "skipped")
     assert tasks["notify_serving"] == "success"
     (run_dir,) = (settings.state_dir / "models" / "runs").iterdir()
+    ranker = json.loads((run_dir / "deepfm" / "deepfm_config.json").read_text())
+    assert ranker["epochs"] == 2 and 1 <= len(ranker["history"]) <= 2  # the DAG's ranker_epochs
     decision = json.loads((run_dir / "decision.json").read_text())
     promoted = decision["decisions"]["two_tower"]["promoted"]
     assert (tasks["export_embeddings"] == "success") == promoted
