@@ -42,7 +42,7 @@ import argparse
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -437,12 +437,22 @@ def item_sessions(
     *,
     max_items: int = DEFAULT_MAX_ITEMS,
     sample: int = DEFAULT_SKNN_SAMPLE,
+    sessions: DataFrame | None = None,
 ) -> DataFrame:
-    """The inverse of session_items: per item its ``sample`` newest sessions (ties by id)."""
+    """The inverse of session_items: per item its ``sample`` newest sessions (ties by id).
+
+    ``sessions`` is session_items as this run wrote it (``session_id, items, last_event_ts``, the
+    same ``max_items``): given, the sessions' lists are read back from it instead of being
+    recomputed from the events (a second sort of the whole window).
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    held = _recent_distinct(events, "session_id", max_items).select(
+    if sessions is None:
+        sessions = _recent_distinct(events, "session_id", max_items)
+    else:
+        sessions = sessions.select("session_id", "items", F.col("last_event_ts").alias("last_ts"))
+    held = sessions.select(
         "session_id", F.unix_millis("last_ts").alias("ms"), F.explode("items").alias("item_id")
     )
     newest = Window.partitionBy("item_id").orderBy(F.col("ms").desc(), F.col("session_id"))
@@ -507,10 +517,17 @@ def build(
     max_items: int = DEFAULT_MAX_ITEMS,
     window: int = DEFAULT_SR_WINDOW,
     sample: int = DEFAULT_SKNN_SAMPLE,
+    sessions: DataFrame | None = None,
 ) -> DataFrame:
-    """The DataFrame of one feature table (conformed to its spec), not yet computed."""
+    """The DataFrame of one feature table (conformed to its spec), not yet computed.
+
+    ``sessions``: session_items as written for the same day and ``max_items``, which
+    item_sessions then derives from (see :func:`item_sessions`); ignored by the other tables.
+    """
     given = {"top_n": top_n, "max_items": max_items, "window": window, "sample": sample}
-    params = {p: given[p] for p in PARAMETERS.get(name, ())}
+    params: dict[str, object] = {p: given[p] for p in PARAMETERS.get(name, ())}
+    if name == ITEM_SESSIONS.name and sessions is not None:
+        params["sessions"] = sessions
     return conform(BUILDERS[name](events, day, **params), TABLES[name])
 
 
@@ -564,10 +581,28 @@ def run(
     if cached:
         events = events.cache()
 
+    # item_sessions is session_items inverted: when both are written, it reads session_items'
+    # fresh partition back instead of sorting the window's sessions a second time.
+    share = SESSION_ITEMS.name in names and ITEM_SESSIONS.name in names
+    futures: dict[str, Future[str]] = {}
+
+    written: dict[str, str] = {}
+
     def one(name: str) -> str:
         started = time.perf_counter()
+        sessions = None
+        if share and name == ITEM_SESSIONS.name:
+            first = futures[SESSION_ITEMS.name].result() if futures else written[SESSION_ITEMS.name]
+            sessions = spark.read.parquet(first)
         df = build(
-            events, name, day, top_n=top_n, max_items=max_items, window=window, sample=sample
+            events,
+            name,
+            day,
+            top_n=top_n,
+            max_items=max_items,
+            window=window,
+            sample=sample,
+            sessions=sessions,
         )
         path = write_partition(df, TABLES[name], out, day, files_per_table)
         log.info("%s for %s written in %.1f s", name, day, time.perf_counter() - started)
@@ -575,11 +610,15 @@ def run(
 
     try:
         if parallel == 1 or len(names) == 1:
-            return {name: one(name) for name in names}
-        # The heaviest table first, so it never waits behind the small ones.
+            for name in names:  # in spec order: session_items before item_sessions
+                written[name] = one(name)
+            return written
+        # The heaviest table first, so it never waits behind the small ones (session_items still
+        # goes before item_sessions, which waits for it).
         order = sorted(names, key=lambda n: n != ITEM_COOCCURRENCE.name)
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="table") as pool:
-            futures = {name: pool.submit(one, name) for name in order}
+            for name in order:
+                futures[name] = pool.submit(one, name)
             return {name: futures[name].result() for name in names}
     finally:
         if cached:
