@@ -20,8 +20,10 @@ lake), compares live traffic with what the champion model was trained on (logic 
 3. **trigger_retraining** — triggers `weekly_model_retraining` (`LAMBDAREC_DRIFT_RETRAIN_DAG_ID`; run id `drift__D`, so a re-run of
    the day cannot trigger twice), then **record_trigger** writes the ledger the guard reads.
 
-Needs a champion with a reference profile (`ModelRegistry.log_run(..., reference_profile=...)`):
-without one, measure_drift fails and says so.
+Needs a champion with a reference profile (`ModelRegistry.log_run(..., reference_profile=...)`).
+Before any model is promoted (a new deployment, or every retraining so far served the
+baselines) the run is skipped with that reason; a champion without a profile (nor a data range to
+rebuild one from) fails measure_drift, which says so.
 """
 
 from __future__ import annotations
@@ -52,13 +54,17 @@ def drift_monitoring() -> None:
     def measure_drift(ds: str | None = None) -> dict:
         from airflow.exceptions import AirflowSkipException
 
+        from lambdarec.monitoring.profile import NoChampionError
         from lambdarec.monitoring.run import run_drift
         from lambdarec.pipelines.daily import no_events
 
         empty = no_events(ds or "")
         if empty:
             raise AirflowSkipException(empty)
-        return run_drift(ds or "")
+        try:
+            return run_drift(ds or "")
+        except NoChampionError as error:  # nothing to compare with yet: not a failure
+            raise AirflowSkipException(str(error)) from None
 
     @task.short_circuit
     def retraining_needed(summary: dict, ti=None) -> bool:  # ti: the running task instance

@@ -448,3 +448,21 @@ def test_a_champion_without_a_profile_gets_one_rebuilt_from_its_training_range(
     assert profile.meta["source"].startswith("rebuilt from the lake")
     assert profile.meta["data_range"] == ["2024-01-01", "2024-01-06"]
     assert sum(profile.features["price"].counts) > 15_000  # six days of ~3,300 events
+
+
+def test_before_any_champion_the_drift_run_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    """A new deployment (or one whose retrainings all served the baselines) has no model to
+    measure drift against: the scheduled run is skipped, saying why, instead of failing."""
+    from lambdarec.data import lake
+    from lambdarec.harness.platform import private_settings
+    from lambdarec.monitoring.profile import NoChampionError, load_champion_profile
+    from lambdarec.platform.dag_run import run_dag_test
+
+    s = private_settings(tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lake.write_events(generate_stream(False), s.lake_dir)
+    with pytest.raises(NoChampionError, match="has no champion"):
+        load_champion_profile(s)
+    run = run_dag_test("drift_monitoring", DAY1, s, timeout_s=600)
+    assert run.success, (run.tasks, run.log[-3000:])
+    assert run.tasks["measure_drift"] == "skipped", run.tasks
+    assert "has no champion" in run.log

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROFILE_ARTIFACT",
     "FeatureProfile",
+    "NoChampionError",
     "ProfileNotFoundError",
     "ReferenceProfile",
     "build_profile",
@@ -69,6 +70,11 @@ GROUPS = ("events", "served", "model")
 
 class ProfileNotFoundError(LookupError):
     """No champion, or the champion's run has no reference profile; the message says which."""
+
+
+class NoChampionError(ProfileNotFoundError):
+    """The monitored model has no champion yet (a new deployment, or every retraining so far
+    served the baselines): there is nothing to measure drift against."""
 
 
 @dataclass
@@ -301,7 +307,7 @@ def load_champion_profile(settings: Settings) -> tuple[ReferenceProfile, Champio
     registry = ModelRegistry.from_settings(settings, settings.drift_model_name)
     champion = registry.get_champion()
     if champion is None:
-        raise ProfileNotFoundError(
+        raise NoChampionError(
             f"model {settings.drift_model_name!r} has no champion at {settings.mlflow_uri}; "
             "train and promote one first (or set LAMBDAREC_DRIFT_MODEL_NAME)"
         )
