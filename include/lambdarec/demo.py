@@ -251,7 +251,6 @@ def run_demo(
         from lambdarec.pipelines.daily import backfill
         from lambdarec.platform.dag_run import run_dag_test
 
-        runs = {}
         days = cast("list[str]", figures["days"])
         if len(days) > 1:
             # History arrives at once: the earlier days are a backfill (the same compaction,
@@ -273,26 +272,25 @@ def run_demo(
                 f"      {len(done['days'])} days in {time.monotonic() - t0:.0f} s: "
                 f"{_slowest(done['seconds'], 4)}"
             )
-        for n, day in enumerate(days[-1:], len(days)):
-            console.print(
-                f"[{n}/{len(days)}] daily_feature_pipeline for {day} "
-                "(archive compaction, gates, spark-submit, materialize) ..."
+        day = days[-1]
+        console.print(
+            f"[{len(days)}/{len(days)}] daily_feature_pipeline for {day} "
+            "(archive compaction, gates, spark-submit, materialize) ..."
+        )
+        t0 = time.monotonic()
+        run = run_dag_test("daily_feature_pipeline", day, s)
+        console.print(
+            f"      {run.state} in {time.monotonic() - t0:.0f} s: "
+            f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
+            f"tasks succeeded; slowest: {_slowest(run.seconds)}"
+        )
+        if not run.success:
+            failed = {t: st for t, st in run.tasks.items() if st != "success"}
+            raise RuntimeError(
+                f"daily_feature_pipeline failed for {day}: {failed}\n"
+                + "\n".join(run.log.splitlines()[-30:])
             )
-            t0 = time.monotonic()
-            run = run_dag_test("daily_feature_pipeline", day, s)
-            runs[day] = run.state
-            console.print(
-                f"      {run.state} in {time.monotonic() - t0:.0f} s: "
-                f"{sum(st == 'success' for st in run.tasks.values())}/{len(run.tasks)} "
-                f"tasks succeeded; slowest: {_slowest(run.seconds)}"
-            )
-            if not run.success:
-                failed = {t: st for t, st in run.tasks.items() if st != "success"}
-                raise RuntimeError(
-                    f"daily_feature_pipeline failed for {day}: {failed}\n"
-                    + "\n".join(run.log.splitlines()[-30:])
-                )
-        figures["daily_feature_pipeline"] = runs
+        figures["daily_feature_pipeline"] = {day: run.state}
         active = lake.read_events(s.lake_dir, columns=["user_id"])["user_id"].value_counts()
         figures["active_users"] = [str(u) for u in active.index[:WALKTHROUGH_CANDIDATES]]
         sample = str(active.index[0])
