@@ -290,10 +290,16 @@ def _start(selected: list[Service], settings: Settings, timeout_s: float) -> Non
 
 
 def _healthy_yet(
-    service: Service, settings: Settings, pid: int, timeout_s: float, began: float
+    service: Service,
+    settings: Settings,
+    pid: int,
+    timeout_s: float,
+    began: float,
+    *,
+    stop: bool = True,
 ) -> bool:
-    """Whether the just-spawned ``service`` is healthy; raises (and stops it) if it exited or
-    ran out of time."""
+    """Whether ``service`` (process ``pid``, awaited since ``began``) is healthy; raises if it
+    exited or ran out of time, stopping it first with ``stop``."""
     if service.health():
         return True
     if processes.is_gone(pid):
@@ -303,7 +309,7 @@ def _healthy_yet(
         problem = f"was not healthy within {timeout_s:.0f} s"
     else:
         return False
-    raise _failed(service, settings, problem, stop=True)
+    raise _failed(service, settings, problem, stop=stop)
 
 
 def _launch(service: Service, settings: Settings) -> int | None:
@@ -357,19 +363,9 @@ def _await(
 def _wait_healthy(
     service: Service, settings: Settings, pid: int, timeout_s: float, *, stop_on_failure: bool
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    problem = None
-    while problem is None:
-        if service.health():
-            return
-        if processes.is_gone(pid):
-            code = processes.exit_code(pid)
-            problem = "exited" + (f" with code {code}" if code is not None else "")
-        elif time.monotonic() > deadline:
-            problem = f"was not healthy within {timeout_s:.0f} s"
-        else:
-            time.sleep(0.5)
-    raise _failed(service, settings, problem, stop=stop_on_failure)
+    began = time.monotonic()
+    while not _healthy_yet(service, settings, pid, timeout_s, began, stop=stop_on_failure):
+        time.sleep(0.5)
 
 
 def _failed(service: Service, settings: Settings, problem: str, *, stop: bool) -> PlatformError:
