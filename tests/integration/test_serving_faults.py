@@ -58,6 +58,9 @@ RECOVERED_STREAK = 10
 SESSIONS = 4
 #: Consecutive ready answers (new connections, so from either gunicorn worker) before the load.
 READY_STREAK = 12
+#: Most requests a second the client sends: half the serving's default rate limit (200/s per client,
+#: burst 400). Degraded answers are fast: unpaced, one client outran the limit and got 429s.
+MAX_RPS = 100.0
 
 
 @dataclass
@@ -71,7 +74,8 @@ class Answer:
 
 
 class Load:
-    """One closed-loop client on ``/recommend``: each request waits for the previous answer."""
+    """One closed-loop client on ``/recommend``: each request waits for the previous answer, and
+    sends no faster than ``MAX_RPS`` (within the serving's rate limit)."""
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -99,6 +103,7 @@ class Load:
         n = 0
         while not self._stop.is_set():
             n += 1
+            next_at = time.monotonic() + 1.0 / MAX_RPS
             sent_in = self.phase
             params = {"user_id": f"u-{n % SESSIONS}", "session_id": f"s-{n % SESSIONS}"}
             try:
@@ -119,6 +124,7 @@ class Load:
                 answer = Answer(sent_in, self.phase, -1, error=f"{type(exc).__name__}: {exc}")
             with self._lock:
                 self.answers.append(answer)
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def set_phase(self, phase: str) -> None:
         self.timeline.append((round(time.monotonic() - self.began, 1), phase))
