@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -97,6 +98,33 @@ class RegistryError(RuntimeError):
     """A run, version or alias is missing or inconsistent; the message says which."""
 
 
+class TrackingServerDownError(RegistryError):
+    """The tracking URI's server refuses connections (MLflow's client would retry for minutes)."""
+
+
+def ensure_reachable(tracking_uri: str, *, timeout_s: float = 3.0) -> None:
+    """Fail in one line when an ``http(s)`` tracking URI's host does not accept a connection.
+
+    MLflow's client retries a refused connection with back-off for minutes before it fails, so a
+    task run with the platform down (``dag.test`` of the drift or retraining DAG) seemed to hang.
+    A ``sqlite``/``file`` URI needs no server and passes."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TrackingServerDownError(
+            f"the MLflow tracking server at {tracking_uri} does not answer ({reason}): start the "
+            "platform (`make platform-up`) or point LAMBDAREC_MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
 class Champion(NamedTuple):
     version: str
     run_id: str
@@ -156,6 +184,7 @@ class ModelRegistry:
         if self._client is None:
             from mlflow import MlflowClient
 
+            ensure_reachable(self.tracking_uri)
             self._client = MlflowClient(
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )

@@ -153,9 +153,10 @@ def _log_mlflow(settings: Settings, result: dict[str, Any], paths: Sequence[Any]
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from lambdarec.registry import metric_key
+    from lambdarec.registry import ensure_reachable, metric_key
 
     uri = settings.mlflow_uri
+    ensure_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
