@@ -8,7 +8,8 @@ this dag id). Every step is a program, `include/models/retrain.py <step> --run-d
 
 1. **build_datasets** — examples from `params.dataset` (default: the lake) with a temporal split;
    the user features come from Feast (`get_historical_features`, point in time) when
-   `params.feast`.
+   `params.feast`. With `params.only_new_data` (default) the run is skipped, with the reason in
+   the log, when the champion was trained and evaluated on this same data (no event since).
 2. **train_two_tower** — the retriever (TFRS, in-batch softmax with logQ, early stopping).
 3. **train_deepfm** — the ranker, on the retriever's candidates for validation queries (at most
    `params.ranker_epochs` epochs; early stopping on validation decides).
@@ -57,6 +58,11 @@ RUN_DIR = "{{ run_id }}"  # resolved under <state_dir>/models/runs/ by the opera
             20, type="integer", minimum=1, description="DeepFM epochs at most (early stopping)"
         ),
         "min_delta": Param(0.0, type="number", description="Margin over the champion to promote"),
+        "only_new_data": Param(
+            True,
+            type="boolean",
+            description="Skip when the champion was trained on this same data (no event since)",
+        ),
     },
     tags=["lambdarec", "models", "retraining"],
     doc_md=__doc__,
@@ -66,7 +72,11 @@ def weekly_model_retraining() -> None:
         task_id="build_datasets",
         step="build",
         run_dir=RUN_DIR,
-        options={"dataset": "{{ params.dataset }}", "feast": "{{ params.feast }}"},
+        options={
+            "dataset": "{{ params.dataset }}",
+            "feast": "{{ params.feast }}",
+            "only_new_data": "{{ params.only_new_data }}",
+        },
     )
     two_tower = ModelStepOperator(
         task_id="train_two_tower",

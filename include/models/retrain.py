@@ -45,11 +45,22 @@ def build(
         str, typer.Option(help="lake | taobao | diginetica | synthetic | a file")
     ] = "lake",
     feast: Annotated[bool, typer.Option(help="Read the batch user features from Feast")] = False,
+    only_new_data: Annotated[
+        bool,
+        typer.Option(
+            help="Skip (exit 99) when the champion was trained and evaluated on this same data"
+        ),
+    ] = False,
 ) -> None:
-    """Build the training/validation/test examples."""
+    """Build the training/validation/test examples.
+
+    Exits with SKIP_EXIT_CODE (99) when ``--only-new-data`` finds nothing new to train on."""
     from lambdarec.models.retrain import build as run
 
-    _done(run(dataset, run_dir, feast=feast))
+    out = run(dataset, run_dir, feast=feast, only_new_data=only_new_data)
+    _done(out)
+    if out.get("skipped"):
+        raise typer.Exit(SKIP_EXIT_CODE)
 
 
 @app.command("train-two-tower")
@@ -132,10 +143,15 @@ def export(run_dir: RunDir) -> None:
 
 @app.command()
 def notify(run_dir: RunDir) -> None:
-    """Tell serving to reload (the reload marker)."""
+    """Tell serving to reload (the reload marker).
+
+    Exits with SKIP_EXIT_CODE (99) when the build step found nothing new to train on."""
     from lambdarec.models.retrain import notify_serving
 
-    _done(notify_serving(run_dir))
+    out = notify_serving(run_dir)
+    _done(out)
+    if out.get("skipped"):
+        raise typer.Exit(SKIP_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -227,17 +228,27 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
 
 def test_weekly_dag_runs_the_steps_on_the_lake(settings: Settings) -> None:
     """``dag.test()`` of weekly_model_retraining on the same lake and feature store: each step
-    runs as a program launched by ModelStepOperator. The first test left champions behind, so
-    export runs or is skipped (exit code 99) as the evaluation decided; either way the run
-    succeeds and notify_serving runs."""
+    runs as a program launched by ModelStepOperator. The first test left champions behind,
+    trained on this same lake: by default (``only_new_data``) the run is skipped from its first
+    step, nothing trained. Forced, export runs or is skipped (exit code 99) as the evaluation
+    decided; either way the run succeeds and notify_serving runs."""
     from lambdarec.platform.dag_run import run_dag_test
+
+    conf = {"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2, "ranker_epochs": 2}
+    idle = run_dag_test("weekly_model_retraining", "2026-01-05", settings, conf=conf)
+    assert idle.success, (idle.tasks, idle.log[-3000:])
+    assert set(idle.tasks.values()) == {"skipped"}, idle.tasks
+    assert "no event since, nothing to retrain" in idle.log
+    (skipped_dir,) = (settings.state_dir / "models" / "runs").iterdir()
+    assert [p.name for p in skipped_dir.iterdir()] == ["dataset.json"]
+    shutil.rmtree(skipped_dir)
 
     run = run_dag_test(
         "weekly_model_retraining",
         "2026-01-05",
         settings,
         timeout_s=600,
-        conf={"dataset": "lake", "feast": True, "max_train": 0, "epochs": 2, "ranker_epochs": 2},
+        conf={**conf, "only_new_data": False},
     )
     tasks = run.tasks
     assert run.success, (tasks, run.log[-3000:])

@@ -129,11 +129,35 @@ def data_range(dataset: Dataset) -> tuple[str, str] | None:
 # -- steps ------------------------------------------------------------------------------------
 
 
+def champion_trained_on(evaluation: str, settings: Settings) -> str | None:
+    """The two-tower champion's version when it was trained and evaluated on the data that
+    ``evaluation`` (an :func:`evaluation_id`) names, else None (no champion, or other data)."""
+    from lambdarec.registry import TAG_EVALUATION
+
+    registry = registry_for(TWO_TOWER, settings)
+    champion = registry.get_champion()
+    if champion is None:
+        return None
+    tags = registry.client.get_run(champion.run_id).data.tags
+    return champion.version if tags.get(TAG_EVALUATION) == evaluation else None
+
+
 def build(
-    dataset: str, run_dir: Path, *, feast: bool = False, settings: Settings | None = None
+    dataset: str,
+    run_dir: Path,
+    *,
+    feast: bool = False,
+    only_new_data: bool = False,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Examples of ``dataset`` (see :func:`lambdarec.models.data.load_dataset`), with the batch
-    user features from Feast when ``feast`` (temporal data only)."""
+    user features from Feast when ``feast`` (temporal data only).
+
+    With ``only_new_data``, nothing is built when the champion was trained and evaluated on the
+    same data (the same :func:`evaluation_id`: no event since): the result then has ``skipped``
+    with the reason, and the run folder only ``dataset.json`` saying so. The scheduled run right
+    after ``make demo`` (whose own run trained on the same lake) retrained for minutes for a model
+    that could only tie with its champion."""
     from lambdarec.inference.vocabulary import VOCABULARY_FILE, write_vocabulary
     from lambdarec.models.data import build_from_events, load_dataset
     from lambdarec.models.dataset_file import DATASET_FILE, write_dataset
@@ -147,6 +171,19 @@ def build(
         del events
     else:
         data = load_dataset(dataset)
+    if only_new_data:
+        version = champion_trained_on(evaluation_id(data), _settings(settings))
+        if version is not None:
+            skipped = {
+                "skipped": (
+                    f"the {TWO_TOWER} champion (version {version}) was trained and evaluated on "
+                    f"this same data ({evaluation_id(data)}); no event since, nothing to retrain "
+                    "(params.only_new_data=false retrains anyway)"
+                ),
+                "evaluation_id": evaluation_id(data),
+            }
+            _write_json(run_dir / "dataset.json", skipped)
+            return skipped
     if data.catalog.category_vocabulary is not None:
         # What maps a new catalog item's category and price to the item tower's inputs.
         vocabulary = data.catalog.vocabulary()
@@ -562,6 +599,9 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
     written. :func:`export_embeddings` calls it before switching the alias; the ``notify`` step
     after it then leaves that marker as it is (a second write would reload serving again)."""
     s = _settings(settings)
+    built = run_dir / "dataset.json"
+    if built.exists() and "skipped" in _read_json(built):
+        return {"skipped": _read_json(built)["skipped"], "reload": False}
     export = _read_json(run_dir / "export.json")
     if export.get("published") and export.get("switched"):
         return _read_json(run_dir / "reload.json")
@@ -588,6 +628,7 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
 __all__ = [
     "STEPS",
     "build",
+    "champion_trained_on",
     "evaluate",
     "evaluation_id",
     "export_embeddings",
