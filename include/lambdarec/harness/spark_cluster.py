@@ -10,6 +10,8 @@ kills a worker (and its executors) while that job runs.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from lambdarec.platform.spark_cluster import SparkCluster, spark_cluster
 from lambdarec.tables import FEATURE_TABLES, as_day
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from datetime import date
     from pathlib import Path
 
@@ -77,18 +79,35 @@ def operator_command(day: date | str) -> list[str]:
     return [sys.executable, "-c", _RUN_OPERATOR, as_day(day).isoformat()]
 
 
-def submit_daily_job(settings: Settings, day: date | str, timeout_s: float = 600) -> Submitted:
-    """The DAG's Spark task for ``day`` against ``settings`` (and its ``spark_default``)."""
+def submit_daily_job(
+    settings: Settings,
+    day: date | str,
+    timeout_s: float = 900,
+    on_start: Callable[[int], object] | None = None,
+) -> Submitted:
+    """The DAG's Spark task for ``day`` against ``settings`` (and its ``spark_default``).
+
+    It runs in its own process group (``on_start`` gets its id): on a timeout the whole group
+    goes (the operator, spark-submit and the driver), not just the operator's process."""
     started = time.monotonic()
-    done = subprocess.run(  # noqa: S603 - our own interpreter and program
+    task = subprocess.Popen(  # noqa: S603 - our own interpreter and program
         operator_command(day),
         env=airflow_process_env(settings),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout_s,
-        check=False,
+        start_new_session=True,
     )
-    return Submitted(done.returncode, time.monotonic() - started, done.stdout + done.stderr)
+    if on_start is not None:
+        on_start(task.pid)
+    try:
+        output, _ = task.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(task.pid, signal.SIGKILL)
+        output, _ = task.communicate()
+        output += f"\n(killed after {timeout_s:g} s)"
+    return Submitted(task.returncode, time.monotonic() - started, output)
 
 
 def applications(cluster: SparkCluster, *, active: bool) -> list[dict[str, object]]:
@@ -114,19 +133,42 @@ class DrillResult:
 
 
 def worker_loss_drill(
-    cluster: SparkCluster, day: date | str, *, victim: int = 1, timeout_s: float = 300
+    cluster: SparkCluster, day: date | str, *, victim: int = 1, timeout_s: float = 900
 ) -> DrillResult:
     """Submit the daily job; once every worker runs an executor and a first table is written,
     SIGKILL worker ``victim`` with its executor; returns how the job ended.
 
-    Raises :class:`TimeoutError` if that moment never comes (the job ended, or failed, first)."""
+    Raises :class:`TimeoutError` if that moment never comes (the job ended, or failed, first);
+    ``timeout_s`` bounds the whole job."""
     settings = cluster.settings
     outcome: list[Submitted] = []
+    groups: list[int] = []
     runner = threading.Thread(
-        target=lambda: outcome.append(submit_daily_job(settings, day, timeout_s)), daemon=True
+        target=lambda: outcome.append(submit_daily_job(settings, day, timeout_s, groups.append)),
+        daemon=True,
     )
     started = time.monotonic()
     runner.start()
+    try:
+        return _drill(cluster, day, victim, timeout_s, runner, outcome, started)
+    finally:
+        if runner.is_alive():  # the drill failed: no driver left waiting for executors
+            for group in groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            runner.join(30)
+
+
+def _drill(
+    cluster: SparkCluster,
+    day: date | str,
+    victim: int,
+    timeout_s: float,
+    runner: threading.Thread,
+    outcome: list[Submitted],
+    started: float,
+) -> DrillResult:
+    settings = cluster.settings
 
     def both_busy_and_a_table_written() -> bool:
         if outcome:
@@ -143,7 +185,7 @@ def worker_loss_drill(
     )
     cluster.kill_worker(victim)
     killed_after = time.monotonic() - started
-    runner.join(timeout_s)
+    runner.join(timeout_s + 30)  # the submit ends itself at timeout_s
     if not outcome:
-        raise TimeoutError(f"the daily job did not finish within {timeout_s:g} s of the kill")
+        raise TimeoutError(f"the daily job did not end within {timeout_s:g} s")
     return DrillResult(outcome[0], killed_after, cluster.worker_state(cluster.worker_ports[victim]))
