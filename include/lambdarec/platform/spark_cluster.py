@@ -172,22 +172,24 @@ class SparkCluster:
         when one exits or is not up within ``timeout_s`` (default ``settings.start_timeout_s``);
         what was started is stopped again."""
         timeout = self.settings.start_timeout_s if timeout_s is None else timeout_s
-        master, *workers = self.services()
         try:
-            self._await([self._launch(master)], timeout)
-            self._await([self._launch(w) for w in workers], timeout)
+            master = self._launch(self.master_service(), [self.master_port, self.webui_port])
+            self._await([master], timeout)
+            workers = [
+                self._launch(self.worker_service(i), [port])
+                for i, port in enumerate(self.worker_ports)
+            ]
+            self._await(workers, timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _launch(self, service: Service) -> tuple[Service, int, float]:
+    def _launch(self, service: Service, ports: Sequence[int]) -> tuple[Service, int, float]:
         if processes.running(self.settings, service.name) is not None:
             raise PlatformError(
                 f"{service.name} already runs from {self.settings.state_dir}; stop that cluster "
                 "first (SparkCluster.stop) or use another state folder"
             )
-        ports = [self.master_port, self.webui_port] if service.name == "spark-master" else []
-        ports += [int(service.url.rsplit(":", 1)[1])] if service.requires else []
         for port in ports:
             owner = processes.port_owner(self.host, port)
             if owner:
