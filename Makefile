@@ -167,6 +167,10 @@ bench-ingest: setup ## Produce EVENTS (1M) generated events into Kafka and read 
 bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated events, vs DuckDB (JSON line)
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
+.PHONY: rehearse-cluster
+rehearse-cluster: setup ## Scale-out rehearsal, Spark part: a standalone master + 2 workers on loopback, the daily job and a worker-loss drill (JSON line)
+	@$(PY) bench/rehearse_cluster.py --workers 2
+
 .PHONY: flink-jars
 flink-jars: $(VENV)/.installed $(FLINK_VENV)/.installed ## Resolve the Flink Kafka/Parquet connector jars and build the Java functions (speed layer)
 	@$(PY) -m lambdarec.speed.jars

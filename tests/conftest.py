@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 #: folder (its own free ports, no Milvus server: that one's health port is fixed), the
 #: self-contained tests of the deployment's logins, the simulator, the attribution job and the A/B
 #: readout (their own broker, Airflow home, lake or private platform; the Flink jars only read),
-#: the Spark job's differential test (its own lakes and SparkSession), and the unit and DAG tiers
-#: (temporary folders, or the DAG files only read).
+#: the Spark job's differential test (its own lakes and SparkSession) and its cluster test (its
+#: own standalone master and workers on free ports, in a temporary state folder), and the unit
+#: and DAG tiers (temporary folders, or the DAG files only read).
 #: Everything else stays in the first lane, in collection order, as before: tests that share the
 #: repository's state folder or a Milvus server never run at the same time. The A/B benchmark's
 #: quick run (self-contained, ~4 min) is in the first lane. A clean rehearsal with the unit and
@@ -43,6 +44,7 @@ SECOND_LANE = (
     "tests/integration/test_attribution.py",
     "tests/integration/test_online_metrics.py",
     "tests/integration/test_spark_jobs.py",
+    "tests/integration/test_spark_cluster.py",
 )
 #: Folders whose modules all run in the second lane: the browser tests of the demo's pages share
 #: its private platform (tests/e2e/conftest.py); the unit and DAG tiers.

@@ -307,6 +307,17 @@ class Settings(BaseSettings):
         description="Spark master of the spark_default connection: local[*] or a cluster URL "
         "(spark://host:7077, yarn, k8s://...).",
     )
+    spark_executor_memory: str = Field(
+        "1g",
+        pattern=r"^[1-9][0-9]*[kmgt]$",
+        description="Heap of each executor on a cluster master (spark.executor.memory); a "
+        "standalone worker must offer at least this much (its --memory).",
+    )
+    spark_cores_max: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Cores the daily job takes from a cluster (spark.cores.max); 0 takes every "
+        "free core, as standalone does by default.",
+    )
 
     # -- Serving ---------------------------------------------------------------------------
     serving_port: Port = 8000

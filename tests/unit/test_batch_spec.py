@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
@@ -19,9 +19,6 @@ from lambdarec.batch.spec import (
 from lambdarec.batch.submit import DAILY_FEATURES, spark_job, spark_submit_args
 from lambdarec.config import Settings
 from lambdarec.tables import FEATURE_TABLES
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def test_the_job_writes_every_batch_table() -> None:
@@ -162,3 +159,28 @@ def test_the_backfill_command_fails_in_one_line(tmp_path: Path, monkeypatch) -> 
             assert "Traceback" not in result.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_cluster_master_sizes_executors_and_lets_executors_reach_the_driver(
+    tmp_path: Path,
+) -> None:
+    local = spark_job("2024-03-31", Settings(state_dir=tmp_path))
+    assert local.driver_memory == "4g" and local.env_vars["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert "spark.executor.memory" not in local.conf and "spark.cores.max" not in local.conf
+    sized = Settings(state_dir=tmp_path, spark_executor_memory="2g", spark_cores_max=4)
+    remote = spark_job("2024-03-31", sized, master="spark://spark-master:7077")
+    assert remote.driver_memory == "1g"  # the driver only plans on a cluster
+    assert remote.conf["spark.executor.memory"] == "2g" and remote.conf["spark.cores.max"] == "4"
+    # Executors on other hosts connect back to the driver: it must not bind to loopback.
+    assert "SPARK_LOCAL_IP" not in remote.env_vars
+    loopback = spark_job(
+        "2024-03-31", Settings(state_dir=tmp_path, spark_master="spark://127.0.0.1:7077")
+    )
+    assert loopback.env_vars["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert "spark.cores.max" not in loopback.conf  # 0: every free core, standalone's default
+    # Executors run in their worker's folder: a relative lake would be theirs, not the driver's.
+    relative = spark_job("2024-03-31", Settings(state_dir=Path("rel")), master="yarn")
+    lake = relative.application_args[relative.application_args.index("--lake-dir") + 1]
+    assert Path(lake).is_absolute()
+    with pytest.raises(ValueError, match="spark_executor_memory"):
+        Settings(spark_executor_memory="lots")

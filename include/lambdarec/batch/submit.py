@@ -3,6 +3,13 @@
 ``spark_job(day, settings)`` describes one run (application, arguments, conf, environment) in the
 terms SparkSubmitOperator takes; ``spark_submit_args(day, settings)`` is the same run as a
 command line. Nothing here starts Spark.
+
+The master decides the rest: in ``local[*]`` the driver does all the work (4g of heap); on a
+cluster (``spark://``, ``yarn``, ``k8s://``) the driver, in client mode on the submitting host,
+only plans (1g), executors get ``settings.spark_executor_memory`` and at most
+``settings.spark_cores_max`` cores, and the driver binds to loopback only when the master is on
+loopback too (executors elsewhere must reach it). Lake paths are made absolute: executors run in
+their worker's folder, where a relative path means something else.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from lambdarec.batch.spec import (
     DEFAULT_MAX_ITEMS,
@@ -35,6 +43,9 @@ DAILY_FEATURES = SPARK_JOBS_DIR / "daily_features.py"
 
 DEFAULT_MASTER = "local[*]"
 DEFAULT_DRIVER_MEMORY = "4g"
+#: The driver's heap on a cluster: it plans and tracks tasks, executors hold the data.
+CLUSTER_DRIVER_MEMORY = "1g"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,46 @@ class SparkJob:
         return [*cmd, self.application, *self.application_args]
 
 
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs everything in the submitting JVM (``local``, ``local[4]``, ...)."""
+    return master == "local" or master.startswith("local[")
+
+
+def driver_memory_for(master: str) -> str:
+    """The driver's default heap: the whole job's in local mode, a planner's on a cluster."""
+    return DEFAULT_DRIVER_MEMORY if is_local(master) else CLUSTER_DRIVER_MEMORY
+
+
+def cluster_conf(master: str, settings: Settings) -> dict[str, str]:
+    """Executor sizing for a cluster master (nothing for a local one, where it means nothing)."""
+    if is_local(master):
+        return {}
+    conf = {"spark.executor.memory": settings.spark_executor_memory}
+    if settings.spark_cores_max:
+        conf["spark.cores.max"] = str(settings.spark_cores_max)
+    return conf
+
+
+def driver_env(master: str, settings: Settings) -> dict[str, str]:
+    """The environment of spark-submit: Java, the Python of this environment for the driver and,
+    when the master is local or on loopback, the loopback address for the driver to bind.
+
+    Against a master on another host the address is left to Spark (the host's name), so that
+    executors there can connect back to the driver; SPARK_LOCAL_IP set by the caller still wins.
+    """
+    python = sys.executable
+    env = {
+        "JAVA_HOME": str(settings.java_home),
+        # The driver imports lambdarec (installed in this environment); executors run no Python.
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": python,
+    }
+    host = urlsplit(master.split(",")[0]).hostname if "://" in master else None
+    if is_local(master) or host in _LOOPBACK:
+        env["SPARK_LOCAL_IP"] = settings.bind_host
+    return env
+
+
 def default_spark_submit() -> str:
     """pyspark's launcher installed in this environment, else whatever ``spark-submit`` is on PATH."""
     local = Path(sys.executable).parent / "spark-submit"
@@ -72,7 +123,7 @@ def spark_job(
     lake_dir: Path | None = None,
     out_dir: Path | None = None,
     master: str | None = None,
-    driver_memory: str = DEFAULT_DRIVER_MEMORY,
+    driver_memory: str | None = None,
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     top_n: int = DEFAULT_TOP_N,
     max_items: int = DEFAULT_MAX_ITEMS,
@@ -83,13 +134,16 @@ def spark_job(
     """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake;
     with ``through``, a backfill: every day from ``day`` through that one in one submit.
 
-    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER), ``window`` to
+    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER; it must name the
+    same master as Airflow's ``spark_default`` connection, which the operator submits to),
+    ``driver_memory`` to :func:`driver_memory_for` it, ``window`` to
     ``settings.sr_window`` (LAMBDAREC_SR_WINDOW), ``sample`` to ``settings.sknn_sample``
     (LAMBDAREC_SKNN_SAMPLE).
     """
     day = as_day(day)
     names = parse_tables(tables)
-    lake = lake_dir if lake_dir is not None else settings.lake_dir
+    lake = (lake_dir if lake_dir is not None else settings.lake_dir).absolute()
+    master = master or settings.spark_master
     args = [
         "--lake-dir",
         str(lake),
@@ -109,7 +163,7 @@ def spark_job(
         str(settings.sknn_sample if sample is None else sample),
     ]
     if out_dir is not None:
-        args += ["--out-dir", str(out_dir)]
+        args += ["--out-dir", str(out_dir.absolute())]
     days = day.isoformat()
     if through is not None:
         last = as_day(through)
@@ -117,24 +171,20 @@ def spark_job(
             raise ValueError(f"a backfill through {last} must not end before its first day {day}")
         args += ["--through", last.isoformat()]
         days = f"{day.isoformat()}..{last.isoformat()}"
-    conf = {**SPARK_CONF, "spark.sql.shuffle.partitions": str(shuffle_partitions)}
-    python = sys.executable
-    env = {
-        "JAVA_HOME": str(settings.java_home),
-        "SPARK_LOCAL_IP": settings.bind_host,
-        # The driver imports lambdarec (installed in this environment); executors run no Python.
-        "PYSPARK_PYTHON": python,
-        "PYSPARK_DRIVER_PYTHON": python,
+    conf = {
+        **SPARK_CONF,
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        **cluster_conf(master, settings),
     }
     suffix = "all" if len(names) == len(TABLES) else "+".join(names)
     return SparkJob(
         application=str(DAILY_FEATURES),
         application_args=args,
         name=f"lambdarec-daily-features-{days}-{suffix}",
-        master=master or settings.spark_master,
-        driver_memory=driver_memory,
+        master=master,
+        driver_memory=driver_memory or driver_memory_for(master),
         conf=conf,
-        env_vars=env,
+        env_vars=driver_env(master, settings),
     )
 
 

@@ -7,11 +7,16 @@ as a command line. Nothing here starts Spark.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from lambdarec.batch.spec import SPARK_CONF
-from lambdarec.batch.submit import DEFAULT_DRIVER_MEMORY, SPARK_JOBS_DIR, SparkJob
+from lambdarec.batch.submit import (
+    SPARK_JOBS_DIR,
+    SparkJob,
+    cluster_conf,
+    driver_env,
+    driver_memory_for,
+)
 from lambdarec.tables import as_day
 
 if TYPE_CHECKING:
@@ -31,18 +36,21 @@ def spark_job(
     lake_dir: Path | None = None,
     reports_dir: Path | None = None,
     master: str | None = None,
-    driver_memory: str = DEFAULT_DRIVER_MEMORY,
+    driver_memory: str | None = None,
 ) -> SparkJob:
     """The readout of ``day`` (the run's data interval, UTC) over the settings' lake, written
-    to ``settings.ab_reports_dir/<day>/``; variants, window and minimum sample from settings."""
+    to ``settings.ab_reports_dir/<day>/``; variants, window and minimum sample from settings.
+    Master, driver memory, executor sizing and environment as for the daily job
+    (:mod:`lambdarec.batch.submit`)."""
     day = as_day(day)
+    master = master or settings.spark_master
     args = [
         "--lake-dir",
-        str(lake_dir if lake_dir is not None else settings.lake_dir),
+        str((lake_dir if lake_dir is not None else settings.lake_dir).absolute()),
         "--date",
         day.isoformat(),
         "--reports-dir",
-        str(reports_dir if reports_dir is not None else settings.ab_reports_dir),
+        str((reports_dir if reports_dir is not None else settings.ab_reports_dir).absolute()),
         "--variants",
         settings.ab_variants,
         "--window-days",
@@ -52,20 +60,17 @@ def spark_job(
         "--shuffle-partitions",
         str(SHUFFLE_PARTITIONS),
     ]
-    python = sys.executable
     return SparkJob(
         application=str(ONLINE_METRICS),
         application_args=args,
         name=f"lambdarec-online-metrics-{day.isoformat()}",
-        master=master or settings.spark_master,
-        driver_memory=driver_memory,
-        conf={**SPARK_CONF, "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS)},
-        env_vars={
-            "JAVA_HOME": str(settings.java_home),
-            "SPARK_LOCAL_IP": settings.bind_host,
-            # The driver imports lambdarec (installed in this environment); executors run no
-            # Python (built-in SQL functions only).
-            "PYSPARK_PYTHON": python,
-            "PYSPARK_DRIVER_PYTHON": python,
+        master=master,
+        driver_memory=driver_memory or driver_memory_for(master),
+        conf={
+            **SPARK_CONF,
+            "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
+            **cluster_conf(master, settings),
         },
+        # Executors run no Python here either (built-in SQL functions only).
+        env_vars=driver_env(master, settings),
     )

@@ -1,0 +1,219 @@
+"""Rehearsal of the scale-out path (issue #25), Spark part only: a standalone cluster on loopback.
+
+Steps, each timed: ``spark_cluster`` starts a master and ``--workers`` one-core workers from
+pyspark's own Spark (:mod:`lambdarec.platform.spark_cluster`) in a temporary state folder with free
+ports; ``daily_job`` submits the daily feature job for the last day of ``--events`` generated events
+through the DAG's operator and the ``spark_default`` connection (``spark://127.0.0.1:<port>``) and
+checks its tables' rows against the DuckDB reference; ``drill_worker_lost`` reruns it and SIGKILLs
+one worker with its executor once both workers run executors and a first table is written: the job
+must still finish with the same rows. Prints one JSON line: each step's status and seconds, and the
+peak RSS of the cluster's process trees (master, workers, executors) and of the submitting side
+(the operator's process, spark-submit, the driver), sampled every 0.5 s.
+
+Not yet here (issue #25): Kafka brokers, the Flink session cluster, PostgreSQL for Airflow and
+MLflow, the demo's path on them and their drills. A failed step stops the rehearsal; the
+remaining steps are reported as "skipped".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pyarrow.parquet as pq
+
+from lambdarec.batch import duckdb_reference
+from lambdarec.batch.spec import TABLES
+from lambdarec.data.generator import GeneratorConfig, generate_events
+from lambdarec.data.lake import write_events
+from lambdarec.harness.spark_cluster import loopback_cluster, submit_daily_job, worker_loss_drill
+from lambdarec.platform import processes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lambdarec.config import Settings
+    from lambdarec.platform.spark_cluster import SparkCluster
+
+START = date(2024, 3, 1)
+DAYS = 35
+DAY = START + timedelta(days=DAYS - 1)
+STEPS = ("spark_cluster", "daily_job", "drill_worker_lost")
+
+
+def _log(message: str) -> None:
+    print(f"[rehearse_cluster] {message}", file=sys.stderr, flush=True)
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    total = 0
+    try:
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for process in members:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+class PeakRss:
+    """Samples, every ``interval_s``, the RSS of the cluster's services' process trees and of
+    this process's children (the submitting side); keeps the peak of each sum, in MiB."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.cluster: SparkCluster | None = None
+        self.peak = {"cluster_mb": 0.0, "submit_mb": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval_s):
+            cluster, services = 0, set()
+            if self.cluster is not None:
+                for service in self.cluster.services():
+                    process = processes.running(self.cluster.settings, service.name)
+                    if process is not None:
+                        services.add(process.pid)
+                        cluster += _tree_rss(process)
+            # The cluster's services are this process's children too: counted once, above.
+            submit = sum(_tree_rss(c) for c in me.children() if c.pid not in services)
+            self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
+            self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
+
+
+def _rows(partition: Path) -> int:
+    files = [p for p in partition.glob("*.parquet") if not p.name.startswith((".", "_"))]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _check_rows(settings: Settings, expected: dict[str, int]) -> dict[str, int]:
+    """The written tables' rows; raises if any differs from the reference's."""
+    rows = {n: _rows(t.partition(settings.lake_dir, DAY.isoformat())) for n, t in TABLES.items()}
+    if rows != expected:
+        raise AssertionError(f"rows {rows} differ from the DuckDB reference's {expected}")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=40_000, help="generated events, 35 days")
+    parser.add_argument("--workers", type=int, default=2, help="one-core workers (>= 2 to drill)")
+    parser.add_argument("--worker-memory", default="1g", help="each worker's --memory")
+    parser.add_argument("--keep", action="store_true", help="keep the state folder (logs)")
+    args = parser.parse_args()
+    if args.workers < 2:
+        parser.error("the worker-loss drill needs --workers 2 or more")
+
+    state = Path(tempfile.mkdtemp(prefix="lambdarec-rehearse-"))
+    steps: dict[str, dict[str, Any]] = {name: {"status": "skipped"} for name in STEPS}
+    result: dict[str, Any] = {"events": args.events, "workers": args.workers, "steps": steps}
+
+    def step(name: str, body: Callable[[], dict[str, Any]]) -> None:
+        _log(f"{name} ...")
+        started = time.monotonic()
+        try:
+            figures = body()
+        except Exception as error:
+            steps[name] = {"status": "failed", "error": str(error)[-2000:]}
+            raise
+        finally:
+            steps[name]["seconds"] = round(time.monotonic() - started, 1)
+        steps[name] = {"status": "ok", "seconds": steps[name]["seconds"], **figures}
+        _log(f"{name} ok in {steps[name]['seconds']} s")
+
+    config = GeneratorConfig(
+        n_users=max(400, args.events // 100),
+        n_items=max(3_000, args.events // 15),
+        n_categories=40,
+        days=DAYS,
+        start=START,
+        n_events=args.events,
+        seed=7,
+    )
+    events = generate_events(config)
+    reference_lake = state / "reference-lake"
+    write_events(events, reference_lake)
+    reference = duckdb_reference.compute(reference_lake, DAY)
+    expected = {name: len(reference[name]) for name in TABLES}
+
+    code = 1
+    with PeakRss() as peak, contextlib.ExitStack() as stack:
+        try:
+            started: list[SparkCluster] = []
+
+            def spark_cluster() -> dict[str, Any]:
+                cluster = stack.enter_context(
+                    loopback_cluster(
+                        state / "state", workers=args.workers, worker_memory=args.worker_memory
+                    )
+                )
+                started.append(cluster)
+                peak.cluster = cluster
+                return {"master": cluster.master_url, "alive_workers": cluster.alive_workers()}
+
+            step("spark_cluster", spark_cluster)
+            cluster = started[0]
+            settings = cluster.settings
+            write_events(events, settings.lake_dir)
+
+            def daily_job() -> dict[str, Any]:
+                submitted = submit_daily_job(settings, DAY)
+                if not submitted.ok:
+                    raise RuntimeError(submitted.output[-2000:])
+                return {"rows": sum(_check_rows(settings, expected).values())}
+
+            def drill() -> dict[str, Any]:
+                # The drill waits for a first table of this run: the last run's must go.
+                shutil.rmtree(settings.lake_dir / "features")
+                outcome = worker_loss_drill(cluster, DAY, victim=args.workers - 1)
+                if not outcome.submitted.ok:
+                    raise RuntimeError(outcome.submitted.output[-2000:])
+                _check_rows(settings, expected)
+                return {
+                    "killed_after_s": round(outcome.killed_after_s, 1),
+                    "worker_state": outcome.worker_state,
+                    "job_seconds": round(outcome.submitted.seconds, 1),
+                }
+
+            step("daily_job", daily_job)
+            step("drill_worker_lost", drill)
+            code = 0
+        except Exception as error:  # reported in the JSON line, with the step that failed
+            _log(f"stopped: {error!s:.500}")
+    result["peak_rss_mb"] = {k: round(v) for k, v in peak.peak.items()}
+    result["ok"] = code == 0
+    if args.keep:
+        result["state_dir"] = str(state)
+    else:
+        shutil.rmtree(state, ignore_errors=True)
+    print(json.dumps(result), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
