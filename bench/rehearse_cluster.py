@@ -1,16 +1,22 @@
-"""Rehearsal of the scale-out path (issue #25), Spark part only: a standalone cluster on loopback.
+"""Rehearsal of the scale-out path (issue #25), Kafka and Spark parts: real clusters on loopback.
 
-Steps, each timed: ``spark_cluster`` starts a master and ``--workers`` one-core workers from
+Steps, each timed: ``kafka_cluster`` starts three combined KRaft broker+controller nodes from the
+project's Kafka jars (:mod:`lambdarec.platform.kafka_cluster`: replication 3,
+``min.insync.replicas=2``) and creates the project's topics on them; ``drill_broker_lost`` replays
+``--kafka-events`` generated events at ``--kafka-rate`` through the project's producer and SIGKILLs
+one node half-way: the producer goes on, and the events topic read back from the start must hold
+every event exactly once (``events_lost``, ``duplicates``). ``spark_cluster`` starts a master and ``--workers`` one-core workers from
 pyspark's own Spark (:mod:`lambdarec.platform.spark_cluster`) in a temporary state folder with free
 ports; ``daily_job`` submits the daily feature job for the last day of ``--events`` generated events
 through the DAG's operator and the ``spark_default`` connection (``spark://127.0.0.1:<port>``) and
 checks its tables' rows against the DuckDB reference; ``drill_worker_lost`` reruns it and SIGKILLs
 one worker with its executor once both workers run executors and a first table is written: the job
 must still finish with the same rows. Prints one JSON line: each step's status and seconds, and the
-peak RSS of the cluster's process trees (master, workers, executors) and of the submitting side
-(the operator's process, spark-submit, the driver), sampled every 0.5 s.
+peak RSS of the Kafka nodes, of the Spark cluster's process trees (master, workers, executors) and
+of the submitting side (the operator's process, spark-submit, the driver), sampled every 0.5 s;
+``events_lost`` sums the drills' lost events.
 
-Not yet here (issue #25): Kafka brokers, the Flink session cluster, PostgreSQL for Airflow and
+Not yet here (issue #25): the Flink session cluster, PostgreSQL for Airflow and
 MLflow, the demo's path on them and their drills. A failed step stops the rehearsal; the
 remaining steps are reported as "skipped".
 """
@@ -34,8 +40,10 @@ import pyarrow.parquet as pq
 
 from lambdarec.batch import duckdb_reference
 from lambdarec.batch.spec import TABLES
+from lambdarec.config import get_settings
 from lambdarec.data.generator import GeneratorConfig, generate_events
 from lambdarec.data.lake import write_events
+from lambdarec.harness.kafka_cluster import broker_loss_drill, loopback_kafka
 from lambdarec.harness.spark_cluster import loopback_cluster, submit_daily_job, worker_loss_drill
 from lambdarec.platform import processes
 
@@ -43,12 +51,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lambdarec.config import Settings
+    from lambdarec.platform.kafka_cluster import KafkaCluster
     from lambdarec.platform.spark_cluster import SparkCluster
 
 START = date(2024, 3, 1)
 DAYS = 35
 DAY = START + timedelta(days=DAYS - 1)
-STEPS = ("spark_cluster", "daily_job", "drill_worker_lost")
+STEPS = ("kafka_cluster", "drill_broker_lost", "spark_cluster", "daily_job", "drill_worker_lost")
 
 
 def _log(message: str) -> None:
@@ -76,7 +85,8 @@ class PeakRss:
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.cluster: SparkCluster | None = None
-        self.peak = {"cluster_mb": 0.0, "submit_mb": 0.0}
+        self.kafka: KafkaCluster | None = None
+        self.peak = {"kafka_mb": 0.0, "cluster_mb": 0.0, "submit_mb": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -92,6 +102,12 @@ class PeakRss:
         me = psutil.Process()
         while not self._stop.wait(self.interval_s):
             cluster, services = 0, set()
+            kafka = 0
+            for node in self.kafka.nodes if self.kafka is not None else []:
+                if node.process is not None and node.alive:
+                    services.add(node.process.pid)
+                    with contextlib.suppress(psutil.Error):
+                        kafka += _tree_rss(psutil.Process(node.process.pid))
             if self.cluster is not None:
                 for service in self.cluster.services():
                     process = processes.running(self.cluster.settings, service.name)
@@ -100,6 +116,7 @@ class PeakRss:
                         cluster += _tree_rss(process)
             # The cluster's services are this process's children too: counted once, above.
             submit = sum(_tree_rss(c) for c in me.children() if c.pid not in services)
+            self.peak["kafka_mb"] = max(self.peak["kafka_mb"], kafka / 2**20)
             self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
             self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
 
@@ -124,14 +141,23 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=40_000, help="generated events, 35 days")
     parser.add_argument("--workers", type=int, default=2, help="one-core workers (>= 2 to drill)")
     parser.add_argument("--worker-memory", default="1g", help="each worker's --memory")
+    parser.add_argument("--kafka-events", type=int, default=60_000, help="events replayed")
+    parser.add_argument("--kafka-rate", type=float, default=2_000.0, help="replay rate, events/s")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (logs)")
     args = parser.parse_args()
     if args.workers < 2:
         parser.error("the worker-loss drill needs --workers 2 or more")
+    if args.kafka_events < 1000 or args.kafka_rate <= 0:
+        parser.error("--kafka-events must be >= 1000 and --kafka-rate > 0")
 
     state = Path(tempfile.mkdtemp(prefix="lambdarec-rehearse-"))
     steps: dict[str, dict[str, Any]] = {name: {"status": "skipped"} for name in STEPS}
-    result: dict[str, Any] = {"events": args.events, "workers": args.workers, "steps": steps}
+    result: dict[str, Any] = {
+        "events": args.events,
+        "workers": args.workers,
+        "kafka_events": args.kafka_events,
+        "steps": steps,
+    }
 
     def step(name: str, body: Callable[[], dict[str, Any]]) -> None:
         _log(f"{name} ...")
@@ -164,6 +190,51 @@ def main() -> int:
     code = 1
     with PeakRss() as peak, contextlib.ExitStack() as stack:
         try:
+            kafka: list[KafkaCluster] = []
+
+            def kafka_cluster() -> dict[str, Any]:
+                started_kafka = stack.enter_context(
+                    loopback_kafka(get_settings(), state / "kafka", nodes=3)
+                )
+                kafka.append(started_kafka)
+                peak.kafka = started_kafka
+                return {
+                    "bootstrap": started_kafka.bootstrap,
+                    "brokers": len(started_kafka.brokers()),
+                }
+
+            def broker_drill() -> dict[str, Any]:
+                replayed = generate_events(
+                    GeneratorConfig(
+                        n_users=1_000,
+                        n_items=5_000,
+                        n_categories=40,
+                        days=2,
+                        n_events=args.kafka_events,
+                        seed=11,
+                    )
+                )
+                outcome = broker_loss_drill(kafka[0], replayed, rate=args.kafka_rate, victim=2)
+                result["events_lost"] = result.get("events_lost", 0) + outcome.events_lost
+                figures = {
+                    "produced": outcome.produced,
+                    "read_back": outcome.read_back,
+                    "events_lost": outcome.events_lost,
+                    "duplicates": outcome.duplicates,
+                    "killed_node": outcome.killed_node,
+                    "killed_after_s": round(outcome.killed_after_s, 1),
+                    "replay_seconds": round(outcome.replay_seconds, 1),
+                    "brokers_after": outcome.brokers_after_kill,
+                }
+                if outcome.events_lost or outcome.duplicates:
+                    raise AssertionError(f"the broker drill lost or duplicated events: {figures}")
+                return figures
+
+            step("kafka_cluster", kafka_cluster)
+            step("drill_broker_lost", broker_drill)
+            # The Spark part needs no broker: free the memory before it starts.
+            kafka[0].stop()
+            peak.kafka = None
             started: list[SparkCluster] = []
 
             def spark_cluster() -> dict[str, Any]:
