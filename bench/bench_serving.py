@@ -81,8 +81,9 @@ _PROCESS = re.compile(r'^process \d+:"')
 def collapsed_stacks(text: str) -> list[tuple[list[str], int]]:
     """The samples of py-spy's ``--format raw`` output (Brendan Gregg's collapsed stacks): per
     line the frames root first, separated by ``;``, a space and the sample count. With
-    ``--subprocesses`` the root frame is ``process PID:"command line"``, and a command line may
-    span lines: a stack ends at the first line ending in a count."""
+    ``--subprocesses`` the first frames are ``process PID:"command line"`` (the parent's, then
+    the child's), dropped here, and a command line may span lines: a stack ends at the first
+    line ending in a count."""
     out: list[tuple[list[str], int]] = []
     pending: list[str] = []
     for line in text.splitlines():
@@ -94,8 +95,9 @@ def collapsed_stacks(text: str) -> list[tuple[list[str], int]]:
         if not count.isdigit():
             continue
         pending = []
-        if _PROCESS.match(stack):
-            # The command line may hold ";": everything up to its closing quote is the root.
+        while _PROCESS.match(stack):
+            # The command line may hold ";": everything up to its closing quote is the frame.
+            # A worker's frame follows its parent's (the gunicorn master's).
             stack = stack.partition('";')[2]
         out.append((stack.split(";") if stack else [], int(count)))
     return out

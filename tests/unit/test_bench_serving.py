@@ -40,14 +40,16 @@ def test_stacks_are_read_root_first_with_their_counts(bench: Any) -> None:
     ]
 
 
-def test_the_process_root_frame_is_dropped_even_over_lines_and_semicolons(bench: Any) -> None:
+def test_process_frames_are_dropped_even_over_lines_and_semicolons(bench: Any) -> None:
     text = (
         'process 12:"python -c \nx = 5; y = 6\n";<module> (<string>:3);f (<string>:2) 4\n'
         'process 13:"gunicorn serving:create_app()";run (gunicorn/arbiter.py:9) 1\n'
+        'process 13:"gunicorn: master";process 14:"gunicorn: worker";handle (g.py:5) 2\n'
     )
     assert bench.collapsed_stacks(text) == [
         (["<module> (<string>:3)", "f (<string>:2)"], 4),
         (["run (gunicorn/arbiter.py:9)"], 1),
+        (["handle (g.py:5)"], 2),
     ]
 
 
