@@ -128,9 +128,33 @@ def kafka_cluster_id() -> str:
             return cluster_id
 
 
+def format_storage(settings: Settings, config: Path, cluster_id: str) -> None:
+    """Format the log dir of the node that ``config`` describes for ``cluster_id`` (KRaft's
+    ``kafka-storage format``; a formatted dir is left as it is)."""
+    cmd = [
+        str(_java(settings)),
+        f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
+        "-cp",
+        f"{kafka_libs_dir(settings)}/*",
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(config),
+        "--ignore-formatted",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=base_env())
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()[-30:]
+        raise PlatformError(
+            f"formatting the Kafka storage of {config} failed:\n" + "\n".join(output)
+        )
+
+
 def _kafka_prepare(settings: Settings) -> None:
-    java = _java(settings)
-    libs = resolve_kafka_jars(settings)
+    _java(settings)
+    resolve_kafka_jars(settings)
     home = settings.state_dir / "kafka"
     (home / "data").mkdir(parents=True, exist_ok=True)
     config = home / "server.properties"
@@ -143,24 +167,8 @@ def _kafka_prepare(settings: Settings) -> None:
     else:
         cluster_id = kafka_cluster_id()
         id_file.write_text(cluster_id + "\n")
-    cmd = [
-        str(java),
-        f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
-        "-cp",
-        f"{libs}/*",
-        "kafka.tools.StorageTool",
-        "format",
-        "-t",
-        cluster_id,
-        "-c",
-        str(config),
-        "--ignore-formatted",
-    ]
     log.info("formatting the Kafka log dir (cluster id %s)", cluster_id)
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=base_env())
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip().splitlines()[-30:]
-        raise PlatformError("formatting the Kafka storage failed:\n" + "\n".join(output))
+    format_storage(settings, config, cluster_id)
 
 
 def _kafka_health(settings: Settings) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lambdarec.platform.base import CONF_DIR, PlatformError, base_env, tcp_open
-from lambdarec.platform.kafka import kafka_cluster_id, kafka_libs_dir
+from lambdarec.platform.kafka import format_storage, kafka_cluster_id, kafka_libs_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,7 +132,6 @@ class KafkaCluster:
         return [str(java), f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}", "-cp"]
 
     def _format(self, cluster_id: str) -> None:
-        libs = kafka_libs_dir(self.base)
         for node in self.nodes:
             (node.home / "data").mkdir(parents=True, exist_ok=True)
             props = node_properties(node, self.nodes, self.host)
@@ -141,26 +140,7 @@ class KafkaCluster:
             )
             if (node.home / "data" / "meta.properties").is_file():
                 continue
-            done = subprocess.run(
-                [
-                    *self._java(),
-                    f"{libs}/*",
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "-t",
-                    cluster_id,
-                    "-c",
-                    str(node.home / "server.properties"),
-                    "--ignore-formatted",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-                env=base_env(),
-            )
-            if done.returncode != 0:
-                tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-                raise PlatformError(f"formatting node {node.node_id} failed: {' | '.join(tail)}")
+            format_storage(self.base, node.home / "server.properties", cluster_id)
 
     def start_node(self, node_id: int) -> None:
         """Start (or restart, on its own log dir) one node."""
