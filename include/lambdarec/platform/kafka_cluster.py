@@ -122,14 +122,15 @@ class KafkaCluster:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _java(self) -> list[str]:
+    def _java(self) -> str:
+        """The JVM, once the Kafka jars are known to be there."""
         java = self.base.java_home / "bin" / "java"
         if not java.is_file():
             raise PlatformError(f"{java} not found: install Java 17 or set LAMBDAREC_JAVA_HOME")
         libs = kafka_libs_dir(self.base)
         if not any(libs.glob("kafka_*.jar")):
             raise PlatformError(f"no Kafka jars in {libs}: run `make setup` first")
-        return [str(java), f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}", "-cp"]
+        return str(java)
 
     def _format(self, cluster_id: str) -> None:
         for node in self.nodes:
@@ -151,7 +152,8 @@ class KafkaCluster:
         logs = node.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         command = [
-            *self._java()[:-1],
+            self._java(),
+            f"-Dlog4j2.configurationFile={CONF_DIR / 'kafka-log4j2.xml'}",
             f"-Xms{self.heap}",
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
@@ -175,6 +177,7 @@ class KafkaCluster:
 
     def start(self, timeout_s: float = 180.0) -> None:
         """Format every node (first start), start them all, wait until all are brokers."""
+        self._java()  # a missing JVM or jar fails here, in one line, before any formatting
         self.home.mkdir(parents=True, exist_ok=True)
         id_file = self.home / "cluster.id"
         if not id_file.is_file():
