@@ -297,6 +297,10 @@ class ModelRegistry:
         except MlflowException:  # no such alias (or no such model yet)
             return None
 
+    def evaluation_of(self, run_id: str) -> str:
+        """The evaluation a run's metrics come from (its ``lambdarec.evaluation_id`` tag; "" if none)."""
+        return str(self.client.get_run(run_id).data.tags.get(TAG_EVALUATION, ""))
+
     def get_champion(self) -> Champion | None:
         """(version, run id, artifact URI) of the champion, or None before the first promotion."""
         version = self._by_alias(CHAMPION)
@@ -394,7 +398,7 @@ class ModelRegistry:
         """
         candidate = self.client.get_model_version(self.model_name, str(version))
         run_id = str(candidate.run_id)
-        evaluation = self.client.get_run(run_id).data.tags.get(TAG_EVALUATION, "")
+        evaluation = self.evaluation_of(run_id)
         if metric not in candidate_metrics:
             raise RegistryError(
                 f"candidate metrics have no {metric!r}: {sorted(candidate_metrics)}"
@@ -407,8 +411,7 @@ class ModelRegistry:
         elif champion.version == str(version):
             promoted, reason = True, f"version {version} is already the champion"
         else:
-            champion_run = self.client.get_run(champion.run_id)
-            champion_eval = champion_run.data.tags.get(TAG_EVALUATION, "")
+            champion_eval = self.evaluation_of(champion.run_id)
             champion_value = self._run_metric(champion.run_id, metric)
             if champion_eval != evaluation:
                 promoted = False

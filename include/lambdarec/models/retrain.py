@@ -132,14 +132,11 @@ def data_range(dataset: Dataset) -> tuple[str, str] | None:
 def champion_trained_on(evaluation: str, settings: Settings) -> str | None:
     """The two-tower champion's version when it was trained and evaluated on the data that
     ``evaluation`` (an :func:`evaluation_id`) names, else None (no champion, or other data)."""
-    from lambdarec.registry import TAG_EVALUATION
-
     registry = registry_for(TWO_TOWER, settings)
     champion = registry.get_champion()
-    if champion is None:
+    if champion is None or registry.evaluation_of(champion.run_id) != evaluation:
         return None
-    tags = registry.client.get_run(champion.run_id).data.tags
-    return champion.version if tags.get(TAG_EVALUATION) == evaluation else None
+    return champion.version
 
 
 def build(
@@ -172,15 +169,16 @@ def build(
     else:
         data = load_dataset(dataset)
     if only_new_data:
-        version = champion_trained_on(evaluation_id(data), _settings(settings))
+        evaluation = evaluation_id(data)
+        version = champion_trained_on(evaluation, _settings(settings))
         if version is not None:
             skipped = {
                 "skipped": (
                     f"the {TWO_TOWER} champion (version {version}) was trained and evaluated on "
-                    f"this same data ({evaluation_id(data)}); no event since, nothing to retrain "
+                    f"this same data ({evaluation}); no event since, nothing to retrain "
                     "(params.only_new_data=false retrains anyway)"
                 ),
-                "evaluation_id": evaluation_id(data),
+                "evaluation_id": evaluation,
             }
             _write_json(run_dir / "dataset.json", skipped)
             return skipped
@@ -600,8 +598,9 @@ def notify_serving(run_dir: Path, *, settings: Settings | None = None) -> dict[s
     after it then leaves that marker as it is (a second write would reload serving again)."""
     s = _settings(settings)
     built = run_dir / "dataset.json"
-    if built.exists() and "skipped" in _read_json(built):
-        return {"skipped": _read_json(built)["skipped"], "reload": False}
+    skipped = _read_json(built).get("skipped") if built.exists() else None
+    if skipped:
+        return {"skipped": skipped, "reload": False}
     export = _read_json(run_dir / "export.json")
     if export.get("published") and export.get("switched"):
         return _read_json(run_dir / "reload.json")
