@@ -618,7 +618,10 @@ class VectorIndex:
                 data=[row for row in queries],
                 filter=expression,
                 limit=k,
-                output_fields=["item_id"],
+                # No output field: the hits carry the primary key (item_id) anyway; asking for
+                # it made the 2.3.5 server fetch it again after the search (server CPU per
+                # search 3.49 ms with it, 3.16 without: 200k items, k 150, 5 paired runs).
+                output_fields=[],
                 search_params=params,
                 consistency_level=self.config.consistency,
                 timeout=timeout_s,
