@@ -36,3 +36,51 @@ def test_three_nodes_form_one_quorum_with_replication_3_and_min_insync_2(tmp_pat
 def test_a_node_count_without_two_ports_each_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3 nodes need 6 ports, got 4"):
         KafkaCluster(Settings(), tmp_path, [1, 2, 3, 4])
+
+
+#: The kafka-cluster profile's variables (.env.example and docs/deployment.md).
+CLUSTER_ENV = {
+    "STACK_KAFKA_QUORUM_VOTERS": "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+    "STACK_TOPIC_REPLICATION": "3",
+    "STACK_MIN_INSYNC_REPLICAS": "2",
+    "STACK_KAFKA_BOOTSTRAP": "kafka:9092,kafka-2:9092,kafka-3:9092",
+}
+
+
+def _as_property(variable: str) -> str:
+    return variable.removeprefix("KAFKA_").lower().replace("_", ".")
+
+
+def test_the_compose_cluster_profile_is_the_rehearsed_topology(tmp_path: Path) -> None:
+    """The compose kafka-cluster profile runs what `make rehearse-cluster` drills: three combined
+    nodes in one three-voter quorum, with the same replication properties; the containers differ
+    only in addresses and in their SASL_SSL listener."""
+    from lambdarec.deploy import generate_secrets, load_compose, service_environment
+
+    compose = load_compose({**generate_secrets(), **CLUSTER_ENV})
+    cluster = KafkaCluster(Settings(), tmp_path, [9101, 9102, 9201, 9202, 9301, 9302])
+    rehearsed = node_properties(cluster.nodes[0], cluster.nodes, "127.0.0.1")
+    compared = (
+        "process.roles",
+        "default.replication.factor",
+        "min.insync.replicas",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+        "auto.create.topics.enable",
+        "controller.listener.names",
+    )
+    ids = []
+    for service in ("kafka", "kafka-2", "kafka-3"):
+        env = service_environment(compose, service)
+        props = {_as_property(k): v for k, v in env.items() if k.startswith("KAFKA_")}
+        assert {k: props[k] for k in compared} == {k: rehearsed[k] for k in compared}, service
+        assert props["controller.quorum.voters"] == CLUSTER_ENV["STACK_KAFKA_QUORUM_VOTERS"]
+        assert props["listeners"] == "BROKER://:9092,CONTROLLER://:9093", service
+        assert props["advertised.listeners"] == f"BROKER://{service}:9092"
+        # A node waiting for `kafka` to be healthy would never start: the quorum needs two.
+        assert "kafka" not in compose["services"][service].get("depends_on", {}), service
+        ids.append(props["node.id"])
+    assert ids == ["1", "2", "3"]
