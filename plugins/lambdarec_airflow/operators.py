@@ -1,9 +1,12 @@
 """Operators of lambdarec's DAGs.
 
-:class:`DailyFeaturesSparkOperator` extends the Spark provider's SparkSubmitOperator: the master
-comes from the ``spark_default`` connection (``local[*]`` by default, a cluster URL by
-configuration); the application, arguments and Spark conf are built from the core at execute
-time, so the DAG file stays a thin config and nothing heavy is imported at parse time.
+:class:`CoreSparkOperator` extends the Spark provider's SparkSubmitOperator: the master comes from
+the ``spark_default`` connection (``local[*]`` by default, a cluster URL by configuration); the
+application, arguments and Spark conf are built from the core at execute time, for that master,
+so the DAG file stays a thin config and nothing heavy is imported at parse time.
+:class:`DailyFeaturesSparkOperator` submits the daily feature job
+(:func:`lambdarec.batch.submit.spark_job`), the A/B readout's operator
+(:mod:`lambdarec_airflow.online_metrics`) its job.
 """
 
 from __future__ import annotations
@@ -17,30 +20,50 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from lambdarec.batch.submit import SparkJob
+    from lambdarec.config import Settings
 
-class DailyFeaturesSparkOperator(SparkSubmitOperator):
-    """spark-submit the daily feature job for ``day`` (templated, e.g. ``{{ ds }}``)."""
 
-    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "day", "tables")
+class CoreSparkOperator(SparkSubmitOperator):
+    """spark-submit a job of the core for ``day`` (templated, e.g. ``{{ ds }}``): subclasses say
+    which in :meth:`build`."""
 
-    def __init__(
-        self,
-        *,
-        day: str,
-        tables: str = "all",
-        conn_id: str = "spark_default",
-        **kwargs: Any,
-    ) -> None:
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "day")
+
+    def __init__(self, *, day: str, conn_id: str = "spark_default", **kwargs: Any) -> None:
         # The application is filled in execute(); the provider requires a value here.
         super().__init__(application="", conn_id=conn_id, **kwargs)
         self.day = day
-        self.tables = tables
 
-    def execute(self, context: Context) -> None:
-        from lambdarec.batch.submit import default_spark_submit, spark_job
+    def build(self, settings: Settings, master: str) -> SparkJob:
+        """The run of ``self.day`` for ``master``."""
+        raise NotImplementedError
+
+    def job(self) -> SparkJob:
+        """The run for the master the ``conn_id`` connection names, where spark-submit sends it:
+        driver heap, executor sizing and bind address follow that master, also when
+        LAMBDAREC_SPARK_MASTER (which the local platform writes into ``spark_default``) names
+        another one (a warning says so)."""
+        from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
         from lambdarec.config import get_settings
 
-        job = spark_job(self.day, get_settings(), tables=self.tables)
+        settings = get_settings()
+        master = str(SparkSubmitHook(conn_id=self._conn_id)._connection["master"])
+        if master != settings.spark_master:
+            self.log.warning(
+                "the %s connection names the master %s, LAMBDAREC_SPARK_MASTER %s: the job is "
+                "sized for the connection's; set both to the same master",
+                self._conn_id,
+                master,
+                settings.spark_master,
+            )
+        return self.build(settings, master)
+
+    def execute(self, context: Context) -> None:
+        from lambdarec.batch.submit import default_spark_submit
+
+        job = self.job()
         self.application = job.application
         self.application_args = job.application_args
         self.name = job.name
@@ -51,3 +74,18 @@ class DailyFeaturesSparkOperator(SparkSubmitOperator):
         self._spark_binary = self._spark_binary or default_spark_submit()
         self.log.info("spark-submit %s %s", job.application, " ".join(job.application_args))
         super().execute(context)
+
+
+class DailyFeaturesSparkOperator(CoreSparkOperator):
+    """spark-submit the daily feature job for ``day`` (templated, e.g. ``{{ ds }}``)."""
+
+    template_fields: Sequence[str] = (*CoreSparkOperator.template_fields, "tables")
+
+    def __init__(self, *, day: str, tables: str = "all", **kwargs: Any) -> None:
+        super().__init__(day=day, **kwargs)
+        self.tables = tables
+
+    def build(self, settings: Settings, master: str) -> SparkJob:
+        from lambdarec.batch.submit import spark_job
+
+        return spark_job(self.day, settings, tables=self.tables, master=master)

@@ -134,8 +134,8 @@ def spark_job(
     """The daily feature job for ``day`` (the run's data interval, UTC) over the settings' lake;
     with ``through``, a backfill: every day from ``day`` through that one in one submit.
 
-    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER; it must name the
-    same master as Airflow's ``spark_default`` connection, which the operator submits to),
+    ``master`` defaults to ``settings.spark_master`` (LAMBDAREC_SPARK_MASTER; the DAG's operator
+    passes the master of the connection it submits to, ``spark_default``),
     ``driver_memory`` to :func:`driver_memory_for` it, ``window`` to
     ``settings.sr_window`` (LAMBDAREC_SR_WINDOW), ``sample`` to ``settings.sknn_sample``
     (LAMBDAREC_SKNN_SAMPLE).
