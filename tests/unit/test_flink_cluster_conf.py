@@ -89,3 +89,33 @@ def test_a_missing_distribution_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(PlatformError, match="make setup"):
         flink_home(Settings(state_dir=tmp_path, home=tmp_path))
+
+
+def test_submit_runs_flink_run_at_the_configured_parallelism(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from lambdarec.speed import control
+
+    flink = tmp_path / ".venv-flink/lib/python3.11/site-packages/pyflink/bin/flink"
+    flink.parent.mkdir(parents=True)
+    flink.touch()
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(control.subprocess, "run", run)
+    settings = Settings(
+        state_dir=tmp_path, home=tmp_path, flink_jobmanager="127.0.0.1:18081", flink_parallelism=2
+    )
+    control.submit(settings, control.Target.parse(settings.flink_jobmanager))
+    (argv,) = ran
+    assert argv[:4] == [str(flink), "run", "-m", "127.0.0.1:18081"]
+    python = str(tmp_path / ".venv-flink" / "bin" / "python")
+    # The client side runs the job file too: the PyFlink venv's python, not a `python` on PATH.
+    assert argv[argv.index("-pyclientexec") + 1] == argv[argv.index("-pyexec") + 1] == python
+    assert argv[argv.index("--parallelism") + 1] == "2"
+    assert "--rest-port" not in argv and "--detached" in argv
