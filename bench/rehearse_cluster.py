@@ -1,24 +1,34 @@
-"""Rehearsal of the scale-out path (issue #25), Kafka and Spark parts: real clusters on loopback.
+"""Rehearsal of the scale-out path (issue #25), Kafka, Flink and Spark parts: real clusters on
+loopback.
 
 Steps, each timed: ``kafka_cluster`` starts three combined KRaft broker+controller nodes from the
 project's Kafka jars (:mod:`lambdarec.platform.kafka_cluster`: replication 3,
 ``min.insync.replicas=2``) and creates the project's topics on them; ``drill_broker_lost`` replays
 ``--kafka-events`` generated events at ``--kafka-rate`` through the project's producer and SIGKILLs
 one node half-way: the producer goes on, and the events topic read back from the start must hold
-every event exactly once (``events_lost``, ``duplicates``). ``spark_cluster`` starts a master and ``--workers`` one-core workers from
-pyspark's own Spark (:mod:`lambdarec.platform.spark_cluster`) in a temporary state folder with free
-ports; ``daily_job`` submits the daily feature job for the last day of ``--events`` generated events
+every event exactly once (``events_lost``, ``duplicates``). ``flink_cluster`` starts a Flink
+session cluster from PyFlink's own distribution (:mod:`lambdarec.platform.flink_cluster`: a
+JobManager and two one-slot TaskManagers, the compose services' settings, checkpoints in the state
+folder); ``speed_layer`` submits the speed layer to it through :mod:`lambdarec.speed.control` (what
+the ``speed_layer`` DAG runs; target from ``LAMBDAREC_FLINK_JOBMANAGER``, parallelism 2 from
+``LAMBDAREC_FLINK_PARALLELISM``) on the Kafka cluster; ``drill_taskmanager_lost`` replays
+``--flink-events`` at ``--flink-rate``, SIGKILLs a TaskManager once a checkpoint is complete and
+starts a replacement (as compose's restart policy would): the job must restart, restore that
+checkpoint and run again, and every event on the topic must be counted in the session features
+topic (``events_lost``). The Kafka cluster is stopped after the Flink steps. ``spark_cluster``
+starts a master and ``--workers`` one-core workers from pyspark's own Spark
+(:mod:`lambdarec.platform.spark_cluster`) in a temporary state folder with free ports;
+``daily_job`` submits the daily feature job for the last day of ``--events`` generated events
 through the DAG's operator and the ``spark_default`` connection (``spark://127.0.0.1:<port>``) and
 checks its tables' rows against the DuckDB reference; ``drill_worker_lost`` reruns it and SIGKILLs
 one worker with its executor once both workers run executors and a first table is written: the job
 must still finish with the same rows. Prints one JSON line: each step's status and seconds, and the
-peak RSS of the Kafka nodes, of the Spark cluster's process trees (master, workers, executors) and
-of the submitting side (the operator's process, spark-submit, the driver), sampled every 0.5 s;
-``events_lost`` sums the drills' lost events.
+peak RSS of the Kafka nodes, of the Flink daemons, of the Spark cluster's process trees (master,
+workers, executors) and of the submitting side (the operator's process, spark-submit, the driver),
+sampled every 0.5 s; ``events_lost`` sums the drills' lost events.
 
-Not yet here (issue #25): the Flink session cluster, PostgreSQL for Airflow and
-MLflow, the demo's path on them and their drills. A failed step stops the rehearsal; the
-remaining steps are reported as "skipped".
+Not yet here (issue #25): PostgreSQL for Airflow and MLflow, the demo's path on them and their
+drills. A failed step stops the rehearsal; the remaining steps are reported as "skipped".
 """
 
 from __future__ import annotations
@@ -43,6 +53,12 @@ from lambdarec.batch.spec import TABLES
 from lambdarec.config import get_settings
 from lambdarec.data.generator import GeneratorConfig, generate_events
 from lambdarec.data.lake import write_events
+from lambdarec.harness.flink_cluster import (
+    job_parallelism,
+    loopback_flink,
+    submit_speed_layer,
+    taskmanager_loss_drill,
+)
 from lambdarec.harness.kafka_cluster import broker_loss_drill, loopback_kafka
 from lambdarec.harness.spark_cluster import loopback_cluster, submit_daily_job, worker_loss_drill
 from lambdarec.platform import processes
@@ -51,13 +67,23 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lambdarec.config import Settings
+    from lambdarec.platform.flink_cluster import FlinkCluster
     from lambdarec.platform.kafka_cluster import KafkaCluster
     from lambdarec.platform.spark_cluster import SparkCluster
 
 START = date(2024, 3, 1)
 DAYS = 35
 DAY = START + timedelta(days=DAYS - 1)
-STEPS = ("kafka_cluster", "drill_broker_lost", "spark_cluster", "daily_job", "drill_worker_lost")
+STEPS = (
+    "kafka_cluster",
+    "drill_broker_lost",
+    "flink_cluster",
+    "speed_layer",
+    "drill_taskmanager_lost",
+    "spark_cluster",
+    "daily_job",
+    "drill_worker_lost",
+)
 
 
 def _log(message: str) -> None:
@@ -86,7 +112,8 @@ class PeakRss:
         self.interval_s = interval_s
         self.cluster: SparkCluster | None = None
         self.kafka: KafkaCluster | None = None
-        self.peak = {"kafka_mb": 0.0, "cluster_mb": 0.0, "submit_mb": 0.0}
+        self.flink: FlinkCluster | None = None
+        self.peak = {"kafka_mb": 0.0, "flink_mb": 0.0, "cluster_mb": 0.0, "submit_mb": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -108,6 +135,11 @@ class PeakRss:
                     services.add(node.process.pid)
                     with contextlib.suppress(psutil.Error):
                         kafka += _tree_rss(psutil.Process(node.process.pid))
+            flink = 0
+            for pid in self.flink.pids() if self.flink is not None else []:
+                services.add(pid)
+                with contextlib.suppress(psutil.Error):
+                    flink += _tree_rss(psutil.Process(pid))
             if self.cluster is not None:
                 for service in self.cluster.services():
                     process = processes.running(self.cluster.settings, service.name)
@@ -117,6 +149,7 @@ class PeakRss:
             # The cluster's services are this process's children too: counted once, above.
             submit = sum(_tree_rss(c) for c in me.children() if c.pid not in services)
             self.peak["kafka_mb"] = max(self.peak["kafka_mb"], kafka / 2**20)
+            self.peak["flink_mb"] = max(self.peak["flink_mb"], flink / 2**20)
             self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
             self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
 
@@ -143,6 +176,8 @@ def main() -> int:
     parser.add_argument("--worker-memory", default="1g", help="each worker's --memory")
     parser.add_argument("--kafka-events", type=int, default=60_000, help="events replayed")
     parser.add_argument("--kafka-rate", type=float, default=2_000.0, help="replay rate, events/s")
+    parser.add_argument("--flink-events", type=int, default=20_000, help="events in the TM drill")
+    parser.add_argument("--flink-rate", type=float, default=500.0, help="its rate, events/s")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (logs)")
     args = parser.parse_args()
     if args.workers < 2:
@@ -156,6 +191,7 @@ def main() -> int:
         "events": args.events,
         "workers": args.workers,
         "kafka_events": args.kafka_events,
+        "flink_events": args.flink_events,
         "steps": steps,
     }
 
@@ -232,7 +268,72 @@ def main() -> int:
 
             step("kafka_cluster", kafka_cluster)
             step("drill_broker_lost", broker_drill)
-            # The Spark part needs no broker: free the memory before it starts.
+            flink_stack = stack.enter_context(contextlib.ExitStack())
+            flink: list[FlinkCluster] = []
+            job: list[str] = []
+
+            def flink_cluster() -> dict[str, Any]:
+                started_flink = flink_stack.enter_context(
+                    loopback_flink(state / "flink", kafka[0].bootstrap, taskmanagers=2)
+                )
+                flink.append(started_flink)
+                peak.flink = started_flink
+                overview = started_flink.overview()
+                return {
+                    "jobmanager": started_flink.jobmanager,
+                    "taskmanagers": overview["taskmanagers"],
+                    "slots": overview["slots-total"],
+                }
+
+            def speed_layer() -> dict[str, Any]:
+                began = time.monotonic()
+                info = submit_speed_layer(flink[0].settings)
+                job.append(info.job_id)
+                return {
+                    "job_id": info.job_id,
+                    "parallelism": job_parallelism(info.rest_url, info.job_id),
+                    "seconds_to_running": round(time.monotonic() - began, 1),
+                    "submitted": info.submitted,
+                }
+
+            def taskmanager_drill() -> dict[str, Any]:
+                replayed = generate_events(
+                    GeneratorConfig(
+                        n_users=1_000,
+                        n_items=5_000,
+                        n_categories=40,
+                        days=2,
+                        n_events=args.flink_events,
+                        seed=13,
+                    )
+                )
+                outcome = taskmanager_loss_drill(
+                    flink[0], job[0], replayed, rate=args.flink_rate, victim=1
+                )
+                result["events_lost"] = result.get("events_lost", 0) + outcome.events_lost
+                figures = {
+                    "produced": outcome.produced,
+                    "sessions": outcome.sessions,
+                    "events_lost": outcome.events_lost,
+                    "double_counted": outcome.double_counted,
+                    "killed_taskmanager": outcome.killed_taskmanager + 1,
+                    "killed_after_s": round(outcome.killed_after_s, 1),
+                    "checkpoints_before": outcome.checkpoints_before,
+                    "states_seen": outcome.states_seen,
+                    "restart_seconds": round(outcome.restart_seconds, 1),
+                    "restored_checkpoint": outcome.restored_checkpoint,
+                    "replay_seconds": round(outcome.replay_seconds, 1),
+                }
+                if outcome.events_lost or outcome.restored_checkpoint is None:
+                    raise AssertionError(f"the TaskManager drill lost events: {figures}")
+                return figures
+
+            step("flink_cluster", flink_cluster)
+            step("speed_layer", speed_layer)
+            step("drill_taskmanager_lost", taskmanager_drill)
+            # The Spark part needs neither Flink nor a broker: free the memory before it starts.
+            flink_stack.close()
+            peak.flink = None
             kafka[0].stop()
             peak.kafka = None
             started: list[SparkCluster] = []

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
         description="A Flink session cluster's JobManager REST address (host:port) to run the "
         "speed layer on; empty means the local mini-cluster (the platform's speed-layer service).",
     )
+    flink_parallelism: Annotated[int, Field(ge=1, le=256)] = Field(
+        1,
+        description="Parallelism of the speed layer's job (its --parallelism): 1 on the local "
+        "mini-cluster; on a session cluster at most its free slots (compose: 2).",
+    )
     speed_lag_alert: Annotated[int, Field(ge=1)] = Field(
         100_000,
         description="The speed_layer DAG fails its lag check when the job is this many events "

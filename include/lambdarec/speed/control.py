@@ -128,6 +128,10 @@ def submit(settings: Settings, target: Target) -> None:
         "-d",
         "-pyexec",
         command[0],
+        # The client side runs the job file too (it builds the plan): without this the CLI
+        # looks for a `python` on PATH, which has no PyFlink (or is not there at all).
+        "-pyclientexec",
+        command[0],
         "-py",
         command[1],
         *options,

@@ -49,6 +49,8 @@ def speed_layer_command(settings: Settings, *extra: str) -> list[str]:
         settings.flink_state_backend,
         "--dedup-ttl-s",
         str(settings.speed_dedup_ttl_s),
+        "--parallelism",
+        str(settings.flink_parallelism),
         "--jars",
         str(flink_lib_dir(settings)),
         "--rest-port",
