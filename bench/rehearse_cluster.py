@@ -9,9 +9,9 @@ one node half-way: the producer goes on, and the events topic read back from the
 every event exactly once (``events_lost``, ``duplicates``). ``flink_cluster`` starts a Flink
 session cluster from PyFlink's own distribution (:mod:`lambdarec.platform.flink_cluster`: a
 JobManager and two one-slot TaskManagers, the compose services' settings, checkpoints in the state
-folder); ``speed_layer`` submits the speed layer to it through :mod:`lambdarec.speed.control` (what
-the ``speed_layer`` DAG runs; target from ``LAMBDAREC_FLINK_JOBMANAGER``, parallelism 2 from
-``LAMBDAREC_FLINK_PARALLELISM``) on the Kafka cluster; ``drill_taskmanager_lost`` replays
+folder); ``speed_layer`` runs the ``speed_layer`` DAG's operator (a subprocess with Airflow's task
+environment), which submits the job through ``flink_default`` (made of
+``LAMBDAREC_FLINK_JOBMANAGER``) at parallelism 2 (``LAMBDAREC_FLINK_PARALLELISM``) on the Kafka cluster; ``drill_taskmanager_lost`` replays
 ``--flink-events`` at ``--flink-rate``, SIGKILLs a TaskManager once a checkpoint is complete and
 starts a replacement (as compose's restart policy would): the job must restart, restore that
 checkpoint and run again, and every event on the topic must be counted in the session features

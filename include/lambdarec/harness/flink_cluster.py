@@ -4,9 +4,9 @@
 JobManager, ``taskmanagers`` one-slot TaskManagers, free ports) next to a Kafka cluster, with
 settings that name it as the JobManager (``LAMBDAREC_FLINK_JOBMANAGER``, what the Airflow
 connection ``flink_default`` is made of) and run the job at ``LAMBDAREC_FLINK_PARALLELISM``.
-:func:`submit_speed_layer` runs the job there through the project's control code
-(:func:`lambdarec.speed.control.ensure_running` with :func:`~lambdarec.speed.control.submit`, what
-the ``speed_layer`` DAG's operator calls). :func:`taskmanager_loss_drill` replays events through
+:func:`submit_speed_layer` runs the ``speed_layer`` DAG's operator, which submits the job there
+through ``flink_default`` (:func:`lambdarec.speed.control.ensure_running` with
+:func:`~lambdarec.speed.control.submit`). :func:`taskmanager_loss_drill` replays events through
 the project's producer while the job runs, SIGKILLs one TaskManager once a checkpoint is complete,
 and starts a replacement in its place (what compose's ``restart: unless-stopped`` or a Kubernetes
 Deployment does: parallelism 2 on one-slot TaskManagers needs both again). The job must go
@@ -18,6 +18,9 @@ features may be written twice, its counts never go short).
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import requests
 
 from lambdarec.harness.platform import free_ports, private_settings
 from lambdarec.harness.waiting import eventually
+from lambdarec.platform.airflow import airflow_process_env
 from lambdarec.platform.flink_cluster import FlinkCluster
 
 if TYPE_CHECKING:
@@ -79,9 +83,20 @@ def loopback_flink(
         yield cluster
 
 
+#: What an Airflow worker runs for the ``speed_layer`` DAG's task, minus the scheduler.
+_RUN_OPERATOR = """
+import json, sys
+from lambdarec_airflow.flink import SpeedLayerOperator
+info = SpeedLayerOperator(task_id="speed_layer", start_timeout_s=float(sys.argv[1])).execute({})
+print("LAMBDAREC_SPEED_JOB " + json.dumps(info))
+"""
+
+
 def submit_speed_layer(settings: Settings, timeout_s: float = 300.0) -> JobInfo:
-    """The speed layer running on ``settings.flink_jobmanager``, submitted as the DAG does."""
-    from lambdarec.speed.control import Target, ensure_running, submit
+    """The speed layer running on ``settings.flink_jobmanager``, submitted by the DAG's operator
+    (``SpeedLayerOperator``, target from the ``flink_default`` connection) in a subprocess with
+    the environment the platform gives Airflow's tasks."""
+    from lambdarec.speed.control import JobInfo, SpeedLayerError
     from lambdarec.speed.job import prepare_job
     from lambdarec.speed.pusher import speed_topics
 
@@ -91,8 +106,19 @@ def submit_speed_layer(settings: Settings, timeout_s: float = 300.0) -> JobInfo:
         archive_dir=settings.archive_dir,
         topics=speed_topics(settings),
     )
-    target = Target.parse(settings.flink_jobmanager)
-    return ensure_running(settings, target, timeout_s, start=lambda: submit(settings, target))
+    done = subprocess.run(  # noqa: S603 - our own interpreter and program
+        [sys.executable, "-c", _RUN_OPERATOR, str(timeout_s)],
+        env=airflow_process_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 60,
+        check=False,
+    )
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("LAMBDAREC_SPEED_JOB "):
+            return JobInfo(**json.loads(line.removeprefix("LAMBDAREC_SPEED_JOB ")))
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+    raise SpeedLayerError(f"the speed_layer operator did not start the job:\n{tail}")
 
 
 def job_details(rest_url: str, job_id: str) -> dict[str, Any]:
