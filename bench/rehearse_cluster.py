@@ -66,6 +66,8 @@ from lambdarec.platform import processes
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import pandas as pd
+
     from lambdarec.config import Settings
     from lambdarec.platform.flink_cluster import FlinkCluster
     from lambdarec.platform.kafka_cluster import KafkaCluster
@@ -154,6 +156,14 @@ class PeakRss:
             self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
 
 
+def replay_events(n_events: int, *, seed: int) -> pd.DataFrame:
+    """A drill's replay: ``n_events`` generated events of 1,000 users over two days."""
+    config = GeneratorConfig(
+        n_users=1_000, n_items=5_000, n_categories=40, days=2, n_events=n_events, seed=seed
+    )
+    return generate_events(config)
+
+
 def _rows(partition: Path) -> int:
     files = [p for p in partition.glob("*.parquet") if not p.name.startswith((".", "_"))]
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -240,16 +250,7 @@ def main() -> int:
                 }
 
             def broker_drill() -> dict[str, Any]:
-                replayed = generate_events(
-                    GeneratorConfig(
-                        n_users=1_000,
-                        n_items=5_000,
-                        n_categories=40,
-                        days=2,
-                        n_events=args.kafka_events,
-                        seed=11,
-                    )
-                )
+                replayed = replay_events(args.kafka_events, seed=11)
                 outcome = broker_loss_drill(kafka[0], replayed, rate=args.kafka_rate, victim=2)
                 result["events_lost"] = result.get("events_lost", 0) + outcome.events_lost
                 figures = {
@@ -297,16 +298,7 @@ def main() -> int:
                 }
 
             def taskmanager_drill() -> dict[str, Any]:
-                replayed = generate_events(
-                    GeneratorConfig(
-                        n_users=1_000,
-                        n_items=5_000,
-                        n_categories=40,
-                        days=2,
-                        n_events=args.flink_events,
-                        seed=13,
-                    )
-                )
+                replayed = replay_events(args.flink_events, seed=13)
                 outcome = taskmanager_loss_drill(
                     flink[0], job[0], replayed, rate=args.flink_rate, victim=1
                 )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from lambdarec.harness.platform import free_ports, private_settings
+from lambdarec.harness.platform import free_ports, link_shared, private_settings
 from lambdarec.harness.waiting import eventually
 from lambdarec.platform.airflow import airflow_process_env
 from lambdarec.platform.flink_cluster import FlinkCluster
@@ -48,11 +48,7 @@ def link_flink_jars(settings: Settings) -> None:
     from lambdarec.config import get_settings
     from lambdarec.speed.jars import ensure_jars, flink_lib_dir
 
-    shared = ensure_jars(get_settings())
-    target = flink_lib_dir(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        target.symlink_to(shared.resolve(), target_is_directory=True)
+    link_shared(ensure_jars(get_settings()), flink_lib_dir(settings))
 
 
 @contextlib.contextmanager

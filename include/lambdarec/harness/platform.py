@@ -66,12 +66,16 @@ def private_settings(state_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def link_kafka_jars(settings: Settings) -> None:
-    shared = resolve_kafka_jars(get_settings())
-    target = kafka_libs_dir(settings)
+def link_shared(shared: Path, target: Path) -> None:
+    """``target`` (a private state folder's) as a link to ``shared`` (the shared state folder's
+    downloaded jars): private platforms do not download them again."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         target.symlink_to(shared.resolve(), target_is_directory=True)
+
+
+def link_kafka_jars(settings: Settings) -> None:
+    link_shared(resolve_kafka_jars(get_settings()), kafka_libs_dir(settings))
 
 
 @contextlib.contextmanager
