@@ -173,7 +173,7 @@ bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
 .PHONY: rehearse-cluster
-rehearse-cluster: setup ## Scale-out rehearsal on loopback: 3 Kafka nodes with a broker-loss drill, a Spark master + 2 workers with the daily job and a worker-loss drill (JSON line)
+rehearse-cluster: setup ## Scale-out rehearsal on loopback: PostgreSQL for Airflow and MLflow metadata, 3 Kafka nodes with a broker-loss drill, a Spark master + 2 workers with the daily job and a worker-loss drill (JSON line)
 	@$(PY) bench/rehearse_cluster.py --workers 2
 
 .PHONY: flink-jars
