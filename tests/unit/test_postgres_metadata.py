@@ -62,3 +62,19 @@ def test_missing_binaries_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres, "DEBIAN_BIN_GLOB", "/nonexistent/postgresql/*/bin")
     with pytest.raises(PlatformError, match=r"not found .*run `make setup`"):
         postgres_bin_dir()
+
+
+def test_a_missing_driver_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from lambdarec.platform.airflow import _check_drivers
+
+    url = database_url("airflow", "secret", "127.0.0.1", 25432, "airflow")
+    store = MetadataStore(PostgresServer(tmp_path / "pg", 25432), url, url, "15")
+    settings = metadata_settings(tmp_path / "state", store)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "asyncpg" else real(name)
+    )
+    with pytest.raises(PlatformError, match=r"asyncpg is not installed: run `make setup`"):
+        _check_drivers(settings)

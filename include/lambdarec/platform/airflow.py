@@ -135,11 +135,14 @@ def prepare_airflow(settings: Settings) -> None:
     stamp = installed if _on_sqlite(settings) else f"{installed} {_database_identity(settings)}"
 
     def current() -> bool:
-        files = (home / "airflow.cfg", marker, *([home / "airflow.db"] * _on_sqlite(settings)))
+        files = [home / "airflow.cfg", marker]
+        if _on_sqlite(settings):
+            files.append(home / "airflow.db")
         return all(f.is_file() for f in files) and marker.read_text().strip() == stamp
 
     if current():
         return
+    _check_drivers(settings)
     with (home / ".db-migrate.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if current():  # migrated by whoever held the lock
@@ -161,6 +164,20 @@ def prepare_airflow(settings: Settings) -> None:
             output = (done.stdout + done.stderr).strip().splitlines()[-30:]
             raise PlatformError("`airflow db migrate` failed:\n" + "\n".join(output))
         marker.write_text(stamp + "\n")
+
+
+def _check_drivers(settings: Settings) -> None:
+    """On PostgreSQL, Airflow 3 needs psycopg2 and asyncpg (its async engine): name a missing one."""
+    from importlib.util import find_spec
+
+    if not airflow_database_uri(settings).startswith("postgresql"):
+        return
+    missing = [name for name in ("psycopg2", "asyncpg") if find_spec(name) is None]
+    if missing:
+        raise PlatformError(
+            f"Airflow's metadata database is PostgreSQL but {' and '.join(missing)} is not "
+            "installed: run `make setup` (requirements.txt pins psycopg2-binary and asyncpg)"
+        )
 
 
 def _database_identity(settings: Settings) -> str:
