@@ -6,8 +6,9 @@ folder, 127.0.0.1 and a free port; :mod:`lambdarec.platform.postgres`) with the 
 ``airflow`` and ``mlflow`` roles and databases; ``airflow_on_postgres`` points a private
 platform's settings at it (``airflow_sql_alchemy_conn``, LocalExecutor,
 ``mlflow_backend_store_uri``), runs ``airflow db migrate`` through the platform's own
-``prepare_airflow`` and ``dag.test()`` of ``drift_monitoring`` (an empty lake: its steps skip), and
-reads the run's ``success`` from PostgreSQL's ``dag_run`` table; ``mlflow_on_postgres`` starts the
+``prepare_airflow``, starts the platform's Airflow (the scheduler with the LocalExecutor), triggers
+a run of ``drift_monitoring`` (an empty lake: its steps skip) and reads its ``success`` from
+PostgreSQL's ``dag_run`` table; ``mlflow_on_postgres`` starts the
 platform's MLflow server on it, logs a run and registers a model version through ``ModelRegistry``,
 and reads both back (and the ``model_versions`` row). PostgreSQL stops before Kafka starts.
 ``kafka_cluster`` starts three combined KRaft broker+controller nodes from the
@@ -27,8 +28,8 @@ the Kafka nodes, of the Spark cluster's process trees (master, workers, executor
 submitting side (the operator's process, spark-submit, the driver), sampled every 0.5 s;
 ``events_lost`` sums the drills' lost events.
 
-Not yet here (issue #25): the Flink session cluster, the Airflow scheduler's own runs on
-PostgreSQL, the demo's path on them and their drills. A failed step stops the rehearsal; the
+Not yet here (issue #25): the Flink session cluster, the demo's path on the clusters and their
+drills. A failed step stops the rehearsal; the
 remaining steps are reported as "skipped".
 """
 
@@ -186,12 +187,15 @@ def _airflow_on_postgres(settings: Settings, store: MetadataStore) -> dict[str, 
     if run.state != "success":
         raise AssertionError(f"{run.dag_id}'s run is {run.state} in dag_run: {run.tasks}")
     return {
-        "executor": run.executor,
         "migrate_seconds": run.migrate_seconds,
         "tables": run.tables,
+        "airflow_up_seconds": run.up_seconds,
         "dag": run.dag_id,
         "dag_run_state": run.state,
-        "dag_seconds": run.dag_seconds,
+        "executor": run.executor,
+        "parsed_seconds": run.parsed_seconds,
+        "run_seconds": run.run_seconds,
+        "stop_seconds": run.stop_seconds,
     }
 
 

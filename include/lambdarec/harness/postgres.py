@@ -5,7 +5,7 @@ deployment's two roles and databases (``airflow``, ``mlflow``, random passwords)
 :func:`metadata_settings` gives a private platform whose settings point Airflow
 (``airflow_sql_alchemy_conn``, LocalExecutor) and MLflow (``mlflow_backend_store_uri``) at it,
 the configuration alone; :func:`airflow_round_trip` migrates Airflow's schema there and runs a DAG
-of the project, :func:`mlflow_round_trip` logs and registers a model through the project's
+of the project through the platform's scheduler (LocalExecutor), :func:`mlflow_round_trip` logs and registers a model through the project's
 MLflow server and :class:`~lambdarec.registry.ModelRegistry`.
 """
 
@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lambdarec.harness.platform import free_ports, private_settings
+from lambdarec.harness.waiting import eventually
 from lambdarec.platform import manager
-from lambdarec.platform.airflow import airflow_env, prepare_airflow
+from lambdarec.platform.airflow import (
+    airflow_env,
+    airflow_password,
+    prepare_airflow,
+    schedule_dags,
+)
 from lambdarec.platform.postgres import PostgresServer
 
 if TYPE_CHECKING:
@@ -77,26 +83,45 @@ def metadata_settings(state_dir: Path, store: MetadataStore, **overrides: object
     )
 
 
+#: The id of the run :func:`airflow_round_trip` triggers.
+RUN_ID = "rehearsal"
+
+
 @dataclass(frozen=True)
 class AirflowRoundTrip:
     migrate_seconds: float
+    #: Tables ``airflow db migrate`` created in the ``airflow`` database.
+    tables: int
+    #: Until the four components (API server, scheduler, DAG processor, triggerer) were healthy.
+    up_seconds: float
     dag_id: str
-    #: The run's state in PostgreSQL's ``dag_run`` table.
+    #: The triggered run's state in PostgreSQL's ``dag_run`` table, its tasks' in ``task_instance``.
     state: str
     tasks: dict[str, str]
-    dag_seconds: float
+    #: The executor the platform configured (``AIRFLOW__CORE__EXECUTOR``).
     executor: str
-    tables: int
+    #: Until the DAG processor had parsed ``dag_id`` and it was unpaused.
+    parsed_seconds: float
+    #: From the trigger to the run's end; then until the four components had stopped.
+    run_seconds: float
+    stop_seconds: float
 
 
 def airflow_round_trip(
-    settings: Settings, store: MetadataStore, *, dag_id: str = "drift_monitoring", day: str
+    settings: Settings,
+    store: MetadataStore,
+    *,
+    dag_id: str = "drift_monitoring",
+    day: str,
+    timeout_s: float = 300.0,
 ) -> AirflowRoundTrip:
-    """``airflow db migrate`` into ``store`` through the platform's :func:`prepare_airflow`, then
-    ``dag.test()`` of ``dag_id`` for ``day`` as ``make demo`` runs DAGs; the run's state is read
-    back from the ``dag_run`` table. ``drift_monitoring`` on an empty lake skips its steps (no
-    events that day) and succeeds: the metadata path without the heavy tasks."""
-    from lambdarec.platform.dag_run import run_dag_test
+    """``airflow db migrate`` into ``store`` through the platform's :func:`prepare_airflow`; then
+    the platform's Airflow (``up airflow``: the scheduler with the LocalExecutor, its health read
+    from the ``job`` table there), ``dag_id`` unpaused and a run for ``day`` triggered through
+    the REST API; waits for the run's end in PostgreSQL's ``dag_run`` table. Airflow is stopped
+    on return. ``drift_monitoring`` on an empty lake skips its steps (no events that day) and
+    succeeds: the metadata path without the heavy tasks."""
+    from lambdarec.monitoring.operations import airflow_login
 
     started = time.monotonic()
     prepare_airflow(settings)
@@ -105,26 +130,62 @@ def airflow_round_trip(
         "airflow", "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
     )[0]
     started = time.monotonic()
-    run = run_dag_test(dag_id, day, settings, timeout_s=600)
-    dag_seconds = time.monotonic() - started
-    rows = store.server.query(
-        "airflow",
-        "SELECT state FROM dag_run WHERE dag_id = %s AND logical_date = %s::timestamptz",
-        (dag_id, f"{day}T00:00:00+00:00"),
-    )
-    if not rows:
-        raise AssertionError(
-            f"no {dag_id} run for {day} in PostgreSQL's dag_run table: Airflow wrote elsewhere "
-            f"(dag.test said {run.state}; log tail: {run.log[-800:]})"
+    manager.up(["airflow"], settings=settings)
+    try:
+        up_seconds = time.monotonic() - started
+        schedule_dags(settings, paused=False, dag_ids=[dag_id])
+        parsed_seconds = time.monotonic() - started - up_seconds
+        base = settings.airflow_api_url
+        http = airflow_login(base, "admin", airflow_password(settings) or "")
+        try:
+            answer = http.post(
+                f"{base}/api/v2/dags/{dag_id}/dagRuns",
+                json={"dag_run_id": RUN_ID, "logical_date": f"{day}T00:00:00Z"},
+                timeout=30,
+            )
+            answer.raise_for_status()
+        finally:
+            http.close()
+        started = time.monotonic()
+
+        def ended() -> str | None:
+            rows = store.server.query(
+                "airflow",
+                "SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
+                (dag_id, RUN_ID),
+            )
+            return str(rows[0][0]) if rows and rows[0][0] in ("success", "failed") else None
+
+        state = str(
+            eventually(
+                ended,
+                timeout_s,
+                interval_s=1.0,
+                message=f"{dag_id}'s run {RUN_ID} ending in PostgreSQL's dag_run table (see "
+                f"{settings.log_dir / 'airflow-scheduler.log'})",
+            )
         )
+        run_seconds = time.monotonic() - started
+        rows = store.server.query(
+            "airflow",
+            "SELECT task_id, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
+            (dag_id, RUN_ID),
+        )
+    finally:
+        stopping = time.monotonic()
+        manager.down(["airflow"], settings=settings)
+    stop_seconds = time.monotonic() - stopping
     return AirflowRoundTrip(
         round(migrated, 1),
-        dag_id,
-        str(rows[0][0]),
-        run.tasks,
-        round(dag_seconds, 1),
-        airflow_env(settings)["AIRFLOW__CORE__EXECUTOR"],
         int(tables),
+        round(up_seconds, 1),
+        dag_id,
+        state,
+        {str(task): str(task_state) for task, task_state in rows},
+        airflow_env(settings)["AIRFLOW__CORE__EXECUTOR"],
+        round(parsed_seconds, 1),
+        round(run_seconds, 1),
+        round(stop_seconds, 1),
     )
 
 
