@@ -34,7 +34,7 @@ help: ## Show this help
 setup: system-deps $(VENV)/.installed $(FLINK_VENV)/.installed $(MILVUS_VENV)/.installed kafka-jars flink-jars $(STATE)/feast/.applied $(STATE)/web-assets/manifest.json ## Install everything (system packages, virtualenvs, Kafka and Flink jars, Feast registry, Data Docs' CSS/JS)
 
 .PHONY: system-deps
-system-deps: ## Install Debian packages the platform needs (redis-server, nginx, npm) and check Java 17 and Maven
+system-deps: ## Install Debian packages the platform needs (redis-server, nginx, npm, postgresql) and check Java 17 and Maven
 	@test -x "$(JAVA_HOME)/bin/java" || { echo "Java 17 not found at JAVA_HOME=$(JAVA_HOME); install openjdk-17-jdk-headless or set JAVA_HOME"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Installing maven (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; }
 	@command -v npm >/dev/null || { echo "Installing npm (apt; fetches the Data Docs' CSS/JS)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
@@ -43,6 +43,11 @@ system-deps: ## Install Debian packages the platform needs (redis-server, nginx,
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  (service redis-server stop >/dev/null 2>&1 || true); \
 	  (systemctl disable --now redis-server >/dev/null 2>&1 || true); }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "Installing postgresql (apt; Airflow's and MLflow's metadata in make rehearse-cluster)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  (service postgresql stop >/dev/null 2>&1 || true); \
+	  (systemctl disable --now postgresql >/dev/null 2>&1 || true); }
 	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 	  echo "Installing nginx-light (apt; the proxy in front of serving)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
@@ -168,7 +173,7 @@ bench-batch: setup ## The daily Spark job over 30 days of EVENTS (10M) generated
 	@$(PY) bench/bench_batch.py --events $(or $(EVENTS),10000000)
 
 .PHONY: rehearse-cluster
-rehearse-cluster: setup ## Scale-out rehearsal on loopback: 3 Kafka nodes with a broker-loss drill, a Flink session cluster with the speed layer and a TaskManager-loss drill, a Spark master + 2 workers with the daily job and a worker-loss drill (JSON line)
+rehearse-cluster: setup ## Scale-out rehearsal on loopback: PostgreSQL for Airflow and MLflow metadata, 3 Kafka nodes with a broker-loss drill, a Flink session cluster with the speed layer and a TaskManager-loss drill, a Spark master + 2 workers with the daily job and a worker-loss drill (JSON line)
 	@$(PY) bench/rehearse_cluster.py --workers 2
 
 .PHONY: flink-jars

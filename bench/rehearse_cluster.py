@@ -1,7 +1,17 @@
-"""Rehearsal of the scale-out path (issue #25), Kafka, Flink and Spark parts: real clusters on
-loopback.
+"""Rehearsal of the scale-out path (issue #25), PostgreSQL, Kafka, Flink and Spark parts: real
+clusters on loopback.
 
-Steps, each timed: ``kafka_cluster`` starts three combined KRaft broker+controller nodes from the
+Steps, each timed: ``postgres`` starts the distribution's PostgreSQL (initdb in a temporary
+folder, 127.0.0.1 and a free port; :mod:`lambdarec.platform.postgres`) with the deployment's
+``airflow`` and ``mlflow`` roles and databases; ``airflow_on_postgres`` points a private
+platform's settings at it (``airflow_sql_alchemy_conn``, LocalExecutor,
+``mlflow_backend_store_uri``), runs ``airflow db migrate`` through the platform's own
+``prepare_airflow``, starts the platform's Airflow (the scheduler with the LocalExecutor), triggers
+a run of ``drift_monitoring`` (an empty lake: its steps skip) and reads its ``success`` from
+PostgreSQL's ``dag_run`` table; ``mlflow_on_postgres`` starts the
+platform's MLflow server on it, logs a run and registers a model version through ``ModelRegistry``,
+and reads both back (and the ``model_versions`` row). PostgreSQL stops before Kafka starts.
+``kafka_cluster`` starts three combined KRaft broker+controller nodes from the
 project's Kafka jars (:mod:`lambdarec.platform.kafka_cluster`: replication 3,
 ``min.insync.replicas=2``) and creates the project's topics on them; ``drill_broker_lost`` replays
 ``--kafka-events`` generated events at ``--kafka-rate`` through the project's producer and SIGKILLs
@@ -11,7 +21,8 @@ session cluster from PyFlink's own distribution (:mod:`lambdarec.platform.flink_
 JobManager and two one-slot TaskManagers, the compose services' settings, checkpoints in the state
 folder); ``speed_layer`` runs the ``speed_layer`` DAG's operator (a subprocess with Airflow's task
 environment), which submits the job through ``flink_default`` (made of
-``LAMBDAREC_FLINK_JOBMANAGER``) at parallelism 2 (``LAMBDAREC_FLINK_PARALLELISM``) on the Kafka cluster; ``drill_taskmanager_lost`` replays
+``LAMBDAREC_FLINK_JOBMANAGER``) at parallelism 2 (``LAMBDAREC_FLINK_PARALLELISM``) on the Kafka
+cluster; ``drill_taskmanager_lost`` replays
 ``--flink-events`` at ``--flink-rate``, SIGKILLs a TaskManager once a checkpoint is complete and
 starts a replacement (as compose's restart policy would): the job must restart, restore that
 checkpoint and run again, and every event on the topic must be counted in the session features
@@ -23,12 +34,14 @@ through the DAG's operator and the ``spark_default`` connection (``spark://127.0
 checks its tables' rows against the DuckDB reference; ``drill_worker_lost`` reruns it and SIGKILLs
 one worker with its executor once both workers run executors and a first table is written: the job
 must still finish with the same rows. Prints one JSON line: each step's status and seconds, and the
-peak RSS of the Kafka nodes, of the Flink daemons, of the Spark cluster's process trees (master,
-workers, executors) and of the submitting side (the operator's process, spark-submit, the driver),
-sampled every 0.5 s; ``events_lost`` sums the drills' lost events.
+peak RSS of PostgreSQL with the Airflow and MLflow processes of its steps (``metadata_mb``), of
+the Kafka nodes, of the Flink daemons, of the Spark cluster's process trees (master, workers,
+executors) and of the submitting side (the operator's process, spark-submit, the driver), sampled
+every 0.5 s; ``events_lost`` sums the drills' lost events.
 
-Not yet here (issue #25): PostgreSQL for Airflow and MLflow, the demo's path on them and their
-drills. A failed step stops the rehearsal; the remaining steps are reported as "skipped".
+Not yet here (issue #25): the demo's path on the clusters (replay, speed layer, a daily DAG run,
+retraining and serving on Redis and the Milvus server). A failed step stops the rehearsal; the
+remaining steps are reported as "skipped".
 """
 
 from __future__ import annotations
@@ -60,8 +73,14 @@ from lambdarec.harness.flink_cluster import (
     taskmanager_loss_drill,
 )
 from lambdarec.harness.kafka_cluster import broker_loss_drill, loopback_kafka
+from lambdarec.harness.postgres import (
+    airflow_round_trip,
+    loopback_postgres,
+    metadata_settings,
+    mlflow_round_trip,
+)
 from lambdarec.harness.spark_cluster import loopback_cluster, submit_daily_job, worker_loss_drill
-from lambdarec.platform import processes
+from lambdarec.platform import manager, processes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,14 +88,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from lambdarec.config import Settings
+    from lambdarec.harness.postgres import MetadataStore
     from lambdarec.platform.flink_cluster import FlinkCluster
     from lambdarec.platform.kafka_cluster import KafkaCluster
+    from lambdarec.platform.postgres import PostgresServer
     from lambdarec.platform.spark_cluster import SparkCluster
 
 START = date(2024, 3, 1)
 DAYS = 35
 DAY = START + timedelta(days=DAYS - 1)
 STEPS = (
+    "postgres",
+    "airflow_on_postgres",
+    "mlflow_on_postgres",
     "kafka_cluster",
     "drill_broker_lost",
     "flink_cluster",
@@ -115,7 +139,15 @@ class PeakRss:
         self.cluster: SparkCluster | None = None
         self.kafka: KafkaCluster | None = None
         self.flink: FlinkCluster | None = None
-        self.peak = {"kafka_mb": 0.0, "flink_mb": 0.0, "cluster_mb": 0.0, "submit_mb": 0.0}
+        #: While set, this process's other children (Airflow, MLflow) count as metadata too.
+        self.postgres: PostgresServer | None = None
+        self.peak = {
+            "metadata_mb": 0.0,
+            "kafka_mb": 0.0,
+            "flink_mb": 0.0,
+            "cluster_mb": 0.0,
+            "submit_mb": 0.0,
+        }
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -131,7 +163,12 @@ class PeakRss:
         me = psutil.Process()
         while not self._stop.wait(self.interval_s):
             cluster, services = 0, set()
-            kafka = 0
+            kafka = metadata = 0
+            postgres = self.postgres
+            if postgres is not None and postgres.process is not None and postgres.alive:
+                services.add(postgres.process.pid)
+                with contextlib.suppress(psutil.Error):
+                    metadata += _tree_rss(psutil.Process(postgres.process.pid))
             for node in self.kafka.nodes if self.kafka is not None else []:
                 if node.process is not None and node.alive:
                     services.add(node.process.pid)
@@ -150,6 +187,9 @@ class PeakRss:
                         cluster += _tree_rss(process)
             # The cluster's services are this process's children too: counted once, above.
             submit = sum(_tree_rss(c) for c in me.children() if c.pid not in services)
+            if postgres is not None:
+                metadata, submit = metadata + submit, 0
+            self.peak["metadata_mb"] = max(self.peak["metadata_mb"], metadata / 2**20)
             self.peak["kafka_mb"] = max(self.peak["kafka_mb"], kafka / 2**20)
             self.peak["flink_mb"] = max(self.peak["flink_mb"], flink / 2**20)
             self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
@@ -175,6 +215,45 @@ def _check_rows(settings: Settings, expected: dict[str, int]) -> dict[str, int]:
     if rows != expected:
         raise AssertionError(f"rows {rows} differ from the DuckDB reference's {expected}")
     return rows
+
+
+def _start_postgres(
+    stack: contextlib.ExitStack, peak: PeakRss, stores: list[MetadataStore]
+) -> dict[str, Any]:
+    store = stack.enter_context(loopback_postgres())
+    stores.append(store)
+    peak.postgres = store.server
+    return {"version": store.version, "port": store.server.port}
+
+
+def _airflow_on_postgres(settings: Settings, store: MetadataStore) -> dict[str, Any]:
+    run = airflow_round_trip(settings, store, day=DAY.isoformat())
+    if run.state != "success":
+        raise AssertionError(f"{run.dag_id}'s run is {run.state} in dag_run: {run.tasks}")
+    return {
+        "migrate_seconds": run.migrate_seconds,
+        "tables": run.tables,
+        "airflow_up_seconds": run.up_seconds,
+        "dag": run.dag_id,
+        "dag_run_state": run.state,
+        "executor": run.executor,
+        "parsed_seconds": run.parsed_seconds,
+        "run_seconds": run.run_seconds,
+        "stop_seconds": run.stop_seconds,
+    }
+
+
+def _mlflow_on_postgres(settings: Settings, store: MetadataStore) -> dict[str, Any]:
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links: stdout is the JSON
+        trip = mlflow_round_trip(settings, store)
+    if trip.read_back_run_id != trip.run_id or trip.versions_in_postgres != 1:
+        raise AssertionError(f"the registered version did not read back: {trip}")
+    return {
+        "server_start_seconds": trip.start_seconds,
+        "version": trip.version,
+        "metric_read_back": trip.read_back_metric,
+        "versions_in_postgres": trip.versions_in_postgres,
+    }
 
 
 def main() -> int:
@@ -236,6 +315,15 @@ def main() -> int:
     code = 1
     with PeakRss() as peak, contextlib.ExitStack() as stack:
         try:
+            metadata = stack.enter_context(contextlib.ExitStack())
+            stores: list[MetadataStore] = []
+            step("postgres", lambda: _start_postgres(metadata, peak, stores))
+            meta = metadata_settings(state / "metadata", stores[0])
+            metadata.callback(manager.down, settings=meta)
+            step("airflow_on_postgres", lambda: _airflow_on_postgres(meta, stores[0]))
+            step("mlflow_on_postgres", lambda: _mlflow_on_postgres(meta, stores[0]))
+            metadata.close()  # PostgreSQL stops: Kafka gets the memory
+            peak.postgres = None
             kafka: list[KafkaCluster] = []
 
             def kafka_cluster() -> dict[str, Any]:

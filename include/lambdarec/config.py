@@ -255,6 +255,11 @@ class Settings(BaseSettings):
         "", description="MLflow tracking URI; empty means the local server on mlflow_port."
     )
     mlflow_port: Port = 5000
+    mlflow_backend_store_uri: SecretStr = Field(
+        SecretStr(""),
+        description="The local MLflow server's --backend-store-uri (e.g. "
+        "postgresql+psycopg2://mlflow:...@host:5432/mlflow); empty means SQLite under the state dir.",
+    )
     exposure_negatives: bool = Field(
         False,
         description="Off by default: measured, it did not help (offline NDCG@10 .1961 -> .1883; "
@@ -268,6 +273,12 @@ class Settings(BaseSettings):
     # -- Airflow ---------------------------------------------------------------------------
     airflow_port: Port = 8080
     airflow_parallelism: Annotated[int, Field(ge=1, le=256)] = 4
+    airflow_sql_alchemy_conn: SecretStr = Field(
+        SecretStr(""),
+        description="The local Airflow's metadata database (its [database] sql_alchemy_conn, e.g. "
+        "postgresql+psycopg2://airflow:...@host:5432/airflow); empty means SQLite under "
+        "AIRFLOW_HOME.",
+    )
     airflow_url: str = Field(
         "",
         pattern=r"^(https?://[A-Za-z0-9_.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.\-/]*)?)?$",

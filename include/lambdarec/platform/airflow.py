@@ -56,14 +56,25 @@ def airflow_password(settings: Settings, user: str = "admin") -> str | None:
         return None
 
 
+def airflow_database_uri(settings: Settings) -> str:
+    """Airflow's metadata database: ``settings.airflow_sql_alchemy_conn`` (PostgreSQL in the
+    deployment and the cluster rehearsal), or SQLite under AIRFLOW_HOME by default."""
+    configured = settings.airflow_sql_alchemy_conn.get_secret_value()
+    return configured or f"sqlite:///{settings.airflow_home / 'airflow.db'}"
+
+
+def _on_sqlite(settings: Settings) -> bool:
+    return airflow_database_uri(settings).startswith("sqlite:")
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """The Airflow configuration every component (and ``airflow db migrate``) runs with."""
     host, port, home = settings.bind_host, settings.airflow_port, settings.airflow_home
     return {
         "AIRFLOW_HOME": str(home),
         # Explicit, so an AIRFLOW__* variable in the developer's shell cannot move them.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        # Airflow 3 allows the LocalExecutor on SQLite (standalone uses the same pair).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_database_uri(settings),
+        # Airflow 3 allows the LocalExecutor on SQLite too (standalone uses the same pair).
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__AUTH_MANAGER": _SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -120,13 +131,18 @@ def prepare_airflow(settings: Settings) -> None:
     home.mkdir(parents=True, exist_ok=True)
     installed = version("apache-airflow")
     marker = home / ".lambdarec-db-migrated"
+    # The marker names the database too: pointing the settings at another one migrates it.
+    stamp = installed if _on_sqlite(settings) else f"{installed} {_database_identity(settings)}"
 
     def current() -> bool:
-        files = (home / "airflow.db", home / "airflow.cfg", marker)
-        return all(f.is_file() for f in files) and marker.read_text().strip() == installed
+        files = [home / "airflow.cfg", marker]
+        if _on_sqlite(settings):
+            files.append(home / "airflow.db")
+        return all(f.is_file() for f in files) and marker.read_text().strip() == stamp
 
     if current():
         return
+    _check_drivers(settings)
     with (home / ".db-migrate.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if current():  # migrated by whoever held the lock
@@ -147,7 +163,28 @@ def prepare_airflow(settings: Settings) -> None:
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip().splitlines()[-30:]
             raise PlatformError("`airflow db migrate` failed:\n" + "\n".join(output))
-        marker.write_text(installed + "\n")
+        marker.write_text(stamp + "\n")
+
+
+def _check_drivers(settings: Settings) -> None:
+    """On PostgreSQL, Airflow 3 needs psycopg2 and asyncpg (its async engine): name a missing one."""
+    from importlib.util import find_spec
+
+    if not airflow_database_uri(settings).startswith("postgresql"):
+        return
+    missing = [name for name in ("psycopg2", "asyncpg") if find_spec(name) is None]
+    if missing:
+        raise PlatformError(
+            f"Airflow's metadata database is PostgreSQL but {' and '.join(missing)} is not "
+            "installed: run `make setup` (requirements.txt pins psycopg2-binary and asyncpg)"
+        )
+
+
+def _database_identity(settings: Settings) -> str:
+    """The metadata database's URI without its password (what the migration marker records)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(airflow_database_uri(settings)).render_as_string(hide_password=True)
 
 
 def _airflow_api_health(settings: Settings) -> bool:
@@ -162,8 +199,9 @@ def _airflow_api_health(settings: Settings) -> bool:
     return (body.get("metadatabase") or {}).get("status") == "healthy"
 
 
-def _utc_timestamp(text: str) -> float:
-    moment = datetime.fromisoformat(text)
+def _utc_timestamp(value: object) -> float:
+    """A job row's time as epoch seconds: SQLite gives text, PostgreSQL a datetime."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
@@ -178,28 +216,55 @@ def _spawned_at(settings: Settings, name: str) -> float | None:
 def _airflow_job_health(settings: Settings, name: str) -> bool:
     """Whether the component's newest job row is running, heartbeating, and started by our process.
 
-    Read straight from the SQLite metadata DB (read-only), so a component's health does not depend
-    on the API server; the start-time check ignores a row left ``running`` by a killed predecessor.
+    Read straight from the metadata DB (SQLite read-only, or the configured server), so a
+    component's health does not depend on the API server; the start-time check ignores a row left
+    ``running`` by a killed predecessor.
     """
     spawned = _spawned_at(settings, name)
-    db = settings.airflow_home / "airflow.db"
-    if spawned is None or not db.is_file():
+    if spawned is None:
         return False
-    query = (
-        "SELECT state, start_date, latest_heartbeat FROM job WHERE job_type = ? "
-        "ORDER BY id DESC LIMIT 1"
-    )
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=2)
-        ) as connection:
-            row = connection.execute(query, (AIRFLOW_JOBS[name],)).fetchone()
+        row = _newest_job(settings, AIRFLOW_JOBS[name])
         if row is None or row[0] != "running" or not row[1] or not row[2]:
             return False
         started, beat = _utc_timestamp(row[1]), _utc_timestamp(row[2])
-    except (sqlite3.Error, ValueError):
+    except ValueError:
         return False
     return started >= spawned - 2.0 and time.time() - beat < AIRFLOW_HEARTBEAT_LIMIT_S
+
+
+def _newest_job(settings: Settings, job_type: str) -> tuple[object, ...] | None:
+    """(state, start_date, latest_heartbeat) of the newest ``job`` row of ``job_type``; None
+    when there is none or the database does not answer."""
+    query = (
+        "SELECT state, start_date, latest_heartbeat FROM job WHERE job_type = :job_type "
+        "ORDER BY id DESC LIMIT 1"
+    )
+    if _on_sqlite(settings):
+        db = settings.airflow_home / "airflow.db"
+        if not db.is_file():
+            return None
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=2)
+            ) as connection:
+                found = connection.execute(query, {"job_type": job_type}).fetchone()
+        except sqlite3.Error:
+            return None
+        return tuple(found) if found is not None else None
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        airflow_database_uri(settings), poolclass=sqlalchemy.pool.NullPool
+    )
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(sqlalchemy.text(query), {"job_type": job_type}).first()
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return tuple(found) if found is not None else None
 
 
 def _airflow_component(

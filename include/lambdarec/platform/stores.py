@@ -77,6 +77,13 @@ def redis(settings: Settings) -> Service:
 # -- MLflow ------------------------------------------------------------------------------------
 
 
+def mlflow_backend_store(settings: Settings) -> str:
+    """The MLflow server's backend store: ``settings.mlflow_backend_store_uri`` (PostgreSQL in
+    the deployment and the cluster rehearsal), or SQLite under the state folder by default."""
+    configured = settings.mlflow_backend_store_uri.get_secret_value()
+    return configured or f"sqlite:///{settings.state_dir / 'mlflow' / 'mlflow.db'}"
+
+
 def mlflow(settings: Settings) -> Service:
     home = settings.state_dir / "mlflow"
     url = f"http://{settings.bind_host}:{settings.mlflow_port}"
@@ -90,7 +97,7 @@ def mlflow(settings: Settings) -> Service:
         "--workers",
         "1",
         "--backend-store-uri",
-        f"sqlite:///{home / 'mlflow.db'}",
+        mlflow_backend_store(settings),
         "--artifacts-destination",
         (home / "artifacts").as_uri(),
         "--serve-artifacts",
