@@ -37,7 +37,8 @@ must still finish with the same rows. Prints one JSON line: each step's status a
 peak RSS of PostgreSQL with the Airflow and MLflow processes of its steps (``metadata_mb``), of
 the Kafka nodes, of the Flink daemons, of the Spark cluster's process trees (master, workers,
 executors) and of the submitting side (the operator's process, spark-submit, the driver), sampled
-every 0.5 s; ``events_lost`` sums the drills' lost events.
+every 0.5 s, and ``total_mb``, the peak of their sum (the whole rehearsal's footprint: the parts
+run one after another); ``events_lost`` sums the drills' lost events.
 
 Not yet here (issue #25): the demo's path on the clusters (replay, speed layer, a daily DAG run,
 retraining and serving on Redis and the Milvus server). A failed step stops the rehearsal; the
@@ -147,6 +148,8 @@ class PeakRss:
             "flink_mb": 0.0,
             "cluster_mb": 0.0,
             "submit_mb": 0.0,
+            # The sum of the above at one sample: the whole rehearsal's footprint at its peak.
+            "total_mb": 0.0,
         }
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -194,6 +197,8 @@ class PeakRss:
             self.peak["flink_mb"] = max(self.peak["flink_mb"], flink / 2**20)
             self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
             self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
+            total = metadata + kafka + flink + cluster + submit
+            self.peak["total_mb"] = max(self.peak["total_mb"], total / 2**20)
 
 
 def replay_events(n_events: int, *, seed: int) -> pd.DataFrame:
