@@ -5,8 +5,9 @@ deployment's two roles and databases (``airflow``, ``mlflow``, random passwords)
 :func:`metadata_settings` gives a private platform whose settings point Airflow
 (``airflow_sql_alchemy_conn``, LocalExecutor) and MLflow (``mlflow_backend_store_uri``) at it,
 the configuration alone; :func:`airflow_round_trip` migrates Airflow's schema there and runs a DAG
-of the project through the platform's scheduler (LocalExecutor), :func:`mlflow_round_trip` logs and registers a model through the project's
-MLflow server and :class:`~lambdarec.registry.ModelRegistry`.
+of the project through the platform's scheduler (LocalExecutor); :func:`mlflow_round_trip` logs
+and registers a model through the project's MLflow server and
+:class:`~lambdarec.registry.ModelRegistry`.
 """
 
 from __future__ import annotations
