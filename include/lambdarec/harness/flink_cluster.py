@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from lambdarec.harness.kafka_cluster import read_from_start
 from lambdarec.harness.platform import free_ports, link_shared, private_settings
 from lambdarec.harness.waiting import eventually
 from lambdarec.platform.airflow import airflow_process_env
@@ -160,55 +161,27 @@ class TaskManagerDrill:
 
 def read_events(settings: Settings) -> list[dict[str, Any]]:
     """Every event on the events topic from the start (read_committed), distinct by id."""
-    import uuid
-
     import orjson
 
-    from lambdarec.streaming.kafka import consume, make_consumer
-
-    consumer = make_consumer(
-        f"lambdarec-drill-{uuid.uuid4().hex[:8]}",
-        [settings.topic_events],
-        settings,
-        **{"enable.auto.commit": False},
-    )
-    try:
-        by_id: dict[str, dict[str, Any]] = {}
-        for msg in consume(consumer, idle_timeout_s=10):
-            event = orjson.loads(msg.value() or b"{}")
-            by_id.setdefault(str(event.get("event_id")), event)
-        return list(by_id.values())
-    finally:
-        consumer.close()
+    by_id: dict[str, dict[str, Any]] = {}
+    for msg in read_from_start(settings, settings.topic_events):
+        event = orjson.loads(msg.value() or b"{}")
+        by_id.setdefault(str(event.get("event_id")), event)
+    return list(by_id.values())
 
 
 def counted_per_session(settings: Settings) -> dict[str, int]:
     """Per session, the most events its features on the features topic ever counted."""
-    import uuid
-
     import orjson
 
-    from lambdarec.streaming.kafka import consume, make_consumer
-
-    consumer = make_consumer(
-        f"lambdarec-drill-{uuid.uuid4().hex[:8]}",
-        [settings.topic_session_features],
-        settings,
-        **{"enable.auto.commit": False},
-    )
     counted: dict[str, int] = {}
-    try:
-        for msg in consume(consumer, idle_timeout_s=10):
-            if msg.value() is None:
-                continue
-            row = orjson.loads(msg.value() or b"{}")
-            n = sum(
-                int(row.get(k) or 0) for k in ("n_views", "n_carts", "n_removes", "n_purchases")
-            )
-            key = (msg.key() or b"").decode()
-            counted[key] = max(counted.get(key, 0), n)
-    finally:
-        consumer.close()
+    for msg in read_from_start(settings, settings.topic_session_features):
+        if msg.value() is None:
+            continue
+        row = orjson.loads(msg.value() or b"{}")
+        n = sum(int(row.get(k) or 0) for k in ("n_views", "n_carts", "n_removes", "n_purchases"))
+        key = (msg.key() or b"").decode()
+        counted[key] = max(counted.get(key, 0), n)
     return counted
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import pandas as pd
+    from confluent_kafka import Message
 
     from lambdarec.config import Settings
 
@@ -59,27 +60,35 @@ class BrokerDrill:
         return self.read_back - self.distinct
 
 
-def read_event_ids(settings: Settings, idle_timeout_s: float = 10.0) -> list[str]:
-    """Every event id in the events topic, from the start, read_committed."""
+def read_from_start(
+    settings: Settings, topic: str, idle_timeout_s: float = 10.0
+) -> Iterator[Message]:
+    """Every message of ``topic`` from the start (read_committed), through a throwaway consumer
+    group that commits nothing; ends once no message came for ``idle_timeout_s``."""
     import uuid
-
-    import orjson
 
     from lambdarec.streaming.kafka import consume, make_consumer
 
     consumer = make_consumer(
         f"lambdarec-drill-{uuid.uuid4().hex[:8]}",
-        [settings.topic_events],
+        [topic],
         settings,
         **{"enable.auto.commit": False},
     )
     try:
-        return [
-            orjson.loads(msg.value() or b"{}").get("event_id")
-            for msg in consume(consumer, idle_timeout_s=idle_timeout_s)
-        ]
+        yield from consume(consumer, idle_timeout_s=idle_timeout_s)
     finally:
         consumer.close()
+
+
+def read_event_ids(settings: Settings, idle_timeout_s: float = 10.0) -> list[str]:
+    """Every event id in the events topic, from the start, read_committed."""
+    import orjson
+
+    return [
+        orjson.loads(msg.value() or b"{}").get("event_id")
+        for msg in read_from_start(settings, settings.topic_events, idle_timeout_s)
+    ]
 
 
 def broker_loss_drill(
