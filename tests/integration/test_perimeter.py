@@ -14,13 +14,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from lambdarec.harness.platform import link_kafka_jars, private_settings
+from lambdarec.harness.waiting import eventually
 from lambdarec.platform import manager
 from lambdarec.platform.services import build_services
+
+if TYPE_CHECKING:
+    from lambdarec.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,6 +45,16 @@ def _descendants(pids: list[int]) -> dict[int, str]:
     return found
 
 
+def _not_up(rows: list[manager.ServiceStatus], settings: Settings) -> str:
+    """The rows that are not up, each with the tail of its log: what a failure must show."""
+    return "\n".join(
+        f"{row.name}: {row.state} {row.details}\n  "
+        + "\n  ".join(manager.tail(manager.log_path(row.name, settings=settings), 15))
+        for row in rows
+        if row.state != "up" or not row.pid
+    )
+
+
 def test_the_whole_platform_listens_on_loopback_only() -> None:
     state = Path(tempfile.mkdtemp(prefix="lambdarec-perimeter-"))
     settings = private_settings(state, start_timeout_s=400)
@@ -53,8 +68,17 @@ def test_the_whole_platform_listens_on_loopback_only() -> None:
         and (service.default or name in ("serving", "proxy"))
     ]
     try:
-        rows = manager.up(wanted, settings=settings)
-        assert all(row.state == "up" and row.pid for row in rows), rows
+        manager.up(wanted, settings=settings)
+        # Each service was healthy when `up` returned; a later snapshot of all of them on a busy
+        # machine can catch one health probe's 2 s timeout, so the rows get a minute to agree.
+        snapshot: list[list[manager.ServiceStatus]] = []
+
+        def all_up() -> bool:
+            snapshot[:] = [manager.status(wanted, settings=settings)]
+            return all(row.state == "up" and row.pid for row in snapshot[0])
+
+        eventually(all_up, 60, interval_s=2, message=lambda: _not_up(snapshot[0], settings))
+        rows = snapshot[0]
         ours = _descendants([row.pid for row in rows if row.pid])
         listening = [
             (conn.laddr.ip, conn.laddr.port, ours[conn.pid])
