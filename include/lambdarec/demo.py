@@ -178,7 +178,9 @@ def run_demo(
         f"1/{STEPS} platform: starting the local services",
         lambda: started.extend(manager.up(list(services) if services else None, settings=s)),
     )
-    streaming = any(row.name == "speed-layer" and row.is_up for row in started)
+    # The speed layer runs on the platform's mini-cluster or, with LAMBDAREC_FLINK_JOBMANAGER, on a
+    # session cluster (where the speed_layer DAG submitted it): its row says which and whether.
+    streaming = any(row.is_up for row in manager.status(["speed-layer"], settings=s))
 
     config = GeneratorConfig(
         n_users=users,

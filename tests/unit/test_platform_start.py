@@ -101,3 +101,57 @@ def test_after_a_failure_nothing_more_starts_and_the_error_names_the_service(
         assert ("ready", "good") in events  # what was launched was still awaited
     finally:
         manager.down(settings=settings)
+
+
+def test_engines_the_settings_place_elsewhere_are_rows_the_platform_never_starts(
+    tmp_path: Path,
+) -> None:
+    """With LAMBDAREC_KAFKA_BOOTSTRAP and LAMBDAREC_FLINK_JOBMANAGER set, Kafka and the speed
+    layer are the cluster's: no local broker or mini-cluster beside them."""
+    from lambdarec.platform.services import build_services
+
+    local = build_services(Settings(state_dir=tmp_path))
+    assert local["kafka"].managed and local["speed-layer"].managed
+    assert not local["kafka"].external
+
+    clusters = Settings(
+        state_dir=tmp_path,
+        kafka_bootstrap="10.0.0.1:9092,10.0.0.2:9092",
+        flink_jobmanager="jobmanager:8081",
+    )
+    services = build_services(clusters)
+    for name in ("kafka", "speed-layer"):
+        assert services[name].external and not services[name].managed, name
+    assert services["kafka"].url == "10.0.0.1:9092,10.0.0.2:9092"
+    assert services["speed-layer"].url == "http://jobmanager:8081"
+    # The pusher requires Kafka; up(["feature-pusher"]) selects the pusher alone.
+    assert "kafka" in services["feature-pusher"].requires
+    selected = manager._select(services, ["feature-pusher"], with_requirements=True)  # noqa: SLF001
+    assert [s.name for s in selected] == ["feature-pusher"]
+    # Naming an external engine starts or stops nothing, and is no error.
+    assert manager._select(services, ["kafka"], with_requirements=True) == []  # noqa: SLF001
+    assert manager._select(services, ["speed-layer"], with_requirements=False) == []  # noqa: SLF001
+    # `up` without names starts neither.
+    everything = manager._select(services, None, with_requirements=True)  # noqa: SLF001
+    assert not {"kafka", "speed-layer"} & {s.name for s in everything}
+
+
+def test_an_external_engine_reads_up_or_unreachable(
+    tmp_path: Path, settings: Settings, monkeypatch
+) -> None:
+    answers = {"kafka": True}
+    services = {
+        "kafka": Service(
+            name="kafka",
+            title="Kafka (external)",
+            ports={},
+            url="broker:9092",
+            health=lambda: answers["kafka"],
+            external=True,
+        )
+    }
+    monkeypatch.setattr(manager, "build_services", lambda s: services)
+    assert [row.state for row in manager.status(settings=settings)] == ["up"]
+    answers["kafka"] = False
+    [row] = manager.status(settings=settings)
+    assert (row.state, row.is_up, row.url) == ("unreachable", False, "broker:9092")

@@ -61,6 +61,9 @@ class Service:
     stop_signal: signal.Signals = signal.SIGTERM
     #: Whether ``up`` without names starts it (opt-in services are started only when named).
     default: bool = True
+    #: A reserved row for an engine the settings place elsewhere (a Kafka cluster, a Flink session
+    #: cluster): ``up`` starts nothing for it, ``status`` probes it there ("up" / "unreachable").
+    external: bool = False
 
     @property
     def managed(self) -> bool:

@@ -172,15 +172,15 @@ def _kafka_prepare(settings: Settings) -> None:
 
 
 def _kafka_health(settings: Settings) -> bool:
-    host, port = settings.bind_host, settings.kafka_port
-    if not tcp_open(host, port):
+    """Whether the broker (or the cluster ``LAMBDAREC_KAFKA_BOOTSTRAP`` names) lists its topics."""
+    if not settings.kafka_bootstrap and not tcp_open(settings.bind_host, settings.kafka_port):
         return False
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     quiet = logging.getLogger("lambdarec.platform.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": f"{host}:{port}", "logger": quiet}
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": quiet}
     client = AdminClient(config)
     try:
         client.list_topics(timeout=3)
@@ -197,6 +197,17 @@ def _kafka_ready(settings: Settings) -> None:
 
 
 def kafka(settings: Settings) -> Service:
+    """The local KRaft broker; with ``LAMBDAREC_KAFKA_BOOTSTRAP`` set, a reserved row for that
+    cluster (``up`` starts no broker of its own, ``status`` asks the cluster for its topics)."""
+    if settings.kafka_bootstrap:
+        return Service(
+            name="kafka",
+            title="Kafka (external cluster: LAMBDAREC_KAFKA_BOOTSTRAP)",
+            ports={},
+            url=settings.kafka_bootstrap,
+            health=lambda: _kafka_health(settings),
+            external=True,
+        )
     libs = kafka_libs_dir(settings)
     heap = settings.kafka_heap
     command = [

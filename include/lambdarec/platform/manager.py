@@ -50,7 +50,8 @@ class ServiceStatus:
     name: str
     title: str
     #: "up", "unhealthy" (running, failing its health check), "down", "not started" (reserved
-    #: rows with nothing listening), "built" / "not built" (reserved rows without a port).
+    #: rows with nothing listening), "built" / "not built" (reserved rows without a port),
+    #: "unreachable" (an external engine, e.g. a Kafka cluster, that does not answer).
     state: str
     pid: int | None
     url: str
@@ -175,7 +176,8 @@ def _select(
     """
     if not names:  # ``up`` leaves opt-in services alone; ``down`` stops them too
         return [s for s in services.values() if s.managed and (s.default or not with_requirements)]
-    names = _expand(services, names)
+    # An external engine is named to no effect: it runs elsewhere, nothing here starts or stops it.
+    names = [n for n in _expand(services, names) if not services[n].external]
     unmanaged = [n for n in names if not services[n].managed]
     if unmanaged:
         raise PlatformError(f"{', '.join(unmanaged)} is not started by the platform manager (yet)")
@@ -183,8 +185,8 @@ def _select(
     pending = list(names)
     while pending:
         name = pending.pop()
-        if with_requirements:
-            related = services[name].requires
+        if with_requirements:  # an external requirement (a Kafka cluster) is not ours to start
+            related = tuple(r for r in services[name].requires if services[r].managed)
         else:
             related = tuple(s.name for s in services.values() if name in s.requires)
         for other in related:
@@ -392,6 +394,8 @@ def _status(service: Service, settings: Settings) -> ServiceStatus:
 
     if not service.managed:
         healthy = service.health()
+        if service.external:
+            return row("up" if healthy else "unreachable")
         if service.ports:
             return row("up" if healthy else "not started")
         return row("built" if healthy else "not built")

@@ -88,6 +88,18 @@ def flink_job_service(
 
 
 def speed_layer(settings: Settings) -> Service:
+    """The speed layer on its supervised mini-cluster; with ``LAMBDAREC_FLINK_JOBMANAGER`` set, a
+    reserved row for the job on that session cluster, where the ``speed_layer`` DAG submits it
+    (``up`` starts no mini-cluster beside it, ``status`` asks the JobManager whether it runs)."""
+    if settings.flink_jobmanager:
+        return Service(
+            name="speed-layer",
+            title="Flink speed layer (session cluster: LAMBDAREC_FLINK_JOBMANAGER)",
+            ports={},
+            url=f"http://{settings.flink_jobmanager}",
+            health=lambda: speed_layer_running(settings),
+            external=True,
+        )
     return flink_job_service(
         settings,
         name="speed-layer",

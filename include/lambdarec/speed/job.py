@@ -133,7 +133,11 @@ def all_running(job: dict[str, Any] | None) -> bool:
 def speed_layer_running(
     settings: Settings, port: int | None = None, timeout_s: float = 2.0
 ) -> bool:
-    """Whether the mini-cluster's REST API (on ``port``, default the platform's) reports the job
-    RUNNING with every task running: the platform's health check."""
-    rest_url = f"http://{settings.bind_host}:{port or settings.flink_rest_port}"
+    """Whether the mini-cluster's REST API (on ``port``, default the platform's; the session
+    cluster's JobManager when ``flink_jobmanager`` names one) reports the job RUNNING with every
+    task running: the platform's health check."""
+    if settings.flink_jobmanager and port is None:
+        rest_url = f"http://{settings.flink_jobmanager}"
+    else:
+        rest_url = f"http://{settings.bind_host}:{port or settings.flink_rest_port}"
     return any(all_running(j) for j in alive_jobs(rest_url, timeout_s=timeout_s))
