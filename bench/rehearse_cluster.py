@@ -40,8 +40,19 @@ executors) and of the submitting side (the operator's process, spark-submit, the
 every 0.5 s, and ``total_mb``, the peak of their sum (the whole rehearsal's footprint: the parts
 run one after another); ``events_lost`` sums the drills' lost events.
 
-Not yet here (issue #25): the demo's path on the clusters (replay, speed layer, a daily DAG run,
-retraining and serving on Redis and the Milvus server). A failed step stops the rehearsal; the
+``demo_on_clusters`` then starts every cluster again, all at once (PostgreSQL, three Kafka nodes,
+the Flink session cluster, the Spark master and workers), submits the speed layer to Flink through
+the ``speed_layer`` DAG's operator, and runs ``lambdarec demo``'s path with settings alone pointing
+at them (``LAMBDAREC_KAFKA_BOOTSTRAP``, ``_FLINK_JOBMANAGER``, ``_SPARK_MASTER``,
+``_AIRFLOW_SQL_ALCHEMY_CONN``, ``_MLFLOW_BACKEND_STORE_URI``, ``_ONLINE_STORE=redis``,
+``_MILVUS_URI`` of the Milvus server): the platform starts only Redis, MLflow, Airflow, the feature
+pusher, the Milvus server and serving (Kafka and the speed layer are the clusters' rows in its
+status). ``--demo-users`` shoppers' ``--demo-days`` days (300 and 3) are replayed into Kafka,
+archived by the speed layer (``events_in``, ``events_archived``, ``events_lost``), the session
+features pushed into Redis (``features_online``), the earlier days backfilled and the daily DAG run
+for the last on the Spark master, the retraining DAG trained, evaluated and published to the Milvus
+server, and ``/recommend`` changed by posted clicks (``list_changed_after_s``); its processes' RSS
+is ``platform_mb``. ``--demo-only`` runs this step alone. A failed step stops the rehearsal; the
 remaining steps are reported as "skipped".
 """
 
@@ -110,6 +121,7 @@ STEPS = (
     "spark_cluster",
     "daily_job",
     "drill_worker_lost",
+    "demo_on_clusters",
 )
 
 
@@ -142,8 +154,11 @@ class PeakRss:
         self.flink: FlinkCluster | None = None
         #: While set, this process's other children (Airflow, MLflow) count as metadata too.
         self.postgres: PostgresServer | None = None
+        #: While set (the demo on the clusters), they are the platform's own services instead.
+        self.platform = False
         self.peak = {
             "metadata_mb": 0.0,
+            "platform_mb": 0.0,
             "kafka_mb": 0.0,
             "flink_mb": 0.0,
             "cluster_mb": 0.0,
@@ -190,14 +205,18 @@ class PeakRss:
                         cluster += _tree_rss(process)
             # The cluster's services are this process's children too: counted once, above.
             submit = sum(_tree_rss(c) for c in me.children() if c.pid not in services)
-            if postgres is not None:
+            platform = 0
+            if self.platform:
+                platform, submit = submit, 0
+            elif postgres is not None:
                 metadata, submit = metadata + submit, 0
             self.peak["metadata_mb"] = max(self.peak["metadata_mb"], metadata / 2**20)
+            self.peak["platform_mb"] = max(self.peak["platform_mb"], platform / 2**20)
             self.peak["kafka_mb"] = max(self.peak["kafka_mb"], kafka / 2**20)
             self.peak["flink_mb"] = max(self.peak["flink_mb"], flink / 2**20)
             self.peak["cluster_mb"] = max(self.peak["cluster_mb"], cluster / 2**20)
             self.peak["submit_mb"] = max(self.peak["submit_mb"], submit / 2**20)
-            total = metadata + kafka + flink + cluster + submit
+            total = metadata + platform + kafka + flink + cluster + submit
             self.peak["total_mb"] = max(self.peak["total_mb"], total / 2**20)
 
 
@@ -261,6 +280,102 @@ def _mlflow_on_postgres(settings: Settings, store: MetadataStore) -> dict[str, A
     }
 
 
+class _Done(Exception):
+    """The steps asked for ran (``--demo-only``)."""
+
+
+def _demo_on_clusters(state: Path, peak: PeakRss, args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's path with every part on its cluster at once: PostgreSQL (Airflow's and MLflow's
+    metadata), three Kafka nodes, the Flink session cluster running the speed layer (submitted
+    by the ``speed_layer`` DAG's operator), the Spark master with its workers (the daily job, the
+    backfill), Redis as the online store and the Milvus server; the platform starts only what
+    the settings do not place on a cluster (Redis, MLflow, Airflow, the pusher, Milvus, serving).
+    """
+    from lambdarec.demo import run_demo
+
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(loopback_postgres())
+        peak.postgres = store.server
+        kafka = stack.enter_context(loopback_kafka(get_settings(), state / "demo-kafka", nodes=3))
+        peak.kafka = kafka
+        home = state / "demo"
+        flink = stack.enter_context(loopback_flink(home, kafka.bootstrap, taskmanagers=2))
+        peak.flink = flink
+        spark = stack.enter_context(
+            loopback_cluster(
+                state / "demo-spark", workers=args.workers, worker_memory=args.worker_memory
+            )
+        )
+        peak.cluster = spark
+        # Configuration alone: the same state folder as the Flink cluster's settings (its
+        # checkpoints and archive), every engine's address, the rest of the platform local.
+        settings = metadata_settings(
+            home,
+            store,
+            kafka_bootstrap=kafka.bootstrap,
+            topic_replication=len(kafka.nodes),
+            flink_jobmanager=flink.jobmanager,
+            flink_parallelism=2,
+            spark_master=spark.settings.spark_master,
+            spark_executor_memory=args.worker_memory,
+            online_store="redis",
+        )
+        milvus_uri = f"http://{settings.bind_host}:{settings.milvus_port}"
+        settings = settings.model_copy(update={"milvus_uri": milvus_uri})
+        stack.callback(manager.down, settings=settings)
+        peak.platform = True
+        stack.callback(setattr, peak, "platform", False)
+        began = time.monotonic()
+        job = submit_speed_layer(settings)
+        submitted_s = time.monotonic() - began
+        rows = {
+            row.name: row.state
+            for row in manager.status(["kafka", "speed-layer"], settings=settings)
+        }
+        if rows != {"kafka": "up", "speed-layer": "up"}:
+            raise AssertionError(f"the platform does not see the clusters' Kafka and job: {rows}")
+        with contextlib.redirect_stdout(sys.stderr):  # the demo's tables: stdout is the JSON
+            figures = run_demo(
+                users=args.demo_users,
+                items=args.demo_items,
+                days=args.demo_days,
+                seed=5,
+                services=["redis", "mlflow", "airflow", "feature-pusher", "milvus"],
+                settings=settings,
+                model_epochs=2,
+                ab_minutes=0,
+            )
+        served = figures["serving"]
+        assert isinstance(served, dict)
+        if served["after"] == served["before"]:
+            raise AssertionError(f"the clicks did not change the list: {served}")
+        events, archived = figures["events"], figures["archived"]
+        assert isinstance(events, int) and isinstance(archived, int)
+        retraining = figures["weekly_model_retraining"]
+        assert isinstance(retraining, dict)
+        # The backfill's and the daily DAG's spark-submits ran on the master, not in local mode.
+        apps = [app["name"] for app in spark.state().get("completedapps", [])]
+        if len(apps) < 2:
+            raise AssertionError(f"the Spark master ran {apps}, not the backfill and the DAG's job")
+        return {
+            "speed_layer_job": job.job_id,
+            "speed_layer_parallelism": job_parallelism(flink.rest_url, job.job_id),
+            "speed_layer_submit_seconds": round(submitted_s, 1),
+            "events_in": events,
+            "events_archived": archived,
+            "events_lost": events - archived,
+            "features_online": figures["session_sample"],
+            "daily_feature_pipeline": figures["daily_feature_pipeline"],
+            "spark_applications": apps,
+            "retraining_tasks_ok": sum(st == "success" for st in retraining.values()),
+            "retraining_tasks": len(retraining),
+            "list_changed_after_s": served["changed_after_s"],
+            "degraded_parts": sorted(
+                set(served["degraded_before"]) | set(served["degraded_after"])
+            ),
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -273,9 +388,17 @@ def main() -> int:
     parser.add_argument("--flink-events", type=int, default=20_000, help="events in the TM drill")
     parser.add_argument("--flink-rate", type=float, default=500.0, help="its rate, events/s")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (logs)")
+    parser.add_argument(
+        "--demo-only", action="store_true", help="only the demo on the clusters (the last step)"
+    )
+    parser.add_argument("--demo-users", type=int, default=300, help="the demo's shoppers")
+    parser.add_argument("--demo-items", type=int, default=800, help="the demo's catalog")
+    parser.add_argument("--demo-days", type=int, default=3, help="the demo's days (>= 3)")
     args = parser.parse_args()
     if args.workers < 2:
         parser.error("the worker-loss drill needs --workers 2 or more")
+    if args.demo_days < 3 or args.demo_users < 1 or args.demo_items < 10:
+        parser.error("the demo needs --demo-days >= 3, --demo-users >= 1, --demo-items >= 10")
     if args.kafka_events < 1000 or args.kafka_rate <= 0:
         parser.error("--kafka-events must be >= 1000 and --kafka-rate > 0")
 
@@ -317,9 +440,19 @@ def main() -> int:
     reference = duckdb_reference.compute(reference_lake, DAY)
     expected = {name: len(reference[name]) for name in TABLES}
 
+    def demo() -> dict[str, Any]:
+        figures = _demo_on_clusters(state, peak, args)
+        result["events_lost"] = result.get("events_lost", 0) + figures["events_lost"]
+        if figures["events_lost"]:
+            raise AssertionError(f"the demo on the clusters lost events: {figures}")
+        return figures
+
     code = 1
     with PeakRss() as peak, contextlib.ExitStack() as stack:
         try:
+            if args.demo_only:
+                step("demo_on_clusters", demo)
+                raise _Done
             metadata = stack.enter_context(contextlib.ExitStack())
             stores: list[MetadataStore] = []
             step("postgres", lambda: _start_postgres(metadata, peak, stores))
@@ -422,9 +555,10 @@ def main() -> int:
             kafka[0].stop()
             peak.kafka = None
             started: list[SparkCluster] = []
+            spark_stack = stack.enter_context(contextlib.ExitStack())
 
             def spark_cluster() -> dict[str, Any]:
-                cluster = stack.enter_context(
+                cluster = spark_stack.enter_context(
                     loopback_cluster(
                         state / "state", workers=args.workers, worker_memory=args.worker_memory
                     )
@@ -459,6 +593,12 @@ def main() -> int:
 
             step("daily_job", daily_job)
             step("drill_worker_lost", drill)
+            spark_stack.close()  # the demo starts every cluster again, all at once
+            peak.cluster = None
+
+            step("demo_on_clusters", demo)
+            code = 0
+        except _Done:
             code = 0
         except Exception as error:  # reported in the JSON line, with the step that failed
             _log(f"stopped: {error!s:.500}")
