@@ -361,6 +361,7 @@ def _demo_on_clusters(state: Path, peak: PeakRss, args: argparse.Namespace) -> d
             "speed_layer_job": job.job_id,
             "speed_layer_parallelism": job_parallelism(flink.rest_url, job.job_id),
             "speed_layer_submit_seconds": round(submitted_s, 1),
+            "demo_step_seconds": figures["step_seconds"],
             "events_in": events,
             "events_archived": archived,
             "events_lost": events - archived,

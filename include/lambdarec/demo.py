@@ -50,11 +50,15 @@ def ab_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"ab_variants": AB_VARIANTS, "ab_policies": AB_POLICIES})
 
 
-def _step(title: str, fn: Callable[[], object]) -> None:
+def _step(title: str, fn: Callable[[], object], seconds: dict[str, float] | None = None) -> None:
+    """Run one numbered step (``"3/9 ingest: ..."``); its time goes to ``seconds["ingest"]``."""
     console.rule(f"[bold cyan]{title}")
     t0 = time.monotonic()
     fn()
-    console.print(f"[green]done[/] in {time.monotonic() - t0:.1f} s")
+    took = time.monotonic() - t0
+    console.print(f"[green]done[/] in {took:.1f} s")
+    if seconds is not None:
+        seconds[title.partition(" ")[2].partition(":")[0]] = round(took, 1)
 
 
 def _slowest(seconds: Mapping[str, float], n: int = 3) -> str:
@@ -172,9 +176,15 @@ def run_demo(
     # Serving and the readout run the A/B test; everything else is indifferent to it.
     served_by = ab_settings(s) if ab_minutes > 0 else s
     figures: dict[str, object] = {}
+    # Each step's seconds, by its name ("platform", "ingest", ...).
+    seconds: dict[str, float] = {}
+    figures["step_seconds"] = seconds
+
+    def step(title: str, fn: Callable[[], object]) -> None:
+        _step(title, fn, seconds)
 
     started: list[manager.ServiceStatus] = []
-    _step(
+    step(
         f"1/{STEPS} platform: starting the local services",
         lambda: started.extend(manager.up(list(services) if services else None, settings=s)),
     )
@@ -207,7 +217,7 @@ def run_demo(
             f"{dates[0]} .. {dates[-1]}, written to {target}"
         )
 
-    _step(f"2/{STEPS} data: generating the seeded synthetic clickstream", generate)
+    step(f"2/{STEPS} data: generating the seeded synthetic clickstream", generate)
 
     def replay_all() -> None:
         first, last = figures["days"][0], figures["days"][-1]  # type: ignore[index]
@@ -227,7 +237,7 @@ def run_demo(
                 f"the events topic grew by {after - before} but {result.produced} were produced"
             )
 
-    _step(f"3/{STEPS} ingest: replaying the clickstream into Kafka in event-time order", replay_all)
+    step(f"3/{STEPS} ingest: replaying the clickstream into Kafka in event-time order", replay_all)
 
     def archived() -> None:
         if not streaming:
@@ -244,7 +254,7 @@ def run_demo(
             s,
         )
 
-    _step(
+    step(
         f"4/{STEPS} speed layer: Flink archives every event and keeps session features fresh",
         archived,
     )
@@ -306,7 +316,7 @@ def run_demo(
         )
         console.print(f"Data Docs: file://{s.data_docs_dir / 'index.html'}")
 
-    _step(
+    step(
         f"5/{STEPS} batch layer: the earlier days backfilled, the daily feature pipeline DAG "
         "for the last -> Feast online store",
         batch_layer,
@@ -390,7 +400,7 @@ def run_demo(
             highlight=False,
         )
 
-    _step(
+    step(
         f"6/{STEPS} models: the retraining DAG trains, evaluates and publishes the champion; "
         "drift_monitoring for the last day",
         models,
@@ -402,7 +412,7 @@ def run_demo(
             served_by, cast("list[str]", figures["active_users"])
         )
 
-    _step(f"7/{STEPS} serving: /recommend before and after a few clicks", serve)
+    step(f"7/{STEPS} serving: /recommend before and after a few clicks", serve)
 
     def ab_test() -> None:
         if ab_minutes <= 0:
@@ -419,11 +429,11 @@ def run_demo(
             seed=seed,
         )
 
-    _step(
+    step(
         f"8/{STEPS} online loop: shoppers browse an A/B test, attribution, the online_metrics DAG",
         ab_test,
     )
-    _step(f"{STEPS}/{STEPS} summary", summary)
+    step(f"{STEPS}/{STEPS} summary", summary)
     return figures
 
 

@@ -46,6 +46,18 @@ def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake(
     days = cast("list[str]", figures["days"])
     assert cast("dict[str, Any]", figures["backfill"])["days"] == days[:-1]
     assert figures["daily_feature_pipeline"] == {days[-1]: "success"}
+    # Each of the nine steps was timed, by name (the cluster rehearsal reports them).
+    assert list(cast("dict[str, float]", figures["step_seconds"])) == [
+        "platform",
+        "data",
+        "ingest",
+        "speed layer",
+        "batch layer",
+        "models",
+        "serving",
+        "online loop",
+        "summary",
+    ]
     for table in FEATURE_TABLES:
         parts = sorted(p.name for p in (settings.lake_dir / "features" / table.name).iterdir())
         assert [p for p in parts if p.startswith("date=")] == [f"date={d}" for d in days]
