@@ -181,3 +181,17 @@ def test_a_missing_ca_file_is_named(tls_broker: Settings, tmp_path: Path) -> Non
     missing = tls_broker.model_copy(update={"kafka_ssl_ca_location": str(tmp_path / "no.pem")})
     with pytest.raises(ValueError, match="LAMBDAREC_KAFKA_SSL_CA_LOCATION=.*is not a file"):
         security_config(missing)
+
+
+def test_the_platform_reads_the_cluster_up_with_its_login_and_unreachable_without(
+    tls_broker: Settings,
+) -> None:
+    """The broker is the settings' cluster (LAMBDAREC_KAFKA_BOOTSTRAP): the platform starts no
+    broker beside it, and its status row asks the cluster with the project's SASL login."""
+    from lambdarec.platform import manager
+
+    [row] = manager.status(["kafka"], settings=tls_broker)
+    assert (row.state, row.url) == ("up", tls_broker.kafka_bootstrap)
+    anonymous = tls_broker.model_copy(update={"kafka_sasl_username": ""})
+    [row] = manager.status(["kafka"], settings=anonymous)
+    assert row.state == "unreachable"

@@ -178,9 +178,19 @@ def _kafka_health(settings: Settings) -> bool:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from lambdarec.streaming.kafka import security_config
+
     quiet = logging.getLogger("lambdarec.platform.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": quiet}
+    try:  # a cluster's SASL login, as every client of the project has it
+        login = security_config(settings)
+    except ValueError:  # a CA file that is not there: the clients name it; here, not reachable
+        return False
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "logger": quiet,
+        **login,
+    }
     client = AdminClient(config)
     try:
         client.list_topics(timeout=3)
