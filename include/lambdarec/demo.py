@@ -183,10 +183,9 @@ def run_demo(
     def step(title: str, fn: Callable[[], object]) -> None:
         _step(title, fn, seconds)
 
-    started: list[manager.ServiceStatus] = []
     step(
         f"1/{STEPS} platform: starting the local services",
-        lambda: started.extend(manager.up(list(services) if services else None, settings=s)),
+        lambda: manager.up(list(services) if services else None, settings=s),
     )
     # The speed layer runs on the platform's mini-cluster or, with LAMBDAREC_FLINK_JOBMANAGER, on a
     # session cluster (where the speed_layer DAG submitted it): its row says which and whether.
