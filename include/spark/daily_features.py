@@ -468,6 +468,7 @@ def item_sessions(
     same ``max_items``): given, the sessions' lists are read back from it instead of being
     recomputed from the events (a second sort of the whole window).
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     if sessions is None:
@@ -477,16 +478,17 @@ def item_sessions(
     held = sessions.select(
         "session_id", F.unix_millis("last_ts").alias("ms"), F.explode("items").alias("item_id")
     )
-    # Newest first = (-ms, session_id) ascending: one aggregation, no window sort of the rows.
-    newest = F.struct((-F.col("ms")).alias("neg_ms"), F.col("session_id"))
-    top = held.groupBy("item_id").agg(
-        F.slice(F.sort_array(F.collect_list(newest)), 1, sample).alias("top")
-    )
-    return top.select(
-        "item_id",
-        F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
-        F.col("top.session_id").alias("sessions"),
-        F.transform("top.neg_ms", lambda neg: -neg).alias("last_event_ms"),
+    newest = Window.partitionBy("item_id").orderBy(F.col("ms").desc(), F.col("session_id"))
+    top = held.withColumn("rank", F.row_number().over(newest)).where(F.col("rank") <= sample)
+    return (
+        top.groupBy("item_id")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "session_id", "ms"))).alias("top"))
+        .select(
+            "item_id",
+            F.lit(window_bounds(day)["end"]).alias("event_timestamp"),
+            F.col("top.session_id").alias("sessions"),
+            F.col("top.ms").alias("last_event_ms"),
+        )
     )
 
 
