@@ -466,7 +466,7 @@ def item_sessions(
 
     ``sessions`` is session_items as this run wrote it (``session_id, items, last_event_ts``, the
     same ``max_items``): given, the sessions' lists are read back from it instead of being
-    recomputed from the events (a second sort of the whole window).
+    recomputed from the events (a second aggregation of the whole window).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F

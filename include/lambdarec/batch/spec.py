@@ -102,7 +102,8 @@ SPARK_CONF: dict[str, str] = {
     # The throughput collector: the jobs are batch aggregations with no pause-time target. Against
     # the JVM's default (G1), the daily job's three heaviest tables at 10M events (user_history,
     # item_cooccurrence, sequential_rules; in-process, back to back) took 5-10% less in each of
-    # three pairs: 141.8 -> 127.0 s, 152.0 -> 143.6 s, 132.7 -> 125.4 s.
+    # three pairs: 141.8 -> 127.0 s, 152.0 -> 143.6 s, 132.7 -> 125.4 s. Across whole spark-submit
+    # runs the gain stays inside the run-to-run noise (README, bench-batch).
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.executor.extraJavaOptions": "-XX:+UseParallelGC",
 }
