@@ -1,7 +1,7 @@
-"""The A/B readout's Spark job through spark-submit on local[*], as the online_metrics DAG runs
-it, on small lake tables written with the shared contract's exact schemas, checked against a
-pandas computation of the same metrics; then the guardrail on the job's output; then the real DAG
-file under ``dag.test()`` (the operator's spark-submit and the guardrail task) on a copy.
+"""The online_metrics DAG file under ``dag.test()``: the A/B readout's Spark job through the
+operator's spark-submit on local[*], on small lake tables written with the shared contract's
+exact schemas, checked against a pandas computation of the same metrics; then the guardrail task
+on the job's output and the MLflow log.
 
 The data plants a difference: variant ``b``'s users buy at a quarter of control's rate, so the
 readout calls b worse on conversion and the guardrail switches it off. Duplicate rows (an
@@ -12,8 +12,6 @@ the previous day's list, a null session and the catalog are there to exercise th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lambdarec.config import REPO_ROOT
 from lambdarec.monitoring import ab
 from lambdarec.monitoring.ab_job import spark_job
 from lambdarec.monitoring.guardrail import read_override, run_guardrail
@@ -33,6 +30,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lambdarec.config import Settings
+    from lambdarec.platform.dag_run import DagTestResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -218,22 +216,22 @@ def lake(tmp_path_factory) -> tuple[Settings, pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def readout(lake) -> dict:
+def dag_run(lake) -> DagTestResult:
+    """The real DAG file under ``dag.test()`` on the lake: the operator's spark-submit of the
+    job, the guardrail on its readout, the MLflow log."""
+    from lambdarec.platform.dag_run import run_dag_test
+
     settings, _, _ = lake
-    job = spark_job(DAYS[-1], settings, driver_memory="1g")
-    assert job.master == "local[*]"  # the spark_default connection's default, as in the DAG
-    env = {**os.environ, **job.env_vars}
-    # The driver imports this checkout's lambdarec (the venv's editable install may be another).
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT / "include"), str(REPO_ROOT), env.get("PYTHONPATH", "")]
-    )
-    out = subprocess.run(
-        job.command(), env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    path = settings.ab_reports_dir / DAYS[-1].isoformat() / "readout.json"
-    assert f"readout\t{path}" in out.stdout
-    return json.loads(path.read_text())
+    # The operator's job runs on the spark_default connection's default master.
+    assert spark_job(DAYS[-1], settings, driver_memory="1g").master == "local[*]"
+    run = run_dag_test("online_metrics", DAYS[-1], settings, timeout_s=900)
+    assert run.success, run.log[-4000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def readout(lake, dag_run) -> dict:
+    return json.loads((readout_dir(lake) / "readout.json").read_text())
 
 
 def test_per_day_and_period_numbers_match_pandas(lake, readout) -> None:
@@ -303,44 +301,27 @@ def readout_dir(lake) -> Path:
     return settings.ab_reports_dir / DAYS[-1].isoformat()
 
 
-def test_guardrail_switches_off_b_from_the_jobs_readout(lake, readout) -> None:
+def test_guardrail_switched_off_b_from_the_jobs_readout(lake, readout) -> None:
     settings, _, _ = lake
-    result = run_guardrail(DAYS[-1].isoformat(), settings)
-    assert result["changed"] == ["b"]
+    # The DAG's apply_guardrail task read the job's readout: b buys at a quarter of control's
+    # rate, so its weight is 0 and the report says so.
     assert read_override(settings.ab_override_path)["weights"] == {"b": 0}
-    page = (readout_dir(lake) / "readout.html").read_text()
-    assert "set to weight 0" in page
+    assert "set to weight 0" in (readout_dir(lake) / "readout.html").read_text()
+    # Applied again to the same day, it changes nothing.
+    again = run_guardrail(DAYS[-1].isoformat(), settings)
+    assert again["changed"] == []
+    assert read_override(settings.ab_override_path)["weights"] == {"b": 0}
 
 
-def test_the_dag_runs_both_tasks_for_the_day(lake, readout, tmp_path: Path) -> None:
-    """The real DAG file under ``dag.test()``: the operator's spark-submit, then the guardrail,
-    in a fresh state folder holding the same lake; the readout is the same as the direct run's."""
-    import shutil
-
-    from lambdarec.harness.platform import private_settings
-    from lambdarec.platform.dag_run import run_dag_test
-
-    source, _, _ = lake
-    settings = private_settings(
-        tmp_path,
-        ab_variants=VARIANTS,
-        ab_min_lists=source.ab_min_lists,
-        ab_window_days=source.ab_window_days,
-    )
-    shutil.copytree(source.lake_dir, settings.lake_dir)
-    run = run_dag_test("online_metrics", DAYS[-1], settings, timeout_s=900)
-    assert run.success, run.log[-4000:]
-    assert run.tasks == {
+def test_the_dag_runs_every_task_for_the_day(lake, dag_run) -> None:
+    """The operator's spark-submit, then the guardrail and the MLflow log, each a success."""
+    assert dag_run.tasks == {
         "compact_attribution": "success",
         "spark_online_metrics": "success",
         "apply_guardrail": "success",
         "log_to_mlflow": "success",
     }
-    folder = settings.ab_reports_dir / DAYS[-1].isoformat()
+    folder = readout_dir(lake)
     # No champion in this state's registry: nothing logged, the report says so.
     assert not (folder / "offline.json").exists()
     assert "Not logged yet" in (folder / "readout.html").read_text()
-    again = json.loads((folder / "readout.json").read_text())
-    assert again["period"] == readout["period"] and again["days"] == readout["days"]
-    assert read_override(settings.ab_override_path)["weights"] == {"b": 0}
-    assert "set to weight 0" in (folder / "readout.html").read_text()
