@@ -1,6 +1,6 @@
 """The daily feature pipeline DAG on real data, real Spark, real Feast and real GX gates.
 
-One module-scoped run of the real DAG file (``dag.test()``) over the Taobao subset (half of its
+One module-scoped run of the real DAG file (``dag.test()``) over the Taobao subset (a fifth of its
 users), for two consecutive days, then a corrupt third day. Feature values are checked against an independent
 pandas recomputation over the same events, then read back online and point in time.
 """
@@ -37,9 +37,9 @@ def pipeline():
     state = Path(tempfile.mkdtemp(prefix="lambdarec-daily-"))
     settings = private_settings(state)
     events = load_taobao(official_window=True)
-    # Half of the users (the same half every run): the features are per user and item, and the
-    # online store's materialisation, half of each day's run, grows with the rows.
-    events = events[events["user_id"].astype(str).str[-1].isin(tuple("02468"))]
+    # A fifth of the users (the same fifth every run): the features are per user and item, and
+    # the online store's materialisation, half of each day's run, grows with the rows.
+    events = events[events["user_id"].astype(str).str[-1].isin(("0", "5"))]
     lake.write_events(events[events["ts"] < pd.Timestamp(BAD_DAY, tz="UTC")], settings.lake_dir)
     runs = {day: run_dag_test(DAG, day, settings) for day in (DAY1, DAY2)}
     yield settings, events, runs
