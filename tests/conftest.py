@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 
 #: Modules that run in the second lane of ``make test`` (``pytest -n 2``, by the scheduler below): the
-#: two longest and the perimeter test, each on a private platform in its own temporary state
-#: folder (its own free ports, no Milvus server: that one's health port is fixed), the
+#: two longest, each on a private platform in its own temporary state folder (its own free ports,
+#: no Milvus server: that one's health port is fixed; the perimeter test runs on the demo's), the
 #: self-contained tests of the deployment's logins, the simulator, the attribution job and the A/B
 #: readout (their own broker, Airflow home, lake or private platform; the Flink jars only read),
 #: the Spark job's differential test (its own lakes and SparkSession) and its cluster test (its
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 SECOND_LANE = (
     "tests/e2e/test_demo.py",
     "tests/integration/test_daily_pipeline.py",
-    "tests/integration/test_perimeter.py",
+    "tests/e2e/test_perimeter.py",
     "tests/integration/test_kafka_tls.py",
     "tests/integration/test_airflow_auth.py",
     "tests/integration/test_simulate.py",
