@@ -65,7 +65,24 @@ def test_demo_replays_into_kafka_and_the_speed_layer_archive_becomes_the_lake(
     assert isinstance(session, dict) and session["session_features__n_views"][0] > 0
     # The retraining DAG promoted a first champion (there was none), published it, and the
     # app serves it: the list changes after the posted clicks and the purchase is gone.
-    assert set(figures["weekly_model_retraining"].values()) == {"success"}  # type: ignore[union-attr]
+    tasks = cast("dict[str, str]", figures["weekly_model_retraining"])
+    assert set(tasks.values()) == {"success"}, tasks
+    steps = ("build_datasets", "train_two_tower", "train_deepfm", "evaluate_and_promote")
+    assert set(steps) | {"export_embeddings", "notify_serving"} <= set(tasks), tasks
+    # The DAG's params reached its programs: the fixture's two-tower epochs (2; a refit may
+    # keep fewer, as validation chose), DeepFM at the DAG's default cap (early stopping).
+    (run_dir,) = (
+        p.parent for p in (settings.state_dir / "models" / "runs").glob("*/decision.json")
+    )
+    tower = json.loads((run_dir / "two_tower" / "two_tower_config.json").read_text())
+    assert 1 <= tower["epochs"] <= 2 and 1 <= len(tower["history"]) <= 2, tower
+    ranker = json.loads((run_dir / "deepfm" / "deepfm_config.json").read_text())
+    assert ranker["epochs"] == 20 and 1 <= len(ranker["history"]) <= 20, ranker
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert decision["decisions"]["two_tower"]["promoted"], decision  # the first champion
+    # Its index was published (export_embeddings succeeded), and a published index always
+    # comes with a reload marker.
+    assert json.loads((run_dir / "reload.json").read_text())["reload"] is True
     served = figures["serving"]
     assert isinstance(served, dict)
     assert served["after"] != served["before"]
