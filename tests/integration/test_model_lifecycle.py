@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_USERS = 300
+#: Test queries of each evaluation (of ~4,300): the registry's and the index's steps are what
+#: this test checks, and the served pipeline's evaluation was three quarters of its time.
+TEST_MAX = 1000
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +148,7 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
     # -- evaluate + register + the gate: no champion yet; the pair must also beat the best
     #    pipeline without neural models (the floor, recorded with its sources): on this tiny lake
     #    a negative margin lets the first pair through
-    first = retrain.evaluate(run, settings=settings, min_delta=-1.0)
+    first = retrain.evaluate(run, settings=settings, test_max=TEST_MAX, min_delta=-1.0)
     assert {"most_popular", "cooccurrence", "als", "two_tower", "served"} <= set(first["models"])
     assert first["floor"]["row"] in first["models"] and first["floor"]["sources"]
     assert "vector" not in first["floor"]["sources"]
@@ -174,7 +177,9 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
 
     # -- a second candidate that does not beat the champion stays challenger, says why, and is
     #    not exported
-    second = retrain.evaluate(run, settings=settings, baselines=False, min_delta=1.0)
+    second = retrain.evaluate(
+        run, settings=settings, baselines=False, test_max=TEST_MAX, min_delta=1.0
+    )
     d2 = second["decisions"][TWO_TOWER]
     assert not d2["promoted"] and d2["alias"] == "challenger"
     assert "does not beat champion" in d2["reason"]
@@ -190,7 +195,9 @@ def test_lifecycle_feast_mlflow_milvus(settings: Settings, tmp_path: Path) -> No
 
     # -- a third that does (forced with a negative margin) is promoted and exported; then both
     #    the registry and the index roll back to the first
-    third = retrain.evaluate(run, settings=settings, baselines=False, min_delta=-1.0)
+    third = retrain.evaluate(
+        run, settings=settings, baselines=False, test_max=TEST_MAX, min_delta=-1.0
+    )
     d3 = third["decisions"][TWO_TOWER]
     assert d3["promoted"] and d3["champion_version"] == v1
     exported3 = retrain.export_embeddings(run, settings=settings)
