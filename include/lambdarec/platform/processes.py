@@ -5,7 +5,9 @@ Every service runs in its own session (``setsid``), so its process group holds i
 it spawns; :func:`stop` signals the whole group (the service's stop signal, then KILL after its
 grace period). A PID file per service under ``settings.run_dir`` records the pid and the process
 start time, so a recycled pid is never mistaken for ours; stale PID files are removed whenever
-they are read. Stdout and stderr of each service go to ``settings.log_dir/<name>.log``.
+they are read. The start time compared is the kernel's, in clock ticks after boot
+(:func:`start_ticks`): a step of the wall clock (a virtual machine's clock sync) moves psutil's
+``create_time`` and once made live services read as gone, left running and unstoppable. Stdout and stderr of each service go to ``settings.log_dir/<name>.log``.
 :mod:`lambdarec.platform.manager` decides what to start and stop, and in which order.
 """
 
@@ -70,6 +72,33 @@ def is_gone(pid: int) -> bool:
         return True
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (field 22 of ``/proc/<pid>/stat``); None
+    without /proc or once the process is gone. psutil's ``create_time`` adds these ticks to a
+    boot time that Linux derives from the wall clock, so a clock step moves it; this does not."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:  # noqa: PTH123
+            text = stat.read()
+    except OSError:
+        return None
+    # Field 2, the command name, is in parentheses and may hold spaces: count after it.
+    fields = text[text.rindex(")") + 2 :].split()
+    try:
+        return int(fields[19])  # fields[0] is field 3 (the state), so field 22 is at 19
+    except (IndexError, ValueError):
+        return None
+
+
+def _same_process(process: psutil.Process, created: float, ticks: object) -> bool:
+    """Whether ``process`` is the one a PID file recorded (not a recycled pid): the same start
+    ticks when the file has them (older files only have ``create_time``)."""
+    if isinstance(ticks, int):
+        now = start_ticks(process.pid)
+        if now is not None:
+            return now == ticks
+    return abs(process.create_time() - created) < 1.0
+
+
 def running(settings: Settings, name: str) -> psutil.Process | None:
     """The live process recorded in the service's PID file; removes the file if it is stale."""
     path = pid_file(settings, name)
@@ -84,7 +113,7 @@ def running(settings: Settings, name: str) -> psutil.Process | None:
         return None
     try:
         process = psutil.Process(pid)
-        if abs(process.create_time() - started) < 1.0 and not is_gone(pid):
+        if _same_process(process, started, record.get("start_ticks")) and not is_gone(pid):
             return process
     except psutil.NoSuchProcess:
         pass
@@ -150,6 +179,7 @@ def spawn(service: Service, settings: Settings) -> int:
     record = {
         "pid": child.pid,
         "create_time": created,
+        "start_ticks": start_ticks(child.pid),
         "started": stamp,
         "command": list(service.command),
     }
