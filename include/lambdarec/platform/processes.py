@@ -7,7 +7,8 @@ grace period). A PID file per service under ``settings.run_dir`` records the pid
 start time, so a recycled pid is never mistaken for ours; stale PID files are removed whenever
 they are read. The start time compared is the kernel's, in clock ticks after boot
 (:func:`start_ticks`): a step of the wall clock (a virtual machine's clock sync) moves psutil's
-``create_time`` and once made live services read as gone, left running and unstoppable. Stdout and stderr of each service go to ``settings.log_dir/<name>.log``.
+``create_time``, and once made live services read as gone, left running and unstoppable.
+Stdout and stderr of each service go to ``settings.log_dir/<name>.log``.
 :mod:`lambdarec.platform.manager` decides what to start and stop, and in which order.
 """
 
