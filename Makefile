@@ -140,7 +140,7 @@ status: ## Show what runs and every URL
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test
-test: setup compose-plugin browser-deps lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e) in two lanes
+test: setup compose-plugin browser-deps lint ## Install what tests need, then run every test tier (unit, dags, integration, e2e) on two workers (a serial lane and a pool)
 	@set +e; $(PY) -m pytest -n $(TEST_LANES) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -20,54 +20,94 @@ if TYPE_CHECKING:
     from lambdarec.config import Settings
 
 
-#: Modules that run in the second lane of ``make test`` (``pytest -n 2``, by the scheduler below): the
-#: two longest, each on a private platform in its own temporary state folder (its own free ports,
-#: no Milvus server: that one's health port is fixed; the perimeter test runs on the demo's), the
-#: self-contained tests of the deployment's logins, the simulator, the attribution job and the A/B
-#: readout (their own broker, Airflow home, lake or private platform; the Flink jars only read),
-#: the Spark job's differential test (its own lakes and SparkSession) and its cluster test (its
-#: own standalone master and workers on free ports, in a temporary state folder), and the unit
-#: and DAG tiers (temporary folders, or the DAG files only read).
-#: Everything else stays in the first lane, in collection order, as before: tests that share the
-#: repository's state folder or a Milvus server never run at the same time. The A/B benchmark's
-#: quick run (self-contained, ~4 min) is in the first lane. A clean rehearsal with the unit and
-#: DAG tiers and the Spark test still in the first lane measured it at 42 min and the second at
-#: 33; materialisation without dask's read (tests/integration/test_feature_store.py) then took
-#: the most from the second lane's daily runs.
-SECOND_LANE = (
-    "tests/e2e/test_demo.py",
+#: ``make test`` runs ``pytest -n 2`` with the scheduler below: a serial lane and a pool.
+#: The serial lane ("first") is every module not named here, in collection order, on one worker:
+#: they share the repository's state folder or the Milvus server (its health port is fixed), so
+#: two of them never run at once. The pool's units are self-contained (a private platform or
+#: broker in a temporary state folder on free ports, their own lake, SparkSession, Airflow home or
+#: Spark cluster; the Flink jars only read) and go to whichever worker is free, longest first, so
+#: the two workers end together: the worker that finished the serial lane takes the pool's rest.
+#: The demo's modules are one unit: the browser tests and the perimeter test run on the demo's
+#: private platform (tests/e2e/conftest.py), the perimeter test after the pages' tests.
+#: Then the pool's modules named below (longest first, by a rehearsal's durations), then every
+#: module of the unit and DAG tiers (temporary folders, or the DAG files only read).
+DEMO_UNIT = ("tests/e2e/test_demo.py", "tests/e2e/test_pages_", "tests/e2e/test_perimeter.py")
+POOL = (
     "tests/integration/test_daily_pipeline.py",
-    "tests/e2e/test_perimeter.py",
-    "tests/integration/test_kafka_tls.py",
-    "tests/integration/test_airflow_auth.py",
-    "tests/integration/test_simulate.py",
-    "tests/integration/test_attribution.py",
-    "tests/integration/test_online_metrics.py",
+    "tests/integration/test_bench_ab.py",
     "tests/integration/test_spark_jobs.py",
     "tests/integration/test_spark_cluster.py",
+    "tests/integration/test_attribution.py",
+    "tests/integration/test_online_metrics.py",
+    "tests/integration/test_airflow_auth.py",
+    "tests/integration/test_kafka_tls.py",
+    "tests/integration/test_simulate.py",
 )
-#: Folders whose modules all run in the second lane: the browser tests of the demo's pages share
-#: its private platform (tests/e2e/conftest.py); the unit and DAG tiers.
-SECOND_LANE_PREFIXES = ("tests/e2e/test_pages_", "tests/unit/", "tests/dags/")
+POOL_PREFIXES = ("tests/unit/", "tests/dags/")
 
 
-def _lane(nodeid: str) -> str:
+def _unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: "first" (the serial lane), "demo", or its module."""
     path = nodeid.split("::", 1)[0]
-    return "second" if path in SECOND_LANE or path.startswith(SECOND_LANE_PREFIXES) else "first"
+    if path.startswith(DEMO_UNIT):
+        return "demo"
+    if path in POOL or path.startswith(POOL_PREFIXES):
+        return path
+    return "first"
+
+
+def _order(unit: str) -> int:
+    """The serial lane first (the first worker takes it), then the demo, then the pool's order;
+    the unit and DAG modules last, in collection order (a sort keeps the order of equal keys)."""
+    if unit == "first":
+        return 0
+    if unit == "demo":
+        return 1
+    return 2 + POOL.index(unit) if unit in POOL else 2 + len(POOL)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Schedule by lane: every test of a lane on one worker, in collection order.
+    """xdist's scope scheduler with the units above, queued in :func:`_order`.
 
     pytest-xdist's ``--dist loadgroup`` groups by the ``xdist_group`` mark through a rename of the
     node id, which recent pytest no longer honours (each test was then scheduled alone: a module's
-    fixtures set up on both workers, and two tests sharing the state folder ran at once). The lane
-    is the scope of xdist's own scope scheduler instead: one unit of work per lane."""
+    fixtures set up on both workers, and two tests sharing the state folder ran at once). The
+    scope scheduler keeps a unit on one worker and hands the next queued unit to a worker with at
+    most two tests left; its own queue is ordered by the number of tests, so ``schedule`` is its
+    first distribution with the queue in :func:`_order` instead."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Lanes(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return _lane(nodeid)
+            return _unit(nodeid)
+
+        def schedule(self) -> None:
+            assert self.collection_is_completed
+            if self.collection is not None:  # a node joined later: top it up
+                for node in self.nodes:
+                    self._reschedule(node)
+                return
+            if not self._check_nodes_have_same_collection():
+                self.log("**Different tests collected, aborting run**")
+                return
+            self.collection = list(next(iter(self.registered_collections.values())))
+            if not self.collection:
+                return
+            units: dict[str, dict[str, bool]] = {}
+            for nodeid in self.collection:
+                units.setdefault(_unit(nodeid), {})[nodeid] = False
+            for unit in sorted(units, key=_order):
+                self.workqueue[unit] = units[unit]
+            for _ in range(len(self.nodes) - len(self.workqueue)):  # more workers than units
+                unused, _assigned = self.assigned_work.popitem()
+                unused.shutdown()
+            for node in self.nodes:
+                self._assign_work_unit(node)
+            for node in self.nodes:
+                self._reschedule(node)
+            if not self.workqueue:
+                for node in self.nodes:
+                    node.shutdown()
 
     return Lanes(config, log)
 

@@ -4,7 +4,7 @@
 ``demo`` runs the demo once on a private platform for the package's tests (``test_demo`` checks
 its figures; the ``test_pages_*`` modules open its pages in the browser; ``test_perimeter`` starts
 the rest of the services beside it and reads the socket table) and stops it after the last of
-them: all of them run in the second lane (tests/conftest.py).
+them: they are one unit of work, on one worker (tests/conftest.py).
 
 ``browser`` is one Chromium for the whole session; ``screenshot(driver, name)`` saves a PNG under
 ``test-artifacts/screenshots/`` (or ``$LAMBDAREC_TEST_ARTIFACTS/screenshots``), kept after the run.

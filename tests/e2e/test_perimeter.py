@@ -7,8 +7,8 @@ mini-cluster of its own, the reports site) and the opt-in serving behind its ngi
 demo's private platform after the demo ran (tests/e2e/conftest.py): what the demo started is
 left running, the rest is started beside it, and the demo fixture's teardown stops them all.
 The Milvus server is the one service left out: its health port is fixed (9091), so it runs in
-the first test lane only (tests/integration/test_vector_index.py and the serving fault test
-start it); this module runs in the second lane, beside them.
+the serial test lane only (tests/integration/test_vector_index.py and the serving fault test
+start it); this module runs with the demo's, beside them (tests/conftest.py).
 """
 
 from __future__ import annotations

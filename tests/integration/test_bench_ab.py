@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-#: The quick run takes about 6 minutes alone; beside the other lane of ``make test``, more.
+#: The quick run takes about 6 minutes alone; beside the other worker of ``make test``, more.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
