@@ -16,7 +16,7 @@ from lambdarec.batch.spec import (
     parse_tables,
     window_bounds,
 )
-from lambdarec.batch.submit import DAILY_FEATURES, spark_job, spark_submit_args
+from lambdarec.batch.submit import DAILY_FEATURES, QUICK_COMPILER, spark_job, spark_submit_args
 from lambdarec.config import Settings
 from lambdarec.tables import FEATURE_TABLES
 
@@ -76,8 +76,10 @@ def test_spark_job_maps_onto_spark_submit(tmp_path: Path) -> None:
     cmd = spark_submit_args("2024-03-31", settings)
     assert cmd[cmd.index("--master") + 1] == "local[*]"
     assert cmd[cmd.index(str(DAILY_FEATURES)) + 1 :][:2] == ["--lake-dir", str(settings.lake_dir)]
+    # Every setting is passed; an empty lake is a short job (the driver's JVM on C1 alone).
+    extra = {"spark.driver.extraJavaOptions": f" {QUICK_COMPILER}"}
     for key, value in SPARK_CONF.items():
-        assert f"{key}={value}" in cmd
+        assert f"{key}={value}{extra.get(key, '')}" in cmd
 
 
 def test_program_has_help_and_validates_arguments_without_spark(capsys) -> None:
@@ -184,3 +186,29 @@ def test_a_cluster_master_sizes_executors_and_lets_executors_reach_the_driver(
     assert Path(lake).is_absolute()
     with pytest.raises(ValueError, match="spark_executor_memory"):
         Settings(spark_executor_memory="lots")
+
+
+def test_a_short_local_job_compiles_with_c1_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lambdarec.batch.submit as submit
+    from lambdarec.tables import events_path, partition_dir
+
+    settings = Settings(state_dir=tmp_path)
+    events = events_path(settings.lake_dir)
+    for day, size in (("2024-03-01", 1_000), ("2024-03-31", 2_000), ("2024-04-01", 4_000)):
+        folder = partition_dir(events, day)
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"x" * size)
+    # The window of 2024-03-31 is March 2..31: the 1st and April's partition are outside it.
+    assert submit.window_bytes(events, first_day("2024-03-31"), date(2024, 3, 31)) == 2_000
+    short = spark_job("2024-03-31", settings).conf["spark.driver.extraJavaOptions"]
+    assert short == f"{SPARK_CONF['spark.driver.extraJavaOptions']} {submit.QUICK_COMPILER}"
+    # A backfill through April counts April too; a cluster's driver keeps the default.
+    monkeypatch.setattr(submit, "SHORT_JOB_BYTES", 5_000)
+    long = spark_job("2024-03-31", settings, through="2024-04-01")
+    remote = spark_job("2024-03-31", settings, master="spark://127.0.0.1:7077")
+    for job in (long, remote):
+        assert (
+            job.conf["spark.driver.extraJavaOptions"] == SPARK_CONF["spark.driver.extraJavaOptions"]
+        )

@@ -86,3 +86,13 @@ def test_spark_job_takes_its_arguments_from_settings(tmp_path: Path) -> None:
     command = job.command("spark-submit")
     assert command[:3] == ["spark-submit", "--master", settings.spark_master]
     assert command[-len(job.application_args) - 1] == str(ONLINE_METRICS)
+
+
+def test_a_short_readout_compiles_with_c1_alone(tmp_path: Path) -> None:
+    from lambdarec.batch.submit import QUICK_COMPILER
+    from lambdarec.config import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    assert QUICK_COMPILER in spark_job("2024-05-03", settings).conf["spark.driver.extraJavaOptions"]
+    remote = spark_job("2024-05-03", settings, master="spark://127.0.0.1:7077")
+    assert QUICK_COMPILER not in remote.conf["spark.driver.extraJavaOptions"]

@@ -7,6 +7,7 @@ as a command line. Nothing here starts Spark.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from lambdarec.batch.spec import SPARK_CONF
@@ -16,6 +17,9 @@ from lambdarec.batch.submit import (
     cluster_conf,
     driver_env,
     driver_memory_for,
+    is_local,
+    short_job_conf,
+    window_bytes,
 )
 from lambdarec.tables import as_day
 
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
 
 ONLINE_METRICS = SPARK_JOBS_DIR / "online_metrics.py"
 SHUFFLE_PARTITIONS = 8
+#: The lake tables the job reads (include/spark/online_metrics.py's IMPRESSIONS, ATTRIBUTED).
+INPUT_TABLES = ("impressions", "attributed")
 
 
 def spark_job(
@@ -44,9 +50,19 @@ def spark_job(
     (:mod:`lambdarec.batch.submit`)."""
     day = as_day(day)
     master = master or settings.spark_master
+    lake = (lake_dir if lake_dir is not None else settings.lake_dir).absolute()
+    conf = {
+        **SPARK_CONF,
+        "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
+        **cluster_conf(master, settings),
+    }
+    if is_local(master):
+        first = day - timedelta(days=settings.ab_window_days - 1)
+        size = sum(window_bytes(lake / table, first, day) for table in INPUT_TABLES)
+        conf = short_job_conf(conf, master, size)
     args = [
         "--lake-dir",
-        str((lake_dir if lake_dir is not None else settings.lake_dir).absolute()),
+        str(lake),
         "--date",
         day.isoformat(),
         "--reports-dir",
@@ -66,11 +82,7 @@ def spark_job(
         name=f"lambdarec-online-metrics-{day.isoformat()}",
         master=master,
         driver_memory=driver_memory or driver_memory_for(master),
-        conf={
-            **SPARK_CONF,
-            "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
-            **cluster_conf(master, settings),
-        },
+        conf=conf,
         # Executors run no Python here either (built-in SQL functions only).
         env_vars=driver_env(master, settings),
     )
