@@ -68,7 +68,7 @@ Prints one JSON line: {"budget", "detection": {"detected", "ctr", "conversion", 
 "exposure": {"ctr", "conversion", "training", "logging", "rankers", ...} with --exposure,
 "setup_s", "elapsed_s"}; progress bars and timed steps on stderr, serving's log tail on failure.
 ``--quick`` runs a small version for the tests (the demo's data, one epoch; 200 shoppers for
-one minute at 40/s; 2 A/A seeds of 20 s, each with its own salt; about 5 minutes; the exposure
+one minute at 40/s; 2 A/A seeds of 10 s, each with its own salt; about 4 minutes; the exposure
 phase, two more runs of that minute and a DeepFM epoch, about 3 more). ``--skip detection --skip
 aa --exposure`` runs the exposure phase alone.
 """
@@ -692,7 +692,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # The demo's data (a smaller catalog has fewer categories: a popular list then matches
         # more shoppers, and the champion's lead shrinks to noise at a short budget), one epoch.
         args.epochs, args.shoppers, args.minutes, args.rps = 1, 200, 1.0, 2 * DEMO_RPS
-        args.aa_seeds, args.aa_minutes, args.aa_rps = 2, 20 / 60, 2 * DEMO_RPS
+        args.aa_seeds, args.aa_minutes, args.aa_rps = 2, 10 / 60, 2 * DEMO_RPS
     if min(args.users, args.items, args.days, args.epochs, args.shoppers, args.threads) < 1:
         parser.error("--users, --items, --days, --epochs, --shoppers and --threads must be >= 1")
     if args.aa_seeds < 0 or args.shoppers > args.users:

@@ -1,6 +1,6 @@
 """``bench/bench_ab.py --quick`` end to end: a private Kafka, the batch tables online, a champion
 trained by the retraining's steps, gunicorn serving it per phase, simulated shoppers through the
-HTTP API, and the A/B readout's statistics on what they saw (about 6 minutes).
+HTTP API, and the A/B readout's statistics on what they saw (about 3 minutes alone).
 
 The quick run is too small for the benchmark's verdicts (``make bench-ab`` measures those at the
 demo's budget); what it must show: the JSON line has its shape, every request was answered, each
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-#: The quick run takes about 6 minutes alone; beside the other worker of ``make test``, more.
+#: The quick run takes about 3 minutes alone; beside the other worker of ``make test``, more.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
