@@ -68,7 +68,7 @@ Prints one JSON line: {"budget", "detection": {"detected", "ctr", "conversion", 
 "exposure": {"ctr", "conversion", "training", "logging", "rankers", ...} with --exposure,
 "setup_s", "elapsed_s"}; progress bars and timed steps on stderr, serving's log tail on failure.
 ``--quick`` runs a small version for the tests (the demo's data, one epoch; 200 shoppers for
-one minute at 40/s; 2 A/A seeds of 10 s, each with its own salt; about 4 minutes; the exposure
+one minute at 40/s; 2 A/A seeds of 10 s, each with its own salt; about 3 minutes; the exposure
 phase, two more runs of that minute and a DeepFM epoch, about 3 more). ``--skip detection --skip
 aa --exposure`` runs the exposure phase alone.
 """
