@@ -110,10 +110,11 @@ def window_bytes(table_root: Path, first: date, last: date) -> int:
     return total
 
 
-def short_job_conf(conf: dict[str, str], master: str, input_bytes: int) -> dict[str, str]:
-    """``conf`` with the driver's JVM on the quick compiler when the job is local and its input
-    under :data:`SHORT_JOB_BYTES`; unchanged otherwise (a cluster's executors live long)."""
-    if not is_local(master) or input_bytes >= SHORT_JOB_BYTES:
+def short_job_conf(conf: dict[str, str], input_bytes: int) -> dict[str, str]:
+    """A local job's ``conf`` with the driver's JVM on the quick compiler when its input is under
+    :data:`SHORT_JOB_BYTES`; unchanged otherwise. Callers ask only for a local master (on a
+    cluster, executors live long and do the work)."""
+    if input_bytes >= SHORT_JOB_BYTES:
         return conf
     key = "spark.driver.extraJavaOptions"
     return {**conf, key: f"{conf.get(key, '')} {QUICK_COMPILER}".strip()}
@@ -208,7 +209,7 @@ def spark_job(
     }
     if is_local(master):
         last = as_day(through) if through is not None else day
-        conf = short_job_conf(conf, master, window_bytes(events_path(lake), first_day(day), last))
+        conf = short_job_conf(conf, window_bytes(events_path(lake), first_day(day), last))
     suffix = "all" if len(names) == len(TABLES) else "+".join(names)
     return SparkJob(
         application=str(DAILY_FEATURES),

@@ -59,7 +59,7 @@ def spark_job(
     if is_local(master):
         first = day - timedelta(days=settings.ab_window_days - 1)
         size = sum(window_bytes(lake / table, first, day) for table in INPUT_TABLES)
-        conf = short_job_conf(conf, master, size)
+        conf = short_job_conf(conf, size)
     args = [
         "--lake-dir",
         str(lake),
